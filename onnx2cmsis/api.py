@@ -1,0 +1,150 @@
+"""The pipeline: model file -> canonical graph -> passes -> quantize -> plan -> C. Nothing op-specific."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnx2cmsis import __version__
+from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
+from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
+from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
+from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.frontends import load_model
+from onnx2cmsis.ir.from_onnx import import_onnx
+from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.registry import Registry, build_registry
+from onnx2cmsis.passes.canonical import run_passes
+from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
+from onnx2cmsis.quant.calibrate import collect_ranges, load_calibration
+from onnx2cmsis.quant.quantize import calibration_values, quantize_graph, run_reference
+
+
+@dataclass
+class Conversion:
+    name: str
+    model_path: Path
+    model: onnx.ModelProto  # static, batch 1: the float reference
+    graph: Graph  # quantized
+    registry: Registry
+    plan: MemoryPlan
+    layers: list[Layer]
+    cmsis: CmsisTree
+    source: str  # NAME.c
+    header: str  # NAME.h
+    report: dict[str, Any] = field(default_factory=dict)  # NAME.json
+
+    def reference(self, x_int8: np.ndarray) -> np.ndarray:
+        """The integer reference's output bytes for one input (model layout, flattened)."""
+        out = run_reference(self.graph, self.registry, x_int8)[self.graph.outputs[0]]
+        return out.reshape(-1)
+
+
+def default_name(model_path: Path) -> str:
+    return c_identifier(model_path.stem, fallback="model", max_len=40)
+
+
+def convert(
+    model_path: Path | str,
+    calibration: Path | str | np.ndarray,
+    name: str | None = None,
+    cmsis_nn: str | os.PathLike[str] | None = None,
+    registry: Registry | None = None,
+) -> Conversion:
+    model_path = Path(model_path)
+    name = name or default_name(model_path)
+    if not is_c_identifier(name):
+        raise ConversionError(f"--name {name!r} is not a valid C identifier")
+    registry = registry or build_registry()
+    model = load_model(model_path)
+    graph = import_onnx(model, registry, str(model_path))
+    rewrites = run_passes(graph, registry)
+
+    if isinstance(calibration, np.ndarray):
+        samples = calibration
+    else:
+        samples = load_calibration(Path(calibration), graph.model_input_shapes[0])
+    ranges = collect_ranges(model, samples, calibration_values(graph))
+    quantize_graph(graph, registry, ranges)
+
+    calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]
+    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])
+    layers = make_layers(graph, calls)
+    cmsis = locate_cmsis_nn(cmsis_nn)
+    functions = sorted({f for c in calls for f in c.functions})
+    sources = cmsis.sources_for(functions)
+    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    in_t, out_t = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    weights_bytes = sum(layer.weight_bytes for layer in layers)
+    summary = {
+        "model_file": model_path.name,
+        "model_sha256": sha,
+        "input_shape": list(graph.model_input_shapes[0]),
+        "output_shape": list(graph.model_output_shapes[0]),
+        "input_layout": "channel-major (C, W)" if len(graph.model_input_shapes[0]) == 3 else "flat",
+        "weights_bytes": weights_bytes,
+        "cmsis_api": cmsis.api,
+    }
+    source, header = render(name, graph, layers, plan, summary)
+    report = {
+        "tool": "onnx2cmsis",
+        "version": __version__,
+        "name": name,
+        "model_file": model_path.name,
+        "model_sha256": sha,
+        "arena_bytes": plan.arena_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound,
+        "weights_bytes": weights_bytes,
+        "input": {"shape": list(graph.model_input_shapes[0]), "dtype": "int8", "scale": in_t.quant.scale,
+                  "zero_point": in_t.quant.zero_point},
+        "output": {"shape": list(graph.model_output_shapes[0]), "dtype": "int8", "scale": out_t.quant.scale,
+                   "zero_point": out_t.quant.zero_point},
+        "layers": [
+            {
+                "index": layer.index, "name": layer.name, "identifier": layer.ident, "op": layer.op,
+                "from": layer.origin, "kernel": layer.call.kernel, "input_shape": list(layer.input_shape),
+                "output_shape": list(layer.output_shape), "macs": layer.call.macs,
+                "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
+            }
+            for layer in layers
+        ],
+        "rewrites": rewrites,
+        "cmsis_nn": {"api": cmsis.api, "functions": functions, "sources": sources},
+        "calibration_samples": int(len(samples)),
+    }
+    return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report)
+
+
+def write_outputs(conv: Conversion, out_dir: Path) -> list[Path]:
+    """Write NAME.c/.h/.json atomically: all three appear, or none changes."""
+    if not out_dir.is_dir():
+        raise ConversionError("output folder does not exist", str(out_dir))
+    files = {
+        out_dir / f"{conv.name}.c": conv.source,
+        out_dir / f"{conv.name}.h": conv.header,
+        out_dir / f"{conv.name}.json": json.dumps(conv.report, indent=2, sort_keys=False) + "\n",
+    }
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
+                f.write(text)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise ConversionError(f"cannot write output ({exc.strerror})", str(out_dir)) from exc
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return list(files)

@@ -1,0 +1,127 @@
+"""Quantized graph + memory plan -> NAME.c and NAME.h, through the jinja2 templates only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from onnx2cmsis import __version__
+from onnx2cmsis.codegen.naming import c_comment, c_identifier
+from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.base import KernelCall
+from onnx2cmsis.plan.arena import MemoryPlan, Placement
+
+
+@dataclass
+class Layer:
+    """One node as the generated C and the report see it."""
+
+    index: int
+    ident: str
+    name: str
+    op: str
+    origin: str
+    call: KernelCall
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    weight_bytes: int
+
+
+def templates_dir() -> Path:
+    """Installed wheels carry the templates as package data; a source checkout has them at the top."""
+    try:
+        packaged = resources.files("onnx2cmsis") / "templates"
+        if packaged.is_dir():
+            return Path(str(packaged))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["comment"] = c_comment
+    env.filters["cfloat"] = lambda v: f"{float(np.float32(v)):.9g}f"
+    env.filters["c_values"] = format_values
+    return env
+
+
+def format_values(values: np.ndarray, per_line: int = 16) -> str:
+    flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
+    lines = [", ".join(flat[i : i + per_line]) for i in range(0, len(flat), per_line)]
+    return ",\n".join("    " + ln for ln in lines)
+
+
+def make_layers(graph: Graph, calls: list[KernelCall]) -> list[Layer]:
+    layers = []
+    for i, (node, call) in enumerate(zip(graph.nodes, calls)):
+        layers.append(
+            Layer(
+                index=i,
+                ident=f"l{i:02d}_{c_identifier(node.name)}",
+                name=node.name,
+                op=node.op,
+                origin=node.origin,
+                call=call,
+                input_shape=graph.tensors[node.inputs[0]].shape,
+                output_shape=graph.tensors[node.output].shape,
+                weight_bytes=sum(a.values.nbytes for a in call.arrays if a.weights and a.guard is None),
+            )
+        )
+    return layers
+
+
+def _pointer(p: Placement, const: bool) -> str:
+    if p.storage == "input":
+        return "input" if const else "(int8_t *)input"
+    if p.storage == "output":
+        return "output"
+    return f"(arena + {p.offset})"
+
+
+def render(
+    name: str,
+    graph: Graph,
+    layers: list[Layer],
+    plan: MemoryPlan,
+    summary: dict[str, Any],
+) -> tuple[str, str]:
+    env = _environment()
+    blocks = []
+    for layer, node in zip(layers, graph.nodes):
+        ctx = dict(layer.call.context)
+        ctx.update(
+            ident=layer.ident,
+            in_ptr=_pointer(plan.tensors[node.inputs[0]], const=True),
+            out_ptr=_pointer(plan.tensors[node.output], const=False),
+            scratch_ptr=f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL",
+        )
+        blocks.append(env.get_template(f"ops/{layer.call.template}").render(ctx))
+    common = dict(
+        name=name,
+        NAME=name.upper(),
+        version=__version__,
+        layers=layers,
+        blocks=blocks,
+        plan=plan,
+        in_q=graph.tensors[graph.inputs[0]].quant,
+        out_q=graph.tensors[graph.outputs[0]].quant,
+        in_size=graph.tensors[graph.inputs[0]].size,
+        out_size=graph.tensors[graph.outputs[0]].size,
+        **summary,
+    )
+    header = env.get_template("model.h.j2").render(common)
+    source = env.get_template("model.c.j2").render(common)
+    return source, header

@@ -1,0 +1,34 @@
+"""Turn untrusted model text into safe C identifiers and comments."""
+
+from __future__ import annotations
+
+import re
+
+C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if inline int long "
+    "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
+    "_Bool _Complex _Imaginary".split()
+)
+
+
+def c_identifier(text: str, fallback: str = "layer", max_len: int = 32) -> str:
+    """[A-Za-z0-9_] only, not starting with a digit, never a keyword; may still need a unique prefix."""
+    ident = re.sub(r"[^A-Za-z0-9_]+", "_", text.encode("ascii", "ignore").decode()).strip("_")
+    ident = re.sub(r"_+", "_", ident)[:max_len].rstrip("_") or fallback
+    if ident[0].isdigit():
+        ident = "_" + ident
+    if ident in C_KEYWORDS:
+        ident += "_"
+    return ident
+
+
+def is_c_identifier(text: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text)) and text not in C_KEYWORDS
+
+
+def c_comment(text: str, max_len: int = 80) -> str:
+    """Printable ASCII that cannot close a comment, continue a line or start a directive."""
+    safe = text.encode("ascii", "backslashreplace").decode()
+    safe = "".join(ch if ch.isprintable() else " " for ch in safe)
+    safe = safe.replace("\\", "/").replace("*/", "* /").replace("/*", "/ *")
+    return safe[:max_len]

@@ -1,0 +1,112 @@
+"""Read an .onnx file safely and bring it to a static, batch-1, shape-annotated model.
+
+External data is only read from inside the model's own folder; old opsets are upgraded to 13.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper, shape_inference, version_converter
+
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+
+MIN_OPSET = 13
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    where = str(path)
+    if not path.is_file():
+        raise ConversionError("file not found", where)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types for garbage
+        raise ConversionError(f"not a readable ONNX model ({_short(exc)})", where) from exc
+    if not model.graph.node:
+        raise ConversionError("not an ONNX model (the graph has no nodes)", where)
+    _load_confined_external_data(model, path.parent.resolve(), where)
+    model = _upgrade_opset(model, where)
+    return fix_batch_and_infer_shapes(model, where)
+
+
+def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: str) -> None:
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        target = (folder / info.location).resolve()
+        if not target.is_relative_to(folder):
+            raise ConversionError(
+                f"tensor '{tensor.name}' points to external data outside the model's folder ({info.location!r})", where
+            )
+        if not target.is_file():
+            raise ConversionError(f"external data file {info.location!r} of tensor '{tensor.name}' is missing", where)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    except Exception as exc:
+        raise ConversionError(f"cannot read external data ({_short(exc)})", where) from exc
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    raise ConversionError("model imports no default ONNX opset")
+
+
+def _upgrade_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    if _default_opset(model) >= MIN_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        raise ConversionError(f"cannot upgrade opset {_default_opset(model)} to {MIN_OPSET} ({_short(exc)})", where)
+
+
+def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """Batch 1 everywhere (the C processes one sample); every other dimension must be static."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise UnsupportedOpError(
+            f"models with {len(inputs)} inputs and {len(model.graph.output)} outputs are not supported yet "
+            "(one input, one output)",
+            where,
+        )
+    dims = inputs[0].type.tensor_type.shape.dim
+    if not dims:
+        raise ConversionError(f"input '{inputs[0].name}' has no declared shape", where)
+    dims[0].Clear()
+    dims[0].dim_value = 1
+    for d in dims[1:]:
+        if not d.HasField("dim_value"):
+            raise ConversionError(f"input '{inputs[0].name}' has a dynamic dimension '{d.dim_param}'", where)
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ConversionError(f"shape inference failed at batch 1 ({_short(exc)})", where) from exc
+    return model
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
+    """Static shapes of every value; None where a dimension is unknown."""
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            shapes[vi.name] = None
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        shapes[vi.name] = None if any(d is None for d in dims) else tuple(int(d) for d in dims)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    return shapes

@@ -1,0 +1,78 @@
+"""The canonical 1D graph: the contract between frontends, passes, quantization and codegen.
+
+Shapes are *physical*: the batch dimension is gone (the C processes one sample) and activations are
+channel-last, so a 1D feature map is (W, C), a vector (F,). Float parameters (weights, bias) live in
+`Node.consts`; the integer parameters quantization derives from them live in `Node.qparams`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnx2cmsis.quant.rules import QuantParams
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    quant: QuantParams | None = None
+    calib_name: str | None = None  # model value whose calibrated float range this tensor takes
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class Node:
+    name: str  # as the model names it: untrusted text, sanitized by codegen
+    op: str  # canonical op: the key of a handler in the registry
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    qparams: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""  # the model op type(s) this node stands for, for reports
+
+    @property
+    def output(self) -> str:
+        return self.outputs[0]
+
+
+@dataclass
+class Graph:
+    tensors: dict[str, Tensor]
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    model_input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # as the model declares
+    model_output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+    def producer(self, tensor: str) -> Node | None:
+        for n in self.nodes:
+            if tensor in n.outputs:
+                return n
+        return None
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [n for n in self.nodes if tensor in n.inputs]
+
+    def is_boundary(self, tensor: str) -> bool:
+        return tensor in self.inputs or tensor in self.outputs
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Make every consumer (and the graph outputs) read `new` instead of `old`."""
+        for n in self.nodes:
+            n.inputs = [new if t == old else t for t in n.inputs]
+        self.outputs = [new if t == old else t for t in self.outputs]
+
+    def remove_unused_tensors(self) -> None:
+        used = set(self.inputs) | set(self.outputs)
+        for n in self.nodes:
+            used.update(n.inputs)
+            used.update(n.outputs)
+        self.tensors = {k: v for k, v in self.tensors.items() if k in used}

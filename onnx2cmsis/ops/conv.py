@@ -1,0 +1,151 @@
+"""Conv1D: ONNX Conv on (N, C, W) -> arm_convolve_s8 / arm_convolve_1x1_s8_fast, per-channel int8."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import (
+    CArray,
+    ImportContext,
+    KernelCall,
+    OnnxNodeView,
+    OpHandler,
+    check_uint16,
+    explicit_pads,
+    int_attr_list,
+)
+from onnx2cmsis.quant.rules import (
+    activation_range,
+    quantize_bias,
+    quantize_multiplier,
+    quantize_weights,
+    requantize,
+    saturate_int8,
+    symmetric_weight_scales,
+)
+
+
+def conv_scratch_bytes(kernel: int, in_ch: int) -> int:
+    """arm_convolve_s8_get_buffer_size for the largest of the pure-C/DSP and MVE builds."""
+    cols = kernel * in_ch
+    dsp = 4 * ((cols + 3) // 4 * 4)
+    mve = 4 * ((cols + 7) // 8) * 8
+    return max(dsp, mve)
+
+
+def fused_activation_range(node: Node, graph: Graph) -> tuple[int, int]:
+    q = graph.tensors[node.output].quant
+    assert q is not None
+    lo, hi = node.attrs.get("act", (None, None))
+    return activation_range(q, lo, hi)
+
+
+class Conv1DHandler(OpHandler):
+    op = "conv1d"
+    onnx_ops = ("Conv",)
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        in_shape = ctx.logical_shape(node.inputs[0])
+        if len(in_shape) != 2:
+            raise UnsupportedOpError(
+                f"only 1D convolution on (N, C, W) input is supported, got input shape {in_shape}", node.where
+            )
+        w = ctx.const(node.inputs[1])
+        if w is None:
+            raise UnsupportedOpError("convolution weights must be constant", node.where)
+        group = int(node.attr("group", 1))
+        if group != 1:
+            raise UnsupportedOpError(f"grouped/depthwise convolution (group={group}) is not supported yet", node.where)
+        c_out, c_in, k = w.shape
+        if c_in != in_shape[0]:
+            raise ConversionError(f"weights expect {c_in} input channels, input has {in_shape[0]}", node.where)
+        (stride,) = int_attr_list(node, "strides", [1], 1)
+        (dilation,) = int_attr_list(node, "dilations", [1], 1)
+        pad_l, pad_r = explicit_pads(node, in_shape[1], k, stride, dilation)
+        bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        bias = np.zeros(c_out, np.float32) if bias is None else bias.reshape(c_out).astype(np.float32)
+        ctx.add_node(
+            Node(
+                node.name,
+                self.op,
+                [ctx.tensor(node.inputs[0])],
+                [ctx.tensor(node.outputs[0])],
+                attrs={"kernel": k, "stride": stride, "dilation": dilation, "pad": (pad_l, pad_r)},
+                consts={"weight": np.ascontiguousarray(w.transpose(0, 2, 1), np.float32), "bias": bias},
+                origin=node.op_type,
+            )
+        )
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        w_in, _ = input_shapes[0]
+        a = node.attrs
+        eff_k = (a["kernel"] - 1) * a["dilation"] + 1
+        w_out = (w_in + a["pad"][0] + a["pad"][1] - eff_k) // a["stride"] + 1
+        return [(w_out, node.consts["weight"].shape[0])]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        super().quantize(node, graph, ranges)
+        q_in = graph.tensors[node.inputs[0]].quant
+        q_out = graph.tensors[node.output].quant
+        assert q_in is not None and q_out is not None
+        where = f"node '{node.name}' ({node.origin})"
+        w = node.consts["weight"]
+        s_w = symmetric_weight_scales(w, axis=0)
+        mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
+        node.qparams = {
+            "weight": quantize_weights(w, s_w, axis=0),
+            "weight_scales": s_w,
+            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, where),
+            "multiplier": np.array(mults, np.int32),
+            "shift": np.array(shifts, np.int32),
+            "act_range": fused_activation_range(node, graph),
+        }
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        a, qp = node.attrs, node.qparams
+        q_in = graph.tensors[node.inputs[0]].quant
+        q_out = graph.tensors[node.output].quant
+        x = inputs[0].astype(np.int64) - q_in.zero_point  # input_offset = -zp: padding contributes 0
+        w_out = self.output_shapes(node, [inputs[0].shape])[0][0]
+        k, s, d = a["kernel"], a["stride"], a["dilation"]
+        pad_l = a["pad"][0]
+        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - x.shape[0])
+        xp = np.pad(x, ((pad_l, right), (0, 0)))
+        taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d  # (w_out, k)
+        cols = xp[taps].reshape(w_out, -1)  # (w_out, k*c_in)
+        wq = qp["weight"].astype(np.int64).reshape(qp["weight"].shape[0], -1)
+        acc = cols @ wq.T + qp["bias"].astype(np.int64)
+        y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
+        return [saturate_int8(y, *qp["act_range"])]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        a, qp = node.attrs, node.qparams
+        (w_in, c_in), (w_out, c_out) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
+        where = f"node '{node.name}' ({node.origin})"
+        check_uint16(where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=a["kernel"], pad=a["pad"][0])
+        pointwise = a["kernel"] == 1 and a["pad"] == (0, 0) and a["stride"] == 1 and a["dilation"] == 1
+        kernel = "arm_convolve_1x1_s8_fast" if pointwise else "arm_convolve_s8"
+        scratch = 0 if pointwise else conv_scratch_bytes(a["kernel"], c_in)
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        return KernelCall(
+            template="conv1d.c.j2",
+            kernel=kernel,
+            context={
+                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"],
+                "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
+                "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
+                "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
+                "scratch_bytes": scratch,
+            },
+            arrays=[
+                CArray("weights", "int8_t", qp["weight"], f"[{c_out}][1][{a['kernel']}][{c_in}] per-channel int8"),
+                CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
+                CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
+                CArray("shift", "int32_t", qp["shift"], ""),
+            ],
+            functions=[kernel] + ([] if pointwise else ["arm_convolve_s8_get_buffer_size"]),
+            scratch_bytes=scratch,
+            macs=w_out * c_out * a["kernel"] * c_in,
+        )

@@ -1,0 +1,113 @@
+"""Dense (Gemm, MatMul) -> arm_fully_connected_s8 with per-tensor int8 weights.
+
+The PyPI CMSIS-NN snapshot has only the per-tensor fully-connected kernel, and TFLite-Micro's
+FULLY_CONNECTED accepts per-tensor weights, so per-tensor it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, check_uint16
+from onnx2cmsis.ops.conv import fused_activation_range
+from onnx2cmsis.quant.rules import (
+    quantize_bias,
+    quantize_multiplier,
+    quantize_weights,
+    requantize,
+    saturate_int8,
+    symmetric_weight_scales,
+)
+
+
+class DenseHandler(OpHandler):
+    op = "dense"
+    onnx_ops = ("Gemm", "MatMul")
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        in_shape = ctx.logical_shape(node.inputs[0])
+        if len(in_shape) != 1:
+            raise UnsupportedOpError(
+                f"dense layers on input of shape {in_shape} (per time step) are not supported yet", node.where
+            )
+        b = ctx.const(node.inputs[1])
+        if b is None:
+            raise UnsupportedOpError("the weight matrix must be constant", node.where)
+        if node.op_type == "Gemm":
+            if node.attr("transA", 0):
+                raise UnsupportedOpError("Gemm with transA=1 is not supported", node.where)
+            b = b.T if node.attr("transB", 0) else b
+            b = b * float(node.attr("alpha", 1.0))
+        if b.ndim != 2 or b.shape[0] != in_shape[0]:
+            raise ConversionError(f"weights of shape {b.shape} do not match input features {in_shape[0]}", node.where)
+        out_features = b.shape[1]
+        bias = np.zeros(out_features, np.float32)
+        if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2]:
+            c = ctx.const(node.inputs[2])
+            if c is None:
+                raise UnsupportedOpError("the Gemm bias must be constant", node.where)
+            bias = np.broadcast_to(c * float(node.attr("beta", 1.0)), (1, out_features)).reshape(-1)
+        ctx.add_node(
+            Node(
+                node.name,
+                self.op,
+                [ctx.tensor(node.inputs[0])],
+                [ctx.tensor(node.outputs[0])],
+                consts={"weight": np.ascontiguousarray(b.T, np.float32), "bias": bias.astype(np.float32)},
+                origin=node.op_type,
+            )
+        )
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [(node.consts["weight"].shape[0],)]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        super().quantize(node, graph, ranges)
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        w = node.consts["weight"]
+        s_w = symmetric_weight_scales(w, axis=None)
+        m, sh = quantize_multiplier(float(q_in.scale) * float(s_w[0]) / float(q_out.scale))
+        wq = quantize_weights(w, s_w, axis=None)
+        node.qparams = {
+            "weight": wq,
+            "weight_scale": float(s_w[0]),
+            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, f"node '{node.name}' ({node.origin})"),
+            "multiplier": m,
+            "shift": sh,
+            "act_range": fused_activation_range(node, graph),
+            # MVE kernels read per-row weight sums from ctx.buf (the snapshot API: plain sums).
+            "kernel_sums": wq.astype(np.int32).sum(axis=1).astype(np.int32),
+        }
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        qp = node.qparams
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        x = inputs[0].reshape(-1).astype(np.int64) - q_in.zero_point
+        acc = qp["weight"].astype(np.int64) @ x + qp["bias"].astype(np.int64)
+        y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
+        return [saturate_int8(y, *qp["act_range"])]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        qp = node.qparams
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        n_out, n_in = qp["weight"].shape
+        check_uint16(f"node '{node.name}' ({node.origin})", in_features=n_in, out_features=n_out)
+        return KernelCall(
+            template="dense.c.j2",
+            kernel="arm_fully_connected_s8",
+            context={
+                "n_in": n_in, "n_out": n_out, "input_offset": -q_in.zero_point,
+                "output_offset": q_out.zero_point, "multiplier": qp["multiplier"], "shift": qp["shift"],
+                "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
+            },
+            arrays=[
+                CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-tensor int8"),
+                CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w"),
+                CArray("kernel_sums", "int32_t", qp["kernel_sums"], "row sums the MVE kernel reads",
+                       guard="defined(ARM_MATH_MVEI)"),
+            ],
+            functions=["arm_fully_connected_s8"],
+            macs=n_in * n_out,
+        )

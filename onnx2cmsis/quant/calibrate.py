@@ -1,0 +1,97 @@
+"""Calibration: run the float model in ONNX Runtime and record every value's min/max.
+
+Samples are read one at a time from a memory-mapped .npy, so a large calibration set costs no
+more memory than one sample and the running min/max.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx2cmsis.errors import ConversionError
+
+
+def load_calibration(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """An (N, *input_shape[1:]) float array (possibly memory-mapped) from .npy or .npz."""
+    where = str(path)
+    if not path.is_file():
+        raise ConversionError("calibration file not found", where)
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if not z.files:
+                    raise ConversionError("the .npz holds no array", where)
+                data = z[z.files[0]]
+        else:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"not a readable .npy/.npz array ({str(exc).splitlines()[0][:120]})", where) from exc
+    if data.dtype.kind not in "fiu":
+        raise ConversionError(f"calibration data has dtype {data.dtype}, expected a numeric array", where)
+    sample = tuple(input_shape[1:])
+    if data.shape == sample:
+        data = data[None]
+    elif data.ndim == len(sample) + 2 and data.shape[1] == 1 and data.shape[2:] == sample:
+        data = data[:, 0]
+    if data.shape[1:] != sample or data.shape[0] == 0:
+        raise ConversionError(
+            f"calibration data has shape {data.shape}, expected (N, {', '.join(map(str, sample))})", where
+        )
+    return data
+
+
+def _session(model: onnx.ModelProto, extra_outputs: list[str]):  # -> onnxruntime.InferenceSession
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in extra_outputs:
+        if name not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+            have.add(name)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def run_float(model: onnx.ModelProto, samples: Iterable[np.ndarray], outputs: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield {value name: float array} for each sample (batch 1)."""
+    names = outputs or [o.name for o in model.graph.output]
+    try:
+        sess = _session(model, names)
+    except Exception as exc:
+        raise ConversionError(f"ONNX Runtime cannot load the model ({_first_line(exc)})") from exc
+    in_name = sess.get_inputs()[0].name
+    for x in samples:
+        try:
+            res = sess.run(names, {in_name: np.asarray(x, np.float32)[None]})
+        except Exception as exc:
+            raise ConversionError(f"ONNX Runtime cannot run the model ({_first_line(exc)})") from exc
+        yield dict(zip(names, res))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def collect_ranges(model: onnx.ModelProto, samples: Iterable[np.ndarray], values: list[str]) -> dict[str, tuple[float, float]]:
+    lo = {v: np.inf for v in values}
+    hi = {v: -np.inf for v in values}
+    for outs in run_float(model, samples, values):
+        for v, arr in outs.items():
+            if arr.size:
+                lo[v] = min(lo[v], float(np.min(arr)))
+                hi[v] = max(hi[v], float(np.max(arr)))
+    bad = [v for v in values if not (np.isfinite(lo[v]) and np.isfinite(hi[v]))]
+    if bad:
+        raise ConversionError(f"calibration produced non-finite values in '{bad[0]}' (NaN/Inf in data or weights?)")
+    return {v: (lo[v], hi[v]) for v in values}

@@ -1,0 +1,34 @@
+"""Quantize a canonical graph in topological order, and run its integer reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.registry import Registry
+from onnx2cmsis.quant.rules import activation_quant
+
+
+def calibration_values(graph: Graph) -> list[str]:
+    """The model values whose float ranges quantization needs."""
+    return sorted({t.calib_name for t in graph.tensors.values() if t.calib_name})
+
+
+def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]]) -> None:
+    for name in graph.inputs:
+        t = graph.tensors[name]
+        t.quant = activation_quant(*ranges[t.calib_name or name])
+    for node in graph.nodes:
+        registry.for_op(node.op).quantize(node, graph, ranges)
+
+
+def run_reference(graph: Graph, registry: Registry, x: np.ndarray, keep_all: bool = False) -> dict[str, np.ndarray]:
+    """The integer reference: int8 input bytes in the model's layout -> every (or the output) tensor."""
+    inp = graph.inputs[0]
+    values = {inp: np.asarray(x, np.int8).reshape(graph.tensors[inp].shape)}
+    for node in graph.nodes:
+        outs = registry.for_op(node.op).reference(node, graph, [values[t] for t in node.inputs])
+        for name, arr in zip(node.outputs, outs):
+            assert arr.shape == graph.tensors[name].shape, (node.name, arr.shape, graph.tensors[name].shape)
+            values[name] = arr
+    return values if keep_all else {o: values[o] for o in graph.outputs}

@@ -1,0 +1,119 @@
+"""Build generated C for the host with gcc and call it from Python (ctypes).
+
+CMSIS-NN is compiled once per tree and flag set into a cached static library; generated model files
+are compiled with the strict flags a user's firmware build would use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from onnx2cmsis.cmsis_nn.source import CmsisTree, cache_dir
+from onnx2cmsis.errors import ToolchainError
+
+STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
+CMSIS_FLAGS = ("-O2", "-fPIC", "-w")
+
+
+def _cc() -> str:
+    cc = os.environ.get("CC", "gcc")
+    if shutil.which(cc) is None:
+        raise ToolchainError(f"C compiler '{cc}' not found (install gcc or set CC)")
+    return cc
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ToolchainError(f"{what} failed:\n{proc.stderr[-4000:]}")
+
+
+def cmsis_library(tree: CmsisTree) -> Path:
+    """libcmsisnn.a for the host: every integer source of the tree, built once and cached."""
+    sources = sorted(p for p in (tree.root / "Source").rglob("*.c") if not p.name.endswith(("_f32.c", "_f16.c")))
+    key = hashlib.sha256()
+    for p in sources:
+        key.update(p.relative_to(tree.root).as_posix().encode())
+        key.update(p.read_bytes())
+    for p in sorted(tree.include.rglob("*.h")):
+        key.update(p.read_bytes())
+    key.update(" ".join((_cc(), *CMSIS_FLAGS)).encode())
+    lib = cache_dir() / "host-lib" / key.hexdigest()[:16] / "libcmsisnn.a"
+    if lib.is_file():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+        objs = [Path(tmp) / f"{i:03d}_{p.stem}.o" for i, p in enumerate(sources)]
+
+        def compile_one(pair: tuple[Path, Path]) -> None:
+            src, obj = pair
+            _run([_cc(), *CMSIS_FLAGS, "-I", str(tree.include), "-c", str(src), "-o", str(obj)], f"compiling {src.name}")
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            list(pool.map(compile_one, zip(sources, objs)))
+        staged = Path(tmp) / "libcmsisnn.a"
+        _run(["ar", "rcs", str(staged), *map(str, objs)], "archiving CMSIS-NN")
+        os.replace(staged, lib)
+    return lib
+
+
+def build_shared_library(c_files: list[Path], include_dirs: list[Path], tree: CmsisTree, out: Path,
+                         extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile generated C (strict warnings as errors) and link it with CMSIS-NN into a .so."""
+    cmd = [_cc(), *STRICT_FLAGS, "-O2", "-fPIC", "-shared", *extra_flags, "-I", str(tree.include)]
+    for d in include_dirs:
+        cmd += ["-I", str(d)]
+    cmd += [str(f) for f in c_files] + [str(cmsis_library(tree)), "-o", str(out)]
+    _run(cmd, "building generated C")
+    return out
+
+
+class HostModel:
+    """NAME_invoke from a shared library, as a numpy function."""
+
+    def __init__(self, library: Path, name: str, input_size: int, output_size: int) -> None:
+        self._lib = ctypes.CDLL(str(library))
+        self._invoke = getattr(self._lib, f"{name}_invoke")
+        self._invoke.restype = ctypes.c_int
+        self._invoke.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.input_size, self.output_size = input_size, output_size
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, np.int8).reshape(-1))
+        if x.size != self.input_size:
+            raise ValueError(f"input has {x.size} values, the model takes {self.input_size}")
+        y = np.zeros(self.output_size, np.int8)
+        status = self._invoke(x.ctypes.data, y.ctypes.data)
+        if status != 0:
+            raise RuntimeError(f"invoke returned CMSIS-NN status {status}")
+        return y
+
+
+def build_conversions(conversions: list, workdir: Path, library: str = "models") -> dict[str, HostModel]:
+    """Write and compile many conversions into one shared library (one gcc run); name -> HostModel.
+
+    `conversions` are api.Conversion objects with distinct names and one CMSIS-NN tree.
+    """
+    trees = {c.cmsis for c in conversions}
+    if len(trees) != 1:
+        raise ValueError("all conversions must use the same CMSIS-NN tree")
+    workdir.mkdir(parents=True, exist_ok=True)
+    c_files = []
+    for c in conversions:
+        (workdir / f"{c.name}.c").write_text(c.source)
+        (workdir / f"{c.name}.h").write_text(c.header)
+        c_files.append(workdir / f"{c.name}.c")
+    so = build_shared_library(c_files, [workdir], trees.pop(), workdir / f"lib{library}.so")
+    return {
+        c.name: HostModel(so, c.name, c.graph.tensors[c.graph.inputs[0]].size, c.graph.tensors[c.graph.outputs[0]].size)
+        for c in conversions
+    }

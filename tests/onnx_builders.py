@@ -1,0 +1,146 @@
+"""Random one-op (or op + activation) ONNX models for the per-op sweeps, built with onnx.helper."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+@dataclass
+class Case:
+    name: str
+    model: onnx.ModelProto
+    calibration: np.ndarray  # (N, *input shape without batch)
+    params: dict = field(default_factory=dict)
+
+    def save(self, folder: Path) -> Path:
+        path = folder / f"{self.name}.onnx"
+        onnx.save(self.model, str(path))
+        return path
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "case", inputs, outputs, initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+
+    return m
+
+
+def _calibration(rng: np.random.Generator, shape: tuple[int, ...], n: int = 32) -> np.ndarray:
+    scale = rng.uniform(0.2, 4.0)
+    offset = rng.uniform(-1.0, 1.0) * scale
+    return (rng.standard_normal((n, *shape)) * scale + offset).astype(np.float32)
+
+
+def _activation(rng: np.random.Generator, nodes: list, inits: list, x: str, out: str) -> str:
+    """Append nothing, Relu or Clip(0, 6) after `x`; returns the kind."""
+    kind = str(rng.choice(["none", "relu", "relu6"]))
+    if kind == "relu":
+        nodes.append(helper.make_node("Relu", [x], [out]))
+    elif kind == "relu6":
+        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+        nodes.append(helper.make_node("Clip", [x, "lo", "hi"], [out]))
+    else:
+        nodes.append(helper.make_node("Identity", [x], [out]))
+    return kind
+
+
+def conv_case(rng: np.random.Generator, i: int, tflite_padding: bool = False) -> Case:
+    c_in, c_out = int(rng.integers(1, 9)), int(rng.integers(1, 17))
+    k, stride, dil = int(rng.integers(1, 8)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    eff_k = (k - 1) * dil + 1
+    attrs = {"kernel_shape": [k], "strides": [stride], "dilations": [dil]}
+    mode = str(rng.choice(["explicit", "SAME_UPPER", "VALID"]))
+    if mode == "explicit":
+        pads = [int(rng.integers(0, eff_k)), int(rng.integers(0, eff_k))]
+        attrs["pads"] = pads
+    else:
+        attrs["auto_pad"] = mode
+        pads = [0, 0]
+        if mode == "SAME_UPPER":  # ONNX Runtime rejects dilation with auto_pad SAME
+            dil = attrs["dilations"][0] = 1
+            eff_k = k
+    w = int(rng.integers(max(1, eff_k - sum(pads)), eff_k + 40))
+    if mode == "VALID":
+        w = max(w, eff_k)
+    weight = (rng.standard_normal((c_out, c_in, k)) / np.sqrt(c_in * k)).astype(np.float32)
+    if rng.random() < 0.1:
+        weight[0] = 0.0  # an all-zero output channel must not break the per-channel scales
+    bias = (rng.standard_normal(c_out) * 0.3).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    inputs = ["x", "w"]
+    if rng.random() < 0.8:
+        inits.append(numpy_helper.from_array(bias, "b"))
+        inputs.append("b")
+    nodes = [helper.make_node("Conv", inputs, ["conv"], **attrs)]
+    act = _activation(rng, nodes, inits, "conv", "y")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"conv{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c_in, w)),
+                {"mode": mode, "act": act, "k": k, "stride": stride, "dilation": dil, "pads": pads})
+
+
+def maxpool_case(rng: np.random.Generator, i: int) -> Case:
+    c = int(rng.integers(1, 17))
+    k, stride = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+    attrs: dict = {"kernel_shape": [k], "strides": [stride]}
+    mode = str(rng.choice(["explicit", "SAME_UPPER", "VALID"]))
+    if mode == "explicit":
+        attrs["pads"] = [int(rng.integers(0, k)), int(rng.integers(0, k))]
+        attrs["ceil_mode"] = int(rng.integers(0, 2))
+    else:
+        attrs["auto_pad"] = mode
+        if mode == "SAME_UPPER" and stride > k:  # ONNX Runtime computes a negative pad there
+            attrs["strides"] = [k]
+    w = int(rng.integers(k, k + 40))
+    nodes = [helper.make_node("MaxPool", ["x"], ["pool"], **attrs)]
+    inits: list = []
+    act = _activation(rng, nodes, inits, "pool", "y")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"maxpool{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"mode": mode, "act": act})
+
+
+def dense_case(rng: np.random.Generator, i: int) -> Case:
+    f_in, f_out = int(rng.integers(1, 97)), int(rng.integers(1, 33))
+    w = (rng.standard_normal((f_in, f_out)) / np.sqrt(f_in)).astype(np.float32)
+    b = (rng.standard_normal(f_out) * 0.3).astype(np.float32)
+    form = str(rng.choice(["gemm", "gemm_transB", "matmul_add"]))
+    if form == "gemm":
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["fc"])]
+    elif form == "gemm_transB":
+        inits = [numpy_helper.from_array(np.ascontiguousarray(w.T), "w"), numpy_helper.from_array(b, "b")]
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["fc"], transB=1)]
+    else:
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["fc"])]
+    act = _activation(rng, nodes, inits, "fc", "y")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, f_in])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"dense{i}", _model(nodes, [x], [y], inits), _calibration(rng, (f_in,)), {"form": form, "act": act})
+
+
+def softmax_case(rng: np.random.Generator, i: int) -> Case:
+    if rng.random() < 0.7:
+        shape = [1, int(rng.integers(2, 65))]
+        axis = int(rng.choice([1, -1]))
+    else:
+        shape = [1, int(rng.integers(2, 17)), int(rng.integers(1, 9))]  # (N, C, W): softmax over channels
+        axis = 1
+    nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=axis)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    calib = _calibration(rng, tuple(shape[1:])) * rng.uniform(0.5, 4.0)
+    return Case(f"softmax{i}", _model(nodes, [x], [y], []), calib.astype(np.float32), {"shape": shape})
+
+
+BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case}
