@@ -23,18 +23,18 @@ def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         phase = rng.uniform(0, 2 * np.pi, AXES)
         gain = rng.uniform(0.8, 1.2, AXES)
         base = 0.3 * np.sin(2 * np.pi * f * t[None] + phase[:, None])
-        sig = base + 0.15 * rng.standard_normal((AXES, STEPS))
+        sig = base + 0.35 * rng.standard_normal((AXES, STEPS))
         if label == 1:
-            sig += 0.8 * np.sin(2 * np.pi * f * t[None] + phase[:, None])
+            sig += 0.35 * np.sin(2 * np.pi * f * t[None] + phase[:, None])
         elif label == 2:
-            sig[2] += 0.7 * np.sin(2 * np.pi * 2 * f * t + phase[2])
-            sig[:2] += 0.3 * np.sin(2 * np.pi * 2 * f * t[None] + phase[:2, None])
+            sig[2] += 0.35 * np.sin(2 * np.pi * 2 * f * t + phase[2])
+            sig[:2] += 0.15 * np.sin(2 * np.pi * 2 * f * t[None] + phase[:2, None])
         elif label == 3:
             period = int(rng.integers(12, 20))
             start = int(rng.integers(0, period))
             ring = np.exp(-np.arange(8) / 2.0) * np.cos(np.arange(8) * 2.5)
             for p in range(start, STEPS, period):
                 seg = ring[: STEPS - p]
-                sig[:, p : p + len(seg)] += 1.2 * seg[None] * gain[:, None]
+                sig[:, p : p + len(seg)] += 0.7 * seg[None] * gain[:, None]
         x[i] = sig * gain[:, None]
     return x, y.astype(np.int64)

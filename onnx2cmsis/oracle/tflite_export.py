@@ -113,21 +113,26 @@ def _conv1d(ex: _Exporter, node: Node) -> None:
 
 def _maxpool1d(ex: _Exporter, node: Node) -> None:
     fb, a = ex.fb, node.attrs
-    w_in = ex.graph.tensors[node.inputs[0]].shape[0]
+    w_in, c = ex.graph.tensors[node.inputs[0]].shape
     k, s, p, out_w = a["kernel"], a["stride"], a["pad_left"], a["out_w"]
-    if p == 0 and out_w == (w_in - k) // s + 1:
-        padding = fb.Padding.VALID
-    elif out_w == -(-w_in // s) and p == max((out_w - 1) * s + k - w_in, 0) // 2:
-        padding = fb.Padding.SAME
-    else:
-        raise NotExportable("max pool padding is neither TFLite SAME nor VALID", node.name)
+    src = ex.activation(node.inputs[0])
+    pad_r = max(0, (out_w - 1) * s + k - w_in - p)
+    if p or pad_r:
+        # PADV2 with -128 then VALID: a padded tap never wins the max, as CMSIS-NN skips it.
+        padded = ex.me.Tensor(shape=[1, 1, w_in + p + pad_r, c], dtype=fb.TensorType.INT8,
+                              quantization=src.quantization, name=f"{node.output}_padded")
+        pads = ex.const(np.array([[0, 0], [0, 0], [p, pad_r], [0, 0]], np.int32), fb.TensorType.INT32,
+                        f"{node.output}_pads")
+        low = ex.const(np.array([-128], np.int8), fb.TensorType.INT8, f"{node.output}_pad_value", src.quantization)
+        ex.op(fb.BuiltinOperator.PADV2, [src, pads, low], [padded], fb.BuiltinOptions.PadV2Options,
+              fb.PadV2OptionsT())
+        src = padded
     opts = fb.Pool2DOptionsT()
-    opts.padding = padding
+    opts.padding = fb.Padding.VALID
     opts.strideW, opts.strideH = s, 1
     opts.filterWidth, opts.filterHeight = k, 1
     opts.fusedActivationFunction = ex.fused(node)
-    ex.op(fb.BuiltinOperator.MAX_POOL_2D, [ex.activation(node.inputs[0])], [ex.activation(node.output)],
-          fb.BuiltinOptions.Pool2DOptions, opts)
+    ex.op(fb.BuiltinOperator.MAX_POOL_2D, [src], [ex.activation(node.output)], fb.BuiltinOptions.Pool2DOptions, opts)
 
 
 def _dense(ex: _Exporter, node: Node) -> None:

@@ -27,20 +27,23 @@ class Placement:
 
 
 @dataclass
-class MemoryPlan:
-    arena_bytes: int
-    lower_bound: int
-    tensors: dict[str, Placement]
-    scratch: dict[int, int] = field(default_factory=dict)  # node index -> arena offset
+class Buffer:
+    """One arena allocation: a tensor (with its views) or a node's scratch, live over [start, end]."""
 
-
-@dataclass
-class _Buffer:
     key: str
     size: int
     start: int
     end: int
     offset: int = -1
+
+
+@dataclass
+class MemoryPlan:
+    arena_bytes: int
+    lower_bound: int
+    tensors: dict[str, Placement]
+    scratch: dict[int, int] = field(default_factory=dict)  # node index -> arena offset
+    buffers: list[Buffer] = field(default_factory=list)
 
 
 def _storage_roots(graph: Graph, registry: Registry) -> dict[str, str]:
@@ -61,7 +64,7 @@ def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> M
         groups.setdefault(r, []).append(t)
 
     placements: dict[str, Placement] = {}
-    buffers: list[_Buffer] = []
+    buffers: list[Buffer] = []
     producer_index = {out: i for i, n in enumerate(graph.nodes) for out in n.outputs}
     for r, members in groups.items():
         in_input = r in graph.inputs
@@ -75,10 +78,10 @@ def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> M
             continue
         last_use = max((i for i, n in enumerate(graph.nodes) if any(m in n.inputs for m in members)), default=-1)
         start = producer_index[r]
-        buffers.append(_Buffer(r, _align(graph.tensors[r].size), start, max(start, last_use)))
+        buffers.append(Buffer(r, _align(graph.tensors[r].size), start, max(start, last_use)))
     for i, size in enumerate(scratch_sizes):
         if size:
-            buffers.append(_Buffer(f"#scratch{i}", _align(size), i, i))
+            buffers.append(Buffer(f"#scratch{i}", _align(size), i, i))
 
     arena = _place_greedy(buffers)
     for b in buffers:
@@ -88,11 +91,11 @@ def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> M
     scratch = {int(b.key[len("#scratch"):]): b.offset for b in buffers if b.key.startswith("#scratch")}
     steps = range(len(graph.nodes))
     lower = max((sum(b.size for b in buffers if b.start <= i <= b.end) for i in steps), default=0)
-    return MemoryPlan(arena, lower, placements, scratch)
+    return MemoryPlan(arena, lower, placements, scratch, buffers)
 
 
-def _place_greedy(buffers: list[_Buffer]) -> int:
-    placed: list[_Buffer] = []
+def _place_greedy(buffers: list[Buffer]) -> int:
+    placed: list[Buffer] = []
     for b in sorted(buffers, key=lambda b: (-b.size, b.start, b.key)):
         clashes = sorted((p for p in placed if p.start <= b.end and b.start <= p.end), key=lambda p: p.offset)
         offset = 0

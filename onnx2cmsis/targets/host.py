@@ -85,7 +85,24 @@ class HostModel:
         self._invoke = getattr(self._lib, f"{name}_invoke")
         self._invoke.restype = ctypes.c_int
         self._invoke.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._quantize = getattr(self._lib, f"{name}_quantize_input")
+        self._dequantize = getattr(self._lib, f"{name}_dequantize_output")
+        for fn in (self._quantize, self._dequantize):
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.input_size, self.output_size = input_size, output_size
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1))
+        q = np.zeros(self.input_size, np.int8)
+        self._quantize(x.ctypes.data, q.ctypes.data)
+        return q
+
+    def dequantize_output(self, q: np.ndarray) -> np.ndarray:
+        q = np.ascontiguousarray(np.asarray(q, np.int8).reshape(-1))
+        y = np.zeros(self.output_size, np.float32)
+        self._dequantize(q.ctypes.data, y.ctypes.data)
+        return y
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x, np.int8).reshape(-1))

@@ -1,0 +1,112 @@
+"""The command line: both argument forms, one-line errors, no partial files, deterministic output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "examples" / "vibration" / "vibration_cnn.onnx"
+CALIB = ROOT / "examples" / "vibration" / "calibration.npy"
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_convert_writes_c_h_json(tmp_path):
+    r = run_cli("convert", str(MODEL), "--calibration", str(CALIB), "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vibration_cnn.c", "vibration_cnn.h", "vibration_cnn.json"]
+    header = (tmp_path / "vibration_cnn.h").read_text()
+    for define in ("INPUT_SIZE 384", "OUTPUT_SIZE 4", "INPUT_SCALE", "INPUT_ZERO_POINT", "OUTPUT_SCALE",
+                   "OUTPUT_ZERO_POINT -128", "ARENA_SIZE"):
+        assert f"#define VIBRATION_CNN_{define}" in header
+    assert "int vibration_cnn_invoke(const int8_t *input, int8_t *output);" in header
+    assert 'extern "C"' in header and "#ifndef VIBRATION_CNN_H" in header
+    sha = __import__("hashlib").sha256(MODEL.read_bytes()).hexdigest()
+    assert sha in header
+    report = json.loads((tmp_path / "vibration_cnn.json").read_text())
+    assert report["arena_bytes"] >= report["arena_lower_bound_bytes"] > 0
+    assert report["input"]["shape"] == [1, 3, 128]
+    assert "Source/ConvolutionFunctions/arm_convolve_s8.c" in report["cmsis_nn"]["sources"]
+    assert sum(layer["weight_bytes"] for layer in report["layers"]) == report["weights_bytes"]
+
+
+def test_original_positional_form(tmp_path):
+    r = run_cli("convert", str(MODEL), "vib", str(tmp_path), "--calibration", str(CALIB))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "vib.c").is_file() and "vib_invoke" in (tmp_path / "vib.h").read_text()
+
+
+def test_output_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for d in (a, b):
+        assert run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(d)).returncode == 0
+    for suffix in (".c", ".h", ".json"):
+        assert (a / f"vibration_cnn{suffix}").read_bytes() == (b / f"vibration_cnn{suffix}").read_bytes()
+
+
+def _unsupported_model(path: Path) -> None:
+    node = helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1])
+    lstm = helper.make_node("Tan", ["c"], ["y"], name="weird_tan")
+    graph = helper.make_graph(
+        [node, lstm], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])],
+        initializer=[numpy_helper.from_array(np.ones((4, 2, 3), np.float32), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("missing_model", "file not found"),
+        ("garbage_model", "not a readable ONNX model"),
+        ("unsupported_op", "node 'weird_tan' (Tan): operator Tan is not supported"),
+        ("bad_name", "is not a valid C identifier"),
+        ("missing_out", "output folder does not exist"),
+        ("bad_calibration_shape", "calibration data has shape"),
+        ("no_calibration", "--calibration"),
+    ],
+)
+def test_bad_input_gives_one_line_and_no_files(tmp_path, case, expect):
+    out = tmp_path / "out"
+    out.mkdir()
+    model, calib, extra = str(MODEL), str(CALIB), []
+    if case == "missing_model":
+        model = str(tmp_path / "nope.onnx")
+    elif case == "garbage_model":
+        (tmp_path / "g.onnx").write_bytes(b"\x00\x01garbage" * 10)
+        model = str(tmp_path / "g.onnx")
+    elif case == "unsupported_op":
+        _unsupported_model(tmp_path / "u.onnx")
+        model = str(tmp_path / "u.onnx")
+        np.save(tmp_path / "u.npy", np.zeros((4, 2, 16), np.float32))
+        calib = str(tmp_path / "u.npy")
+    elif case == "bad_name":
+        extra = ["--name", "3-bad name"]
+    elif case == "missing_out":
+        out = tmp_path / "does" / "not" / "exist"
+    elif case == "bad_calibration_shape":
+        np.save(tmp_path / "c.npy", np.zeros((4, 128, 3), np.float32))
+        calib = str(tmp_path / "c.npy")
+    args = ["convert", model, "--out", str(out), *extra] + ([] if case == "no_calibration" else ["-c", calib])
+    r = run_cli(*args)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in r.stderr
+    if out.is_dir():
+        assert list(out.iterdir()) == []

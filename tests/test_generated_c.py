@@ -1,0 +1,90 @@
+"""Properties of the generated C beyond the numbers: its helpers, its portability, its memory plan."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+from onnx2cmsis.targets.host import build_conversions
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "vibration"
+
+CORTEX_M = {
+    "m0plus": ["-mcpu=cortex-m0plus", "-mfloat-abi=soft"],
+    "m4": ["-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"],
+    "m7": ["-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"],
+    "m55": ["-mcpu=cortex-m55", "-mfloat-abi=hard"],
+}
+
+
+@pytest.fixture(scope="module")
+def example():
+    return convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
+
+
+@pytest.fixture(scope="module")
+def example_lib(example, tmp_path_factory):
+    return build_conversions([example], tmp_path_factory.mktemp("example"))[example.name]
+
+
+def test_quantize_input_in_c_matches_numpy(example, example_lib):
+    q = example.graph.tensors[example.graph.inputs[0]].quant
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(example_lib.input_size) * 2).astype(np.float32)
+    # exact halves between codes, saturation, NaN and infinities
+    x[:8] = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 100.5, -7.5], np.float32) * np.float32(q.scale)
+    x[8:13] = [1e9, -1e9, np.nan, np.inf, -np.inf]
+    assert np.array_equal(example_lib.quantize_input(x), quantize_tensor(x, q))
+
+
+def test_dequantize_output_in_c_matches_numpy(example, example_lib):
+    q = example.graph.tensors[example.graph.outputs[0]].quant
+    codes = np.arange(-128, 128, dtype=np.int8)[: example_lib.output_size]
+    assert np.array_equal(example_lib.dequantize_output(codes), dequantize_tensor(codes, q))
+
+
+def test_no_dynamic_memory_and_const_weights(example):
+    assert "malloc(" not in example.source and "free(" not in example.source
+    for line in example.source.splitlines():
+        if "_weights[" in line and "=" in line:
+            assert line.startswith("static const int8_t")
+
+
+@pytest.mark.parametrize("cpu", sorted(CORTEX_M))
+def test_cross_compiles_warning_free(example, tmp_path, cpu):
+    cc = shutil.which("arm-none-eabi-gcc")
+    if cc is None:
+        pytest.skip("arm-none-eabi-gcc not installed (apt-get install gcc-arm-none-eabi)")
+    (tmp_path / f"{example.name}.c").write_text(example.source)
+    (tmp_path / f"{example.name}.h").write_text(example.header)
+    cmd = [cc, "-mthumb", *CORTEX_M[cpu], "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
+           "-I", str(example.cmsis.include), "-I", str(tmp_path), "-c", str(tmp_path / f"{example.name}.c"),
+           "-o", str(tmp_path / "model.o")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_memory_plan_never_overlaps_live_buffers(example):
+    """Every pair of arena buffers alive at the same step occupies disjoint bytes."""
+    plan, graph = example.plan, example.graph
+    bufs = plan.buffers
+    assert bufs
+    for a in bufs:
+        assert 0 <= a.offset and a.offset + a.size <= plan.arena_bytes and a.offset % 4 == 0
+        for b in bufs:
+            if a is not b and a.start <= b.end and b.start <= a.end:
+                assert a.offset + a.size <= b.offset or b.offset + b.size <= a.offset, (a, b)
+    # each tensor's lifetime lies inside its buffer's: producer .. last reader
+    for t, p in plan.tensors.items():
+        if p.storage == "arena":
+            users = [i for i, n in enumerate(graph.nodes) if t in n.inputs or t in n.outputs]
+            assert any(b.offset == p.offset and b.start <= min(users) and max(users) <= b.end for b in bufs), t
+    assert plan.arena_bytes >= plan.lower_bound
+    assert plan.arena_bytes == plan.lower_bound  # a chain: greedy placement reaches the bound
