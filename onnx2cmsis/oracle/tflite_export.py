@@ -212,3 +212,37 @@ def run_tflite_micro(tflite: bytes, inputs: np.ndarray, arena_size: int = 1 << 2
         interp.invoke()
         outs.append(np.array(interp.get_output(0)).reshape(-1))
     return np.stack(outs)
+
+
+def tflite_micro_arena(tflite: bytes, sample: np.ndarray) -> dict[str, int]:
+    """TFLite-Micro's own arena figures for the model (what its users compare against).
+
+    The runtime prints them to the process's stderr (file descriptor 2), so capture that descriptor.
+    """
+    import os
+    import re
+    import sys
+    import tempfile
+
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 20)
+    interp.set_input(np.asarray(sample, np.int8).reshape(interp.get_input_details(0)["shape"]), 0)
+    interp.invoke()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            interp.print_allocations()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    figures = {}
+    for key in ("total", "head", "tail"):
+        m = re.search(rf"Arena allocation {key} (\d+) bytes", text)
+        if m:
+            figures[key] = int(m.group(1))
+    return figures

@@ -1,0 +1,79 @@
+"""Measure a conversion: C vs the integer reference vs tflite-micro, and int8 vs the float model.
+
+The shared core of the tests, the benchmark report and (later) `onnx2cmsis verify`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnx2cmsis.api import Conversion
+from onnx2cmsis.quant.calibrate import run_float
+from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+from onnx2cmsis.targets.host import build_conversions
+
+
+@dataclass
+class Evaluation:
+    name: str
+    samples: int
+    mismatches_vs_reference: int
+    mismatches_vs_tflite_micro: int | None  # None: oracle not run
+    sqnr_db: float
+    max_error_lsb: float
+    max_abs_error: float
+    argmax_agreement: float
+    arena_bytes: int
+    arena_lower_bound_bytes: int
+    weights_bytes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantize_inputs(conv: Conversion, x_float: np.ndarray) -> np.ndarray:
+    q_in = conv.graph.tensors[conv.graph.inputs[0]].quant
+    return np.stack([quantize_tensor(x, q_in).reshape(-1) for x in x_float])
+
+
+def float_outputs(conv: Conversion, x_float: np.ndarray) -> np.ndarray:
+    name = conv.model.graph.output[0].name
+    return np.stack([r[name].reshape(-1) for r in run_float(conv.model, x_float)])
+
+
+def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path, oracle: bool = True,
+             c_outputs: np.ndarray | None = None) -> tuple[Evaluation, np.ndarray]:
+    """Build the C on the host, run every sample; returns the figures and the C's int8 outputs."""
+    xq = quantize_inputs(conv, x_float)
+    if c_outputs is None:
+        model = build_conversions([conv], workdir)[conv.name]
+        c_outputs = np.stack([model(x) for x in xq])
+    ref = np.stack([conv.reference(x) for x in xq])
+    tflm_bad = None
+    if oracle:
+        from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
+
+        tflm = run_tflite_micro(export_tflite(conv.graph), xq)
+        tflm_bad = int(np.sum(np.any(tflm != c_outputs, axis=1)))
+    q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
+    want = float_outputs(conv, x_float).astype(np.float64)
+    got = dequantize_tensor(c_outputs, q_out).astype(np.float64)
+    err = got - want
+    noise = max(float(np.sum(err**2)), 1e-30)
+    ev = Evaluation(
+        name=conv.name,
+        samples=len(xq),
+        mismatches_vs_reference=int(np.sum(np.any(c_outputs != ref, axis=1))),
+        mismatches_vs_tflite_micro=tflm_bad,
+        sqnr_db=float(10 * np.log10(float(np.sum(want**2)) / noise)),
+        max_error_lsb=float(np.max(np.abs(err)) / q_out.scale),
+        max_abs_error=float(np.max(np.abs(err))),
+        argmax_agreement=float(np.mean(got.argmax(1) == want.argmax(1))),
+        arena_bytes=conv.plan.arena_bytes,
+        arena_lower_bound_bytes=conv.plan.lower_bound,
+        weights_bytes=conv.report["weights_bytes"],
+    )
+    return ev, c_outputs
