@@ -143,4 +143,23 @@ def softmax_case(rng: np.random.Generator, i: int) -> Case:
     return Case(f"softmax{i}", _model(nodes, [x], [y], []), calib.astype(np.float32), {"shape": shape})
 
 
-BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case}
+def table_case(rng: np.random.Generator, i: int) -> Case:
+    """A standalone elementwise function: Tanh, Sigmoid, LeakyRelu, or a Relu/Clip with no producer."""
+    shape = [1, int(rng.integers(1, 9)), int(rng.integers(1, 33))] if rng.random() < 0.6 else [1, int(rng.integers(1, 65))]
+    kind = str(rng.choice(["Tanh", "Sigmoid", "LeakyRelu", "Relu", "Clip6", "Clip1"]))
+    inits: list = []
+    if kind == "LeakyRelu":
+        node = helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float(rng.choice([0.01, 0.1, 0.2, 0.3, 0.5])))
+    elif kind.startswith("Clip"):
+        bound = 6.0 if kind == "Clip6" else 1.0
+        inits = [numpy_helper.from_array(np.array(0.0 if bound == 6.0 else -1.0, np.float32), "lo"),
+                 numpy_helper.from_array(np.array(bound, np.float32), "hi")]
+        node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"])
+    else:
+        node = helper.make_node(kind, ["x"], ["y"])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"table{i}", _model([node], [x], [y], inits), _calibration(rng, tuple(shape[1:])), {"kind": kind})
+
+
+BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case}

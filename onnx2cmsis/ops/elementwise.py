@@ -1,8 +1,8 @@
 """Relu/Clip and Add-a-constant. Both exist only until a pass folds them into their producer.
 
-Relu/Clip become the producer's activation range; an Add of a per-channel constant becomes the
-producer's bias. One left standing (a producer with other consumers, or no conv/dense/pool before
-it) is refused with a clear message: standalone versions need their own requantization.
+Relu/Clip become the producer's activation range; one no producer can absorb is lowered to a clamp
+table (ops/table.py). An Add of a per-channel constant becomes the producer's bias; one left standing
+is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -38,12 +38,6 @@ class ClipHandler(OpHandler):
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [input_shapes[0]]
 
-    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-        raise UnsupportedOpError(
-            "this activation cannot be fused into its producer (the producer is not a Conv, Gemm/MatMul or "
-            "MaxPool, or its output has other consumers); standalone activations are not supported yet",
-            f"node '{node.name}' ({node.origin})",
-        )
 
 
 class BiasAddHandler(OpHandler):

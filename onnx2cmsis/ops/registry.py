@@ -17,12 +17,14 @@ from onnx2cmsis.ops.elementwise import BiasAddHandler, ClipHandler
 from onnx2cmsis.ops.layout import ReshapeHandler, TransposeHandler
 from onnx2cmsis.ops.pool import MaxPool1DHandler
 from onnx2cmsis.ops.softmax import SoftmaxHandler
+from onnx2cmsis.ops.table import LookupTableHandler
 
 BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     Conv1DHandler,
     MaxPool1DHandler,
     DenseHandler,
     SoftmaxHandler,
+    LookupTableHandler,
     ClipHandler,
     BiasAddHandler,
     ReshapeHandler,

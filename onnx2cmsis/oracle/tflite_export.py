@@ -165,7 +165,29 @@ def _reshape(ex: _Exporter, node: Node) -> None:
     ex.reshape(ex.activation(node.inputs[0]), ex.activation(node.output))
 
 
+def _lut(ex: _Exporter, node: Node) -> None:
+    fb, fn = ex.fb, node.attrs["fn"]
+    io = ([ex.activation(node.inputs[0])], [ex.activation(node.output)])
+    if fn == "tanh":
+        ex.op(fb.BuiltinOperator.TANH, *io)
+    elif fn == "sigmoid":
+        ex.op(fb.BuiltinOperator.LOGISTIC, *io)
+    elif fn == "leaky_relu":
+        opts = fb.LeakyReluOptionsT()
+        opts.alpha = node.attrs["alpha"]
+        ex.op(fb.BuiltinOperator.LEAKY_RELU, *io, fb.BuiltinOptions.LeakyReluOptions, opts)
+    else:
+        # TFLite-Micro has no RELU_N1_TO_1 kernel
+        codes = {(0.0, None): fb.BuiltinOperator.RELU, (0.0, 6.0): fb.BuiltinOperator.RELU6}
+        lo, hi = node.attrs["act"]
+        key = (None if lo is None else float(lo), None if hi is None else float(hi))
+        if key not in codes:
+            raise NotExportable(f"clip range [{lo}, {hi}] has no TFLite operator", node.name)
+        ex.op(codes[key], *io)
+
+
 EXPORTERS: dict[str, Callable[[_Exporter, Node], None]] = {
+    "lut": _lut,
     "conv1d": _conv1d,
     "maxpool1d": _maxpool1d,
     "dense": _dense,

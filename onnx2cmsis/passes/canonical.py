@@ -112,6 +112,16 @@ def fold_transpose_into_dense(graph: Graph) -> bool:
     return False
 
 
+def standalone_activation_to_table(graph: Graph) -> bool:
+    """A Relu/Clip no producer could absorb becomes a clamp table in its input's quantization."""
+    for node in graph.nodes:
+        if node.op == "clip":
+            node.op = "lut"
+            node.attrs["fn"] = "clamp"
+            return True
+    return False
+
+
 PASSES: tuple[Callable[[Graph], bool], ...] = (
     fold_bias_add,
     fuse_activation,
@@ -121,16 +131,21 @@ PASSES: tuple[Callable[[Graph], bool], ...] = (
 )
 
 
-def run_passes(graph: Graph, registry: Registry, passes: tuple[Callable[[Graph], bool], ...] = PASSES) -> list[str]:
-    """Apply passes to a fixed point; returns the log of rewrites (for the report)."""
+# Run once the rewrites above have reached their fixed point: they decide what could be fused.
+LOWERINGS: tuple[Callable[[Graph], bool], ...] = (standalone_activation_to_table,)
+
+
+def run_passes(graph: Graph, registry: Registry) -> list[str]:
+    """Apply the rewrites to a fixed point, then the lowerings; returns the log (for the report)."""
     log: list[str] = []
-    changed = True
-    while changed:
-        changed = False
-        for p in passes:
-            while p(graph):
-                log.append(p.__name__)
-                changed = True
+    for passes in (PASSES, LOWERINGS):
+        changed = True
+        while changed:
+            changed = False
+            for p in passes:
+                while p(graph):
+                    log.append(p.__name__)
+                    changed = True
     graph.remove_unused_tensors()
     check_shapes(graph, registry)
     return log

@@ -112,12 +112,15 @@ def dequantize_tensor(x: np.ndarray, q: QuantParams) -> np.ndarray:
 
 
 def activation_range(q: QuantParams, lo: float | None, hi: float | None) -> tuple[int, int]:
-    """Fused activation clamp in the output's quantization (TFLite CalculateActivationRange)."""
+    """Fused activation clamp in the output's quantization (TFLite CalculateActivationRange).
+
+    TFLite divides in float32 (`TfLiteRound(f / scale)` on floats), so this does too.
+    """
     amin, amax = INT8_MIN, INT8_MAX
     if lo is not None and math.isfinite(lo):
-        amin = max(amin, q.zero_point + int(round_half_away(lo / q.scale)))
+        amin = max(amin, q.zero_point + int(round_half_away(np.float32(lo) / np.float32(q.scale))))
     if hi is not None and math.isfinite(hi):
-        amax = min(amax, q.zero_point + int(round_half_away(hi / q.scale)))
+        amax = min(amax, q.zero_point + int(round_half_away(np.float32(hi) / np.float32(q.scale))))
     return amin, amax
 
 
