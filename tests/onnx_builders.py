@@ -162,4 +162,55 @@ def table_case(rng: np.random.Generator, i: int) -> Case:
     return Case(f"table{i}", _model([node], [x], [y], inits), _calibration(rng, tuple(shape[1:])), {"kind": kind})
 
 
-BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case}
+def avgpool_case(rng: np.random.Generator, i: int) -> Case:
+    """AveragePool (both count_include_pad), GlobalAveragePool/GlobalMaxPool, ReduceMean/ReduceMax over time."""
+    c, w = int(rng.integers(1, 17)), int(rng.integers(1, 48))
+    kind = str(rng.choice(["avg", "avg", "avg", "global_avg", "global_max", "reduce_mean", "reduce_max"]))
+    inits: list = []
+    if kind == "avg":
+        k = int(rng.integers(1, min(w, 6) + 1))
+        stride = int(rng.integers(1, k + 1))
+        attrs: dict = {"kernel_shape": [k], "strides": [stride], "count_include_pad": int(rng.integers(0, 2))}
+        mode = str(rng.choice(["explicit", "SAME_UPPER", "VALID"]))
+        if mode == "explicit":
+            attrs["pads"] = [int(rng.integers(0, k)), int(rng.integers(0, k))]
+        else:
+            attrs["auto_pad"] = mode
+        nodes = [helper.make_node("AveragePool", ["x"], ["pool"], **attrs)]
+    elif kind.startswith("global"):
+        nodes = [helper.make_node("GlobalAveragePool" if kind == "global_avg" else "GlobalMaxPool", ["x"], ["pool"])]
+    else:
+        op = "ReduceMean" if kind == "reduce_mean" else "ReduceMax"
+        keep = int(rng.integers(0, 2))
+        if op == "ReduceMean":  # opset 17: axes attribute; ReduceMax also takes it at 17
+            nodes = [helper.make_node(op, ["x"], ["pool"], axes=[-1], keepdims=keep)]
+        else:
+            nodes = [helper.make_node(op, ["x"], ["pool"], axes=[2], keepdims=keep)]
+    act = _activation(rng, nodes, inits, "pool", "y")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"avgpool{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"kind": kind, "act": act})
+
+
+def pad_case(rng: np.random.Generator, i: int) -> Case:
+    """Pad along time, alone, before a max pool (kept) or before a conv (folded into its padding)."""
+    c, w = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+    left, right = int(rng.integers(0, 5)), int(rng.integers(0, 5))
+    pads = numpy_helper.from_array(np.array([0, 0, left, 0, 0, right], np.int64), "pads")
+    after = str(rng.choice(["none", "maxpool", "conv"]))
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["padded" if after != "none" else "y"], mode="constant")]
+    inits = [pads]
+    if after == "maxpool":
+        nodes.append(helper.make_node("MaxPool", ["padded"], ["y"], kernel_shape=[1]))
+    elif after == "conv":
+        k = int(rng.integers(1, 4))
+        w = max(w, k)
+        inits.append(numpy_helper.from_array((rng.standard_normal((4, c, k)) / np.sqrt(c * k)).astype(np.float32), "w"))
+        nodes.append(helper.make_node("Conv", ["padded", "w"], ["y"], kernel_shape=[k]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"pad{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"after": after})
+
+
+BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
+            "pad": pad_case}

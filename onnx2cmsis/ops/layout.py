@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
 
@@ -76,3 +77,51 @@ class TransposeHandler(OpHandler):
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         rows, cols = graph.tensors[node.inputs[0]].shape
         return KernelCall(template="transpose.c.j2", kernel="own loop", context={"rows": rows, "cols": cols})
+
+
+class Pad1DHandler(OpHandler):
+    """Constant zero padding along time. Before a convolution a pass folds it into the kernel's
+    padding (padding with the zero point is what CMSIS-NN's skipped taps mean); elsewhere an own
+    copy loop writes the zero point (a real 0.0) around the data."""
+
+    op = "pad1d"
+    onnx_ops = ("Pad",)
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        mode = node.attr("mode", "constant")
+        logical = ctx.logical_shape(node.inputs[0])
+        pads = node.attr("pads")
+        if pads is None and len(node.inputs) > 1:
+            const = ctx.const(node.inputs[1])
+            pads = None if const is None else const.reshape(-1).tolist()
+        value = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        if len(node.inputs) > 3 and node.inputs[3]:
+            raise UnsupportedOpError("Pad with an axes input is not supported", node.where)
+        if mode != "constant" or pads is None or len(logical) != 2:
+            raise UnsupportedOpError(f"only constant padding of (N, C, W) along W is supported (mode={mode})",
+                                     node.where)
+        pads = [int(p) for p in pads]
+        begin, end = pads[:3], pads[3:]
+        if begin[:2] != [0, 0] or end[:2] != [0, 0] or min(begin[2], end[2]) < 0:
+            raise UnsupportedOpError(f"Pad {pads} pads more than time or crops; not supported", node.where)
+        if value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0:
+            raise UnsupportedOpError("Pad with a non-zero constant is not supported", node.where)
+        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])],
+                          attrs={"pad": (begin[2], end[2])}, origin=node.op_type))
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        w, c = input_shapes[0]
+        return [(w + sum(node.attrs["pad"]), c)]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        zp = graph.tensors[node.inputs[0]].quant.zero_point
+        return [np.pad(inputs[0], (node.attrs["pad"], (0, 0)), constant_values=zp)]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        (w_in, c), (w_out, _) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
+        return KernelCall(template="pad1d.c.j2", kernel="own loop", context={
+            "w_in": w_in, "w_out": w_out, "c": c, "left": node.attrs["pad"][0], "right": node.attrs["pad"][1],
+            "fill": graph.tensors[node.inputs[0]].quant.zero_point})

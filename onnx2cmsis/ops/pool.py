@@ -1,10 +1,14 @@
-"""MaxPool1D -> arm_max_pool_s8. The output keeps the input's quantization (a TFLite rule)."""
+"""1D pooling: MaxPool / AveragePool / global pools -> arm_max_pool_s8 / arm_avgpool_s8.
+
+Outputs keep the input's quantization (a TFLite rule), so pooling averages or compares raw codes.
+Global pools and ReduceMean/ReduceMax over time are pools whose kernel spans the whole width.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
     ImportContext,
@@ -17,43 +21,69 @@ from onnx2cmsis.ops.base import (
 )
 from onnx2cmsis.quant.rules import activation_range, saturate_int8
 
+GLOBAL_OPS = ("GlobalMaxPool", "GlobalAveragePool", "ReduceMax", "ReduceMean")
+
+
+def _pool_input(node: OnnxNodeView, ctx: ImportContext) -> tuple[int, int]:
+    in_shape = ctx.logical_shape(node.inputs[0])
+    if len(in_shape) != 2:
+        raise UnsupportedOpError(f"only 1D pooling on (N, C, W) input is supported, got {in_shape}", node.where)
+    return in_shape
+
+
+def _add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
+    """A pool over the whole width: (W, C) -> (1, C), then a view to (C,) without keepdims."""
+    c, w_in = _pool_input(node, ctx)
+    if node.op_type.startswith("Reduce"):
+        axes = node.attr("axes")
+        if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+            const = ctx.const(node.inputs[1])
+            axes = None if const is None else const.reshape(-1).tolist()
+        if axes is None or sorted(int(a) % 3 for a in axes) != [2]:
+            raise UnsupportedOpError(f"{node.op_type} over axes {axes} is not supported (only time, axis 2)", node.where)
+    out = ctx.tensor(node.outputs[0])
+    keepdims = len(ctx.logical_shape(node.outputs[0])) == 2
+    pooled = out if keepdims else ctx.new_tensor((1, c), node.outputs[0] + "_pooled")
+    ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0])], [pooled],
+                      attrs={"kernel": w_in, "stride": 1, "pad_left": 0, "out_w": 1}, origin=node.op_type))
+    if not keepdims:
+        ctx.add_node(Node(node.name, "reshape", [pooled], [out], origin=node.op_type))
+
+
+def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Node, int, int]:
+    """Node, right padding and input width for MaxPool / AveragePool with their attributes."""
+    _, w_in = _pool_input(node, ctx)
+    (k,) = int_attr_list(node, "kernel_shape", [1], 1)
+    (stride,) = int_attr_list(node, "strides", [1], 1)
+    (dilation,) = int_attr_list(node, "dilations", [1], 1)
+    if dilation != 1:
+        raise UnsupportedOpError(f"{node.op_type} with dilation {dilation} is not supported yet", node.where)
+    pad_l, pad_r = explicit_pads(node, w_in, k, stride, 1)
+    if pad_l >= k:
+        raise UnsupportedOpError(f"{node.op_type} padding {pad_l} must be smaller than the kernel {k}", node.where)
+    out_w = ctx.logical_shape(node.outputs[0])[1]
+    if (out_w - 1) * stride - pad_l >= w_in:
+        raise UnsupportedOpError(f"{node.op_type} has an output window that covers only padding", node.where)
+    attrs = {"kernel": k, "stride": stride, "pad_left": pad_l, "out_w": out_w}
+    return Node(node.name, op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])], attrs=attrs,
+                origin=node.op_type), pad_r, w_in
+
 
 class MaxPool1DHandler(OpHandler):
     op = "maxpool1d"
-    onnx_ops = ("MaxPool",)
+    onnx_ops = ("MaxPool", "GlobalMaxPool", "ReduceMax")
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        in_shape = ctx.logical_shape(node.inputs[0])
-        if len(in_shape) != 2:
-            raise UnsupportedOpError(f"only 1D pooling on (N, C, W) input is supported, got {in_shape}", node.where)
+        if node.op_type in GLOBAL_OPS:
+            _add_global_pool(node, ctx, self.op)
+            return
         if len(node.outputs) > 1 and node.outputs[1]:
             raise UnsupportedOpError("MaxPool with an Indices output is not supported", node.where)
-        (k,) = int_attr_list(node, "kernel_shape", [1], 1)
-        (stride,) = int_attr_list(node, "strides", [1], 1)
-        (dilation,) = int_attr_list(node, "dilations", [1], 1)
-        if dilation != 1:
-            raise UnsupportedOpError(f"MaxPool with dilation {dilation} is not supported yet", node.where)
-        pad_l, _ = explicit_pads(node, in_shape[1], k, stride, 1)
-        if pad_l >= k:
-            raise UnsupportedOpError(f"MaxPool padding {pad_l} must be smaller than the kernel {k}", node.where)
-        out_w = ctx.logical_shape(node.outputs[0])[1]
-        w_in = in_shape[1]
-        last_start = (out_w - 1) * stride - pad_l
-        if last_start >= w_in:
-            raise UnsupportedOpError("MaxPool has an output window that covers only padding", node.where)
-        ctx.add_node(
-            Node(
-                node.name,
-                self.op,
-                [ctx.tensor(node.inputs[0])],
-                [ctx.tensor(node.outputs[0])],
-                attrs={"kernel": k, "stride": stride, "pad_left": pad_l, "out_w": out_w},
-                origin=node.op_type,
-            )
-        )
+        ctx.add_node(_windowed_pool(node, ctx, self.op)[0])
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        return [(node.attrs["out_w"], input_shapes[0][1])]
+        c = input_shapes[0][1]
+        return [(node.attrs["out_w"], c)]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         q = graph.tensors[node.inputs[0]].quant
@@ -83,3 +113,52 @@ class MaxPool1DHandler(OpHandler):
             },
             functions=["arm_max_pool_s8"],
         )
+
+
+class AvgPool1DHandler(MaxPool1DHandler):
+    """Average of the valid taps, rounded half away from zero (arm_avgpool_s8 == TFLite AVERAGE_POOL_2D).
+
+    PyTorch's default count_include_pad=1 divides by the full kernel: that is a Pad with the zero
+    point (a real 0.0) followed by an unpadded average, so it is imported as exactly that.
+    """
+
+    op = "avgpool1d"
+    onnx_ops = ("AveragePool", "GlobalAveragePool", "ReduceMean")
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        if node.op_type in GLOBAL_OPS:
+            _add_global_pool(node, ctx, self.op)
+            return
+        pool, pad_r, w_in = _windowed_pool(node, ctx, self.op)
+        a = pool.attrs
+        if int(node.attr("count_include_pad", 0)) and (a["pad_left"] or pad_r):
+            k, s = a["kernel"], a["stride"]
+            if (w_in + a["pad_left"] + pad_r - k) // s + 1 != a["out_w"]:
+                raise UnsupportedOpError("AveragePool with count_include_pad=1 and ceil_mode windows past the "
+                                         "padding is not supported", node.where)
+            c = ctx.logical_shape(node.inputs[0])[0]
+            padded = ctx.new_tensor((w_in + a["pad_left"] + pad_r, c), node.outputs[0] + "_padded")
+            ctx.add_node(Node(node.name, "pad1d", list(pool.inputs), [padded], attrs={"pad": (a["pad_left"], pad_r)},
+                              origin="AveragePool count_include_pad"))
+            pool.inputs, a["pad_left"] = [padded], 0
+        ctx.add_node(pool)
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0].astype(np.int64)
+        k, s, p, out_w = (node.attrs[key] for key in ("kernel", "stride", "pad_left", "out_w"))
+        out = np.empty((out_w, x.shape[1]), np.int64)
+        for o in range(out_w):
+            lo, hi = max(0, o * s - p), min(x.shape[0], o * s - p + k)
+            total, count = x[lo:hi].sum(axis=0), hi - lo
+            half = count // 2
+            out[o] = np.where(total > 0, (total + half) // count, -((half - total) // count))
+        return [saturate_int8(out, *node.qparams["act_range"])]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        call = super().emit(node, graph)
+        c = graph.tensors[node.inputs[0]].shape[1]
+        call.template, call.kernel = "avgpool1d.c.j2", "arm_avgpool_s8"
+        call.functions = ["arm_avgpool_s8", "arm_avgpool_s8_get_buffer_size"]
+        call.scratch_bytes = 4 * c  # the DSP build's int32 row of sums (pure C and MVE need none)
+        call.context["scratch_bytes"] = call.scratch_bytes
+        return call

@@ -14,14 +14,15 @@ from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.conv import Conv1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
 from onnx2cmsis.ops.elementwise import BiasAddHandler, ClipHandler
-from onnx2cmsis.ops.layout import ReshapeHandler, TransposeHandler
-from onnx2cmsis.ops.pool import MaxPool1DHandler
+from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
+from onnx2cmsis.ops.pool import AvgPool1DHandler, MaxPool1DHandler
 from onnx2cmsis.ops.softmax import SoftmaxHandler
 from onnx2cmsis.ops.table import LookupTableHandler
 
 BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     Conv1DHandler,
     MaxPool1DHandler,
+    AvgPool1DHandler,
     DenseHandler,
     SoftmaxHandler,
     LookupTableHandler,
@@ -29,6 +30,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     BiasAddHandler,
     ReshapeHandler,
     TransposeHandler,
+    Pad1DHandler,
 )
 
 ENTRY_POINT_GROUP = "onnx2cmsis.ops"

@@ -135,6 +135,34 @@ def _maxpool1d(ex: _Exporter, node: Node) -> None:
     ex.op(fb.BuiltinOperator.MAX_POOL_2D, [src], [ex.activation(node.output)], fb.BuiltinOptions.Pool2DOptions, opts)
 
 
+def _avgpool1d(ex: _Exporter, node: Node) -> None:
+    fb, a = ex.fb, node.attrs
+    w_in = ex.graph.tensors[node.inputs[0]].shape[0]
+    k, s, p, out_w = a["kernel"], a["stride"], a["pad_left"], a["out_w"]
+    if p == 0 and out_w == (w_in - k) // s + 1:
+        padding = fb.Padding.VALID
+    elif out_w == -(-w_in // s) and p == max((out_w - 1) * s + k - w_in, 0) // 2:
+        padding = fb.Padding.SAME  # TFLite divides by the valid taps too
+    else:
+        raise NotExportable("average pool padding is neither TFLite SAME nor VALID", node.name)
+    opts = fb.Pool2DOptionsT()
+    opts.padding = padding
+    opts.strideW, opts.strideH = s, 1
+    opts.filterWidth, opts.filterHeight = k, 1
+    opts.fusedActivationFunction = ex.fused(node)
+    ex.op(fb.BuiltinOperator.AVERAGE_POOL_2D, [ex.activation(node.inputs[0])], [ex.activation(node.output)],
+          fb.BuiltinOptions.Pool2DOptions, opts)
+
+
+def _pad1d(ex: _Exporter, node: Node) -> None:
+    fb = ex.fb
+    left, right = node.attrs["pad"]
+    pads = ex.const(np.array([[0, 0], [0, 0], [left, right], [0, 0]], np.int32), fb.TensorType.INT32,
+                    f"{node.output}_pads")
+    ex.op(fb.BuiltinOperator.PAD, [ex.activation(node.inputs[0]), pads], [ex.activation(node.output)],
+          fb.BuiltinOptions.PadOptions, fb.PadOptionsT())
+
+
 def _dense(ex: _Exporter, node: Node) -> None:
     fb, qp = ex.fb, node.qparams
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
@@ -188,6 +216,8 @@ def _lut(ex: _Exporter, node: Node) -> None:
 
 EXPORTERS: dict[str, Callable[[_Exporter, Node], None]] = {
     "lut": _lut,
+    "avgpool1d": _avgpool1d,
+    "pad1d": _pad1d,
     "conv1d": _conv1d,
     "maxpool1d": _maxpool1d,
     "dense": _dense,

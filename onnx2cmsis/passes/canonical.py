@@ -13,7 +13,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.registry import Registry
 
-FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dense", "maxpool1d")
+FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dense", "maxpool1d", "avgpool1d")
 BIAS_PRODUCERS = ("conv1d", "dense")
 
 
@@ -41,6 +41,23 @@ def fold_bias_add(graph: Graph) -> bool:
         p.consts["bias"] = (p.consts["bias"] + node.consts["bias"]).astype(np.float32)
         p.origin += "+Add"
         _absorb(graph, p, node)
+        return True
+    return False
+
+
+def fold_pad_into_conv(graph: Graph) -> bool:
+    """Zero padding before a convolution is the convolution's own padding (skipped taps)."""
+    for node in graph.nodes:
+        if node.op != "conv1d":
+            continue
+        p = _sole_producer(graph, node.inputs[0], ("pad1d",))
+        if p is None:
+            continue
+        (a, b), (c, d) = node.attrs["pad"], p.attrs["pad"]
+        node.attrs["pad"] = (a + c, b + d)
+        node.inputs = list(p.inputs)
+        node.origin = "Pad+" + node.origin
+        graph.nodes.remove(p)
         return True
     return False
 
@@ -124,6 +141,7 @@ def standalone_activation_to_table(graph: Graph) -> bool:
 
 PASSES: tuple[Callable[[Graph], bool], ...] = (
     fold_bias_add,
+    fold_pad_into_conv,
     fuse_activation,
     drop_identity_transposes,
     cancel_transpose_pairs,
