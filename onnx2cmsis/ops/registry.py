@@ -13,7 +13,7 @@ from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.conv import Conv1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
-from onnx2cmsis.ops.elementwise import BiasAddHandler, ClipHandler
+from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
 from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
 from onnx2cmsis.ops.pool import AvgPool1DHandler, MaxPool1DHandler
 from onnx2cmsis.ops.softmax import SoftmaxHandler
@@ -27,7 +27,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     SoftmaxHandler,
     LookupTableHandler,
     ClipHandler,
-    BiasAddHandler,
+    AffineHandler,
     ReshapeHandler,
     TransposeHandler,
     Pad1DHandler,

@@ -31,15 +31,24 @@ def _absorb(graph: Graph, producer: Node, node: Node) -> None:
     graph.nodes.remove(node)
 
 
-def fold_bias_add(graph: Graph) -> bool:
+def fold_affine(graph: Graph) -> bool:
+    """scale*x+shift after a conv/dense (no fused activation yet) becomes its weights and bias."""
     for node in graph.nodes:
-        if node.op != "bias_add":
+        if node.op != "affine":
             continue
-        p = _sole_producer(graph, node.inputs[0], BIAS_PRODUCERS)
-        if p is None or p.consts["bias"].shape != node.consts["bias"].shape:
+        p = _sole_producer(graph, node.inputs[0], BIAS_PRODUCERS + ("affine",))
+        if p is None or "act" in p.attrs:
             continue
-        p.consts["bias"] = (p.consts["bias"] + node.consts["bias"]).astype(np.float32)
-        p.origin += "+Add"
+        scale, shift = node.consts["scale"], node.consts["shift"]
+        if p.op == "affine":
+            p.consts = {"scale": p.consts["scale"] * scale, "shift": p.consts["shift"] * scale + shift}
+        else:
+            if scale.shape != p.consts["bias"].shape:
+                continue
+            w = p.consts["weight"]
+            p.consts["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+            p.consts["bias"] = (p.consts["bias"] * scale + shift).astype(np.float32)
+        p.origin += "+" + node.origin
         _absorb(graph, p, node)
         return True
     return False
@@ -140,7 +149,7 @@ def standalone_activation_to_table(graph: Graph) -> bool:
 
 
 PASSES: tuple[Callable[[Graph], bool], ...] = (
-    fold_bias_add,
+    fold_affine,
     fold_pad_into_conv,
     fuse_activation,
     drop_identity_transposes,

@@ -1,0 +1,110 @@
+"""The canonicalizing rewrites: what they fold, what they refuse, and that folding keeps the math."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.evaluate import evaluate
+from tests.onnx_builders import _model
+
+
+def _conv_then(tail: list, c_in: int = 3, c_out: int = 6, w: int = 40, seed: int = 0, extra_inits=()):
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((c_out, c_in, 3)) * 0.4).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal(c_out) * 0.2).astype(np.float32), "b"), *extra_inits]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["t0"], kernel_shape=[3], pads=[1, 1]), *tail]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return _model(nodes, [x], [y], inits), rng.standard_normal((64, c_in, w)).astype(np.float32)
+
+
+def _bn_inits(rng, c, prefix="bn"):
+    return [
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, c).astype(np.float32), f"{prefix}_g"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), f"{prefix}_b"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32) * 0.3, f"{prefix}_m"),
+        numpy_helper.from_array(rng.uniform(0.2, 3.0, c).astype(np.float32), f"{prefix}_v"),
+    ]
+
+
+def _convert(tmp_path, model, calib, name="m"):
+    import onnx
+
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return convert(path, calib, name=name)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batchnorm_mul_add_fold_into_the_conv_and_keep_the_math(tmp_path, seed):
+    rng = np.random.default_rng(100 + seed)
+    scale = numpy_helper.from_array(rng.uniform(-2, 2, (1, 6, 1)).astype(np.float32), "s")
+    shift = numpy_helper.from_array(rng.standard_normal((6, 1)).astype(np.float32), "h")
+    tail = [
+        helper.make_node("BatchNormalization", ["t0", "bn_g", "bn_b", "bn_m", "bn_v"], ["t1"], epsilon=1e-3),
+        helper.make_node("Mul", ["t1", "s"], ["t2"]),
+        helper.make_node("Sub", ["t2", "h"], ["t3"]),
+        helper.make_node("Relu", ["t3"], ["y"]),
+    ]
+    model, calib = _conv_then(tail, seed=seed, extra_inits=(*_bn_inits(rng, 6), scale, shift))
+    conv = _convert(tmp_path, model, calib)
+    assert [n.op for n in conv.graph.nodes] == ["transpose", "conv1d", "transpose"]
+    assert conv.report["rewrites"].count("fold_affine") == 3
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle=False)
+    assert ev.mismatches_vs_reference == 0
+    assert ev.sqnr_db >= 30.0, ev
+
+
+def test_batchnorm_after_relu_is_refused_with_a_reason(tmp_path):
+    rng = np.random.default_rng(0)
+    tail = [helper.make_node("Relu", ["t0"], ["t1"]),
+            helper.make_node("BatchNormalization", ["t1", "bn_g", "bn_b", "bn_m", "bn_v"], ["y"], name="late_bn")]
+    model, calib = _conv_then(tail, extra_inits=_bn_inits(rng, 6))
+    with pytest.raises(UnsupportedOpError, match=r"late_bn.*cannot be folded"):
+        _convert(tmp_path, model, calib)
+
+
+def test_add_after_a_fused_relu_is_not_folded_into_the_bias(tmp_path):
+    """Conv -> Relu -> Add(c): adding c to the bias would move it inside the ReLU."""
+    c = numpy_helper.from_array(np.full((6, 1), 0.5, np.float32), "c")
+    tail = [helper.make_node("Relu", ["t0"], ["t1"]), helper.make_node("Add", ["t1", "c"], ["y"])]
+    model, calib = _conv_then(tail, extra_inits=(c,))
+    with pytest.raises(UnsupportedOpError, match="cannot be folded"):
+        _convert(tmp_path, model, calib)
+
+
+def test_pad_folds_into_the_following_conv(tmp_path):
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(np.array([0, 0, 2, 0, 0, 0], np.int64), "pads"),
+             numpy_helper.from_array((rng.standard_normal((4, 2, 3)) * 0.5).astype(np.float32), "w")]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]),  # a Keras-style causal pad
+             helper.make_node("Conv", ["p", "w"], ["y"], kernel_shape=[3], dilations=[1])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 30])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    calib = rng.standard_normal((32, 2, 30)).astype(np.float32)
+    conv = _convert(tmp_path, model, calib)
+    convs = [n for n in conv.graph.nodes if n.op == "conv1d"]
+    assert len(convs) == 1 and convs[0].attrs["pad"] == (2, 0)
+    assert "pad1d" not in [n.op for n in conv.graph.nodes]
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle=True)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0
+    assert ev.sqnr_db >= 30.0
+
+
+def test_flatten_before_dense_costs_no_copy(tmp_path):
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((4 * 20, 5)) * 0.2).astype(np.float32), "d")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("MatMul", ["f", "d"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    calib = rng.standard_normal((32, 3, 20)).astype(np.float32)
+    conv = _convert(tmp_path, model, calib)
+    assert [n.op for n in conv.graph.nodes] == ["transpose", "conv1d", "reshape", "reshape", "dense"]
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle=True)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0 and ev.sqnr_db >= 30.0
