@@ -212,5 +212,20 @@ def pad_case(rng: np.random.Generator, i: int) -> Case:
     return Case(f"pad{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"after": after})
 
 
+def add_case(rng: np.random.Generator, i: int) -> Case:
+    """A residual block: x -> conv -> (+ x) [-> Relu], or two branches with different ranges added."""
+    c, w = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+    k = int(rng.choice([1, 3]))
+    gain = float(rng.uniform(0.2, 5.0))  # the branch range differs from the skip's: different scales
+    inits = [numpy_helper.from_array((rng.standard_normal((c, c, k)) * gain / np.sqrt(c * k)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["branch"], kernel_shape=[k], pads=[k // 2, k // 2])]
+    order = ["x", "branch"] if rng.random() < 0.5 else ["branch", "x"]
+    nodes.append(helper.make_node("Add", order, ["sum"]))
+    act = _activation(rng, nodes, inits, "sum", "y")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"add{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"act": act})
+
+
 BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
-            "pad": pad_case}
+            "pad": pad_case, "add": add_case}

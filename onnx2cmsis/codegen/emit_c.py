@@ -105,6 +105,7 @@ def render(
         ctx.update(
             ident=layer.ident,
             in_ptr=_pointer(plan.tensors[node.inputs[0]], const=True),
+            in_ptrs=[_pointer(plan.tensors[t], const=True) for t in node.inputs],
             out_ptr=_pointer(plan.tensors[node.output], const=False),
             scratch_ptr=f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL",
         )

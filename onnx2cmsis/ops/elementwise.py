@@ -44,7 +44,7 @@ class AffineHandler(OpHandler):
     """Per-channel y = scale * x + shift: BatchNormalization (inference), and Mul/Add/Sub of a constant."""
 
     op = "affine"
-    onnx_ops = ("Add", "Sub", "Mul", "BatchNormalization")
+    onnx_ops = ("Sub", "Mul", "BatchNormalization")  # Add goes through ops/add.py, which delegates here
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type == "BatchNormalization":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.ops.add import AddHandler
 from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.conv import Conv1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
@@ -28,6 +29,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     LookupTableHandler,
     ClipHandler,
     AffineHandler,
+    AddHandler,
     ReshapeHandler,
     TransposeHandler,
     Pad1DHandler,

@@ -163,6 +163,13 @@ def _pad1d(ex: _Exporter, node: Node) -> None:
           fb.BuiltinOptions.PadOptions, fb.PadOptionsT())
 
 
+def _add(ex: _Exporter, node: Node) -> None:
+    opts = ex.fb.AddOptionsT()
+    opts.fusedActivationFunction = ex.fused(node)
+    ex.op(ex.fb.BuiltinOperator.ADD, [ex.activation(t) for t in node.inputs], [ex.activation(node.output)],
+          ex.fb.BuiltinOptions.AddOptions, opts)
+
+
 def _dense(ex: _Exporter, node: Node) -> None:
     fb, qp = ex.fb, node.qparams
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
@@ -216,6 +223,7 @@ def _lut(ex: _Exporter, node: Node) -> None:
 
 EXPORTERS: dict[str, Callable[[_Exporter, Node], None]] = {
     "lut": _lut,
+    "add": _add,
     "avgpool1d": _avgpool1d,
     "pad1d": _pad1d,
     "conv1d": _conv1d,

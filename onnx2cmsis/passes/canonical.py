@@ -13,7 +13,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.registry import Registry
 
-FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dense", "maxpool1d", "avgpool1d")
+FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dense", "maxpool1d", "avgpool1d", "add")
 BIAS_PRODUCERS = ("conv1d", "dense")
 
 

@@ -1,0 +1,73 @@
+"""Add of two computed tensors (residual connections) -> arm_elementwise_add_s8.
+
+TFLite-Micro's int8 ADD: both inputs are brought to a common scale (2 * the larger input scale)
+with 20 bits of headroom, summed, and requantized to the output. The parameters are computed the way
+its Prepare does (float32 scales, the larger one taken before widening to double).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
+from onnx2cmsis.ops.conv import fused_activation_range
+from onnx2cmsis.ops.elementwise import AffineHandler
+from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate_int8
+
+LEFT_SHIFT = 20
+
+
+def add_params(s1: float, s2: float, s_out: float) -> dict[str, int]:
+    twice = 2.0 * float(max(np.float32(s1), np.float32(s2)))
+    m1, sh1 = quantize_multiplier(float(np.float32(s1)) / twice)
+    m2, sh2 = quantize_multiplier(float(np.float32(s2)) / twice)
+    mo, sho = quantize_multiplier(twice / ((1 << LEFT_SHIFT) * float(np.float32(s_out))))
+    return {"mult1": m1, "shift1": sh1, "mult2": m2, "shift2": sh2, "mult_out": mo, "shift_out": sho}
+
+
+class AddHandler(OpHandler):
+    op = "add"
+    onnx_ops = ("Add",)
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        if any(ctx.const(i) is not None for i in node.inputs):
+            AffineHandler().from_onnx(node, ctx)  # a bias or shift: folded into its producer later
+            return
+        a, b = (ctx.logical_shape(i) for i in node.inputs)
+        if a != b:
+            raise UnsupportedOpError(f"Add with broadcasting ({a} + {b}) is not supported", node.where)
+        ctx.add_node(Node(node.name, self.op, [ctx.tensor(i) for i in node.inputs], [ctx.tensor(node.outputs[0])],
+                          origin=node.op_type))
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [input_shapes[0]]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        super().quantize(node, graph, ranges)
+        q1, q2 = (graph.tensors[t].quant for t in node.inputs)
+        node.qparams = {**add_params(q1.scale, q2.scale, graph.tensors[node.output].quant.scale),
+                        "act_range": fused_activation_range(node, graph)}
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        qp = node.qparams
+        q1, q2 = (graph.tensors[t].quant for t in node.inputs)
+        x1 = (inputs[0].astype(np.int64) - q1.zero_point) << LEFT_SHIFT
+        x2 = (inputs[1].astype(np.int64) - q2.zero_point) << LEFT_SHIFT
+        total = requantize(x1, qp["mult1"], qp["shift1"]) + requantize(x2, qp["mult2"], qp["shift2"])
+        y = requantize(total, qp["mult_out"], qp["shift_out"]) + graph.tensors[node.output].quant.zero_point
+        return [saturate_int8(y, *qp["act_range"])]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        q1, q2 = (graph.tensors[t].quant for t in node.inputs)
+        qp = node.qparams
+        return KernelCall(
+            template="add.c.j2",
+            kernel="arm_elementwise_add_s8",
+            context={**{k: v for k, v in qp.items() if k != "act_range"}, "offset1": -q1.zero_point,
+                     "offset2": -q2.zero_point, "left_shift": LEFT_SHIFT,
+                     "out_offset": graph.tensors[node.output].quant.zero_point, "act_min": qp["act_range"][0],
+                     "act_max": qp["act_range"][1], "size": graph.tensors[node.output].size},
+            functions=["arm_elementwise_add_s8"],
+        )
