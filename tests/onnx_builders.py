@@ -227,5 +227,21 @@ def add_case(rng: np.random.Generator, i: int) -> Case:
     return Case(f"add{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"act": act})
 
 
+def upsample_case(rng: np.random.Generator, i: int) -> Case:
+    """Resize (PyTorch's asymmetric/floor, ONNX's default half_pixel) by an integer factor, then a conv."""
+    c, w, f = int(rng.integers(1, 9)), int(rng.integers(1, 30)), int(rng.integers(2, 5))
+    scales = numpy_helper.from_array(np.array([1.0, 1.0, float(f)], np.float32), "scales")
+    style = str(rng.choice(["pytorch", "default"]))
+    attrs = {"mode": "nearest"}
+    if style == "pytorch":
+        attrs.update(coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["up"], **attrs)]
+    inits = [scales, numpy_helper.from_array((rng.standard_normal((3, c, 3)) / np.sqrt(3 * c)).astype(np.float32), "w")]
+    nodes.append(helper.make_node("Conv", ["up", "w"], ["y"], kernel_shape=[3], pads=[1, 1]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"upsample{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"style": style})
+
+
 BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
-            "pad": pad_case, "add": add_case}
+            "pad": pad_case, "add": add_case, "upsample": upsample_case}

@@ -17,6 +17,7 @@ from onnx2cmsis.ops.dense import DenseHandler
 from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
 from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
 from onnx2cmsis.ops.pool import AvgPool1DHandler, MaxPool1DHandler
+from onnx2cmsis.ops.resize import Upsample1DHandler
 from onnx2cmsis.ops.softmax import SoftmaxHandler
 from onnx2cmsis.ops.table import LookupTableHandler
 
@@ -33,6 +34,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     ReshapeHandler,
     TransposeHandler,
     Pad1DHandler,
+    Upsample1DHandler,
 )
 
 ENTRY_POINT_GROUP = "onnx2cmsis.ops"

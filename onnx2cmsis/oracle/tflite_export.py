@@ -170,6 +170,16 @@ def _add(ex: _Exporter, node: Node) -> None:
           ex.fb.BuiltinOptions.AddOptions, opts)
 
 
+def _upsample1d(ex: _Exporter, node: Node) -> None:
+    fb = ex.fb
+    w_out = ex.graph.tensors[node.output].shape[0]
+    size = ex.const(np.array([1, w_out], np.int32), fb.TensorType.INT32, f"{node.output}_size")
+    opts = fb.ResizeNearestNeighborOptionsT()
+    opts.alignCorners, opts.halfPixelCenters = False, True  # floor((t + 0.5) / f) == t // f, free of float error
+    ex.op(fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR, [ex.activation(node.inputs[0]), size],
+          [ex.activation(node.output)], fb.BuiltinOptions.ResizeNearestNeighborOptions, opts)
+
+
 def _dense(ex: _Exporter, node: Node) -> None:
     fb, qp = ex.fb, node.qparams
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
@@ -223,6 +233,7 @@ def _lut(ex: _Exporter, node: Node) -> None:
 
 EXPORTERS: dict[str, Callable[[_Exporter, Node], None]] = {
     "lut": _lut,
+    "upsample1d": _upsample1d,
     "add": _add,
     "avgpool1d": _avgpool1d,
     "pad1d": _pad1d,
