@@ -243,5 +243,32 @@ def upsample_case(rng: np.random.Generator, i: int) -> Case:
     return Case(f"upsample{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"style": style})
 
 
+def concat_case(rng: np.random.Generator, i: int) -> Case:
+    """Concat of 2-3 branches over channels or time: free convs, the raw input, a tanh, a max pool."""
+    c, w = int(rng.integers(1, 7)), int(rng.integers(1, 30))
+    axis = int(rng.choice([1, 2]))
+    nodes, inits, branches = [], [], []
+    for b in range(int(rng.integers(2, 4))):
+        kind = str(rng.choice(["conv", "input", "tanh", "maxpool"]))
+        name = f"b{b}"
+        if kind == "conv":
+            c_out = int(rng.integers(1, 7)) if axis == 1 else c
+            gain = float(rng.uniform(0.2, 4.0))
+            inits.append(numpy_helper.from_array((rng.standard_normal((c_out, c, 1)) * gain).astype(np.float32), f"w{b}"))
+            nodes.append(helper.make_node("Conv", ["x", f"w{b}"], [name], kernel_shape=[1]))
+        elif kind == "input":
+            name = "x"
+        elif kind == "tanh":
+            nodes.append(helper.make_node("Tanh", ["x"], [name]))
+        else:
+            nodes.append(helper.make_node("MaxPool", ["x"], [name], kernel_shape=[3], pads=[1, 1]))
+        branches.append(name)
+    nodes.append(helper.make_node("Concat", branches, ["y"], axis=axis))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(f"concat{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"axis": axis})
+
+
 BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
-            "pad": pad_case, "add": add_case, "upsample": upsample_case}
+            "pad": pad_case, "add": add_case, "upsample": upsample_case,
+            "concat": concat_case}

@@ -75,9 +75,9 @@ class GraphBuilder:
             self.value_to_tensor[value] = name
         return self.value_to_tensor[value]
 
-    def new_tensor(self, shape: tuple[int, ...], hint: str) -> str:
+    def new_tensor(self, shape: tuple[int, ...], hint: str, calib_name: str | None = None) -> str:
         name = self._unique(hint)
-        self.tensors[name] = Tensor(name, tuple(shape))
+        self.tensors[name] = Tensor(name, tuple(shape), calib_name=calib_name)
         return name
 
     def add_node(self, node: Node) -> None:

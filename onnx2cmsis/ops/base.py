@@ -51,8 +51,8 @@ class ImportContext(Protocol):
     def tensor(self, value: str) -> str:
         """The IR tensor (physical, channel-last) that stands for a model value."""
 
-    def new_tensor(self, shape: tuple[int, ...], hint: str) -> str:
-        """A fresh intermediate IR tensor that takes its quantization from its producer."""
+    def new_tensor(self, shape: tuple[int, ...], hint: str, calib_name: str | None = None) -> str:
+        """A fresh intermediate IR tensor: quantized by its producer, or from `calib_name`'s range."""
 
     def add_node(self, node: Node) -> None: ...
 

@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ops.add import AddHandler
 from onnx2cmsis.ops.base import OpHandler
+from onnx2cmsis.ops.concat import ConcatHandler
 from onnx2cmsis.ops.conv import Conv1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
 from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
@@ -35,6 +36,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     TransposeHandler,
     Pad1DHandler,
     Upsample1DHandler,
+    ConcatHandler,
 )
 
 ENTRY_POINT_GROUP = "onnx2cmsis.ops"

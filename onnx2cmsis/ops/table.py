@@ -161,6 +161,13 @@ def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.
     return np.clip(q_out.zero_point + np.where(x >= 0, pos, neg), -128, 127).astype(np.int8)
 
 
+def requantize_table(q_in: QuantParams, q_out: QuantParams) -> np.ndarray:
+    """TFLite-Micro QUANTIZE int8 -> int8 (its Requantize): the ratio of the scales widened to double."""
+    m, sh = quantize_multiplier(float(q_in.scale) / float(q_out.scale))
+    x = np.arange(-128, 128, dtype=np.int64) - q_in.zero_point
+    return np.clip(requantize(x, m, sh) + q_out.zero_point, -128, 127).astype(np.int8)
+
+
 def clamp_table(q: QuantParams, lo: float | None, hi: float | None) -> np.ndarray:
     """Relu/Clip in the input's own quantization (what TFLite-Micro's RELU/RELU6 compute then)."""
     amin, amax = activation_range(q, lo, hi)
@@ -190,6 +197,12 @@ class LookupTableHandler(OpHandler):
             out.quant, table = TANH_QUANT, tanh_table(q_in)
         elif fn == "sigmoid":
             out.quant, table = SIGMOID_QUANT, sigmoid_table(q_in)
+        elif fn == "requantize":
+            out.quant = calibrated_quant(graph, node.output, ranges)
+            if out.quant == q_in:  # already in the wanted quantization: the bytes can stay where they are
+                node.op = "reshape"
+                return
+            table = requantize_table(q_in, out.quant)
         elif fn == "leaky_relu":
             out.quant = calibrated_quant(graph, node.output, ranges)
             table = leaky_relu_table(q_in, out.quant, node.attrs["alpha"])

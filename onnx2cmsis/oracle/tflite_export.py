@@ -180,6 +180,13 @@ def _upsample1d(ex: _Exporter, node: Node) -> None:
           [ex.activation(node.output)], fb.BuiltinOptions.ResizeNearestNeighborOptions, opts)
 
 
+def _concat(ex: _Exporter, node: Node) -> None:
+    opts = ex.fb.ConcatenationOptionsT()
+    opts.axis = {"channel": 3, "time": 2, "flat": 1}[node.attrs["kind"]]
+    ex.op(ex.fb.BuiltinOperator.CONCATENATION, [ex.activation(t) for t in node.inputs], [ex.activation(node.output)],
+          ex.fb.BuiltinOptions.ConcatenationOptions, opts)
+
+
 def _dense(ex: _Exporter, node: Node) -> None:
     fb, qp = ex.fb, node.qparams
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
@@ -221,6 +228,8 @@ def _lut(ex: _Exporter, node: Node) -> None:
         opts = fb.LeakyReluOptionsT()
         opts.alpha = node.attrs["alpha"]
         ex.op(fb.BuiltinOperator.LEAKY_RELU, *io, fb.BuiltinOptions.LeakyReluOptions, opts)
+    elif fn == "requantize":
+        ex.op(fb.BuiltinOperator.QUANTIZE, *io)
     else:
         # TFLite-Micro has no RELU_N1_TO_1 kernel
         codes = {(0.0, None): fb.BuiltinOperator.RELU, (0.0, 6.0): fb.BuiltinOperator.RELU6}
@@ -233,6 +242,7 @@ def _lut(ex: _Exporter, node: Node) -> None:
 
 EXPORTERS: dict[str, Callable[[_Exporter, Node], None]] = {
     "lut": _lut,
+    "concat": _concat,
     "upsample1d": _upsample1d,
     "add": _add,
     "avgpool1d": _avgpool1d,

@@ -15,6 +15,7 @@ from onnx2cmsis.ops.registry import Registry
 
 FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dense", "maxpool1d", "avgpool1d", "add")
 BIAS_PRODUCERS = ("conv1d", "dense")
+FREE_QUANT_PRODUCERS = ("conv1d", "dense", "add")  # output quantization comes from calibration alone
 
 
 def _sole_producer(graph: Graph, tensor: str, ops: tuple[str, ...]) -> Node | None:
@@ -67,6 +68,20 @@ def fold_pad_into_conv(graph: Graph) -> bool:
         node.inputs = list(p.inputs)
         node.origin = "Pad+" + node.origin
         graph.nodes.remove(p)
+        return True
+    return False
+
+
+def fold_requantize_into_producer(graph: Graph) -> bool:
+    """A producer whose output range is free writes directly in the quantization a requantize asks for."""
+    for node in graph.nodes:
+        if node.op != "lut" or node.attrs.get("fn") != "requantize":
+            continue
+        p = _sole_producer(graph, node.inputs[0], FREE_QUANT_PRODUCERS)
+        if p is None:
+            continue
+        p.outputs = list(node.outputs)  # the output tensor carries the requantize's calibration range
+        graph.nodes.remove(node)
         return True
     return False
 
@@ -152,6 +167,7 @@ PASSES: tuple[Callable[[Graph], bool], ...] = (
     fold_affine,
     fold_pad_into_conv,
     fuse_activation,
+    fold_requantize_into_producer,
     drop_identity_transposes,
     cancel_transpose_pairs,
     fold_transpose_into_dense,

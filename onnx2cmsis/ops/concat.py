@@ -1,0 +1,67 @@
+"""Concat along channels or time -> an own copy loop.
+
+TFLite-Micro's int8 CONCATENATION requires every input to share the output's quantization. The importer
+puts a requantize table before each input, calibrated on the concat's output range; a pass then lets a
+producer whose output quantization is free (conv, dense, add) write in that quantization directly, and
+a requantize whose input already has it becomes a view. What remains is an exact int8 -> int8 table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, calibrated_quant
+
+AXIS_OF = {"channel": 1, "time": 0, "flat": 0}  # physical axis of the (W, C) or (F,) IR tensors
+
+
+class ConcatHandler(OpHandler):
+    op = "concat"
+    onnx_ops = ("Concat",)
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        shapes = [ctx.logical_shape(v) for v in node.inputs]
+        rank = len(shapes[0]) + 1
+        axis = int(node.attr("axis", 1)) % rank
+        if any(len(s) != rank - 1 for s in shapes) or rank not in (2, 3) or axis == 0:
+            raise UnsupportedOpError(f"Concat of shapes {shapes} on axis {axis} is not supported", node.where)
+        kind = "flat" if rank == 2 else ("channel" if axis == 1 else "time")
+        requantized = []
+        for v in node.inputs:
+            if ctx.const(v) is not None:
+                raise UnsupportedOpError("Concat with a constant input is not supported", node.where)
+            src = ctx.tensor(v)
+            rq = ctx.new_tensor(_physical(ctx.logical_shape(v)), f"{v}_for_concat", calib_name=node.outputs[0])
+            ctx.add_node(Node(node.name, "lut", [src], [rq], attrs={"fn": "requantize"}, origin="Concat requantize"))
+            requantized.append(rq)
+        ctx.add_node(Node(node.name, self.op, requantized, [ctx.tensor(node.outputs[0])], attrs={"kind": kind},
+                          origin=node.op_type))
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        axis = AXIS_OF[node.attrs["kind"]]
+        out = list(input_shapes[0])
+        out[axis] = sum(s[axis] for s in input_shapes)
+        return [tuple(out)]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        q = calibrated_quant(graph, node.output, ranges)
+        assert all(graph.tensors[t].quant == q for t in node.inputs), "concat inputs were not requantized"
+        graph.tensors[node.output].quant = q
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.concatenate(inputs, axis=AXIS_OF[node.attrs["kind"]])]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        shapes = [graph.tensors[t].shape for t in node.inputs]
+        kind = node.attrs["kind"]
+        if kind == "channel":
+            context = {"kind": kind, "steps": shapes[0][0], "widths": [s[1] for s in shapes]}
+        else:
+            context = {"kind": kind, "sizes": [int(np.prod(s)) for s in shapes]}
+        return KernelCall(template="concat.c.j2", kernel="own loop", context=context)
+
+
+def _physical(logical: tuple[int, ...]) -> tuple[int, ...]:
+    return (logical[1], logical[0]) if len(logical) == 2 else logical
