@@ -120,7 +120,9 @@ def _input_scaling(scale: float) -> tuple[int, int, int]:
     return mult, shift, radius
 
 
-def tanh_table(q_in: QuantParams) -> np.ndarray:
+def _fixed_point_table(q_in: QuantParams, fn_q0, out_shift: int, out_offset: int) -> np.ndarray:
+    """TFLite-Micro's int8 tanh/logistic: saturate beyond the input radius, else evaluate `fn_q0` on the
+    input rescaled to Q4.27 and round its Q0.31 result down to the output code."""
     mult, shift, radius = _input_scaling(q_in.scale)
     out = []
     for code in range(-128, 128):
@@ -131,23 +133,16 @@ def tanh_table(q_in: QuantParams) -> np.ndarray:
             out.append(127)
         else:
             q4 = int(requantize(np.array([x]), mult, shift)[0])
-            out.append(min(max(_rdiv(_tanh_q0(q4), 24), -128), 127))
+            out.append(min(max(_rdiv(fn_q0(q4), out_shift) + out_offset, -128), 127))
     return np.array(out, np.int8)
+
+
+def tanh_table(q_in: QuantParams) -> np.ndarray:
+    return _fixed_point_table(q_in, _tanh_q0, 24, 0)  # output scale 1/128: Q0.31 -> Q0.7
 
 
 def sigmoid_table(q_in: QuantParams) -> np.ndarray:
-    mult, shift, radius = _input_scaling(q_in.scale)
-    out = []
-    for code in range(-128, 128):
-        x = code - q_in.zero_point
-        if x <= -radius:
-            out.append(-128)
-        elif x >= radius:
-            out.append(127)
-        else:
-            q4 = int(requantize(np.array([x]), mult, shift)[0])
-            out.append(min(max(_rdiv(_logistic_q0(q4), 23) - 128, -128), 127))
-    return np.array(out, np.int8)
+    return _fixed_point_table(q_in, _logistic_q0, 23, -128)  # output scale 1/256, zero point -128
 
 
 def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.ndarray:
