@@ -16,7 +16,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from data import AXES, CLASSES, STEPS, make_dataset  # noqa: E402
+from data import AXES, CLASSES, make_dataset  # noqa: E402
 
 
 def build_model() -> nn.Module:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
     ImportContext,
