@@ -96,11 +96,15 @@ def maxpool_case(rng: np.random.Generator, i: int) -> Case:
     if mode == "explicit":
         attrs["pads"] = [int(rng.integers(0, k)), int(rng.integers(0, k))]
         attrs["ceil_mode"] = int(rng.integers(0, 2))
+        if rng.random() < 0.25:  # CMSIS-NN has none: the own loop (and no TFLite equivalent)
+            attrs["dilations"] = [int(rng.integers(2, 4))]
+            attrs["ceil_mode"] = 0
     else:
         attrs["auto_pad"] = mode
         if mode == "SAME_UPPER" and stride > k:  # ONNX Runtime computes a negative pad there
             attrs["strides"] = [k]
-    w = int(rng.integers(k, k + 40))
+    eff_k = (k - 1) * attrs.get("dilations", [1])[0] + 1
+    w = int(rng.integers(eff_k, eff_k + 40))
     nodes = [helper.make_node("MaxPool", ["x"], ["pool"], **attrs)]
     inits: list = []
     act = _activation(rng, nodes, inits, "pool", "y")

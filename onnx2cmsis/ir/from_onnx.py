@@ -62,6 +62,8 @@ class GraphBuilder:
             return tuple(shape)
         if not shape or shape[0] != 1:
             raise ConversionError(f"value '{value}' has shape {list(shape)}: expected batch 1 first", self.where)
+        if 0 in shape:
+            raise ConversionError(f"value '{value}' has a zero-size dimension {list(shape)}", self.where)
         return tuple(shape[1:])
 
     def const(self, value: str) -> np.ndarray | None:

@@ -50,21 +50,27 @@ def _add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
         ctx.add_node(Node(node.name, "reshape", [pooled], [out], origin=node.op_type))
 
 
+def _window_taps(attrs: dict, w_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input index of every tap of every window, clipped into range, and which taps are real."""
+    starts = np.arange(attrs["out_w"]) * attrs["stride"] - attrs["pad_left"]
+    taps = starts[:, None] + np.arange(attrs["kernel"])[None, :] * attrs.get("dilation", 1)
+    valid = (taps >= 0) & (taps < w_in)
+    return np.clip(taps, 0, w_in - 1), valid
+
+
 def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Node, int, int]:
     """Node, right padding and input width for MaxPool / AveragePool with their attributes."""
     _, w_in = _pool_input(node, ctx)
     (k,) = int_attr_list(node, "kernel_shape", [1], 1)
     (stride,) = int_attr_list(node, "strides", [1], 1)
     (dilation,) = int_attr_list(node, "dilations", [1], 1)
-    if dilation != 1:
-        raise UnsupportedOpError(f"{node.op_type} with dilation {dilation} is not supported yet", node.where)
-    pad_l, pad_r = explicit_pads(node, w_in, k, stride, 1)
-    if pad_l >= k:
-        raise UnsupportedOpError(f"{node.op_type} padding {pad_l} must be smaller than the kernel {k}", node.where)
+    if dilation != 1 and op != "maxpool1d":
+        raise UnsupportedOpError(f"{node.op_type} with dilation {dilation} is not supported", node.where)
+    pad_l, pad_r = explicit_pads(node, w_in, k, stride, dilation)
     out_w = ctx.logical_shape(node.outputs[0])[1]
-    if (out_w - 1) * stride - pad_l >= w_in:
+    attrs = {"kernel": k, "stride": stride, "pad_left": pad_l, "out_w": out_w, "dilation": dilation}
+    if not _window_taps(attrs, w_in)[1].any(axis=1).all():
         raise UnsupportedOpError(f"{node.op_type} has an output window that covers only padding", node.where)
-    attrs = {"kernel": k, "stride": stride, "pad_left": pad_l, "out_w": out_w}
     return Node(node.name, op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])], attrs=attrs,
                 origin=node.op_type), pad_r, w_in
 
@@ -93,26 +99,24 @@ class MaxPool1DHandler(OpHandler):
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
-        k, s, p, out_w = (node.attrs[key] for key in ("kernel", "stride", "pad_left", "out_w"))
-        out = np.empty((out_w, x.shape[1]), np.int8)
-        for o in range(out_w):
-            start = o * s - p
-            out[o] = x[max(0, start) : min(x.shape[0], start + k)].max(axis=0)
-        return [saturate_int8(out, *node.qparams["act_range"])]
+        taps, valid = _window_taps(node.attrs, x.shape[0])
+        windows = np.where(valid[:, :, None], x[taps], np.int8(-128))  # a padded tap never wins
+        return [saturate_int8(windows.max(axis=1), *node.qparams["act_range"])]
 
-    def emit(self, node: Node, graph: Graph) -> KernelCall:
+    def _context(self, node: Node, graph: Graph) -> dict:
         (w_in, c), (w_out, _) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
         a = node.attrs
-        check_uint16(f"node '{node.name}' ({node.origin})", width=w_in, channels=c, kernel=a["kernel"])
-        return KernelCall(
-            template="maxpool1d.c.j2",
-            kernel="arm_max_pool_s8",
-            context={
-                "w_in": w_in, "c": c, "w_out": w_out, "k": a["kernel"], "stride": a["stride"],
-                "pad": a["pad_left"], "act_min": node.qparams["act_range"][0], "act_max": node.qparams["act_range"][1],
-            },
-            functions=["arm_max_pool_s8"],
-        )
+        return {"w_in": w_in, "c": c, "w_out": w_out, "k": a["kernel"], "stride": a["stride"], "pad": a["pad_left"],
+                "dilation": a.get("dilation", 1), "act_min": node.qparams["act_range"][0],
+                "act_max": node.qparams["act_range"][1]}
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        ctx = self._context(node, graph)
+        if ctx["dilation"] != 1 or max(ctx["w_in"], ctx["c"], ctx["k"], ctx["w_out"]) > 0xFFFF:
+            # CMSIS-NN has no dilated max pool and casts dimensions to uint16: an own loop covers both
+            return KernelCall(template="maxpool1d_loop.c.j2", kernel="own loop", context=ctx)
+        return KernelCall(template="maxpool1d.c.j2", kernel="arm_max_pool_s8", context=ctx,
+                          functions=["arm_max_pool_s8"])
 
 
 class AvgPool1DHandler(MaxPool1DHandler):
@@ -155,10 +159,9 @@ class AvgPool1DHandler(MaxPool1DHandler):
         return [saturate_int8(out, *node.qparams["act_range"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
-        call = super().emit(node, graph)
-        c = graph.tensors[node.inputs[0]].shape[1]
-        call.template, call.kernel = "avgpool1d.c.j2", "arm_avgpool_s8"
-        call.functions = ["arm_avgpool_s8", "arm_avgpool_s8_get_buffer_size"]
-        call.scratch_bytes = 4 * c  # the DSP build's int32 row of sums (pure C and MVE need none)
-        call.context["scratch_bytes"] = call.scratch_bytes
-        return call
+        ctx = self._context(node, graph)
+        check_uint16(f"node '{node.name}' ({node.origin})", width=ctx["w_in"], channels=ctx["c"], kernel=ctx["k"])
+        ctx["scratch_bytes"] = 4 * ctx["c"]  # the DSP build's int32 row of sums (pure C and MVE need none)
+        return KernelCall(template="avgpool1d.c.j2", kernel="arm_avgpool_s8", context=ctx,
+                          functions=["arm_avgpool_s8", "arm_avgpool_s8_get_buffer_size"],
+                          scratch_bytes=ctx["scratch_bytes"])

@@ -115,6 +115,8 @@ def _maxpool1d(ex: _Exporter, node: Node) -> None:
     fb, a = ex.fb, node.attrs
     w_in, c = ex.graph.tensors[node.inputs[0]].shape
     k, s, p, out_w = a["kernel"], a["stride"], a["pad_left"], a["out_w"]
+    if a.get("dilation", 1) != 1:
+        raise NotExportable("TFLite's MAX_POOL_2D has no dilation", node.name)
     src = ex.activation(node.inputs[0])
     pad_r = max(0, (out_w - 1) * s + k - w_in - p)
     if p or pad_r:
