@@ -1,7 +1,7 @@
 """Softmax -> arm_softmax_s8. Output quantization is fixed by TFLite: scale 1/256, zero point -128.
 
 The reference re-implements CMSIS-NN's fixed-point algorithm (gemmlowp exp on negative values,
-a Newton-Raphson reciprocal) with numpy integer arrays, wrapping like 32-bit C arithmetic.
+a Newton-Raphson reciprocal: quant/fixedpoint.py) with numpy integer arrays.
 """
 
 from __future__ import annotations
@@ -13,20 +13,12 @@ import numpy as np
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
-from onnx2cmsis.quant.rules import (
-    INT32_MAX,
-    INT32_MIN,
-    QuantParams,
-    _wrap32,
-    divide_by_power_of_two,
-    doubling_high_mult,
-    quantize_multiplier,
-)
+from onnx2cmsis.quant.fixedpoint import exp_on_negative_values, one_over_one_plus_x
+from onnx2cmsis.quant.rules import QuantParams, divide_by_power_of_two, doubling_high_mult, quantize_multiplier, wrap32
 
 SCALED_DIFF_INTEGER_BITS = 5
 ACCUM_BITS = 12
 OUTPUT_QUANT = QuantParams(1.0 / 256.0, -128)
-_EXP_BARREL = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)
 
 
 def softmax_params(input_scale: float, beta: float = 1.0) -> tuple[int, int, int]:
@@ -37,46 +29,15 @@ def softmax_params(input_scale: float, beta: float = 1.0) -> tuple[int, int, int
     return mult, shift, -int(math.floor(radius))
 
 
-def _mult_by_power_of_two(v: np.ndarray, exp: int) -> np.ndarray:
-    thresh = (1 << (31 - exp)) - 1
-    r = _wrap32(v << exp)
-    r = np.where(v > thresh, INT32_MAX, r)
-    return np.where(v < -thresh, INT32_MIN, r)
-
-
-def exp_on_negative_values(val: np.ndarray) -> np.ndarray:
-    val = np.asarray(val, np.int64)
-    low = (val & ((1 << 24) - 1)) - (1 << 24)
-    remainder = low - val
-    x = _wrap32((low << 5) + (1 << 28))
-    x2 = doubling_high_mult(x, x)
-    poly = _wrap32(divide_by_power_of_two(doubling_high_mult(x2, x2), 2) + doubling_high_mult(x2, x))
-    inner = divide_by_power_of_two(_wrap32(doubling_high_mult(poly, 715827883) + x2), 1)
-    result = _wrap32(1895147668 + doubling_high_mult(1895147668, _wrap32(x + inner)))
-    for bit, factor in enumerate(_EXP_BARREL, start=24):
-        result = np.where(remainder & (1 << bit), doubling_high_mult(result, factor), result)
-    return np.where(val == 0, INT32_MAX, result)
-
-
-def one_over_one_plus_x(val: np.ndarray) -> np.ndarray:
-    s = np.asarray(val, np.int64) + INT32_MAX
-    num = s + np.where(s >= 0, 1, -1)
-    half = np.where(num >= 0, num // 2, -((-num) // 2))
-    x = _wrap32(1515870810 + doubling_high_mult(half, -1010580540))
-    for _ in range(3):
-        x = _wrap32(x + _mult_by_power_of_two(doubling_high_mult(x, _wrap32((1 << 29) - doubling_high_mult(half, x))), 2))
-    return _mult_by_power_of_two(x, 1)
-
-
 def softmax_s8(x: np.ndarray, mult: int, shift: int, diff_min: int) -> np.ndarray:
     """arm_softmax_s8 over the last axis of an int8 array."""
     rows = x.reshape(-1, x.shape[-1]).astype(np.int64)
     diff = rows - rows.max(axis=1, keepdims=True)
     valid = diff >= diff_min
-    e = exp_on_negative_values(doubling_high_mult(_wrap32(diff * (1 << shift)), mult))
-    total = _wrap32(np.where(valid, divide_by_power_of_two(e, ACCUM_BITS), 0).sum(axis=1, keepdims=True))
+    e = exp_on_negative_values(doubling_high_mult(wrap32(diff * (1 << shift)), mult), SCALED_DIFF_INTEGER_BITS)
+    total = wrap32(np.where(valid, divide_by_power_of_two(e, ACCUM_BITS), 0).sum(axis=1, keepdims=True))
     headroom = np.array([[32 - int(t).bit_length() if t > 0 else 32] for t in total[:, 0]], np.int64)
-    shifted = one_over_one_plus_x(_wrap32(np.where(total > 0, _wrap32(total << headroom), 0) - (1 << 31)))
+    shifted = one_over_one_plus_x(wrap32(np.where(total > 0, wrap32(total << headroom), 0) - (1 << 31)))
     res = divide_by_power_of_two(doubling_high_mult(shifted, e), ACCUM_BITS - headroom + 23) - 128
     out = np.where(valid, np.clip(res, -128, 127), -128)
     return out.astype(np.int8).reshape(x.shape)

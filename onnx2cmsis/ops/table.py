@@ -2,8 +2,8 @@
 
 CMSIS-NN has no int8 tanh/sigmoid; TFLite-Micro runs reference integer kernels. An int8 -> int8
 function has only 256 inputs, so the table is computed at conversion time by the very integer
-algorithm TFLite-Micro runs (gemmlowp fixed point, re-implemented below on Python integers with
-32-bit wrap-around) and the C is one indexed load per element: exact by construction, and fast.
+algorithm TFLite-Micro runs (gemmlowp fixed point: quant/fixedpoint.py) and the C is one indexed load
+per element: exact by construction, and fast.
 """
 
 from __future__ import annotations
@@ -14,102 +14,16 @@ import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, calibrated_quant
-from onnx2cmsis.quant.rules import QuantParams, activation_range, quantize_multiplier, requantize
-
-INT32_MAX, INT32_MIN = 2**31 - 1, -(2**31)
+from onnx2cmsis.quant.fixedpoint import logistic_q0, tanh_q0
+from onnx2cmsis.quant.rules import (
+    QuantParams,
+    activation_range,
+    divide_by_power_of_two,
+    quantize_multiplier,
+    requantize,
+)
 TANH_QUANT = QuantParams(1.0 / 128.0, 0)
 SIGMOID_QUANT = QuantParams(1.0 / 256.0, -128)
-
-
-# ------------------------------------------------------------ gemmlowp fixed point on Python ints
-
-
-def _w(x: int) -> int:
-    return ((x + 2**31) % 2**32) - 2**31
-
-
-def _mul(a: int, b: int) -> int:
-    """SaturatingRoundingDoublingHighMul."""
-    if a == b == INT32_MIN:
-        return INT32_MAX
-    ab = a * b
-    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
-    s = ab + nudge
-    return _w(s // (1 << 31) if s >= 0 else -((-s) // (1 << 31)))
-
-
-def _rdiv(x: int, e: int) -> int:
-    """RoundingDivideByPOT."""
-    mask = (1 << e) - 1
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> e) + (1 if (x & mask) > threshold else 0)
-
-
-def _pot(x: int, e: int) -> int:
-    """SaturatingRoundingMultiplyByPOT<e>."""
-    if e == 0:
-        return x
-    if e < 0:
-        return _rdiv(x, -e)
-    threshold = (1 << (31 - e)) - 1
-    if x > threshold:
-        return INT32_MAX
-    if x < -threshold:
-        return INT32_MIN
-    return _w(x << e)
-
-
-def _exp_quarter_interval(a: int) -> int:
-    """exp(a) for a in [-1/4, 0), Q0.31."""
-    x = _w(a + (1 << 28))
-    x2 = _mul(x, x)
-    x3 = _mul(x2, x)
-    x4 = _mul(x2, x2)
-    poly = _pot(_w(_mul(_w(_pot(x4, -2) + x3), 715827883) + x2), -1)
-    return _w(1895147668 + _mul(1895147668, _w(x + poly)))
-
-
-def _exp_on_negative(a: int, integer_bits: int) -> int:
-    frac = 31 - integer_bits
-    quarter = 1 << (frac - 2)
-    a_mod = _w((a & (quarter - 1)) - quarter)
-    result = _exp_quarter_interval(_pot(a_mod, integer_bits))
-    remainder = _w(a_mod - a)
-    barrel = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308), (2, 39332535), (3, 720401),
-              (4, 242))
-    for exponent, multiplier in barrel:
-        if integer_bits > exponent and remainder & (1 << (frac + exponent)):
-            result = _mul(result, multiplier)
-    if integer_bits > 5 and a < -(1 << (36 - integer_bits)):
-        result = 0
-    return INT32_MAX if a == 0 else result
-
-
-def _newton_reciprocal(a: int) -> int:
-    """x ~ 1 / half_denominator in Q2.29 (gemmlowp's three Newton-Raphson steps), with half_den."""
-    s = a + INT32_MAX  # RoundingHalfSum(a, One): (sum + sign) / 2, truncating like C
-    num = s + (1 if s >= 0 else -1)
-    half = num // 2 if num >= 0 else -((-num) // 2)
-    x = _w(1515870810 + _mul(half, -1010580540))
-    for _ in range(3):
-        x = _w(x + _pot(_mul(x, _w((1 << 29) - _mul(half, x))), 2))
-    return x
-
-
-def _tanh_q0(a: int, integer_bits: int = 4) -> int:
-    if a == 0:
-        return 0
-    n = a if a < 0 else _w(-a)
-    e = _exp_on_negative(n, integer_bits + 1)  # ExactMulByPot<1>: same raw, one more integer bit
-    t = _pot(_w(_newton_reciprocal(e) - (1 << 29)), 2)  # (1 - e) / (1 + e)
-    return _w(-t) if a < 0 else t
-
-
-def _logistic_q0(a: int, integer_bits: int = 4) -> int:
-    if a == 0:
-        return 1 << 30
-    pos = _pot(_newton_reciprocal(_exp_on_negative(_w(-abs(a)), integer_bits)), 1)  # 1 / (1 + e)
-    return pos if a > 0 else _w(INT32_MAX - pos)
 
 
 def _input_scaling(scale: float) -> tuple[int, int, int]:
@@ -121,28 +35,22 @@ def _input_scaling(scale: float) -> tuple[int, int, int]:
 
 
 def _fixed_point_table(q_in: QuantParams, fn_q0, out_shift: int, out_offset: int) -> np.ndarray:
-    """TFLite-Micro's int8 tanh/logistic: saturate beyond the input radius, else evaluate `fn_q0` on the
-    input rescaled to Q4.27 and round its Q0.31 result down to the output code."""
+    """TFLite-Micro's int8 tanh/logistic for all 256 codes: saturate beyond the input radius, else
+    evaluate `fn_q0` on the input rescaled to Q4.27 and round its Q0.31 result down to the code."""
     mult, shift, radius = _input_scaling(q_in.scale)
-    out = []
-    for code in range(-128, 128):
-        x = code - q_in.zero_point
-        if x <= -radius:
-            out.append(-128)
-        elif x >= radius:
-            out.append(127)
-        else:
-            q4 = int(requantize(np.array([x]), mult, shift)[0])
-            out.append(min(max(_rdiv(fn_q0(q4), out_shift) + out_offset, -128), 127))
-    return np.array(out, np.int8)
+    x = np.arange(-128, 128, dtype=np.int64) - q_in.zero_point
+    inside = np.abs(x) < radius
+    q4 = requantize(np.where(inside, x, 0), mult, shift)
+    y = np.clip(divide_by_power_of_two(fn_q0(q4, 4), out_shift) + out_offset, -128, 127)
+    return np.where(inside, y, np.where(x < 0, -128, 127)).astype(np.int8)
 
 
 def tanh_table(q_in: QuantParams) -> np.ndarray:
-    return _fixed_point_table(q_in, _tanh_q0, 24, 0)  # output scale 1/128: Q0.31 -> Q0.7
+    return _fixed_point_table(q_in, tanh_q0, 24, 0)  # output scale 1/128: Q0.31 -> Q0.7
 
 
 def sigmoid_table(q_in: QuantParams) -> np.ndarray:
-    return _fixed_point_table(q_in, _logistic_q0, 23, -128)  # output scale 1/256, zero point -128
+    return _fixed_point_table(q_in, logistic_q0, 23, -128)  # output scale 1/256, zero point -128
 
 
 def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.ndarray:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnx2cmsis.errors import ConversionError
+
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -51,8 +53,6 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if e < -31:
         return 0, 0
     if e > 30:
-        from onnx2cmsis.errors import ConversionError
-
         raise ConversionError(f"requantization factor {real:.3g} is too large for CMSIS-NN's 32-bit multiplier")
     return qf, e
 
@@ -94,8 +94,6 @@ def quantize_bias(b: np.ndarray, input_scale: float, weight_scales: np.ndarray, 
     s = np.float64(np.float32(input_scale)) * weight_scales.astype(np.float64)
     q = round_half_away(b.astype(np.float64) / s)
     if np.any(np.abs(q) > INT32_MAX):
-        from onnx2cmsis.errors import ConversionError
-
         raise ConversionError("bias does not fit int32 after quantization (scale too small)", where)
     return q.astype(np.int32)
 
@@ -127,7 +125,7 @@ def activation_range(q: QuantParams, lo: float | None, hi: float | None) -> tupl
 # ---------------------------------------------------------------- CMSIS-NN integer arithmetic
 
 
-def _wrap32(x: np.ndarray) -> np.ndarray:
+def wrap32(x: np.ndarray) -> np.ndarray:
     """Two's-complement wrap of int64 values to int32 range (what the C does on overflow)."""
     return ((x + 2**31) % 2**32) - 2**31
 
@@ -160,7 +158,7 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray 
     shift = np.asarray(shift, dtype=np.int64)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
-    scaled = _wrap32(acc * (np.int64(1) << left))
+    scaled = wrap32(acc * (np.int64(1) << left))
     # no_sat variant: floor((x*M + 2^30) / 2^31); equal to the saturating one for M > 0.
     hi = (scaled * np.asarray(multiplier, dtype=np.int64) + (1 << 30)) >> 31
     return divide_by_power_of_two(hi, right)
