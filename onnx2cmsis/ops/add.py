@@ -11,8 +11,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
-from onnx2cmsis.ops.conv import fused_activation_range
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, fused_activation_range
 from onnx2cmsis.ops.elementwise import AffineHandler
 from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate_int8
 

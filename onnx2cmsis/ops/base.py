@@ -18,7 +18,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.quant.rules import QuantParams, activation_quant
+from onnx2cmsis.quant.rules import QuantParams, activation_quant, activation_range
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,14 @@ def calibrated_quant(graph: Graph, tensor: str, ranges: dict[str, tuple[float, f
         raise KeyError(f"no calibration range for tensor '{key}'")
     lo, hi = ranges[key]
     return activation_quant(lo, hi)
+
+
+def fused_activation_range(node: Node, graph: Graph) -> tuple[int, int]:
+    """The int8 clamp of a fused Relu/Clip (node.attrs["act"]) in the node's output quantization."""
+    q = graph.tensors[node.output].quant
+    assert q is not None
+    lo, hi = node.attrs.get("act", (None, None))
+    return activation_range(q, lo, hi)
 
 
 def int_attr_list(node: OnnxNodeView, key: str, default: list[int], length: int) -> list[int]:

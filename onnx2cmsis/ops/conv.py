@@ -13,11 +13,11 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     OpHandler,
     check_uint16,
+    fused_activation_range,
     explicit_pads,
     int_attr_list,
 )
 from onnx2cmsis.quant.rules import (
-    activation_range,
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
@@ -33,13 +33,6 @@ def conv_scratch_bytes(kernel: int, in_ch: int) -> int:
     dsp = 4 * ((cols + 3) // 4 * 4)
     mve = 4 * ((cols + 7) // 8) * 8
     return max(dsp, mve)
-
-
-def fused_activation_range(node: Node, graph: Graph) -> tuple[int, int]:
-    q = graph.tensors[node.output].quant
-    assert q is not None
-    lo, hi = node.attrs.get("act", (None, None))
-    return activation_range(q, lo, hi)
 
 
 class Conv1DHandler(OpHandler):

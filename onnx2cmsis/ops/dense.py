@@ -10,8 +10,15 @@ import numpy as np
 
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, check_uint16
-from onnx2cmsis.ops.conv import fused_activation_range
+from onnx2cmsis.ops.base import (
+    CArray,
+    ImportContext,
+    KernelCall,
+    OnnxNodeView,
+    OpHandler,
+    check_uint16,
+    fused_activation_range,
+)
 from onnx2cmsis.quant.rules import (
     quantize_bias,
     quantize_multiplier,

@@ -17,9 +17,10 @@ from onnx2cmsis.ops.base import (
     OpHandler,
     check_uint16,
     explicit_pads,
+    fused_activation_range,
     int_attr_list,
 )
-from onnx2cmsis.quant.rules import activation_range, saturate_int8
+from onnx2cmsis.quant.rules import saturate_int8
 
 GLOBAL_OPS = ("GlobalMaxPool", "GlobalAveragePool", "ReduceMax", "ReduceMean")
 
@@ -92,10 +93,8 @@ class MaxPool1DHandler(OpHandler):
         return [(node.attrs["out_w"], c)]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-        q = graph.tensors[node.inputs[0]].quant
-        graph.tensors[node.output].quant = q
-        lo, hi = node.attrs.get("act", (None, None))
-        node.qparams = {"act_range": activation_range(q, lo, hi)}
+        graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
+        node.qparams = {"act_range": fused_activation_range(node, graph)}
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
