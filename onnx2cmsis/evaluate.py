@@ -21,7 +21,7 @@ class Evaluation:
     name: str
     samples: int
     mismatches_vs_reference: int
-    mismatches_vs_tflite_micro: int | None  # None: oracle not run
+    mismatches_vs_tflite_micro: int | None  # None: oracle not run (counted over the oracle samples)
     sqnr_db: float
     max_error_lsb: float
     max_abs_error: float
@@ -44,20 +44,23 @@ def float_outputs(conv: Conversion, x_float: np.ndarray) -> np.ndarray:
     return np.stack([r[name].reshape(-1) for r in run_float(conv.model, x_float)])
 
 
-def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path, oracle: bool = True,
-             c_outputs: np.ndarray | None = None) -> tuple[Evaluation, np.ndarray]:
-    """Build the C on the host, run every sample; returns the figures and the C's int8 outputs."""
+def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,
+             oracle_samples: int | None = None) -> tuple[Evaluation, np.ndarray]:
+    """Build the C on the host, run every sample; returns the figures and the C's int8 outputs.
+
+    The first `oracle_samples` samples (all when None, none when 0) also run in tflite-micro.
+    """
     xq = quantize_inputs(conv, x_float)
-    if c_outputs is None:
-        model = build_conversions([conv], workdir)[conv.name]
-        c_outputs = np.stack([model(x) for x in xq])
+    model = build_conversions([conv], workdir)[conv.name]
+    c_outputs = np.stack([model(x) for x in xq])
     ref = np.stack([conv.reference(x) for x in xq])
     tflm_bad = None
-    if oracle:
+    if oracle_samples != 0:
         from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
 
-        tflm = run_tflite_micro(export_tflite(conv.graph), xq)
-        tflm_bad = int(np.sum(np.any(tflm != c_outputs, axis=1)))
+        n = len(xq) if oracle_samples is None else oracle_samples
+        tflm = run_tflite_micro(export_tflite(conv.graph), xq[:n])
+        tflm_bad = int(np.sum(np.any(tflm != c_outputs[:n], axis=1)))
     q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
     want = float_outputs(conv, x_float).astype(np.float64)
     got = dequantize_tensor(c_outputs, q_out).astype(np.float64)

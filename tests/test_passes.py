@@ -54,7 +54,7 @@ def test_batchnorm_mul_add_fold_into_the_conv_and_keep_the_math(tmp_path, seed):
     conv = _convert(tmp_path, model, calib)
     assert [n.op for n in conv.graph.nodes] == ["transpose", "conv1d", "transpose"]
     assert conv.report["rewrites"].count("fold_affine") == 3
-    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle=False)
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=0)
     assert ev.mismatches_vs_reference == 0
     assert ev.sqnr_db >= 30.0, ev
 
@@ -90,7 +90,7 @@ def test_pad_folds_into_the_following_conv(tmp_path):
     convs = [n for n in conv.graph.nodes if n.op == "conv1d"]
     assert len(convs) == 1 and convs[0].attrs["pad"] == (2, 0)
     assert "pad1d" not in [n.op for n in conv.graph.nodes]
-    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle=True)
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=None)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0
     assert ev.sqnr_db >= 30.0
 
@@ -106,5 +106,5 @@ def test_flatten_before_dense_costs_no_copy(tmp_path):
     calib = rng.standard_normal((32, 3, 20)).astype(np.float32)
     conv = _convert(tmp_path, model, calib)
     assert [n.op for n in conv.graph.nodes] == ["transpose", "conv1d", "reshape", "reshape", "dense"]
-    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle=True)
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=None)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0 and ev.sqnr_db >= 30.0
