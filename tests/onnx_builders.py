@@ -33,6 +33,13 @@ def _model(nodes: list, inputs: list, outputs: list, inits: list) -> onnx.ModelP
     return m
 
 
+def _case(name: str, nodes: list, shape: list[int], inits: list, calibration: np.ndarray, params: dict) -> Case:
+    """A one-input model x -> ... -> y (y's shape left to inference)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return Case(name, _model(nodes, [x], [y], inits), calibration, params)
+
+
 def _calibration(rng: np.random.Generator, shape: tuple[int, ...], n: int = 32) -> np.ndarray:
     scale = rng.uniform(0.2, 4.0)
     offset = rng.uniform(-1.0, 1.0) * scale
@@ -82,10 +89,8 @@ def conv_case(rng: np.random.Generator, i: int, tflite_padding: bool = False) ->
         inputs.append("b")
     nodes = [helper.make_node("Conv", inputs, ["conv"], **attrs)]
     act = _activation(rng, nodes, inits, "conv", "y")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"conv{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c_in, w)),
-                {"mode": mode, "act": act, "k": k, "stride": stride, "dilation": dil, "pads": pads})
+    return _case(f"conv{i}", nodes, [1, c_in, w], inits, _calibration(rng, (c_in, w)),
+                 {"mode": mode, "act": act, "k": k, "stride": stride, "dilation": dil, "pads": pads})
 
 
 def maxpool_case(rng: np.random.Generator, i: int) -> Case:
@@ -108,9 +113,7 @@ def maxpool_case(rng: np.random.Generator, i: int) -> Case:
     nodes = [helper.make_node("MaxPool", ["x"], ["pool"], **attrs)]
     inits: list = []
     act = _activation(rng, nodes, inits, "pool", "y")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"maxpool{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"mode": mode, "act": act})
+    return _case(f"maxpool{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"mode": mode, "act": act})
 
 
 def dense_case(rng: np.random.Generator, i: int) -> Case:
@@ -128,9 +131,7 @@ def dense_case(rng: np.random.Generator, i: int) -> Case:
         inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
         nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["fc"])]
     act = _activation(rng, nodes, inits, "fc", "y")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, f_in])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"dense{i}", _model(nodes, [x], [y], inits), _calibration(rng, (f_in,)), {"form": form, "act": act})
+    return _case(f"dense{i}", nodes, [1, f_in], inits, _calibration(rng, (f_in,)), {"form": form, "act": act})
 
 
 def softmax_case(rng: np.random.Generator, i: int) -> Case:
@@ -141,10 +142,8 @@ def softmax_case(rng: np.random.Generator, i: int) -> Case:
         shape = [1, int(rng.integers(2, 17)), int(rng.integers(1, 9))]  # (N, C, W): softmax over channels
         axis = 1
     nodes = [helper.make_node("Softmax", ["x"], ["y"], axis=axis)]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     calib = _calibration(rng, tuple(shape[1:])) * rng.uniform(0.5, 4.0)
-    return Case(f"softmax{i}", _model(nodes, [x], [y], []), calib.astype(np.float32), {"shape": shape})
+    return _case(f"softmax{i}", nodes, shape, [], calib.astype(np.float32), {"shape": shape})
 
 
 def table_case(rng: np.random.Generator, i: int) -> Case:
@@ -161,9 +160,7 @@ def table_case(rng: np.random.Generator, i: int) -> Case:
         node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"])
     else:
         node = helper.make_node(kind, ["x"], ["y"])
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"table{i}", _model([node], [x], [y], inits), _calibration(rng, tuple(shape[1:])), {"kind": kind})
+    return _case(f"table{i}", [node], shape, inits, _calibration(rng, tuple(shape[1:])), {"kind": kind})
 
 
 def avgpool_case(rng: np.random.Generator, i: int) -> Case:
@@ -191,9 +188,7 @@ def avgpool_case(rng: np.random.Generator, i: int) -> Case:
         else:
             nodes = [helper.make_node(op, ["x"], ["pool"], axes=[2], keepdims=keep)]
     act = _activation(rng, nodes, inits, "pool", "y")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"avgpool{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"kind": kind, "act": act})
+    return _case(f"avgpool{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"kind": kind, "act": act})
 
 
 def pad_case(rng: np.random.Generator, i: int) -> Case:
@@ -211,9 +206,7 @@ def pad_case(rng: np.random.Generator, i: int) -> Case:
         w = max(w, k)
         inits.append(numpy_helper.from_array((rng.standard_normal((4, c, k)) / np.sqrt(c * k)).astype(np.float32), "w"))
         nodes.append(helper.make_node("Conv", ["padded", "w"], ["y"], kernel_shape=[k]))
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"pad{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"after": after})
+    return _case(f"pad{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"after": after})
 
 
 def add_case(rng: np.random.Generator, i: int) -> Case:
@@ -226,9 +219,7 @@ def add_case(rng: np.random.Generator, i: int) -> Case:
     order = ["x", "branch"] if rng.random() < 0.5 else ["branch", "x"]
     nodes.append(helper.make_node("Add", order, ["sum"]))
     act = _activation(rng, nodes, inits, "sum", "y")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"add{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"act": act})
+    return _case(f"add{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"act": act})
 
 
 def upsample_case(rng: np.random.Generator, i: int) -> Case:
@@ -242,9 +233,7 @@ def upsample_case(rng: np.random.Generator, i: int) -> Case:
     nodes = [helper.make_node("Resize", ["x", "", "scales"], ["up"], **attrs)]
     inits = [scales, numpy_helper.from_array((rng.standard_normal((3, c, 3)) / np.sqrt(3 * c)).astype(np.float32), "w")]
     nodes.append(helper.make_node("Conv", ["up", "w"], ["y"], kernel_shape=[3], pads=[1, 1]))
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"upsample{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"style": style})
+    return _case(f"upsample{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"style": style})
 
 
 def concat_case(rng: np.random.Generator, i: int) -> Case:
@@ -268,9 +257,7 @@ def concat_case(rng: np.random.Generator, i: int) -> Case:
             nodes.append(helper.make_node("MaxPool", ["x"], [name], kernel_shape=[3], pads=[1, 1]))
         branches.append(name)
     nodes.append(helper.make_node("Concat", branches, ["y"], axis=axis))
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(f"concat{i}", _model(nodes, [x], [y], inits), _calibration(rng, (c, w)), {"axis": axis})
+    return _case(f"concat{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"axis": axis})
 
 
 BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
