@@ -20,14 +20,11 @@ from onnx2cmsis.targets.host import build_conversions
 CASES = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "pytorch-converted"
 SUPPORTED = ["Conv1d", "Conv1d_dilated", "Conv1d_pad1", "Conv1d_pad1size1", "Conv1d_pad2", "Conv1d_pad2size1",
              "Conv1d_stride", "LeakyReLU", "LeakyReLU_with_negval", "Linear", "MaxPool1d", "MaxPool1d_stride",
-             "Softmax", "MaxPool1d_stride_padding_dilation"]
+             "Softmax", "MaxPool1d_stride_padding_dilation", "AvgPool1d", "AvgPool1d_stride", "Linear_no_bias"]
 # Refused today with a one-line reason naming the node; each entry flips to SUPPORTED when its op lands.
 NOT_YET = {
-    "AvgPool1d": "rank 4",  # Unsqueeze -> 2D AveragePool -> Squeeze needs the 4D canonicalization
-    "AvgPool1d_stride": "rank 4",
     "BatchNorm1d_3d_input_eval": "cannot be folded",  # a standalone BatchNorm needs a depthwise 1x1 conv
     "Conv1d_groups": "group=2",
-    "Linear_no_bias": "Transpose",  # a Transpose of a constant: needs constant folding
 }
 
 

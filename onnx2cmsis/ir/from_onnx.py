@@ -1,11 +1,15 @@
 """ONNX (static, batch 1) -> the canonical IR. Handlers translate nodes; this file keeps the books.
 
-Model values become IR tensors with physical, channel-last shapes: (C, W) -> (W, C), (F,) -> (F,).
-A (C, W) graph input or output whose bytes differ between the two orders gets an explicit transpose
-so that the C interface takes and returns the model's own layout.
+Every model value is bound to an IR tensor and an index array (ir/layout.py): data-movement ops only
+rewrite index arrays, and a compute op asks for its inputs in the physical layout it needs (a 1D
+feature map as time-major (W, C), a vector as (F,)). Only then is a layout change materialized, as
+the cheapest exact IR op, once per distinct layout. The model's input and output keep the model's
+own layout (row-major over its shape), so the C interface takes exactly the bytes the model does.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -14,19 +18,20 @@ from onnx import numpy_helper
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.frontends.onnx_model import value_shapes
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
+from onnx2cmsis.ir.layout import Binding, arrangement, classify, gather_map, layout_of
 from onnx2cmsis.ops.base import OnnxNodeView
-from onnx2cmsis.ops.layout import needs_transpose
 from onnx2cmsis.ops.registry import Registry
 
 
-def physical_shape(logical: tuple[int, ...], where: str) -> tuple[int, ...]:
-    if len(logical) == 0:
-        return (1,)
-    if len(logical) == 1:
-        return logical
-    if len(logical) == 2:
-        return (logical[1], logical[0])
-    raise UnsupportedOpError(f"tensors of rank {len(logical) + 1} (2D data) are not supported; 1D models only", where)
+def default_axes(rank: int, where: str) -> tuple[int, ...]:
+    """Logical axes (batch excluded) in physical order: (C, W) is stored time-major as (W, C)."""
+    if rank == 0:
+        return ()
+    if rank == 1:
+        return (0,)
+    if rank == 2:
+        return (1, 0)
+    raise UnsupportedOpError(f"tensors of rank {rank + 1} (2D data) are not supported here; 1D models only", where)
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -49,33 +54,62 @@ class GraphBuilder:
         self.shapes = value_shapes(model)
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self.tensors: dict[str, Tensor] = {}
-        self.value_to_tensor: dict[str, str] = {}
+        self.bindings: dict[str, Binding] = {}
+        self.materialized: dict[tuple, str] = {}
         self.nodes: list[Node] = []
         self.where = source
+        self.node_name = "input"
 
-    # --- ImportContext
-    def logical_shape(self, value: str) -> tuple[int, ...]:
+    # --- ImportContext: shapes and constants
+    def full_shape(self, value: str) -> tuple[int, ...]:
         shape = self.shapes.get(value)
         if shape is None:
             raise ConversionError(f"value '{value}' has no static shape", self.where)
-        if value in self.consts:
-            return tuple(shape)
-        if not shape or shape[0] != 1:
-            raise ConversionError(f"value '{value}' has shape {list(shape)}: expected batch 1 first", self.where)
         if 0 in shape:
             raise ConversionError(f"value '{value}' has a zero-size dimension {list(shape)}", self.where)
-        return tuple(shape[1:])
+        return tuple(int(n) for n in shape)
+
+    def logical_shape(self, value: str) -> tuple[int, ...]:
+        shape = self.full_shape(value)
+        if value in self.consts:
+            return shape
+        if not shape or shape[0] != 1:
+            raise ConversionError(f"value '{value}' has shape {list(shape)}: expected batch 1 first", self.where)
+        return shape[1:]
 
     def const(self, value: str) -> np.ndarray | None:
         c = self.consts.get(value)
         return None if c is None else np.asarray(c)
 
-    def tensor(self, value: str) -> str:
-        if value not in self.value_to_tensor:
-            name = self._unique(value)
-            self.tensors[name] = Tensor(name, physical_shape(self.logical_shape(value), self.where), calib_name=value)
-            self.value_to_tensor[value] = name
-        return self.value_to_tensor[value]
+    # --- ImportContext: tensors in layouts
+    def layout(self, value: str) -> tuple[int, ...]:
+        """The logical axes order the value is stored in now (so elementwise ops copy nothing)."""
+        b = self.bindings.get(value)
+        if b is not None:
+            axes = layout_of(b, self.tensors[b.tensor].shape)
+            if axes is not None and 0 not in axes:
+                return tuple(a - 1 for a in axes)
+        return default_axes(len(self.logical_shape(value)), self.where)
+
+    def tensor(self, value: str, axes: tuple[int, ...] | None = None, batched: bool = True) -> str:
+        """The IR tensor holding `value` with its logical axes in `axes` order (outer first).
+
+        An unbound value (a node output) is bound to a fresh tensor in that layout. With
+        batched=False, `axes` index the full shape: for values whose first dimension is not a batch
+        (a (W, C) matrix fed to MatMul)."""
+        full = self.full_shape(value) if not batched else (1, *self.logical_shape(value))
+        if axes is None:
+            axes = default_axes(len(full) - 1, self.where)
+        full_axes = tuple(a + 1 for a in axes) if batched else tuple(axes)
+        if value not in self.bindings:
+            physical, index = arrangement(full, full_axes)
+            name = self.new_tensor(physical, value, calib_name=value)
+            self.bindings[value] = Binding(name, index)
+            return name
+        return self._materialize(self.bindings[value], full_axes, value)
+
+    def physical_shape(self, tensor: str) -> tuple[int, ...]:
+        return self.tensors[tensor].shape
 
     def new_tensor(self, shape: tuple[int, ...], hint: str, calib_name: str | None = None) -> str:
         name = self._unique(hint)
@@ -85,7 +119,62 @@ class GraphBuilder:
     def add_node(self, node: Node) -> None:
         self.nodes.append(node)
 
+    def move(self, outputs: list[str], inputs: list[str], fn: Callable[[list[np.ndarray]], list[np.ndarray]]) -> bool:
+        """Pure data movement: apply `fn` (numpy, ONNX semantics, batch included) to constants, or to
+        the index arrays of values that share one source tensor. False when they do not share one."""
+        if all(v in self.consts for v in inputs):
+            for out, arr in zip(outputs, fn([np.asarray(self.consts[v]) for v in inputs])):
+                self.consts[out] = np.asarray(arr)
+                self.shapes[out] = tuple(np.shape(arr))
+            return True
+        if any(v in self.consts for v in inputs):
+            return False
+        for v in inputs:
+            if v not in self.bindings:
+                self.tensor(v)
+        sources = {self.bindings[v].tensor for v in inputs}
+        if len(sources) != 1:
+            return False
+        (source,) = sources
+        for out, index in zip(outputs, fn([self.bindings[v].index for v in inputs])):
+            expected = self.full_shape(out)
+            if tuple(index.shape) != expected:
+                raise ConversionError(f"'{out}' came out as {list(index.shape)}, the model says {list(expected)}",
+                                      self.where)
+            self.bindings[out] = Binding(source, index)
+        return True
+
     # --- helpers
+    def _materialize(self, binding: Binding, full_axes: tuple[int, ...], value: str) -> str:
+        try:
+            dst_shape, src_of = gather_map(binding, full_axes)
+        except ValueError:
+            raise UnsupportedOpError(f"value '{value}' of shape {list(binding.index.shape)} cannot be laid out as a "
+                                     "1D feature map", self.where) from None
+        src = binding.tensor
+        key = (src, dst_shape, src_of.tobytes())
+        if key in self.materialized:
+            return self.materialized[key]
+        move = classify(self.tensors[src].shape, dst_shape, src_of)
+        if move.op == "same":
+            out = src
+        elif move.op == "transpose":
+            rows, cols = self.tensors[src].shape
+            out = self.new_tensor((cols, rows), f"{value}_transposed")
+            self.add_node(Node(self.node_name, "transpose", [src], [out], origin="layout"))
+            if (cols, rows) != dst_shape:
+                view = self.new_tensor(dst_shape, f"{value}_view")
+                self.add_node(Node(self.node_name, "reshape", [out], [view], origin="layout"))
+                out = view
+        else:
+            attrs = dict(move.attrs)
+            if move.op == "gather":
+                attrs.update(index=src_of, shape=dst_shape)
+            out = self.new_tensor(dst_shape, f"{value}_{move.op}")
+            self.add_node(Node(self.node_name, move.op, [src], [out], attrs=attrs, origin="layout"))
+        self.materialized[key] = out
+        return out
+
     def _unique(self, hint: str) -> str:
         name, i = hint, 1
         while name in self.tensors:
@@ -101,18 +190,15 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
     model_out = g.output[0]
 
     in_logical = b.logical_shape(model_in.name)
-    if needs_transpose(in_logical):
-        raw = b.new_tensor(in_logical, model_in.name + "_model_layout")
-        b.tensors[raw].calib_name = model_in.name
-        b.add_node(Node("input layout", "transpose", [raw], [b.tensor(model_in.name)], origin="(C,W)->(W,C)"))
-        graph_inputs = [raw]
-    else:
-        graph_inputs = [b.tensor(model_in.name)]
+    raw_shape = in_logical if len(in_logical) <= 2 else tuple(n for n in in_logical if n > 1) or (1,)
+    raw = b.new_tensor(raw_shape or (1,), model_in.name, calib_name=model_in.name)
+    b.bindings[model_in.name] = Binding(raw, np.arange(int(np.prod(in_logical))).reshape((1, *in_logical)))
 
     for proto in g.node:
         view = OnnxNodeView(proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
                             list(proto.input), list(proto.output), _attrs(proto))
         b.where = f"{source}: {view.where}"
+        b.node_name = view.name
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(f"operator {proto.domain}.{proto.op_type} is not supported", b.where)
         if proto.op_type == "Constant":
@@ -121,17 +207,17 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
             continue
         registry.for_onnx(proto.op_type, b.where).from_onnx(view, b)
 
-    b.where = source
+    b.where, b.node_name = source, "output"
     out_logical = b.logical_shape(model_out.name)
-    result = b.tensor(model_out.name)
-    if needs_transpose(out_logical):
-        raw = b.new_tensor(out_logical, model_out.name + "_model_layout")
-        b.add_node(Node("output layout", "transpose", [result], [raw], origin="(W,C)->(C,W)"))
-        result = raw
+    if model_out.name not in b.bindings:
+        raise ConversionError(f"the model output '{model_out.name}' is a constant", source)
+    result = b.tensor(model_out.name, tuple(a for a, n in enumerate(out_logical) if n > 1) or (0,) * bool(out_logical))
+    if result == raw:
+        raise UnsupportedOpError("the model's output is its input: nothing to compute", source)
     return Graph(
         tensors=b.tensors,
         nodes=b.nodes,
-        inputs=graph_inputs,
+        inputs=[raw],
         outputs=[result],
         model_input_shapes=[(1, *in_logical)],
         model_output_shapes=[(1, *out_logical)],

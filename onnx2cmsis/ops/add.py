@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, fused_activation_range
+from onnx2cmsis.ops.base import (
+    ImportContext,
+    KernelCall,
+    OnnxNodeView,
+    OpHandler,
+    elementwise_io,
+    fused_activation_range,
+)
 from onnx2cmsis.ops.elementwise import AffineHandler
 from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate_int8
 
@@ -34,11 +40,8 @@ class AddHandler(OpHandler):
         if any(ctx.const(i) is not None for i in node.inputs):
             AffineHandler().from_onnx(node, ctx)  # a bias or shift: folded into its producer later
             return
-        a, b = (ctx.logical_shape(i) for i in node.inputs)
-        if a != b:
-            raise UnsupportedOpError(f"Add with broadcasting ({a} + {b}) is not supported", node.where)
-        ctx.add_node(Node(node.name, self.op, [ctx.tensor(i) for i in node.inputs], [ctx.tensor(node.outputs[0])],
-                          origin=node.op_type))
+        inputs, output = elementwise_io(node, ctx, list(node.inputs))
+        ctx.add_node(Node(node.name, self.op, inputs, [output], origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [input_shapes[0]]

@@ -12,6 +12,7 @@ A handler owns everything about one op family, so a reader finds it in one place
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,21 +41,36 @@ class OnnxNodeView:
 
 
 class ImportContext(Protocol):
-    """What the ONNX importer offers a handler's `from_onnx`."""
+    """What the ONNX importer offers a handler's `from_onnx`.
+
+    Logical shapes and axes leave out the batch dimension: (C, W) for an NCW value. A handler asks
+    for each input in the physical layout it computes on by listing the logical axes outer first:
+    `tensor(x, (1, 0))` is a (C, W) value stored time-major as (W, C), the default for rank 2."""
 
     def logical_shape(self, value: str) -> tuple[int, ...]:
         """The model's shape of a value without the batch dimension, e.g. (C, W) for NCW."""
 
+    def full_shape(self, value: str) -> tuple[int, ...]:
+        """The model's shape including the first (batch) dimension."""
+
     def const(self, value: str) -> np.ndarray | None:
         """The value as a float/int array when it is a constant, else None."""
 
-    def tensor(self, value: str) -> str:
-        """The IR tensor (physical, channel-last) that stands for a model value."""
+    def tensor(self, value: str, axes: tuple[int, ...] | None = None, batched: bool = True) -> str:
+        """The IR tensor holding the value in the layout `axes`; binds a node output to a new one."""
+
+    def layout(self, value: str) -> tuple[int, ...]:
+        """The axes the value is stored in now: elementwise ops keep it and so copy nothing."""
+
+    def physical_shape(self, tensor: str) -> tuple[int, ...]: ...
 
     def new_tensor(self, shape: tuple[int, ...], hint: str, calib_name: str | None = None) -> str:
         """A fresh intermediate IR tensor: quantized by its producer, or from `calib_name`'s range."""
 
     def add_node(self, node: Node) -> None: ...
+
+    def move(self, outputs: list[str], inputs: list[str], fn: Callable[[list[np.ndarray]], list[np.ndarray]]) -> bool:
+        """Pure data movement (see ops/movement.py); False when the inputs come from different tensors."""
 
 
 @dataclass
@@ -167,3 +183,40 @@ def check_uint16(where: str, **dims: int) -> None:
     for key, v in dims.items():
         if not 0 <= v <= 0xFFFF:
             raise UnsupportedOpError(f"{key}={v} exceeds the 65535 that CMSIS-NN's uint16 arguments hold", where)
+
+
+def spatial_1d(node: OnnxNodeView, ctx: ImportContext, kernel: list[int]) -> tuple[OnnxNodeView, tuple[int, int]]:
+    """A conv/pool node as 1D: its input is (C, W), or 2D (C, H, W) with a unit spatial axis that the
+    window does not span (tf2onnx writes Conv1D as a [1, k] Conv2D, tf_keras pools as [p, 1]).
+
+    Returns the node with 1D attributes and the logical axes that lay the input out as (W, C)."""
+    shape = ctx.logical_shape(node.inputs[0])
+    if len(shape) == 2:
+        return node, (1, 0)
+    if len(shape) != 3 or len(kernel) != 2:
+        raise UnsupportedOpError(f"only 1D {node.op_type} is supported, got input shape {list(shape)}", node.where)
+    pads = int_attr_list(node, "pads", [0, 0, 0, 0], 4)
+    for t in (1, 0):  # prefer W as time when both spatial axes are 1
+        u = 1 - t
+        if shape[1 + u] == 1 and kernel[u] == 1 and pads[u] == 0 and pads[u + 2] == 0:
+            break
+    else:
+        raise UnsupportedOpError(f"2D {node.op_type} on {list(shape)} with kernel {kernel}: only 1D windows (a unit "
+                                 "spatial axis) are supported", node.where)
+    attrs = dict(node.attrs)
+    attrs["kernel_shape"] = [kernel[t]]
+    attrs["pads"] = [pads[t], pads[t + 2]]
+    for key in ("strides", "dilations"):
+        attrs[key] = [int_attr_list(node, key, [1, 1], 2)[t]]
+    return OnnxNodeView(node.name, node.op_type, node.inputs, node.outputs, attrs), (1 + t, 0)
+
+
+def elementwise_io(node: OnnxNodeView, ctx: ImportContext, inputs: list[str] | None = None) -> tuple[list[str], str]:
+    """Inputs and output of a shape-preserving op, all in the first input's current layout."""
+    names = node.inputs[:1] if inputs is None else inputs
+    shapes = {ctx.logical_shape(v) for v in names} | {ctx.logical_shape(node.outputs[0])}
+    if len(shapes) != 1:
+        raise UnsupportedOpError(f"{node.op_type} of shapes {sorted(shapes)} needs broadcasting: not supported",
+                              node.where)
+    axes = ctx.layout(names[0])
+    return [ctx.tensor(v, axes) for v in names], ctx.tensor(node.outputs[0], axes)

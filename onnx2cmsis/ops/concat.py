@@ -22,21 +22,32 @@ class ConcatHandler(OpHandler):
     onnx_ops = ("Concat",)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        shapes = [ctx.logical_shape(v) for v in node.inputs]
-        rank = len(shapes[0]) + 1
+        rank = len(ctx.full_shape(node.outputs[0]))
         axis = int(node.attr("axis", 1)) % rank
+
+        def join(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            return [np.concatenate(arrays, axis=axis)]
+
+        if ctx.move(node.outputs[:1], list(node.inputs), join):
+            return  # pieces of one tensor put back together (tf_keras' Split + Concat upsampling): movement
+        shapes = [ctx.logical_shape(v) for v in node.inputs]
+        if any(ctx.const(v) is not None for v in node.inputs):
+            raise UnsupportedOpError("Concat with a constant input is not supported", node.where)
         if any(len(s) != rank - 1 for s in shapes) or rank not in (2, 3) or axis == 0:
             raise UnsupportedOpError(f"Concat of shapes {shapes} on axis {axis} is not supported", node.where)
-        kind = "flat" if rank == 2 else ("channel" if axis == 1 else "time")
+        if rank == 2:
+            kind, axes = "flat", (0,)
+        else:
+            axes = ctx.layout(node.inputs[0])
+            axes = axes if len(axes) == 2 else (1, 0)
+            kind = "time" if axes[0] == axis - 1 else "channel"
         requantized = []
         for v in node.inputs:
-            if ctx.const(v) is not None:
-                raise UnsupportedOpError("Concat with a constant input is not supported", node.where)
-            src = ctx.tensor(v)
-            rq = ctx.new_tensor(_physical(ctx.logical_shape(v)), f"{v}_for_concat", calib_name=node.outputs[0])
+            src = ctx.tensor(v, axes)
+            rq = ctx.new_tensor(ctx.physical_shape(src), f"{v}_for_concat", calib_name=node.outputs[0])
             ctx.add_node(Node(node.name, "lut", [src], [rq], attrs={"fn": "requantize"}, origin="Concat requantize"))
             requantized.append(rq)
-        ctx.add_node(Node(node.name, self.op, requantized, [ctx.tensor(node.outputs[0])], attrs={"kind": kind},
+        ctx.add_node(Node(node.name, self.op, requantized, [ctx.tensor(node.outputs[0], axes)], attrs={"kind": kind},
                           origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -61,7 +72,3 @@ class ConcatHandler(OpHandler):
         else:
             context = {"kind": kind, "sizes": [int(np.prod(s)) for s in shapes]}
         return KernelCall(template="concat.c.j2", kernel="own loop", context=context)
-
-
-def _physical(logical: tuple[int, ...]) -> tuple[int, ...]:
-    return (logical[1], logical[0]) if len(logical) == 2 else logical

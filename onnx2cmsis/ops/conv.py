@@ -16,6 +16,7 @@ from onnx2cmsis.ops.base import (
     fused_activation_range,
     explicit_pads,
     int_attr_list,
+    spatial_1d,
 )
 from onnx2cmsis.quant.rules import (
     quantize_bias,
@@ -40,33 +41,32 @@ class Conv1DHandler(OpHandler):
     onnx_ops = ("Conv",)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        in_shape = ctx.logical_shape(node.inputs[0])
-        if len(in_shape) != 2:
-            raise UnsupportedOpError(
-                f"only 1D convolution on (N, C, W) input is supported, got input shape {in_shape}", node.where
-            )
         w = ctx.const(node.inputs[1])
         if w is None:
             raise UnsupportedOpError("convolution weights must be constant", node.where)
+        node, axes = spatial_1d(node, ctx, list(w.shape[2:]))
+        in_shape = ctx.logical_shape(node.inputs[0])
+        c_in, w_in = in_shape[0], in_shape[axes[0]]
         group = int(node.attr("group", 1))
         if group != 1:
             raise UnsupportedOpError(f"grouped/depthwise convolution (group={group}) is not supported yet", node.where)
-        c_out, c_in, k = w.shape
-        if c_in != in_shape[0]:
-            raise ConversionError(f"weights expect {c_in} input channels, input has {in_shape[0]}", node.where)
+        c_out, k = w.shape[0], int(np.prod(w.shape[2:]))
+        if w.shape[1] != c_in:
+            raise ConversionError(f"weights expect {w.shape[1]} input channels, input has {c_in}", node.where)
         (stride,) = int_attr_list(node, "strides", [1], 1)
         (dilation,) = int_attr_list(node, "dilations", [1], 1)
-        pad_l, pad_r = explicit_pads(node, in_shape[1], k, stride, dilation)
+        pad_l, pad_r = explicit_pads(node, w_in, k, stride, dilation)
         bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         bias = np.zeros(c_out, np.float32) if bias is None else bias.reshape(c_out).astype(np.float32)
+        weight = w.reshape(c_out, c_in, k).transpose(0, 2, 1)
         ctx.add_node(
             Node(
                 node.name,
                 self.op,
-                [ctx.tensor(node.inputs[0])],
-                [ctx.tensor(node.outputs[0])],
+                [ctx.tensor(node.inputs[0], axes)],
+                [ctx.tensor(node.outputs[0], axes)],
                 attrs={"kernel": k, "stride": stride, "dilation": dilation, "pad": (pad_l, pad_r)},
-                consts={"weight": np.ascontiguousarray(w.transpose(0, 2, 1), np.float32), "bias": bias},
+                consts={"weight": np.ascontiguousarray(weight, np.float32), "bias": bias},
                 origin=node.op_type,
             )
         )

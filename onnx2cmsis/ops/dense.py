@@ -34,11 +34,11 @@ class DenseHandler(OpHandler):
     onnx_ops = ("Gemm", "MatMul")
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        in_shape = ctx.logical_shape(node.inputs[0])
-        if len(in_shape) != 1:
-            raise UnsupportedOpError(
-                f"dense layers on input of shape {in_shape} (per time step) are not supported yet", node.where
-            )
+        full = ctx.full_shape(node.inputs[0])
+        per_step = len(full) == 3 or (len(full) == 2 and full[0] != 1)  # (1, W, K), or (W, K) rows fed to MatMul
+        if len(full) not in (2, 3) or (per_step and node.op_type != "MatMul"):
+            raise UnsupportedOpError(f"dense layers on input of shape {list(full)} are not supported", node.where)
+        n_in = full[-1]
         b = ctx.const(node.inputs[1])
         if b is None:
             raise UnsupportedOpError("the weight matrix must be constant", node.where)
@@ -47,8 +47,8 @@ class DenseHandler(OpHandler):
                 raise UnsupportedOpError("Gemm with transA=1 is not supported", node.where)
             b = b.T if node.attr("transB", 0) else b
             b = b * float(node.attr("alpha", 1.0))
-        if b.ndim != 2 or b.shape[0] != in_shape[0]:
-            raise ConversionError(f"weights of shape {b.shape} do not match input features {in_shape[0]}", node.where)
+        if b.ndim != 2 or b.shape[0] != n_in:
+            raise ConversionError(f"weights of shape {b.shape} do not match input features {n_in}", node.where)
         out_features = b.shape[1]
         bias = np.zeros(out_features, np.float32)
         if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2]:
@@ -56,12 +56,22 @@ class DenseHandler(OpHandler):
             if c is None:
                 raise UnsupportedOpError("the Gemm bias must be constant", node.where)
             bias = np.broadcast_to(c * float(node.attr("beta", 1.0)), (1, out_features)).reshape(-1)
+        if per_step:
+            # The same dense layer at every time step is a pointwise convolution (per-channel, too).
+            batched = len(full) == 3
+            ctx.add_node(Node(node.name, "conv1d", [ctx.tensor(node.inputs[0], (0, 1), batched)],
+                              [ctx.tensor(node.outputs[0], (0, 1), batched)],
+                              attrs={"kernel": 1, "stride": 1, "dilation": 1, "pad": (0, 0)},
+                              consts={"weight": np.ascontiguousarray(b.T[:, None, :], np.float32),
+                                      "bias": bias.astype(np.float32)},
+                              origin=f"{node.op_type} per time step"))
+            return
         ctx.add_node(
             Node(
                 node.name,
                 self.op,
-                [ctx.tensor(node.inputs[0])],
-                [ctx.tensor(node.outputs[0])],
+                [ctx.tensor(node.inputs[0], (0,))],
+                [ctx.tensor(node.outputs[0], (0,))],
                 consts={"weight": np.ascontiguousarray(b.T, np.float32), "bias": bias.astype(np.float32)},
                 origin=node.op_type,
             )

@@ -11,7 +11,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, OpHandler
+from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, OpHandler, elementwise_io
 
 
 class ClipHandler(OpHandler):
@@ -32,8 +32,8 @@ class ClipHandler(OpHandler):
                         lo = float(c.reshape(-1)[0])
                     else:
                         hi = float(c.reshape(-1)[0])
-        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])],
-                          attrs={"act": (lo, hi)}, origin=node.op_type))
+        (x,), y = elementwise_io(node, ctx)
+        ctx.add_node(Node(node.name, self.op, [x], [y], attrs={"act": (lo, hi)}, origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [input_shapes[0]]
@@ -55,29 +55,43 @@ class AffineHandler(OpHandler):
                                          node.where)
             scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(node.attr("epsilon", 1e-5)))
             shift = beta.astype(np.float64) - mean.astype(np.float64) * scale
+            channel = 0  # BatchNormalization normalizes axis 1 of (N, C, ...)
         else:
             consts = [ctx.const(i) for i in node.inputs]
             if sum(c is not None for c in consts) != 1:
                 raise UnsupportedOpError(f"{node.op_type} of two computed tensors (e.g. a residual add) is not "
                                          "supported yet", node.where)
             k = 0 if consts[0] is not None else 1
-            data, const = node.inputs[1 - k], self._per_channel(consts[k], ctx.logical_shape(node.inputs[1 - k]), node)
             if node.op_type == "Sub" and k == 0:
                 raise UnsupportedOpError("Sub of a tensor from a constant is not supported", node.where)
+            data = node.inputs[1 - k]
+            channel, const = self._per_channel(consts[k], ctx.logical_shape(data), node)
             one, zero = np.ones_like(const), np.zeros_like(const)
             scale, shift = {"Add": (one, const), "Sub": (one, -const), "Mul": (const, zero)}[node.op_type]
-        ctx.add_node(Node(node.name, self.op, [ctx.tensor(data)], [ctx.tensor(node.outputs[0])],
-                          consts={"scale": np.asarray(scale, np.float64), "shift": np.asarray(shift, np.float64)},
+        shape = ctx.logical_shape(data)
+        if channel is None:  # a scalar: any layout, broadcast over its last axis
+            axes = ctx.layout(data)
+            width = ctx.physical_shape(ctx.tensor(data, axes))[-1]
+            scale, shift = np.broadcast_to(scale, (width,)), np.broadcast_to(shift, (width,))
+        else:
+            axes = tuple(a for a in range(len(shape)) if a != channel and shape[a] > 1) + (channel,)
+        ctx.add_node(Node(node.name, self.op, [ctx.tensor(data, axes)], [ctx.tensor(node.outputs[0], axes)],
+                          consts={"scale": np.array(scale, np.float64), "shift": np.array(shift, np.float64)},
                           origin=node.op_type))
 
     @staticmethod
-    def _per_channel(const: np.ndarray, logical: tuple[int, ...], node: OnnxNodeView) -> np.ndarray:
+    def _per_channel(const: np.ndarray, logical: tuple[int, ...], node: OnnxNodeView) -> tuple[int | None, np.ndarray]:
+        """The one logical axis a constant varies along (None for a scalar) and its values there."""
         full = np.broadcast_to(const.astype(np.float64), (1, *logical)).reshape(logical)
-        per_channel = full if len(logical) == 1 else full[:, 0]
-        if len(logical) == 2 and not np.all(full == per_channel[:, None]):
-            raise UnsupportedOpError(f"{node.op_type} of a constant that varies along time is not supported",
-                                     node.where)
-        return np.ascontiguousarray(per_channel)
+        if full.size == 0 or np.all(full == full.reshape(-1)[0]):
+            return None, np.array([full.reshape(-1)[0]]) if full.size else np.zeros(1)
+        varying = [a for a in range(len(logical)) if not np.all(full == np.take(full, [0], axis=a))]
+        non_unit = [a for a in range(len(logical)) if logical[a] > 1]
+        if len(varying) != 1 or len(non_unit) > 2:
+            raise UnsupportedOpError(f"{node.op_type} of a constant that varies along {len(varying)} axes is not "
+                                     "supported (only per channel)", node.where)
+        axis = varying[0]
+        return axis, np.ascontiguousarray(np.moveaxis(full, axis, -1).reshape(-1, logical[axis])[0])
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [input_shapes[0]]

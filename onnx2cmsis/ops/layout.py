@@ -1,10 +1,8 @@
-"""Layout ops: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout) and 2D transposes.
+"""Layout ops: views, 2D transposes and zero padding along time.
 
-The IR stores (C, W) model values channel-last as (W, C). A model reshape is defined on the model's
-C-major order, so it lowers to: transpose to C-major (when both dims exceed 1), a byte view, and a
-transpose back to channel-last for a 3-D result. Passes then drop identity transposes, cancel
-pairs, and fold a transpose that feeds a dense layer into that layer's weight order, so a PyTorch
-Flatten -> Linear costs no copy at all.
+ONNX data movement is imported by ops/movement.py; what it materializes as a plain view or a transpose
+lands here. Passes then drop identity transposes, cancel pairs, and fold a transpose that feeds a dense
+layer into that layer's weight order, so a PyTorch Flatten -> Linear costs no copy at all.
 """
 
 from __future__ import annotations
@@ -16,32 +14,10 @@ from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
 
 
-def needs_transpose(logical: tuple[int, ...]) -> bool:
-    """A (C, W) value whose channel-last bytes differ from its C-major bytes."""
-    return len(logical) == 2 and min(logical) > 1
-
-
 class ReshapeHandler(OpHandler):
     """A byte view: the output aliases the input's storage; no code is emitted."""
 
     op = "reshape"
-    onnx_ops = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
-
-    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        l_in = ctx.logical_shape(node.inputs[0])
-        l_out = ctx.logical_shape(node.outputs[0])
-        current = ctx.tensor(node.inputs[0])
-        if needs_transpose(l_in):
-            c_major = ctx.new_tensor(l_in, node.outputs[0] + "_cmajor")
-            ctx.add_node(Node(node.name, "transpose", [current], [c_major], origin=node.op_type))
-            current = c_major
-        target = ctx.tensor(node.outputs[0])
-        if needs_transpose(l_out):
-            view = ctx.new_tensor(l_out, node.outputs[0] + "_view")
-            ctx.add_node(Node(node.name, self.op, [current], [view], origin=node.op_type))
-            ctx.add_node(Node(node.name, "transpose", [view], [target], origin=node.op_type))
-        else:
-            ctx.add_node(Node(node.name, self.op, [current], [target], origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         raise NotImplementedError("a view's shape is set by its producer")
@@ -97,17 +73,23 @@ class Pad1DHandler(OpHandler):
         value = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         if len(node.inputs) > 3 and node.inputs[3]:
             raise UnsupportedOpError("Pad with an axes input is not supported", node.where)
-        if mode != "constant" or pads is None or len(logical) != 2:
-            raise UnsupportedOpError(f"only constant padding of (N, C, W) along W is supported (mode={mode})",
-                                     node.where)
+        if mode != "constant" or pads is None or len(pads) != 2 * (len(logical) + 1):
+            raise UnsupportedOpError(f"only constant padding is supported (mode={mode})", node.where)
         pads = [int(p) for p in pads]
-        begin, end = pads[:3], pads[3:]
-        if begin[:2] != [0, 0] or end[:2] != [0, 0] or min(begin[2], end[2]) < 0:
-            raise UnsupportedOpError(f"Pad {pads} pads more than time or crops; not supported", node.where)
+        rank = len(logical) + 1
+        begin, end = pads[1:rank], pads[rank + 1:]
+        padded = [a for a in range(len(logical)) if begin[a] or end[a]]
+        if pads[0] or pads[rank] or len(padded) > 1 or min(pads) < 0:
+            raise UnsupportedOpError(f"Pad {pads} pads more than one axis or crops; not supported", node.where)
         if value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0:
             raise UnsupportedOpError("Pad with a non-zero constant is not supported", node.where)
-        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])],
-                          attrs={"pad": (begin[2], end[2])}, origin=node.op_type))
+        time = padded[0] if padded else len(logical) - 1
+        others = [a for a in range(len(logical)) if a != time and logical[a] > 1]
+        if len(others) > 1:
+            raise UnsupportedOpError(f"Pad of a {list(logical)} tensor: only 1D feature maps", node.where)
+        axes = (time, others[0] if others else next(a for a in range(len(logical)) if a != time))
+        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)],
+                          attrs={"pad": (begin[time], end[time])}, origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         w, c = input_shapes[0]

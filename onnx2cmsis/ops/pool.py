@@ -19,36 +19,51 @@ from onnx2cmsis.ops.base import (
     explicit_pads,
     fused_activation_range,
     int_attr_list,
+    spatial_1d,
 )
 from onnx2cmsis.quant.rules import saturate_int8
 
 GLOBAL_OPS = ("GlobalMaxPool", "GlobalAveragePool", "ReduceMax", "ReduceMean")
 
 
-def _pool_input(node: OnnxNodeView, ctx: ImportContext) -> tuple[int, int]:
-    in_shape = ctx.logical_shape(node.inputs[0])
-    if len(in_shape) != 2:
-        raise UnsupportedOpError(f"only 1D pooling on (N, C, W) input is supported, got {in_shape}", node.where)
-    return in_shape
+def _reduced_axes(node: OnnxNodeView, ctx: ImportContext, rank: int) -> list[int]:
+    """Logical axes a global pool or Reduce* op averages/maxes over."""
+    if node.op_type.startswith("Global"):
+        return list(range(1, rank))
+    axes = node.attr("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        const = ctx.const(node.inputs[1])
+        if const is None:
+            raise UnsupportedOpError(f"{node.op_type} with computed axes is not supported", node.where)
+        axes = const.reshape(-1).tolist()
+    if axes is None:
+        raise UnsupportedOpError(f"{node.op_type} over every axis is not supported", node.where)
+    full = sorted(int(a) % (rank + 1) for a in axes)
+    if 0 in full:
+        raise UnsupportedOpError(f"{node.op_type} over the batch axis is not supported", node.where)
+    return [a - 1 for a in full]
 
 
 def _add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
-    """A pool over the whole width: (W, C) -> (1, C), then a view to (C,) without keepdims."""
-    c, w_in = _pool_input(node, ctx)
-    if node.op_type.startswith("Reduce"):
-        axes = node.attr("axes")
-        if axes is None and len(node.inputs) > 1 and node.inputs[1]:
-            const = ctx.const(node.inputs[1])
-            axes = None if const is None else const.reshape(-1).tolist()
-        if axes is None or sorted(int(a) % 3 for a in axes) != [2]:
-            raise UnsupportedOpError(f"{node.op_type} over axes {axes} is not supported (only time, axis 2)", node.where)
-    out = ctx.tensor(node.outputs[0])
-    keepdims = len(ctx.logical_shape(node.outputs[0])) == 2
-    pooled = out if keepdims else ctx.new_tensor((1, c), node.outputs[0] + "_pooled")
-    ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0])], [pooled],
-                      attrs={"kernel": w_in, "stride": 1, "pad_left": 0, "out_w": 1}, origin=node.op_type))
-    if not keepdims:
-        ctx.add_node(Node(node.name, "reshape", [pooled], [out], origin=node.op_type))
+    """A pool over the whole of time: (W, C) -> (1, C); the output keeps or drops the reduced axes."""
+    shape = ctx.logical_shape(node.inputs[0])
+    reduced = _reduced_axes(node, ctx, len(shape))
+    kept = [a for a in range(len(shape)) if a not in reduced]
+    if sum(shape[a] > 1 for a in reduced) > 1 or sum(shape[a] > 1 for a in kept) > 1:
+        raise UnsupportedOpError(f"{node.op_type} over axes {reduced} of {list(shape)} is not a pool over time",
+                                 node.where)
+    time = next((a for a in reduced if shape[a] > 1), reduced[0])
+    channel = next((a for a in kept if shape[a] > 1), kept[0] if kept else None)
+    if channel is None:
+        raise UnsupportedOpError(f"{node.op_type} over every axis is not supported", node.where)
+    c = shape[channel]
+    pooled = ctx.new_tensor((1, c), node.outputs[0] + "_pooled", calib_name=node.outputs[0])
+    ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0], (time, channel))], [pooled],
+                      attrs={"kernel": shape[time], "stride": 1, "pad_left": 0, "out_w": 1}, origin=node.op_type))
+    out_shape = ctx.logical_shape(node.outputs[0])
+    out_channel = next((a for a, n in enumerate(out_shape) if n > 1), 0)
+    out = ctx.tensor(node.outputs[0], (out_channel,) if len(out_shape) else ())
+    ctx.add_node(Node(node.name, "reshape", [pooled], [out], origin=node.op_type))
 
 
 def _window_taps(attrs: dict, w_in: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,18 +76,19 @@ def _window_taps(attrs: dict, w_in: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Node, int, int]:
     """Node, right padding and input width for MaxPool / AveragePool with their attributes."""
-    _, w_in = _pool_input(node, ctx)
+    node, axes = spatial_1d(node, ctx, [int(k) for k in node.attr("kernel_shape", [1])])
+    w_in = ctx.logical_shape(node.inputs[0])[axes[0]]
     (k,) = int_attr_list(node, "kernel_shape", [1], 1)
     (stride,) = int_attr_list(node, "strides", [1], 1)
     (dilation,) = int_attr_list(node, "dilations", [1], 1)
     if dilation != 1 and op != "maxpool1d":
         raise UnsupportedOpError(f"{node.op_type} with dilation {dilation} is not supported", node.where)
     pad_l, pad_r = explicit_pads(node, w_in, k, stride, dilation)
-    out_w = ctx.logical_shape(node.outputs[0])[1]
+    out_w = ctx.logical_shape(node.outputs[0])[axes[0]]
     attrs = {"kernel": k, "stride": stride, "pad_left": pad_l, "out_w": out_w, "dilation": dilation}
     if not _window_taps(attrs, w_in)[1].any(axis=1).all():
         raise UnsupportedOpError(f"{node.op_type} has an output window that covers only padding", node.where)
-    return Node(node.name, op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])], attrs=attrs,
+    return Node(node.name, op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)], attrs=attrs,
                 origin=node.op_type), pad_r, w_in
 
 
@@ -139,7 +155,7 @@ class AvgPool1DHandler(MaxPool1DHandler):
             if (w_in + a["pad_left"] + pad_r - k) // s + 1 != a["out_w"]:
                 raise UnsupportedOpError("AveragePool with count_include_pad=1 and ceil_mode windows past the "
                                          "padding is not supported", node.where)
-            c = ctx.logical_shape(node.inputs[0])[0]
+            c = ctx.physical_shape(pool.inputs[0])[1]
             padded = ctx.new_tensor((w_in + a["pad_left"] + pad_r, c), node.outputs[0] + "_padded")
             ctx.add_node(Node(node.name, "pad1d", list(pool.inputs), [padded], attrs={"pad": (a["pad_left"], pad_r)},
                               origin="AveragePool count_include_pad"))

@@ -17,6 +17,7 @@ from onnx2cmsis.ops.conv import Conv1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
 from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
 from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
+from onnx2cmsis.ops.movement import GatherHandler, MovementHandler, Slice1DHandler
 from onnx2cmsis.ops.pool import AvgPool1DHandler, MaxPool1DHandler
 from onnx2cmsis.ops.resize import Upsample1DHandler
 from onnx2cmsis.ops.softmax import SoftmaxHandler
@@ -37,6 +38,9 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     Pad1DHandler,
     Upsample1DHandler,
     ConcatHandler,
+    MovementHandler,
+    Slice1DHandler,
+    GatherHandler,
 )
 
 ENTRY_POINT_GROUP = "onnx2cmsis.ops"

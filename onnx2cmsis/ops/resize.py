@@ -38,19 +38,22 @@ class Upsample1DHandler(OpHandler):
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         l_in, l_out = ctx.logical_shape(node.inputs[0]), ctx.logical_shape(node.outputs[0])
-        if len(l_in) != 2 or l_in[0] != l_out[0] or l_out[1] % l_in[1]:
+        scaled = [a for a in range(len(l_in)) if l_in[a] != l_out[a]] if len(l_in) == len(l_out) else []
+        if len(l_in) != 2 or len(scaled) != 1 or l_out[scaled[0]] % l_in[scaled[0]]:
             raise UnsupportedOpError(f"only integer upsampling along time is supported ({l_in} -> {l_out})", node.where)
+        time = scaled[0]
+        axes = (time, 1 - time)
         mode = node.attr("mode", "nearest")
         coord = node.attr("coordinate_transformation_mode", "half_pixel" if node.op_type == "Resize" else "asymmetric")
         nearest = node.attr("nearest_mode", "round_prefer_floor" if node.op_type == "Resize" else "floor")
-        factor = l_out[1] // l_in[1]
+        factor = l_out[time] // l_in[time]
         if mode != "nearest" or coord not in ("asymmetric", "half_pixel", "pytorch_half_pixel"):
             raise UnsupportedOpError(f"Resize mode={mode}, coordinate mode={coord} is not supported (nearest only)",
                                      node.where)
-        if any(_source_index(o, factor, coord, nearest) != o // factor for o in range(l_out[1])):
+        if any(_source_index(o, factor, coord, nearest) != o // factor for o in range(l_out[time])):
             raise UnsupportedOpError(f"Resize with nearest_mode={nearest} and {coord} coordinates does not repeat "
                                      "samples; not supported", node.where)
-        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])],
+        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)],
                           attrs={"factor": factor}, origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:

@@ -50,14 +50,14 @@ class SoftmaxHandler(OpHandler):
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         shape = ctx.logical_shape(node.inputs[0])
         axis = int(node.attr("axis", -1))
-        axis = axis + len(shape) + 1 if axis < 0 else axis
-        # Physical layout is channel-last, so only the channel axis (1) is contiguous.
-        if axis != 1:
-            raise UnsupportedOpError(
-                f"softmax over axis {axis} of a {len(shape) + 1}-D tensor is not supported (only the channel axis)",
-                node.where,
-            )
-        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])],
+        axis = (axis % (len(shape) + 1)) - 1  # logical, batch excluded
+        others = [a for a in range(len(shape)) if a != axis and shape[a] > 1]
+        if axis < 0 or len(others) > 1:
+            raise UnsupportedOpError(f"softmax over axis {axis + 1} of shape {[1, *shape]} is not supported",
+                                     node.where)
+        # Softmax runs over the innermost axis of (rows, classes): put the softmax axis there.
+        axes = (*others, axis)
+        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)],
                           origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:

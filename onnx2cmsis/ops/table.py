@@ -13,7 +13,15 @@ import math
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, calibrated_quant
+from onnx2cmsis.ops.base import (
+    CArray,
+    ImportContext,
+    KernelCall,
+    OnnxNodeView,
+    OpHandler,
+    calibrated_quant,
+    elementwise_io,
+)
 from onnx2cmsis.quant.fixedpoint import logistic_q0, tanh_q0
 from onnx2cmsis.quant.rules import (
     QuantParams,
@@ -86,8 +94,8 @@ class LookupTableHandler(OpHandler):
         attrs = {"fn": fn}
         if fn == "leaky_relu":
             attrs["alpha"] = float(node.attr("alpha", 0.01))
-        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0])], [ctx.tensor(node.outputs[0])],
-                          attrs=attrs, origin=node.op_type))
+        (x,), y = elementwise_io(node, ctx)
+        ctx.add_node(Node(node.name, self.op, [x], [y], attrs=attrs, origin=node.op_type))
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [input_shapes[0]]

@@ -1,0 +1,157 @@
+"""Data movement: ONNX ops that only rearrange elements, and the IR copies layout changes become.
+
+`MovementHandler` imports Reshape/Flatten/Squeeze/Unsqueeze/Identity/Dropout/Transpose/Tile/Slice/
+Split/Expand without emitting anything: it applies the op, with numpy, to the value's index array
+(or folds it when the input is a constant). The importer materializes a layout only where a compute
+op consumes it (ir/layout.py), as one of: a view, a transpose (ops/layout.py), a nearest upsampling
+(ops/resize.py), a crop along time (`slice1d`) or, for any other arrangement, a `gather` through an
+index table. All of them copy bytes, so they keep the input's quantization (a TFLite rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _const_input(node: OnnxNodeView, ctx: ImportContext, i: int, what: str) -> np.ndarray | None:
+    if len(node.inputs) <= i or not node.inputs[i]:
+        return None
+    c = ctx.const(node.inputs[i])
+    if c is None:
+        raise UnsupportedOpError(f"{node.op_type} with a computed {what} is not supported", node.where)
+    return c.astype(np.int64).reshape(-1)
+
+
+def _slice_fn(node: OnnxNodeView, ctx: ImportContext) -> Callable[[np.ndarray], np.ndarray]:
+    starts = _const_input(node, ctx, 1, "starts")
+    if starts is None:  # opset < 10 keeps them as attributes
+        starts = np.array(node.attr("starts"), np.int64)
+        ends = np.array(node.attr("ends"), np.int64)
+        axes = node.attr("axes")
+        steps = None
+    else:
+        ends = _const_input(node, ctx, 2, "ends")
+        axes = _const_input(node, ctx, 3, "axes")
+        steps = _const_input(node, ctx, 4, "steps")
+    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        index: list[slice] = [slice(None)] * x.ndim
+        for start, end, axis, step in zip(starts.tolist(), ends.tolist(), axes, steps):
+            dim, axis = x.shape[axis % x.ndim], axis % x.ndim
+            start = start + dim if start < 0 else start
+            end = end + dim if end < 0 else end
+            if step > 0:
+                index[axis] = slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+            else:
+                s, e = min(max(start, 0), dim - 1), max(min(end, dim - 1), -1)
+                index[axis] = slice(s, None if e < 0 else e, step)
+        return x[tuple(index)]
+
+    return apply
+
+
+def _split_fn(node: OnnxNodeView, ctx: ImportContext) -> Callable[[np.ndarray], list[np.ndarray]]:
+    axis = int(node.attr("axis", 0))
+    sizes = _const_input(node, ctx, 1, "split")
+    if sizes is None and node.attr("split") is not None:
+        sizes = np.array(node.attr("split"), np.int64)
+
+    def apply(x: np.ndarray) -> list[np.ndarray]:
+        if sizes is None:
+            n = len(node.outputs)
+            per = -(-x.shape[axis] // n)
+            cuts = [per * i for i in range(1, n)]
+        else:
+            cuts = np.cumsum(sizes)[:-1].tolist()
+        return np.split(x, cuts, axis=axis)
+
+    return apply
+
+
+class MovementHandler(OpHandler):
+    """Imports pure data movement; never appears in the IR."""
+
+    op = "movement"
+    onnx_ops = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose", "Tile", "Slice",
+                "Split", "Expand")
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        op = node.op_type
+        if op == "Dropout" and len(node.outputs) > 1 and node.outputs[1]:
+            raise UnsupportedOpError("Dropout with a mask output is not supported", node.where)
+        if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"):
+            shape = ctx.full_shape(node.outputs[0])
+            fn: Callable[[np.ndarray], object] = lambda x: x.reshape(shape)
+        elif op == "Transpose":
+            perm = node.attr("perm")
+            fn = lambda x: np.transpose(x, perm)
+        elif op == "Tile":
+            repeats = _const_input(node, ctx, 1, "repeats")
+            fn = lambda x: np.tile(x, repeats.tolist())
+        elif op == "Expand":
+            shape = ctx.full_shape(node.outputs[0])
+            fn = lambda x: np.broadcast_to(x, shape).copy()
+        elif op == "Slice":
+            fn = _slice_fn(node, ctx)
+        else:
+            fn = _split_fn(node, ctx)
+        outputs = [o for o in node.outputs[:1]] if op != "Split" else list(node.outputs)
+
+        def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            out = fn(arrays[0])
+            return list(out) if isinstance(out, list) else [out]
+
+        ctx.move(outputs, node.inputs[:1], run)
+
+
+class Slice1DHandler(OpHandler):
+    """A crop along time of a (W, C) tensor: one contiguous byte range, copied."""
+
+    op = "slice1d"
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [(node.attrs["width"], input_shapes[0][1])]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        start = node.attrs["start"]
+        return [inputs[0][start:start + node.attrs["width"]].copy()]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        w, c = graph.tensors[node.inputs[0]].shape
+        return KernelCall(template="slice1d.c.j2", kernel="own loop (memmove)", context={
+            "w_in": w, "c": c, "start": node.attrs["start"], "width": node.attrs["width"]})
+
+
+class GatherHandler(OpHandler):
+    """Any other rearrangement: out[i] = in[index[i]] through a constant index table."""
+
+    op = "gather"
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [tuple(node.attrs["shape"])]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [inputs[0].reshape(-1)[node.attrs["index"]].reshape(node.attrs["shape"])]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        index = node.attrs["index"]
+        ctype = "uint16_t" if graph.tensors[node.inputs[0]].size <= 0x10000 else "uint32_t"
+        return KernelCall(template="gather.c.j2", kernel="own loop (index table)", context={"count": index.size},
+                          arrays=[CArray("index", ctype, index.astype(np.uint16 if ctype == "uint16_t" else np.uint32),
+                                         "source byte of every output byte")])
