@@ -260,6 +260,97 @@ def concat_case(rng: np.random.Generator, i: int) -> Case:
     return _case(f"concat{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"axis": axis})
 
 
+def depthwise_case(rng: np.random.Generator, i: int) -> Case:
+    """Conv with group == C_in (depth multiplier 1-3), a grouped conv (block-diagonal), or a BatchNorm
+    after a ReLU that no producer can absorb (a 1-tap depthwise conv)."""
+    c_in, w = int(rng.integers(1, 9)), int(rng.integers(8, 48))
+    kind = str(rng.choice(["depthwise", "depthwise", "grouped", "late_bn"]))
+    nodes: list = []
+    inits: list = []
+    if kind == "late_bn":
+        inits.append(numpy_helper.from_array((rng.standard_normal((c_in, c_in, 3)) / 2).astype(np.float32), "w"))
+        nodes += [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
+                  helper.make_node("Relu", ["c"], ["r"])]
+        stats = [rng.uniform(0.5, 2.0, c_in), rng.standard_normal(c_in), rng.standard_normal(c_in) * 0.3,
+                 rng.uniform(0.2, 3.0, c_in)]
+        inits += [numpy_helper.from_array(v.astype(np.float32), f"bn{j}") for j, v in enumerate(stats)]
+        nodes.append(helper.make_node("BatchNormalization", ["r", "bn0", "bn1", "bn2", "bn3"], ["dw"]))
+    else:
+        groups = c_in
+        if kind == "grouped":
+            c_in = int(rng.choice([4, 6, 8]))
+            groups = int(rng.choice([g for g in (2, 3, 4) if c_in % g == 0]))
+        mult = int(rng.integers(1, 4))
+        c_out = groups * mult if kind == "depthwise" else groups * int(rng.integers(1, 3))
+        k, stride, dil = int(rng.integers(1, 6)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        eff_k = (k - 1) * dil + 1
+        pads = [int(rng.integers(0, eff_k)), int(rng.integers(0, eff_k))]
+        w = max(w, eff_k)
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal((c_out, c_in // groups, k)) / np.sqrt(k)).astype(np.float32), "w"))
+        inits.append(numpy_helper.from_array((rng.standard_normal(c_out) * 0.3).astype(np.float32), "b"))
+        nodes.append(helper.make_node("Conv", ["x", "w", "b"], ["dw"], kernel_shape=[k], strides=[stride],
+                                      dilations=[dil], pads=pads, group=groups))
+    act = _activation(rng, nodes, inits, "dw", "y")
+    return _case(f"depthwise{i}", nodes, [1, c_in, w], inits, _calibration(rng, (c_in, w)), {"kind": kind, "act": act})
+
+
+def _const(inits: list, name: str, values) -> str:
+    inits.append(numpy_helper.from_array(np.asarray(values), name))
+    return name
+
+
+def layout_case(rng: np.random.Generator, i: int) -> Case:
+    """Exporter-style data movement around a conv: tf2onnx's Unsqueeze/Transpose/Conv2D/Squeeze,
+    Keras 3 Tile and tf_keras Split+Concat upsampling, Slice cropping (time or channels), NWC
+    Transpose + MatMul per time step, a Flatten of (C, W) into a dense layer."""
+    c, w = int(rng.integers(1, 7)), int(rng.integers(4, 30))
+    kind = str(rng.choice(["conv2d", "tile", "split", "crop_time", "crop_channels", "nwc_matmul", "flatten"]))
+    nodes: list = []
+    inits: list = []
+    c_out = int(rng.integers(1, 7))
+    if kind == "conv2d":
+        k = int(rng.integers(1, 5))
+        inits.append(numpy_helper.from_array((rng.standard_normal((c_out, c, 1, k)) / 2).astype(np.float32), "w"))
+        nodes += [helper.make_node("Unsqueeze", ["x", _const(inits, "ax", [2])], ["x4"]),
+                  helper.make_node("Conv", ["x4", "w"], ["c4"], kernel_shape=[1, k], pads=[0, k // 2, 0, k - 1 - k // 2]),
+                  helper.make_node("Squeeze", ["c4", "ax"], ["y"])]
+    elif kind in ("tile", "split"):
+        f = int(rng.integers(2, 4))
+        nodes.append(helper.make_node("Transpose", ["x"], ["nwc"], perm=[0, 2, 1]))  # (1, W, C)
+        if kind == "tile":
+            nodes += [helper.make_node("Unsqueeze", ["nwc", _const(inits, "ax", [2])], ["u"]),
+                      helper.make_node("Tile", ["u", _const(inits, "rep", [1, 1, f, 1])], ["t"]),
+                      helper.make_node("Reshape", ["t", _const(inits, "shape", [1, w * f, c])], ["up"])]
+        else:
+            pieces = [f"p{j}" for j in range(w)]
+            nodes.append(helper.make_node("Split", ["nwc", _const(inits, "sizes", [1] * w)], pieces, axis=1))
+            nodes.append(helper.make_node("Concat", [p for p in pieces for _ in range(f)], ["up"], axis=1))
+        nodes.append(helper.make_node("Transpose", ["up"], ["ncw"], perm=[0, 2, 1]))
+        inits.append(numpy_helper.from_array((rng.standard_normal((c_out, c, 3)) / 2).astype(np.float32), "w"))
+        nodes.append(helper.make_node("Conv", ["ncw", "w"], ["y"], kernel_shape=[3], pads=[1, 1]))
+    elif kind in ("crop_time", "crop_channels"):
+        axis = 2 if kind == "crop_time" else 1
+        n = w if axis == 2 else c
+        start = int(rng.integers(0, max(1, n // 2)))
+        end = int(rng.integers(start + 1, n + 1))
+        nodes.append(helper.make_node("Slice", ["x", _const(inits, "s", [start]), _const(inits, "e", [end]),
+                                                _const(inits, "a", [axis])], ["cut"]))
+        inits.append(numpy_helper.from_array((rng.standard_normal((c_out, c if axis == 2 else end - start, 1)))
+                                             .astype(np.float32), "w"))
+        nodes.append(helper.make_node("Conv", ["cut", "w"], ["y"], kernel_shape=[1]))
+    elif kind == "nwc_matmul":
+        inits.append(numpy_helper.from_array(rng.standard_normal((c, c_out)).astype(np.float32), "m"))
+        nodes += [helper.make_node("Transpose", ["x"], ["nwc"], perm=[0, 2, 1]),
+                  helper.make_node("MatMul", ["nwc", "m"], ["mm"]),
+                  helper.make_node("Relu", ["mm"], ["y"])]
+    else:
+        inits.append(numpy_helper.from_array((rng.standard_normal((c * w, c_out)) / np.sqrt(c * w))
+                                             .astype(np.float32), "m"))
+        nodes += [helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("MatMul", ["flat", "m"], ["y"])]
+    return _case(f"layout{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"kind": kind})
+
+
 BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
             "pad": pad_case, "add": add_case, "upsample": upsample_case,
-            "concat": concat_case}
+            "concat": concat_case, "depthwise": depthwise_case, "layout": layout_case}

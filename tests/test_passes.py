@@ -7,7 +7,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.evaluate import evaluate
 from tests.onnx_builders import _model
 
@@ -59,13 +58,18 @@ def test_batchnorm_mul_add_fold_into_the_conv_and_keep_the_math(tmp_path, seed):
     assert ev.sqnr_db >= 30.0, ev
 
 
-def test_batchnorm_after_relu_is_refused_with_a_reason(tmp_path):
+def test_batchnorm_after_relu_becomes_an_exact_depthwise_conv(tmp_path):
     rng = np.random.default_rng(0)
     tail = [helper.make_node("Relu", ["t0"], ["t1"]),
             helper.make_node("BatchNormalization", ["t1", "bn_g", "bn_b", "bn_m", "bn_v"], ["y"], name="late_bn")]
     model, calib = _conv_then(tail, extra_inits=_bn_inits(rng, 6))
-    with pytest.raises(UnsupportedOpError, match=r"late_bn.*cannot be folded"):
-        _convert(tmp_path, model, calib)
+    conv = _convert(tmp_path, model, calib)
+    ops = [n.op for n in conv.graph.nodes]
+    assert ops == ["transpose", "conv1d", "dwconv1d", "transpose"], ops
+    assert "depthwise 1x1" in conv.graph.nodes[2].origin
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=16)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+    assert ev.sqnr_db >= 30.0, ev
 
 
 def test_add_after_a_fused_relu_is_not_folded_into_the_bias(tmp_path):
@@ -73,8 +77,13 @@ def test_add_after_a_fused_relu_is_not_folded_into_the_bias(tmp_path):
     c = numpy_helper.from_array(np.full((6, 1), 0.5, np.float32), "c")
     tail = [helper.make_node("Relu", ["t0"], ["t1"]), helper.make_node("Add", ["t1", "c"], ["y"])]
     model, calib = _conv_then(tail, extra_inits=(c,))
-    with pytest.raises(UnsupportedOpError, match="cannot be folded"):
-        _convert(tmp_path, model, calib)
+    conv = _convert(tmp_path, model, calib)
+    conv_node = conv.graph.nodes[1]
+    assert conv_node.op == "conv1d" and conv_node.attrs.get("act") == (0.0, None)
+    assert conv.graph.nodes[2].op == "dwconv1d"  # the shift stays outside the ReLU
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=16)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+    assert ev.sqnr_db >= 30.0, ev
 
 
 def test_pad_folds_into_the_following_conv(tmp_path):

@@ -156,12 +156,18 @@ class GraphBuilder:
         if key in self.materialized:
             return self.materialized[key]
         move = classify(self.tensors[src].shape, dst_shape, src_of)
+        src_shape = self.tensors[src].shape
+        if move.op == "gather" and len(src_shape) == 2 and min(src_shape) > 1:
+            # e.g. an upsampling or crop of a (C, W) model input: a transpose, then the cheap op
+            rows, cols = src_shape
+            if classify((cols, rows), dst_shape, (src_of % cols) * rows + src_of // cols).op != "gather":
+                index = (binding.index % cols) * rows + binding.index // cols
+                return self._materialize(Binding(self._transposed(src, value), index), full_axes, value)
         if move.op == "same":
             out = src
         elif move.op == "transpose":
             rows, cols = self.tensors[src].shape
-            out = self.new_tensor((cols, rows), f"{value}_transposed")
-            self.add_node(Node(self.node_name, "transpose", [src], [out], origin="layout"))
+            out = self._transposed(src, value)
             if (cols, rows) != dst_shape:
                 view = self.new_tensor(dst_shape, f"{value}_view")
                 self.add_node(Node(self.node_name, "reshape", [out], [view], origin="layout"))
@@ -174,6 +180,15 @@ class GraphBuilder:
             self.add_node(Node(self.node_name, move.op, [src], [out], attrs=attrs, origin="layout"))
         self.materialized[key] = out
         return out
+
+    def _transposed(self, src: str, value: str) -> str:
+        key = (src, "transposed")
+        if key not in self.materialized:
+            rows, cols = self.tensors[src].shape
+            out = self.new_tensor((cols, rows), f"{value}_transposed")
+            self.add_node(Node(self.node_name, "transpose", [src], [out], origin="layout"))
+            self.materialized[key] = out
+        return self.materialized[key]
 
     def _unique(self, hint: str) -> str:
         name, i = hint, 1

@@ -48,26 +48,35 @@ class Conv1DHandler(OpHandler):
         in_shape = ctx.logical_shape(node.inputs[0])
         c_in, w_in = in_shape[0], in_shape[axes[0]]
         group = int(node.attr("group", 1))
-        if group != 1:
-            raise UnsupportedOpError(f"grouped/depthwise convolution (group={group}) is not supported yet", node.where)
+        depthwise = group > 1 and group == c_in
         c_out, k = w.shape[0], int(np.prod(w.shape[2:]))
-        if w.shape[1] != c_in:
-            raise ConversionError(f"weights expect {w.shape[1]} input channels, input has {c_in}", node.where)
+        if w.shape[1] * group != c_in or c_out % group:
+            raise ConversionError(f"weights of shape {list(w.shape)} do not fit {c_in} input channels in {group} "
+                                  "groups", node.where)
         (stride,) = int_attr_list(node, "strides", [1], 1)
         (dilation,) = int_attr_list(node, "dilations", [1], 1)
         pad_l, pad_r = explicit_pads(node, w_in, k, stride, dilation)
         bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         bias = np.zeros(c_out, np.float32) if bias is None else bias.reshape(c_out).astype(np.float32)
-        weight = w.reshape(c_out, c_in, k).transpose(0, 2, 1)
+        weight = w.reshape(c_out, c_in // group, k).transpose(0, 2, 1)
+        if group > 1 and not depthwise:
+            # CMSIS-NN has no grouped kernel: a block-diagonal full convolution adds only exact zeros
+            # (per-channel scales see the same non-zero weights), at `group` times the weights and MACs.
+            full = np.zeros((c_out, k, c_in), weight.dtype)
+            per_in, per_out = c_in // group, c_out // group
+            for g in range(group):
+                full[g * per_out:(g + 1) * per_out, :, g * per_in:(g + 1) * per_in] = weight[g * per_out:(g + 1) * per_out]
+            weight = full
         ctx.add_node(
             Node(
                 node.name,
-                self.op,
+                "dwconv1d" if depthwise else self.op,
                 [ctx.tensor(node.inputs[0], axes)],
                 [ctx.tensor(node.outputs[0], axes)],
                 attrs={"kernel": k, "stride": stride, "dilation": dilation, "pad": (pad_l, pad_r)},
-                consts={"weight": np.ascontiguousarray(weight, np.float32), "bias": bias},
-                origin=node.op_type,
+                consts={"weight": np.ascontiguousarray(weight[:, :, 0] if depthwise else weight, np.float32),
+                        "bias": bias},
+                origin=node.op_type if group == 1 or depthwise else f"{node.op_type} group={group} as block-diagonal",
             )
         )
 

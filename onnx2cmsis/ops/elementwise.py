@@ -2,7 +2,8 @@
 
 Relu/Clip become the producer's activation range; one no producer can absorb is lowered to a clamp
 table (ops/table.py). A per-channel affine (BatchNormalization, Mul/Add/Sub of a constant) folds into
-the producing convolution or dense layer; one left standing is refused with a clear message.
+the producing convolution or dense layer; one left standing is lowered to a 1-tap depthwise
+convolution (ops/depthwise.py), which is exact.
 """
 
 from __future__ import annotations
@@ -95,11 +96,3 @@ class AffineHandler(OpHandler):
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [input_shapes[0]]
-
-    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-        raise UnsupportedOpError(
-            f"this {node.origin} cannot be folded into a preceding Conv or Gemm/MatMul (the producer is another op, "
-            "has a fused activation, or feeds other layers); a standalone per-channel scale/shift is not "
-            "supported yet",
-            f"node '{node.name}' ({node.origin})",
-        )

@@ -15,6 +15,7 @@ from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.concat import ConcatHandler
 from onnx2cmsis.ops.conv import Conv1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
+from onnx2cmsis.ops.depthwise import DepthwiseConv1DHandler
 from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
 from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
 from onnx2cmsis.ops.movement import GatherHandler, MovementHandler, Slice1DHandler
@@ -25,6 +26,7 @@ from onnx2cmsis.ops.table import LookupTableHandler
 
 BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     Conv1DHandler,
+    DepthwiseConv1DHandler,
     MaxPool1DHandler,
     AvgPool1DHandler,
     DenseHandler,

@@ -43,6 +43,7 @@ class _Exporter:
         self.graph = graph
         self.sg = self.me.Subgraph()
         self.tensors: dict[str, Any] = {}
+        self.pending_reshapes: list[tuple[Any, Any]] = []  # (4-D result, its vector view) after the op
 
     def quant(self, q: QuantParams) -> Any:
         return self.me.Quantization(scales=[q.scale], zero_points=[q.zero_point])
@@ -70,6 +71,19 @@ class _Exporter:
         opts.newShape = list(dst.shape)
         shape = self.const(np.array(dst.shape, np.int32), self.fb.TensorType.INT32, f"{dst.name}_shape")
         self.op(self.fb.BuiltinOperator.RESHAPE, [src, shape], [dst], self.fb.BuiltinOptions.ReshapeOptions, opts)
+
+    def as_feature_map(self, name: str, output: bool = False) -> Any:
+        """The tensor as [1, 1, W, C]; a vector (F,) is reshaped from/to [1, 1, 1, F]."""
+        t = self.activation(name)
+        if len(t.shape) == 4:
+            return t
+        fm = self.me.Tensor(shape=[1, 1, 1, t.shape[-1]], dtype=self.fb.TensorType.INT8, quantization=t.quantization,
+                            name=f"{name}_as_4d")
+        if output:
+            self.pending_reshapes.append((fm, t))
+        else:
+            self.reshape(t, fm)
+        return fm
 
     def fused(self, node: Node) -> int:
         lo, hi = node.attrs.get("act", (None, None))
@@ -109,6 +123,37 @@ def _conv1d(ex: _Exporter, node: Node) -> None:
     opts.fusedActivationFunction = ex.fused(node)
     ex.op(fb.BuiltinOperator.CONV_2D, [src, weights, bias], [ex.activation(node.output)],
           fb.BuiltinOptions.Conv2DOptions, opts)
+
+
+def _dwconv1d(ex: _Exporter, node: Node) -> None:
+    fb, qp, a = ex.fb, node.qparams, node.attrs
+    src = ex.as_feature_map(node.inputs[0])
+    w_in, c_in = src.shape[2], src.shape[3]
+    pad_l, pad_r = a["pad"]
+    if pad_l or pad_r:
+        padded = ex.me.Tensor(shape=[1, 1, w_in + pad_l + pad_r, c_in], dtype=fb.TensorType.INT8,
+                              quantization=src.quantization, name=f"{node.output}_padded")
+        pads = ex.const(np.array([[0, 0], [0, 0], [pad_l, pad_r], [0, 0]], np.int32), fb.TensorType.INT32,
+                        f"{node.output}_pads")
+        ex.op(fb.BuiltinOperator.PAD, [src, pads], [padded], fb.BuiltinOptions.PadOptions, fb.PadOptionsT())
+        src = padded
+    w = qp["weight"]  # (C_out, K)
+    c_out = w.shape[0]
+    s_in = ex.graph.tensors[node.inputs[0]].quant.scale
+    wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * c_out, axis=3)
+    bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
+                            zero_points=[0] * c_out, axis=0)
+    weights = ex.const(np.ascontiguousarray(w.T).reshape(1, 1, w.shape[1], c_out), fb.TensorType.INT8,
+                       f"{node.output}_w", wq)
+    bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
+    opts = fb.DepthwiseConv2DOptionsT()
+    opts.padding = fb.Padding.VALID
+    opts.strideW, opts.strideH = a["stride"], 1
+    opts.dilationWFactor, opts.dilationHFactor = a["dilation"], 1
+    opts.depthMultiplier = c_out // c_in
+    opts.fusedActivationFunction = ex.fused(node)
+    ex.op(fb.BuiltinOperator.DEPTHWISE_CONV_2D, [src, weights, bias], [ex.as_feature_map(node.output, True)],
+          fb.BuiltinOptions.DepthwiseConv2DOptions, opts)
 
 
 def _maxpool1d(ex: _Exporter, node: Node) -> None:
@@ -215,6 +260,31 @@ def _transpose(ex: _Exporter, node: Node) -> None:
           ex.fb.BuiltinOptions.TransposeOptions, ex.fb.TransposeOptionsT())
 
 
+def _slice1d(ex: _Exporter, node: Node) -> None:
+    fb = ex.fb
+    _, c = ex.graph.tensors[node.inputs[0]].shape
+    begin = ex.const(np.array([0, 0, node.attrs["start"], 0], np.int32), fb.TensorType.INT32, f"{node.output}_begin")
+    size = ex.const(np.array([1, 1, node.attrs["width"], c], np.int32), fb.TensorType.INT32, f"{node.output}_size")
+    ex.op(fb.BuiltinOperator.SLICE, [ex.activation(node.inputs[0]), begin, size], [ex.activation(node.output)],
+          fb.BuiltinOptions.SliceOptions, fb.SliceOptionsT())
+
+
+def _gather(ex: _Exporter, node: Node) -> None:
+    fb = ex.fb
+    src, dst = ex.activation(node.inputs[0]), ex.activation(node.output)
+    index = node.attrs["index"].astype(np.int32)
+    flat_src = ex.me.Tensor(shape=[int(np.prod(src.shape))], dtype=fb.TensorType.INT8,
+                            quantization=src.quantization, name=f"{node.output}_flat_in")
+    flat_dst = ex.me.Tensor(shape=[index.size], dtype=fb.TensorType.INT8, quantization=dst.quantization,
+                            name=f"{node.output}_flat_out")
+    ex.reshape(src, flat_src)
+    opts = fb.GatherOptionsT()
+    opts.axis, opts.batchDims = 0, 0
+    ex.op(fb.BuiltinOperator.GATHER, [flat_src, ex.const(index, fb.TensorType.INT32, f"{node.output}_index")],
+          [flat_dst], fb.BuiltinOptions.GatherOptions, opts)
+    ex.reshape(flat_dst, dst)
+
+
 def _reshape(ex: _Exporter, node: Node) -> None:
     ex.reshape(ex.activation(node.inputs[0]), ex.activation(node.output))
 
@@ -250,11 +320,14 @@ EXPORTERS: dict[str, Callable[[_Exporter, Node], None]] = {
     "avgpool1d": _avgpool1d,
     "pad1d": _pad1d,
     "conv1d": _conv1d,
+    "dwconv1d": _dwconv1d,
     "maxpool1d": _maxpool1d,
     "dense": _dense,
     "softmax": _softmax,
     "transpose": _transpose,
     "reshape": _reshape,
+    "slice1d": _slice1d,
+    "gather": _gather,
 }
 
 
@@ -266,6 +339,9 @@ def export_tflite(graph: Graph) -> bytes:
         if fn is None:
             raise NotExportable(f"no TFLite export for op '{node.op}'", node.name)
         fn(ex, node)
+        for src, dst in ex.pending_reshapes:
+            ex.reshape(src, dst)
+        ex.pending_reshapes.clear()
     for name, model_shape, is_input in ((graph.inputs[0], graph.model_input_shapes[0], True),
                                         (graph.outputs[0], graph.model_output_shapes[0], False)):
         inner = ex.activation(name)

@@ -13,9 +13,9 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.registry import Registry
 
-FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dense", "maxpool1d", "avgpool1d", "add")
-BIAS_PRODUCERS = ("conv1d", "dense")
-FREE_QUANT_PRODUCERS = ("conv1d", "dense", "add")  # output quantization comes from calibration alone
+FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dwconv1d", "dense", "maxpool1d", "avgpool1d", "add")
+BIAS_PRODUCERS = ("conv1d", "dwconv1d", "dense")
+FREE_QUANT_PRODUCERS = ("conv1d", "dwconv1d", "dense", "add")  # output quantization comes from calibration alone
 
 
 def _sole_producer(graph: Graph, tensor: str, ops: tuple[str, ...]) -> Node | None:
@@ -58,7 +58,7 @@ def fold_affine(graph: Graph) -> bool:
 def fold_pad_into_conv(graph: Graph) -> bool:
     """Zero padding before a convolution is the convolution's own padding (skipped taps)."""
     for node in graph.nodes:
-        if node.op != "conv1d":
+        if node.op not in ("conv1d", "dwconv1d"):
             continue
         p = _sole_producer(graph, node.inputs[0], ("pad1d",))
         if p is None:
@@ -153,6 +153,19 @@ def fold_transpose_into_dense(graph: Graph) -> bool:
     return False
 
 
+def standalone_affine_to_depthwise(graph: Graph) -> bool:
+    """A per-channel scale/shift no producer could absorb is a 1-tap depthwise convolution (exact)."""
+    for node in graph.nodes:
+        if node.op == "affine":
+            node.op = "dwconv1d"
+            node.attrs = {"kernel": 1, "stride": 1, "dilation": 1, "pad": (0, 0)}
+            node.consts = {"weight": node.consts["scale"].astype(np.float32).reshape(-1, 1),
+                           "bias": node.consts["shift"].astype(np.float32).reshape(-1)}
+            node.origin += " as depthwise 1x1"
+            return True
+    return False
+
+
 def standalone_activation_to_table(graph: Graph) -> bool:
     """A Relu/Clip no producer could absorb becomes a clamp table in its input's quantization."""
     for node in graph.nodes:
@@ -174,14 +187,21 @@ PASSES: tuple[Callable[[Graph], bool], ...] = (
 )
 
 
-# Run once the rewrites above have reached their fixed point: they decide what could be fused.
-LOWERINGS: tuple[Callable[[Graph], bool], ...] = (standalone_activation_to_table,)
+# Stages run in order, each to its fixed point: an affine op left standing once the rewrites are done
+# becomes a depthwise conv, which may then absorb an activation; only activations still standing
+# after that become tables.
+STAGES: tuple[tuple[Callable[[Graph], bool], ...], ...] = (
+    PASSES,
+    (standalone_affine_to_depthwise,),
+    PASSES,
+    (standalone_activation_to_table,),
+)
 
 
 def run_passes(graph: Graph, registry: Registry) -> list[str]:
     """Apply the rewrites to a fixed point, then the lowerings; returns the log (for the report)."""
     log: list[str] = []
-    for passes in (PASSES, LOWERINGS):
+    for passes in STAGES:
         changed = True
         while changed:
             changed = False

@@ -1,0 +1,108 @@
+"""Depthwise Conv1D (ONNX Conv with group == C_in) -> arm_depthwise_conv_s8(_opt), per-channel int8.
+
+Output channel o reads input channel o // mult (mult = C_out / C_in, TFLite's depth multiplier). A
+per-channel scale/shift that cannot fold into a producer (a BatchNorm after a ReLU) is the same op
+with a 1-tap kernel: exact in both CMSIS-NN and TFLite-Micro.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, check_uint16, fused_activation_range
+from onnx2cmsis.quant.rules import (
+    quantize_bias,
+    quantize_multiplier,
+    quantize_weights,
+    requantize,
+    saturate_int8,
+    symmetric_weight_scales,
+)
+
+CH_IN_BLOCK_MVE = 124  # arm_nnsupportfunctions.h: the MVE _opt kernel buffers this many channels
+
+
+def dw_scratch_bytes(kernel: int, channels: int) -> int:
+    """arm_depthwise_conv_s8_opt_get_buffer_size for the largest of the DSP and MVE builds."""
+    return max(2 * channels * kernel, 4 * CH_IN_BLOCK_MVE * kernel)
+
+
+def _feature_map(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
+
+
+class DepthwiseConv1DHandler(OpHandler):
+    op = "dwconv1d"  # imported by ops/conv.py (a Conv with group == C_in) and by the affine lowering
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        w_in, _ = _feature_map(input_shapes[0])
+        a = node.attrs
+        eff_k = (a["kernel"] - 1) * a["dilation"] + 1
+        w_out = (w_in + a["pad"][0] + a["pad"][1] - eff_k) // a["stride"] + 1
+        c_out = node.consts["weight"].shape[0]
+        return [(c_out,) if len(input_shapes[0]) == 1 else (w_out, c_out)]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        super().quantize(node, graph, ranges)
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        assert q_in is not None and q_out is not None
+        w = node.consts["weight"]  # (C_out, K)
+        s_w = symmetric_weight_scales(w, axis=0)
+        mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
+        node.qparams = {
+            "weight": quantize_weights(w, s_w, axis=0),
+            "weight_scales": s_w,
+            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, f"node '{node.name}' ({node.origin})"),
+            "multiplier": np.array(mults, np.int32),
+            "shift": np.array(shifts, np.int32),
+            "act_range": fused_activation_range(node, graph),
+        }
+
+    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        a, qp = node.attrs, node.qparams
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        x = inputs[0].reshape(_feature_map(inputs[0].shape)).astype(np.int64) - q_in.zero_point
+        c_out, k = qp["weight"].shape
+        mult = c_out // x.shape[1]
+        w_out = self.output_shapes(node, [x.shape])[0][0]
+        s, d, pad_l = a["stride"], a["dilation"], a["pad"][0]
+        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - x.shape[0])
+        xp = np.pad(x, ((pad_l, right), (0, 0)))[:, np.arange(c_out) // mult]  # (W', C_out)
+        taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d
+        acc = np.einsum("tkc,ck->tc", xp[taps], qp["weight"].astype(np.int64)) + qp["bias"].astype(np.int64)
+        y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
+        return [saturate_int8(y, *qp["act_range"]).reshape(graph.tensors[node.output].shape)]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        a, qp = node.attrs, node.qparams
+        (w_in, c_in) = _feature_map(graph.tensors[node.inputs[0]].shape)
+        (w_out, c_out) = _feature_map(graph.tensors[node.output].shape)
+        check_uint16(f"node '{node.name}' ({node.origin})", width=w_in, channels=c_out, kernel=a["kernel"],
+                     pad=a["pad"][0])
+        mult = c_out // c_in
+        fast = mult == 1 and a["dilation"] == 1
+        kernel = "arm_depthwise_conv_s8_opt" if fast else "arm_depthwise_conv_s8"
+        scratch = dw_scratch_bytes(a["kernel"], c_in) if fast else 0
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        return KernelCall(
+            template="dwconv1d.c.j2",
+            kernel=kernel,
+            context={
+                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "mult": mult,
+                "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
+                "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
+                "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
+                "scratch_bytes": scratch, "fast": fast,
+            },
+            arrays=[
+                CArray("weights", "int8_t", np.ascontiguousarray(qp["weight"].T),
+                       f"[1][{a['kernel']}][{c_out}] per-channel int8"),
+                CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
+                CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
+                CArray("shift", "int32_t", qp["shift"], ""),
+            ],
+            functions=[kernel] + (["arm_depthwise_conv_s8_opt_get_buffer_size"] if fast else []),
+            scratch_bytes=scratch,
+            macs=w_out * c_out * a["kernel"],
+        )

@@ -1,0 +1,63 @@
+"""Exporter-style data movement must reach the canonical graph a native 1D export gives: the
+movement costs no gather where a view, transpose, upsample or crop does the job."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.ir.layout import Binding, arrangement, classify, gather_map, layout_of
+from tests.onnx_builders import layout_case
+
+EXPECTED = {
+    "conv2d": ["transpose", "conv1d", "transpose"],  # (C, W) in and out: the model's own layout
+    "tile": ["transpose", "upsample1d", "conv1d", "transpose"],
+    "split": ["transpose", "upsample1d", "conv1d", "transpose"],
+    "crop_time": ["transpose", "slice1d", "conv1d", "transpose"],
+    "crop_channels": None,  # a channel subset is not contiguous in (W, C): any op sequence, exact
+    "nwc_matmul": ["transpose", "conv1d"],  # Relu fused; the (W, F) output is already the model's layout
+    "flatten": ["reshape", "dense"],  # (C, W) flattened C-major is the input's own byte order
+}
+
+
+def test_each_exporter_pattern_canonicalizes(tmp_path):
+    rng, seen, i = np.random.default_rng(11), set(), 0
+    while len(seen) < len(EXPECTED) and i < 500:
+        case = layout_case(rng, i)
+        i += 1
+        kind = case.params["kind"]
+        if kind in seen or min(case.calibration.shape[1:]) == 1:
+            continue
+        conv = convert(case.save(tmp_path), case.calibration, name=case.name)
+        if min(conv.graph.model_output_shapes[0][1:]) == 1:
+            continue  # a (1, W) output needs only a view where (C, W) needs a transpose
+        seen.add(kind)
+        ops = [n.op for n in conv.graph.nodes]
+        if EXPECTED[kind] is None:
+            assert ops.count("gather") <= 1, ops
+        else:
+            assert ops == EXPECTED[kind], kind
+    assert seen == set(EXPECTED)
+
+
+@pytest.mark.parametrize("shape,axes", [((1, 3, 5), (2, 1)), ((1, 3, 1, 5), (3, 1)), ((1, 4, 2), (1, 2)),
+                                        ((1, 1, 7), (2,)), ((1, 6), (1,))])
+def test_arrangement_round_trips_through_layout_of(shape, axes):
+    physical, index = arrangement(shape, axes)
+    assert sorted(index.reshape(-1).tolist()) == list(range(int(np.prod(shape))))
+    assert layout_of(Binding("t", index), physical) == axes
+    dst, src_of = gather_map(Binding("t", index), axes)
+    assert dst == physical and classify(physical, dst, src_of).op == "same"
+
+
+def test_classify_recognizes_each_movement():
+    w, c = 5, 3
+    ident = np.arange(w * c)
+    assert classify((w, c), (w * c,), ident).op == "reshape"
+    assert classify((w, c), (c, w), ident.reshape(w, c).T.reshape(-1)).op == "transpose"
+    up = classify((w, c), (2 * w, c), np.repeat(ident.reshape(w, c), 2, axis=0).reshape(-1))
+    assert (up.op, up.attrs) == ("upsample1d", {"factor": 2})
+    crop = classify((w, c), (2, c), ident.reshape(w, c)[1:3].reshape(-1))
+    assert (crop.op, crop.attrs) == ("slice1d", {"start": 1, "width": 2})
+    assert classify((w, c), (w, 2), ident.reshape(w, c)[:, :2].reshape(-1)).op == "gather"
