@@ -8,10 +8,14 @@ from pathlib import Path
 import onnx
 
 from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.frontends.keras import load_keras
 from onnx2cmsis.frontends.onnx_model import load_onnx
 
 LOADERS: dict[str, Callable[[Path], onnx.ModelProto]] = {
     ".onnx": load_onnx,
+    ".h5": load_keras,
+    ".hdf5": load_keras,
+    ".keras": load_keras,
 }
 
 

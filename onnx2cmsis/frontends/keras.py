@@ -1,0 +1,138 @@
+"""Keras .h5 / .keras -> ONNX through tf2onnx, then the ONNX loader's checks and shape inference.
+
+The file's layer list is read as JSON and checked *before* Keras deserializes anything: a Lambda
+layer (Python bytecode) or any class outside the supported list is refused with its name, so no code
+from the file ever runs, and `load_model` runs with `safe_mode=True` on top. TensorFlow, Keras and
+tf2onnx are the `[keras]` extra and are imported only here, only when a Keras file is converted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.frontends.onnx_model import fix_batch_and_infer_shapes
+
+ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
+CONTAINERS = {"Functional", "Sequential", "Model"}
+SUPPORTED_LAYERS = {
+    "InputLayer", "Conv1D", "SeparableConv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D",
+    "GlobalMaxPooling1D", "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "Dense",
+    "Flatten", "Reshape", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "BatchNormalization",
+    "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate",
+}
+SUPPORTED_ACTIVATIONS = {"linear", "relu", "relu6", "tanh", "sigmoid", "softmax", "leaky_relu", None}
+KERAS_EXTRA_HINT = "reading Keras files needs the [keras] extra: pip install 'onnx2cmsis[keras]'"
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The model's architecture JSON, read without deserializing anything."""
+    try:
+        if zipfile.is_zipfile(path):  # Keras 3 native .keras: config.json inside a zip
+            with zipfile.ZipFile(path) as z:
+                return json.loads(z.read("config.json"))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            if raw is None:
+                raise ConversionError("an HDF5 file without a Keras model (weights only?)", str(path))
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConversionError(f"not a readable Keras model ({first})", str(path)) from exc
+
+
+def _layers(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every layer in the architecture, with nested models flattened."""
+    out = []
+    inner = config.get("config", {})
+    layers = inner.get("layers", []) if isinstance(inner, dict) else []
+    for layer in layers:
+        if layer.get("class_name") in CONTAINERS:
+            out.extend(_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def check_layers(config: dict[str, Any], where: str) -> None:
+    if config.get("class_name") not in CONTAINERS:
+        raise ConversionError(f"top-level object is a {config.get('class_name')!r}, not a Keras model", where)
+    for layer in _layers(config):
+        cls, cfg = layer.get("class_name"), layer.get("config", {})
+        name = cfg.get("name", "?")
+        if cls == "Lambda":
+            raise UnsupportedOpError(f"layer '{name}' (Lambda) holds Python code; refused without running it "
+                                     "(rewrite it with built-in layers)", where)
+        if cls not in SUPPORTED_LAYERS:
+            raise UnsupportedOpError(f"layer '{name}' ({cls}) is not supported (supported: "
+                                     f"{', '.join(sorted(SUPPORTED_LAYERS - {'InputLayer'}))})", where)
+        activation = cfg.get("activation")
+        if isinstance(activation, dict):  # Keras 3 may serialize it as an object
+            activation = activation.get("config", {}).get("name", activation.get("class_name"))
+        if activation not in SUPPORTED_ACTIVATIONS:
+            raise UnsupportedOpError(f"layer '{name}' ({cls}) uses activation '{activation}' (supported: "
+                                     f"{', '.join(sorted(a for a in SUPPORTED_ACTIVATIONS if a))})", where)
+        if cls == "Conv1D" and int(cfg.get("groups", 1)) != 1:
+            raise UnsupportedOpError(f"layer '{name}' (Conv1D) has groups={cfg['groups']}: tf2onnx cannot export "
+                                     "grouped Keras convolutions (a PyTorch/ONNX grouped Conv converts)", where)
+
+
+def _import_keras() -> tuple[Any, Any, Any]:
+    # TensorFlow only deserializes and traces here (ONNX Runtime is the float reference), so its
+    # oneDNN kernels and start-up chatter on stderr serve no purpose.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    try:
+        import tensorflow as tf
+        import tf2onnx
+        import keras
+    except ImportError as exc:
+        raise ConversionError(KERAS_EXTRA_HINT) from exc
+    for noisy in ("tensorflow", "tf2onnx", "absl"):  # their failures reach the user as our one-line error
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    return tf, tf2onnx, keras
+
+
+def keras_to_onnx(path: Path) -> onnx.ModelProto:
+    """The Keras model as an opset-15 ONNX graph with batch 1 (not yet checked or shape-inferred)."""
+    where = str(path)
+    if not path.is_file():
+        raise ConversionError("file not found", where)
+    check_layers(_read_config(path), where)
+    tf, tf2onnx, keras = _import_keras()
+    keras.backend.clear_session()  # layer names (and so C identifiers) must not depend on earlier loads
+    try:
+        model = keras.models.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConversionError(f"Keras cannot load the model ({first})", where) from exc
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedOpError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                                 "one of each is supported", where)
+    functional = keras.Model(model.inputs, model.outputs)  # a Keras 3 Sequential does not export otherwise
+    shape = (1, *tuple(model.inputs[0].shape[1:]))
+    if any(d is None for d in shape):
+        raise ConversionError(f"the input shape {list(shape)} has a free dimension besides the batch; give the "
+                              "Input layer a fixed length", where)
+    signature = [tf.TensorSpec(shape, tf.float32, name="input")]
+    try:
+        proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConversionError(f"tf2onnx cannot export the model ({first})", where) from exc
+    return proto
+
+
+def load_keras(path: Path) -> onnx.ModelProto:
+    return fix_batch_and_infer_shapes(keras_to_onnx(path), str(path))

@@ -1,0 +1,188 @@
+"""The Keras frontend end to end: .h5 fixtures (tests/keras_models/make_models.py) -> C, checked
+against Keras `predict`, the integer reference and tflite-micro; refusals that never run model code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.evaluate import evaluate
+from onnx2cmsis.quant.rules import dequantize_tensor
+from tests.keras_models.data import signals
+
+keras = pytest.importorskip("keras", reason="the [keras] extra (tensorflow-cpu, tf2onnx) is not installed")
+pytestmark = pytest.mark.keras
+
+MODELS = Path(__file__).parent / "keras_models"
+CLASSIFIERS = {"conv_zoo", "separable_residual"}
+REGRESSORS = {"autoencoder", "dense_heads"}
+SAMPLES = 500
+
+
+def _data(model_path: Path, n: int, seed: int) -> np.ndarray:
+    """The classifiers' own task (they were trained on it); random normal for the others."""
+    steps, channels = keras.models.load_model(model_path, compile=False).inputs[0].shape[1:]
+    if model_path.stem in CLASSIFIERS:
+        return signals(n, steps, channels, seed)[0]
+    return np.random.default_rng(seed).standard_normal((n, steps, channels)).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS | REGRESSORS))
+def test_keras_model_matches_keras_predict(name, tmp_path):
+    path = MODELS / f"{name}.h5"
+    calibration, x = _data(path, 256, 1), _data(path, SAMPLES, 2)
+    conv = convert(path, calibration, name=name)
+    ev, c_out = evaluate(conv, x, tmp_path, oracle_samples=64)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+    want = keras.models.load_model(path, compile=False).predict(x, verbose=0).reshape(SAMPLES, -1).astype(np.float64)
+    got = dequantize_tensor(c_out, conv.graph.tensors[conv.graph.outputs[0]].quant).reshape(SAMPLES, -1)
+    sqnr = 10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2))
+    argmax = float(np.mean(got.argmax(1) == want.argmax(1)))
+    print(f"{name}: {SAMPLES} inputs, C == reference, 64 == tflite-micro; vs Keras: SQNR {sqnr:.1f} dB, "
+          f"argmax {argmax:.3f}; arena {ev.arena_bytes} B (bound {ev.arena_lower_bound_bytes}), "
+          f"weights {ev.weights_bytes} B")
+    if name in CLASSIFIERS:
+        assert argmax >= 0.99
+    else:
+        assert sqnr >= 30.0
+
+
+def test_original_tool_model_is_five_kernels(tmp_path):
+    """Conv1D -> MaxPooling1D -> Conv1D -> UpSampling1D -> Conv1D: every tf2onnx wrapper op is gone,
+    and the (W, C) Keras input and output are read and written in place (no transpose)."""
+    path = MODELS / "autoencoder.h5"
+    conv = convert(path, _data(path, 64, 3), name="autoencoder")
+    assert [n.op for n in conv.graph.nodes] == ["conv1d", "maxpool1d", "conv1d", "upsample1d", "conv1d"]
+
+
+@pytest.mark.torch
+def test_keras_and_pytorch_give_the_same_canonical_ops(tmp_path):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Same(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2, self.c3 = nn.Conv1d(3, 8, 5, padding=2), nn.Conv1d(8, 8, 3, padding=1), nn.Conv1d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            x = nn.functional.max_pool1d(torch.relu(self.c1(x)), 2)
+            x = nn.functional.interpolate(torch.relu(self.c2(x)), scale_factor=2, mode="nearest")
+            return self.c3(x)
+
+    onnx_path = tmp_path / "same.onnx"
+    torch.onnx.export(Same().eval(), (torch.zeros(1, 3, 64),), str(onnx_path), dynamo=True, external_data=False)
+    torch_ops = [n.op for n in convert(onnx_path, np.zeros((4, 3, 64), np.float32) + 0.1, name="t").graph.nodes]
+    keras_path = MODELS / "autoencoder.h5"
+    keras_ops = [n.op for n in convert(keras_path, _data(keras_path, 16, 4), name="k").graph.nodes]
+    # PyTorch's model layout is (C, W): the C interface transposes at the boundary; in between, the same.
+    assert torch_ops[0] == torch_ops[-1] == "transpose"
+    assert torch_ops[1:-1] == keras_ops
+
+
+def test_lambda_layer_is_refused_and_its_code_never_runs(tmp_path):
+    marker = tmp_path / "lambda_ran"
+    inputs = keras.Input((16, 2))
+    def scale_and_leave_a_trace(t):
+        with open(os.path.join(os.path.dirname(__file__) if False else str(tmp_path), "lambda_ran"), "w") as f:
+            f.write("ran")
+        return t * 2.0
+
+    outputs = keras.layers.Lambda(scale_and_leave_a_trace)(inputs)
+    path = tmp_path / "lambda.h5"
+    keras.Model(inputs, outputs).save(path)
+    marker.unlink()  # building the model ran the lambda once; converting must not
+    with pytest.raises(UnsupportedOpError, match=r"layer 'lambda.*' \(Lambda\) holds Python code"):
+        convert(path, np.zeros((4, 16, 2), np.float32), name="m")
+    assert not marker.exists()
+
+
+def test_unsupported_layer_names_layer_class_and_the_supported_list(tmp_path):
+    inputs = keras.Input((16, 2))
+    path = tmp_path / "lstm.h5"
+    keras.Model(inputs, keras.layers.LSTM(4, name="my_lstm")(inputs)).save(path)
+    with pytest.raises(UnsupportedOpError, match=r"layer 'my_lstm' \(LSTM\) is not supported \(supported: .*Conv1D"):
+        convert(path, np.zeros((4, 16, 2), np.float32), name="m")
+
+
+def test_unsupported_activation_is_named(tmp_path):
+    inputs = keras.Input((16, 2))
+    path = tmp_path / "gelu.h5"
+    keras.Model(inputs, keras.layers.Conv1D(4, 3, activation="gelu", name="c")(inputs)).save(path)
+    with pytest.raises(UnsupportedOpError, match=r"layer 'c' \(Conv1D\) uses activation 'gelu'"):
+        convert(path, np.zeros((4, 16, 2), np.float32), name="m")
+
+
+def test_hdf5_without_a_model_and_garbage_are_refused(tmp_path):
+    import h5py
+
+    weights_only = tmp_path / "w.h5"
+    with h5py.File(weights_only, "w") as f:
+        f.create_dataset("kernel", data=np.zeros(3))
+    with pytest.raises(ConversionError, match="without a Keras model"):
+        convert(weights_only, np.zeros((2, 4), np.float32), name="m")
+    garbage = tmp_path / "g.h5"
+    garbage.write_bytes(b"\x89HDF\r\n\x1a\n not really")
+    with pytest.raises(ConversionError, match="not a readable Keras model"):
+        convert(garbage, np.zeros((2, 4), np.float32), name="m")
+
+
+def test_without_the_keras_extra_the_error_says_what_to_install(tmp_path):
+    """A real ImportError: tensorflow is made unimportable in a child interpreter."""
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "from typer.testing import CliRunner\n"
+        "from onnx2cmsis.cli import app\n"
+        f"r = CliRunner().invoke(app, ['convert', r'{MODELS / 'autoencoder.h5'}', '-c', r'{tmp_path / 'c.npy'}',"
+        f" '--out', r'{tmp_path}'])\n"
+        "print(r.exit_code); print(r.output)\n"
+    )
+    np.save(tmp_path / "c.npy", np.zeros((2, 64, 3), np.float32))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+                         cwd=Path(__file__).parent.parent, check=True).stdout
+    assert out.splitlines()[0] == "1", out
+    assert "pip install 'onnx2cmsis[keras]'" in out and "Traceback" not in out
+    assert not list(tmp_path.glob("*.c"))
+
+
+@pytest.mark.slow
+def test_bundled_keras_example_keeps_its_accuracy(tmp_path):
+    example = Path(__file__).parent.parent / "examples" / "vibration_keras"
+    sys.path.insert(0, str(example.parent / "vibration"))
+    from data import make_dataset
+
+    x, y = make_dataset(500, seed=2)
+    x = np.ascontiguousarray(x.transpose(0, 2, 1))  # Keras' (N, W, C)
+    conv = convert(example / "vibration_cnn.h5", np.load(example / "calibration.npy"), name="vibration_cnn")
+    ev, c_out = evaluate(conv, x, tmp_path, oracle_samples=64)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+    want = keras.models.load_model(example / "vibration_cnn.h5", compile=False).predict(x, verbose=0)
+    float_acc, int8_acc = float(np.mean(want.argmax(1) == y)), float(np.mean(c_out.argmax(1) == y))
+    agreement = float(np.mean(c_out.argmax(1) == want.argmax(1)))
+    print(f"keras example: float accuracy {float_acc:.3f}, int8 C accuracy {int8_acc:.3f}, argmax agreement "
+          f"{agreement:.3f}, arena {ev.arena_bytes} B, weights {ev.weights_bytes} B")
+    assert agreement >= 0.99 and int8_acc >= float_acc - 0.02
+
+
+def test_cli_converts_the_keras_example_deterministically_and_quietly(tmp_path):
+    example = Path(__file__).parent.parent / "examples" / "vibration_keras"
+    outputs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        out.mkdir()
+        r = subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", "convert", str(example / "vibration_cnn.h5"),
+                            "--calibration", str(example / "calibration.npy"), "--out", str(out)],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == "" and len(r.stdout.strip().splitlines()) == 1, (r.stdout, r.stderr)
+        outputs.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert sorted(outputs[0]) == ["vibration_cnn.c", "vibration_cnn.h", "vibration_cnn.json"]
+    assert outputs[0] == outputs[1]
