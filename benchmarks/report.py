@@ -1,4 +1,4 @@
-"""Accuracy and memory report: the bundled example and the PyTorch test exports, side by side.
+"""Accuracy and memory report: the bundled examples, the PyTorch test exports and the Keras fixtures.
 
 For each model: bit-exactness of the generated C against the integer reference and the tflite-micro
 runtime, int8 vs float (SQNR, max error in output LSBs, argmax agreement), our arena and its lower
@@ -32,6 +32,26 @@ def models(workdir: Path, samples: int):
     example = ROOT / "examples" / "vibration"
     x, _ = make_dataset(samples, seed=3)
     yield convert(example / "vibration_cnn.onnx", example / "calibration.npy"), x
+    keras_example = ROOT / "examples" / "vibration_keras"
+    try:
+        import keras  # the [keras] extra
+    except ImportError:
+        pass
+    else:
+        from tests.keras_models.data import signals
+
+        yield (convert(keras_example / "vibration_cnn.h5", keras_example / "calibration.npy", name="vibration_keras"),
+               np.ascontiguousarray(x.transpose(0, 2, 1)))
+        rng = np.random.default_rng(8)
+        for name in ("autoencoder", "conv_zoo", "separable_residual", "dense_heads"):
+            path = ROOT / "tests" / "keras_models" / f"{name}.h5"
+            steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+            if name in ("conv_zoo", "separable_residual"):
+                calib, data = signals(256, steps, channels, 1)[0], signals(samples, steps, channels, 2)[0]
+            else:
+                calib = rng.standard_normal((256, steps, channels)).astype(np.float32)
+                data = rng.standard_normal((samples, steps, channels)).astype(np.float32)
+            yield convert(path, calib, name=f"keras_{name}"), data
     try:
         from tests.torch_models import EXPORTS, export_torch
     except ImportError:

@@ -334,7 +334,11 @@ def layout_case(rng: np.random.Generator, i: int) -> Case:
         n = w if axis == 2 else c
         start = int(rng.integers(0, max(1, n // 2)))
         end = int(rng.integers(start + 1, n + 1))
-        nodes.append(helper.make_node("Slice", ["x", _const(inits, "s", [start]), _const(inits, "e", [end]),
+        inits.append(numpy_helper.from_array(rng.standard_normal((c, c, 1)).astype(np.float32), "w0"))
+        source = "x" if rng.random() < 0.5 else "c0"  # the (C, W) input, or a conv's time-major output
+        if source == "c0":
+            nodes.append(helper.make_node("Conv", ["x", "w0"], ["c0"], kernel_shape=[1]))
+        nodes.append(helper.make_node("Slice", [source, _const(inits, "s", [start]), _const(inits, "e", [end]),
                                                 _const(inits, "a", [axis])], ["cut"]))
         inits.append(numpy_helper.from_array((rng.standard_normal((c_out, c if axis == 2 else end - start, 1)))
                                              .astype(np.float32), "w"))

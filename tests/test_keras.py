@@ -42,6 +42,7 @@ def test_keras_model_matches_keras_predict(name, tmp_path):
     conv = convert(path, calibration, name=name)
     ev, c_out = evaluate(conv, x, tmp_path, oracle_samples=64)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+    assert ev.arena_bytes == ev.arena_lower_bound_bytes, ev
     want = keras.models.load_model(path, compile=False).predict(x, verbose=0).reshape(SAMPLES, -1).astype(np.float64)
     got = dequantize_tensor(c_out, conv.graph.tensors[conv.graph.outputs[0]].quant).reshape(SAMPLES, -1)
     sqnr = 10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2))

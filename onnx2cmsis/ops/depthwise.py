@@ -20,12 +20,13 @@ from onnx2cmsis.quant.rules import (
     symmetric_weight_scales,
 )
 
-CH_IN_BLOCK_MVE = 124  # arm_nnsupportfunctions.h: the MVE _opt kernel buffers this many channels
-
-
 def dw_scratch_bytes(kernel: int, channels: int) -> int:
-    """arm_depthwise_conv_s8_opt_get_buffer_size for the largest of the DSP and MVE builds."""
-    return max(2 * channels * kernel, 4 * CH_IN_BLOCK_MVE * kernel)
+    """arm_depthwise_conv_s8_opt_get_buffer_size of a DSP build (int16 copies of the input columns).
+
+    On MVE the _opt kernel buffers 124 channels x kernel x 4 bytes whatever the layer's width (1.5 KB
+    for a 3-tap kernel), more than many whole 1D models need; the generated C calls the scratch-free
+    arm_depthwise_conv_s8 there instead, so the arena does not grow for one ISA."""
+    return 2 * channels * kernel
 
 
 def _feature_map(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -102,7 +103,7 @@ class DepthwiseConv1DHandler(OpHandler):
                 CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
                 CArray("shift", "int32_t", qp["shift"], ""),
             ],
-            functions=[kernel] + (["arm_depthwise_conv_s8_opt_get_buffer_size"] if fast else []),
+            functions=[kernel] + (["arm_depthwise_conv_s8", "arm_depthwise_conv_s8_opt_get_buffer_size"] if fast else []),
             scratch_bytes=scratch,
             macs=w_out * c_out * a["kernel"],
         )
