@@ -73,23 +73,9 @@ def test_cross_compiles_warning_free(example, tmp_path, cpu):
 
 @pytest.fixture(scope="module")
 def op_zoo(tmp_path_factory):
-    """Six random one-op models of every sweep family: every template, every kernel branch."""
-    from tests.onnx_builders import BUILDERS
+    from tests.zoo import make_op_zoo
 
-    folder = tmp_path_factory.mktemp("zoo")
-    rng, convs = np.random.default_rng(77), []
-    for family in sorted(BUILDERS):
-        made, i = 0, 0
-        while made < 6 or (family == "layout" and not any(  # and at least one index-table gather
-                layer["kernel"] == "own loop (index table)" for c in convs for layer in c.report["layers"])):
-            case = BUILDERS[family](rng, i)
-            i += 1
-            try:
-                convs.append(convert(case.save(folder), case.calibration, name=case.name))
-                made += 1
-            except Exception as exc:  # the sweeps' deliberate refusals (padding-only windows)
-                assert "covers only padding" in str(exc)
-    return convs
+    return make_op_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 @pytest.mark.parametrize("cpu", sorted(CORTEX_M))

@@ -23,6 +23,7 @@ def test_wheel_installs_and_converts_in_a_clean_venv(tmp_path):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "onnx2cmsis/templates/model.c.j2" in names and "onnx2cmsis/templates/ops/conv1d.c.j2" in names
+    assert "onnx2cmsis/targets/cortex_m/runner.c" in names and "onnx2cmsis/targets/cortex_m/mps3-an547.ld" in names
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

@@ -1,0 +1,57 @@
+/* Runs generated models on a QEMU Cortex-M machine. The host writes a job file of records
+ *     u32 model index, u32 sample count, then count * input_size int8 bytes
+ * and gets back every output, concatenated, in the result file. Exit status: 0, or where it failed
+ * (2x: files; 3x: a bad record; >= 100: 100 + the CMSIS-NN status a model returned, negated). */
+#include <stdint.h>
+
+#include "models_table.h"
+#include "semihost.h"
+
+#ifndef RUNNER_BUFFER_BYTES
+#define RUNNER_BUFFER_BYTES 4096
+#endif
+
+static int8_t input[RUNNER_BUFFER_BYTES];
+static int8_t output[RUNNER_BUFFER_BYTES];
+
+static int read_u32(int fd, uint32_t *v)
+{
+    return sh_read(fd, v, sizeof *v) == 0;
+}
+
+int main(void)
+{
+    int in_fd = sh_open("job.bin", 1);
+    int out_fd = sh_open("result.bin", 5);
+    uint32_t index, count, i;
+    if (in_fd < 0 || out_fd < 0) {
+        sh_puts("runner: cannot open job.bin / result.bin\n");
+        return 20;
+    }
+    while (read_u32(in_fd, &index)) {
+        const runner_model *m;
+        if (!read_u32(in_fd, &count) || index >= RUNNER_MODEL_COUNT) {
+            return 30;
+        }
+        m = &runner_models[index];
+        if (m->input_size > RUNNER_BUFFER_BYTES || m->output_size > RUNNER_BUFFER_BYTES) {
+            return 31;
+        }
+        for (i = 0; i < count; i++) {
+            int status;
+            if (sh_read(in_fd, input, m->input_size) != 0) {
+                return 32;
+            }
+            status = m->invoke(input, output);
+            if (status != 0) {
+                return 100 + (status < 0 ? -status : status);
+            }
+            if (sh_write(out_fd, output, m->output_size) != 0) {
+                return 21;
+            }
+        }
+    }
+    sh_close(in_fd);
+    sh_close(out_fd);
+    return 0;
+}

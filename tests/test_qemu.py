@@ -1,0 +1,107 @@
+"""Bit-exactness on the real instruction sets: the op zoo and whole models cross-compiled for
+Cortex-M0 (Armv6-M), M4 and M7 (DSP) and M55 (MVE), run on QEMU, compared byte for byte with the
+integer reference (which the sweeps tie to tflite-micro)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.targets.qemu import TARGETS, DoesNotFit, build_firmware, missing_tools, run_firmware
+from tests.zoo import make_op_zoo
+
+pytestmark = [pytest.mark.slow, pytest.mark.qemu]
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = 6
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    if missing_tools():
+        pytest.skip(f"{', '.join(missing_tools())} not installed (apt-get install gcc-arm-none-eabi "
+                    "libnewlib-arm-none-eabi qemu-system-arm)")
+    folder = tmp_path_factory.mktemp("qemu_models")
+    convs = make_op_zoo(folder) + _mve_rule_convs(folder) + _whole_models(folder)
+    rng = np.random.default_rng(5)
+    inputs = {}
+    for c in convs:
+        x = rng.integers(-128, 128, (SAMPLES, c.graph.tensors[c.graph.inputs[0]].size)).astype(np.int8)
+        x[0], x[1] = -128, 127
+        inputs[c.name] = x
+    return convs, inputs
+
+
+def _mve_rule_convs(folder: Path) -> list:
+    """Causal and strided convs with C_in % 4 == 0: on MVE the 1xN kernel is only right for stride 1
+    with TFLite's pad split, so the generated C must never take it for these (it calls
+    arm_convolve_s8 directly, never the wrapper that would pick it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.onnx_builders import _model
+
+    rng, convs = np.random.default_rng(9), []
+    for i, (c_in, k, stride, pads) in enumerate([(4, 3, 1, [2, 0]), (8, 5, 1, [4, 0]), (4, 3, 2, [1, 1]),
+                                                  (8, 4, 2, [1, 2]), (12, 3, 3, [0, 0]), (4, 7, 1, [6, 0])]):
+        w = numpy_helper.from_array((rng.standard_normal((6, c_in, k)) / np.sqrt(c_in * k)).astype(np.float32), "w")
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k], strides=[stride], pads=pads)
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, 40])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        path = folder / f"mve_rule{i}.onnx"
+        import onnx
+
+        onnx.save(_model([node], [x], [y], [w]), str(path))
+        conv = convert(path, rng.standard_normal((32, c_in, 40)).astype(np.float32), name=f"mve_rule{i}")
+        assert [layer["kernel"] for layer in conv.report["layers"] if layer["op"] == "conv1d"] == ["arm_convolve_s8"]
+        assert "arm_convolve_wrapper_s8" not in conv.source and "arm_convolve_1_x_n_s8" not in conv.source
+        convs.append(conv)
+    return convs
+
+
+def _whole_models(folder: Path) -> list:
+    """The bundled examples, the PyTorch exports and the Keras fixtures (when their extras exist)."""
+    example = ROOT / "examples" / "vibration"
+    convs = [convert(example / "vibration_cnn.onnx", example / "calibration.npy")]
+    rng = np.random.default_rng(6)
+    try:
+        from tests.torch_models import EXPORTS, export_torch
+    except ImportError:
+        EXPORTS = []
+    for name in EXPORTS:
+        path, shape = export_torch(name, folder)
+        convs.append(convert(path, rng.standard_normal((64, *shape)).astype(np.float32), name=f"torch_{name}"))
+    try:
+        import keras
+    except ImportError:
+        return convs
+    keras_example = ROOT / "examples" / "vibration_keras"
+    convs.append(convert(keras_example / "vibration_cnn.h5", keras_example / "calibration.npy", name="vibration_keras"))
+    for path in sorted((ROOT / "tests" / "keras_models").glob("*.h5")):
+        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+        calib = rng.standard_normal((64, steps, channels)).astype(np.float32)
+        convs.append(convert(path, calib, name=f"keras_{path.stem}"))
+    return convs
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_models_run_bit_exact_on_qemu(models, target, tmp_path):
+    convs, inputs = models
+    # The micro:bit has 16 KB of RAM: build in groups so each image fits, and say what did not.
+    groups = [convs] if target != "m0plus" else [convs[i:i + 12] for i in range(0, len(convs), 12)]
+    checked, skipped = 0, []
+    for g, group in enumerate(groups):
+        try:
+            fw = build_firmware(group, target, tmp_path / f"group{g}")
+        except DoesNotFit:
+            skipped += [c.name for c in group]
+            continue
+        outputs = run_firmware(fw, {c.name: inputs[c.name] for c in group})
+        for c in group:
+            want = np.stack([c.reference(x) for x in inputs[c.name]])
+            assert np.array_equal(outputs[c.name], want), f"{target}: {c.name} differs from the reference"
+            checked += 1
+    print(f"{target}: {checked} models x {SAMPLES} inputs bit-exact on QEMU {TARGETS[target].machine}"
+          + (f"; did not fit: {skipped}" if skipped else ""))
+    assert checked >= len(convs) - len(skipped) and checked >= 0.9 * len(convs)
