@@ -21,7 +21,7 @@ def _fail(message: str) -> None:
 
 @app.callback()
 def main() -> None:
-    """Convert ONNX models into C that calls CMSIS-NN kernels."""
+    """Convert Keras and ONNX models into C that calls CMSIS-NN kernels."""
 
 
 @app.command()
@@ -32,7 +32,7 @@ def version() -> None:
 
 @app.command()
 def convert(
-    model: Path = typer.Argument(..., help="Model file (.onnx)."),
+    model: Path = typer.Argument(..., help="Model file (.onnx, or Keras .h5/.keras with the [keras] extra)."),
     name_arg: Optional[str] = typer.Argument(None, metavar="[NAME]", help="C name (the original tool's form)."),
     outdir_arg: Optional[Path] = typer.Argument(None, metavar="[OUTDIR]", help="Output folder (original form)."),
     calibration: Optional[Path] = typer.Option(
@@ -72,6 +72,58 @@ def convert(
         f"{model.name} -> {', '.join(str(p) for p in written)}: {len(r['layers'])} layers, "
         f"arena {r['arena_bytes']} B (lower bound {r['arena_lower_bound_bytes']} B), weights {r['weights_bytes']} B"
     )
+
+
+@app.command()
+def verify(
+    model: Path = typer.Argument(..., help="Model file (.onnx, .h5, .keras)."),
+    calibration: Path = typer.Option(..., "--calibration", "-c", help="The calibration samples convert uses."),
+    data: Path = typer.Option(..., "--data", "-d", help=".npy/.npz of samples to run, shaped like the input."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help=".npy of integer class labels (accuracy)."),
+    target: str = typer.Option("host", "--target", "-t",
+                               help="host, m0plus, m4, m7, m55 or all (the Cortex-M ones run on QEMU)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="C identifier prefix."),
+    cmsis_nn: Optional[Path] = typer.Option(None, "--cmsis-nn", envvar="CMSIS_NN_PATH", help="CMSIS-NN tree."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
+    when every target that ran is bit-exact."""
+    import json
+
+    import numpy as np
+
+    from onnx2cmsis.api import convert as run_convert
+    from onnx2cmsis.quant.calibrate import load_calibration
+    from onnx2cmsis.verify import TARGET_NAMES, format_table
+    from onnx2cmsis.verify import verify as run_verify
+
+    targets = list(TARGET_NAMES) if target == "all" else [t.strip() for t in target.split(",")]
+    unknown = [t for t in targets if t not in TARGET_NAMES]
+    if unknown:
+        _fail(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)")
+    try:
+        conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn)
+        x = load_calibration(data, conv.graph.model_input_shapes[0])
+        y = None if labels is None else np.load(labels, allow_pickle=False)
+        if y is not None and len(y) != len(x):
+            raise ConversionError(f"{len(y)} labels for {len(x)} samples", str(labels))
+        results = run_verify(conv, np.asarray(x, np.float32), targets, labels=y)
+    except ConversionError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+              "rerun with --debug and report it")
+    typer.echo(format_table(results))
+    if json_out is not None:
+        json_out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+    ran = [r for r in results if not r.skipped]
+    if not ran or not all(r.bit_exact for r in ran):
+        raise typer.Exit(1)
 
 
 def run() -> None:

@@ -99,7 +99,7 @@ def render(
     summary: dict[str, Any],
 ) -> tuple[str, str]:
     env = _environment()
-    blocks = []
+    blocks, hooks = [], []
     for layer, node in zip(layers, graph.nodes):
         ctx = dict(layer.call.context)
         ctx.update(
@@ -110,12 +110,14 @@ def render(
             scratch_ptr=f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL",
         )
         blocks.append(env.get_template(f"ops/{layer.call.template}").render(ctx))
+        hooks.append((ctx["out_ptr"], graph.tensors[node.output].size))
     common = dict(
         name=name,
         NAME=name.upper(),
         version=__version__,
         layers=layers,
         blocks=blocks,
+        hooks=hooks,
         plan=plan,
         in_q=graph.tensors[graph.inputs[0]].quant,
         out_q=graph.tensors[graph.outputs[0]].quant,

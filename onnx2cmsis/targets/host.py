@@ -134,3 +134,48 @@ def build_conversions(conversions: list, workdir: Path, library: str = "models")
         c.name: HostModel(so, c.name, c.graph.tensors[c.graph.inputs[0]].size, c.graph.tensors[c.graph.outputs[0]].size)
         for c in conversions
     }
+
+
+HOOK_SOURCE = """/* Debug build: every layer's output goes to a callback the host sets. */
+#include <stdint.h>
+typedef void (*onnx2cmsis_hook_fn)(int layer, const int8_t *data, int32_t size);
+static onnx2cmsis_hook_fn hook;
+void onnx2cmsis_set_layer_hook(onnx2cmsis_hook_fn fn) { hook = fn; }
+void onnx2cmsis_layer_hook(int layer, const int8_t *data, int32_t size)
+{
+    if (hook) {
+        hook(layer, data, size);
+    }
+}
+"""
+
+_HOOK_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_int8), ctypes.c_int32)
+
+
+def layer_outputs(conv, x: np.ndarray, workdir: Path) -> list[np.ndarray]:
+    """Every layer's output bytes for one int8 input, from a debug build of the generated C (the
+    NAME_LAYER_HOOK the template provides): how `verify` names the first layer that goes wrong."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / f"{conv.name}.c").write_text(conv.source)
+    (workdir / f"{conv.name}.h").write_text(conv.header)
+    (workdir / "layer_hook.c").write_text(HOOK_SOURCE)
+    so = build_shared_library([workdir / f"{conv.name}.c", workdir / "layer_hook.c"], [workdir], conv.cmsis,
+                              # dlopen caches by path: a changed source must get a new file
+                              workdir / f"lib{conv.name}_debug_{hashlib.sha256(conv.source.encode()).hexdigest()[:12]}.so",
+                              extra_flags=(f"-D{conv.name.upper()}_LAYER_HOOK=onnx2cmsis_layer_hook",))
+    model = HostModel(so, conv.name, conv.graph.tensors[conv.graph.inputs[0]].size,
+                      conv.graph.tensors[conv.graph.outputs[0]].size)
+    seen: list[np.ndarray] = []
+
+    def record(layer: int, data, size: int) -> None:
+        seen.append(np.ctypeslib.as_array(data, shape=(size,)).copy())
+
+    callback = _HOOK_TYPE(record)
+    model._lib.onnx2cmsis_set_layer_hook(callback)
+    try:
+        model(x)
+    except RuntimeError:
+        pass  # a failing status still leaves the layers before it
+    finally:
+        model._lib.onnx2cmsis_set_layer_hook(None)
+    return seen

@@ -1,0 +1,164 @@
+"""`onnx2cmsis verify`: the proof a user can run. Convert, build for each target, run every sample,
+compare with tflite-micro (the independent oracle) and with the float model.
+
+A target passes only when every output byte equals the oracle's (and the integer reference's). On
+a mismatch a debug host build dumps every layer's output and names the first layer that differs
+from the reference.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnx2cmsis.api import Conversion
+from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.evaluate import float_outputs, quantize_inputs
+from onnx2cmsis.quant.quantize import run_reference
+from onnx2cmsis.quant.rules import dequantize_tensor
+from onnx2cmsis.targets import qemu
+from onnx2cmsis.targets.host import build_conversions, layer_outputs
+
+TARGET_NAMES = ("host", *qemu.TARGETS)
+
+
+@dataclass
+class TargetResult:
+    target: str
+    samples: int
+    bit_exact: bool
+    mismatches: int  # samples whose output differs from the oracle (or the reference without one)
+    first_bad_layer: str | None
+    max_abs_error_vs_float: float
+    argmax_agreement: float
+    accuracy: float | None
+    flash_bytes: int | None  # the firmware image: code + constants (host: None)
+    weights_bytes: int
+    ram_bytes: int | None  # static RAM of the image: data + bss (the arena is in bss)
+    arena_bytes: int
+    instructions_per_inference: int | None  # not measured yet
+    oracle: str
+    skipped: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def oracle_outputs(conv: Conversion, xq: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """tflite-micro's outputs for the same int8 graph, or None and why not."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None, f"unavailable: the tflite-micro wheel is Linux x86_64 only ({platform.system()} {platform.machine()})"
+    try:
+        from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
+    except ImportError:
+        return None, "unavailable: install the [verify] extra (tflite-micro)"
+    try:
+        return run_tflite_micro(export_tflite(conv.graph), xq), "tflite-micro"
+    except NotExportable as exc:
+        return None, f"unavailable: {exc}"
+    except ConversionError as exc:
+        return None, f"unavailable: {exc.args[0] if exc.args else exc}"
+
+
+def first_bad_layer(conv: Conversion, x: np.ndarray, workdir: Path) -> str:
+    """The first layer whose output in a debug host build differs from the integer reference."""
+    from onnx2cmsis.ops.registry import build_registry
+
+    got = layer_outputs(conv, x, workdir)
+    want = run_reference(conv.graph, build_registry(), x, keep_all=True)
+    for i, node in enumerate(conv.graph.nodes):
+        if i >= len(got):
+            return f"layer {i} '{node.name}' ({node.op}): never reached (the C returned an error before it)"
+        if not np.array_equal(got[i], want[node.output].reshape(-1)):
+            return f"layer {i} '{node.name}' ({node.op}, {node.origin})"
+    return "none on the host (every layer matches there)"
+
+
+def _image_sizes(elf: Path) -> tuple[int, int]:
+    out = subprocess.run(["arm-none-eabi-size", "-A", "-d", str(elf)], capture_output=True, text=True,
+                         check=True).stdout
+    sections = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
+            sections[parts[0]] = int(parts[1])
+    flash = sum(v for k, v in sections.items() if k in (".isr_vector", ".text", ".rodata", ".ARM.exidx",
+                                                         ".init_array", ".fini_array", ".data"))
+    ram = sections.get(".data", 0) + sections.get(".bss", 0)
+    return flash, ram
+
+
+def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np.ndarray | None = None,
+           workdir: Path | None = None) -> list[TargetResult]:
+    xq = quantize_inputs(conv, x_float)
+    reference = np.stack([conv.reference(x) for x in xq])
+    oracle, oracle_name = oracle_outputs(conv, xq)
+    if oracle is not None and not np.array_equal(oracle, reference):
+        bad = int(np.argmax(np.any(oracle != reference, axis=1)))
+        raise ConversionError(f"the integer reference differs from tflite-micro on sample {bad}: a converter bug, "
+                              "please report it")
+    expected = reference if oracle is None else oracle
+    want_float = float_outputs(conv, x_float).astype(np.float64)
+    q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = workdir or Path(tmp)
+        for target in targets:
+            flash = ram = None
+            try:
+                if target == "host":
+                    model = build_conversions([conv], base / "host")[conv.name]
+                    outputs = np.stack([model(x) for x in xq])
+                else:
+                    fw = qemu.build_firmware([conv], target, base / target)
+                    outputs = qemu.run_firmware(fw, {conv.name: xq})[conv.name]
+                    flash, ram = _image_sizes(fw.elf)
+            except qemu.DoesNotFit:
+                results.append(_skipped(conv, target, oracle_name, len(xq),
+                                        f"does not fit {qemu.TARGETS[target].machine}'s memory"))
+                continue
+            bad = np.any(outputs != expected, axis=1)
+            got = dequantize_tensor(outputs, q_out).astype(np.float64).reshape(len(xq), -1)
+            culprit = None
+            if bad.any():
+                culprit = first_bad_layer(conv, xq[int(np.argmax(bad))], base / f"{target}_debug")
+            results.append(TargetResult(
+                target=target, samples=len(xq), bit_exact=not bad.any(), mismatches=int(bad.sum()),
+                first_bad_layer=culprit,
+                max_abs_error_vs_float=float(np.max(np.abs(got - want_float.reshape(got.shape)))),
+                argmax_agreement=float(np.mean(got.argmax(1) == want_float.reshape(got.shape).argmax(1))),
+                accuracy=None if labels is None else float(np.mean(got.argmax(1) == labels.reshape(-1))),
+                flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
+                arena_bytes=conv.plan.arena_bytes, instructions_per_inference=None, oracle=oracle_name))
+    return results
+
+
+def _skipped(conv: Conversion, target: str, oracle: str, samples: int, why: str) -> TargetResult:
+    return TargetResult(target=target, samples=samples, bit_exact=False, mismatches=0, first_bad_layer=None,
+                        max_abs_error_vs_float=float("nan"), argmax_agreement=float("nan"), accuracy=None,
+                        flash_bytes=None, weights_bytes=conv.report["weights_bytes"], ram_bytes=None,
+                        arena_bytes=conv.plan.arena_bytes, instructions_per_inference=None, oracle=oracle,
+                        skipped=why)
+
+
+def format_table(results: list[TargetResult]) -> str:
+    head = (f"{'target':<8}{'samples':>8}{'bit-exact':>10}{'mismatch':>9}{'max|err|':>10}{'argmax':>8}"
+            f"{'accuracy':>9}{'flash':>8}{'weights':>8}{'RAM':>7}{'arena':>7}  oracle")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r.skipped:
+            lines.append(f"{r.target:<8}skipped: {r.skipped}")
+            continue
+        fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+        acc = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
+        lines.append(f"{r.target:<8}{r.samples:>8}{'yes' if r.bit_exact else 'NO':>10}{r.mismatches:>9}"
+                     f"{r.max_abs_error_vs_float:>10.4f}{r.argmax_agreement:>8.3f}{acc:>9}{fmt(r.flash_bytes):>8}"
+                     f"{r.weights_bytes:>8}{fmt(r.ram_bytes):>7}{r.arena_bytes:>7}  {r.oracle}")
+        if r.first_bad_layer:
+            lines.append(f"{'':<8}first bad layer: {r.first_bad_layer}")
+    return "\n".join(lines)

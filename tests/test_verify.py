@@ -1,0 +1,72 @@
+"""`onnx2cmsis verify`: passes on a correct conversion, fails and names the layer on a corrupted one."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.cli import app
+from onnx2cmsis.targets.qemu import missing_tools
+from onnx2cmsis.verify import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "vibration"
+FIELDS = {"target", "samples", "bit_exact", "mismatches", "first_bad_layer", "max_abs_error_vs_float",
+          "argmax_agreement", "accuracy", "flash_bytes", "weights_bytes", "ram_bytes", "arena_bytes",
+          "instructions_per_inference", "oracle"}
+
+
+def _data(tmp_path: Path, n: int = 40) -> tuple[Path, Path]:
+    import sys
+
+    sys.path.insert(0, str(EXAMPLE))
+    from data import make_dataset
+
+    x, y = make_dataset(n, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    return tmp_path / "x.npy", tmp_path / "y.npy"
+
+
+@pytest.mark.oracle
+def test_verify_passes_on_the_example_and_writes_every_field(tmp_path):
+    x, y = _data(tmp_path)
+    targets = "host" if missing_tools() else "host,m4,m55"
+    r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                                 "-d", str(x), "--labels", str(y), "-t", targets, "--json", str(tmp_path / "v.json")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "v.json").read_text())
+    assert [row["target"] for row in rows] == targets.split(",")
+    for row in rows:
+        assert FIELDS <= set(row)
+        assert row["bit_exact"] and row["mismatches"] == 0 and row["samples"] == 40
+        assert row["oracle"] == "tflite-micro" and row["accuracy"] >= 0.85
+    assert "bit-exact" in r.output
+
+
+@pytest.mark.oracle
+def test_a_corrupted_weight_fails_and_the_layer_is_named(tmp_path):
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
+    layer = next(layer for layer in conv.report["layers"] if layer["op"] == "conv1d")
+    pattern = re.compile(rf"(static const int8_t {layer['identifier']}_weights\[\d+\] = {{\n    )(-?\d+)")
+    match = pattern.search(conv.source)
+    assert match, "weights array not found"
+    flipped = str(-int(match.group(2)) if int(match.group(2)) else 77)
+    conv.source = conv.source[:match.start(2)] + flipped + conv.source[match.end(2):]
+    x = np.load(EXAMPLE / "calibration.npy")[:16]
+    (result,) = verify(conv, x, ["host"], workdir=tmp_path)
+    assert not result.bit_exact and result.mismatches > 0
+    assert result.first_bad_layer.startswith(f"layer {layer['index']} "), result.first_bad_layer
+
+
+def test_unknown_target_is_one_line_and_exit_1(tmp_path):
+    x, _ = _data(tmp_path, 4)
+    r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                                 "-d", str(x), "-t", "m3000"])
+    assert r.exit_code == 1 and "unknown target 'm3000'" in r.output and "Traceback" not in r.output
