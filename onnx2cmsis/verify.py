@@ -41,7 +41,7 @@ class TargetResult:
     weights_bytes: int
     ram_bytes: int | None  # static RAM of the image: data + bss (the arena is in bss)
     arena_bytes: int
-    instructions_per_inference: int | None  # not measured yet
+    instructions_per_inference: int | None  # exact, QEMU's count plugin; the largest over the samples
     oracle: str
     skipped: str | None = None
 
@@ -109,14 +109,16 @@ def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np
     with tempfile.TemporaryDirectory() as tmp:
         base = workdir or Path(tmp)
         for target in targets:
-            flash = ram = None
+            flash = ram = instructions = None
             try:
                 if target == "host":
                     model = build_conversions([conv], base / "host")[conv.name]
                     outputs = np.stack([model(x) for x in xq])
                 else:
                     fw = qemu.build_firmware([conv], target, base / target)
-                    outputs = qemu.run_firmware(fw, {conv.name: xq})[conv.name]
+                    counts: dict[str, np.ndarray] = {}
+                    outputs = qemu.run_firmware(fw, {conv.name: xq}, instructions=counts)[conv.name]
+                    instructions = int(counts[conv.name].max())
                     flash, ram = _image_sizes(fw.elf)
             except qemu.DoesNotFit:
                 results.append(_skipped(conv, target, oracle_name, len(xq),
@@ -134,7 +136,8 @@ def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np
                 argmax_agreement=float(np.mean(got.argmax(1) == want_float.reshape(got.shape).argmax(1))),
                 accuracy=None if labels is None else float(np.mean(got.argmax(1) == labels.reshape(-1))),
                 flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
-                arena_bytes=conv.plan.arena_bytes, instructions_per_inference=None, oracle=oracle_name))
+                arena_bytes=conv.plan.arena_bytes, instructions_per_inference=instructions,
+                oracle=oracle_name))
     return results
 
 
@@ -148,7 +151,7 @@ def _skipped(conv: Conversion, target: str, oracle: str, samples: int, why: str)
 
 def format_table(results: list[TargetResult]) -> str:
     head = (f"{'target':<8}{'samples':>8}{'bit-exact':>10}{'mismatch':>9}{'max|err|':>10}{'argmax':>8}"
-            f"{'accuracy':>9}{'flash':>8}{'weights':>8}{'RAM':>7}{'arena':>7}  oracle")
+            f"{'accuracy':>9}{'flash':>8}{'weights':>8}{'RAM':>7}{'arena':>7}{'instr/inf':>10}  oracle")
     lines = [head, "-" * len(head)]
     for r in results:
         if r.skipped:
@@ -158,7 +161,8 @@ def format_table(results: list[TargetResult]) -> str:
         acc = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
         lines.append(f"{r.target:<8}{r.samples:>8}{'yes' if r.bit_exact else 'NO':>10}{r.mismatches:>9}"
                      f"{r.max_abs_error_vs_float:>10.4f}{r.argmax_agreement:>8.3f}{acc:>9}{fmt(r.flash_bytes):>8}"
-                     f"{r.weights_bytes:>8}{fmt(r.ram_bytes):>7}{r.arena_bytes:>7}  {r.oracle}")
+                     f"{r.weights_bytes:>8}{fmt(r.ram_bytes):>7}{r.arena_bytes:>7}"
+                     f"{fmt(r.instructions_per_inference):>10}  {r.oracle}")
         if r.first_bad_layer:
             lines.append(f"{'':<8}first bad layer: {r.first_bad_layer}")
     return "\n".join(lines)

@@ -47,6 +47,8 @@ def test_verify_passes_on_the_example_and_writes_every_field(tmp_path):
         assert FIELDS <= set(row)
         assert row["bit_exact"] and row["mismatches"] == 0 and row["samples"] == 40
         assert row["oracle"] == "tflite-micro" and row["accuracy"] >= 0.85
+        if row["target"] != "host":
+            assert row["instructions_per_inference"] > 10_000 and row["flash_bytes"] > row["weights_bytes"]
     assert "bit-exact" in r.output
 
 
@@ -70,3 +72,23 @@ def test_unknown_target_is_one_line_and_exit_1(tmp_path):
     r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
                                  "-d", str(x), "-t", "m3000"])
     assert r.exit_code == 1 and "unknown target 'm3000'" in r.output and "Traceback" not in r.output
+
+
+def test_instruction_counts_are_exact_and_repeatable(tmp_path):
+    """The same inputs execute the same instructions; MVE needs fewer than the DSP M4, which needs
+    fewer than Armv6-M (what the kernels are for)."""
+    if missing_tools():
+        pytest.skip("arm-none-eabi-gcc / qemu-system-arm not installed")
+    from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
+    x = np.random.default_rng(0).integers(-128, 128, (3, conv.graph.tensors[conv.graph.inputs[0]].size)).astype(np.int8)
+    per_target = {}
+    for target in ("m0plus", "m4", "m55"):
+        fw = build_firmware([conv], target, tmp_path / target)
+        first, second = {}, {}
+        run_firmware(fw, {conv.name: x}, instructions=first)
+        run_firmware(fw, {conv.name: x}, instructions=second)
+        assert np.array_equal(first[conv.name], second[conv.name]) and len(first[conv.name]) == 3
+        per_target[target] = int(first[conv.name].max())
+    assert per_target["m55"] < per_target["m4"] < per_target["m0plus"], per_target

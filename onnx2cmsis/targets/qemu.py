@@ -92,6 +92,29 @@ def cmsis_library(tree: CmsisTree, target: str) -> Path:
     return lib
 
 
+def count_plugin() -> Path:
+    """The instruction-count TCG plugin (cortex_m/insncount.c), built with the host gcc and cached."""
+    src = RUNTIME / "insncount.c"
+    key = hashlib.sha256(src.read_bytes() + (RUNTIME / "qemu_plugin_api.h").read_bytes()).hexdigest()[:16]
+    lib = cache_dir() / "qemu-plugin" / key / "libinsncount.so"
+    if not lib.is_file():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        staged = lib.parent / f"tmp{os.getpid()}.so"
+        _run([os.environ.get("CC", "gcc"), "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra",
+              "-Werror", "-I", str(RUNTIME), str(src), "-o", str(staged)], "building the QEMU count plugin")
+        os.replace(staged, lib)
+    return lib
+
+
+def _symbol(elf: Path, name: str) -> int:
+    out = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == name:
+            return int(parts[0], 16)
+    raise ToolchainError(f"symbol {name} not found in {elf.name}")
+
+
 @dataclass
 class Firmware:
     target: str
@@ -146,8 +169,12 @@ def build_firmware(conversions: list, target: str, workdir: Path) -> Firmware:
                      for c in conversions})
 
 
-def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 120.0) -> dict[str, np.ndarray]:
-    """Run every model on its int8 samples (name -> (N, input bytes)); name -> (N, output bytes)."""
+def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 120.0,
+                 instructions: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Run every model on its int8 samples (name -> (N, input bytes)); name -> (N, output bytes).
+
+    With `instructions` (a dict to fill), QEMU's count plugin also records the exact number of
+    instructions each inference executed (the invoke call included), per model and sample."""
     with tempfile.TemporaryDirectory() as tmp:
         job = bytearray()
         order = []
@@ -160,6 +187,10 @@ def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 1
         (Path(tmp) / "job.bin").write_bytes(bytes(job))
         cmd = [QEMU, "-M", TARGETS[fw.target].machine, "-display", "none", "-monitor", "none", "-serial", "none",
                "-semihosting-config", "enable=on,target=native", "-kernel", str(fw.elf)]
+        counts_file = Path(tmp) / "counts.txt"
+        if instructions is not None:
+            start, stop = _symbol(fw.elf, "region_start"), _symbol(fw.elf, "region_stop")
+            cmd += ["-plugin", f"{count_plugin()},start={start:#x},stop={stop:#x},out={counts_file}"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp,
                                   stdin=subprocess.DEVNULL)
@@ -169,6 +200,12 @@ def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 1
             raise ToolchainError(f"{fw.target}: the runner exited with status {proc.returncode} "
                                  f"({proc.stderr.strip()[-500:]})")
         result = np.frombuffer((Path(tmp) / "result.bin").read_bytes(), np.int8)
+        counts = np.loadtxt(counts_file, dtype=np.int64, ndmin=1) if instructions is not None else None
+    if counts is not None:
+        at = 0
+        for name, n in order:
+            instructions[name] = counts[at:at + n]
+            at += n
     out, pos = {}, 0
     for name, n in order:
         size = fw.sizes[name][1]
