@@ -123,22 +123,33 @@ def convert(
     return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report)
 
 
-def write_outputs(conv: Conversion, out_dir: Path) -> list[Path]:
-    """Write NAME.c/.h/.json atomically: all three appear, or none changes."""
+def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list[Path]:
+    """Write NAME.c/.h/.json (and NAME.tflite) atomically: all of them appear, or none changes.
+
+    NAME.tflite is the same int8 graph for TFLite-Micro, with exactly NAME_invoke's input and output
+    bytes (the [verify] extra)."""
     if not out_dir.is_dir():
         raise ConversionError("output folder does not exist", str(out_dir))
-    files = {
+    files: dict[Path, str | bytes] = {
         out_dir / f"{conv.name}.c": conv.source,
         out_dir / f"{conv.name}.h": conv.header,
         out_dir / f"{conv.name}.json": json.dumps(conv.report, indent=2, sort_keys=False) + "\n",
     }
+    if tflite:
+        from onnx2cmsis.oracle.tflite_export import export_tflite
+
+        files[out_dir / f"{conv.name}.tflite"] = export_tflite(conv.graph)
     staged: list[tuple[str, Path]] = []
     try:
-        for path, text in files.items():
+        for path, content in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
             staged.append((tmp, path))
+            if isinstance(content, bytes):
+                with os.fdopen(fd, "wb") as fb:
+                    fb.write(content)
+                continue
             with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-                f.write(text)
+                f.write(content)
         for tmp, path in staged:
             os.replace(tmp, path)
     except OSError as exc:

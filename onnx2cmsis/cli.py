@@ -43,6 +43,8 @@ def convert(
     cmsis_nn: Optional[Path] = typer.Option(
         None, "--cmsis-nn", envvar="CMSIS_NN_PATH", help="CMSIS-NN tree (default: the pinned PyPI snapshot)."
     ),
+    tflite: bool = typer.Option(False, "--tflite", help="Also write NAME.tflite: the same int8 graph for "
+                                "TFLite-Micro, with NAME_invoke's input and output (the [verify] extra)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Write NAME.c, NAME.h and NAME.json for MODEL."""
@@ -57,7 +59,7 @@ def convert(
         _fail("--calibration CALIB.npy is required (samples to choose the int8 ranges from)")
     try:
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn)
-        written = write_outputs(result, out or outdir_arg or Path.cwd())
+        written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     except ConversionError as exc:
         if debug:
             raise

@@ -92,3 +92,25 @@ def test_instruction_counts_are_exact_and_repeatable(tmp_path):
         assert np.array_equal(first[conv.name], second[conv.name]) and len(first[conv.name]) == 3
         per_target[target] = int(first[conv.name].max())
     assert per_target["m55"] < per_target["m4"] < per_target["m0plus"], per_target
+
+
+@pytest.mark.oracle
+def test_convert_tflite_has_the_c_interface_and_runs_the_same(tmp_path):
+    """--tflite: the flatbuffer's input/output are exactly NAME_invoke's bytes, and tflite-micro on it
+    gives the C's outputs."""
+    from onnx2cmsis.oracle.tflite_export import run_tflite_micro
+    from onnx2cmsis.targets.host import build_conversions
+
+    r = CliRunner().invoke(app, ["convert", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                                 "--out", str(tmp_path), "--tflite"])
+    assert r.exit_code == 0, r.output
+    flatbuffer = (tmp_path / "vibration_cnn.tflite").read_bytes()
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
+    model = build_conversions([conv], tmp_path / "build")[conv.name]
+    x = np.random.default_rng(1).integers(-128, 128, (8, model.input_size)).astype(np.int8)
+    assert np.array_equal(run_tflite_micro(flatbuffer, x), np.stack([model(s) for s in x]))
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_bytes(flatbuffer, arena_size=1 << 20)
+    assert list(interp.get_input_details(0)["shape"]) == list(conv.graph.model_input_shapes[0])
+    assert interp.get_input_details(0)["dtype"] == np.int8
