@@ -21,7 +21,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.ir.from_onnx import import_onnx
 from onnx2cmsis.ir.graph import Graph
-from onnx2cmsis.ops.registry import Registry, build_registry
+from onnx2cmsis.ops.registry import Registry, build_registry, handler_name
 from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import collect_ranges, load_calibration
@@ -93,7 +93,9 @@ def convert(
         "weights_bytes": weights_bytes,
         "cmsis_api": cmsis.api,
     }
-    source, header = render(name, graph, layers, plan, summary)
+    handlers = [registry.for_op(n.op) for n in graph.nodes]
+    template_dirs = tuple(dict.fromkeys(h.template_dir for h in handlers if h.template_dir is not None))
+    source, header = render(name, graph, layers, plan, summary, template_dirs)
     report = {
         "tool": "onnx2cmsis",
         "version": __version__,
@@ -113,8 +115,9 @@ def convert(
                 "from": layer.origin, "kernel": layer.call.kernel, "input_shape": list(layer.input_shape),
                 "output_shape": list(layer.output_shape), "macs": layer.call.macs,
                 "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
+                "handler": handler_name(handler),
             }
-            for layer in layers
+            for layer, handler in zip(layers, handlers)
         ],
         "rewrites": rewrites,
         "cmsis_nn": {"api": cmsis.api, "functions": functions, "sources": sources},

@@ -43,6 +43,8 @@ def convert(
     cmsis_nn: Optional[Path] = typer.Option(
         None, "--cmsis-nn", envvar="CMSIS_NN_PATH", help="CMSIS-NN tree (default: the pinned PyPI snapshot)."
     ),
+    plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
+    allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
     tflite: bool = typer.Option(False, "--tflite", help="Also write NAME.tflite: the same int8 graph for "
                                 "TFLite-Micro, with NAME_invoke's input and output (the [verify] extra)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
@@ -50,6 +52,7 @@ def convert(
     """Write NAME.c, NAME.h and NAME.json for MODEL."""
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.api import write_outputs
+    from onnx2cmsis.ops.registry import build_registry
 
     if name and name_arg and name != name_arg:
         _fail(f"two names given: {name_arg!r} and --name {name!r}")
@@ -58,7 +61,8 @@ def convert(
     if calibration is None:
         _fail("--calibration CALIB.npy is required (samples to choose the int8 ranges from)")
     try:
-        result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn)
+        registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
+        result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     except ConversionError as exc:
         if debug:
@@ -86,6 +90,8 @@ def verify(
                                help="host, m0plus, m4, m7, m55 or all (the Cortex-M ones run on QEMU)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="C identifier prefix."),
+    plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
+    allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
     cmsis_nn: Optional[Path] = typer.Option(None, "--cmsis-nn", envvar="CMSIS_NN_PATH", help="CMSIS-NN tree."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -96,6 +102,7 @@ def verify(
     import numpy as np
 
     from onnx2cmsis.api import convert as run_convert
+    from onnx2cmsis.ops.registry import build_registry
     from onnx2cmsis.quant.calibrate import load_calibration
     from onnx2cmsis.verify import TARGET_NAMES, format_table
     from onnx2cmsis.verify import verify as run_verify
@@ -105,7 +112,8 @@ def verify(
     if unknown:
         _fail(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)")
     try:
-        conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn)
+        registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
+        conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry)
         x = load_calibration(data, conv.graph.model_input_shapes[0])
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):

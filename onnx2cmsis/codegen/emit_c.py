@@ -43,9 +43,9 @@ def templates_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "templates"
 
 
-def _environment() -> jinja2.Environment:
+def _environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FileSystemLoader([str(templates_dir()), *map(str, extra_dirs)]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -97,8 +97,9 @@ def render(
     layers: list[Layer],
     plan: MemoryPlan,
     summary: dict[str, Any],
+    template_dirs: tuple[Path, ...] = (),
 ) -> tuple[str, str]:
-    env = _environment()
+    env = _environment(template_dirs)
     blocks, hooks = [], []
     for layer, node in zip(layers, graph.nodes):
         ctx = dict(layer.call.context)

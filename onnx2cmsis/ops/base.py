@@ -12,6 +12,7 @@ A handler owns everything about one op family, so a reader finds it in one place
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -103,6 +104,7 @@ class OpHandler:
 
     op: str = ""
     onnx_ops: tuple[str, ...] = ()
+    template_dir: Path | None = None  # a plugin's own templates (searched after the built-in ones)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         raise UnsupportedOpError(f"operator {node.op_type} is not supported", node.where)

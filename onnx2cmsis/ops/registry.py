@@ -1,12 +1,15 @@
-"""The op-handler table: the built-in handlers listed explicitly, plus plugins from entry points.
+"""The op-handler table: the built-in handlers listed explicitly, plus plugins.
 
 Nothing registers itself on import. `build_registry()` makes a fresh table each time, so a
-conversion's handlers are exactly the ones this file lists plus the plugins asked for.
+conversion's handlers are exactly the ones this file lists plus the plugins asked for: installed
+packages through the entry-point group `onnx2cmsis.ops`, and `--plugin module:Class` ad hoc. A
+plugin that claims an op a built-in handles is refused unless overriding is asked for explicitly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import importlib
 from importlib.metadata import entry_points
 
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
@@ -56,7 +59,7 @@ class Registry:
     def add(self, handler: OpHandler, allow_override: bool = False) -> None:
         clash = [k for k in handler.onnx_ops if k in self.by_onnx_op] + ([handler.op] if handler.op in self.by_op else [])
         if clash and not allow_override:
-            raise ConversionError(f"handler {type(handler).__name__} would override {sorted(set(clash))}")
+            raise ConversionError(f"plugin handler {handler_name(handler)} would override {sorted(set(clash))}")
         self.by_op[handler.op] = handler
         for onnx_op in handler.onnx_ops:
             self.by_onnx_op[onnx_op] = handler
@@ -73,11 +76,42 @@ class Registry:
         return handler
 
 
-def build_registry(plugins: bool = True) -> Registry:
+def handler_name(handler: OpHandler) -> str:
+    cls = type(handler)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def load_plugin(spec: str) -> OpHandler:
+    """`package.module:Class` -> a handler instance; one clear line when that is not possible."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConversionError(f"--plugin {spec!r}: expected module:Class")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConversionError(f"--plugin {spec!r}: cannot import it ({exc})") from exc
+    handler = cls() if isinstance(cls, type) else cls
+    if not isinstance(handler, OpHandler):
+        raise ConversionError(f"--plugin {spec!r}: {attr} is not an onnx2cmsis.ops.base.OpHandler")
+    return handler
+
+
+def build_registry(plugins: bool = True, extra: tuple[str, ...] = (), allow_override: bool = False) -> Registry:
+    """Built-ins, then installed plugins (entry points), then `extra` (module:Class specs)."""
     reg = Registry()
     for cls in BUILTIN_HANDLERS:
         reg.add(cls())
+    found: list[OpHandler] = []
     if plugins:
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            reg.add(ep.load()())
+            try:
+                found.append(load_plugin(ep.value))
+            except ConversionError as exc:
+                raise ConversionError(f"installed plugin '{ep.name}': {exc}") from exc
+    found += [load_plugin(spec) for spec in extra]
+    for handler in found:
+        try:
+            reg.add(handler, allow_override=allow_override)
+        except ConversionError as exc:
+            raise ConversionError(f"{exc.args[0]}; pass --allow-override to replace built-in handlers") from exc
     return reg

@@ -1,0 +1,92 @@
+"""Op handler plugins: the example package (entry point), --plugin ad hoc, and the override rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.cli import app
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.evaluate import evaluate
+from onnx2cmsis.ops.base import OpHandler
+from onnx2cmsis.ops.registry import build_registry
+from tests.onnx_builders import _model
+
+plugin = pytest.importorskip("onnx2cmsis_hardsigmoid", reason="pip install -e examples/plugin")
+SPEC = "onnx2cmsis_hardsigmoid:HardSigmoidHandler"
+
+
+class ClaimsRelu(OpHandler):
+    """A plugin that wants an op a built-in already handles."""
+
+    op = "my_relu"
+    onnx_ops = ("Relu",)
+
+
+def _hardsigmoid_model(tmp_path):
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.standard_normal((6, 3, 3)) / 2).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 6, 1)) / 2).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("HardSigmoid", ["c"], ["h"], alpha=0.25, beta=0.4, name="gate"),
+             helper.make_node("Conv", ["h", "w2"], ["y"], kernel_shape=[1])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    path = tmp_path / "hs.onnx"
+    import onnx
+
+    onnx.save(_model(nodes, [x], [y], [w1, w2]), str(path))
+    return path, rng.standard_normal((128, 3, 32)).astype(np.float32) * 2
+
+
+def test_installed_plugin_converts_bit_exact_and_is_named_in_the_report(tmp_path):
+    path, calib = _hardsigmoid_model(tmp_path)
+    conv = convert(path, calib, name="hs")
+    handlers = {layer["op"]: layer["handler"] for layer in conv.report["layers"]}
+    assert handlers["hardsigmoid"] == SPEC
+    assert handlers["conv1d"] == "onnx2cmsis.ops.conv:Conv1DHandler"
+    assert "hs_table" in conv.source or "_table[" in conv.source
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=0)  # TFLite has no HARD_SIGMOID
+    assert ev.mismatches_vs_reference == 0
+    assert ev.sqnr_db >= 30.0, ev
+
+
+def test_table_matches_the_float_function_within_half_a_step():
+    from onnx2cmsis.quant.rules import QuantParams
+
+    q_in = QuantParams(0.05, 3)
+    table = plugin.hardsigmoid_table(q_in, 0.2, 0.5).astype(np.float64)
+    x = (np.arange(-128, 128) - 3) * np.float32(0.05)
+    want = np.clip(0.2 * x + 0.5, 0, 1)
+    got = (table + 128) / 256.0
+    assert np.max(np.abs(got - np.minimum(want, 127 / 256 + 0.5))) <= 0.5 / 256 + 1e-9
+
+
+def test_ad_hoc_plugin_without_entry_points(tmp_path):
+    path, calib = _hardsigmoid_model(tmp_path)
+    with pytest.raises(UnsupportedOpError, match="operator HardSigmoid is not supported"):
+        convert(path, calib, registry=build_registry(plugins=False))
+    conv = convert(path, calib, registry=build_registry(plugins=False, extra=(SPEC,)))
+    assert any(layer["handler"] == SPEC for layer in conv.report["layers"])
+
+
+def test_overriding_a_built_in_needs_the_flag():
+    with pytest.raises(ConversionError, match=r"would override \['Relu'\].*--allow-override"):
+        build_registry(extra=("tests.test_plugins:ClaimsRelu",))
+    reg = build_registry(extra=("tests.test_plugins:ClaimsRelu",), allow_override=True)
+    assert isinstance(reg.by_onnx_op["Relu"], ClaimsRelu)
+
+
+@pytest.mark.parametrize("spec,message", [("nocolon", "expected module:Class"),
+                                          ("no_such_module_xyz:H", "cannot import it"),
+                                          ("onnx2cmsis.api:convert", "is not an onnx2cmsis.ops.base.OpHandler")])
+def test_bad_plugin_spec_is_one_line(tmp_path, spec, message):
+    path, calib = _hardsigmoid_model(tmp_path)
+    np.save(tmp_path / "c.npy", calib)
+    r = CliRunner().invoke(app, ["convert", str(path), "-c", str(tmp_path / "c.npy"), "--out", str(tmp_path),
+                                 "--plugin", spec])
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+    assert not list(tmp_path.glob("*.c"))
