@@ -305,7 +305,8 @@ def layout_case(rng: np.random.Generator, i: int) -> Case:
     Keras 3 Tile and tf_keras Split+Concat upsampling, Slice cropping (time or channels), NWC
     Transpose + MatMul per time step, a Flatten of (C, W) into a dense layer."""
     c, w = int(rng.integers(1, 7)), int(rng.integers(4, 30))
-    kind = str(rng.choice(["conv2d", "tile", "split", "crop_time", "crop_channels", "nwc_matmul", "flatten"]))
+    kind = str(rng.choice(["conv2d", "pool_p1", "tile", "split", "crop_time", "crop_channels", "nwc_matmul",
+                           "flatten"]))
     nodes: list = []
     inits: list = []
     c_out = int(rng.integers(1, 7))
@@ -315,6 +316,13 @@ def layout_case(rng: np.random.Generator, i: int) -> Case:
         nodes += [helper.make_node("Unsqueeze", ["x", _const(inits, "ax", [2])], ["x4"]),
                   helper.make_node("Conv", ["x4", "w"], ["c4"], kernel_shape=[1, k], pads=[0, k // 2, 0, k - 1 - k // 2]),
                   helper.make_node("Squeeze", ["c4", "ax"], ["y"])]
+    elif kind == "pool_p1":  # tf_keras: pools as [p, 1] windows on an (N, C, W, 1) tensor
+        p = int(rng.integers(2, 4))
+        op = str(rng.choice(["MaxPool", "AveragePool"]))
+        nodes += [helper.make_node("Unsqueeze", ["x", _const(inits, "ax", [3])], ["x4"]),
+                  helper.make_node(op, ["x4"], ["p4"], kernel_shape=[p, 1], strides=[p, 1]),
+                  helper.make_node("Squeeze", ["p4", "ax"], ["y"])]
+        w = max(w, p)
     elif kind in ("tile", "split"):
         f = int(rng.integers(2, 4))
         nodes.append(helper.make_node("Transpose", ["x"], ["nwc"], perm=[0, 2, 1]))  # (1, W, C)

@@ -1,8 +1,14 @@
-"""Model file -> a static, batch-1 onnx.ModelProto. One loader per file suffix."""
+"""Model file -> a static, batch-1 onnx.ModelProto. One loader per file suffix.
+
+Built-in loaders are listed here; other packages add suffixes through the entry-point group
+`onnx2cmsis.frontends` (name = the suffix, e.g. ".tflite"; value = a `module:function` taking a
+Path and returning an onnx.ModelProto). A plugin cannot replace a built-in suffix.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import onnx
@@ -11,18 +17,35 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.frontends.keras import load_keras
 from onnx2cmsis.frontends.onnx_model import load_onnx
 
-LOADERS: dict[str, Callable[[Path], onnx.ModelProto]] = {
+Loader = Callable[[Path], onnx.ModelProto]
+LOADERS: dict[str, Loader] = {
     ".onnx": load_onnx,
     ".h5": load_keras,
     ".hdf5": load_keras,
     ".keras": load_keras,
 }
+ENTRY_POINT_GROUP = "onnx2cmsis.frontends"
+
+
+def loaders() -> dict[str, Loader]:
+    """Built-in loaders plus installed frontend plugins (a fresh table on every call)."""
+    table = dict(LOADERS)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        suffix = ep.name.lower() if ep.name.startswith(".") else f".{ep.name.lower()}"
+        if suffix in table:
+            continue  # built-ins win; the plugin's other suffixes still load
+        try:
+            table[suffix] = ep.load()
+        except Exception as exc:
+            raise ConversionError(f"frontend plugin '{ep.name}' ({ep.value}) cannot be loaded: {exc}") from exc
+    return table
 
 
 def load_model(path: Path) -> onnx.ModelProto:
-    loader = LOADERS.get(path.suffix.lower())
+    table = loaders()
+    loader = table.get(path.suffix.lower())
     if loader is None:
         raise ConversionError(
-            f"unknown model type '{path.suffix}' (supported: {', '.join(sorted(LOADERS))})", str(path)
+            f"unknown model type '{path.suffix}' (supported: {', '.join(sorted(table))})", str(path)
         )
     return loader(path)
