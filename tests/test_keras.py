@@ -14,6 +14,7 @@ import pytest
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.evaluate import evaluate
+from onnx2cmsis.frontends.keras import load_keras_model
 from onnx2cmsis.quant.rules import dequantize_tensor
 from tests.keras_models.data import signals
 
@@ -27,27 +28,30 @@ SAMPLES = 500
 
 
 def _data(model_path: Path, n: int, seed: int) -> np.ndarray:
-    """The classifiers' own task (they were trained on it); random normal for the others."""
-    steps, channels = keras.models.load_model(model_path, compile=False).inputs[0].shape[1:]
-    if model_path.stem in CLASSIFIERS:
-        return signals(n, steps, channels, seed)[0]
-    return np.random.default_rng(seed).standard_normal((n, steps, channels)).astype(np.float32)
+    """Windows of the task every fixture was trained on (tests/keras_models/data.py)."""
+    from onnx2cmsis.frontends.keras import _layers, _read_config
+
+    shape = next(layer["config"] for layer in _layers(_read_config(model_path)) if layer["class_name"] == "InputLayer")
+    steps, channels = (shape.get("batch_shape") or shape.get("batch_input_shape"))[1:]
+    return signals(n, steps, channels, seed)[0]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("saved_with", ["keras3", "keras2"])
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS | REGRESSORS))
-def test_keras_model_matches_keras_predict(name, tmp_path):
-    path = MODELS / f"{name}.h5"
+def test_keras_model_matches_keras_predict(name, saved_with, tmp_path):
+    """Each fixture saved with Keras 3 and with Keras 2 (tf_keras): both files load with Keras 3."""
+    path = (MODELS if saved_with == "keras3" else MODELS / "keras2") / f"{name}.h5"
     calibration, x = _data(path, 256, 1), _data(path, SAMPLES, 2)
     conv = convert(path, calibration, name=name)
     ev, c_out = evaluate(conv, x, tmp_path, oracle_samples=64)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
     assert ev.arena_bytes == ev.arena_lower_bound_bytes, ev
-    want = keras.models.load_model(path, compile=False).predict(x, verbose=0).reshape(SAMPLES, -1).astype(np.float64)
+    want = load_keras_model(path).predict(x, verbose=0).reshape(SAMPLES, -1).astype(np.float64)
     got = dequantize_tensor(c_out, conv.graph.tensors[conv.graph.outputs[0]].quant).reshape(SAMPLES, -1)
     sqnr = 10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2))
     argmax = float(np.mean(got.argmax(1) == want.argmax(1)))
-    print(f"{name}: {SAMPLES} inputs, C == reference, 64 == tflite-micro; vs Keras: SQNR {sqnr:.1f} dB, "
+    print(f"{saved_with} {name}: {SAMPLES} inputs, C == reference, 64 == tflite-micro; vs Keras: SQNR {sqnr:.1f} dB, "
           f"argmax {argmax:.3f}; arena {ev.arena_bytes} B (bound {ev.arena_lower_bound_bytes}), "
           f"weights {ev.weights_bytes} B")
     if name in CLASSIFIERS:
@@ -56,10 +60,12 @@ def test_keras_model_matches_keras_predict(name, tmp_path):
         assert sqnr >= 30.0
 
 
-def test_original_tool_model_is_five_kernels(tmp_path):
-    """Conv1D -> MaxPooling1D -> Conv1D -> UpSampling1D -> Conv1D: every tf2onnx wrapper op is gone,
-    and the (W, C) Keras input and output are read and written in place (no transpose)."""
-    path = MODELS / "autoencoder.h5"
+@pytest.mark.parametrize("folder", [MODELS, MODELS / "keras2"], ids=["keras3", "keras2"])
+def test_original_tool_model_is_five_kernels(folder, tmp_path):
+    """Conv1D -> MaxPooling1D -> Conv1D -> UpSampling1D -> Conv1D: every tf2onnx wrapper op is gone
+    (Keras 3 writes the upsampling as Tile, Keras 2 as Split + Concat), and the (W, C) Keras input
+    and output are read and written in place (no transpose)."""
+    path = folder / "autoencoder.h5"
     conv = convert(path, _data(path, 64, 3), name="autoencoder")
     assert [n.op for n in conv.graph.nodes] == ["conv1d", "maxpool1d", "conv1d", "upsample1d", "conv1d"]
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -104,19 +106,62 @@ def _import_keras() -> tuple[Any, Any, Any]:
     return tf, tf2onnx, keras
 
 
-def keras_to_onnx(path: Path) -> onnx.ModelProto:
-    """The Keras model as an opset-15 ONNX graph with batch 1 (not yet checked or shape-inferred)."""
+# Keys tf_keras (Keras 2) writes that Keras 3 refuses, with the only value that means nothing (ANY: a
+# setting the layer never uses, e.g. the unused `kernel_*` arguments of a separable convolution).
+ANY = object()
+KERAS2_EXTRA_KEYS: dict[str, dict[str, Any]] = {
+    "DepthwiseConv1D": {"groups": 1},
+    "SeparableConv1D": {"groups": 1, "kernel_initializer": ANY, "kernel_regularizer": ANY, "kernel_constraint": ANY},
+}
+
+
+def _load_with_keras2_config_fixed(keras: Any, path: Path, config: dict[str, Any], error: Exception) -> Any:
+    """Keras 3 cannot read some Keras 2 layer configs (DepthwiseConv1D carries groups=1): drop those
+    no-op keys and load again, from a temporary copy of the file through Keras' own loader (safe mode). Any other
+    failure is reported as it is."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    fixed = False
+    for layer in _layers(config):
+        for key, neutral in KERAS2_EXTRA_KEYS.get(layer.get("class_name"), {}).items():
+            if key in layer.get("config", {}) and (neutral is ANY or layer["config"][key] == neutral):
+                del layer["config"][key]
+                fixed = True
+    if not fixed or zipfile.is_zipfile(path):
+        raise ConversionError(f"Keras cannot load the model ({first})", str(path)) from error
+    import h5py
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / path.name  # the user's file is never written to
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as f:
+            f.attrs["model_config"] = json.dumps(config)
+        try:
+            return keras.models.load_model(str(copy), compile=False, safe_mode=True)
+        except Exception as exc:
+            raise ConversionError(f"Keras cannot load the model ({first})", str(path)) from exc
+
+
+def load_keras_model(path: Path) -> Any:
+    """The Keras model in the file, loaded safely: layer list checked first, safe_mode, Keras 2
+    configs made readable. Fresh layer names on every call (clear_session)."""
     where = str(path)
     if not path.is_file():
         raise ConversionError("file not found", where)
-    check_layers(_read_config(path), where)
-    tf, tf2onnx, keras = _import_keras()
+    config = _read_config(path)
+    check_layers(config, where)
+    _, _, keras = _import_keras()
     keras.backend.clear_session()  # layer names (and so C identifiers) must not depend on earlier loads
     try:
-        model = keras.models.load_model(str(path), compile=False, safe_mode=True)
+        return keras.models.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConversionError(f"Keras cannot load the model ({first})", where) from exc
+        return _load_with_keras2_config_fixed(keras, path, config, exc)
+
+
+def keras_to_onnx(path: Path) -> onnx.ModelProto:
+    """The Keras model as an opset-15 ONNX graph with batch 1 (not yet checked or shape-inferred)."""
+    where = str(path)
+    model = load_keras_model(path)
+    tf, tf2onnx, keras = _import_keras()
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UnsupportedOpError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                                  "one of each is supported", where)
