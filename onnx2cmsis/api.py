@@ -66,12 +66,14 @@ def convert(
     registry = registry or build_registry()
     model = load_model(model_path)
     graph = import_onnx(model, registry, str(model_path))
+    _check_finite_constants(graph, str(model_path))
     rewrites = run_passes(graph, registry)
 
     if isinstance(calibration, np.ndarray):
         samples = calibration
     else:
         samples = load_calibration(Path(calibration), graph.model_input_shapes[0])
+    _check_finite_samples(samples, "calibration data" if isinstance(calibration, np.ndarray) else str(calibration))
     ranges = collect_ranges(model, samples, calibration_values(graph))
     quantize_graph(graph, registry, ranges)
 
@@ -124,6 +126,24 @@ def convert(
         "calibration_samples": int(len(samples)),
     }
     return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report)
+
+
+def _check_finite_constants(graph, where: str) -> None:
+    for node in graph.nodes:
+        for key, values in node.consts.items():
+            arr = np.asarray(values)
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                raise ConversionError(f"node '{node.name}' ({node.origin}): its {key} holds NaN or Inf", where)
+
+
+def _check_finite_samples(samples: np.ndarray, where: str, chunk: int = 4096) -> None:
+    """Chunked, so a memory-mapped file of any size is read in bounded memory."""
+    for start in range(0, len(samples), chunk):
+        block = np.asarray(samples[start:start + chunk])
+        rows_ok = np.isfinite(block.reshape(len(block), -1)).all(axis=1) if block.dtype.kind == "f" else None
+        if rows_ok is not None and not rows_ok.all():
+            bad = start + int(np.argmin(rows_ok))
+            raise ConversionError(f"calibration sample {bad} holds NaN or Inf", where)
 
 
 def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list[Path]:

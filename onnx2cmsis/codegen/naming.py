@@ -31,4 +31,6 @@ def c_comment(text: str, max_len: int = 80) -> str:
     safe = text.encode("ascii", "backslashreplace").decode()
     safe = "".join(ch if ch.isprintable() else " " for ch in safe)
     safe = safe.replace("\\", "/").replace("*/", "* /").replace("/*", "/ *")
+    while "??" in safe:  # trigraphs (??/ is a backslash under -std=c99)
+        safe = safe.replace("??", "? ?")
     return safe[:max_len]

@@ -79,6 +79,17 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.Model
             "(one input, one output)",
             where,
         )
+    seen: set[str] = set()
+    for node in model.graph.node:
+        if node.name and node.name in seen:  # ONNX Runtime refuses duplicates; names are only labels
+            k = 1
+            while f"{node.name}_{k}" in seen:
+                k += 1
+            node.name = f"{node.name}_{k}"
+        seen.add(node.name)
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(f"node '{node.name}' ({node.domain}.{node.op_type}): operator from domain "
+                                     f"'{node.domain}' is not supported", where)
     dims = inputs[0].type.tensor_type.shape.dim
     if not dims:
         raise ConversionError(f"input '{inputs[0].name}' has no declared shape", where)
