@@ -117,3 +117,21 @@ def test_flatten_before_dense_costs_no_copy(tmp_path):
     assert [n.op for n in conv.graph.nodes] == ["transpose", "conv1d", "reshape", "reshape", "dense"]
     ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=None)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0 and ev.sqnr_db >= 30.0
+
+
+def test_static_batch_export_with_batch_in_reshape_constants(tmp_path):
+    """An export at batch 4 writes Reshape([4, -1]); the loader makes it batch 1 like the input."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 2, 3)) / 2).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([4, -1], np.int64), "flat_shape"),
+             numpy_helper.from_array((rng.standard_normal((4 * 10, 3)) / 5).astype(np.float32), "m")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3]),
+             helper.make_node("Reshape", ["c", "flat_shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "m"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 12])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], inits)
+    calib = rng.standard_normal((32, 2, 12)).astype(np.float32)
+    conv = _convert(tmp_path, model, calib)
+    assert conv.graph.model_input_shapes[0] == (1, 2, 12)
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=8)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0 and ev.sqnr_db >= 30.0, ev

@@ -93,8 +93,11 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.Model
     dims = inputs[0].type.tensor_type.shape.dim
     if not dims:
         raise ConversionError(f"input '{inputs[0].name}' has no declared shape", where)
+    batch = dims[0].dim_value if dims[0].HasField("dim_value") else 0
     dims[0].Clear()
     dims[0].dim_value = 1
+    if batch > 1:
+        _reshape_constants_to_batch_1(model, batch)
     for d in dims[1:]:
         if not d.HasField("dim_value"):
             raise ConversionError(f"input '{inputs[0].name}' has a dynamic dimension '{d.dim_param}'", where)
@@ -106,6 +109,33 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.Model
     except Exception as exc:
         raise ConversionError(f"shape inference failed at batch 1 ({_short(exc)})", where) from exc
     return model
+
+
+def _reshape_constants_to_batch_1(model: onnx.ModelProto, batch: int) -> None:
+    """An export at a static batch B > 1 spells B into its Reshape targets ([B, -1]); the C runs one
+    sample, so those leading Bs become 1 (a -1 or 0 there already follows the input)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        target = node.input[1]
+        if target in inits:
+            shape = numpy_helper.to_array(inits[target])
+            if shape.size and shape[0] == batch:
+                fixed = shape.copy()
+                fixed[0] = 1
+                inits[target].CopyFrom(numpy_helper.from_array(fixed, target))
+        elif target in consts:
+            for attr in consts[target].attribute:
+                if attr.name == "value":
+                    shape = numpy_helper.to_array(attr.t)
+                    if shape.size and shape[0] == batch:
+                        fixed = shape.copy()
+                        fixed[0] = 1
+                        attr.t.CopyFrom(numpy_helper.from_array(fixed, attr.t.name))
 
 
 def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
