@@ -322,7 +322,6 @@ def layout_case(rng: np.random.Generator, i: int) -> Case:
         nodes += [helper.make_node("Unsqueeze", ["x", _const(inits, "ax", [3])], ["x4"]),
                   helper.make_node(op, ["x4"], ["p4"], kernel_shape=[p, 1], strides=[p, 1]),
                   helper.make_node("Squeeze", ["p4", "ax"], ["y"])]
-        w = max(w, p)
     elif kind in ("tile", "split"):
         f = int(rng.integers(2, 4))
         nodes.append(helper.make_node("Transpose", ["x"], ["nwc"], perm=[0, 2, 1]))  # (1, W, C)

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
-from onnx2cmsis.frontends.onnx_model import fix_batch_and_infer_shapes
+from onnx2cmsis.frontends.onnx_model import short_error, fix_batch_and_infer_shapes
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
 CONTAINERS = {"Functional", "Sequential", "Model"}
@@ -50,8 +50,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     except ConversionError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConversionError(f"not a readable Keras model ({first})", str(path)) from exc
+        raise ConversionError(f"not a readable Keras model ({short_error(exc)})", str(path)) from exc
 
 
 def _layers(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,7 +118,7 @@ def _load_with_keras2_config_fixed(keras: Any, path: Path, config: dict[str, Any
     """Keras 3 cannot read some Keras 2 layer configs (DepthwiseConv1D carries groups=1): drop those
     no-op keys and load again, from a temporary copy of the file through Keras' own loader (safe mode). Any other
     failure is reported as it is."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    first = short_error(error)
     fixed = False
     for layer in _layers(config):
         for key, neutral in KERAS2_EXTRA_KEYS.get(layer.get("class_name"), {}).items():
@@ -174,8 +173,7 @@ def keras_to_onnx(path: Path) -> onnx.ModelProto:
     try:
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConversionError(f"tf2onnx cannot export the model ({first})", where) from exc
+        raise ConversionError(f"tf2onnx cannot export the model ({short_error(exc)})", where) from exc
     return proto
 
 

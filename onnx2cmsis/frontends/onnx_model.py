@@ -15,7 +15,7 @@ from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 MIN_OPSET = 13
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 
@@ -27,7 +27,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types for garbage
-        raise ConversionError(f"not a readable ONNX model ({_short(exc)})", where) from exc
+        raise ConversionError(f"not a readable ONNX model ({short_error(exc)})", where) from exc
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
     _load_confined_external_data(model, path.parent.resolve(), where)
@@ -50,7 +50,7 @@ def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: st
     try:
         external_data_helper.load_external_data_for_model(model, str(folder))
     except Exception as exc:
-        raise ConversionError(f"cannot read external data ({_short(exc)})", where) from exc
+        raise ConversionError(f"cannot read external data ({short_error(exc)})", where) from exc
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -66,7 +66,7 @@ def _upgrade_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     try:
         return version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:
-        raise ConversionError(f"cannot upgrade opset {_default_opset(model)} to {MIN_OPSET} ({_short(exc)})", where)
+        raise ConversionError(f"cannot upgrade opset {_default_opset(model)} to {MIN_OPSET} ({short_error(exc)})", where)
 
 
 def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
@@ -107,7 +107,7 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.Model
     try:
         model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:
-        raise ConversionError(f"shape inference failed at batch 1 ({_short(exc)})", where) from exc
+        raise ConversionError(f"shape inference failed at batch 1 ({short_error(exc)})", where) from exc
     return model
 
 

@@ -36,6 +36,24 @@ def conv_scratch_bytes(kernel: int, in_ch: int) -> int:
     return max(dsp, mve)
 
 
+def quantize_per_channel(node: Node, graph: Graph) -> None:
+    """node.qparams of a per-channel conv (full or depthwise): weights symmetric per output channel
+    (axis 0 of node.consts["weight"]), int32 bias, one multiplier/shift per channel."""
+    q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+    assert q_in is not None and q_out is not None
+    w = node.consts["weight"]
+    s_w = symmetric_weight_scales(w, axis=0)
+    mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
+    node.qparams = {
+        "weight": quantize_weights(w, s_w, axis=0),
+        "weight_scales": s_w,
+        "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, f"node '{node.name}' ({node.origin})"),
+        "multiplier": np.array(mults, np.int32),
+        "shift": np.array(shifts, np.int32),
+        "act_range": fused_activation_range(node, graph),
+    }
+
+
 class Conv1DHandler(OpHandler):
     op = "conv1d"
     onnx_ops = ("Conv",)
@@ -89,21 +107,7 @@ class Conv1DHandler(OpHandler):
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
-        q_in = graph.tensors[node.inputs[0]].quant
-        q_out = graph.tensors[node.output].quant
-        assert q_in is not None and q_out is not None
-        where = f"node '{node.name}' ({node.origin})"
-        w = node.consts["weight"]
-        s_w = symmetric_weight_scales(w, axis=0)
-        mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
-        node.qparams = {
-            "weight": quantize_weights(w, s_w, axis=0),
-            "weight_scales": s_w,
-            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, where),
-            "multiplier": np.array(mults, np.int32),
-            "shift": np.array(shifts, np.int32),
-            "act_range": fused_activation_range(node, graph),
-        }
+        quantize_per_channel(node, graph)
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams

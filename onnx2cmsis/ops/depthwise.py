@@ -10,15 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, check_uint16, fused_activation_range
-from onnx2cmsis.quant.rules import (
-    quantize_bias,
-    quantize_multiplier,
-    quantize_weights,
-    requantize,
-    saturate_int8,
-    symmetric_weight_scales,
-)
+from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, check_uint16
+from onnx2cmsis.ops.conv import quantize_per_channel
+from onnx2cmsis.quant.rules import requantize, saturate_int8
 
 def dw_scratch_bytes(kernel: int, channels: int) -> int:
     """arm_depthwise_conv_s8_opt_get_buffer_size of a DSP build (int16 copies of the input columns).
@@ -46,19 +40,7 @@ class DepthwiseConv1DHandler(OpHandler):
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
-        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
-        assert q_in is not None and q_out is not None
-        w = node.consts["weight"]  # (C_out, K)
-        s_w = symmetric_weight_scales(w, axis=0)
-        mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
-        node.qparams = {
-            "weight": quantize_weights(w, s_w, axis=0),
-            "weight_scales": s_w,
-            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, f"node '{node.name}' ({node.origin})"),
-            "multiplier": np.array(mults, np.int32),
-            "shift": np.array(shifts, np.int32),
-            "act_range": fused_activation_range(node, graph),
-        }
+        quantize_per_channel(node, graph)  # weight (C_out, K): per output channel, as a full conv
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams

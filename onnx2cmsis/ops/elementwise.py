@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
-from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.graph import Node
 from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, OpHandler, elementwise_io
 
 

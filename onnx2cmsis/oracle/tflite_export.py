@@ -85,6 +85,21 @@ class _Exporter:
             self.reshape(t, fm)
         return fm
 
+    def padded(self, src: Any, node: Node) -> Any:
+        """A conv's input with node.attrs["pad"] applied by PAD, for a VALID conv after it. PAD fills
+        with the input zero point: the same as CMSIS-NN skipping the tap."""
+        pad_l, pad_r = node.attrs["pad"]
+        if not (pad_l or pad_r):
+            return src
+        _, _, w_in, c = src.shape
+        padded = self.me.Tensor(shape=[1, 1, w_in + pad_l + pad_r, c], dtype=self.fb.TensorType.INT8,
+                                quantization=src.quantization, name=f"{node.output}_padded")
+        pads = self.const(np.array([[0, 0], [0, 0], [pad_l, pad_r], [0, 0]], np.int32), self.fb.TensorType.INT32,
+                          f"{node.output}_pads")
+        self.op(self.fb.BuiltinOperator.PAD, [src, pads], [padded], self.fb.BuiltinOptions.PadOptions,
+                self.fb.PadOptionsT())
+        return padded
+
     def fused(self, node: Node) -> int:
         lo, hi = node.attrs.get("act", (None, None))
         A = self.fb.ActivationFunctionType
@@ -99,16 +114,7 @@ class _Exporter:
 
 def _conv1d(ex: _Exporter, node: Node) -> None:
     fb, qp, a = ex.fb, node.qparams, node.attrs
-    src = ex.activation(node.inputs[0])
-    pad_l, pad_r = a["pad"]
-    if pad_l or pad_r:  # PAD fills with the input zero point: the same as CMSIS-NN skipping the tap
-        w_in, c_in = ex.graph.tensors[node.inputs[0]].shape
-        padded = ex.me.Tensor(shape=[1, 1, w_in + pad_l + pad_r, c_in], dtype=fb.TensorType.INT8,
-                              quantization=src.quantization, name=f"{node.output}_padded")
-        pads = ex.const(np.array([[0, 0], [0, 0], [pad_l, pad_r], [0, 0]], np.int32), fb.TensorType.INT32,
-                        f"{node.output}_pads")
-        ex.op(fb.BuiltinOperator.PAD, [src, pads], [padded], fb.BuiltinOptions.PadOptions, fb.PadOptionsT())
-        src = padded
+    src = ex.padded(ex.activation(node.inputs[0]), node)
     w = qp["weight"]  # (C_out, K, C_in)
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
     wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * w.shape[0], axis=0)
@@ -128,15 +134,8 @@ def _conv1d(ex: _Exporter, node: Node) -> None:
 def _dwconv1d(ex: _Exporter, node: Node) -> None:
     fb, qp, a = ex.fb, node.qparams, node.attrs
     src = ex.as_feature_map(node.inputs[0])
-    w_in, c_in = src.shape[2], src.shape[3]
-    pad_l, pad_r = a["pad"]
-    if pad_l or pad_r:
-        padded = ex.me.Tensor(shape=[1, 1, w_in + pad_l + pad_r, c_in], dtype=fb.TensorType.INT8,
-                              quantization=src.quantization, name=f"{node.output}_padded")
-        pads = ex.const(np.array([[0, 0], [0, 0], [pad_l, pad_r], [0, 0]], np.int32), fb.TensorType.INT32,
-                        f"{node.output}_pads")
-        ex.op(fb.BuiltinOperator.PAD, [src, pads], [padded], fb.BuiltinOptions.PadOptions, fb.PadOptionsT())
-        src = padded
+    c_in = src.shape[3]
+    src = ex.padded(src, node)
     w = qp["weight"]  # (C_out, K)
     c_out = w.shape[0]
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale

@@ -37,17 +37,16 @@ def _run(cmd: list[str], what: str) -> None:
         raise ToolchainError(f"{what} failed:\n{proc.stderr[-4000:]}")
 
 
-def cmsis_library(tree: CmsisTree) -> Path:
-    """libcmsisnn.a for the host: every integer source of the tree, built once and cached."""
+def cmsis_static_library(tree: CmsisTree, compiler: str, archiver: str, flags: tuple[str, ...],
+                         cache_name: str) -> Path:
+    """libcmsisnn.a: every integer source of the tree compiled with `flags`, built once and cached
+    under a key of the compiler, the flags and every source and header."""
     sources = sorted(p for p in (tree.root / "Source").rglob("*.c") if not p.name.endswith(("_f32.c", "_f16.c")))
-    key = hashlib.sha256()
-    for p in sources:
+    key = hashlib.sha256(" ".join((compiler, *flags)).encode())
+    for p in sources + sorted(tree.include.rglob("*.h")):
         key.update(p.relative_to(tree.root).as_posix().encode())
         key.update(p.read_bytes())
-    for p in sorted(tree.include.rglob("*.h")):
-        key.update(p.read_bytes())
-    key.update(" ".join((_cc(), *CMSIS_FLAGS)).encode())
-    lib = cache_dir() / "host-lib" / key.hexdigest()[:16] / "libcmsisnn.a"
+    lib = cache_dir() / cache_name / key.hexdigest()[:16] / "libcmsisnn.a"
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
@@ -56,14 +55,20 @@ def cmsis_library(tree: CmsisTree) -> Path:
 
         def compile_one(pair: tuple[Path, Path]) -> None:
             src, obj = pair
-            _run([_cc(), *CMSIS_FLAGS, "-I", str(tree.include), "-c", str(src), "-o", str(obj)], f"compiling {src.name}")
+            _run([compiler, *flags, "-I", str(tree.include), "-c", str(src), "-o", str(obj)],
+                 f"compiling {src.name} ({cache_name})")
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             list(pool.map(compile_one, zip(sources, objs)))
         staged = Path(tmp) / "libcmsisnn.a"
-        _run(["ar", "rcs", str(staged), *map(str, objs)], "archiving CMSIS-NN")
+        _run([archiver, "rcs", str(staged), *map(str, objs)], "archiving CMSIS-NN")
         os.replace(staged, lib)
     return lib
+
+
+def cmsis_library(tree: CmsisTree) -> Path:
+    """libcmsisnn.a for the host."""
+    return cmsis_static_library(tree, _cc(), "ar", CMSIS_FLAGS, "host-lib")
 
 
 def build_shared_library(c_files: list[Path], include_dirs: list[Path], tree: CmsisTree, out: Path,

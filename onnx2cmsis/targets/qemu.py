@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from onnx2cmsis.cmsis_nn.source import CmsisTree, cache_dir
 from onnx2cmsis.errors import ToolchainError
-from onnx2cmsis.targets.host import STRICT_FLAGS
+from onnx2cmsis.targets.host import STRICT_FLAGS, cmsis_static_library
 
 RUNTIME = Path(__file__).resolve().parent / "cortex_m"
 CROSS_CC = "arm-none-eabi-gcc"
@@ -66,30 +65,9 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
 
 
 def cmsis_library(tree: CmsisTree, target: str) -> Path:
-    """libcmsisnn.a for one Cortex-M target: every integer source, built once and cached."""
+    """libcmsisnn.a for one Cortex-M target."""
     flags = (*TARGETS[target].cpu_flags, "-mthumb", "-O2", "-ffunction-sections", "-fdata-sections", "-w")
-    sources = sorted(p for p in (tree.root / "Source").rglob("*.c") if not p.name.endswith(("_f32.c", "_f16.c")))
-    key = hashlib.sha256(" ".join((CROSS_CC, *flags)).encode())
-    for p in sources + sorted(tree.include.rglob("*.h")):
-        key.update(p.relative_to(tree.root).as_posix().encode())
-        key.update(p.read_bytes())
-    lib = cache_dir() / f"cortex-m-lib-{target}" / key.hexdigest()[:16] / "libcmsisnn.a"
-    if lib.is_file():
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-        objs = [Path(tmp) / f"{i:03d}_{p.stem}.o" for i, p in enumerate(sources)]
-
-        def compile_one(pair: tuple[Path, Path]) -> None:
-            _run([CROSS_CC, *flags, "-I", str(tree.include), "-c", str(pair[0]), "-o", str(pair[1])],
-                 f"compiling {pair[0].name} for {target}")
-
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            list(pool.map(compile_one, zip(sources, objs)))
-        staged = Path(tmp) / "libcmsisnn.a"
-        _run(["arm-none-eabi-ar", "rcs", str(staged), *map(str, objs)], "archiving CMSIS-NN")
-        os.replace(staged, lib)
-    return lib
+    return cmsis_static_library(tree, CROSS_CC, "arm-none-eabi-ar", flags, f"cortex-m-lib-{target}")
 
 
 def count_plugin() -> Path:
