@@ -42,6 +42,7 @@ class TargetResult:
     ram_bytes: int | None  # static RAM of the image: data + bss (the arena is in bss)
     arena_bytes: int
     instructions_per_inference: int | None  # exact, QEMU's count plugin; the largest over the samples
+    stack_bytes: int | None  # measured on QEMU: painted-stack high-water mark of NAME_invoke, largest over samples
     oracle: str
     skipped: str | None = None
 
@@ -109,7 +110,7 @@ def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np
     with tempfile.TemporaryDirectory() as tmp:
         base = workdir or Path(tmp)
         for target in targets:
-            flash = ram = instructions = None
+            flash = ram = instructions = stack = None
             try:
                 if target == "host":
                     model = build_conversions([conv], base / "host")[conv.name]
@@ -117,8 +118,10 @@ def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np
                 else:
                     fw = qemu.build_firmware([conv], target, base / target)
                     counts: dict[str, np.ndarray] = {}
-                    outputs = qemu.run_firmware(fw, {conv.name: xq}, instructions=counts)[conv.name]
+                    depth: dict[str, np.ndarray] = {}
+                    outputs = qemu.run_firmware(fw, {conv.name: xq}, instructions=counts, stack=depth)[conv.name]
                     instructions = int(counts[conv.name].max())
+                    stack = int(depth[conv.name].max())
                     flash, ram = _image_sizes(fw.elf)
             except qemu.DoesNotFit:
                 results.append(_skipped(conv, target, oracle_name, len(xq),
@@ -137,7 +140,7 @@ def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np
                 accuracy=None if labels is None else float(np.mean(got.argmax(1) == labels.reshape(-1))),
                 flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
                 arena_bytes=conv.plan.arena_bytes, instructions_per_inference=instructions,
-                oracle=oracle_name))
+                stack_bytes=stack, oracle=oracle_name))
     return results
 
 
@@ -145,13 +148,14 @@ def _skipped(conv: Conversion, target: str, oracle: str, samples: int, why: str)
     return TargetResult(target=target, samples=samples, bit_exact=False, mismatches=0, first_bad_layer=None,
                         max_abs_error_vs_float=float("nan"), argmax_agreement=float("nan"), accuracy=None,
                         flash_bytes=None, weights_bytes=conv.report["weights_bytes"], ram_bytes=None,
-                        arena_bytes=conv.plan.arena_bytes, instructions_per_inference=None, oracle=oracle,
+                        arena_bytes=conv.plan.arena_bytes, instructions_per_inference=None, stack_bytes=None,
+                        oracle=oracle,
                         skipped=why)
 
 
 def format_table(results: list[TargetResult]) -> str:
     head = (f"{'target':<8}{'samples':>8}{'bit-exact':>10}{'mismatch':>9}{'max|err|':>10}{'argmax':>8}"
-            f"{'accuracy':>9}{'flash':>8}{'weights':>8}{'RAM':>7}{'arena':>7}{'instr/inf':>10}  oracle")
+            f"{'accuracy':>9}{'flash':>8}{'weights':>8}{'RAM':>7}{'arena':>7}{'stack':>7}{'instr/inf':>10}  oracle")
     lines = [head, "-" * len(head)]
     for r in results:
         if r.skipped:
@@ -161,7 +165,7 @@ def format_table(results: list[TargetResult]) -> str:
         acc = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
         lines.append(f"{r.target:<8}{r.samples:>8}{'yes' if r.bit_exact else 'NO':>10}{r.mismatches:>9}"
                      f"{r.max_abs_error_vs_float:>10.4f}{r.argmax_agreement:>8.3f}{acc:>9}{fmt(r.flash_bytes):>8}"
-                     f"{r.weights_bytes:>8}{fmt(r.ram_bytes):>7}{r.arena_bytes:>7}"
+                     f"{r.weights_bytes:>8}{fmt(r.ram_bytes):>7}{r.arena_bytes:>7}{fmt(r.stack_bytes):>7}"
                      f"{fmt(r.instructions_per_inference):>10}  {r.oracle}")
         if r.first_bad_layer:
             lines.append(f"{'':<8}first bad layer: {r.first_bad_layer}")

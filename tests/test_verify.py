@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vibration"
 FIELDS = {"target", "samples", "bit_exact", "mismatches", "first_bad_layer", "max_abs_error_vs_float",
           "argmax_agreement", "accuracy", "flash_bytes", "weights_bytes", "ram_bytes", "arena_bytes",
-          "instructions_per_inference", "oracle"}
+          "instructions_per_inference", "stack_bytes", "oracle"}
 
 
 def _data(tmp_path: Path, n: int = 40) -> tuple[Path, Path]:
@@ -49,6 +49,7 @@ def test_verify_passes_on_the_example_and_writes_every_field(tmp_path):
         assert row["oracle"] == "tflite-micro" and row["accuracy"] >= 0.85
         if row["target"] != "host":
             assert row["instructions_per_inference"] > 10_000 and row["flash_bytes"] > row["weights_bytes"]
+            assert 64 < row["stack_bytes"] < 0x4000
     assert "bit-exact" in r.output
 
 
@@ -92,6 +93,29 @@ def test_instruction_counts_are_exact_and_repeatable(tmp_path):
         assert np.array_equal(first[conv.name], second[conv.name]) and len(first[conv.name]) == 3
         per_target[target] = int(first[conv.name].max())
     assert per_target["m55"] < per_target["m4"] < per_target["m0plus"], per_target
+
+
+def test_stack_high_water_mark_sees_what_invoke_uses(tmp_path):
+    """The painted-stack measurement moves with the stack the model really uses: 2 KB of extra locals
+    in NAME_invoke show up as (at least) 2 KB more."""
+    if missing_tools():
+        pytest.skip("arm-none-eabi-gcc / qemu-system-arm not installed")
+    from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
+    signature = f"int {conv.name}_invoke(const int8_t *input, int8_t *output)\n{{\n"
+    assert conv.source.count(signature) == 1
+    x = np.zeros((2, conv.graph.tensors[conv.graph.inputs[0]].size), np.int8)
+    used = {}
+    for extra in (0, 2048):
+        if extra:
+            conv.source = conv.source.replace(signature, signature + f"    volatile int8_t deep[{extra}];\n"
+                                              f"    deep[0] = 1;\n    if (deep[0] != 1) {{\n        return -1;\n    }}\n")
+        fw = build_firmware([conv], "m4", tmp_path / str(extra))
+        stack: dict[str, np.ndarray] = {}
+        run_firmware(fw, {conv.name: x}, stack=stack)
+        used[extra] = int(stack[conv.name].max())
+    assert 64 < used[0] < 2048 and used[2048] >= used[0] + 2048 - 64, used
 
 
 @pytest.mark.oracle

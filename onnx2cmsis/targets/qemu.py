@@ -148,11 +148,14 @@ def build_firmware(conversions: list, target: str, workdir: Path) -> Firmware:
 
 
 def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 120.0,
-                 instructions: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                 instructions: dict[str, np.ndarray] | None = None,
+                 stack: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Run every model on its int8 samples (name -> (N, input bytes)); name -> (N, output bytes).
 
     With `instructions` (a dict to fill), QEMU's count plugin also records the exact number of
-    instructions each inference executed (the invoke call included), per model and sample."""
+    instructions each inference executed (the invoke call included), per model and sample. With
+    `stack`, the stack bytes each inference used below the caller's frame: the high-water mark of a
+    painted stack (the deepest word it wrote; at least the 64 B left unpainted below the caller)."""
     with tempfile.TemporaryDirectory() as tmp:
         job = bytearray()
         order = []
@@ -178,12 +181,14 @@ def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 1
             raise ToolchainError(f"{fw.target}: the runner exited with status {proc.returncode} "
                                  f"({proc.stderr.strip()[-500:]})")
         result = np.frombuffer((Path(tmp) / "result.bin").read_bytes(), np.int8)
+        stack_used = np.frombuffer((Path(tmp) / "stack.bin").read_bytes(), "<u4").astype(np.int64)
         counts = np.loadtxt(counts_file, dtype=np.int64, ndmin=1) if instructions is not None else None
-    if counts is not None:
-        at = 0
-        for name, n in order:
-            instructions[name] = counts[at:at + n]
-            at += n
+    for per_sample, into in ((counts, instructions), (stack_used, stack)):
+        if into is not None and per_sample is not None:
+            at = 0
+            for name, n in order:
+                into[name] = per_sample[at:at + n]
+                at += n
     out, pos = {}, 0
     for name, n in order:
         size = fw.sizes[name][1]

@@ -1,7 +1,8 @@
 /* Runs generated models on a QEMU Cortex-M machine. The host writes a job file of records
  *     u32 model index, u32 sample count, then count * input_size int8 bytes
- * and gets back every output, concatenated, in the result file. Exit status: 0, or where it failed
- * (2x: files; 3x: a bad record; >= 100: 100 + the CMSIS-NN status a model returned, negated). */
+ * and gets back every output, concatenated, in the result file, and per inference the stack bytes it
+ * used (u32) in stack.bin. Exit status: 0, or where it failed (2x: files; 3x: a bad record;
+ * >= 100: 100 + the CMSIS-NN status a model returned, negated). */
 #include <stdint.h>
 
 #include "models_table.h"
@@ -10,6 +11,12 @@
 #ifndef RUNNER_BUFFER_BYTES
 #define RUNNER_BUFFER_BYTES 4096
 #endif
+
+/* Stack use is measured, not estimated from call graphs: the free stack below main's frame is
+ * painted before each inference, and the deepest word overwritten afterwards is the high-water mark. */
+#define STACK_PAINT 0xC5A5C5A5u
+#define STACK_MARGIN_WORDS 16u /* left unpainted just below sp: the painting loop's own spills */
+extern uint32_t __StackLimit;
 
 static int8_t input[RUNNER_BUFFER_BYTES];
 static int8_t output[RUNNER_BUFFER_BYTES];
@@ -35,9 +42,10 @@ int main(void)
 {
     int in_fd = sh_open("job.bin", 1);
     int out_fd = sh_open("result.bin", 5);
+    int stack_fd = sh_open("stack.bin", 5);
     uint32_t index, count, i;
-    if (in_fd < 0 || out_fd < 0) {
-        sh_puts("runner: cannot open job.bin / result.bin\n");
+    if (in_fd < 0 || out_fd < 0 || stack_fd < 0) {
+        sh_puts("runner: cannot open job.bin / result.bin / stack.bin\n");
         return 20;
     }
     while (read_u32(in_fd, &index)) {
@@ -51,21 +59,32 @@ int main(void)
         }
         for (i = 0; i < count; i++) {
             int status;
+            uint32_t *sp;
+            volatile uint32_t *p;
+            uint32_t used;
             if (sh_read(in_fd, input, m->input_size) != 0) {
                 return 32;
+            }
+            __asm volatile("mov %0, sp" : "=r"(sp));
+            for (p = &__StackLimit; p < sp - STACK_MARGIN_WORDS; p++) {
+                *p = STACK_PAINT;
             }
             region_start();
             status = m->invoke(input, output);
             region_stop();
+            for (p = &__StackLimit; p < sp - STACK_MARGIN_WORDS && *p == STACK_PAINT; p++) {
+            }
+            used = (uint32_t)((uintptr_t)sp - (uintptr_t)p);
             if (status != 0) {
                 return 100 + (status < 0 ? -status : status);
             }
-            if (sh_write(out_fd, output, m->output_size) != 0) {
+            if (sh_write(out_fd, output, m->output_size) != 0 || sh_write(stack_fd, &used, sizeof used) != 0) {
                 return 21;
             }
         }
     }
     sh_close(in_fd);
     sh_close(out_fd);
+    sh_close(stack_fd);
     return 0;
 }
