@@ -1,7 +1,7 @@
 """Calibration: run the float model in ONNX Runtime and record every value's min/max.
 
-Samples are read one at a time from a memory-mapped .npy, so a large calibration set costs no
-more memory than one sample and the running min/max.
+Samples are read from disk a block at a time (quant/sample_file.py), so a large calibration set
+costs no more memory than one block and the running min/max.
 """
 
 from __future__ import annotations
@@ -13,33 +13,23 @@ import numpy as np
 import onnx
 
 from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.quant.sample_file import SampleFile, open_samples, with_sample_shape
 
 
-def load_calibration(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
-    """An (N, *input_shape[1:]) float array (possibly memory-mapped) from .npy or .npz."""
+def load_calibration(path: Path, input_shape: tuple[int, ...]) -> SampleFile:
+    """The samples of a .npy/.npz as an (N, *input_shape[1:]) SampleFile, read from disk a block at a
+    time (a file of any size costs a few MiB of memory). A single sample without the N axis, and an
+    (N, 1, ...) batch axis, are accepted."""
     where = str(path)
     if not path.is_file():
         raise ConversionError("calibration file not found", where)
-    try:
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if not z.files:
-                    raise ConversionError("the .npz holds no array", where)
-                data = z[z.files[0]]
-        else:
-            data = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ConversionError:
-        raise
-    except Exception as exc:
-        raise ConversionError(f"not a readable .npy/.npz array ({str(exc).splitlines()[0][:120]})", where) from exc
-    if data.dtype.kind not in "fiu":
-        raise ConversionError(f"calibration data has dtype {data.dtype}, expected a numeric array", where)
+    data = open_samples(path)
     sample = tuple(input_shape[1:])
     if data.shape == sample:
-        data = data[None]
+        data = with_sample_shape(data, sample)
     elif data.ndim == len(sample) + 2 and data.shape[1] == 1 and data.shape[2:] == sample:
-        data = data[:, 0]
-    if data.shape[1:] != sample or data.shape[0] == 0:
+        data = with_sample_shape(data, sample)
+    if data.shape[1:] != sample or len(data) == 0:
         raise ConversionError(
             f"calibration data has shape {data.shape}, expected (N, {', '.join(map(str, sample))})", where
         )
