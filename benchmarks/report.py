@@ -23,9 +23,15 @@ sys.path.insert(0, str(ROOT / "examples" / "vibration"))
 
 from data import make_dataset  # noqa: E402
 
-from onnx2cmsis.api import convert  # noqa: E402
+from functools import partial  # noqa: E402
+
+from onnx2cmsis.api import convert as _convert  # noqa: E402
 from onnx2cmsis.evaluate import evaluate, quantize_inputs  # noqa: E402
 from onnx2cmsis.oracle.tflite_export import export_tflite, tflite_micro_arena  # noqa: E402
+
+
+# Built with $CMSIS_NN_PATH's tree at its level, else with the snapshot (the tree this tool can fetch).
+convert = partial(_convert, default_api=None)
 
 
 def models(workdir: Path, samples: int):

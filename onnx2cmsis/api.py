@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnx2cmsis import __version__
-from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
+from onnx2cmsis.cmsis_nn.source import DEFAULT_API, CmsisTree, locate_cmsis_nn
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
 from onnx2cmsis.errors import ConversionError
@@ -48,6 +48,25 @@ class Conversion:
         return out.reshape(-1)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What the target part offers. The defaults flag models that fit few Cortex-M parts: 512 KiB of
+    flash for the weights alone (code and CMSIS-NN add 5-30 KB) and 128 KiB of RAM for the arena."""
+
+    flash_bytes: int = 512 * 1024
+    ram_bytes: int = 128 * 1024
+
+    def check(self, weights_bytes: int, arena_bytes: int) -> list[str]:
+        warnings = []
+        if weights_bytes > self.flash_bytes:
+            warnings.append(f"the weights take {weights_bytes / 1024:.0f} KiB of flash, more than the "
+                            f"{self.flash_bytes / 1024:.0f} KiB budget (set your part's with --flash-kb)")
+        if arena_bytes > self.ram_bytes:
+            warnings.append(f"the arena takes {arena_bytes / 1024:.0f} KiB of RAM, more than the "
+                            f"{self.ram_bytes / 1024:.0f} KiB budget (set your part's with --ram-kb)")
+        return warnings
+
+
 def default_name(model_path: Path) -> str:
     return c_identifier(model_path.stem, fallback="model", max_len=40)
 
@@ -58,12 +77,19 @@ def convert(
     name: str | None = None,
     cmsis_nn: str | os.PathLike[str] | None = None,
     registry: Registry | None = None,
+    cmsis_api: str | None = None,
+    default_api: str | None = DEFAULT_API,
+    budget: Budget | None = None,
 ) -> Conversion:
+    """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
+    default_api=None makes the buildable snapshot the default, as verify needs. Exceeding `budget`
+    is a warning in report["warnings"], not an error: the C is still right."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
         raise ConversionError(f"--name {name!r} is not a valid C identifier")
     registry = registry or build_registry()
+    cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
     model = load_model(model_path)
     graph = import_onnx(model, registry, str(model_path))
     _check_finite_constants(graph, str(model_path))
@@ -76,13 +102,13 @@ def convert(
     _check_finite_samples(samples, "calibration data" if isinstance(calibration, np.ndarray) else str(calibration))
     ranges = collect_ranges(model, samples, calibration_values(graph))
     quantize_graph(graph, registry, ranges)
+    graph.cmsis_api = cmsis.api
 
     calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]
     plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])
     layers = make_layers(graph, calls)
-    cmsis = locate_cmsis_nn(cmsis_nn)
     functions = sorted({f for c in calls for f in c.functions})
-    sources = cmsis.sources_for(functions)
+    sources = cmsis.sources_for(functions) if cmsis.root is not None else None
     sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
     in_t, out_t = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     weights_bytes = sum(layer.weight_bytes for layer in layers)
@@ -125,6 +151,7 @@ def convert(
         "cmsis_nn": {"api": cmsis.api, "functions": functions, "sources": sources},
         "calibration_samples": int(len(samples)),
     }
+    report["warnings"] = (budget or Budget()).check(weights_bytes, plan.arena_bytes)
     return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report)
 
 
@@ -146,6 +173,12 @@ def _check_finite_samples(samples: np.ndarray, where: str, chunk: int = 4096) ->
             raise ConversionError(f"calibration sample {bad} holds NaN or Inf", where)
 
 
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list[Path]:
     """Write NAME.c/.h/.json (and NAME.tflite) atomically: all of them appear, or none changes.
 
@@ -163,10 +196,12 @@ def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list
 
         files[out_dir / f"{conv.name}.tflite"] = export_tflite(conv.graph)
     staged: list[tuple[str, Path]] = []
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; sources are shared like any the user writes
     try:
         for path, content in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
             staged.append((tmp, path))
+            os.fchmod(fd, mode)
             if isinstance(content, bytes):
                 with os.fdopen(fd, "wb") as fb:
                     fb.write(content)

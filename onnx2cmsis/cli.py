@@ -41,17 +41,26 @@ def convert(
     name: Optional[str] = typer.Option(None, "--name", "-n", help="C identifier prefix (default: model file stem)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: current folder)."),
     cmsis_nn: Optional[Path] = typer.Option(
-        None, "--cmsis-nn", envvar="CMSIS_NN_PATH", help="CMSIS-NN tree (default: the pinned PyPI snapshot)."
+        None, "--cmsis-nn", envvar="CMSIS_NN_PATH",
+        help="Your CMSIS-NN tree: its API level is detected from its headers and NAME.json lists the files to compile."
+    ),
+    cmsis_api: Optional[str] = typer.Option(
+        None, "--cmsis-nn-api", metavar="LEVEL",
+        help="CMSIS-NN API level to emit for: 7 (v6.0.0 and later: v7, v8, main; the default) or 2024.01 "
+             "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
     plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
+    flash_kb: int = typer.Option(512, "--flash-kb", min=1, help="Flash your part has for the weights (KiB): "
+                                 "warn above it."),
+    ram_kb: int = typer.Option(128, "--ram-kb", min=1, help="RAM your part has for the arena (KiB): warn above it."),
     tflite: bool = typer.Option(False, "--tflite", help="Also write NAME.tflite: the same int8 graph for "
                                 "TFLite-Micro, with NAME_invoke's input and output (the [verify] extra)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Write NAME.c, NAME.h and NAME.json for MODEL."""
+    from onnx2cmsis.api import Budget, write_outputs
     from onnx2cmsis.api import convert as run_convert
-    from onnx2cmsis.api import write_outputs
     from onnx2cmsis.ops.registry import build_registry
 
     if name and name_arg and name != name_arg:
@@ -62,7 +71,8 @@ def convert(
         _fail("--calibration CALIB.npy is required (samples to choose the int8 ranges from)")
     try:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
-        result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry)
+        result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
+                             cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024))
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     except ConversionError as exc:
         if debug:
@@ -74,6 +84,8 @@ def convert(
         _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
               "rerun with --debug and report it")
     r = result.report
+    for warning in r["warnings"]:
+        typer.echo(f"onnx2cmsis: warning: {model}: {warning}", err=True)
     typer.echo(
         f"{model.name} -> {', '.join(str(p) for p in written)}: {len(r['layers'])} layers, "
         f"arena {r['arena_bytes']} B (lower bound {r['arena_lower_bound_bytes']} B), weights {r['weights_bytes']} B"
@@ -92,7 +104,11 @@ def verify(
     name: Optional[str] = typer.Option(None, "--name", "-n", help="C identifier prefix."),
     plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
-    cmsis_nn: Optional[Path] = typer.Option(None, "--cmsis-nn", envvar="CMSIS_NN_PATH", help="CMSIS-NN tree."),
+    cmsis_nn: Optional[Path] = typer.Option(None, "--cmsis-nn", envvar="CMSIS_NN_PATH",
+                                            help="CMSIS-NN tree to build with (default: the pinned PyPI snapshot)."),
+    cmsis_api: Optional[str] = typer.Option(
+        None, "--cmsis-nn-api", metavar="LEVEL",
+        help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
@@ -113,7 +129,9 @@ def verify(
         _fail(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)")
     try:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
-        conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry)
+        # verify builds what it converts, so its default is the tree it can always get: the snapshot.
+        conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
+                           cmsis_api=cmsis_api, default_api=None)
         x = load_calibration(data, conv.graph.model_input_shapes[0])
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):
@@ -136,8 +154,26 @@ def verify(
         raise typer.Exit(1)
 
 
-def run() -> None:
-    app(prog_name="onnx2cmsis")
+def run() -> int:
+    """The console entry point. A usage error (unknown option, bad value, missing argument) is one
+    line and exit status 2, like every other error, instead of a framed panel."""
+    try:
+        code = app(prog_name="onnx2cmsis", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("onnx2cmsis: aborted", err=True)
+        return 1
+    except typer.TyperException as exc:  # typer's (vendored click's) usage errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return 0
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        typer.echo(f"onnx2cmsis: error: {' '.join(message.split())}{where}", err=True)
+        return 2
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

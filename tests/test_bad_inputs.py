@@ -119,6 +119,12 @@ CASES: dict[str, tuple[Callable[[Path], tuple[str, str, list[str]]], str]] = {
                                    _calib(t, GOOD_CALIB), []), "nothing to compute"),
     "name_not_identifier": (lambda t: (str(MODEL), str(CALIB), ["--name", "my model"]), "not a valid C identifier"),
     "name_c_keyword": (lambda t: (str(MODEL), str(CALIB), ["--name", "switch"]), "not a valid C identifier"),
+    # 2048 channels x 40 taps of weight 127 on an all-positive input (zero point -128):
+    # 255 * 127 * 81920 > 2^31 for some input
+    "accumulator_can_overflow": (lambda t: (_conv(t, np.ones((2, 2048, 40), np.float32), width=40),
+                                            _calib(t, np.random.default_rng(0).uniform(0, 1, (4, 2048, 40))
+                                                   .astype(np.float32)), []),
+                                 "node 'the_conv' (Conv): the int32 accumulator of output channel 0 can overflow"),
     "bias_overflows_int32": (lambda t: (_save(t, [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3],
                                                                    name="huge_bias")], [1, 2, 16],
                                               [numpy_helper.from_array(np.full((4, 2, 3), 1e-30, np.float32), "w"),
@@ -185,3 +191,85 @@ def test_constant_calibration_still_converts(tmp_path):
     conv = convert(_conv(tmp_path, W), np.zeros((8, 2, 16), np.float32), name="flat")
     q = conv.graph.tensors[conv.graph.inputs[0]].quant
     assert np.isfinite(q.scale) and q.scale > 0
+
+
+def _unwritable_folder(tmp_path: Path) -> Path | None:
+    """A folder this process cannot create files in. Root ignores permission bits, so as root use a
+    kernel folder that refuses new files (sysfs), if the machine has one."""
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    for candidate in (Path("/sys/kernel"), Path("/sys")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(probe)
+    return None
+
+
+def test_unwritable_output_folder_is_one_line_and_leaves_nothing(tmp_path):
+    folder = _unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no folder refuses new files to this (root) process")
+    before = sorted(p.name for p in folder.iterdir())
+    r = CliRunner().invoke(app, ["convert", str(MODEL), "-c", str(CALIB), "--out", str(folder)])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert "cannot write output" in lines[0] and str(folder) in lines[0] and "Traceback" not in r.output
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def _million_parameter_model(tmp: Path) -> str:
+    """expand (16 -> 512, 1x1) -> ReLU -> wide conv (512 -> 512, k=4, stride 2) -> ReLU -> global
+    average -> dense 512 -> 4: 1,059,844 parameters."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, shape: tuple[int, ...], scale: float):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[1], name="expand"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], kernel_shape=[4], strides=[2], name="wide"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="head")]
+    inits = [init("w1", (512, 16, 1), 0.3), init("b1", (512,), 0.1), init("w2", (512, 512, 4), 0.03),
+             init("b2", (512,), 0.1), init("w3", (4, 512), 0.05), init("b3", (4,), 0.1)]
+    assert sum(int(np.prod(i.dims)) for i in inits) == 1_059_844
+    return _save(tmp, nodes, [1, 16, 32], inits, name="million.onnx", out_shape=[1, 4], opset=13)
+
+
+def test_million_parameter_model_works_with_a_flash_warning(tmp_path):
+    """Converts (exit 0) with one warning line about flash, and the C (1 MB of const weights) compiles
+    with the strict flags and matches the reference."""
+    import subprocess
+    import sys
+
+    from onnx2cmsis.api import convert
+    from onnx2cmsis.targets.host import build_conversions
+
+    model = _million_parameter_model(tmp_path)
+    calib = _calib(tmp_path, np.random.default_rng(1).standard_normal((32, 16, 32)).astype(np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", "convert", model, "-c", calib, "--out", str(out)],
+                       capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    warnings = r.stderr.strip().splitlines()
+    assert len(warnings) == 1 and "warning" in warnings[0] and "KiB of flash" in warnings[0], r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["million.c", "million.h", "million.json"]
+    conv = convert(model, calib)
+    assert conv.report["weights_bytes"] > 1_000_000 and len(conv.report["warnings"]) == 1
+    built = build_conversions([conv], tmp_path / "build")["million"]
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x = rng.integers(-128, 128, built.input_size).astype(np.int8)
+        assert np.array_equal(built(x), conv.reference(x))

@@ -27,6 +27,10 @@ def test_convert_writes_c_h_json(tmp_path):
     r = run_cli("convert", str(MODEL), "--calibration", str(CALIB), "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vibration_cnn.c", "vibration_cnn.h", "vibration_cnn.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for p in tmp_path.iterdir():  # like any file the user writes, not mkstemp's private 0600
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, (p, oct(p.stat().st_mode))
     header = (tmp_path / "vibration_cnn.h").read_text()
     for define in ("INPUT_SIZE 384", "OUTPUT_SIZE 4", "INPUT_SCALE", "INPUT_ZERO_POINT", "OUTPUT_SCALE",
                    "OUTPUT_ZERO_POINT -128", "ARENA_SIZE"):
@@ -110,3 +114,17 @@ def test_bad_input_gives_one_line_and_no_files(tmp_path, case, expect):
     assert "Traceback" not in r.stderr
     if out.is_dir():
         assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["convert", "--no-such-option"], "No such option: --no-such-option"),
+    (["convert"], "Missing argument 'model'"),
+    (["convert", str(MODEL), "-c", str(CALIB), "--flash-kb", "0"], "Invalid value for '--flash-kb'"),
+    (["verify", str(MODEL)], "Missing option '--calibration'"),
+])
+def test_usage_errors_are_one_line_with_exit_2(args, expect, tmp_path):
+    r = run_cli(*args, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("onnx2cmsis: error: ") and expect in lines[0] and "--help" in lines[0]
+    assert list(tmp_path.iterdir()) == []

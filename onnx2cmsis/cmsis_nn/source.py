@@ -1,4 +1,9 @@
-"""Find a CMSIS-NN source tree: --cmsis-nn PATH, $CMSIS_NN_PATH, or the pinned PyPI snapshot.
+"""Find a CMSIS-NN source tree and its API level: --cmsis-nn PATH, $CMSIS_NN_PATH, or the pinned
+PyPI snapshot.
+
+CMSIS-NN has no version macro, and the functions we call changed between the snapshot (level
+"2024.01") and v6.0.0+ (level "7": v7.0.0, v8.0.0, main), so the generator is told, or detects, which
+level to emit.
 
 CMSIS-NN is never copied into this repository. The snapshot is a pure-Python wheel on PyPI that
 carries CMSIS-NN's sources (January 2024, between v5.0.0 and v6.0.0); it is downloaded once, checked
@@ -26,6 +31,8 @@ SNAPSHOT_REQUIREMENT = "aidge-export-arm-cortexm==0.2.1"
 SNAPSHOT_SHA256 = "0ea6a694b8c1397bf52158c27854bbd4ddfca433ed4cf06a4c92843b480acbf0"
 SNAPSHOT_FOLDER = "aidge_export_arm_cortexm/_CMSIS-NN/CMSIS-NN/"
 SNAPSHOT_API = "2024.01"
+API_LEVELS = (SNAPSHOT_API, "7")
+DEFAULT_API = "7"  # what users download from GitHub today
 
 _DEF_RE = re.compile(r"^[A-Za-z_][\w \t\*]*?\b(arm_\w+)\s*\([^;{]*?\)\s*\{", re.M | re.S)
 _CALL_RE = re.compile(r"\b(arm_\w+)\s*\(")
@@ -38,20 +45,33 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class CmsisTree:
-    root: Path  # holds Include/ and Source/
+    """A CMSIS-NN tree and its API level. root is None when code is generated for a level with no
+    tree at hand (the default level 7 without --cmsis-nn): enough to emit C, not to build or to list
+    the source files."""
+
+    root: Path | None  # holds Include/ and Source/
     api: str
 
     @property
     def include(self) -> Path:
-        return self.root / "Include"
+        return self.buildable_root() / "Include"
+
+    def buildable_root(self) -> Path:
+        if self.root is None:
+            raise ToolchainError(
+                f"building needs a CMSIS-NN tree of API level {self.api}: pass --cmsis-nn PATH (a CMSIS-NN v7.0.0+ "
+                f"checkout) or choose --cmsis-nn-api {SNAPSHOT_API}, which this tool can fetch"
+            )
+        return self.root
 
     @cached_property
     def _index(self) -> tuple[dict[str, str], dict[str, set[str]]]:
         """function -> defining source file, and source file -> functions it calls."""
         defines: dict[str, str] = {}
         calls: dict[str, set[str]] = {}
-        for path in sorted((self.root / "Source").rglob("*.c")):
-            rel = path.relative_to(self.root).as_posix()
+        root = self.buildable_root()
+        for path in sorted((root / "Source").rglob("*.c")):
+            rel = path.relative_to(root).as_posix()
             text = path.read_text(errors="replace")
             for name in _DEF_RE.findall(text):
                 defines.setdefault(name, rel)
@@ -76,15 +96,33 @@ class CmsisTree:
         return sorted(files)
 
 
-def locate_cmsis_nn(path: str | os.PathLike[str] | None = None) -> CmsisTree:
-    """The tree the user named, else $CMSIS_NN_PATH, else the cached (or fetched) snapshot."""
+def check_api_level(api: str | None) -> None:
+    if api is not None and api not in API_LEVELS:
+        raise ToolchainError(f"--cmsis-nn-api {api!r} is not one of {', '.join(API_LEVELS)}")
+
+
+def locate_cmsis_nn(path: str | os.PathLike[str] | None = None, api: str | None = None,
+                    default_api: str | None = DEFAULT_API) -> CmsisTree:
+    """The tree the user named (else $CMSIS_NN_PATH) at its detected level, refusing a different
+    `api`. Without a tree: `api` (else `default_api`); the snapshot is fetched for its own level, and
+    any other level gets a tree-less CmsisTree. default_api=None means "the snapshot" (for building)."""
+    check_api_level(api)
     chosen = path or os.environ.get("CMSIS_NN_PATH")
     if chosen:
         root = Path(chosen).expanduser().resolve()
         if not (root / "Include" / "arm_nnfunctions.h").is_file():
             raise ToolchainError(f"{root} is not a CMSIS-NN tree (no Include/arm_nnfunctions.h)")
-        return CmsisTree(root, detect_api(root))
-    return CmsisTree(fetch_snapshot(), SNAPSHOT_API)
+        level = detect_api(root)
+        if api is not None and api != level:
+            raise ToolchainError(
+                f"--cmsis-nn-api {api} does not match the CMSIS-NN tree at {root}, which is API level {level} "
+                "(detected from the arm_convolve_s8 prototype)"
+            )
+        return CmsisTree(root, level)
+    level = api or default_api or SNAPSHOT_API
+    if level == SNAPSHOT_API:
+        return CmsisTree(fetch_snapshot(), SNAPSHOT_API)
+    return CmsisTree(None, level)
 
 
 def detect_api(root: Path) -> str:

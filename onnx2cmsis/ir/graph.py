@@ -51,6 +51,9 @@ class Graph:
     outputs: list[str]
     model_input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # as the model declares
     model_output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    # The CMSIS-NN API level the C is emitted for ("2024.01" or "7"); handlers whose call or scratch
+    # size differs between levels read it in emit().
+    cmsis_api: str = "7"
 
     def producer(self, tensor: str) -> Node | None:
         for n in self.nodes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx2cmsis.cmsis_nn.source import SNAPSHOT_API
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
@@ -19,6 +20,7 @@ from onnx2cmsis.ops.base import (
     spatial_1d,
 )
 from onnx2cmsis.quant.rules import (
+    check_accumulator_headroom,
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
@@ -28,11 +30,13 @@ from onnx2cmsis.quant.rules import (
 )
 
 
-def conv_scratch_bytes(kernel: int, in_ch: int) -> int:
-    """arm_convolve_s8_get_buffer_size for the largest of the pure-C/DSP and MVE builds."""
+def conv_scratch_bytes(kernel: int, in_ch: int, cmsis_api: str) -> int:
+    """arm_convolve_s8_get_buffer_size for the largest of the pure-C/DSP and MVE builds. The MVE
+    im2col rows are padded to 8 lanes in the 2024.01 snapshot, to 16 from v6.0.0 on."""
     cols = kernel * in_ch
     dsp = 4 * ((cols + 3) // 4 * 4)
-    mve = 4 * ((cols + 7) // 8) * 8
+    lanes = 8 if cmsis_api == SNAPSHOT_API else 16
+    mve = 4 * ((cols + lanes - 1) // lanes) * lanes
     return max(dsp, mve)
 
 
@@ -44,14 +48,17 @@ def quantize_per_channel(node: Node, graph: Graph) -> None:
     w = node.consts["weight"]
     s_w = symmetric_weight_scales(w, axis=0)
     mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
+    where = f"node '{node.name}' ({node.origin})"
     node.qparams = {
         "weight": quantize_weights(w, s_w, axis=0),
         "weight_scales": s_w,
-        "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, f"node '{node.name}' ({node.origin})"),
+        "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, where),
         "multiplier": np.array(mults, np.int32),
         "shift": np.array(shifts, np.int32),
         "act_range": fused_activation_range(node, graph),
     }
+    check_accumulator_headroom(node.qparams["weight"], node.qparams["bias"], q_in.zero_point,
+                               node.qparams["shift"], where)
 
 
 class Conv1DHandler(OpHandler):
@@ -133,7 +140,7 @@ class Conv1DHandler(OpHandler):
         check_uint16(where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=a["kernel"], pad=a["pad"][0])
         pointwise = a["kernel"] == 1 and a["pad"] == (0, 0) and a["stride"] == 1 and a["dilation"] == 1
         kernel = "arm_convolve_1x1_s8_fast" if pointwise else "arm_convolve_s8"
-        scratch = 0 if pointwise else conv_scratch_bytes(a["kernel"], c_in)
+        scratch = 0 if pointwise else conv_scratch_bytes(a["kernel"], c_in, graph.cmsis_api)
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         return KernelCall(
             template="conv1d.c.j2",
@@ -143,7 +150,7 @@ class Conv1DHandler(OpHandler):
                 "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
                 "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
                 "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
-                "scratch_bytes": scratch,
+                "scratch_bytes": scratch, "upscale_arg": graph.cmsis_api != SNAPSHOT_API,
             },
             arrays=[
                 CArray("weights", "int8_t", qp["weight"], f"[{c_out}][1][{a['kernel']}][{c_in}] per-channel int8"),

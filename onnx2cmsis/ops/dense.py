@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx2cmsis.cmsis_nn.source import SNAPSHOT_API
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
@@ -20,6 +21,7 @@ from onnx2cmsis.ops.base import (
     fused_activation_range,
 )
 from onnx2cmsis.quant.rules import (
+    check_accumulator_headroom,
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
@@ -27,6 +29,16 @@ from onnx2cmsis.quant.rules import (
     saturate_int8,
     symmetric_weight_scales,
 )
+
+
+def mve_kernel_sums(weight: np.ndarray, bias: np.ndarray, input_offset: int, cmsis_api: str) -> np.ndarray:
+    """What arm_fully_connected_s8's MVE path reads from ctx.buf (arm_vector_sum_s8's output). The
+    2024.01 snapshot scales plain row sums by the input offset itself and adds the bias; from v6.0.0
+    on the kernel starts each accumulator at bias + input_offset * row sum (wrapping int32)."""
+    sums = weight.astype(np.int64).sum(axis=1)
+    if cmsis_api != SNAPSHOT_API:
+        sums = bias.astype(np.int64) + input_offset * sums
+    return ((sums + 2**31) % 2**32 - 2**31).astype(np.int32)
 
 
 class DenseHandler(OpHandler):
@@ -94,9 +106,8 @@ class DenseHandler(OpHandler):
             "multiplier": m,
             "shift": sh,
             "act_range": fused_activation_range(node, graph),
-            # MVE kernels read per-row weight sums from ctx.buf (the snapshot API: plain sums).
-            "kernel_sums": wq.astype(np.int32).sum(axis=1).astype(np.int32),
         }
+        check_accumulator_headroom(wq, node.qparams["bias"], q_in.zero_point, sh, f"node '{node.name}' ({node.origin})")
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
@@ -122,8 +133,9 @@ class DenseHandler(OpHandler):
             arrays=[
                 CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-tensor int8"),
                 CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w"),
-                CArray("kernel_sums", "int32_t", qp["kernel_sums"], "row sums the MVE kernel reads",
-                       guard="defined(ARM_MATH_MVEI)"),
+                CArray("kernel_sums", "int32_t", mve_kernel_sums(qp["weight"], qp["bias"], -q_in.zero_point,
+                                                                 graph.cmsis_api),
+                       "per-row sums the MVE kernel starts from", guard="defined(ARM_MATH_MVEI)"),
             ],
             functions=["arm_fully_connected_s8"],
             macs=n_in * n_out,

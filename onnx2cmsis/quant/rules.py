@@ -98,6 +98,25 @@ def quantize_bias(b: np.ndarray, input_scale: float, weight_scales: np.ndarray, 
     return q.astype(np.int32)
 
 
+def check_accumulator_headroom(weight: np.ndarray, bias: np.ndarray, input_zero_point: int,
+                               shift: np.ndarray | int, where: str) -> None:
+    """Refuse a layer whose int32 accumulator can overflow for some int8 input.
+
+    Per output row c: |acc| <= |bias_c| + max|q - zp_in| * sum|w_c|, and the requantization first
+    shifts the accumulator left by max(shift_c, 0) in 32 bits. CMSIS-NN and TFLite-Micro would both
+    wrap silently past 2^31 (signed overflow), so this is an error, not a clamp."""
+    rows = np.abs(weight.astype(np.int64).reshape(weight.shape[0], -1)).sum(axis=1)
+    x_max = max(abs(INT8_MIN - input_zero_point), abs(INT8_MAX - input_zero_point))
+    left = np.broadcast_to(np.maximum(np.asarray(shift, np.int64), 0), rows.shape)
+    worst = (np.abs(bias.astype(np.int64)) + x_max * rows) << left
+    if np.any(worst > INT32_MAX):
+        c = int(np.argmax(worst))
+        raise ConversionError(
+            f"the int32 accumulator of output channel {c} can overflow: worst case {float(worst[c]):.3g} "
+            f"(fan-in {weight[c].size}, sum|w| {int(rows[c])}, requantization left shift {int(left[c])}); "
+            "CMSIS-NN would wrap silently. Split the layer or lower its fan-in", where)
+
+
 def quantize_tensor(x: np.ndarray, q: QuantParams) -> np.ndarray:
     """float -> int8 exactly as the generated NAME_quantize_input() does (float32 division)."""
     v = np.asarray(x, dtype=np.float32) / np.float32(q.scale)

@@ -41,10 +41,11 @@ def cmsis_static_library(tree: CmsisTree, compiler: str, archiver: str, flags: t
                          cache_name: str) -> Path:
     """libcmsisnn.a: every integer source of the tree compiled with `flags`, built once and cached
     under a key of the compiler, the flags and every source and header."""
-    sources = sorted(p for p in (tree.root / "Source").rglob("*.c") if not p.name.endswith(("_f32.c", "_f16.c")))
+    root = tree.buildable_root()
+    sources = sorted(p for p in (root / "Source").rglob("*.c") if not p.name.endswith(("_f32.c", "_f16.c")))
     key = hashlib.sha256(" ".join((compiler, *flags)).encode())
     for p in sources + sorted(tree.include.rglob("*.h")):
-        key.update(p.relative_to(tree.root).as_posix().encode())
+        key.update(p.relative_to(root).as_posix().encode())
         key.update(p.read_bytes())
     lib = cache_dir() / cache_name / key.hexdigest()[:16] / "libcmsisnn.a"
     if lib.is_file():

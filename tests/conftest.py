@@ -1,0 +1,26 @@
+"""Suite-wide set-up: which CMSIS-NN tree every test converts for and builds with.
+
+The suite runs at the API level of $CMSIS_NN_PATH when it is set (e.g. a CMSIS-NN v7.0.0 or main
+checkout), else at the level of the pinned PyPI snapshot, which it fetches. Setting the variable for
+the whole session keeps `convert` (which would otherwise emit for level 7 without a tree) and every
+build on one tree, in-process and in the CLI subprocesses alike.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def pytest_configure(config) -> None:
+    if not os.environ.get("CMSIS_NN_PATH"):
+        from onnx2cmsis.cmsis_nn.source import fetch_snapshot
+
+        os.environ["CMSIS_NN_PATH"] = str(fetch_snapshot())
+
+
+def pytest_report_header(config) -> str:
+    from onnx2cmsis.cmsis_nn.source import detect_api
+    from pathlib import Path
+
+    root = Path(os.environ["CMSIS_NN_PATH"])
+    return f"CMSIS-NN: {root} (API level {detect_api(root)})"
