@@ -1,0 +1,189 @@
+"""A property-based fuzzer over whole 1D CNN graphs (hypothesis).
+
+Each example is a random valid ONNX model: a chain of blocks (convolutions with any stride,
+dilation, padding and activation; max/average pools; BatchNorm; nearest upsampling; residual
+branches; channel concatenation of two branches), optionally ending in a global pool, a dense
+layer and a softmax. Property: it converts, the C compiles with the strict flags, and on random
+int8 inputs C == the integer reference == tflite-micro (where TFLite can express the graph).
+
+CI runs a bounded, derandomized set (FUZZ_EXAMPLES, default 25). A long run:
+    ONNX2CMSIS_FUZZ_EXAMPLES=2000 ONNX2CMSIS_FUZZ_RANDOM=1 python -m pytest tests/test_fuzz_graphs.py
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.targets.host import build_conversions
+
+FUZZ_EXAMPLES = int(os.environ.get("ONNX2CMSIS_FUZZ_EXAMPLES", "25"))
+RANDOM = os.environ.get("ONNX2CMSIS_FUZZ_RANDOM") == "1"
+ACTIVATIONS = ("none", "relu", "relu6", "tanh", "sigmoid", "leaky")
+
+
+@dataclass
+class GraphBuilder:
+    """Builds an ONNX graph while tracking the (C, W) shape of the current value."""
+
+    rng: np.random.Generator
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    count: int = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}{self.count}"
+
+    def const(self, values: np.ndarray, stem: str = "c") -> str:
+        n = self.name(stem)
+        self.inits.append(numpy_helper.from_array(np.asarray(values, np.float32), n))
+        return n
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out + "_node", **attrs))
+        return out
+
+    def activation(self, x: str, kind: str) -> str:
+        if kind == "relu":
+            return self.node("Relu", [x])
+        if kind == "relu6":
+            return self.node("Clip", [x, self.const(np.float32(0.0)), self.const(np.float32(6.0))])
+        if kind == "tanh":
+            return self.node("Tanh", [x])
+        if kind == "sigmoid":
+            return self.node("Sigmoid", [x])
+        if kind == "leaky":
+            return self.node("LeakyRelu", [x], alpha=0.1)
+        return x
+
+    def conv(self, x: str, c_in: int, c_out: int, k: int, **attrs) -> str:
+        w = self.rng.standard_normal((c_out, c_in, k)) / np.sqrt(c_in * k)
+        b = self.rng.standard_normal(c_out) * 0.2
+        return self.node("Conv", [x, self.const(w, "w"), self.const(b, "b")], kernel_shape=[k], **attrs)
+
+
+def _conv_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    c_out = draw(st.integers(1, 8))
+    k = draw(st.integers(1, 5))
+    dil = draw(st.integers(1, 3)) if k > 1 else 1
+    span = (k - 1) * dil + 1
+    stride = draw(st.integers(1, 3))
+    pads = [draw(st.integers(0, span - 1)), draw(st.integers(0, span - 1))]
+    if w + sum(pads) < span:
+        pads[1] = span - w - pads[0]
+    y = g.conv(x, c, c_out, k, strides=[stride], dilations=[dil], pads=pads)
+    y = g.activation(y, draw(st.sampled_from(ACTIVATIONS)))
+    return y, c_out, (w + sum(pads) - span) // stride + 1
+
+
+def _pool_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    k = draw(st.integers(2, min(4, w)))
+    stride = draw(st.integers(1, k))
+    pad = draw(st.integers(0, k // 2))
+    if draw(st.booleans()):
+        y = g.node("MaxPool", [x], kernel_shape=[k], strides=[stride], pads=[pad, pad])
+    else:
+        y = g.node("AveragePool", [x], kernel_shape=[k], strides=[stride], pads=[pad, pad],
+                   count_include_pad=draw(st.integers(0, 1)))
+    return y, c, (w + 2 * pad - k) // stride + 1
+
+
+def _batchnorm_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    r = g.rng
+    y = g.node("BatchNormalization", [x, g.const(r.uniform(0.5, 1.5, c)), g.const(r.normal(0, 0.2, c)),
+                                      g.const(r.normal(0, 0.2, c)), g.const(r.uniform(0.5, 2.0, c))])
+    return g.activation(y, draw(st.sampled_from(("none", "relu")))), c, w
+
+
+def _upsample_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    factor = draw(st.integers(2, 3))
+    y = g.node("Resize", [x, "", g.const(np.array([1, 1, factor], np.float32))], mode="nearest")
+    return y, c, w * factor
+
+
+def _residual_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    k = draw(st.sampled_from((1, 3, 5)))
+    branch = g.conv(x, c, c, k, pads=[k // 2, k // 2])
+    branch = g.activation(branch, draw(st.sampled_from(("none", "relu"))))
+    y = g.node("Add", [x, branch])
+    return g.activation(y, draw(st.sampled_from(("none", "relu")))), c, w
+
+
+def _concat_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    ca, cb = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    a = g.activation(g.conv(x, c, ca, 3, pads=[1, 1]), draw(st.sampled_from(ACTIVATIONS)))
+    b = g.activation(g.conv(x, c, cb, 1), draw(st.sampled_from(ACTIVATIONS)))
+    return g.node("Concat", [a, b], axis=1), ca + cb, w
+
+
+BLOCKS = {"conv": _conv_block, "pool": _pool_block, "batchnorm": _batchnorm_block, "upsample": _upsample_block,
+          "residual": _residual_block, "concat": _concat_block}
+
+
+@st.composite
+def cnn_graphs(draw) -> tuple[onnx.ModelProto, tuple[int, int], list[str]]:
+    g = GraphBuilder(np.random.default_rng(draw(st.integers(0, 2**32 - 1))))
+    c, w = draw(st.integers(1, 6)), draw(st.integers(8, 48))
+    shape = (c, w)
+    x, kinds = "x", []
+    for _ in range(draw(st.integers(1, 5))):
+        options = [k for k in BLOCKS if not (k == "pool" and w < 2) and not (k == "upsample" and w > 64)]
+        kind = draw(st.sampled_from(options))
+        x, c, w = BLOCKS[kind](draw, g, x, c, w)
+        kinds.append(kind)
+    head = draw(st.sampled_from(("sequence", "dense", "dense_softmax")))
+    if head != "sequence":
+        pooled = g.node(draw(st.sampled_from(("GlobalAveragePool", "GlobalMaxPool"))), [x])
+        flat = g.node("Flatten", [pooled])
+        n_out = draw(st.integers(2, 6))
+        x = g.node("Gemm", [flat, g.const(g.rng.standard_normal((n_out, c)) / np.sqrt(c)),
+                            g.const(g.rng.standard_normal(n_out) * 0.1)], transB=1)
+        if head == "dense_softmax":
+            x = g.node("Softmax", [x], axis=-1)
+    kinds.append(head)
+    g.nodes.append(helper.make_node("Identity", [x], ["y"], name="output"))
+    graph = helper.make_graph(g.nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, shape, kinds
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=not RANDOM, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=cnn_graphs(), seed=st.integers(0, 2**16))
+def test_random_graphs_are_bit_exact(case, seed, tmp_path_factory):
+    model, shape, kinds = case
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = folder / "fuzz.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.3, 3.0)
+    calibration = (rng.standard_normal((24, *shape)) * scale + rng.uniform(-1, 1) * scale).astype(np.float32)
+    conv = convert(path, calibration, name="fuzz")  # any refusal of these supported graphs is a finding
+    built = build_conversions([conv], Path(folder) / "build")["fuzz"]
+    x = rng.integers(-128, 128, (6, built.input_size)).astype(np.int8)
+    x[0], x[1] = -128, 127
+    want = np.stack([conv.reference(s) for s in x])
+    got = np.stack([built(s) for s in x])
+    assert np.array_equal(got, want), f"C != reference for blocks {kinds}"
+    try:
+        from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
+    except ImportError:
+        return
+    try:
+        oracle = run_tflite_micro(export_tflite(conv.graph), x)
+    except NotExportable:
+        return
+    assert np.array_equal(oracle.reshape(want.shape), want), f"reference != tflite-micro for blocks {kinds}"
