@@ -55,6 +55,34 @@ def test_snapshot_level_on_request(no_tree_env):
     assert "Source/ConvolutionFunctions/arm_convolve_s8.c" in conv.report["cmsis_nn"]["sources"]
 
 
+def test_grouped_conv_is_native_at_level_7_and_block_diagonal_before(tmp_path, no_tree_env):
+    """Same bytes out (the sweeps and QEMU runs prove both builds), but level 7 stores and multiplies
+    1/groups of the block-diagonal weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array((rng.standard_normal((8, 2, 3)) / 2).astype(np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3], pads=[1, 1], group=4, name="grouped")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "grouped.onnx"))
+    calib = rng.standard_normal((16, 8, 20)).astype(np.float32)
+    def conv_layer(conv):
+        (layer,) = [layer for layer in conv.report["layers"] if layer["op"] == "conv1d"]
+        return layer
+
+    old = conv_layer(convert(tmp_path / "grouped.onnx", calib, cmsis_api=SNAPSHOT_API))
+    new_conv = convert(tmp_path / "grouped.onnx", calib)
+    new = conv_layer(new_conv)
+    assert old["kernel"] == new["kernel"] == "arm_convolve_s8"
+    assert old["weight_bytes"] - new["weight_bytes"] == 8 * 3 * (8 - 2)  # int8 weights: 8x3x8 -> 8x3x2
+    assert old["macs"] == 4 * new["macs"]
+    assert "const cmsis_nn_dims filter_dims = {8, 1, 3, 2};" in new_conv.source
+
+
 @pytest.mark.parametrize("cols, lanes8, lanes16", [(15, 64, 64), (17, 96, 128), (33, 160, 192), (48, 192, 192)])
 def test_conv_scratch_bytes_per_level(cols, lanes8, lanes16):
     """The largest of the DSP buffer (4 * cols rounded up to 4) and the MVE im2col buffer (4 rows of

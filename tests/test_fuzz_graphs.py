@@ -1,7 +1,7 @@
 """A property-based fuzzer over whole 1D CNN graphs (hypothesis).
 
-Each example is a random valid ONNX model: a chain of blocks (convolutions with any stride,
-dilation, padding and activation; max/average pools; BatchNorm; nearest upsampling; residual
+Each example is a random valid ONNX model: a chain of blocks (full, grouped and depthwise
+convolutions with any stride, dilation, padding and activation; max/average pools; BatchNorm; nearest upsampling; residual
 branches; channel concatenation of two branches), optionally ending in a global pool, a dense
 layer and a softmax. Property: it converts, the C compiles with the strict flags, and on random
 int8 inputs C == the integer reference == tflite-micro (where TFLite can express the graph).
@@ -67,14 +67,17 @@ class GraphBuilder:
             return self.node("LeakyRelu", [x], alpha=0.1)
         return x
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int, **attrs) -> str:
-        w = self.rng.standard_normal((c_out, c_in, k)) / np.sqrt(c_in * k)
+    def conv(self, x: str, c_in: int, c_out: int, k: int, groups: int = 1, **attrs) -> str:
+        w = self.rng.standard_normal((c_out, c_in // groups, k)) / np.sqrt(c_in // groups * k)
         b = self.rng.standard_normal(c_out) * 0.2
-        return self.node("Conv", [x, self.const(w, "w"), self.const(b, "b")], kernel_shape=[k], **attrs)
+        return self.node("Conv", [x, self.const(w, "w"), self.const(b, "b")], kernel_shape=[k], group=groups,
+                         **attrs)
 
 
 def _conv_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
-    c_out = draw(st.integers(1, 8))
+    """A full, grouped (1 < groups < C) or depthwise (groups == C) convolution."""
+    groups = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+    c_out = groups * draw(st.integers(1, max(1, 8 // groups)))
     k = draw(st.integers(1, 5))
     dil = draw(st.integers(1, 3)) if k > 1 else 1
     span = (k - 1) * dil + 1
@@ -82,7 +85,7 @@ def _conv_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int
     pads = [draw(st.integers(0, span - 1)), draw(st.integers(0, span - 1))]
     if w + sum(pads) < span:
         pads[1] = span - w - pads[0]
-    y = g.conv(x, c, c_out, k, strides=[stride], dilations=[dil], pads=pads)
+    y = g.conv(x, c, c_out, k, groups, strides=[stride], dilations=[dil], pads=pads)
     y = g.activation(y, draw(st.sampled_from(ACTIVATIONS)))
     return y, c_out, (w + sum(pads) - span) // stride + 1
 

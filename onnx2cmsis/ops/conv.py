@@ -40,6 +40,19 @@ def conv_scratch_bytes(kernel: int, in_ch: int, cmsis_api: str) -> int:
     return max(dsp, mve)
 
 
+def block_diagonal(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv's (C_out, K, C_in / groups) weights as the equivalent full conv's
+    (C_out, K, C_in): each group's block on the diagonal, exact zeros elsewhere."""
+    if groups == 1:
+        return weight
+    c_out, k, per_in = weight.shape
+    per_out = c_out // groups
+    full = np.zeros((c_out, k, per_in * groups), weight.dtype)
+    for g in range(groups):
+        full[g * per_out:(g + 1) * per_out, :, g * per_in:(g + 1) * per_in] = weight[g * per_out:(g + 1) * per_out]
+    return full
+
+
 def quantize_per_channel(node: Node, graph: Graph) -> None:
     """node.qparams of a per-channel conv (full or depthwise): weights symmetric per output channel
     (axis 0 of node.consts["weight"]), int32 bias, one multiplier/shift per channel."""
@@ -83,25 +96,19 @@ class Conv1DHandler(OpHandler):
         pad_l, pad_r = explicit_pads(node, w_in, k, stride, dilation)
         bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         bias = np.zeros(c_out, np.float32) if bias is None else bias.reshape(c_out).astype(np.float32)
-        weight = w.reshape(c_out, c_in // group, k).transpose(0, 2, 1)
-        if group > 1 and not depthwise:
-            # CMSIS-NN has no grouped kernel: a block-diagonal full convolution adds only exact zeros
-            # (per-channel scales see the same non-zero weights), at `group` times the weights and MACs.
-            full = np.zeros((c_out, k, c_in), weight.dtype)
-            per_in, per_out = c_in // group, c_out // group
-            for g in range(group):
-                full[g * per_out:(g + 1) * per_out, :, g * per_in:(g + 1) * per_in] = weight[g * per_out:(g + 1) * per_out]
-            weight = full
+        weight = w.reshape(c_out, c_in // group, k).transpose(0, 2, 1)  # (C_out, K, C_in / group)
+        grouped = group > 1 and not depthwise
         ctx.add_node(
             Node(
                 node.name,
                 "dwconv1d" if depthwise else self.op,
                 [ctx.tensor(node.inputs[0], axes)],
                 [ctx.tensor(node.outputs[0], axes)],
-                attrs={"kernel": k, "stride": stride, "dilation": dilation, "pad": (pad_l, pad_r)},
+                attrs={"kernel": k, "stride": stride, "dilation": dilation, "pad": (pad_l, pad_r),
+                       **({"groups": group} if grouped else {})},
                 consts={"weight": np.ascontiguousarray(weight[:, :, 0] if depthwise else weight, np.float32),
                         "bias": bias},
-                origin=node.op_type if group == 1 or depthwise else f"{node.op_type} group={group} as block-diagonal",
+                origin=f"{node.op_type} group={group}" if grouped else node.op_type,
             )
         )
 
@@ -128,8 +135,8 @@ class Conv1DHandler(OpHandler):
         xp = np.pad(x, ((pad_l, right), (0, 0)))
         taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d  # (w_out, k)
         cols = xp[taps].reshape(w_out, -1)  # (w_out, k*c_in)
-        wq = qp["weight"].astype(np.int64).reshape(qp["weight"].shape[0], -1)
-        acc = cols @ wq.T + qp["bias"].astype(np.int64)
+        wq = block_diagonal(qp["weight"], a.get("groups", 1)).astype(np.int64)
+        acc = cols @ wq.reshape(wq.shape[0], -1).T + qp["bias"].astype(np.int64)
         y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
         return [saturate_int8(y, *qp["act_range"])]
 
@@ -138,7 +145,15 @@ class Conv1DHandler(OpHandler):
         (w_in, c_in), (w_out, c_out) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
         where = f"node '{node.name}' ({node.origin})"
         check_uint16(where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=a["kernel"], pad=a["pad"][0])
-        pointwise = a["kernel"] == 1 and a["pad"] == (0, 0) and a["stride"] == 1 and a["dilation"] == 1
+        # A grouped conv: CMSIS-NN v6.0.0+ (level 7) runs it in arm_convolve_s8 (filter channels =
+        # C_in / groups); the 2024.01 snapshot cannot, so it gets the block-diagonal full conv, which
+        # adds only exact zeros at `groups` times the weights and MACs. Same bytes out either way.
+        groups = a.get("groups", 1)
+        native_groups = groups > 1 and graph.cmsis_api != SNAPSHOT_API
+        weight = qp["weight"] if native_groups else block_diagonal(qp["weight"], groups)
+        filter_c = weight.shape[2]
+        pointwise = (a["kernel"] == 1 and a["pad"] == (0, 0) and a["stride"] == 1 and a["dilation"] == 1
+                     and not native_groups)
         kernel = "arm_convolve_1x1_s8_fast" if pointwise else "arm_convolve_s8"
         scratch = 0 if pointwise else conv_scratch_bytes(a["kernel"], c_in, graph.cmsis_api)
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
@@ -146,19 +161,20 @@ class Conv1DHandler(OpHandler):
             template="conv1d.c.j2",
             kernel=kernel,
             context={
-                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"],
+                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "filter_c": filter_c,
                 "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
                 "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
                 "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
                 "scratch_bytes": scratch, "upscale_arg": graph.cmsis_api != SNAPSHOT_API,
             },
             arrays=[
-                CArray("weights", "int8_t", qp["weight"], f"[{c_out}][1][{a['kernel']}][{c_in}] per-channel int8"),
+                CArray("weights", "int8_t", weight, f"[{c_out}][1][{a['kernel']}][{filter_c}] per-channel int8"
+                       + (f", {groups} groups" if native_groups else " (block-diagonal)" if groups > 1 else "")),
                 CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
                 CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
                 CArray("shift", "int32_t", qp["shift"], ""),
             ],
             functions=[kernel] + ([] if pointwise else ["arm_convolve_s8_get_buffer_size"]),
             scratch_bytes=scratch,
-            macs=w_out * c_out * a["kernel"] * c_in,
+            macs=w_out * c_out * a["kernel"] * filter_c,
         )

@@ -7,13 +7,14 @@ from collections.abc import Callable
 import numpy as np
 
 from onnx2cmsis.ir.graph import Node
+from onnx2cmsis.ops.conv import block_diagonal
 from onnx2cmsis.oracle.tflite_writer import Exporter, NotExportable
 
 
 def _conv1d(ex: Exporter, node: Node) -> None:
     fb, qp, a = ex.fb, node.qparams, node.attrs
     src = ex.padded(ex.activation(node.inputs[0]), node)
-    w = qp["weight"]  # (C_out, K, C_in)
+    w = block_diagonal(qp["weight"], a.get("groups", 1))  # (C_out, K, C_in): same sums as the groups
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
     wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * w.shape[0], axis=0)
     bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
