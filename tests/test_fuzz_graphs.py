@@ -1,9 +1,10 @@
 """A property-based fuzzer over whole 1D CNN graphs (hypothesis).
 
-Each example is a random valid ONNX model: a chain of blocks (full, grouped and depthwise
-convolutions with any stride, dilation, padding and activation; max/average pools; BatchNorm; nearest upsampling; residual
-branches; channel concatenation of two branches), optionally ending in a global pool, a dense
-layer and a softmax. Property: it converts, the C compiles with the strict flags, and on random
+Each example is a random valid ONNX model, channel-first or Keras-style channel-last: a chain of
+blocks (full, grouped and depthwise convolutions with any stride, dilation, explicit or automatic
+padding and activation; max (also dilated) and average pools with asymmetric pads, ceil_mode,
+stride > kernel; BatchNorm; Pad; time crops; nearest upsampling; residual branches; channel and
+time concatenations), optionally ending in a global pool, a dense layer and a softmax. Property: it converts, the C compiles with the strict flags, and on random
 int8 inputs C == the integer reference == tflite-micro (where TFLite can express the graph).
 
 CI runs a bounded, derandomized set (FUZZ_EXAMPLES, default 25). A long run:
@@ -49,6 +50,11 @@ class GraphBuilder:
         self.inits.append(numpy_helper.from_array(np.asarray(values, np.float32), n))
         return n
 
+    def ints(self, values: list[int]) -> str:
+        n = self.name("i")
+        self.inits.append(numpy_helper.from_array(np.asarray(values, np.int64), n))
+        return n
+
     def node(self, op: str, inputs: list[str], **attrs) -> str:
         out = self.name(op.lower())
         self.nodes.append(helper.make_node(op, inputs, [out], name=out + "_node", **attrs))
@@ -82,6 +88,11 @@ def _conv_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int
     dil = draw(st.integers(1, 3)) if k > 1 else 1
     span = (k - 1) * dil + 1
     stride = draw(st.integers(1, 3))
+    if dil == 1 and draw(st.booleans()):  # ONNX Runtime rejects dilation with auto_pad SAME
+        mode = draw(st.sampled_from(("SAME_UPPER", "SAME_LOWER", "VALID") if w >= span else ("SAME_UPPER",)))
+        y = g.conv(x, c, c_out, k, groups, strides=[stride], auto_pad=mode)
+        y = g.activation(y, draw(st.sampled_from(ACTIVATIONS)))
+        return y, c_out, (w - span) // stride + 1 if mode == "VALID" else -(-w // stride)
     pads = [draw(st.integers(0, span - 1)), draw(st.integers(0, span - 1))]
     if w + sum(pads) < span:
         pads[1] = span - w - pads[0]
@@ -92,14 +103,39 @@ def _conv_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int
 
 def _pool_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
     k = draw(st.integers(2, min(4, w)))
-    stride = draw(st.integers(1, k))
-    pad = draw(st.integers(0, k // 2))
-    if draw(st.booleans()):
-        y = g.node("MaxPool", [x], kernel_shape=[k], strides=[stride], pads=[pad, pad])
+    stride = draw(st.integers(1, k + 1))  # stride > kernel skips inputs
+    pads = [draw(st.integers(0, k // 2)), draw(st.integers(0, k // 2))]
+    ceil = draw(st.integers(0, 1)) if pads == [0, 0] else 0  # ceil_mode windows over padding only: refused
+    span = w + sum(pads) - k
+    w_out = (span + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (w_out - 1) * stride >= w:
+        w_out -= 1  # ONNX drops a ceil_mode window that would start past the input
+    kind = draw(st.sampled_from(("max", "max_dilated", "avg")))
+    if kind == "max_dilated" and w >= 2 * k - 1:
+        y = g.node("MaxPool", [x], kernel_shape=[k], strides=[stride], dilations=[2])
+        return y, c, (w - 2 * (k - 1) - 1) // stride + 1
+    if kind.startswith("max"):
+        y = g.node("MaxPool", [x], kernel_shape=[k], strides=[stride], pads=pads, ceil_mode=ceil)
     else:
-        y = g.node("AveragePool", [x], kernel_shape=[k], strides=[stride], pads=[pad, pad],
+        y = g.node("AveragePool", [x], kernel_shape=[k], strides=[stride], pads=pads, ceil_mode=ceil,
                    count_include_pad=draw(st.integers(0, 1)))
-    return y, c, (w + 2 * pad - k) // stride + 1
+    return y, c, w_out
+
+
+def _pad_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    left, right = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    return g.node("Pad", [x, g.ints([0, 0, left, 0, 0, right])], mode="constant"), c, w + left + right
+
+
+def _crop_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    start = draw(st.integers(0, max(0, w // 2 - 1)))
+    stop = draw(st.integers(start + 1, w))
+    return g.node("Slice", [x, g.ints([start]), g.ints([stop]), g.ints([2])]), c, stop - start
+
+
+def _time_concat_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
+    a = g.activation(g.conv(x, c, c, 3, pads=[1, 1]), draw(st.sampled_from(ACTIVATIONS)))
+    return g.node("Concat", [a, x], axis=2), c, 2 * w
 
 
 def _batchnorm_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
@@ -131,17 +167,20 @@ def _concat_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, i
 
 
 BLOCKS = {"conv": _conv_block, "pool": _pool_block, "batchnorm": _batchnorm_block, "upsample": _upsample_block,
-          "residual": _residual_block, "concat": _concat_block}
+          "residual": _residual_block, "concat": _concat_block, "pad": _pad_block, "crop": _crop_block,
+          "time_concat": _time_concat_block}
 
 
 @st.composite
 def cnn_graphs(draw) -> tuple[onnx.ModelProto, tuple[int, int], list[str]]:
     g = GraphBuilder(np.random.default_rng(draw(st.integers(0, 2**32 - 1))))
-    c, w = draw(st.integers(1, 6)), draw(st.integers(8, 48))
-    shape = (c, w)
-    x, kinds = "x", []
+    c, w = draw(st.integers(1, 8)), draw(st.integers(8, 64))
+    channels_last = draw(st.booleans())  # Keras/tf2onnx: (1, W, C) in and out, transposes inside
+    shape = (w, c) if channels_last else (c, w)
+    x, kinds = ("x", []) if not channels_last else (g.node("Transpose", ["x"], perm=[0, 2, 1]), ["nwc"])
     for _ in range(draw(st.integers(1, 5))):
-        options = [k for k in BLOCKS if not (k == "pool" and w < 2) and not (k == "upsample" and w > 64)]
+        options = [k for k in BLOCKS if not (k == "pool" and w < 2) and not (k in ("upsample", "time_concat", "pad")
+                                                                           and w > 64)]
         kind = draw(st.sampled_from(options))
         x, c, w = BLOCKS[kind](draw, g, x, c, w)
         kinds.append(kind)
@@ -155,6 +194,8 @@ def cnn_graphs(draw) -> tuple[onnx.ModelProto, tuple[int, int], list[str]]:
         if head == "dense_softmax":
             x = g.node("Softmax", [x], axis=-1)
     kinds.append(head)
+    if head == "sequence" and channels_last:
+        x = g.node("Transpose", [x], perm=[0, 2, 1])
     g.nodes.append(helper.make_node("Identity", [x], ["y"], name="output"))
     graph = helper.make_graph(g.nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *shape])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=g.inits)
