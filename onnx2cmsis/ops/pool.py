@@ -87,7 +87,11 @@ def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Nod
     out_w = ctx.logical_shape(node.outputs[0])[axes[0]]
     attrs = {"kernel": k, "stride": stride, "pad_left": pad_l, "out_w": out_w, "dilation": dilation}
     if not _window_taps(attrs, w_in)[1].any(axis=1).all():
-        raise UnsupportedOpError(f"{node.op_type} has an output window that covers only padding", node.where)
+        # ceil_mode can declare a last window that starts in the padding: ONNX shape inference keeps
+        # it, ONNX Runtime and PyTorch drop it. With no agreed meaning, refuse rather than pick one.
+        raise UnsupportedOpError(f"{node.op_type} has an output window that covers only padding (ceil_mode: ONNX "
+                                 "keeps it, ONNX Runtime drops it; export with ceil_mode=0 or other padding)",
+                                 node.where)
     return Node(node.name, op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)], attrs=attrs,
                 origin=node.op_type), pad_r, w_in
 
