@@ -125,13 +125,14 @@ def _pool_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int
 
 
 def _pad_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
-    left, right = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    left = draw(st.integers(0, 4))
+    right = draw(st.integers(0 if left else 1, 4))  # a real pad: a model of only no-ops is refused
     return g.node("Pad", [x, g.ints([0, 0, left, 0, 0, right])], mode="constant"), c, w + left + right
 
 
 def _crop_block(draw, g: GraphBuilder, x: str, c: int, w: int) -> tuple[str, int, int]:
     start = draw(st.integers(0, max(0, w // 2 - 1)))
-    stop = draw(st.integers(start + 1, w))
+    stop = draw(st.integers(start + 1, w if start else w - 1))  # a real crop (w >= 2 here)
     return g.node("Slice", [x, g.ints([start]), g.ints([stop]), g.ints([2])]), c, stop - start
 
 
@@ -181,8 +182,8 @@ def cnn_graphs(draw) -> tuple[onnx.ModelProto, tuple[int, int], list[str]]:
     shape = (w, c) if channels_last else (c, w)
     x, kinds = ("x", []) if not channels_last else (g.node("Transpose", ["x"], perm=[0, 2, 1]), ["nwc"])
     for _ in range(draw(st.integers(1, 5))):
-        options = [k for k in BLOCKS if not (k == "pool" and w < 2) and not (k in ("upsample", "time_concat", "pad")
-                                                                           and w > 64)]
+        options = [k for k in BLOCKS if not (k in ("pool", "crop") and w < 2)
+                   and not (k in ("upsample", "time_concat", "pad") and w > 64)]
         kind = draw(st.sampled_from(options))
         x, c, w = BLOCKS[kind](draw, g, x, c, w)
         kinds.append(kind)
