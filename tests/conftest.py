@@ -9,6 +9,7 @@ build on one tree, in-process and in the CLI subprocesses alike.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def pytest_configure(config) -> None:
@@ -20,7 +21,6 @@ def pytest_configure(config) -> None:
 
 def pytest_report_header(config) -> str:
     from onnx2cmsis.cmsis_nn.source import detect_api
-    from pathlib import Path
 
     root = Path(os.environ["CMSIS_NN_PATH"])
     return f"CMSIS-NN: {root} (API level {detect_api(root)})"
