@@ -149,3 +149,42 @@ def test_verify_builds_with_the_snapshot_by_default_and_refuses_level_7_without_
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(data), env=no_tree_env)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _level_7_tree() -> Path | None:
+    root = os.environ.get("CMSIS_NN_PATH")
+    return Path(root) if root and detect_api(Path(root)) == "7" else None
+
+
+@pytest.mark.skipif(_level_7_tree() is None, reason="needs a level-7 CMSIS-NN tree: set CMSIS_NN_PATH to a "
+                    "CMSIS-NN v6.0.0+ checkout (v7.0.0, main); CI has only the 2024.01 snapshot")
+def test_level_7_code_runs_bit_exact_on_every_target(tmp_path):
+    """The level-7 specifics in one model each: conv (upscale_dims, 16-lane MVE scratch), grouped conv
+    (native groups) and dense (MVE kernel sums), on the host and on QEMU M0+/M4/M55."""
+    from onnx2cmsis.targets.host import build_conversions
+    from onnx2cmsis.targets.qemu import build_firmware, missing_tools, run_firmware
+    from tests.onnx_builders import dense_case, depthwise_case
+
+    rng = np.random.default_rng(11)
+    convs = [convert(MODEL, CALIB)]
+    i = 0
+    while len(convs) < 3:
+        case = depthwise_case(rng, i)
+        if case.params["kind"] == "grouped":
+            convs.append(convert(case.save(tmp_path), case.calibration, name=case.name))
+        i += 1
+    case = dense_case(rng, 0)
+    convs.append(convert(case.save(tmp_path), case.calibration, name=case.name))
+    assert all(c.cmsis.api == "7" for c in convs)
+    inputs = {c.name: rng.integers(-128, 128, (4, c.graph.tensors[c.graph.inputs[0]].size)).astype(np.int8)
+              for c in convs}
+    want = {c.name: np.stack([c.reference(x) for x in inputs[c.name]]) for c in convs}
+    host = build_conversions(convs, tmp_path / "host")
+    for c in convs:
+        assert np.array_equal(np.stack([host[c.name](x) for x in inputs[c.name]]), want[c.name]), c.name
+    if missing_tools():
+        return
+    for target in ("m0plus", "m4", "m55"):
+        out = run_firmware(build_firmware(convs, target, tmp_path / target), inputs)
+        for c in convs:
+            assert np.array_equal(out[c.name], want[c.name]), f"{target}: {c.name}"
