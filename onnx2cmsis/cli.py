@@ -101,6 +101,8 @@ def verify(
     target: str = typer.Option("host", "--target", "-t",
                                help="host, m0plus, m4, m7, m55 or all (the Cortex-M ones run on QEMU)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    layers: bool = typer.Option(False, "--layers", help="Also print each layer's int8 accuracy vs the float "
+                                "model (SQNR, max error in LSB) over the first 64 samples."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="C identifier prefix."),
     plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
@@ -120,7 +122,8 @@ def verify(
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.ops.registry import build_registry
     from onnx2cmsis.quant.calibrate import load_calibration
-    from onnx2cmsis.verify import TARGET_NAMES, format_table
+    from onnx2cmsis.evaluate import layer_accuracy
+    from onnx2cmsis.verify import TARGET_NAMES, format_layer_table, format_table
     from onnx2cmsis.verify import verify as run_verify
 
     targets = list(TARGET_NAMES) if target == "all" else [t.strip() for t in target.split(",")]
@@ -136,7 +139,9 @@ def verify(
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):
             raise ConversionError(f"{len(y)} labels for {len(x)} samples", str(labels))
-        results = run_verify(conv, np.asarray(x, np.float32), targets, labels=y)
+        x = np.asarray(x, np.float32)
+        results = run_verify(conv, x, targets, labels=y)
+        per_layer = layer_accuracy(conv, x[:64]) if layers else None
     except ConversionError as exc:
         if debug:
             raise
@@ -147,6 +152,8 @@ def verify(
         _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
               "rerun with --debug and report it")
     typer.echo(format_table(results))
+    if per_layer is not None:
+        typer.echo(format_layer_table(per_layer))
     if json_out is not None:
         json_out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
     ran = [r for r in results if not r.skipped]

@@ -12,6 +12,7 @@ import numpy as np
 
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.quant.calibrate import run_float
+from onnx2cmsis.quant.quantize import run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
 from onnx2cmsis.targets.host import build_conversions
 
@@ -80,3 +81,39 @@ def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,
         weights_bytes=conv.report["weights_bytes"],
     )
     return ev, c_outputs
+
+
+@dataclass
+class LayerAccuracy:
+    index: int
+    name: str
+    op: str
+    origin: str
+    sqnr_db: float  # int8 reference vs the float model at this layer's output, over the samples
+    max_error_lsb: float  # largest |int8 - float| in units of the layer's output scale
+
+
+def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]:
+    """Where int8 loses accuracy: each layer's integer output, dequantized, against the float model's
+    value it stands for (ONNX Runtime), element by element through the importer's index map. Layers
+    whose output is no model value (an inserted transpose, a split pool) are left out."""
+    graph = conv.graph
+    layers = [(i, n, graph.tensors[n.output]) for i, n in enumerate(graph.nodes)]
+    layers = [(i, n, t) for i, n, t in layers if t.calib_name and t.calib_index is not None]
+    values = sorted({t.calib_name for _, _, t in layers})
+    signal = {t.name: 0.0 for _, _, t in layers}
+    noise = dict(signal)
+    worst = dict(signal)
+    xq = quantize_inputs(conv, x_float)
+    for x, floats in zip(xq, run_float(conv.model, x_float, values)):
+        ints = run_reference(graph, conv.registry, x, keep_all=True)
+        for _, _, t in layers:
+            want = np.asarray(floats[t.calib_name], np.float64).reshape(-1)
+            got = dequantize_tensor(ints[t.name].reshape(-1)[t.calib_index], t.quant).astype(np.float64)
+            signal[t.name] += float(np.sum(want ** 2))
+            noise[t.name] += float(np.sum((got - want) ** 2))
+            worst[t.name] = max(worst[t.name], float(np.max(np.abs(got - want))) / float(t.quant.scale))
+    return [LayerAccuracy(i, n.name, n.op, n.origin,
+                          float(10 * np.log10(signal[t.name] / noise[t.name])) if noise[t.name] > 0 else float("inf"),
+                          worst[t.name])
+            for i, n, t in layers]

@@ -170,3 +170,13 @@ def format_table(results: list[TargetResult]) -> str:
         if r.first_bad_layer:
             lines.append(f"{'':<8}first bad layer: {r.first_bad_layer}")
     return "\n".join(lines)
+
+
+def format_layer_table(rows: list) -> str:
+    """evaluate.layer_accuracy rows as a table: where the int8 model departs from the float one."""
+    head = f"{'layer':>5}  {'op':<10}{'SQNR dB':>8}{'max|err| LSB':>13}  name (from)"
+    lines = ["", head, "-" * len(head)]
+    for r in rows:
+        name = "".join(ch if ch.isprintable() else "?" for ch in r.name)  # model text: no terminal controls
+        lines.append(f"{r.index:>5}  {r.op:<10}{r.sqnr_db:>8.1f}{r.max_error_lsb:>13.2f}  {name} ({r.origin})")
+    return "\n".join(lines)

@@ -138,3 +138,19 @@ def test_convert_tflite_has_the_c_interface_and_runs_the_same(tmp_path):
     interp = runtime.Interpreter.from_bytes(flatbuffer, arena_size=1 << 20)
     assert list(interp.get_input_details(0)["shape"]) == list(conv.graph.model_input_shapes[0])
     assert interp.get_input_details(0)["dtype"] == np.int8
+
+
+def test_layer_accuracy_follows_each_layer_through_the_layout_change(tmp_path):
+    """The example's input is (C, W) and the IR computes in (W, C): each layer's int8 output is matched
+    to its float value through the importer's index map. A wrong map would read noise (~0 dB)."""
+    from onnx2cmsis.evaluate import layer_accuracy
+
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
+    x, _ = _data(tmp_path, 32)
+    rows = layer_accuracy(conv, np.load(x))
+    assert {r.op for r in rows} >= {"conv1d", "maxpool1d", "dense", "softmax"} and len(rows) >= 6
+    assert all(r.sqnr_db > 30 and 0 < r.max_error_lsb < 64 for r in rows), rows
+    r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                                 "-d", str(x), "--layers"])
+    assert r.exit_code == 0, r.output
+    assert "SQNR dB" in r.output and sum(line.strip().split()[1:2] == ["conv1d"] for line in r.output.splitlines()) == 3

@@ -104,6 +104,7 @@ class GraphBuilder:
         if value not in self.bindings:
             physical, index = arrangement(full, full_axes)
             name = self.new_tensor(physical, value, calib_name=value)
+            self.tensors[name].calib_index = index.reshape(-1)
             self.bindings[value] = Binding(name, index)
             return name
         return self._materialize(self.bindings[value], full_axes, value)
@@ -208,6 +209,7 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
     raw_shape = in_logical if len(in_logical) <= 2 else tuple(n for n in in_logical if n > 1) or (1,)
     raw = b.new_tensor(raw_shape or (1,), model_in.name, calib_name=model_in.name)
     b.bindings[model_in.name] = Binding(raw, np.arange(int(np.prod(in_logical))).reshape((1, *in_logical)))
+    b.tensors[raw].calib_index = b.bindings[model_in.name].index.reshape(-1)
 
     for proto in g.node:
         view = OnnxNodeView(proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
