@@ -74,6 +74,24 @@ def quantize_per_channel(node: Node, graph: Graph) -> None:
                                node.qparams["shift"], where)
 
 
+def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]]:
+    """What every per-channel conv call (full or depthwise) passes alike: stride/dilation/pad,
+    offsets and activation range for the template, and the bias/multiplier/shift arrays."""
+    a, qp = node.attrs, node.qparams
+    q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+    context = {
+        "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
+        "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
+        "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
+    }
+    arrays = [
+        CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
+        CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
+        CArray("shift", "int32_t", qp["shift"], ""),
+    ]
+    return context, arrays
+
+
 class Conv1DHandler(OpHandler):
     op = "conv1d"
     onnx_ops = ("Conv",)
@@ -156,23 +174,18 @@ class Conv1DHandler(OpHandler):
                      and not native_groups)
         kernel = "arm_convolve_1x1_s8_fast" if pointwise else "arm_convolve_s8"
         scratch = 0 if pointwise else conv_scratch_bytes(a["kernel"], c_in, graph.cmsis_api)
-        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        common, arrays = per_channel_call_parts(node, graph)
         return KernelCall(
             template="conv1d.c.j2",
             kernel=kernel,
             context={
                 "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "filter_c": filter_c,
-                "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
-                "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
-                "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
-                "scratch_bytes": scratch, "upscale_arg": graph.cmsis_api != SNAPSHOT_API,
+                **common, "scratch_bytes": scratch, "upscale_arg": graph.cmsis_api != SNAPSHOT_API,
             },
             arrays=[
                 CArray("weights", "int8_t", weight, f"[{c_out}][1][{a['kernel']}][{filter_c}] per-channel int8"
                        + (f", {groups} groups" if native_groups else " (block-diagonal)" if groups > 1 else "")),
-                CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
-                CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
-                CArray("shift", "int32_t", qp["shift"], ""),
+                *arrays,
             ],
             functions=[kernel] + ([] if pointwise else ["arm_convolve_s8_get_buffer_size"]),
             scratch_bytes=scratch,

@@ -11,7 +11,7 @@ import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, check_uint16
-from onnx2cmsis.ops.conv import quantize_per_channel
+from onnx2cmsis.ops.conv import per_channel_call_parts, quantize_per_channel
 from onnx2cmsis.quant.rules import requantize, saturate_int8
 
 def dw_scratch_bytes(kernel: int, channels: int) -> int:
@@ -67,23 +67,18 @@ class DepthwiseConv1DHandler(OpHandler):
         fast = mult == 1 and a["dilation"] == 1
         kernel = "arm_depthwise_conv_s8_opt" if fast else "arm_depthwise_conv_s8"
         scratch = dw_scratch_bytes(a["kernel"], c_in) if fast else 0
-        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        common, arrays = per_channel_call_parts(node, graph)
         return KernelCall(
             template="dwconv1d.c.j2",
             kernel=kernel,
             context={
                 "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "mult": mult,
-                "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
-                "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
-                "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
-                "scratch_bytes": scratch, "fast": fast,
+                **common, "scratch_bytes": scratch, "fast": fast,
             },
             arrays=[
                 CArray("weights", "int8_t", np.ascontiguousarray(qp["weight"].T),
                        f"[1][{a['kernel']}][{c_out}] per-channel int8"),
-                CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
-                CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
-                CArray("shift", "int32_t", qp["shift"], ""),
+                *arrays,
             ],
             functions=[kernel] + (["arm_depthwise_conv_s8", "arm_depthwise_conv_s8_opt_get_buffer_size"] if fast else []),
             scratch_bytes=scratch,
