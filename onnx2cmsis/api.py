@@ -164,7 +164,8 @@ def _check_finite_constants(graph, where: str) -> None:
 
 
 def _check_finite_samples(samples: np.ndarray, where: str, chunk: int = 4096) -> None:
-    """Chunked, so a memory-mapped file of any size is read in bounded memory."""
+    """Before any float inference, so a bad sample is named at once; chunked, so a calibration file of
+    any size is read in bounded memory."""
     for start in range(0, len(samples), chunk):
         block = np.asarray(samples[start:start + chunk])
         rows_ok = np.isfinite(block.reshape(len(block), -1)).all(axis=1) if block.dtype.kind == "f" else None

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnx2cmsis.errors import ConversionError
-from onnx2cmsis.quant.sample_file import SampleFile, open_samples, with_sample_shape
+from onnx2cmsis.quant.sample_file import SampleFile, open_samples
 
 
 def load_calibration(path: Path, input_shape: tuple[int, ...]) -> SampleFile:
@@ -25,10 +25,10 @@ def load_calibration(path: Path, input_shape: tuple[int, ...]) -> SampleFile:
         raise ConversionError("calibration file not found", where)
     data = open_samples(path)
     sample = tuple(input_shape[1:])
-    if data.shape == sample:
-        data = with_sample_shape(data, sample)
-    elif data.ndim == len(sample) + 2 and data.shape[1] == 1 and data.shape[2:] == sample:
-        data = with_sample_shape(data, sample)
+    one_sample = data.shape == sample
+    batch_axis = data.ndim == len(sample) + 2 and data.shape[1] == 1 and data.shape[2:] == sample
+    if one_sample or batch_axis:
+        data = data.reshaped(sample)
     if data.shape[1:] != sample or len(data) == 0:
         raise ConversionError(
             f"calibration data has shape {data.shape}, expected (N, {', '.join(map(str, sample))})", where

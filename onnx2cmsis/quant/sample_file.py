@@ -64,6 +64,12 @@ class SampleFile:
             return self._read(i, i + 1)[0]
         return np.asarray(self)[index]
 
+    def reshaped(self, sample_shape: tuple[int, ...]) -> SampleFile:
+        """The same bytes as (N', *sample_shape); the caller has checked the element counts agree."""
+        total = len(self) * self._sample_bytes // self.dtype.itemsize
+        n = total // max(1, int(np.prod(sample_shape, dtype=np.int64)))
+        return SampleFile(self._stream, self._offset, n, sample_shape, self.dtype, self.where)
+
     def blocks(self) -> Iterator[np.ndarray]:
         per_block = max(1, BLOCK_BYTES // max(1, self._sample_bytes))
         for start in range(0, len(self), per_block):
@@ -121,9 +127,3 @@ def _npz_member(path: Path, where: str) -> IO[bytes]:
             shutil.copyfileobj(src, spooled, 1 << 20)
     spooled.seek(0)
     return spooled
-
-
-def with_sample_shape(samples: SampleFile, sample: tuple[int, ...]) -> SampleFile:
-    """The same bytes viewed as (N, *sample); the caller has checked the element counts agree."""
-    n = len(samples) * int(np.prod(samples.shape[1:], dtype=np.int64)) // max(1, int(np.prod(sample, dtype=np.int64)))
-    return SampleFile(samples._stream, samples._offset, n, sample, samples.dtype, samples.where)
