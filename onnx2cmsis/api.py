@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 
 from onnx2cmsis import __version__
-from onnx2cmsis.cmsis_nn.source import DEFAULT_API, CmsisTree, locate_cmsis_nn
+from onnx2cmsis.cmsis_nn.api_levels import DEFAULT_API
+from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
 from onnx2cmsis.errors import ConversionError
@@ -78,7 +79,7 @@ def convert(
     cmsis_nn: str | os.PathLike[str] | None = None,
     registry: Registry | None = None,
     cmsis_api: str | None = None,
-    default_api: str | None = DEFAULT_API,
+    default_api: str | None = DEFAULT_API.level,
     budget: Budget | None = None,
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
@@ -119,7 +120,9 @@ def convert(
         "output_shape": list(graph.model_output_shapes[0]),
         "input_layout": "channel-major (C, W)" if len(graph.model_input_shapes[0]) == 3 else "flat",
         "weights_bytes": weights_bytes,
-        "cmsis_api": cmsis.api,
+        "cmsis_api": cmsis.api.level,
+        "cmsis_probe": cmsis.api.c_probe,
+        "cmsis_versions": cmsis.api.versions,
     }
     handlers = [registry.for_op(n.op) for n in graph.nodes]
     template_dirs = tuple(dict.fromkeys(h.template_dir for h in handlers if h.template_dir is not None))
@@ -148,7 +151,7 @@ def convert(
             for layer, handler in zip(layers, handlers)
         ],
         "rewrites": rewrites,
-        "cmsis_nn": {"api": cmsis.api, "functions": functions, "sources": sources},
+        "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions, "sources": sources},
         "calibration_samples": int(len(samples)),
     }
     report["warnings"] = (budget or Budget()).check(weights_bytes, plan.arena_bytes)

@@ -46,7 +46,7 @@ def convert(
     ),
     cmsis_api: Optional[str] = typer.Option(
         None, "--cmsis-nn-api", metavar="LEVEL",
-        help="CMSIS-NN API level to emit for: 7 (v6.0.0 and later: v7, v8, main; the default) or 2024.01 "
+        help="CMSIS-NN API level to emit for: 7 (v7.0.0 and later, main; the default) or 2024.01 "
              "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
     plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),

@@ -1,7 +1,8 @@
-"""CMSIS-NN API levels: which level the C is emitted for, detection from a tree, refusals.
+"""CMSIS-NN API levels: which level the C is emitted for, detection from a tree, refusals, and the
+generated C refusing to compile against another generation.
 
-The whole suite runs at the level of $CMSIS_NN_PATH (see conftest.py): the snapshot's 2024.01 in CI,
-level 7 when it points at a CMSIS-NN v7.0.0+/main checkout. These tests pin down the choice itself.
+The whole suite runs at the level of $CMSIS_NN_PATH (see conftest.py); `python -m tests.run_levels`
+(what CI runs) runs it at v7.0.0 and these level tests also at main and at the 2024.01 snapshot.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.cmsis_nn.source import SNAPSHOT_API, detect_api, fetch_snapshot
+from onnx2cmsis.cmsis_nn.api_levels import LEVEL_7, SNAPSHOT_API
+from onnx2cmsis.cmsis_nn.source import detect_api, detect_capabilities, fetch_snapshot
 from onnx2cmsis.errors import ToolchainError
-from onnx2cmsis.ops.dense import mve_kernel_sums
+from tests.needs import level_7_tree
+
+pytestmark = pytest.mark.level
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "vibration" / "vibration_cnn.onnx"  # conv (k=5), pools, dense
@@ -38,10 +42,10 @@ def no_tree_env(monkeypatch) -> dict[str, str]:
 
 def test_default_is_level_7_and_needs_no_tree(no_tree_env):
     conv = convert(MODEL, CALIB)
-    assert conv.cmsis.api == "7" and conv.cmsis.root is None
+    assert conv.cmsis.api == LEVEL_7 and conv.cmsis.root is None
     assert conv.report["cmsis_nn"]["api"] == "7" and conv.report["cmsis_nn"]["sources"] is None
     assert "CMSIS-NN API level: 7" in conv.header
-    # v6.0.0+ arm_convolve_s8 takes upscale_dims before output_dims
+    # v7.0.0+ arm_convolve_s8 takes upscale_dims before output_dims
     assert conv.source.count("NULL /* no upscaling */") == sum(
         1 for layer in conv.report["layers"] if layer["kernel"] == "arm_convolve_s8")
     with pytest.raises(ToolchainError, match="needs a CMSIS-NN tree of API level 7"):
@@ -49,7 +53,7 @@ def test_default_is_level_7_and_needs_no_tree(no_tree_env):
 
 
 def test_snapshot_level_on_request(no_tree_env):
-    conv = convert(MODEL, CALIB, cmsis_api=SNAPSHOT_API)
+    conv = convert(MODEL, CALIB, cmsis_api=SNAPSHOT_API.level)
     assert conv.cmsis.api == SNAPSHOT_API and conv.cmsis.root == fetch_snapshot()
     assert "no upscaling" not in conv.source
     assert "Source/ConvolutionFunctions/arm_convolve_s8.c" in conv.report["cmsis_nn"]["sources"]
@@ -74,7 +78,7 @@ def test_grouped_conv_is_native_at_level_7_and_block_diagonal_before(tmp_path, n
         (layer,) = [layer for layer in conv.report["layers"] if layer["op"] == "conv1d"]
         return layer
 
-    old = conv_layer(convert(tmp_path / "grouped.onnx", calib, cmsis_api=SNAPSHOT_API))
+    old = conv_layer(convert(tmp_path / "grouped.onnx", calib, cmsis_api=SNAPSHOT_API.level))
     new_conv = convert(tmp_path / "grouped.onnx", calib)
     new = conv_layer(new_conv)
     assert old["kernel"] == new["kernel"] == "arm_convolve_s8"
@@ -83,40 +87,104 @@ def test_grouped_conv_is_native_at_level_7_and_block_diagonal_before(tmp_path, n
     assert "const cmsis_nn_dims filter_dims = {8, 1, 3, 2};" in new_conv.source
 
 
-@pytest.mark.parametrize("cols, lanes8, lanes16", [(15, 64, 64), (17, 96, 128), (33, 160, 192), (48, 192, 192)])
-def test_conv_scratch_bytes_per_level(cols, lanes8, lanes16):
-    """The largest of the DSP buffer (4 * cols rounded up to 4) and the MVE im2col buffer (4 rows of
-    cols rounded up to 8 lanes in the snapshot, to 16 from v6.0.0 on), worked out by hand."""
-    from onnx2cmsis.ops.conv import conv_scratch_bytes
-
-    assert conv_scratch_bytes(1, cols, SNAPSHOT_API) == lanes8
-    assert conv_scratch_bytes(1, cols, "7") == lanes16
-
-
-def test_dense_mve_kernel_sums_per_level():
-    """Each level's MVE kernel turns its kernel sums into bias + sum((x + offset) * w) its own way."""
-    rng = np.random.default_rng(0)
-    w = rng.integers(-127, 128, (8, 40), dtype=np.int64).astype(np.int8)
-    bias = rng.integers(-2**20, 2**20, 8).astype(np.int32)
-    x = rng.integers(-128, 128, 40).astype(np.int64)
-    offset = 37
-    want = bias.astype(np.int64) + (w.astype(np.int64) @ (x + offset))
-    dot = w.astype(np.int64) @ x
-    old = mve_kernel_sums(w, bias, offset, SNAPSHOT_API).astype(np.int64)
-    assert np.array_equal(bias + dot + offset * old, want)  # snapshot: acc = bias + dot; acc += offset * sum
-    new = mve_kernel_sums(w, bias, offset, "7").astype(np.int64)
-    assert np.array_equal(new + dot, want)  # v6.0.0+: acc starts at the kernel sum
-
-
-def test_detect_level_from_the_conv_prototype(tmp_path):
-    assert detect_api(fetch_snapshot()) == SNAPSHOT_API
-    include = tmp_path / "Include"
-    include.mkdir()
-    header = (fetch_snapshot() / "Include" / "arm_nnfunctions.h").read_text()
+def _patched_snapshot(tmp_path: Path, upscale: bool, groups: bool, lanes16: bool, sums: bool) -> Path:
+    """The snapshot's header and buffer-size source with some of level 7's capabilities written in, as
+    CMSIS-NN's own changes wrote them (v6.0.0: groups, 16 lanes and the new kernel sums; v7.0.0: upscale_dims)."""
+    snap = fetch_snapshot()
+    header = (snap / "Include" / "arm_nnfunctions.h").read_text()
     start = header.index("arm_cmsis_nn_status arm_convolve_s8(")
-    at = header.index("const cmsis_nn_dims *output_dims", start)  # v6.0.0 inserted upscale_dims here
-    (include / "arm_nnfunctions.h").write_text(header[:at] + "const cmsis_nn_dims *upscale_dims, " + header[at:])
-    assert detect_api(tmp_path) == "7"
+    if upscale:
+        at = header.index("const cmsis_nn_dims *output_dims", start)
+        header = header[:at] + "const cmsis_nn_dims *upscale_dims, " + header[at:]
+    if groups:
+        doc = header.rindex("/**", 0, start)
+        header = header[:doc] + "/**\n * CK != C_IN is used for grouped convolution" + header[doc + 3:]
+    if sums:
+        at = header.index("const int8_t *vector_data);")
+        header = header[:at] + "const int8_t *vector_data, const int32_t lhs_offset, const int32_t *bias_data);" + \
+            header[at + len("const int8_t *vector_data);"):]
+    sizes = (snap / "Source" / "ConvolutionFunctions" / "arm_convolve_get_buffer_sizes_s8.c").read_text()
+    if lanes16:
+        sizes = sizes.replace("col_length = (col_length + 7) / 8;", "col_length = (col_length + 15) / 16;")
+    tree = tmp_path / f"tree{int(upscale)}{int(groups)}{int(lanes16)}{int(sums)}"
+    (tree / "Include").mkdir(parents=True)
+    (tree / "Source" / "ConvolutionFunctions").mkdir(parents=True)
+    (tree / "Include" / "arm_nnfunctions.h").write_text(header)
+    (tree / "Include" / "arm_nnsupportfunctions.h").write_text((snap / "Include" / "arm_nnsupportfunctions.h").read_text())
+    (tree / "Source" / "ConvolutionFunctions" / "arm_convolve_get_buffer_sizes_s8.c").write_text(sizes)
+    return tree
+
+
+def test_each_capability_is_read_from_the_tree(tmp_path):
+    """Every capability flips on its own fact in the tree; a v6.0.0-like mix is refused by name."""
+    assert detect_capabilities(fetch_snapshot()) == SNAPSHOT_API.capabilities()
+    assert detect_api(fetch_snapshot()) == SNAPSHOT_API
+    names = list(SNAPSHOT_API.capabilities())
+    for i, name in enumerate(names):
+        flags = [j == i for j in range(4)]
+        found = detect_capabilities(_patched_snapshot(tmp_path, *flags))
+        assert {k for k in names if found[k] != SNAPSHOT_API.capabilities()[k]} == {name}, (name, found)
+    assert detect_api(_patched_snapshot(tmp_path, True, True, True, True)) == LEVEL_7
+    with pytest.raises(ToolchainError, match=r"CMSIS-NN v6\.0\.0 .*use CMSIS-NN v7\.0\.0 or later"):
+        detect_api(_patched_snapshot(tmp_path, False, True, True, True))
+
+
+def test_level_7_trees_detected():
+    tree = level_7_tree()
+    assert detect_capabilities(tree) == LEVEL_7.capabilities() and detect_api(tree) == LEVEL_7
+
+
+def _compile(source_dir: Path, name: str, tree: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", str(tree / "Include"),
+                           "-I", str(source_dir), "-c", str(source_dir / f"{name}.c"), "-o", os.devnull],
+                          capture_output=True, text=True)
+
+
+def test_generated_c_refuses_another_generation_at_compile_time(tmp_path):
+    """Level-7 C against the snapshot and 2024.01 C against a level-7 tree stop at an #error that names
+    the level the C needs; each compiles against its own tree. A dense-only model is the case a
+    signature change cannot catch (its MVE kernel sums differ silently between the levels)."""
+    from tests.onnx_builders import dense_case
+
+    case = dense_case(np.random.default_rng(1), 0)
+    trees = {"7": level_7_tree(), SNAPSHOT_API.level: fetch_snapshot()}
+    for model, calib, stem in ((MODEL, CALIB, "example"), (case.save(tmp_path), case.calibration, "dense_only")):
+        for level, tree in trees.items():
+            conv = convert(model, calib, name=f"{stem}_{level.replace('.', '_')}", cmsis_nn=tree)
+            (tmp_path / f"{conv.name}.c").write_text(conv.source)
+            (tmp_path / f"{conv.name}.h").write_text(conv.header)
+            assert _compile(tmp_path, conv.name, tree).returncode == 0
+            other = trees[SNAPSHOT_API.level if level == "7" else "7"]
+            r = _compile(tmp_path, conv.name, other)
+            first_error = next(line for line in r.stderr.splitlines() if "error" in line)
+            assert r.returncode != 0 and "#error" in first_error, r.stderr
+            assert f"{conv.name}.c was generated for CMSIS-NN API level {level}:" in first_error
+            assert ("CMSIS-NN v7.0.0 or later" if level == "7" else "January 2024 CMSIS-NN snapshot") in first_error
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_dense_kernel_sums_on_m55(tmp_path):
+    """The MVE fully-connected kernel starts from the precomputed kernel sums, whose form differs per
+    level: dense layers with non-zero input offsets, run on QEMU's Cortex-M55 against the suite's
+    tree, match the reference (which the sweeps tie to tflite-micro)."""
+    from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+    from tests.needs import qemu_tools
+    from tests.onnx_builders import dense_case
+
+    qemu_tools()
+    rng = np.random.default_rng(21)
+    convs = []
+    for i in range(12):
+        case = dense_case(rng, i)
+        convs.append(convert(case.save(tmp_path), case.calibration, name=case.name))
+    offsets = [c.graph.tensors[n.inputs[0]].quant.zero_point for c in convs for n in c.graph.nodes if n.op == "dense"]
+    assert sum(o != 0 for o in offsets) >= 6, offsets
+    inputs = {c.name: rng.integers(-128, 128, (4, c.graph.tensors[c.graph.inputs[0]].size)).astype(np.int8)
+              for c in convs}
+    out = run_firmware(build_firmware(convs, "m55", tmp_path / "m55"), inputs)
+    for c in convs:
+        assert np.array_equal(out[c.name], np.stack([c.reference(x) for x in inputs[c.name]])), c.name
 
 
 def test_cli_refuses_a_level_that_does_not_match_the_tree(tmp_path, no_tree_env):
@@ -151,39 +219,35 @@ def test_verify_builds_with_the_snapshot_by_default_and_refuses_level_7_without_
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _level_7_tree() -> Path | None:
-    root = os.environ.get("CMSIS_NN_PATH")
-    return Path(root) if root and detect_api(Path(root)) == "7" else None
-
-
-@pytest.mark.skipif(_level_7_tree() is None, reason="needs a level-7 CMSIS-NN tree: set CMSIS_NN_PATH to a "
-                    "CMSIS-NN v6.0.0+ checkout (v7.0.0, main); CI has only the 2024.01 snapshot")
+@pytest.mark.slow
+@pytest.mark.qemu
 def test_level_7_code_runs_bit_exact_on_every_target(tmp_path):
     """The level-7 specifics in one model each: conv (upscale_dims, 16-lane MVE scratch), grouped conv
     (native groups) and dense (MVE kernel sums), on the host and on QEMU M0+/M4/M55."""
     from onnx2cmsis.targets.host import build_conversions
-    from onnx2cmsis.targets.qemu import build_firmware, missing_tools, run_firmware
+    from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+    from tests.needs import qemu_tools
     from tests.onnx_builders import dense_case, depthwise_case
 
+    tree = level_7_tree()
     rng = np.random.default_rng(11)
-    convs = [convert(MODEL, CALIB)]
+    convs = [convert(MODEL, CALIB, cmsis_nn=tree)]
     i = 0
     while len(convs) < 3:
         case = depthwise_case(rng, i)
         if case.params["kind"] == "grouped":
-            convs.append(convert(case.save(tmp_path), case.calibration, name=case.name))
+            convs.append(convert(case.save(tmp_path), case.calibration, name=case.name, cmsis_nn=tree))
         i += 1
     case = dense_case(rng, 0)
-    convs.append(convert(case.save(tmp_path), case.calibration, name=case.name))
-    assert all(c.cmsis.api == "7" for c in convs)
+    convs.append(convert(case.save(tmp_path), case.calibration, name=case.name, cmsis_nn=tree))
+    assert all(c.cmsis.api == LEVEL_7 for c in convs)
     inputs = {c.name: rng.integers(-128, 128, (4, c.graph.tensors[c.graph.inputs[0]].size)).astype(np.int8)
               for c in convs}
     want = {c.name: np.stack([c.reference(x) for x in inputs[c.name]]) for c in convs}
     host = build_conversions(convs, tmp_path / "host")
     for c in convs:
         assert np.array_equal(np.stack([host[c.name](x) for x in inputs[c.name]]), want[c.name]), c.name
-    if missing_tools():
-        return
+    qemu_tools()
     for target in ("m0plus", "m4", "m55"):
         out = run_firmware(build_firmware(convs, target, tmp_path / target), inputs)
         for c in convs:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from onnx2cmsis.cmsis_nn.api_levels import DEFAULT_API, CmsisApi
 from onnx2cmsis.quant.rules import QuantParams
 
 
@@ -54,9 +55,9 @@ class Graph:
     outputs: list[str]
     model_input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # as the model declares
     model_output_shapes: list[tuple[int, ...]] = field(default_factory=list)
-    # The CMSIS-NN API level the C is emitted for ("2024.01" or "7"); handlers whose call or scratch
-    # size differs between levels read it in emit().
-    cmsis_api: str = "7"
+    # The CMSIS-NN API level the C is emitted for; handlers whose call or scratch size differs between
+    # levels ask its capabilities in emit() (e.g. cmsis_api.conv_upscale_dims), never its name.
+    cmsis_api: CmsisApi = DEFAULT_API
 
     def producer(self, tensor: str) -> Node | None:
         for n in self.nodes:

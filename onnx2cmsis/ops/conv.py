@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.cmsis_nn.source import SNAPSHOT_API
+from onnx2cmsis.cmsis_nn.api_levels import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
@@ -30,12 +30,12 @@ from onnx2cmsis.quant.rules import (
 )
 
 
-def conv_scratch_bytes(kernel: int, in_ch: int, cmsis_api: str) -> int:
-    """arm_convolve_s8_get_buffer_size for the largest of the pure-C/DSP and MVE builds. The MVE
-    im2col rows are padded to 8 lanes in the 2024.01 snapshot, to 16 from v6.0.0 on."""
+def conv_scratch_bytes(kernel: int, in_ch: int, api: CmsisApi) -> int:
+    """arm_convolve_s8_get_buffer_size for the largest of the pure-C/DSP and MVE builds (the MVE
+    im2col rows are padded to api.mve_im2col_lanes)."""
     cols = kernel * in_ch
     dsp = 4 * ((cols + 3) // 4 * 4)
-    lanes = 8 if cmsis_api == SNAPSHOT_API else 16
+    lanes = api.mve_im2col_lanes
     mve = 4 * ((cols + lanes - 1) // lanes) * lanes
     return max(dsp, mve)
 
@@ -163,11 +163,11 @@ class Conv1DHandler(OpHandler):
         (w_in, c_in), (w_out, c_out) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
         where = f"node '{node.name}' ({node.origin})"
         check_uint16(where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=a["kernel"], pad=a["pad"][0])
-        # A grouped conv: CMSIS-NN v6.0.0+ (level 7) runs it in arm_convolve_s8 (filter channels =
-        # C_in / groups); the 2024.01 snapshot cannot, so it gets the block-diagonal full conv, which
-        # adds only exact zeros at `groups` times the weights and MACs. Same bytes out either way.
+        # A grouped conv runs natively where arm_convolve_s8 takes filter channels = C_in / groups;
+        # otherwise it is the block-diagonal full conv, which adds only exact zeros at `groups` times
+        # the weights and MACs. Same bytes out either way.
         groups = a.get("groups", 1)
-        native_groups = groups > 1 and graph.cmsis_api != SNAPSHOT_API
+        native_groups = groups > 1 and graph.cmsis_api.conv_native_groups
         weight = qp["weight"] if native_groups else block_diagonal(qp["weight"], groups)
         filter_c = weight.shape[2]
         pointwise = (a["kernel"] == 1 and a["pad"] == (0, 0) and a["stride"] == 1 and a["dilation"] == 1
@@ -180,7 +180,7 @@ class Conv1DHandler(OpHandler):
             kernel=kernel,
             context={
                 "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "filter_c": filter_c,
-                **common, "scratch_bytes": scratch, "upscale_arg": graph.cmsis_api != SNAPSHOT_API,
+                **common, "scratch_bytes": scratch, "upscale_arg": graph.cmsis_api.conv_upscale_dims,
             },
             arrays=[
                 CArray("weights", "int8_t", weight, f"[{c_out}][1][{a['kernel']}][{filter_c}] per-channel int8"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.cmsis_nn.source import SNAPSHOT_API
+from onnx2cmsis.cmsis_nn.api_levels import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
@@ -31,12 +31,12 @@ from onnx2cmsis.quant.rules import (
 )
 
 
-def mve_kernel_sums(weight: np.ndarray, bias: np.ndarray, input_offset: int, cmsis_api: str) -> np.ndarray:
+def mve_kernel_sums(weight: np.ndarray, bias: np.ndarray, input_offset: int, api: CmsisApi) -> np.ndarray:
     """What arm_fully_connected_s8's MVE path reads from ctx.buf (arm_vector_sum_s8's output). The
-    2024.01 snapshot scales plain row sums by the input offset itself and adds the bias; from v6.0.0
+    2024.01 snapshot scales plain row sums by the input offset itself and adds the bias; from level 7
     on the kernel starts each accumulator at bias + input_offset * row sum (wrapping int32)."""
     sums = weight.astype(np.int64).sum(axis=1)
-    if cmsis_api != SNAPSHOT_API:
+    if api.fc_kernel_sums_with_bias:
         sums = bias.astype(np.int64) + input_offset * sums
     return ((sums + 2**31) % 2**32 - 2**31).astype(np.int32)
 

@@ -1,0 +1,72 @@
+"""CMSIS-NN API levels as named capabilities: what the generated C may rely on in one generation.
+
+CMSIS-NN has no version macro, and the functions we call changed under us, so the generator emits
+for a level. Handlers never compare level names: they ask the capability that decides their call
+(e.g. `api.conv_upscale_dims`). This module is a leaf (no project imports), so the IR can carry the
+level the C is emitted for.
+
+Facts (read from the trees: the PyPI snapshot of January 2024, v6.0.0, v7.0.0 and main 99f736a6):
+
+| capability | 2024.01 snapshot | v6.0.0 | v7.0.0, main |
+|---|---|---|---|
+| `arm_convolve_s8` takes `upscale_dims` | no | no | yes |
+| `arm_convolve_s8` runs grouped convs (filter C < input C) | no | yes | yes |
+| MVE conv im2col rows padded to | 8 lanes | 16 lanes | 16 lanes |
+| MVE FC kernel sums are `bias + input_offset * row sum` | no (plain sums) | yes | yes |
+
+v6.0.0 is a generation of its own (new grouped conv and kernel sums, old conv prototype); it is
+detected and refused rather than supported, since no v6.0.0 tree is tested here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CmsisApi:
+    """One CMSIS-NN API generation the C can be emitted for."""
+
+    level: str  # the name users pass to --cmsis-nn-api and read in NAME.json
+    versions: str  # which CMSIS-NN releases have it, for messages and docs
+    conv_upscale_dims: bool  # arm_convolve_s8 takes `const cmsis_nn_dims *upscale_dims` before output_dims
+    conv_native_groups: bool  # arm_convolve_s8 accepts filter channels = C_in / groups
+    mve_im2col_lanes: int  # arm_convolve_s8_get_buffer_size_mve pads each im2col row to this many int8 lanes
+    fc_kernel_sums_with_bias: bool  # MVE arm_fully_connected_s8 starts from bias + input_offset * row sums
+    # A C preprocessor condition, true only for trees of this level once arm_nnsupportfunctions.h is
+    # included: the generated .c stops with #error when it is false.
+    c_probe: str
+
+    def capabilities(self) -> dict[str, bool | int]:
+        return {"conv_upscale_dims": self.conv_upscale_dims, "conv_native_groups": self.conv_native_groups,
+                "mve_im2col_lanes": self.mve_im2col_lanes, "fc_kernel_sums_with_bias": self.fc_kernel_sums_with_bias}
+
+
+# REVERSE_TCOL_EFFICIENT_THRESHOLD is defined in v7.0.0 and main only; MAX_COL_COUNT from v6.0.0 on;
+# ARM_NNSUPPORTFUNCTIONS_H is the include guard every tree since the snapshot uses (v5.0.0 and older:
+# _ARM_NNSUPPORTFUNCTIONS_H_). Checked over the snapshot, v5.0.0, v6.0.0, v7.0.0 and main.
+LEVEL_7 = CmsisApi(
+    level="7", versions="CMSIS-NN v7.0.0 or later (v7.0.0, main)",
+    conv_upscale_dims=True, conv_native_groups=True, mve_im2col_lanes=16, fc_kernel_sums_with_bias=True,
+    c_probe="defined(REVERSE_TCOL_EFFICIENT_THRESHOLD)",
+)
+LEVEL_2024_01 = CmsisApi(
+    level="2024.01", versions="the January 2024 CMSIS-NN snapshot (PyPI aidge-export-arm-cortexm 0.2.1)",
+    conv_upscale_dims=False, conv_native_groups=False, mve_im2col_lanes=8, fc_kernel_sums_with_bias=False,
+    c_probe="defined(ARM_NNSUPPORTFUNCTIONS_H) && !defined(MAX_COL_COUNT)",
+)
+API_LEVELS: dict[str, CmsisApi] = {api.level: api for api in (LEVEL_2024_01, LEVEL_7)}
+DEFAULT_API = LEVEL_7  # what users download from GitHub today
+SNAPSHOT_API = LEVEL_2024_01  # the one this tool can fetch from PyPI
+
+
+def level_named(name: str) -> CmsisApi | None:
+    return API_LEVELS.get(name)
+
+
+def level_with(capabilities: dict[str, bool | int]) -> CmsisApi | None:
+    """The level whose capabilities are exactly these, if any."""
+    for api in API_LEVELS.values():
+        if api.capabilities() == capabilities:
+            return api
+    return None

@@ -1,0 +1,78 @@
+"""What the suite needs from the machine, and what happens when it is missing.
+
+Outside CI a missing tool skips the test with a message that says how to get it. Under CI=true it
+fails the test: CI must never pass by checking less than README claims (the oracle, the cross
+compiler, QEMU, a CMSIS-NN tree of API level 7).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
+
+import pytest
+
+LEVEL_7_TREE_VARIABLE = "ONNX2CMSIS_LEVEL7_CMSIS_NN"
+QEMU_APT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing(what: str, how: str) -> NoReturn:
+    """Skip, or under CI=true fail, naming what is missing and how to get it."""
+    message = f"{what} is missing ({how})"
+    if in_ci():
+        pytest.fail(f"CI=true and {message}: CI must run this test, not skip it", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def oracle_runtime() -> ModuleType:
+    """tflite-micro's Python runtime, the independent oracle."""
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        missing("the tflite-micro oracle", 'pip install -e ".[verify]"')
+    return runtime
+
+
+def module(name: str, extra: str) -> ModuleType:
+    """An optional package README's test command installs (keras, torch, the example plugin)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python package {name}", extra)
+
+
+def cross_compiler() -> str:
+    cc = shutil.which("arm-none-eabi-gcc")
+    if cc is None:
+        missing("arm-none-eabi-gcc", "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
+    return cc
+
+
+def qemu_tools() -> None:
+    from onnx2cmsis.targets.qemu import missing_tools
+
+    if missing_tools():
+        missing(" and ".join(missing_tools()), QEMU_APT)
+
+
+def level_7_tree() -> Path:
+    """A CMSIS-NN tree of API level 7: $CMSIS_NN_PATH when the suite runs at level 7, else
+    $ONNX2CMSIS_LEVEL7_CMSIS_NN (which `python -m tests.run_levels` sets from ../shared/cmsis-nn)."""
+    from onnx2cmsis.cmsis_nn.api_levels import LEVEL_7
+    from onnx2cmsis.cmsis_nn.source import detect_api
+
+    for variable in ("CMSIS_NN_PATH", LEVEL_7_TREE_VARIABLE):
+        root = os.environ.get(variable)
+        if root and detect_api(Path(root)) == LEVEL_7:
+            return Path(root)
+    missing("a CMSIS-NN tree of API level 7", f"set {LEVEL_7_TREE_VARIABLE} or CMSIS_NN_PATH to a CMSIS-NN v7.0.0+ "
+            "checkout, or run python -m tests.run_levels, which unpacks ../shared/cmsis-nn")
