@@ -206,30 +206,45 @@ def cnn_graphs(draw) -> tuple[onnx.ModelProto, tuple[int, int], list[str]]:
     return model, shape, kinds
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=not RANDOM, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(case=cnn_graphs(), seed=st.integers(0, 2**16))
-def test_random_graphs_are_bit_exact(case, seed, tmp_path_factory):
-    model, shape, kinds = case
-    folder = tmp_path_factory.mktemp("fuzz")
-    path = folder / "fuzz.onnx"
-    onnx.save(model, str(path))
-    rng = np.random.default_rng(seed)
-    scale = rng.uniform(0.3, 3.0)
-    calibration = (rng.standard_normal((24, *shape)) * scale + rng.uniform(-1, 1) * scale).astype(np.float32)
-    conv = convert(path, calibration, name="fuzz")  # any refusal of these supported graphs is a finding
-    built = build_conversions([conv], Path(folder) / "build")["fuzz"]
-    x = rng.integers(-128, 128, (6, built.input_size)).astype(np.int8)
-    x[0], x[1] = -128, 127
-    want = np.stack([conv.reference(s) for s in x])
-    got = np.stack([built(s) for s in x])
-    assert np.array_equal(got, want), f"C != reference for blocks {kinds}"
-    try:
-        from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
-    except ImportError:
-        return
-    try:
-        oracle = run_tflite_micro(export_tflite(conv.graph), x)
-    except NotExportable:
-        return
-    assert np.array_equal(oracle.reshape(want.shape), want), f"reference != tflite-micro for blocks {kinds}"
+# Fewer graphs than this reaching tflite-micro fails the run: a fuzzer that silently checks nothing
+# against the oracle (e.g. every graph unexportable) proves nothing. Measured: all 25 fixed examples reach it.
+MIN_ORACLE_SHARE = 0.5
+
+
+def test_random_graphs_are_bit_exact(tmp_path_factory):
+    from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
+    from tests.needs import oracle_runtime
+
+    oracle_runtime()
+    counts = {"graphs": 0, "oracle": 0}
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=not RANDOM, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(case=cnn_graphs(), seed=st.integers(0, 2**16))
+    def check(case, seed):
+        model, shape, kinds = case
+        folder = tmp_path_factory.mktemp("fuzz")
+        path = folder / "fuzz.onnx"
+        onnx.save(model, str(path))
+        rng = np.random.default_rng(seed)
+        scale = rng.uniform(0.3, 3.0)
+        calibration = (rng.standard_normal((24, *shape)) * scale + rng.uniform(-1, 1) * scale).astype(np.float32)
+        conv = convert(path, calibration, name="fuzz")  # any refusal of these supported graphs is a finding
+        built = build_conversions([conv], Path(folder) / "build")["fuzz"]
+        x = rng.integers(-128, 128, (6, built.input_size)).astype(np.int8)
+        x[0], x[1] = -128, 127
+        want = np.stack([conv.reference(s) for s in x])
+        got = np.stack([built(s) for s in x])
+        assert np.array_equal(got, want), f"C != reference for blocks {kinds}"
+        counts["graphs"] += 1
+        try:
+            oracle = run_tflite_micro(export_tflite(conv.graph), x)
+        except NotExportable:
+            return
+        assert np.array_equal(oracle.reshape(want.shape), want), f"reference != tflite-micro for blocks {kinds}"
+        counts["oracle"] += 1
+
+    check()
+    print(f"fuzzer: {counts['graphs']} graphs C == reference, {counts['oracle']} of them == tflite-micro")
+    assert counts["graphs"] >= 0.8 * FUZZ_EXAMPLES, counts  # hypothesis may stop early on a small space
+    assert counts["oracle"] >= MIN_ORACLE_SHARE * counts["graphs"], counts

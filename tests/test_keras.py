@@ -17,8 +17,9 @@ from onnx2cmsis.evaluate import evaluate
 from onnx2cmsis.frontends.keras import load_keras_model
 from onnx2cmsis.quant.rules import dequantize_tensor
 from tests.keras_models.data import signals
+from tests.needs import module
 
-keras = pytest.importorskip("keras", reason="the [keras] extra (tensorflow-cpu, tf2onnx) is not installed")
+keras = module("keras", 'the [keras] extra: pip install -e ".[keras]"')
 pytestmark = pytest.mark.keras
 
 MODELS = Path(__file__).parent / "keras_models"
@@ -72,7 +73,7 @@ def test_original_tool_model_is_five_kernels(folder, tmp_path):
 
 @pytest.mark.torch
 def test_keras_and_pytorch_give_the_same_canonical_ops(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = module("torch", 'pip install -e ".[test]"')
     nn = torch.nn
 
     class Same(nn.Module):

@@ -16,6 +16,7 @@ import pytest
 from onnx2cmsis.api import Conversion, convert
 from onnx2cmsis.evaluate import Evaluation, evaluate
 from onnx2cmsis.quant.rules import dequantize_tensor
+from tests.needs import module
 from tests.torch_models import EXPORTS, export_torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_example_is_bit_exact_and_accurate(example, tmp_path):
 @pytest.mark.torch
 @pytest.mark.parametrize("name", EXPORTS)
 def test_pytorch_export(name, tmp_path):
-    pytest.importorskip("torch")
+    module("torch", 'pip install -e ".[test]"')
     path, shape = export_torch(name, tmp_path)
     rng = np.random.default_rng(7)
     calib = rng.standard_normal((200, *shape)).astype(np.float32)

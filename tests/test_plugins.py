@@ -13,9 +13,10 @@ from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.evaluate import evaluate
 from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.registry import build_registry
+from tests.needs import module
 from tests.onnx_builders import _model
 
-plugin = pytest.importorskip("onnx2cmsis_hardsigmoid", reason="pip install -e examples/plugin")
+plugin = module("onnx2cmsis_hardsigmoid", "pip install -e examples/plugin")
 SPEC = "onnx2cmsis_hardsigmoid:HardSigmoidHandler"
 
 

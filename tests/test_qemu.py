@@ -3,7 +3,8 @@ Cortex-M0 (Armv6-M), M4 and M7 (DSP) and M55 (MVE), run on QEMU, compared byte f
 integer reference (which the sweeps tie to tflite-micro).
 
 CI runs 50 random models per sweep family (600 op models); ONNX2CMSIS_QEMU_PER_FAMILY=200 runs
-the full sweeps (2,400 op models) on every target (about 13 minutes on 2 cores)."""
+the full sweeps (2,400 op models) on every target (about 13 minutes on 2 cores). The whole models and
+the MVE-rule convs carry the `level` marker: CI runs them against every CMSIS-NN tree."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.targets.qemu import TARGETS, DoesNotFit, build_firmware, missing_tools, run_firmware
+from onnx2cmsis.targets.qemu import TARGETS, DoesNotFit, build_firmware, run_firmware
+from tests.needs import module, qemu_tools
 from tests.zoo import make_op_zoo
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
@@ -23,20 +25,27 @@ SAMPLES = 6
 PER_FAMILY = int(os.environ.get("ONNX2CMSIS_QEMU_PER_FAMILY", "50"))
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    if missing_tools():
-        pytest.skip(f"{', '.join(missing_tools())} not installed (apt-get install gcc-arm-none-eabi "
-                    "libnewlib-arm-none-eabi qemu-system-arm)")
-    folder = tmp_path_factory.mktemp("qemu_models")
-    convs = make_op_zoo(folder, per_family=PER_FAMILY) + _mve_rule_convs(folder) + _whole_models(folder)
-    rng = np.random.default_rng(5)
+def _with_inputs(convs: list, seed: int) -> tuple[list, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
     inputs = {}
     for c in convs:
         x = rng.integers(-128, 128, (SAMPLES, c.graph.tensors[c.graph.inputs[0]].size)).astype(np.int8)
         x[0], x[1] = -128, 127
         inputs[c.name] = x
     return convs, inputs
+
+
+@pytest.fixture(scope="module")
+def op_zoo(tmp_path_factory):
+    qemu_tools()
+    return _with_inputs(make_op_zoo(tmp_path_factory.mktemp("qemu_zoo"), per_family=PER_FAMILY), 5)
+
+
+@pytest.fixture(scope="module")
+def whole_models(tmp_path_factory):
+    qemu_tools()
+    folder = tmp_path_factory.mktemp("qemu_models")
+    return _with_inputs(_mve_rule_convs(folder) + _whole_models(folder), 6)
 
 
 def _mve_rule_convs(folder: Path) -> list:
@@ -70,17 +79,13 @@ def _whole_models(folder: Path) -> list:
     example = ROOT / "examples" / "vibration"
     convs = [convert(example / "vibration_cnn.onnx", example / "calibration.npy")]
     rng = np.random.default_rng(6)
-    try:
-        from tests.torch_models import EXPORTS, export_torch
-    except ImportError:
-        EXPORTS = []
+    module("torch", 'pip install -e ".[test]"')
+    from tests.torch_models import EXPORTS, export_torch
+
     for name in EXPORTS:
         path, shape = export_torch(name, folder)
         convs.append(convert(path, rng.standard_normal((64, *shape)).astype(np.float32), name=f"torch_{name}"))
-    try:
-        import keras
-    except ImportError:
-        return convs
+    keras = module("keras", 'pip install -e ".[keras]"')
     keras_example = ROOT / "examples" / "vibration_keras"
     convs.append(convert(keras_example / "vibration_cnn.h5", keras_example / "calibration.npy", name="vibration_keras"))
     for path in sorted((ROOT / "tests" / "keras_models").glob("*.h5")):
@@ -91,17 +96,30 @@ def _whole_models(folder: Path) -> list:
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_models_run_bit_exact_on_qemu(models, target, tmp_path):
-    convs, inputs = models
+def test_op_zoo_runs_bit_exact_on_qemu(op_zoo, target, tmp_path):
+    _run_bit_exact(*op_zoo, target, tmp_path)
+
+
+@pytest.mark.level
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_whole_models_run_bit_exact_on_qemu(whole_models, target, tmp_path):
+    _run_bit_exact(*whole_models, target, tmp_path)
+
+
+def _run_bit_exact(convs: list, inputs: dict[str, np.ndarray], target: str, tmp_path: Path) -> None:
     # The micro:bit has 16 KB of RAM: build in groups so each image fits, and say what did not.
     size = 12 if target == "m0plus" else 150
     groups = [convs[i:i + size] for i in range(0, len(convs), size)]
     checked, skipped = 0, []
-    for g, group in enumerate(groups):
+    while groups:
+        group = groups.pop(0)
         try:
-            fw = build_firmware(group, target, tmp_path / f"group{g}")
+            fw = build_firmware(group, target, tmp_path / f"group{len(groups)}_{group[0].name}")
         except DoesNotFit:
-            skipped += [c.name for c in group]
+            if len(group) > 1:  # one model alone may still fit
+                groups += [[c] for c in group]
+            else:
+                skipped.append(group[0].name)
             continue
         outputs = run_firmware(fw, {c.name: inputs[c.name] for c in group})
         for c in group:

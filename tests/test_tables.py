@@ -8,13 +8,14 @@ import pytest
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
 from onnx2cmsis.ops.table import SIGMOID_QUANT, TANH_QUANT, leaky_relu_table, sigmoid_table, tanh_table
 from onnx2cmsis.quant.rules import QuantParams, activation_quant
+from tests.needs import oracle_runtime
 
 pytestmark = pytest.mark.oracle
 
 
 def _tflite_table(fn: str, q_in: QuantParams, q_out: QuantParams, alpha: float = 0.0) -> np.ndarray:
     """Run all 256 input codes through a one-op .tflite in the tflite-micro runtime."""
-    pytest.importorskip("tflite_micro.python.tflite_micro.runtime")
+    oracle_runtime()
     from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
 
     g = Graph(

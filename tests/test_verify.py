@@ -14,6 +14,7 @@ from onnx2cmsis.api import convert
 from onnx2cmsis.cli import app
 from onnx2cmsis.targets.qemu import missing_tools
 from onnx2cmsis.verify import verify
+from tests.needs import in_ci, oracle_runtime, qemu_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vibration"
@@ -34,8 +35,13 @@ def _data(tmp_path: Path, n: int = 40) -> tuple[Path, Path]:
     return tmp_path / "x.npy", tmp_path / "y.npy"
 
 
+@pytest.mark.slow
+@pytest.mark.qemu
 @pytest.mark.oracle
 def test_verify_passes_on_the_example_and_writes_every_field(tmp_path):
+    oracle_runtime()
+    if in_ci():
+        qemu_tools()
     x, y = _data(tmp_path)
     targets = "host" if missing_tools() else "host,m4,m55"
     r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
@@ -75,11 +81,12 @@ def test_unknown_target_is_one_line_and_exit_1(tmp_path):
     assert r.exit_code == 1 and "unknown target 'm3000'" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
+@pytest.mark.qemu
 def test_instruction_counts_are_exact_and_repeatable(tmp_path):
     """The same inputs execute the same instructions; MVE needs fewer than the DSP M4, which needs
     fewer than Armv6-M (what the kernels are for)."""
-    if missing_tools():
-        pytest.skip("arm-none-eabi-gcc / qemu-system-arm not installed")
+    qemu_tools()
     from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 
     conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
@@ -95,11 +102,12 @@ def test_instruction_counts_are_exact_and_repeatable(tmp_path):
     assert per_target["m55"] < per_target["m4"] < per_target["m0plus"], per_target
 
 
+@pytest.mark.slow
+@pytest.mark.qemu
 def test_stack_high_water_mark_sees_what_invoke_uses(tmp_path):
     """The painted-stack measurement moves with the stack the model really uses: 2 KB of extra locals
     in NAME_invoke show up as (at least) 2 KB more."""
-    if missing_tools():
-        pytest.skip("arm-none-eabi-gcc / qemu-system-arm not installed")
+    qemu_tools()
     from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 
     conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
