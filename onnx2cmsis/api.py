@@ -106,7 +106,8 @@ def convert(
     graph.cmsis_api = cmsis.api
 
     calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]
-    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])
+    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])  # also puts graph.nodes in order
+    calls = [calls[i] for i in plan.order]
     layers = make_layers(graph, calls)
     functions = sorted({f for c in calls for f in c.functions})
     sources = cmsis.sources_for(functions) if cmsis.root is not None else None
@@ -135,6 +136,9 @@ def convert(
         "model_sha256": sha,
         "arena_bytes": plan.arena_bytes,
         "arena_lower_bound_bytes": plan.lower_bound,
+        "arena_smallest_bound_bytes": plan.schedule.smallest_bound,
+        "schedule": {"method": plan.schedule.method, "exact": plan.schedule.exact,
+                     "orders_placed": plan.schedule.orders_placed},
         "weights_bytes": weights_bytes,
         "input": {"shape": list(graph.model_input_shapes[0]), "dtype": "int8", "scale": in_t.quant.scale,
                   "zero_point": in_t.quant.zero_point},

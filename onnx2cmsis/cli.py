@@ -86,9 +86,11 @@ def convert(
     r = result.report
     for warning in r["warnings"]:
         typer.echo(f"onnx2cmsis: warning: {model}: {warning}", err=True)
+    best = "of any order" if r["schedule"]["exact"] else f"of the {r['schedule']['orders_placed']} orders tried"
     typer.echo(
         f"{model.name} -> {', '.join(str(p) for p in written)}: {len(r['layers'])} layers, "
-        f"arena {r['arena_bytes']} B (lower bound {r['arena_lower_bound_bytes']} B), weights {r['weights_bytes']} B"
+        f"arena {r['arena_bytes']} B (live-set bound {r['arena_lower_bound_bytes']} B; smallest {best} "
+        f"{r['arena_smallest_bound_bytes']} B), weights {r['weights_bytes']} B"
     )
 
 

@@ -69,8 +69,47 @@ def _upgrade_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         raise ConversionError(f"cannot upgrade opset {_default_opset(model)} to {MIN_OPSET} ({short_error(exc)})", where)
 
 
+def canonical_node_order(model: onnx.ModelProto) -> None:
+    """Put the nodes in a topological order that does not depend on the order the exporter wrote them
+    in (tf2onnx writes parallel branches in a varying order): among the nodes whose inputs are ready,
+    the one whose output names come first. Output names are unique in a valid graph, so the same model
+    always gives the same order, and with it the same IR names and the same C."""
+    import heapq
+
+    nodes = list(model.graph.node)
+    produced = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    waiting = [{produced[v] for v in n.input if v in produced} for n in nodes]
+    readers: dict[int, list[int]] = {}
+    for i, deps in enumerate(waiting):
+        for d in deps:
+            readers.setdefault(d, []).append(i)
+
+    def key(i: int) -> tuple:
+        return (tuple(nodes[i].output), nodes[i].op_type, nodes[i].name)
+
+    ready = [(key(i), i) for i, deps in enumerate(waiting) if not deps]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for r in readers.get(i, ()):
+            waiting[r].discard(i)
+            if not waiting[r]:
+                heapq.heappush(ready, (key(r), r))
+    placed = set(order)
+    order += [i for i in range(len(nodes)) if i not in placed]  # a cycle: shape inference names it
+    copies = [onnx.NodeProto() for _ in order]
+    for copy, i in zip(copies, order):
+        copy.CopyFrom(nodes[i])
+    del model.graph.node[:]
+    model.graph.node.extend(copies)
+
+
 def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
-    """Batch 1 everywhere (the C processes one sample); every other dimension must be static."""
+    """Batch 1 everywhere (the C processes one sample); every other dimension must be static. The
+    nodes are put in canonical order first."""
+    canonical_node_order(model)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1 or len(model.graph.output) != 1:

@@ -1,8 +1,11 @@
-"""Static memory plan: every intermediate tensor and kernel scratch buffer gets an arena offset.
+"""Static memory plan: the execution order, then an arena offset for every intermediate tensor and
+kernel scratch buffer.
 
-The model's input and output live in the caller's buffers; views (reshapes) share their source's
-storage. Placement is first fit (lowest free offset among buffers whose lifetimes overlap) in the
-best of several orders, and the plan records the live-set lower bound so the report can show any gap.
+The candidate orders come from plan/schedule.py (the one with the smallest live-set bound, and the
+canonical one); each is placed first fit (lowest free offset among buffers whose lifetimes overlap)
+in the best of several buffer orders, and the order with the smallest arena is kept. The plan records
+the live-set bound of the chosen order, so the report can show any gap, and the smallest bound of any
+order (of those considered, when the graph was too large to search exhaustively).
 """
 
 from __future__ import annotations
@@ -10,15 +13,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-
-ALIGN = 4  # CMSIS-NN scratch buffers are read as int16/int32
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+from onnx2cmsis.plan.liveness import Liveness, liveness
+from onnx2cmsis.plan.schedule import candidate_orders
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class Placement:
 
 @dataclass
 class Buffer:
-    """One arena allocation: a tensor (with its views) or a node's scratch, live over [start, end]."""
+    """One arena allocation: a tensor (with its views) or a node's scratch, live over steps [start, end]."""
 
     key: str
     size: int
@@ -38,61 +36,66 @@ class Buffer:
     offset: int = -1
 
 
+@dataclass(frozen=True)
+class ScheduleInfo:
+    method: str  # how the chosen order was found: "exact", "greedy" or "canonical"
+    exact: bool  # the smallest bound below is that of every topological order
+    smallest_bound: int  # the smallest live-set bound of the orders considered
+    orders_placed: int  # candidate orders placed
+    states: int  # sets of executed nodes the exact search explored
+
+
 @dataclass
 class MemoryPlan:
     arena_bytes: int
-    lower_bound: int
+    lower_bound: int  # the live-set bound of the chosen order
     tensors: dict[str, Placement]
-    scratch: dict[int, int] = field(default_factory=dict)  # node index -> arena offset
+    schedule: ScheduleInfo
+    order: tuple[int, ...]  # the chosen order, as indices into the nodes the planner was given
+    scratch: dict[int, int] = field(default_factory=dict)  # node index (in the chosen order) -> arena offset
     buffers: list[Buffer] = field(default_factory=list)
 
 
-def _storage_roots(graph: Graph, registry: Registry) -> dict[str, str]:
-    root: dict[str, str] = {}
-    for t in graph.inputs:
-        root[t] = t
-    for node in graph.nodes:
-        aliased = registry.for_op(node.op).aliases_input(node)
-        for out in node.outputs:
-            root[out] = root[node.inputs[0]] if aliased else out
-    return root
-
-
 def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> MemoryPlan:
-    root = _storage_roots(graph, registry)
-    groups: dict[str, list[str]] = {}
-    for t, r in root.items():
-        groups.setdefault(r, []).append(t)
-
-    placements: dict[str, Placement] = {}
-    buffers: list[Buffer] = []
-    producer_index = {out: i for i, n in enumerate(graph.nodes) for out in n.outputs}
-    for r, members in groups.items():
-        in_input = r in graph.inputs
-        in_output = any(m in graph.outputs for m in members)
-        if in_input and in_output:
-            raise UnsupportedOpError("the model's output is a reshape of its input: nothing to compute")
-        if in_input or in_output:
-            storage = "input" if in_input else "output"
-            for m in members:
-                placements[m] = Placement(storage)
-            continue
-        last_use = max((i for i, n in enumerate(graph.nodes) if any(m in n.inputs for m in members)), default=-1)
-        start = producer_index[r]
-        buffers.append(Buffer(r, _align(graph.tensors[r].size), start, max(start, last_use)))
-    for i, size in enumerate(scratch_sizes):
-        if size:
-            buffers.append(Buffer(f"#scratch{i}", _align(size), i, i))
-
-    steps = range(len(graph.nodes))
-    lower = max((sum(b.size for b in buffers if b.start <= i <= b.end) for i in steps), default=0)
-    arena = _place_best(buffers, lower)
+    """Choose the execution order and place every buffer. Reorders graph.nodes into the chosen order
+    (plan.order says where each came from, so the caller can reorder what it keeps per node); node
+    indices in the plan refer to the new order."""
+    aliases = [registry.for_op(n.op).aliases_input(n) for n in graph.nodes]
+    live = liveness(graph, aliases, scratch_sizes)
+    search = candidate_orders(graph, live)
+    best: tuple[tuple[int, int, int], list[Buffer], int] | None = None
+    for i, order in enumerate(search.orders):
+        buffers = _buffers(live, order.nodes)
+        arena = _place_best(buffers, order.bound)
+        if best is None or (arena, order.bound, i) < best[0]:
+            best = ((arena, order.bound, i), buffers, arena)
+    assert best is not None
+    (_, bound, chosen), buffers, arena = best
+    order = search.orders[chosen]
+    graph.nodes[:] = [graph.nodes[i] for i in order.nodes]
+    placements = {t: Placement(storage) for t, storage in live.caller.items()}
     for b in buffers:
         if not b.key.startswith("#scratch"):
-            for m in groups[b.key]:
+            for m in live.groups[b.key]:
                 placements[m] = Placement("arena", b.offset)
     scratch = {int(b.key[len("#scratch"):]): b.offset for b in buffers if b.key.startswith("#scratch")}
-    return MemoryPlan(arena, lower, placements, scratch, buffers)
+    info = ScheduleInfo(order.method, search.exact, min(o.bound for o in search.orders), len(search.orders),
+                        search.states)
+    return MemoryPlan(arena, bound, placements, info, order.nodes, scratch, buffers)
+
+
+def _buffers(live: Liveness, order: tuple[int, ...]) -> list[Buffer]:
+    """The arena buffers with their lifetimes as steps of `order`; scratch keyed by step."""
+    position = {node: step for step, node in enumerate(order)}
+    buffers = []
+    for b in live.buffers:
+        start = position[b.producer]
+        buffers.append(Buffer(b.key, b.size, start, max([position[r] for r in b.readers] + [start])))
+    for node, size in enumerate(live.scratch):
+        if size:
+            step = position[node]
+            buffers.append(Buffer(f"#scratch{step}", size, step, step))
+    return buffers
 
 
 RANDOM_ORDERS = 300  # tried after the classic orders, from a fixed seed: the plan stays deterministic
