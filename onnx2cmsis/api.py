@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,20 +13,21 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnx2cmsis import __version__
-from onnx2cmsis.cmsis_nn.api_levels import DEFAULT_API
 from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
-from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.errors import ConversionError, render_options
 from onnx2cmsis.frontends import load_model
-from onnx2cmsis.ir.from_onnx import import_onnx
+from onnx2cmsis.importer.from_onnx import import_onnx
+from onnx2cmsis.ir.check import check_graph
 from onnx2cmsis.ir.graph import Graph
-from onnx2cmsis.ops.registry import Registry, build_registry, handler_name
+from onnx2cmsis.ir.target import DEFAULT_API
+from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import collect_ranges, load_calibration
 from onnx2cmsis.quant.quantize import calibration_values, quantize_graph, run_reference
+from onnx2cmsis.report import build_report, header_summary
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Conversion:
     source: str  # NAME.c
     header: str  # NAME.h
     report: dict[str, Any] = field(default_factory=dict)  # NAME.json
+    # budget warnings with settings as {opt:...} markers (errors.render_options); the report has them
+    # spelled as the API's parameters
+    warnings: list[str] = field(default_factory=list)
 
     def reference(self, x_int8: np.ndarray) -> np.ndarray:
         """The integer reference's output bytes for one input (model layout, flattened)."""
@@ -61,10 +65,10 @@ class Budget:
         warnings = []
         if weights_bytes > self.flash_bytes:
             warnings.append(f"the weights take {weights_bytes / 1024:.0f} KiB of flash, more than the "
-                            f"{self.flash_bytes / 1024:.0f} KiB budget (set your part's with --flash-kb)")
+                            f"{self.flash_bytes / 1024:.0f} KiB budget (set your part's with {{opt:flash_bytes}})")
         if arena_bytes > self.ram_bytes:
             warnings.append(f"the arena takes {arena_bytes / 1024:.0f} KiB of RAM, more than the "
-                            f"{self.ram_bytes / 1024:.0f} KiB budget (set your part's with --ram-kb)")
+                            f"{self.ram_bytes / 1024:.0f} KiB budget (set your part's with {{opt:ram_bytes}})")
         return warnings
 
 
@@ -88,78 +92,45 @@ def convert(
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
-        raise ConversionError(f"--name {name!r} is not a valid C identifier")
+        raise ConversionError(f"{{opt:name}} {name!r} is not a valid C identifier")
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
-    model = load_model(model_path)
-    graph = import_onnx(model, registry, str(model_path))
-    _check_finite_constants(graph, str(model_path))
-    rewrites = run_passes(graph, registry)
 
+    model = load_model(model_path)  # frontends: file -> static, batch-1 ONNX
+    graph = import_onnx(model, registry, str(model_path))  # importer: ONNX -> canonical IR
+    check_graph(graph, "import")
+    _check_finite_constants(graph, str(model_path))
+    rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower
+    check_graph(graph, "the passes")
+    samples = _calibration_samples(calibration, graph)
+    quantize_graph(graph, registry, collect_ranges(model, samples, calibration_values(graph)))
+    check_graph(graph, "quantization", quantized=True)
+    graph.cmsis_api = cmsis.api
+    calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]  # ops: kernel choice, C arrays
+    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])  # plan: order + arena
+    calls = [calls[i] for i in plan.order]
+    check_graph(graph, "scheduling", quantized=True)
+    layers = make_layers(graph, calls)
+
+    summary = header_summary(model_path, hashlib.sha256(model_path.read_bytes()).hexdigest(), graph, layers, cmsis)
+    template_dirs = tuple(dict.fromkeys(registry.for_op(n.op).template_dir for n in graph.nodes
+                                        if registry.for_op(n.op).template_dir is not None))
+    source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
+    functions = sorted({f for c in calls for f in c.functions})
+    report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples))
+    warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
+    report["warnings"] = [render_options(w) for w in warnings]
+    return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report, warnings)
+
+
+def _calibration_samples(calibration: Path | str | np.ndarray, graph: Graph) -> np.ndarray:
+    """The samples (an array, or a file read a block at a time), checked to be finite."""
     if isinstance(calibration, np.ndarray):
         samples = calibration
     else:
         samples = load_calibration(Path(calibration), graph.model_input_shapes[0])
     _check_finite_samples(samples, "calibration data" if isinstance(calibration, np.ndarray) else str(calibration))
-    ranges = collect_ranges(model, samples, calibration_values(graph))
-    quantize_graph(graph, registry, ranges)
-    graph.cmsis_api = cmsis.api
-
-    calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]
-    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])  # also puts graph.nodes in order
-    calls = [calls[i] for i in plan.order]
-    layers = make_layers(graph, calls)
-    functions = sorted({f for c in calls for f in c.functions})
-    sources = cmsis.sources_for(functions) if cmsis.root is not None else None
-    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    in_t, out_t = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
-    weights_bytes = sum(layer.weight_bytes for layer in layers)
-    summary = {
-        "model_file": model_path.name,
-        "model_sha256": sha,
-        "input_shape": list(graph.model_input_shapes[0]),
-        "output_shape": list(graph.model_output_shapes[0]),
-        "input_layout": "channel-major (C, W)" if len(graph.model_input_shapes[0]) == 3 else "flat",
-        "weights_bytes": weights_bytes,
-        "cmsis_api": cmsis.api.level,
-        "cmsis_probe": cmsis.api.c_probe,
-        "cmsis_versions": cmsis.api.versions,
-    }
-    handlers = [registry.for_op(n.op) for n in graph.nodes]
-    template_dirs = tuple(dict.fromkeys(h.template_dir for h in handlers if h.template_dir is not None))
-    source, header = render(name, graph, layers, plan, summary, template_dirs)
-    report = {
-        "tool": "onnx2cmsis",
-        "version": __version__,
-        "name": name,
-        "model_file": model_path.name,
-        "model_sha256": sha,
-        "arena_bytes": plan.arena_bytes,
-        "arena_lower_bound_bytes": plan.lower_bound,
-        "arena_smallest_bound_bytes": plan.schedule.smallest_bound,
-        "schedule": {"method": plan.schedule.method, "exact": plan.schedule.exact,
-                     "orders_placed": plan.schedule.orders_placed},
-        "weights_bytes": weights_bytes,
-        "input": {"shape": list(graph.model_input_shapes[0]), "dtype": "int8", "scale": in_t.quant.scale,
-                  "zero_point": in_t.quant.zero_point},
-        "output": {"shape": list(graph.model_output_shapes[0]), "dtype": "int8", "scale": out_t.quant.scale,
-                   "zero_point": out_t.quant.zero_point},
-        "layers": [
-            {
-                "index": layer.index, "name": layer.name, "identifier": layer.ident, "op": layer.op,
-                "from": layer.origin, "kernel": layer.call.kernel, "input_shape": list(layer.input_shape),
-                "output_shape": list(layer.output_shape), "macs": layer.call.macs,
-                "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
-                "handler": handler_name(handler),
-            }
-            for layer, handler in zip(layers, handlers)
-        ],
-        "rewrites": rewrites,
-        "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions, "sources": sources},
-        "calibration_samples": int(len(samples)),
-    }
-    report["warnings"] = (budget or Budget()).check(weights_bytes, plan.arena_bytes)
-    return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report)
+    return samples
 
 
 def _check_finite_constants(graph, where: str) -> None:
@@ -181,10 +152,16 @@ def _check_finite_samples(samples: np.ndarray, where: str, chunk: int = 4096) ->
             raise ConversionError(f"calibration sample {bad} holds NaN or Inf", where)
 
 
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
+def _new_staging_file(folder: Path, name: str) -> tuple[int, str]:
+    """A new hidden file beside the final one, created 0666 so the user's umask applies as it does to any
+    file they write (mkstemp would make it 0600, and reading the umask means changing it)."""
+    for _ in range(100):
+        tmp = str(folder / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise ConversionError("cannot create a temporary file", str(folder))
 
 
 def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list[Path]:
@@ -204,12 +181,10 @@ def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list
 
         files[out_dir / f"{conv.name}.tflite"] = export_tflite(conv.graph)
     staged: list[tuple[str, Path]] = []
-    mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; sources are shared like any the user writes
     try:
         for path, content in files.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
+            fd, tmp = _new_staging_file(out_dir, path.name)
             staged.append((tmp, path))
-            os.fchmod(fd, mode)
             if isinstance(content, bytes):
                 with os.fdopen(fd, "wb") as fb:
                     fb.write(content)

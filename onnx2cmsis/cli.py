@@ -9,7 +9,11 @@ from typing import Optional
 import typer
 
 from onnx2cmsis import __version__
-from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.errors import ConversionError, render_options
+
+# The library's setting names (errors.py) as this command line spells them.
+FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
+         "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb"}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trained 1D CNNs -> int8 C for CMSIS-NN.")
 
@@ -77,15 +81,15 @@ def convert(
     except ConversionError as exc:
         if debug:
             raise
-        _fail(str(exc))
+        _fail(exc.render(FLAGS))
     except Exception as exc:  # a bug of ours: still one line unless --debug
         if debug:
             raise
         _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
               "rerun with --debug and report it")
     r = result.report
-    for warning in r["warnings"]:
-        typer.echo(f"onnx2cmsis: warning: {model}: {warning}", err=True)
+    for warning in result.warnings:
+        typer.echo(f"onnx2cmsis: warning: {model}: {render_options(warning, FLAGS)}", err=True)
     best = "of any order" if r["schedule"]["exact"] else f"of the {r['schedule']['orders_placed']} orders tried"
     typer.echo(
         f"{model.name} -> {', '.join(str(p) for p in written)}: {len(r['layers'])} layers, "
@@ -147,7 +151,7 @@ def verify(
     except ConversionError as exc:
         if debug:
             raise
-        _fail(str(exc))
+        _fail(exc.render(FLAGS))
     except Exception as exc:
         if debug:
             raise

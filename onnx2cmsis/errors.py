@@ -1,6 +1,28 @@
-"""User-facing failures. Each carries one line: where (file, node) and what is wrong."""
+"""User-facing failures. Each carries one line: where (file, node) and what is wrong.
+
+The library names the problem, never a command-line flag: where a message tells the user which
+setting to change it writes `{opt:NAME}` or `{opt:NAME=VALUE}` with the Python API's parameter name.
+`str(error)` spells that as the parameter (`cmsis_api='2024.01'`); the CLI renders the same message
+with its flags (`--cmsis-nn-api 2024.01`), which only cli.py knows.
+"""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_OPTION = re.compile(r"\{opt:(\w+)(?:=([^}]*))?\}")
+
+
+def render_options(message: str, flags: Mapping[str, str] | None = None) -> str:
+    """`{opt:NAME=VALUE}` as a flag (`--flag VALUE`) when `flags` maps NAME, else as `NAME='VALUE'`."""
+    def spell(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if flags is not None and name in flags:
+            return flags[name] if value is None else f"{flags[name]} {value}"
+        return name if value is None else f"{name}={value!r}"
+
+    return _OPTION.sub(spell, message)
 
 
 class ConversionError(Exception):
@@ -9,7 +31,11 @@ class ConversionError(Exception):
     def __init__(self, message: str, where: str | None = None) -> None:
         self.message = message
         self.where = where
-        super().__init__(f"{where}: {message}" if where else message)
+        super().__init__(render_options(f"{where}: {message}" if where else message))
+
+    def render(self, flags: Mapping[str, str]) -> str:
+        """The one line with settings spelled as the caller's flags."""
+        return render_options(f"{self.where}: {self.message}" if self.where else self.message, flags)
 
 
 class UnsupportedOpError(ConversionError):

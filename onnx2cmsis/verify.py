@@ -67,11 +67,10 @@ def oracle_outputs(conv: Conversion, xq: np.ndarray) -> tuple[np.ndarray | None,
 
 
 def first_bad_layer(conv: Conversion, x: np.ndarray, workdir: Path) -> str:
-    """The first layer whose output in a debug host build differs from the integer reference."""
-    from onnx2cmsis.ops.registry import build_registry
-
+    """The first layer whose output in a debug host build differs from the integer reference (run
+    with the conversion's own handlers, plugins included)."""
     got = layer_outputs(conv, x, workdir)
-    want = run_reference(conv.graph, build_registry(), x, keep_all=True)
+    want = run_reference(conv.graph, conv.registry, x, keep_all=True)
     for i, node in enumerate(conv.graph.nodes):
         if i >= len(got):
             return f"layer {i} '{node.name}' ({node.op}): never reached (the C returned an error before it)"

@@ -67,7 +67,7 @@ def qemu_tools() -> None:
 def level_7_tree() -> Path:
     """A CMSIS-NN tree of API level 7: $CMSIS_NN_PATH when the suite runs at level 7, else
     $ONNX2CMSIS_LEVEL7_CMSIS_NN (which `python -m tests.run_levels` sets from ../shared/cmsis-nn)."""
-    from onnx2cmsis.cmsis_nn.api_levels import LEVEL_7
+    from onnx2cmsis.ir.target import LEVEL_7
     from onnx2cmsis.cmsis_nn.source import detect_api
 
     for variable in ("CMSIS_NN_PATH", LEVEL_7_TREE_VARIABLE):

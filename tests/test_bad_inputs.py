@@ -265,9 +265,11 @@ def test_million_parameter_model_works_with_a_flash_warning(tmp_path):
     assert r.returncode == 0, r.stderr
     warnings = r.stderr.strip().splitlines()
     assert len(warnings) == 1 and "warning" in warnings[0] and "KiB of flash" in warnings[0], r.stderr
+    assert "with --flash-kb)" in warnings[0]  # the CLI names its flag; the library only the setting
     assert sorted(p.name for p in out.iterdir()) == ["million.c", "million.h", "million.json"]
     conv = convert(model, calib)
     assert conv.report["weights_bytes"] > 1_000_000 and len(conv.report["warnings"]) == 1
+    assert "with flash_bytes)" in conv.report["warnings"][0] and "--" not in conv.report["warnings"][0]
     built = build_conversions([conv], tmp_path / "build")["million"]
     rng = np.random.default_rng(2)
     for _ in range(3):

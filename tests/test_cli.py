@@ -35,7 +35,8 @@ def test_convert_writes_c_h_json(tmp_path):
     for define in ("INPUT_SIZE 384", "OUTPUT_SIZE 4", "INPUT_SCALE", "INPUT_ZERO_POINT", "OUTPUT_SCALE",
                    "OUTPUT_ZERO_POINT -128", "ARENA_SIZE"):
         assert f"#define VIBRATION_CNN_{define}" in header
-    assert "int vibration_cnn_invoke(const int8_t *input, int8_t *output);" in header
+    assert "int vibration_cnn_invoke(const vibration_cnn_input_t *input, vibration_cnn_output_t *output);" in header
+    assert "typedef int8_t vibration_cnn_input_t;" in header
     assert 'extern "C"' in header and "#ifndef VIBRATION_CNN_H" in header
     sha = __import__("hashlib").sha256(MODEL.read_bytes()).hexdigest()
     assert sha in header
@@ -44,6 +45,15 @@ def test_convert_writes_c_h_json(tmp_path):
     assert report["input"]["shape"] == [1, 3, 128]
     assert "Source/ConvolutionFunctions/arm_convolve_s8.c" in report["cmsis_nn"]["sources"]
     assert sum(layer["weight_bytes"] for layer in report["layers"]) == report["weights_bytes"]
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o002])
+def test_written_files_follow_the_users_umask(tmp_path, umask):
+    r = subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", "convert", str(MODEL), "-c", str(CALIB), "--out",
+                        str(tmp_path)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       preexec_fn=lambda: os.umask(umask))
+    assert r.returncode == 0, r.stderr
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~umask}
 
 
 def test_original_positional_form(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.cmsis_nn.api_levels import LEVEL_7, SNAPSHOT_API
+from onnx2cmsis.ir.target import LEVEL_7, SNAPSHOT_API
 from onnx2cmsis.cmsis_nn.source import detect_api, detect_capabilities, fetch_snapshot
 from onnx2cmsis.errors import ToolchainError
 from tests.needs import level_7_tree

@@ -126,3 +126,46 @@ def test_example_arena_is_the_live_set_bound_worked_out_from_the_report(example)
         writes = 0 if i == len(layers) - 1 else size(layer["output_shape"])  # the last writes the caller's output
         live.append(reads + writes + (layer["scratch_bytes"] + 3) // 4 * 4)
     assert max(live) == 1536 == example.report["arena_bytes"] == example.report["arena_lower_bound_bytes"], live
+
+
+def test_io_types_follow_the_tensor_width(example, tmp_path):
+    """The type rule (docs/c-interface.md): typedefs and BITS macros for the input and output, used
+    by every entry point; an int8 model's are int8_t, so int8_t buffers still compile with -Werror."""
+    name, NAME = example.name, example.name.upper()
+    assert f"typedef int8_t {name}_input_t;" in example.header and f"typedef int8_t {name}_output_t;" in example.header
+    assert f"#define {NAME}_INPUT_BITS 8" in example.header and f"#define {NAME}_OUTPUT_BITS 8" in example.header
+    for text in (example.header, example.source):
+        assert f"int {name}_invoke(const {name}_input_t *input, {name}_output_t *output)" in text
+        assert f"_quantize_input(const float *input, {name}_input_t *quantized)" in text
+        assert f"_dequantize_output(const {name}_output_t *quantized, float *output)" in text
+    assert f"{NAME}_LAYER_HOOK16" not in example.source  # no 16-bit layer
+    (tmp_path / f"{name}.h").write_text(example.header)
+    (tmp_path / "user.c").write_text(f'#include "{name}.h"\nint8_t in[{NAME}_INPUT_SIZE], out[{NAME}_OUTPUT_SIZE];\n'
+                                     f"int run(void) {{ return {name}_invoke(in, out); }}\n")
+    r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", str(tmp_path / "user.c"),
+                        "-o", str(tmp_path / "user.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_16_bit_input_and_output_get_int16_types_and_saturation(example):
+    """The same templates with the input and output quantized to 16 bits (as --precision int16 will):
+    int16_t typedefs, BITS 16, quantize_input saturating to the int16 range, a 16-bit layer hook."""
+    from dataclasses import replace
+
+    from onnx2cmsis.codegen.emit_c import render
+
+    g = example.graph
+    for t in (g.inputs[0], g.outputs[0]):
+        g.tensors[t].quant = replace(g.tensors[t].quant, zero_point=0, bits=16)
+    try:
+        summary = {k: example.report[k] for k in ("model_file", "model_sha256", "weights_bytes")}
+        summary.update(input_shape=example.report["input"]["shape"], output_shape=example.report["output"]["shape"],
+                       input_layout="flat", cmsis_api="7", cmsis_probe="1", cmsis_versions="any")
+        source, header = render(example.name, g, example.layers, example.plan, summary)
+    finally:
+        for t, q in ((g.inputs[0], example.report["input"]), (g.outputs[0], example.report["output"])):
+            g.tensors[t].quant = replace(g.tensors[t].quant, zero_point=q["zero_point"], bits=8)
+    name, NAME = example.name, example.name.upper()
+    assert f"typedef int16_t {name}_input_t;" in header and f"#define {NAME}_OUTPUT_BITS 16" in header
+    assert "(int16_t)(q < -32768 ? -32768 : (q > 32767 ? 32767 : q))" in source and "v >= 65536.0f" in source
+    assert f"#ifdef {NAME}_LAYER_HOOK16\n    {NAME}_LAYER_HOOK16(" in source  # the last layer writes the output

@@ -135,3 +135,38 @@ def test_static_batch_export_with_batch_in_reshape_constants(tmp_path):
     assert conv.graph.model_input_shapes[0] == (1, 2, 12)
     ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=8)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0 and ev.sqnr_db >= 30.0, ev
+
+
+@pytest.mark.parametrize("declares", [True, False])
+def test_passes_ask_handler_capabilities_not_op_names(declares):
+    """A plugin op that declares fuses_activation / folds_affine gets a following clip fused and a
+    following per-channel affine folded, through its own fold_affine; one that does not, does not."""
+    from onnx2cmsis.ir.graph import Graph, Node, Tensor
+    from onnx2cmsis.ops.base import OpHandler
+    from onnx2cmsis.ops.registry import build_registry
+    from onnx2cmsis.passes.canonical import fold_affine, fuse_activation
+
+    folded = []
+
+    class PluginOp(OpHandler):
+        op = "plugin_op"
+        fuses_activation = folds_affine = declares
+
+        def fold_affine(self, node, scale, shift):
+            folded.append((scale.tolist(), shift.tolist()))
+            return True
+
+    registry = build_registry(plugins=False)
+    registry.add(PluginOp())
+    tensors = {n: Tensor(n, (8, 2)) for n in ("x", "a", "b", "y")}
+    nodes = [Node("p", "plugin_op", ["x"], ["a"]),
+             Node("bn", "affine", ["a"], ["b"], consts={"scale": np.array([2.0, 3.0]), "shift": np.array([1.0, 0.0])}),
+             Node("relu", "clip", ["b"], ["y"], attrs={"act": (0.0, None)})]
+    graph = Graph(tensors, nodes, ["x"], ["y"])
+    assert fold_affine(graph, registry) is declares
+    assert fuse_activation(graph, registry) is declares
+    if declares:
+        assert [n.op for n in graph.nodes] == ["plugin_op"] and graph.nodes[0].attrs["act"] == (0.0, None)
+        assert folded == [([2.0, 3.0], [1.0, 0.0])] and graph.nodes[0].outputs == ["y"]
+    else:
+        assert [n.op for n in graph.nodes] == ["plugin_op", "affine", "clip"] and not folded

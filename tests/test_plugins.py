@@ -75,7 +75,7 @@ def test_ad_hoc_plugin_without_entry_points(tmp_path):
 
 
 def test_overriding_a_built_in_needs_the_flag():
-    with pytest.raises(ConversionError, match=r"would override \['Relu'\].*--allow-override"):
+    with pytest.raises(ConversionError, match=r"would override \['Relu'\]; allow_override lets plugins"):
         build_registry(extra=("tests.test_plugins:ClaimsRelu",))
     reg = build_registry(extra=("tests.test_plugins:ClaimsRelu",), allow_override=True)
     assert isinstance(reg.by_onnx_op["Relu"], ClaimsRelu)
@@ -91,3 +91,28 @@ def test_bad_plugin_spec_is_one_line(tmp_path, spec, message):
                                  "--plugin", spec])
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
     assert not list(tmp_path.glob("*.c"))
+
+
+class OffByOneHardSigmoid(plugin.HardSigmoidHandler):
+    """A plugin whose C disagrees with its own reference: its table is one code off at the top."""
+
+    op = "hardsigmoid_off_by_one"
+
+    def emit(self, node, graph):
+        call = super().emit(node, graph)
+        wrong = call.arrays[0].values.copy()
+        wrong[wrong < 127] += 1
+        call.arrays[0].values = wrong
+        return call
+
+
+def test_verify_with_a_wrong_plugin_names_its_layer(tmp_path):
+    """verify finds the first bad layer with the conversion's own handlers, plugins included (it used
+    to build a fresh registry without them and fail with a KeyError)."""
+    path, calib = _hardsigmoid_model(tmp_path)
+    np.save(tmp_path / "c.npy", calib[:64])
+    np.save(tmp_path / "x.npy", calib[64:80])
+    r = CliRunner().invoke(app, ["verify", str(path), "-c", str(tmp_path / "c.npy"), "-d", str(tmp_path / "x.npy"),
+                                 "--plugin", "tests.test_plugins:OffByOneHardSigmoid", "--allow-override"])
+    assert r.exit_code == 1, r.output
+    assert "first bad layer: layer 2 'gate' (hardsigmoid_off_by_one" in r.output and "KeyError" not in r.output, r.output

@@ -111,7 +111,7 @@ def test_stack_high_water_mark_sees_what_invoke_uses(tmp_path):
     from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 
     conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
-    signature = f"int {conv.name}_invoke(const int8_t *input, int8_t *output)\n{{\n"
+    signature = f"int {conv.name}_invoke(const {conv.name}_input_t *input, {conv.name}_output_t *output)\n{{\n"
     assert conv.source.count(signature) == 1
     x = np.zeros((2, conv.graph.tensors[conv.graph.inputs[0]].size), np.int8)
     used = {}

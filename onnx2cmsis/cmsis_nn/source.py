@@ -1,7 +1,7 @@
 """Find a CMSIS-NN source tree and its API level: --cmsis-nn PATH, $CMSIS_NN_PATH, or the pinned
 PyPI snapshot.
 
-A tree's level is detected capability by capability from its own text (api_levels.py lists them):
+A tree's level is detected capability by capability from its own text (ir/target.py lists them):
 the snapshot is level "2024.01", v7.0.0 and later (main) level "7"; v6.0.0, which has some of level
 7's capabilities and not others, is refused by name.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from onnx2cmsis.cmsis_nn.api_levels import API_LEVELS, DEFAULT_API, SNAPSHOT_API, CmsisApi, level_with
+from onnx2cmsis.ir.target import API_LEVELS, DEFAULT_API, SNAPSHOT_API, CmsisApi, level_with
 from onnx2cmsis.errors import ToolchainError
 
 SNAPSHOT_WHEEL = "aidge_export_arm_cortexm-0.2.1-py3-none-any.whl"
@@ -56,8 +56,8 @@ class CmsisTree:
     def buildable_root(self) -> Path:
         if self.root is None:
             raise ToolchainError(
-                f"building needs a CMSIS-NN tree of API level {self.api.level}: pass --cmsis-nn PATH (a CMSIS-NN "
-                f"v7.0.0+ checkout) or choose --cmsis-nn-api {SNAPSHOT_API.level}, which this tool can fetch"
+                f"building needs a CMSIS-NN tree of API level {self.api.level}: give {{opt:cmsis_nn=PATH}} (a CMSIS-NN "
+                f"v7.0.0+ checkout) or choose {{opt:cmsis_api={SNAPSHOT_API.level}}}, which this tool can fetch"
             )
         return self.root
 
@@ -97,7 +97,7 @@ def check_api_level(api: str | None) -> CmsisApi | None:
     if api is None:
         return None
     if api not in API_LEVELS:
-        raise ToolchainError(f"--cmsis-nn-api {api!r} is not one of {', '.join(API_LEVELS)}")
+        raise ToolchainError(f"{{opt:cmsis_api}} {api!r} is not one of {', '.join(API_LEVELS)}")
     return API_LEVELS[api]
 
 
@@ -115,7 +115,7 @@ def locate_cmsis_nn(path: str | os.PathLike[str] | None = None, api: str | None 
         level = detect_api(root)
         if wanted is not None and wanted != level:
             raise ToolchainError(
-                f"--cmsis-nn-api {wanted.level} does not match the CMSIS-NN tree at {root}, which is API level "
+                f"{{opt:cmsis_api={wanted.level}}} does not match the CMSIS-NN tree at {root}, which is API level "
                 f"{level.level} ({level.versions})"
             )
         return CmsisTree(root, level)
@@ -132,7 +132,7 @@ _MVE_LANES_RE = re.compile(r"arm_convolve_s8_get_buffer_size_mve\s*\([^)]*\)\s*\
 
 
 def detect_capabilities(root: Path) -> dict[str, bool | int]:
-    """Each capability of api_levels.CmsisApi, read from the tree itself: the arm_convolve_s8 and
+    """Each capability of ir.target.CmsisApi, read from the tree itself: the arm_convolve_s8 and
     arm_vector_sum_s8 prototypes and documentation in arm_nnfunctions.h, and the MVE im2col row
     padding in arm_convolve_s8_get_buffer_size_mve."""
     header = (root / "Include" / "arm_nnfunctions.h").read_text(errors="replace")
@@ -169,7 +169,7 @@ def detect_api(root: Path) -> CmsisApi:
     else:
         what = "of no known API level (" + ", ".join(f"{k}={v}" for k, v in found.items()) + ")"
     raise ToolchainError(f"the CMSIS-NN tree at {root} is {what}: use CMSIS-NN v7.0.0 or later (API level 7) or "
-                         f"the PyPI snapshot (--cmsis-nn-api {SNAPSHOT_API.level})")
+                         f"the PyPI snapshot ({{opt:cmsis_api={SNAPSHOT_API.level}}})")
 
 
 def fetch_snapshot() -> Path:
@@ -186,7 +186,7 @@ def fetch_snapshot() -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not wheel.is_file():
             raise ToolchainError(
-                "cannot download the CMSIS-NN snapshot from PyPI; pass --cmsis-nn PATH or set CMSIS_NN_PATH "
+                "cannot download the CMSIS-NN snapshot from PyPI; give {opt:cmsis_nn=PATH} or set CMSIS_NN_PATH "
                 f"({(proc.stderr.strip().splitlines() or ['no output'])[-1][:160]})"
             )
         if hashlib.sha256(wheel.read_bytes()).hexdigest() != SNAPSHOT_SHA256:

@@ -66,7 +66,7 @@ def format_values(values: np.ndarray, per_line: int = 16) -> str:
 
 def make_layers(graph: Graph, calls: list[KernelCall]) -> list[Layer]:
     layers = []
-    for i, (node, call) in enumerate(zip(graph.nodes, calls)):
+    for i, (node, call) in enumerate(zip(graph.nodes, calls, strict=True)):
         layers.append(
             Layer(
                 index=i,
@@ -91,6 +91,11 @@ def _pointer(p: Placement, const: bool) -> str:
     return f"(arena + {p.offset})"
 
 
+def _bits(graph: Graph, tensor: str) -> int:
+    q = graph.tensors[tensor].quant
+    return 8 if q is None else q.bits
+
+
 def render(
     name: str,
     graph: Graph,
@@ -101,7 +106,7 @@ def render(
 ) -> tuple[str, str]:
     env = _environment(template_dirs)
     blocks, hooks = [], []
-    for layer, node in zip(layers, graph.nodes):
+    for layer, node in zip(layers, graph.nodes, strict=True):
         ctx = dict(layer.call.context)
         ctx.update(
             ident=layer.ident,
@@ -111,7 +116,8 @@ def render(
             scratch_ptr=f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL",
         )
         blocks.append(env.get_template(f"ops/{layer.call.template}").render(ctx))
-        hooks.append((ctx["out_ptr"], graph.tensors[node.output].size))
+        bits = _bits(graph, node.output)
+        hooks.append((ctx["out_ptr"], graph.tensors[node.output].size, "" if bits == 8 else str(bits)))
     common = dict(
         name=name,
         NAME=name.upper(),
@@ -124,6 +130,11 @@ def render(
         out_q=graph.tensors[graph.outputs[0]].quant,
         in_size=graph.tensors[graph.inputs[0]].size,
         out_size=graph.tensors[graph.outputs[0]].size,
+        # quantize_input: saturate to the input type; |v| beyond 2^bits saturates before the int32 cast
+        in_far=1 << _bits(graph, graph.inputs[0]),
+        in_min=-(1 << (_bits(graph, graph.inputs[0]) - 1)),
+        in_max=(1 << (_bits(graph, graph.inputs[0]) - 1)) - 1,
+        hook16=any(h[2] == "16" for h in hooks),
         **summary,
     )
     header = env.get_template("model.h.j2").render(common)

@@ -2,7 +2,9 @@
 
 Built-in loaders are listed here; other packages add suffixes through the entry-point group
 `onnx2cmsis.frontends` (name = the suffix, e.g. ".tflite"; value = a `module:function` taking a
-Path and returning an onnx.ModelProto). A plugin cannot replace a built-in suffix.
+Path and returning an onnx.ModelProto). A plugin cannot replace a built-in suffix. Whatever a
+plugin returns goes through the built-in loaders' normalization (opset upgrade, canonical node
+order, batch fixed to 1, shape inference), so a plugin may return a dynamic-batch model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import onnx
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.frontends.keras import load_keras
-from onnx2cmsis.frontends.onnx_model import load_onnx
+from onnx2cmsis.frontends.onnx_model import load_onnx, normalize
 
 Loader = Callable[[Path], onnx.ModelProto]
 LOADERS: dict[str, Loader] = {
@@ -48,4 +50,10 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise ConversionError(
             f"unknown model type '{path.suffix}' (supported: {', '.join(sorted(table))})", str(path)
         )
-    return loader(path)
+    model = loader(path)
+    if LOADERS.get(path.suffix.lower()) is loader:
+        return model  # the built-in loaders normalize as they load
+    if not isinstance(model, onnx.ModelProto):
+        raise ConversionError(f"the frontend plugin for '{path.suffix}' returned {type(model).__name__}, "
+                              "not an onnx.ModelProto", str(path))
+    return normalize(model, str(path))

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
-from onnx2cmsis.frontends.onnx_model import short_error, fix_batch_and_infer_shapes
+from onnx2cmsis.frontends.onnx_model import normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
 CONTAINERS = {"Functional", "Sequential", "Model"}
@@ -91,15 +91,24 @@ def check_layers(config: dict[str, Any], where: str) -> None:
 
 def _import_keras() -> tuple[Any, Any, Any]:
     # TensorFlow only deserializes and traces here (ONNX Runtime is the float reference), so its
-    # oneDNN kernels and start-up chatter on stderr serve no purpose.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    # oneDNN kernels and start-up chatter on stderr serve no purpose. It reads these at import; the
+    # caller's environment is restored afterwards.
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    saved = {key: os.environ.get(key) for key in quiet}
+    for key, value in quiet.items():
+        os.environ.setdefault(key, value)
     try:
         import tensorflow as tf
         import tf2onnx
         import keras
     except ImportError as exc:
         raise ConversionError(KERAS_EXTRA_HINT) from exc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     for noisy in ("tensorflow", "tf2onnx", "absl"):  # their failures reach the user as our one-line error
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     return tf, tf2onnx, keras
@@ -178,4 +187,4 @@ def keras_to_onnx(path: Path) -> onnx.ModelProto:
 
 
 def load_keras(path: Path) -> onnx.ModelProto:
-    return fix_batch_and_infer_shapes(keras_to_onnx(path), str(path))
+    return normalize(keras_to_onnx(path), str(path))

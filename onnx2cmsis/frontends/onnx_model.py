@@ -31,8 +31,15 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
     _load_confined_external_data(model, path.parent.resolve(), where)
-    model = _upgrade_opset(model, where)
-    return fix_batch_and_infer_shapes(model, where)
+    return normalize(model, where)
+
+
+def normalize(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """What every model goes through, whichever frontend made it: opset upgrade, canonical node order,
+    batch 1, static shapes inferred."""
+    if not model.graph.node:
+        raise ConversionError("not an ONNX model (the graph has no nodes)", where)
+    return fix_batch_and_infer_shapes(_upgrade_opset(model, where), where)
 
 
 def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: str) -> None:

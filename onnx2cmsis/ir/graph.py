@@ -12,23 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from onnx2cmsis.cmsis_nn.api_levels import DEFAULT_API, CmsisApi
-from onnx2cmsis.quant.rules import QuantParams
+from onnx2cmsis.ir.target import DEFAULT_API, CmsisApi
+from onnx2cmsis.ir.tensor import QuantParams, Tensor
 
-
-@dataclass
-class Tensor:
-    name: str
-    shape: tuple[int, ...]
-    quant: QuantParams | None = None
-    calib_name: str | None = None  # model value whose calibrated float range this tensor takes
-    # Element i of that model value (flat, batch 1) is element calib_index[i] of this tensor: how
-    # per-layer accuracy compares the two (None when the import did not record it).
-    calib_index: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+__all__ = ["Graph", "Node", "QuantParams", "Tensor"]
 
 
 @dataclass

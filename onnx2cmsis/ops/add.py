@@ -18,7 +18,6 @@ from onnx2cmsis.ops.base import (
     elementwise_io,
     fused_activation_range,
 )
-from onnx2cmsis.ops.elementwise import AffineHandler
 from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate_int8
 
 LEFT_SHIFT = 20
@@ -35,10 +34,11 @@ def add_params(s1: float, s2: float, s_out: float) -> dict[str, int]:
 class AddHandler(OpHandler):
     op = "add"
     onnx_ops = ("Add",)
+    fuses_activation = free_output_quant = True
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if any(ctx.const(i) is not None for i in node.inputs):
-            AffineHandler().from_onnx(node, ctx)  # a bias or shift: folded into its producer later
+            ctx.delegate("affine", node)  # a bias or shift: folded into its producer later
             return
         inputs, output = elementwise_io(node, ctx, list(node.inputs))
         ctx.add_node(Node(node.name, self.op, inputs, [output], origin=node.op_type))

@@ -68,7 +68,12 @@ class ImportContext(Protocol):
     def new_tensor(self, shape: tuple[int, ...], hint: str, calib_name: str | None = None) -> str:
         """A fresh intermediate IR tensor: quantized by its producer, or from `calib_name`'s range."""
 
-    def add_node(self, node: Node) -> None: ...
+    def add_node(self, node: Node) -> None:
+        """Append an IR node; its op must be one the registry has a handler for."""
+
+    def delegate(self, op: str, node: OnnxNodeView) -> None:
+        """Import `node` with the registry's handler for IR op `op` (a plugin that replaced it included):
+        how a handler hands a node to another op family, never by instantiating its class."""
 
     def move(self, outputs: list[str], inputs: list[str], fn: Callable[[list[np.ndarray]], list[np.ndarray]]) -> bool:
         """Pure data movement (see ops/movement.py); False when the inputs come from different tensors."""
@@ -100,11 +105,39 @@ class KernelCall:
 
 
 class OpHandler:
-    """Base class with the defaults most ops want; subclasses override what differs."""
+    """Base class with the defaults most ops want; subclasses override what differs.
+
+    Capabilities: what the graph passes may do around a node of this op. The passes ask these, never
+    op names, so a plugin op gets the same fusion and folding by declaring them."""
 
     op: str = ""
     onnx_ops: tuple[str, ...] = ()
     template_dir: Path | None = None  # a plugin's own templates (searched after the built-in ones)
+
+    # A following Relu/Clip becomes this node's output clamp (node.attrs["act"]; its quantize must
+    # apply fused_activation_range).
+    fuses_activation: bool = False
+    # Its output quantization comes from calibration alone, so it can write directly in the
+    # quantization a following requantize asks for.
+    free_output_quant: bool = False
+    # A following per-channel scale/shift folds into it: see fold_affine.
+    folds_affine: bool = False
+    # A preceding zero padding along time folds into its own padding (node.attrs["pad"]).
+    absorbs_zero_pad: bool = False
+
+    # Its input, flattened, may arrive as an (a, b) matrix instead of the (b, a) transpose it was
+    # given: see read_input_transposed.
+    reads_transposed_input: bool = False
+
+    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+        """Fold y * scale[c] + shift[c] (per output channel) into the node's constants; False when this
+        node cannot (e.g. a shape mismatch). Only asked when folds_affine is set."""
+        return False
+
+    def read_input_transposed(self, node: Node, rows: int, cols: int) -> None:
+        """From now on the node reads the (rows, cols) matrix whose transpose it read before (its
+        constants change, not its result). Only asked when reads_transposed_input is set."""
+        raise NotImplementedError
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         raise UnsupportedOpError(f"operator {node.op_type} is not supported", node.where)

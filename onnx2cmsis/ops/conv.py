@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.cmsis_nn.api_levels import CmsisApi
+from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
@@ -74,6 +74,16 @@ def quantize_per_channel(node: Node, graph: Graph) -> None:
                                node.qparams["shift"], where)
 
 
+def fold_affine_into_weights(node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+    """y * scale[c] + shift[c] after a conv or dense layer, as its weights (output channel first) and bias."""
+    if scale.shape != node.consts["bias"].shape:
+        return False
+    w = node.consts["weight"]
+    node.consts["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    node.consts["bias"] = (node.consts["bias"] * scale + shift).astype(np.float32)
+    return True
+
+
 def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]]:
     """What every per-channel conv call (full or depthwise) passes alike: stride/dilation/pad,
     offsets and activation range for the template, and the bias/multiplier/shift arrays."""
@@ -95,6 +105,10 @@ def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]
 class Conv1DHandler(OpHandler):
     op = "conv1d"
     onnx_ops = ("Conv",)
+    fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
+
+    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+        return fold_affine_into_weights(node, scale, shift)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         w = ctx.const(node.inputs[1])

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.cmsis_nn.api_levels import CmsisApi
+from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.conv import fold_affine_into_weights
 from onnx2cmsis.ops.base import (
     CArray,
     ImportContext,
@@ -44,6 +45,16 @@ def mve_kernel_sums(weight: np.ndarray, bias: np.ndarray, input_offset: int, api
 class DenseHandler(OpHandler):
     op = "dense"
     onnx_ops = ("Gemm", "MatMul")
+    fuses_activation = free_output_quant = folds_affine = reads_transposed_input = True
+
+    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+        return fold_affine_into_weights(node, scale, shift)
+
+    def read_input_transposed(self, node: Node, rows: int, cols: int) -> None:
+        w = node.consts["weight"]
+        n_out = w.shape[0]
+        node.consts["weight"] = np.ascontiguousarray(w.reshape(n_out, cols, rows).transpose(0, 2, 1).reshape(n_out, -1))
+        node.origin += " (weights reordered for channel-last input)"
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         full = ctx.full_shape(node.inputs[0])

@@ -11,7 +11,7 @@ import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, check_uint16
-from onnx2cmsis.ops.conv import per_channel_call_parts, quantize_per_channel
+from onnx2cmsis.ops.conv import fold_affine_into_weights, per_channel_call_parts, quantize_per_channel
 from onnx2cmsis.quant.rules import requantize, saturate_int8
 
 def dw_scratch_bytes(kernel: int, channels: int) -> int:
@@ -29,6 +29,10 @@ def _feature_map(shape: tuple[int, ...]) -> tuple[int, int]:
 
 class DepthwiseConv1DHandler(OpHandler):
     op = "dwconv1d"  # imported by ops/conv.py (a Conv with group == C_in) and by the affine lowering
+    fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
+
+    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+        return fold_affine_into_weights(node, scale, shift)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         w_in, _ = _feature_map(input_shapes[0])

@@ -46,6 +46,11 @@ class AffineHandler(OpHandler):
 
     op = "affine"
     onnx_ops = ("Sub", "Mul", "BatchNormalization")  # Add goes through ops/add.py, which delegates here
+    folds_affine = True  # two scale/shift steps compose into one
+
+    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+        node.consts = {"scale": node.consts["scale"] * scale, "shift": node.consts["shift"] * scale + shift}
+        return True
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type == "BatchNormalization":

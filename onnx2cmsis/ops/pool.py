@@ -99,6 +99,7 @@ def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Nod
 class MaxPool1DHandler(OpHandler):
     op = "maxpool1d"
     onnx_ops = ("MaxPool", "GlobalMaxPool", "ReduceMax")
+    fuses_activation = True  # a clamp in the (shared) input/output quantization
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type in GLOBAL_OPS:

@@ -85,14 +85,14 @@ def load_plugin(spec: str) -> OpHandler:
     """`package.module:Class` -> a handler instance; one clear line when that is not possible."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConversionError(f"--plugin {spec!r}: expected module:Class")
+        raise ConversionError(f"{{opt:plugins}} {spec!r}: expected module:Class")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConversionError(f"--plugin {spec!r}: cannot import it ({exc})") from exc
+        raise ConversionError(f"{{opt:plugins}} {spec!r}: cannot import it ({exc})") from exc
     handler = cls() if isinstance(cls, type) else cls
     if not isinstance(handler, OpHandler):
-        raise ConversionError(f"--plugin {spec!r}: {attr} is not an onnx2cmsis.ops.base.OpHandler")
+        raise ConversionError(f"{{opt:plugins}} {spec!r}: {attr} is not an onnx2cmsis.ops.base.OpHandler")
     return handler
 
 
@@ -113,5 +113,5 @@ def build_registry(plugins: bool = True, extra: tuple[str, ...] = (), allow_over
         try:
             reg.add(handler, allow_override=allow_override)
         except ConversionError as exc:
-            raise ConversionError(f"{exc.args[0]}; pass --allow-override to replace built-in handlers") from exc
+            raise ConversionError(f"{exc.message}; {{opt:allow_override}} lets plugins replace built-in handlers") from exc
     return reg

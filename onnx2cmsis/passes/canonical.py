@@ -1,6 +1,9 @@
 """IR -> IR rewrites, each a small named function returning whether it changed the graph.
 
-`run_passes` applies the ordered list until nothing changes, then checks every shape rule.
+`run_passes` applies the ordered list until nothing changes, then checks every shape rule. Which
+nodes may absorb an activation, a per-channel affine, a zero pad or a requantize is what their
+handlers declare (OpHandler.fuses_activation, .folds_affine, .absorbs_zero_pad, .free_output_quant),
+so a plugin op takes part by declaring the same; the passes name only the ops they rewrite away.
 """
 
 from __future__ import annotations
@@ -13,17 +16,15 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.registry import Registry
 
-FUSIBLE_ACTIVATION_PRODUCERS = ("conv1d", "dwconv1d", "dense", "maxpool1d", "avgpool1d", "add")
-BIAS_PRODUCERS = ("conv1d", "dwconv1d", "dense")
-FREE_QUANT_PRODUCERS = ("conv1d", "dwconv1d", "dense", "add")  # output quantization comes from calibration alone
+Pass = Callable[[Graph, Registry], bool]
 
 
-def _sole_producer(graph: Graph, tensor: str, ops: tuple[str, ...]) -> Node | None:
-    """The producer of `tensor` if it is one of `ops` and nothing else reads the tensor."""
+def _sole_producer(graph: Graph, tensor: str, registry: Registry, capability: str) -> Node | None:
+    """The producer of `tensor` if its handler declares `capability` and nothing else reads the tensor."""
     p = graph.producer(tensor)
-    if p is None or p.op not in ops or len(graph.consumers(tensor)) != 1 or graph.is_boundary(tensor):
+    if p is None or len(graph.consumers(tensor)) != 1 or graph.is_boundary(tensor):
         return None
-    return p
+    return p if getattr(registry.for_op(p.op), capability) else None
 
 
 def _absorb(graph: Graph, producer: Node, node: Node) -> None:
@@ -32,36 +33,30 @@ def _absorb(graph: Graph, producer: Node, node: Node) -> None:
     graph.nodes.remove(node)
 
 
-def fold_affine(graph: Graph) -> bool:
-    """scale*x+shift after a conv/dense (no fused activation yet) becomes its weights and bias."""
+def fold_affine(graph: Graph, registry: Registry) -> bool:
+    """scale*x+shift after a producer that folds it (no fused activation yet) becomes its constants."""
     for node in graph.nodes:
         if node.op != "affine":
             continue
-        p = _sole_producer(graph, node.inputs[0], BIAS_PRODUCERS + ("affine",))
+        p = _sole_producer(graph, node.inputs[0], registry, "folds_affine")
         if p is None or "act" in p.attrs:
             continue
-        scale, shift = node.consts["scale"], node.consts["shift"]
-        if p.op == "affine":
-            p.consts = {"scale": p.consts["scale"] * scale, "shift": p.consts["shift"] * scale + shift}
-        else:
-            if scale.shape != p.consts["bias"].shape:
-                continue
-            w = p.consts["weight"]
-            p.consts["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
-            p.consts["bias"] = (p.consts["bias"] * scale + shift).astype(np.float32)
+        if not registry.for_op(p.op).fold_affine(p, node.consts["scale"], node.consts["shift"]):
+            continue
         p.origin += "+" + node.origin
         _absorb(graph, p, node)
         return True
     return False
 
 
-def fold_pad_into_conv(graph: Graph) -> bool:
+def fold_pad_into_conv(graph: Graph, registry: Registry) -> bool:
     """Zero padding before a convolution is the convolution's own padding (skipped taps)."""
     for node in graph.nodes:
-        if node.op not in ("conv1d", "dwconv1d"):
+        if not registry.for_op(node.op).absorbs_zero_pad:
             continue
-        p = _sole_producer(graph, node.inputs[0], ("pad1d",))
-        if p is None:
+        p = graph.producer(node.inputs[0])
+        if p is None or p.op != "pad1d" or len(graph.consumers(node.inputs[0])) != 1 \
+                or graph.is_boundary(node.inputs[0]):
             continue
         (a, b), (c, d) = node.attrs["pad"], p.attrs["pad"]
         node.attrs["pad"] = (a + c, b + d)
@@ -72,12 +67,12 @@ def fold_pad_into_conv(graph: Graph) -> bool:
     return False
 
 
-def fold_requantize_into_producer(graph: Graph) -> bool:
+def fold_requantize_into_producer(graph: Graph, registry: Registry) -> bool:
     """A producer whose output range is free writes directly in the quantization a requantize asks for."""
     for node in graph.nodes:
         if node.op != "lut" or node.attrs.get("fn") != "requantize":
             continue
-        p = _sole_producer(graph, node.inputs[0], FREE_QUANT_PRODUCERS)
+        p = _sole_producer(graph, node.inputs[0], registry, "free_output_quant")
         if p is None:
             continue
         p.outputs = list(node.outputs)  # the output tensor carries the requantize's calibration range
@@ -86,11 +81,11 @@ def fold_requantize_into_producer(graph: Graph) -> bool:
     return False
 
 
-def fuse_activation(graph: Graph) -> bool:
+def fuse_activation(graph: Graph, registry: Registry) -> bool:
     for node in graph.nodes:
         if node.op != "clip":
             continue
-        p = _sole_producer(graph, node.inputs[0], FUSIBLE_ACTIVATION_PRODUCERS)
+        p = _sole_producer(graph, node.inputs[0], registry, "fuses_activation")
         if p is None:
             continue
         lo, hi = node.attrs["act"]
@@ -104,7 +99,7 @@ def fuse_activation(graph: Graph) -> bool:
     return False
 
 
-def drop_identity_transposes(graph: Graph) -> bool:
+def drop_identity_transposes(graph: Graph, registry: Registry) -> bool:
     """A transpose with a dimension of 1 moves no byte: it is a view."""
     for node in graph.nodes:
         if node.op == "transpose" and min(graph.tensors[node.inputs[0]].shape) == 1:
@@ -113,12 +108,13 @@ def drop_identity_transposes(graph: Graph) -> bool:
     return False
 
 
-def cancel_transpose_pairs(graph: Graph) -> bool:
+def cancel_transpose_pairs(graph: Graph, registry: Registry) -> bool:
     for node in graph.nodes:
         if node.op != "transpose":
             continue
-        p = _sole_producer(graph, node.inputs[0], ("transpose",))
-        if p is None:
+        p = graph.producer(node.inputs[0])
+        if p is None or p.op != "transpose" or len(graph.consumers(node.inputs[0])) != 1 \
+                or graph.is_boundary(node.inputs[0]):
             continue
         p.op = "reshape"  # two transposes are the identity: a view of the original bytes
         p.outputs = list(node.outputs)
@@ -127,8 +123,9 @@ def cancel_transpose_pairs(graph: Graph) -> bool:
     return False
 
 
-def fold_transpose_into_dense(graph: Graph) -> bool:
-    """transpose (a,b)->(b,a), views, dense: permute the dense weights instead of moving bytes."""
+def fold_transpose_into_dense(graph: Graph, registry: Registry) -> bool:
+    """transpose (a,b)->(b,a), views, then a layer that can read its input transposed (a dense layer
+    permutes its weights): no bytes move."""
     for node in graph.nodes:
         if node.op != "transpose" or graph.is_boundary(node.output):
             continue
@@ -140,12 +137,9 @@ def fold_transpose_into_dense(graph: Graph) -> bool:
             if users[0].op == "reshape":
                 cur = users[0].output
                 continue
-            if users[0].op == "dense":
+            if registry.for_op(users[0].op).reads_transposed_input:
                 a, b = graph.tensors[node.inputs[0]].shape
-                dense = users[0]
-                w = dense.consts["weight"]
-                dense.consts["weight"] = np.ascontiguousarray(w.reshape(w.shape[0], b, a).transpose(0, 2, 1).reshape(w.shape[0], a * b))
-                dense.origin += " (weights reordered for channel-last input)"
+                registry.for_op(users[0].op).read_input_transposed(users[0], a, b)
                 node.op = "reshape"  # the bytes stay channel-last: the view keeps the input's shape
                 graph.tensors[node.output].shape = graph.tensors[node.inputs[0]].shape
                 return True
@@ -153,7 +147,7 @@ def fold_transpose_into_dense(graph: Graph) -> bool:
     return False
 
 
-def standalone_affine_to_depthwise(graph: Graph) -> bool:
+def standalone_affine_to_depthwise(graph: Graph, registry: Registry) -> bool:
     """A per-channel scale/shift no producer could absorb is a 1-tap depthwise convolution (exact)."""
     for node in graph.nodes:
         if node.op == "affine":
@@ -166,7 +160,7 @@ def standalone_affine_to_depthwise(graph: Graph) -> bool:
     return False
 
 
-def standalone_activation_to_table(graph: Graph) -> bool:
+def standalone_activation_to_table(graph: Graph, registry: Registry) -> bool:
     """A Relu/Clip no producer could absorb becomes a clamp table in its input's quantization."""
     for node in graph.nodes:
         if node.op == "clip":
@@ -176,7 +170,7 @@ def standalone_activation_to_table(graph: Graph) -> bool:
     return False
 
 
-PASSES: tuple[Callable[[Graph], bool], ...] = (
+PASSES: tuple[Pass, ...] = (
     fold_affine,
     fold_pad_into_conv,
     fuse_activation,
@@ -190,7 +184,7 @@ PASSES: tuple[Callable[[Graph], bool], ...] = (
 # Stages run in order, each to its fixed point: an affine op left standing once the rewrites are done
 # becomes a depthwise conv, which may then absorb an activation; only activations still standing
 # after that become tables.
-STAGES: tuple[tuple[Callable[[Graph], bool], ...], ...] = (
+STAGES: tuple[tuple[Pass, ...], ...] = (
     PASSES,
     (standalone_affine_to_depthwise,),
     PASSES,
@@ -206,7 +200,7 @@ def run_passes(graph: Graph, registry: Registry) -> list[str]:
         while changed:
             changed = False
             for p in passes:
-                while p(graph):
+                while p(graph, registry):
                     log.append(p.__name__)
                     changed = True
     graph.remove_unused_tensors()

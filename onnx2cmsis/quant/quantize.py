@@ -28,7 +28,7 @@ def run_reference(graph: Graph, registry: Registry, x: np.ndarray, keep_all: boo
     values = {inp: np.asarray(x, np.int8).reshape(graph.tensors[inp].shape)}
     for node in graph.nodes:
         outs = registry.for_op(node.op).reference(node, graph, [values[t] for t in node.inputs])
-        for name, arr in zip(node.outputs, outs):
+        for name, arr in zip(node.outputs, outs, strict=True):  # a handler returns one array per output
             assert arr.shape == graph.tensors[name].shape, (node.name, arr.shape, graph.tensors[name].shape)
             values[name] = arr
     return values if keep_all else {o: values[o] for o in graph.outputs}

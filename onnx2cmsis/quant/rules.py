@@ -9,25 +9,14 @@ because a .tflite stores float32 scales; multipliers are derived from them in do
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.ir.tensor import QuantParams  # noqa: F401 - handlers and plugins import it from here
 
 INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-
-@dataclass(frozen=True)
-class QuantParams:
-    """Affine int8 quantization of one tensor: real = scale * (q - zero_point)."""
-
-    scale: float  # always a float32 value stored in a Python float
-    zero_point: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", float(np.float32(self.scale)))
 
 
 def f32(x: float) -> float:

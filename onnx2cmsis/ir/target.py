@@ -1,9 +1,10 @@
-"""CMSIS-NN API levels as named capabilities: what the generated C may rely on in one generation.
+"""The target the IR is emitted for: CMSIS-NN API levels as named capabilities, what the generated C
+may rely on in one CMSIS-NN generation.
 
 CMSIS-NN has no version macro, and the functions we call changed under us, so the generator emits
 for a level. Handlers never compare level names: they ask the capability that decides their call
-(e.g. `api.conv_upscale_dims`). This module is a leaf (no project imports), so the IR can carry the
-level the C is emitted for.
+(e.g. `graph.cmsis_api.conv_upscale_dims`). A leaf module: the graph carries the level, and
+cmsis_nn/source.py detects it from a tree.
 
 Facts (read from the trees: the PyPI snapshot of January 2024, v6.0.0, v7.0.0 and main 99f736a6):
 

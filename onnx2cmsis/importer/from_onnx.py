@@ -49,8 +49,9 @@ def _attrs(node: onnx.NodeProto) -> dict:
 class GraphBuilder:
     """Implements ops.base.ImportContext for one model."""
 
-    def __init__(self, model: onnx.ModelProto, source: str) -> None:
+    def __init__(self, model: onnx.ModelProto, source: str, registry: Registry) -> None:
         self.source = source
+        self.registry = registry
         self.shapes = value_shapes(model)
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self.tensors: dict[str, Tensor] = {}
@@ -118,13 +119,19 @@ class GraphBuilder:
         return name
 
     def add_node(self, node: Node) -> None:
+        if node.op not in self.registry.by_op:
+            raise ConversionError(f"internal: a handler made a node of op '{node.op}', which no handler owns",
+                                  self.where)
         self.nodes.append(node)
+
+    def delegate(self, op: str, node: OnnxNodeView) -> None:
+        self.registry.for_op(op).from_onnx(node, self)
 
     def move(self, outputs: list[str], inputs: list[str], fn: Callable[[list[np.ndarray]], list[np.ndarray]]) -> bool:
         """Pure data movement: apply `fn` (numpy, ONNX semantics, batch included) to constants, or to
         the index arrays of values that share one source tensor. False when they do not share one."""
         if all(v in self.consts for v in inputs):
-            for out, arr in zip(outputs, fn([np.asarray(self.consts[v]) for v in inputs])):
+            for out, arr in zip(outputs, fn([np.asarray(self.consts[v]) for v in inputs]), strict=True):
                 self.consts[out] = np.asarray(arr)
                 self.shapes[out] = tuple(np.shape(arr))
             return True
@@ -137,7 +144,7 @@ class GraphBuilder:
         if len(sources) != 1:
             return False
         (source,) = sources
-        for out, index in zip(outputs, fn([self.bindings[v].index for v in inputs])):
+        for out, index in zip(outputs, fn([self.bindings[v].index for v in inputs]), strict=True):
             expected = self.full_shape(out)
             if tuple(index.shape) != expected:
                 raise ConversionError(f"'{out}' came out as {list(index.shape)}, the model says {list(expected)}",
@@ -199,7 +206,7 @@ class GraphBuilder:
 
 
 def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Graph:
-    b = GraphBuilder(model, source)
+    b = GraphBuilder(model, source, registry)
     g = model.graph
     inits = {i.name for i in g.initializer}
     model_in = next(i for i in g.input if i.name not in inits)

@@ -1,0 +1,69 @@
+"""NAME.json and the figures the header comment shows: what a conversion made, for people and tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from onnx2cmsis import __version__
+from onnx2cmsis.cmsis_nn.source import CmsisTree
+from onnx2cmsis.codegen.emit_c import Layer
+from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.registry import Registry, handler_name
+from onnx2cmsis.plan.arena import MemoryPlan
+
+
+def header_summary(model_path: Path, sha: str, graph: Graph, layers: list[Layer], cmsis: CmsisTree) -> dict[str, Any]:
+    """What the templates print about the model beside the code."""
+    return {
+        "model_file": model_path.name,
+        "model_sha256": sha,
+        "input_shape": list(graph.model_input_shapes[0]),
+        "output_shape": list(graph.model_output_shapes[0]),
+        "input_layout": "channel-major (C, W)" if len(graph.model_input_shapes[0]) == 3 else "flat",
+        "weights_bytes": sum(layer.weight_bytes for layer in layers),
+        "cmsis_api": cmsis.api.level,
+        "cmsis_probe": cmsis.api.c_probe,
+        "cmsis_versions": cmsis.api.versions,
+    }
+
+
+def _io(graph: Graph, tensor: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    q = graph.tensors[tensor].quant
+    assert q is not None
+    return {"shape": list(shape), "dtype": f"int{q.bits}", "scale": q.scale, "zero_point": q.zero_point}
+
+
+def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Registry, plan: MemoryPlan,
+                 layers: list[Layer], cmsis: CmsisTree, functions: list[str], rewrites: list[str],
+                 samples: int) -> dict[str, Any]:
+    """NAME.json (see docs/c-interface.md), without the budget warnings the caller adds."""
+    return {
+        "tool": "onnx2cmsis",
+        "version": __version__,
+        "name": name,
+        "model_file": summary["model_file"],
+        "model_sha256": summary["model_sha256"],
+        "arena_bytes": plan.arena_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound,
+        "arena_smallest_bound_bytes": plan.schedule.smallest_bound,
+        "schedule": {"method": plan.schedule.method, "exact": plan.schedule.exact,
+                     "orders_placed": plan.schedule.orders_placed},
+        "weights_bytes": summary["weights_bytes"],
+        "input": _io(graph, graph.inputs[0], graph.model_input_shapes[0]),
+        "output": _io(graph, graph.outputs[0], graph.model_output_shapes[0]),
+        "layers": [
+            {
+                "index": layer.index, "name": layer.name, "identifier": layer.ident, "op": layer.op,
+                "from": layer.origin, "kernel": layer.call.kernel, "input_shape": list(layer.input_shape),
+                "output_shape": list(layer.output_shape), "macs": layer.call.macs,
+                "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
+                "handler": handler_name(registry.for_op(node.op)),
+            }
+            for layer, node in zip(layers, graph.nodes, strict=True)
+        ],
+        "rewrites": rewrites,
+        "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions,
+                     "sources": cmsis.sources_for(functions) if cmsis.root is not None else None},
+        "calibration_samples": samples,
+    }
