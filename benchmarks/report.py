@@ -79,7 +79,7 @@ def main() -> None:
         for conv, x in models(Path(tmp), args.samples):
             ev, _ = evaluate(conv, x, Path(tmp) / conv.name, oracle_samples=None)
             io_bytes = conv.graph.tensors[conv.graph.inputs[0]].size + conv.graph.tensors[conv.graph.outputs[0]].size
-            tflm = tflite_micro_arena(export_tflite(conv.graph), quantize_inputs(conv, x[:1])[0])
+            tflm = tflite_micro_arena(export_tflite(conv.graph, conv.registry), quantize_inputs(conv, x[:1])[0])
             rows.append({**ev.as_dict(), "io_bytes": io_bytes, "tflm_arena_head": tflm.get("head"),
                          "tflm_arena_total": tflm.get("total")})
     head = (f"{'model':<14}{'samples':>8}{'C!=ref':>7}{'C!=TFLM':>8}{'SQNR dB':>8}{'max LSB':>8}{'argmax':>7}"

@@ -179,7 +179,7 @@ def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list
     if tflite:
         from onnx2cmsis.oracle.tflite_export import export_tflite
 
-        files[out_dir / f"{conv.name}.tflite"] = export_tflite(conv.graph)
+        files[out_dir / f"{conv.name}.tflite"] = export_tflite(conv.graph, conv.registry)
     staged: list[tuple[str, Path]] = []
     try:
         for path, content in files.items():

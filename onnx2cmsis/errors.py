@@ -44,3 +44,7 @@ class UnsupportedOpError(ConversionError):
 
 class ToolchainError(ConversionError):
     """A compiler, emulator or CMSIS-NN source tree is missing or failed."""
+
+
+class NotExportable(ConversionError):
+    """A node has no TFLite-Micro equivalent with identical arithmetic (the oracle cannot check it)."""

@@ -60,7 +60,7 @@ def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,
         from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
 
         n = len(xq) if oracle_samples is None else oracle_samples
-        tflm = run_tflite_micro(export_tflite(conv.graph), xq[:n])
+        tflm = run_tflite_micro(export_tflite(conv.graph, conv.registry), xq[:n])
         tflm_bad = int(np.sum(np.any(tflm != c_outputs[:n], axis=1)))
     q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
     want = float_outputs(conv, x_float).astype(np.float64)

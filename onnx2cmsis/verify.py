@@ -59,7 +59,7 @@ def oracle_outputs(conv: Conversion, xq: np.ndarray) -> tuple[np.ndarray | None,
     except ImportError:
         return None, "unavailable: install the [verify] extra (tflite-micro)"
     try:
-        return run_tflite_micro(export_tflite(conv.graph), xq), "tflite-micro"
+        return run_tflite_micro(export_tflite(conv.graph, conv.registry), xq), "tflite-micro"
     except NotExportable as exc:
         return None, f"unavailable: {exc}"
     except ConversionError as exc:

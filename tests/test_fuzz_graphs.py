@@ -238,7 +238,7 @@ def test_random_graphs_are_bit_exact(tmp_path_factory):
         assert np.array_equal(got, want), f"C != reference for blocks {kinds}"
         counts["graphs"] += 1
         try:
-            oracle = run_tflite_micro(export_tflite(conv.graph), x)
+            oracle = run_tflite_micro(export_tflite(conv.graph, conv.registry), x)
         except NotExportable:
             return
         assert np.array_equal(oracle.reshape(want.shape), want), f"reference != tflite-micro for blocks {kinds}"

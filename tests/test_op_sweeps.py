@@ -77,7 +77,7 @@ def test_reference_matches_tflite_micro(sweep):
     checked, bad = 0, []
     for c in conversions:
         try:
-            tflite = export_tflite(c.graph)
+            tflite = export_tflite(c.graph, c.registry)
         except NotExportable:
             continue  # e.g. a max-pool padding TFLite cannot express; the C sweep still covers it
         interp = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 20)

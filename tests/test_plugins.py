@@ -116,3 +116,68 @@ def test_verify_with_a_wrong_plugin_names_its_layer(tmp_path):
                                  "--plugin", "tests.test_plugins:OffByOneHardSigmoid", "--allow-override"])
     assert r.exit_code == 1, r.output
     assert "first bad layer: layer 2 'gate' (hardsigmoid_off_by_one" in r.output and "KeyError" not in r.output, r.output
+
+
+class TableRelu(OpHandler):
+    """A plugin op with an exact TFLite equivalent: ReLU as a 256-entry table in its input's
+    quantization (TFLite's RELU with equal input and output quantization is the same clamp), exported
+    through its own export_tflite."""
+
+    op = "table_relu"
+    onnx_ops = ("Relu",)
+
+    def from_onnx(self, node, ctx):
+        from onnx2cmsis.ir.graph import Node
+        from onnx2cmsis.ops.base import elementwise_io
+
+        (x,), y = elementwise_io(node, ctx)
+        ctx.add_node(Node(node.name, self.op, [x], [y], origin=node.op_type))
+
+    def output_shapes(self, node, input_shapes):
+        return [input_shapes[0]]
+
+    def quantize(self, node, graph, ranges):
+        q = graph.tensors[node.inputs[0]].quant
+        graph.tensors[node.output].quant = q
+        node.qparams = {"table": np.maximum(np.arange(-128, 128), q.zero_point).astype(np.int8)}
+
+    def reference(self, node, graph, inputs):
+        return [node.qparams["table"][inputs[0].astype(np.int64) + 128]]
+
+    def emit(self, node, graph):
+        from onnx2cmsis.ops.base import CArray, KernelCall
+
+        return KernelCall(template="lut.c.j2", kernel="own loop (table)",
+                          context={"size": graph.tensors[node.inputs[0]].size, "fn": "relu"},
+                          arrays=[CArray("table", "int8_t", node.qparams["table"], "relu of every int8 code")])
+
+    def export_tflite(self, ex, node):
+        ex.op(ex.fb.BuiltinOperator.RELU, [ex.activation(node.inputs[0])], [ex.activation(node.output)])
+
+
+@pytest.mark.oracle
+def test_a_plugin_op_is_checked_against_tflite_micro_through_its_own_export(tmp_path):
+    from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
+    from onnx2cmsis.targets.host import build_conversions
+    from tests.needs import oracle_runtime
+
+    oracle_runtime()
+    rng = np.random.default_rng(4)
+    w1 = numpy_helper.from_array((rng.standard_normal((6, 3, 3)) / 2).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 6, 1)) / 2).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="plugin_relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[1])]
+    path = tmp_path / "relu.onnx"
+    import onnx
+
+    onnx.save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2]), str(path))
+    registry = build_registry(extra=("tests.test_plugins:TableRelu",), allow_override=True)
+    conv = convert(path, rng.standard_normal((64, 3, 32)).astype(np.float32), name="relu_plugin", registry=registry)
+    assert [layer["op"] for layer in conv.report["layers"]].count("table_relu") == 1
+    x = rng.integers(-128, 128, (16, 96)).astype(np.int8)
+    want = np.stack([conv.reference(s) for s in x])
+    assert np.array_equal(run_tflite_micro(export_tflite(conv.graph, conv.registry), x), want)
+    built = build_conversions([conv], tmp_path / "build")[conv.name]
+    assert np.array_equal(np.stack([built(s) for s in x]), want)

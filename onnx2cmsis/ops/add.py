@@ -15,6 +15,7 @@ from onnx2cmsis.ops.base import (
     KernelCall,
     OnnxNodeView,
     OpHandler,
+    TfliteContext,
     elementwise_io,
     fused_activation_range,
 )
@@ -73,3 +74,9 @@ class AddHandler(OpHandler):
                      "act_max": qp["act_range"][1], "size": graph.tensors[node.output].size},
             functions=["arm_elementwise_add_s8"],
         )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        opts = ex.fb.AddOptionsT()
+        opts.fusedActivationFunction = ex.fused(node)
+        ex.op(ex.fb.BuiltinOperator.ADD, [ex.activation(t) for t in node.inputs], [ex.activation(node.output)],
+              ex.fb.BuiltinOptions.AddOptions, opts)

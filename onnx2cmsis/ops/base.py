@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.quant.rules import QuantParams, activation_quant, activation_range
 
@@ -79,6 +79,36 @@ class ImportContext(Protocol):
         """Pure data movement (see ops/movement.py); False when the inputs come from different tensors."""
 
 
+class TfliteContext(Protocol):
+    """What a handler's `export_tflite` writes the op's TFLite form with (oracle/tflite_writer.py).
+
+    `fb` is TFLite's flatbuffer schema module and `me` tflite-micro's model editor (the [verify]
+    extra). A (W, C) IR tensor is a [1, 1, W, C] TFLite tensor, a vector (F,) is [1, F]."""
+
+    fb: Any
+    me: Any
+    graph: Graph
+
+    def activation(self, name: str, shape: list[int] | None = None) -> Any:
+        """The TFLite tensor of an IR tensor (same quantization)."""
+
+    def const(self, values: np.ndarray, dtype: int, name: str, quant: Any = None) -> Any: ...
+
+    def op(self, code: int, inputs: list[Any], outputs: list[Any], options_type: int = 0, options: Any = None) -> None:
+        """Append an operator."""
+
+    def reshape(self, src: Any, dst: Any) -> None: ...
+
+    def as_feature_map(self, name: str, output: bool = False) -> Any:
+        """The tensor as [1, 1, W, C] (a vector is reshaped to/from [1, 1, 1, F])."""
+
+    def padded(self, src: Any, node: Node) -> Any:
+        """src with node.attrs["pad"] applied by PAD (the input zero point: CMSIS-NN's skipped taps)."""
+
+    def fused(self, node: Node) -> int:
+        """TFLite's fused activation code for node.attrs["act"] (NotExportable if it has none)."""
+
+
 @dataclass
 class CArray:
     """A constant array the generated C needs (weights, bias, multipliers, tables)."""
@@ -133,6 +163,11 @@ class OpHandler:
         """Fold y * scale[c] + shift[c] (per output channel) into the node's constants; False when this
         node cannot (e.g. a shape mismatch). Only asked when folds_affine is set."""
         return False
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        """Write the op as TFLite-Micro operators with the same arithmetic, so the tflite-micro runtime
+        checks the reference independently. Default: none (the oracle then skips the model)."""
+        raise NotExportable(f"no TFLite export for op '{node.op}'", node.name)
 
     def read_input_transposed(self, node: Node, rows: int, cols: int) -> None:
         """From now on the node reads the (rows, cols) matrix whose transpose it read before (its

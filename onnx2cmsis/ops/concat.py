@@ -12,7 +12,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, calibrated_quant
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
 
 AXIS_OF = {"channel": 1, "time": 0, "flat": 0}  # physical axis of the (W, C) or (F,) IR tensors
 
@@ -72,3 +72,9 @@ class ConcatHandler(OpHandler):
         else:
             context = {"kind": kind, "sizes": [int(np.prod(s)) for s in shapes]}
         return KernelCall(template="concat.c.j2", kernel="own loop", context=context)
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        opts = ex.fb.ConcatenationOptionsT()
+        opts.axis = {"channel": 3, "time": 2, "flat": 1}[node.attrs["kind"]]
+        ex.op(ex.fb.BuiltinOperator.CONCATENATION, [ex.activation(t) for t in node.inputs], [ex.activation(node.output)],
+              ex.fb.BuiltinOptions.ConcatenationOptions, opts)

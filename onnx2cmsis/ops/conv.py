@@ -13,9 +13,10 @@ from onnx2cmsis.ops.base import (
     KernelCall,
     OnnxNodeView,
     OpHandler,
+    TfliteContext,
     check_uint16,
-    fused_activation_range,
     explicit_pads,
+    fused_activation_range,
     int_attr_list,
     spatial_1d,
 )
@@ -205,3 +206,21 @@ class Conv1DHandler(OpHandler):
             scratch_bytes=scratch,
             macs=w_out * c_out * a["kernel"] * filter_c,
         )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, qp, a = ex.fb, node.qparams, node.attrs
+        src = ex.padded(ex.activation(node.inputs[0]), node)
+        w = block_diagonal(qp["weight"], a.get("groups", 1))  # (C_out, K, C_in): same sums as the groups
+        s_in = ex.graph.tensors[node.inputs[0]].quant.scale
+        wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * w.shape[0], axis=0)
+        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
+                                zero_points=[0] * w.shape[0], axis=0)
+        weights = ex.const(w.reshape(w.shape[0], 1, w.shape[1], w.shape[2]), fb.TensorType.INT8, f"{node.output}_w", wq)
+        bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
+        opts = fb.Conv2DOptionsT()
+        opts.padding = fb.Padding.VALID
+        opts.strideW, opts.strideH = a["stride"], 1
+        opts.dilationWFactor, opts.dilationHFactor = a["dilation"], 1
+        opts.fusedActivationFunction = ex.fused(node)
+        ex.op(fb.BuiltinOperator.CONV_2D, [src, weights, bias], [ex.activation(node.output)],
+              fb.BuiltinOptions.Conv2DOptions, opts)

@@ -18,6 +18,7 @@ from onnx2cmsis.ops.base import (
     KernelCall,
     OnnxNodeView,
     OpHandler,
+    TfliteContext,
     check_uint16,
     fused_activation_range,
 )
@@ -151,3 +152,15 @@ class DenseHandler(OpHandler):
             functions=["arm_fully_connected_s8"],
             macs=n_in * n_out,
         )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, qp = ex.fb, node.qparams
+        s_in = ex.graph.tensors[node.inputs[0]].quant.scale
+        wq = ex.me.Quantization(scales=[qp["weight_scale"]], zero_points=[0])
+        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(qp["weight_scale"]))], zero_points=[0])
+        weights = ex.const(qp["weight"], fb.TensorType.INT8, f"{node.output}_w", wq)
+        bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
+        opts = fb.FullyConnectedOptionsT()
+        opts.fusedActivationFunction = ex.fused(node)
+        ex.op(fb.BuiltinOperator.FULLY_CONNECTED, [ex.activation(node.inputs[0]), weights, bias],
+              [ex.activation(node.output)], fb.BuiltinOptions.FullyConnectedOptions, opts)

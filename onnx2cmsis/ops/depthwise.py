@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, check_uint16
+from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, TfliteContext, check_uint16
 from onnx2cmsis.ops.conv import fold_affine_into_weights, per_channel_call_parts, quantize_per_channel
 from onnx2cmsis.quant.rules import requantize, saturate_int8
 
@@ -88,3 +88,26 @@ class DepthwiseConv1DHandler(OpHandler):
             scratch_bytes=scratch,
             macs=w_out * c_out * a["kernel"],
         )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, qp, a = ex.fb, node.qparams, node.attrs
+        src = ex.as_feature_map(node.inputs[0])
+        c_in = src.shape[3]
+        src = ex.padded(src, node)
+        w = qp["weight"]  # (C_out, K)
+        c_out = w.shape[0]
+        s_in = ex.graph.tensors[node.inputs[0]].quant.scale
+        wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * c_out, axis=3)
+        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
+                                zero_points=[0] * c_out, axis=0)
+        weights = ex.const(np.ascontiguousarray(w.T).reshape(1, 1, w.shape[1], c_out), fb.TensorType.INT8,
+                           f"{node.output}_w", wq)
+        bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
+        opts = fb.DepthwiseConv2DOptionsT()
+        opts.padding = fb.Padding.VALID
+        opts.strideW, opts.strideH = a["stride"], 1
+        opts.dilationWFactor, opts.dilationHFactor = a["dilation"], 1
+        opts.depthMultiplier = c_out // c_in
+        opts.fusedActivationFunction = ex.fused(node)
+        ex.op(fb.BuiltinOperator.DEPTHWISE_CONV_2D, [src, weights, bias], [ex.as_feature_map(node.output, True)],
+              fb.BuiltinOptions.DepthwiseConv2DOptions, opts)

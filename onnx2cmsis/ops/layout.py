@@ -11,7 +11,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 
 
 class ReshapeHandler(OpHandler):
@@ -34,6 +34,9 @@ class ReshapeHandler(OpHandler):
     def aliases_input(self, node: Node) -> bool:
         return True
 
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        ex.reshape(ex.activation(node.inputs[0]), ex.activation(node.output))
+
 
 class TransposeHandler(OpHandler):
     """A physical (a, b) -> (b, a) byte transpose; an own loop (CMSIS-NN's snapshot has none)."""
@@ -53,6 +56,11 @@ class TransposeHandler(OpHandler):
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         rows, cols = graph.tensors[node.inputs[0]].shape
         return KernelCall(template="transpose.c.j2", kernel="own loop", context={"rows": rows, "cols": cols})
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        perm = ex.const(np.array([0, 1, 3, 2], np.int32), ex.fb.TensorType.INT32, f"{node.output}_perm")
+        ex.op(ex.fb.BuiltinOperator.TRANSPOSE, [ex.activation(node.inputs[0]), perm], [ex.activation(node.output)],
+              ex.fb.BuiltinOptions.TransposeOptions, ex.fb.TransposeOptionsT())
 
 
 class Pad1DHandler(OpHandler):
@@ -107,3 +115,11 @@ class Pad1DHandler(OpHandler):
         return KernelCall(template="pad1d.c.j2", kernel="own loop", context={
             "w_in": w_in, "w_out": w_out, "c": c, "left": node.attrs["pad"][0], "right": node.attrs["pad"][1],
             "fill": graph.tensors[node.inputs[0]].quant.zero_point})
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb = ex.fb
+        left, right = node.attrs["pad"]
+        pads = ex.const(np.array([[0, 0], [0, 0], [left, right], [0, 0]], np.int32), fb.TensorType.INT32,
+                        f"{node.output}_pads")
+        ex.op(fb.BuiltinOperator.PAD, [ex.activation(node.inputs[0]), pads], [ex.activation(node.output)],
+              fb.BuiltinOptions.PadOptions, fb.PadOptionsT())

@@ -16,7 +16,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -134,6 +134,14 @@ class Slice1DHandler(OpHandler):
         return KernelCall(template="slice1d.c.j2", kernel="own loop (memmove)", context={
             "w_in": w, "c": c, "start": node.attrs["start"], "width": node.attrs["width"]})
 
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb = ex.fb
+        _, c = ex.graph.tensors[node.inputs[0]].shape
+        begin = ex.const(np.array([0, 0, node.attrs["start"], 0], np.int32), fb.TensorType.INT32, f"{node.output}_begin")
+        size = ex.const(np.array([1, 1, node.attrs["width"], c], np.int32), fb.TensorType.INT32, f"{node.output}_size")
+        ex.op(fb.BuiltinOperator.SLICE, [ex.activation(node.inputs[0]), begin, size], [ex.activation(node.output)],
+              fb.BuiltinOptions.SliceOptions, fb.SliceOptionsT())
+
 
 class GatherHandler(OpHandler):
     """Any other rearrangement: out[i] = in[index[i]] through a constant index table."""
@@ -155,3 +163,18 @@ class GatherHandler(OpHandler):
         return KernelCall(template="gather.c.j2", kernel="own loop (index table)", context={"count": index.size},
                           arrays=[CArray("index", ctype, index.astype(np.uint16 if ctype == "uint16_t" else np.uint32),
                                          "source byte of every output byte")])
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb = ex.fb
+        src, dst = ex.activation(node.inputs[0]), ex.activation(node.output)
+        index = node.attrs["index"].astype(np.int32)
+        flat_src = ex.me.Tensor(shape=[int(np.prod(src.shape))], dtype=fb.TensorType.INT8,
+                                quantization=src.quantization, name=f"{node.output}_flat_in")
+        flat_dst = ex.me.Tensor(shape=[index.size], dtype=fb.TensorType.INT8, quantization=dst.quantization,
+                                name=f"{node.output}_flat_out")
+        ex.reshape(src, flat_src)
+        opts = fb.GatherOptionsT()
+        opts.axis, opts.batchDims = 0, 0
+        ex.op(fb.BuiltinOperator.GATHER, [flat_src, ex.const(index, fb.TensorType.INT32, f"{node.output}_index")],
+              [flat_dst], fb.BuiltinOptions.GatherOptions, opts)
+        ex.reshape(flat_dst, dst)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
     ImportContext,
     KernelCall,
     OnnxNodeView,
     OpHandler,
+    TfliteContext,
     check_uint16,
     explicit_pads,
     fused_activation_range,
@@ -138,6 +139,31 @@ class MaxPool1DHandler(OpHandler):
         return KernelCall(template="maxpool1d.c.j2", kernel="arm_max_pool_s8", context=ctx,
                           functions=["arm_max_pool_s8"])
 
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, a = ex.fb, node.attrs
+        w_in, c = ex.graph.tensors[node.inputs[0]].shape
+        k, s, p, out_w = a["kernel"], a["stride"], a["pad_left"], a["out_w"]
+        if a.get("dilation", 1) != 1:
+            raise NotExportable("TFLite's MAX_POOL_2D has no dilation", node.name)
+        src = ex.activation(node.inputs[0])
+        pad_r = max(0, (out_w - 1) * s + k - w_in - p)
+        if p or pad_r:
+            # PADV2 with -128 then VALID: a padded tap never wins the max, as CMSIS-NN skips it.
+            padded = ex.me.Tensor(shape=[1, 1, w_in + p + pad_r, c], dtype=fb.TensorType.INT8,
+                                  quantization=src.quantization, name=f"{node.output}_padded")
+            pads = ex.const(np.array([[0, 0], [0, 0], [p, pad_r], [0, 0]], np.int32), fb.TensorType.INT32,
+                            f"{node.output}_pads")
+            low = ex.const(np.array([-128], np.int8), fb.TensorType.INT8, f"{node.output}_pad_value", src.quantization)
+            ex.op(fb.BuiltinOperator.PADV2, [src, pads, low], [padded], fb.BuiltinOptions.PadV2Options,
+                  fb.PadV2OptionsT())
+            src = padded
+        opts = fb.Pool2DOptionsT()
+        opts.padding = fb.Padding.VALID
+        opts.strideW, opts.strideH = s, 1
+        opts.filterWidth, opts.filterHeight = k, 1
+        opts.fusedActivationFunction = ex.fused(node)
+        ex.op(fb.BuiltinOperator.MAX_POOL_2D, [src], [ex.activation(node.output)], fb.BuiltinOptions.Pool2DOptions, opts)
+
 
 class AvgPool1DHandler(MaxPool1DHandler):
     """Average of the valid taps, rounded half away from zero (arm_avgpool_s8 == TFLite AVERAGE_POOL_2D).
@@ -185,3 +211,21 @@ class AvgPool1DHandler(MaxPool1DHandler):
         return KernelCall(template="avgpool1d.c.j2", kernel="arm_avgpool_s8", context=ctx,
                           functions=["arm_avgpool_s8", "arm_avgpool_s8_get_buffer_size"],
                           scratch_bytes=ctx["scratch_bytes"])
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, a = ex.fb, node.attrs
+        w_in = ex.graph.tensors[node.inputs[0]].shape[0]
+        k, s, p, out_w = a["kernel"], a["stride"], a["pad_left"], a["out_w"]
+        if p == 0 and out_w == (w_in - k) // s + 1:
+            padding = fb.Padding.VALID
+        elif out_w == -(-w_in // s) and p == max((out_w - 1) * s + k - w_in, 0) // 2:
+            padding = fb.Padding.SAME  # TFLite divides by the valid taps too
+        else:
+            raise NotExportable("average pool padding is neither TFLite SAME nor VALID", node.name)
+        opts = fb.Pool2DOptionsT()
+        opts.padding = padding
+        opts.strideW, opts.strideH = s, 1
+        opts.filterWidth, opts.filterHeight = k, 1
+        opts.fusedActivationFunction = ex.fused(node)
+        ex.op(fb.BuiltinOperator.AVERAGE_POOL_2D, [ex.activation(node.inputs[0])], [ex.activation(node.output)],
+              fb.BuiltinOptions.Pool2DOptions, opts)

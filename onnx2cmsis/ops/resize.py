@@ -12,7 +12,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 
 
 def _source_index(o: int, factor: int, coord: str, nearest: str) -> int:
@@ -70,3 +70,12 @@ class Upsample1DHandler(OpHandler):
         w, c = graph.tensors[node.inputs[0]].shape
         return KernelCall(template="upsample1d.c.j2", kernel="own loop",
                           context={"w_in": w, "c": c, "factor": node.attrs["factor"]})
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb = ex.fb
+        w_out = ex.graph.tensors[node.output].shape[0]
+        size = ex.const(np.array([1, w_out], np.int32), fb.TensorType.INT32, f"{node.output}_size")
+        opts = fb.ResizeNearestNeighborOptionsT()
+        opts.alignCorners, opts.halfPixelCenters = False, True  # floor((t + 0.5) / f) == t // f, free of float error
+        ex.op(fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR, [ex.activation(node.inputs[0]), size],
+              [ex.activation(node.output)], fb.BuiltinOptions.ResizeNearestNeighborOptions, opts)

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 from onnx2cmsis.quant.fixedpoint import exp_on_negative_values, one_over_one_plus_x
 from onnx2cmsis.quant.rules import QuantParams, divide_by_power_of_two, doubling_high_mult, quantize_multiplier, wrap32
 
@@ -82,3 +82,9 @@ class SoftmaxHandler(OpHandler):
             context={"rows": rows, "row_size": row, **node.qparams},
             functions=["arm_softmax_s8"],
         )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        opts = ex.fb.SoftmaxOptionsT()
+        opts.beta = 1.0
+        ex.op(ex.fb.BuiltinOperator.SOFTMAX, [ex.activation(node.inputs[0])], [ex.activation(node.output)],
+              ex.fb.BuiltinOptions.SoftmaxOptions, opts)

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from onnx2cmsis.errors import NotExportable
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
     CArray,
@@ -19,6 +20,7 @@ from onnx2cmsis.ops.base import (
     KernelCall,
     OnnxNodeView,
     OpHandler,
+    TfliteContext,
     calibrated_quant,
     elementwise_io,
 )
@@ -132,3 +134,25 @@ class LookupTableHandler(OpHandler):
             context={"size": graph.tensors[node.output].size, "fn": node.attrs["fn"]},
             arrays=[CArray("table", "int8_t", node.qparams["table"], f"{node.attrs['fn']}: output code for input code - 128")],
         )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, fn = ex.fb, node.attrs["fn"]
+        io = ([ex.activation(node.inputs[0])], [ex.activation(node.output)])
+        if fn == "tanh":
+            ex.op(fb.BuiltinOperator.TANH, *io)
+        elif fn == "sigmoid":
+            ex.op(fb.BuiltinOperator.LOGISTIC, *io)
+        elif fn == "leaky_relu":
+            opts = fb.LeakyReluOptionsT()
+            opts.alpha = node.attrs["alpha"]
+            ex.op(fb.BuiltinOperator.LEAKY_RELU, *io, fb.BuiltinOptions.LeakyReluOptions, opts)
+        elif fn == "requantize":
+            ex.op(fb.BuiltinOperator.QUANTIZE, *io)
+        else:
+            # TFLite-Micro has no RELU_N1_TO_1 kernel
+            codes = {(0.0, None): fb.BuiltinOperator.RELU, (0.0, 6.0): fb.BuiltinOperator.RELU6}
+            lo, hi = node.attrs["act"]
+            key = (None if lo is None else float(lo), None if hi is None else float(hi))
+            if key not in codes:
+                raise NotExportable(f"clip range [{lo}, {hi}] has no TFLite operator", node.name)
+            ex.op(codes[key], *io)

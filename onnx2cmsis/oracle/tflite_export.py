@@ -1,7 +1,8 @@
 """Quantized IR -> an int8 .tflite flatbuffer that TFLite-Micro's reference kernels can run.
 
 Same weights, scales and zero points as the generated C, so the tflite-micro runtime is an
-independent check of our integer arithmetic. Written with the `model_editor` and schema modules the
+independent check of our integer arithmetic. Each op's TFLite form is its handler's (`export_tflite`),
+so a plugin op is checked too where TFLite has an equivalent. Written with the `model_editor` and schema modules the
 tflite-micro wheel ships (imported lazily: they belong to the [verify] extra).
 
 Tensor shapes: a (W, C) IR tensor is [1, 1, W, C] (1D as an h=1 image), a vector (F,) is [1, F]; the
@@ -13,20 +14,20 @@ from __future__ import annotations
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph
-from onnx2cmsis.oracle.tflite_ops import EXPORTERS
+from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.oracle.tflite_writer import Exporter, NotExportable, tflite_shape
 
 __all__ = ["NotExportable", "export_tflite", "run_tflite_micro", "tflite_micro_arena", "tflite_shape"]
 
 
-def export_tflite(graph: Graph) -> bytes:
-    """The whole quantized graph as .tflite bytes; input/output shaped as the model declares them."""
+def export_tflite(graph: Graph, registry: Registry | None = None) -> bytes:
+    """The whole quantized graph as .tflite bytes; input/output shaped as the model declares them.
+    `registry`: the handlers the graph was converted with (a Conversion's), else the built-ins and
+    the installed plugins."""
+    registry = registry or build_registry()
     ex = Exporter(graph)
     for node in graph.nodes:
-        fn = EXPORTERS.get(node.op)
-        if fn is None:
-            raise NotExportable(f"no TFLite export for op '{node.op}'", node.name)
-        fn(ex, node)
+        registry.for_op(node.op).export_tflite(ex, node)
         for src, dst in ex.pending_reshapes:
             ex.reshape(src, dst)
         ex.pending_reshapes.clear()

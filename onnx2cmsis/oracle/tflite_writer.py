@@ -9,13 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.errors import ConversionError, NotExportable
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.quant.rules import QuantParams
-
-
-class NotExportable(ConversionError):
-    """The node has no TFLite-Micro equivalent with identical arithmetic."""
 
 
 def _modules() -> tuple[Any, Any]:
@@ -31,7 +27,12 @@ def tflite_shape(shape: tuple[int, ...]) -> list[int]:
     return [1, 1, *shape] if len(shape) == 2 else [1, *shape]
 
 
+__all__ = ["Exporter", "NotExportable", "tflite_shape"]
+
+
 class Exporter:
+    """What a handler's export_tflite writes with (ops.base.TfliteContext)."""
+
     def __init__(self, graph: Graph) -> None:
         self.me, self.fb = _modules()
         self.graph = graph
