@@ -13,7 +13,8 @@ from onnx2cmsis.errors import ConversionError, render_options
 
 # The library's setting names (errors.py) as this command line spells them.
 FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
-         "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb"}
+         "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
+         "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level"}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trained 1D CNNs -> int8 C for CMSIS-NN.")
 
@@ -165,6 +166,49 @@ def verify(
     ran = [r for r in results if not r.skipped]
     if not ran or not all(r.bit_exact for r in ran):
         raise typer.Exit(1)
+
+
+cmsis_app = typer.Typer(no_args_is_help=True, help="Get a CMSIS-NN tree that matches the generated C.")
+app.add_typer(cmsis_app, name="cmsis-nn")
+
+
+@cmsis_app.command("fetch")
+def cmsis_fetch(
+    level: str = typer.Option("7", "--level", metavar="LEVEL",
+                              help="API level: 7 (CMSIS-NN v7.0.0 from GitHub) or 2024.01 (the PyPI snapshot)."),
+    source: Optional[str] = typer.Option(None, "--from", metavar="ARCHIVE",
+                                         help="A .tar.gz (path or URL) of CMSIS-NN v7.0.0 or main 99f736a6 to use "
+                                              "instead of GitHub's; checked against the pinned file hashes."),
+) -> None:
+    """Download (once) and check a CMSIS-NN tree; print its folder. The only command that uses the network.
+
+    Example: onnx2cmsis cmsis-nn fetch --level 7
+    """
+    from onnx2cmsis.cmsis_nn.fetch import fetch_cmsis_nn
+
+    try:
+        typer.echo(fetch_cmsis_nn(level, source))
+    except ConversionError as exc:
+        _fail(exc.render(FLAGS))
+
+
+@cmsis_app.command("path")
+def cmsis_path(level: str = typer.Option("7", "--level", metavar="LEVEL", help="API level: 7 or 2024.01.")) -> None:
+    """Print the folder of the fetched tree of LEVEL (for CMSIS_NN_PATH or a build file).
+
+    Example: export CMSIS_NN_PATH=$(onnx2cmsis cmsis-nn path)
+    """
+    from onnx2cmsis.cmsis_nn.fetch import cached_tree
+    from onnx2cmsis.cmsis_nn.source import check_api_level
+
+    try:
+        check_api_level(level)
+    except ConversionError as exc:
+        _fail(exc.render(FLAGS))
+    tree = cached_tree(level)
+    if tree is None:
+        _fail(f"no CMSIS-NN tree of API level {level} has been fetched: run onnx2cmsis cmsis-nn fetch --level {level}")
+    typer.echo(tree)
 
 
 def run() -> int:

@@ -64,6 +64,6 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         ],
         "rewrites": rewrites,
         "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions,
-                     "sources": cmsis.sources_for(functions) if cmsis.root is not None else None},
+                     "sources": cmsis.sources_for(functions), "sources_from": cmsis.sources_from},
         "calibration_samples": samples,
     }

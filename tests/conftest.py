@@ -15,7 +15,7 @@ from pathlib import Path
 
 def pytest_configure(config) -> None:
     if not os.environ.get("CMSIS_NN_PATH"):
-        from onnx2cmsis.cmsis_nn.source import fetch_snapshot
+        from onnx2cmsis.cmsis_nn.fetch import fetch_snapshot
 
         os.environ["CMSIS_NN_PATH"] = str(fetch_snapshot())
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 import pytest
 
 LEVEL_7_TREE_VARIABLE = "ONNX2CMSIS_LEVEL7_CMSIS_NN"
+ARCHIVES_VARIABLE = "ONNX2CMSIS_CMSIS_ARCHIVES"  # the folder of CMSIS-NN source archives (../shared/cmsis-nn)
 QEMU_APT = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 
 
@@ -76,3 +77,13 @@ def level_7_tree() -> Path:
             return Path(root)
     missing("a CMSIS-NN tree of API level 7", f"set {LEVEL_7_TREE_VARIABLE} or CMSIS_NN_PATH to a CMSIS-NN v7.0.0+ "
             "checkout, or run python -m tests.run_levels, which unpacks ../shared/cmsis-nn")
+
+
+def cmsis_archive(name: str) -> Path:
+    """A CMSIS-NN source archive (e.g. CMSIS-NN-v7.0.0.tar.gz) from $ONNX2CMSIS_CMSIS_ARCHIVES, else
+    ../shared/cmsis-nn beside the checkout."""
+    folder = os.environ.get(ARCHIVES_VARIABLE) or str(Path(__file__).resolve().parents[2] / "shared" / "cmsis-nn")
+    path = Path(folder) / name
+    if not path.is_file():
+        missing(f"the CMSIS-NN archive {path}", f"set {ARCHIVES_VARIABLE} to the folder holding it")
+    return path

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.needs import LEVEL_7_TREE_VARIABLE, in_ci
+from tests.needs import ARCHIVES_VARIABLE, LEVEL_7_TREE_VARIABLE, in_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +69,8 @@ def unpack(archives: Path, key: str, into: Path) -> Path:
     return into / folder
 
 
-def run_pytest(run: Run, level_7: Path | None, extra: list[str]) -> None:
-    env = {**os.environ, "CMSIS_NN_PATH": str(run.tree)}
+def run_pytest(run: Run, level_7: Path | None, archives: Path, extra: list[str]) -> None:
+    env = {**os.environ, "CMSIS_NN_PATH": str(run.tree), ARCHIVES_VARIABLE: str(archives)}
     if level_7 is not None:
         env[LEVEL_7_TREE_VARIABLE] = str(level_7)
     cmd = [sys.executable, "-m", "pytest", *(["-m", run.selection] if run.selection else []), *extra]
@@ -90,13 +90,13 @@ def run_pytest(run: Run, level_7: Path | None, extra: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default = os.environ.get("ONNX2CMSIS_CMSIS_ARCHIVES") or str(ROOT.parent / "shared" / "cmsis-nn")
+    default = os.environ.get(ARCHIVES_VARIABLE) or str(ROOT.parent / "shared" / "cmsis-nn")
     parser.add_argument("--archives", default=default, help="folder with the CMSIS-NN source archives")
     parser.add_argument("pytest_args", nargs="*", help="passed to every pytest run (after --)")
     args = parser.parse_args(argv)
     archives = Path(args.archives)
 
-    from onnx2cmsis.cmsis_nn.source import fetch_snapshot
+    from onnx2cmsis.cmsis_nn.fetch import fetch_snapshot
 
     snapshot = fetch_snapshot()
     have_archives = all((archives / name).is_file() for name, _, _ in ARCHIVES.values())
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             v7 = None
             runs = [Run("snapshot (level 2024.01)", snapshot, "")]
         for run in runs:
-            run_pytest(run, v7, args.pytest_args)
+            run_pytest(run, v7, archives, args.pytest_args)
 
     print("\n##### CMSIS-NN API levels")
     width = max(len(r.label) for r in runs)

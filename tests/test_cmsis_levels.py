@@ -18,7 +18,8 @@ import pytest
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.ir.target import LEVEL_7, SNAPSHOT_API
-from onnx2cmsis.cmsis_nn.source import detect_api, detect_capabilities, fetch_snapshot
+from onnx2cmsis.cmsis_nn.fetch import fetch_snapshot
+from onnx2cmsis.cmsis_nn.source import detect_api, detect_capabilities
 from onnx2cmsis.errors import ToolchainError
 from tests.needs import level_7_tree
 
@@ -40,10 +41,12 @@ def no_tree_env(monkeypatch) -> dict[str, str]:
     return dict(os.environ)
 
 
-def test_default_is_level_7_and_needs_no_tree(no_tree_env):
+def test_default_is_level_7_and_needs_no_tree(no_tree_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no fetched tree either
     conv = convert(MODEL, CALIB)
     assert conv.cmsis.api == LEVEL_7 and conv.cmsis.root is None
-    assert conv.report["cmsis_nn"]["api"] == "7" and conv.report["cmsis_nn"]["sources"] is None
+    assert conv.report["cmsis_nn"]["api"] == "7"
+    assert conv.report["cmsis_nn"]["sources_from"] == "the file list of CMSIS-NN v7.0.0"
     assert "CMSIS-NN API level: 7" in conv.header
     # v7.0.0+ arm_convolve_s8 takes upscale_dims before output_dims
     assert conv.source.count("NULL /* no upscaling */") == sum(
@@ -53,6 +56,7 @@ def test_default_is_level_7_and_needs_no_tree(no_tree_env):
 
 
 def test_snapshot_level_on_request(no_tree_env):
+    fetch_snapshot()  # a fetched tree is used
     conv = convert(MODEL, CALIB, cmsis_api=SNAPSHOT_API.level)
     assert conv.cmsis.api == SNAPSHOT_API and conv.cmsis.root == fetch_snapshot()
     assert "no upscaling" not in conv.source
@@ -206,13 +210,16 @@ def test_cli_default_json_says_level_7(tmp_path, no_tree_env):
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), env=no_tree_env)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "vibration_cnn.json").read_text())
-    assert report["cmsis_nn"]["api"] == "7" and report["cmsis_nn"]["sources"] is None
+    assert report["cmsis_nn"]["api"] == "7"
+    assert "Source/ConvolutionFunctions/arm_convolve_s8.c" in report["cmsis_nn"]["sources"]
 
 
-def test_verify_builds_with_the_snapshot_by_default_and_refuses_level_7_without_a_tree(tmp_path, no_tree_env):
+def test_verify_builds_with_a_fetched_tree_and_refuses_a_level_without_one(tmp_path, no_tree_env):
     data = tmp_path / "x.npy"
     np.save(data, np.load(CALIB)[:2])
-    r = run_cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(data), "--cmsis-nn-api", "7", env=no_tree_env)
+    fetch_snapshot()
+    r = run_cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(data), "--cmsis-nn-api", "7",
+                env={**no_tree_env, "XDG_CACHE_HOME": str(tmp_path / "empty")})
     assert r.returncode == 1 and "building needs a CMSIS-NN tree of API level 7" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(data), env=no_tree_env)

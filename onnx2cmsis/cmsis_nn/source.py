@@ -1,50 +1,51 @@
-"""Find a CMSIS-NN source tree and its API level: --cmsis-nn PATH, $CMSIS_NN_PATH, or the pinned
-PyPI snapshot.
+"""Find a CMSIS-NN source tree and its API level: --cmsis-nn PATH, $CMSIS_NN_PATH, or a tree fetched
+earlier into the cache (cmsis_nn/fetch.py). Never downloads: without a tree, the C is still emitted
+and the source files it needs are listed from the index shipped for its level.
 
 A tree's level is detected capability by capability from its own text (ir/target.py lists them):
 the snapshot is level "2024.01", v7.0.0 and later (main) level "7"; v6.0.0, which has some of level
 7's capabilities and not others, is refused by name.
-
-CMSIS-NN is never copied into this repository. The snapshot is a pure-Python wheel on PyPI that
-carries CMSIS-NN's sources (January 2024, between v5.0.0 and v6.0.0); it is downloaded once, checked
-against its SHA-256 and unpacked into the user cache.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 
-from onnx2cmsis.ir.target import API_LEVELS, DEFAULT_API, SNAPSHOT_API, CmsisApi, level_with
+from onnx2cmsis.cmsis_nn.fetch import cached_tree
 from onnx2cmsis.errors import ToolchainError
+from onnx2cmsis.ir.target import API_LEVELS, DEFAULT_API, LEVEL_7, SNAPSHOT_API, CmsisApi, level_with
 
-SNAPSHOT_WHEEL = "aidge_export_arm_cortexm-0.2.1-py3-none-any.whl"
-SNAPSHOT_REQUIREMENT = "aidge-export-arm-cortexm==0.2.1"
-SNAPSHOT_SHA256 = "0ea6a694b8c1397bf52158c27854bbd4ddfca433ed4cf06a4c92843b480acbf0"
-SNAPSHOT_FOLDER = "aidge_export_arm_cortexm/_CMSIS-NN/CMSIS-NN/"
 _DEF_RE = re.compile(r"^[A-Za-z_][\w \t\*]*?\b(arm_\w+)\s*\([^;{]*?\)\s*\{", re.M | re.S)
 _CALL_RE = re.compile(r"\b(arm_\w+)\s*\(")
+# The source index shipped per level (function -> file, file -> calls), made by index_of() from these trees.
+SHIPPED_INDEX = {SNAPSHOT_API.level: ("index-2024.01.json", "the PyPI snapshot of January 2024"),
+                 LEVEL_7.level: ("index-7.json", "CMSIS-NN v7.0.0")}
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "onnx2cmsis"
+def index_of(root: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """function -> the source file defining it, and source file -> the functions it calls."""
+    defines: dict[str, str] = {}
+    calls: dict[str, list[str]] = {}
+    for path in sorted((root / "Source").rglob("*.c")):
+        rel = path.relative_to(root).as_posix()
+        text = path.read_text(errors="replace")
+        for name in _DEF_RE.findall(text):
+            defines.setdefault(name, rel)
+        calls[rel] = sorted(set(_CALL_RE.findall(text)))
+    return defines, calls
 
 
 @dataclass(frozen=True)
 class CmsisTree:
     """A CMSIS-NN tree and its API level. root is None when code is generated for a level with no
-    tree at hand (the default level 7 without --cmsis-nn): enough to emit C, not to build or to list
-    the source files."""
+    tree at hand (the default level 7 without --cmsis-nn): enough to emit C and list its source
+    files (from the shipped index), not to build."""
 
     root: Path | None  # holds Include/ and Source/
     api: CmsisApi
@@ -56,24 +57,22 @@ class CmsisTree:
     def buildable_root(self) -> Path:
         if self.root is None:
             raise ToolchainError(
-                f"building needs a CMSIS-NN tree of API level {self.api.level}: give {{opt:cmsis_nn=PATH}} (a CMSIS-NN "
-                f"v7.0.0+ checkout) or choose {{opt:cmsis_api={SNAPSHOT_API.level}}}, which this tool can fetch"
+                f"building needs a CMSIS-NN tree of API level {self.api.level} and none is here: get one with "
+                f"{{opt:fetch_cmsis_nn={self.api.level}}}, or give {{opt:cmsis_nn=PATH}} (your own CMSIS-NN)"
             )
         return self.root
 
+    @property
+    def sources_from(self) -> str:
+        """Where the source file list comes from: this tree, or the index shipped for its level."""
+        return str(self.root) if self.root is not None else f"the file list of {SHIPPED_INDEX[self.api.level][1]}"
+
     @cached_property
-    def _index(self) -> tuple[dict[str, str], dict[str, set[str]]]:
-        """function -> defining source file, and source file -> functions it calls."""
-        defines: dict[str, str] = {}
-        calls: dict[str, set[str]] = {}
-        root = self.buildable_root()
-        for path in sorted((root / "Source").rglob("*.c")):
-            rel = path.relative_to(root).as_posix()
-            text = path.read_text(errors="replace")
-            for name in _DEF_RE.findall(text):
-                defines.setdefault(name, rel)
-            calls[rel] = set(_CALL_RE.findall(text))
-        return defines, calls
+    def _index(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        if self.root is not None:
+            return index_of(self.root)
+        data = json.loads((resources.files("onnx2cmsis.cmsis_nn") / SHIPPED_INDEX[self.api.level][0]).read_text())
+        return data["defines"], data["calls"]
 
     def sources_for(self, functions: list[str]) -> list[str]:
         """The source files (relative to root) that define `functions` and everything they call."""
@@ -89,7 +88,7 @@ class CmsisTree:
             todo.extend(calls[src])
         missing = [f for f in functions if f not in defines]
         if missing:
-            raise ToolchainError(f"CMSIS-NN at {self.root} does not define {', '.join(sorted(missing))}")
+            raise ToolchainError(f"CMSIS-NN ({self.sources_from}) does not define {', '.join(sorted(missing))}")
         return sorted(files)
 
 
@@ -104,8 +103,9 @@ def check_api_level(api: str | None) -> CmsisApi | None:
 def locate_cmsis_nn(path: str | os.PathLike[str] | None = None, api: str | None = None,
                     default_api: str | None = DEFAULT_API.level) -> CmsisTree:
     """The tree the user named (else $CMSIS_NN_PATH) at its detected level, refusing a different
-    `api`. Without a tree: `api` (else `default_api`); the snapshot is fetched for its own level, and
-    any other level gets a tree-less CmsisTree. default_api=None means "the snapshot" (for building)."""
+    `api`. Without one: level `api` (else `default_api`) with the tree fetched for it earlier, if any
+    (else a tree-less CmsisTree). default_api=None (building): whichever level has a fetched tree,
+    level 7 first. Never downloads."""
     wanted = check_api_level(api)
     chosen = path or os.environ.get("CMSIS_NN_PATH")
     if chosen:
@@ -119,10 +119,11 @@ def locate_cmsis_nn(path: str | os.PathLike[str] | None = None, api: str | None 
                 f"{level.level} ({level.versions})"
             )
         return CmsisTree(root, level)
-    level = wanted or check_api_level(default_api) or SNAPSHOT_API
-    if level == SNAPSHOT_API:
-        return CmsisTree(fetch_snapshot(), SNAPSHOT_API)
-    return CmsisTree(None, level)
+    if wanted is None and default_api is None:
+        wanted = LEVEL_7 if cached_tree(LEVEL_7.level) or not cached_tree(SNAPSHOT_API.level) else SNAPSHOT_API
+    level = wanted or check_api_level(default_api) or LEVEL_7
+    fetched = cached_tree(level.level)
+    return CmsisTree(fetched, level) if fetched is not None else CmsisTree(None, level)
 
 
 _CONV_PROTO_RE = re.compile(r"/\*\*((?:(?!\*/).)*)\*/\s*arm_cmsis_nn_status\s+arm_convolve_s8\s*\(([^;]*)\);", re.S)
@@ -170,40 +171,3 @@ def detect_api(root: Path) -> CmsisApi:
         what = "of no known API level (" + ", ".join(f"{k}={v}" for k, v in found.items()) + ")"
     raise ToolchainError(f"the CMSIS-NN tree at {root} is {what}: use CMSIS-NN v7.0.0 or later (API level 7) or "
                          f"the PyPI snapshot ({{opt:cmsis_api={SNAPSHOT_API.level}}})")
-
-
-def fetch_snapshot() -> Path:
-    target = cache_dir() / f"cmsis-nn-{SNAPSHOT_API.level}-{SNAPSHOT_SHA256[:12]}"
-    if (target / "Include" / "arm_nnfunctions.h").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        wheel = Path(tmp) / SNAPSHOT_WHEEL
-        req = Path(tmp) / "req.txt"
-        req.write_text(f"{SNAPSHOT_REQUIREMENT} --hash=sha256:{SNAPSHOT_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
-               "--require-hashes", "-r", str(req), "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not wheel.is_file():
-            raise ToolchainError(
-                "cannot download the CMSIS-NN snapshot from PyPI; give {opt:cmsis_nn=PATH} or set CMSIS_NN_PATH "
-                f"({(proc.stderr.strip().splitlines() or ['no output'])[-1][:160]})"
-            )
-        if hashlib.sha256(wheel.read_bytes()).hexdigest() != SNAPSHOT_SHA256:
-            raise ToolchainError("the downloaded CMSIS-NN snapshot does not match its pinned SHA-256")
-        staging = Path(tmp) / "tree"
-        with zipfile.ZipFile(wheel) as zf:
-            for info in zf.infolist():
-                if info.filename.startswith(SNAPSHOT_FOLDER) and not info.is_dir():
-                    rel = info.filename[len(SNAPSHOT_FOLDER):]
-                    if rel.startswith(("Include/", "Source/")):
-                        dest = staging / rel
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        dest.write_bytes(zf.read(info))
-        try:
-            staging.rename(target)
-        except OSError:  # another process won the race
-            if not (target / "Include" / "arm_nnfunctions.h").is_file():
-                shutil.rmtree(target, ignore_errors=True)
-                staging.rename(target)
-    return target

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx2cmsis.cmsis_nn.source import CmsisTree, cache_dir
+from onnx2cmsis.cmsis_nn.fetch import cache_dir
+from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
 from onnx2cmsis.targets.host import STRICT_FLAGS, cmsis_static_library
 
