@@ -138,7 +138,7 @@ def _check_finite_constants(graph, where: str) -> None:
         for key, values in node.consts.items():
             arr = np.asarray(values)
             if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise ConversionError(f"node '{node.name}' ({node.origin}): its {key} holds NaN or Inf", where)
+                raise ConversionError(f"{node.where}: its {key} holds NaN or Inf", where)
 
 
 def _check_finite_samples(samples: np.ndarray, where: str, chunk: int = 4096) -> None:

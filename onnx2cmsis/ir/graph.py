@@ -33,6 +33,11 @@ class Node:
     def output(self) -> str:
         return self.outputs[0]
 
+    @property
+    def where(self) -> str:
+        """How errors name the node: its model name and the model op(s) it stands for."""
+        return f"node '{self.name}' ({self.origin})"
+
 
 @dataclass
 class Graph:

@@ -62,7 +62,7 @@ def quantize_per_channel(node: Node, graph: Graph) -> None:
     w = node.consts["weight"]
     s_w = symmetric_weight_scales(w, axis=0)
     mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
-    where = f"node '{node.name}' ({node.origin})"
+    where = node.where
     node.qparams = {
         "weight": quantize_weights(w, s_w, axis=0),
         "weight_scales": s_w,
@@ -176,7 +176,7 @@ class Conv1DHandler(OpHandler):
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         a, qp = node.attrs, node.qparams
         (w_in, c_in), (w_out, c_out) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
-        where = f"node '{node.name}' ({node.origin})"
+        where = node.where
         check_uint16(where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=a["kernel"], pad=a["pad"][0])
         # A grouped conv runs natively where arm_convolve_s8 takes filter channels = C_in / groups;
         # otherwise it is the block-diagonal full conv, which adds only exact zeros at `groups` times

@@ -114,12 +114,12 @@ class DenseHandler(OpHandler):
         node.qparams = {
             "weight": wq,
             "weight_scale": float(s_w[0]),
-            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, f"node '{node.name}' ({node.origin})"),
+            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, node.where),
             "multiplier": m,
             "shift": sh,
             "act_range": fused_activation_range(node, graph),
         }
-        check_accumulator_headroom(wq, node.qparams["bias"], q_in.zero_point, sh, f"node '{node.name}' ({node.origin})")
+        check_accumulator_headroom(wq, node.qparams["bias"], q_in.zero_point, sh, node.where)
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
@@ -133,7 +133,7 @@ class DenseHandler(OpHandler):
         qp = node.qparams
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         n_out, n_in = qp["weight"].shape
-        check_uint16(f"node '{node.name}' ({node.origin})", in_features=n_in, out_features=n_out)
+        check_uint16(node.where, in_features=n_in, out_features=n_out)
         return KernelCall(
             template="dense.c.j2",
             kernel="arm_fully_connected_s8",

@@ -65,7 +65,7 @@ class DepthwiseConv1DHandler(OpHandler):
         a, qp = node.attrs, node.qparams
         (w_in, c_in) = _feature_map(graph.tensors[node.inputs[0]].shape)
         (w_out, c_out) = _feature_map(graph.tensors[node.output].shape)
-        check_uint16(f"node '{node.name}' ({node.origin})", width=w_in, channels=c_out, kernel=a["kernel"],
+        check_uint16(node.where, width=w_in, channels=c_out, kernel=a["kernel"],
                      pad=a["pad"][0])
         mult = c_out // c_in
         fast = mult == 1 and a["dilation"] == 1

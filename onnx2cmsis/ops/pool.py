@@ -206,7 +206,7 @@ class AvgPool1DHandler(MaxPool1DHandler):
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         ctx = self._context(node, graph)
-        check_uint16(f"node '{node.name}' ({node.origin})", width=ctx["w_in"], channels=ctx["c"], kernel=ctx["k"])
+        check_uint16(node.where, width=ctx["w_in"], channels=ctx["c"], kernel=ctx["k"])
         ctx["scratch_bytes"] = 4 * ctx["c"]  # the DSP build's int32 row of sums (pure C and MVE need none)
         return KernelCall(template="avgpool1d.c.j2", kernel="arm_avgpool_s8", context=ctx,
                           functions=["arm_avgpool_s8", "arm_avgpool_s8_get_buffer_size"],

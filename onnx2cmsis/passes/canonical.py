@@ -214,11 +214,11 @@ def check_shapes(graph: Graph, registry: Registry) -> None:
         handler = registry.for_op(node.op)
         if handler.aliases_input(node):
             if graph.tensors[node.inputs[0]].size != graph.tensors[node.output].size:
-                raise ConversionError("view changes the element count", f"node '{node.name}' ({node.origin})")
+                raise ConversionError("view changes the element count", node.where)
             continue
         expected = handler.output_shapes(node, [graph.tensors[t].shape for t in node.inputs])
         actual = [graph.tensors[t].shape for t in node.outputs]
         if [tuple(e) for e in expected] != actual:
             raise ConversionError(
-                f"shape rule gives {expected} but the model declares {actual}", f"node '{node.name}' ({node.origin})"
+                f"shape rule gives {expected} but the model declares {actual}", node.where
             )
