@@ -20,7 +20,7 @@ from onnx2cmsis.errors import ConversionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
 from onnx2cmsis.ir.check import check_graph
-from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ir.graph import DENSE_WEIGHTS, Graph, QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.passes.canonical import run_passes
@@ -85,14 +85,18 @@ def convert(
     cmsis_api: str | None = None,
     default_api: str | None = DEFAULT_API.level,
     budget: Budget | None = None,
+    dense_weights: str = "per-tensor",
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
     default_api=None makes the buildable snapshot the default, as verify needs. Exceeding `budget`
-    is a warning in report["warnings"], not an error: the C is still right."""
+    is a warning in report["warnings"], not an error: the C is still right. dense_weights:
+    "per-tensor" or "per-channel" (one weight scale per output feature, as TFLite 2.21 writes it)."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
         raise ConversionError(f"{{opt:name}} {name!r} is not a valid C identifier")
+    if dense_weights not in DENSE_WEIGHTS:
+        raise ConversionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
 
@@ -103,6 +107,7 @@ def convert(
     rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower
     check_graph(graph, "the passes")
     samples = _calibration_samples(calibration, graph)
+    graph.quant_options = QuantOptions(dense_weights=dense_weights)
     quantize_graph(graph, registry, collect_ranges(model, samples, calibration_values(graph)))
     check_graph(graph, "quantization", quantized=True)
     graph.cmsis_api = cmsis.api

@@ -14,7 +14,7 @@ from onnx2cmsis.errors import ConversionError, render_options
 # The library's setting names (errors.py) as this command line spells them.
 FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
-         "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level"}
+         "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights"}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trained 1D CNNs -> int8 C for CMSIS-NN.")
 
@@ -54,6 +54,9 @@ def convert(
         help="CMSIS-NN API level to emit for: 7 (v7.0.0 and later, main; the default) or 2024.01 "
              "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
+    dense_weights: str = typer.Option(
+        "per-tensor", "--dense-weights", metavar="per-tensor|per-channel",
+        help="Dense layer weight scales: one per layer, or one per output feature (as TFLite 2.21 writes them)."),
     plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
     flash_kb: int = typer.Option(512, "--flash-kb", min=1, help="Flash your part has for the weights (KiB): "
@@ -77,7 +80,8 @@ def convert(
     try:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
-                             cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024))
+                             cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
+                             dense_weights=dense_weights)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     except ConversionError as exc:
         if debug:
@@ -118,6 +122,9 @@ def verify(
     cmsis_api: Optional[str] = typer.Option(
         None, "--cmsis-nn-api", metavar="LEVEL",
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
+    dense_weights: str = typer.Option(
+        "per-tensor", "--dense-weights", metavar="per-tensor|per-channel",
+        help="Dense layer weight scales: one per layer, or one per output feature (as TFLite 2.21 writes them)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
@@ -141,7 +148,7 @@ def verify(
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         # verify builds what it converts, so its default is the tree it can always get: the snapshot.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
-                           cmsis_api=cmsis_api, default_api=None)
+                           cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights)
         x = load_calibration(data, conv.graph.model_input_shapes[0])
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):

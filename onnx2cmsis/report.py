@@ -66,4 +66,5 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions,
                      "sources": cmsis.sources_for(functions), "sources_from": cmsis.sources_from},
         "calibration_samples": samples,
+        "quantization": {"dense_weights": graph.quant_options.dense_weights},
     }

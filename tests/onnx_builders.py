@@ -18,6 +18,7 @@ class Case:
     model: onnx.ModelProto
     calibration: np.ndarray  # (N, *input shape without batch)
     params: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # convert() options the case is meant for
 
     def save(self, folder: Path) -> Path:
         path = folder / f"{self.name}.onnx"
@@ -131,7 +132,11 @@ def dense_case(rng: np.random.Generator, i: int) -> Case:
         inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
         nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["fc"])]
     act = _activation(rng, nodes, inits, "fc", "y")
-    return _case(f"dense{i}", nodes, [1, f_in], inits, _calibration(rng, (f_in,)), {"form": form, "act": act})
+    weights = str(rng.choice(["per-tensor", "per-channel"]))
+    case = _case(f"dense{i}", nodes, [1, f_in], inits, _calibration(rng, (f_in,)),
+                 {"form": form, "act": act, "dense_weights": weights})
+    case.options["dense_weights"] = weights
+    return case
 
 
 def softmax_case(rng: np.random.Generator, i: int) -> Case:

@@ -138,3 +138,20 @@ def test_usage_errors_are_one_line_with_exit_2(args, expect, tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("onnx2cmsis: error: ") and expect in lines[0] and "--help" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("level, kernel", [("7", "arm_fully_connected_per_channel_s8"),
+                                           ("2024.01", "arm_convolve_1x1_s8_fast")])
+def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
+    """--dense-weights per-channel: one scale per output feature; the per-channel CMSIS-NN kernel at
+    level 7, the equivalent 1x1 convolution at 2024.01. The default stays per tensor."""
+    r = subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", "convert", str(MODEL), "-c", str(CALIB), "--out",
+                        str(tmp_path), "--cmsis-nn-api", level, "--dense-weights", "per-channel"],
+                       capture_output=True, text=True, env={**{k: v for k, v in os.environ.items() if k != "CMSIS_NN_PATH"},
+                                                            "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "c")})
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "vibration_cnn.json").read_text())
+    assert report["quantization"] == {"dense_weights": "per-channel"}
+    assert [layer["kernel"] for layer in report["layers"] if layer["op"] == "dense"] == [kernel, kernel]
+    r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--dense-weights", "per-row")
+    assert r.returncode == 1 and "--dense-weights 'per-row' is not one of per-tensor, per-channel" in r.stderr

@@ -91,7 +91,8 @@ def test_grouped_conv_is_native_at_level_7_and_block_diagonal_before(tmp_path, n
     assert "const cmsis_nn_dims filter_dims = {8, 1, 3, 2};" in new_conv.source
 
 
-def _patched_snapshot(tmp_path: Path, upscale: bool, groups: bool, lanes16: bool, sums: bool) -> Path:
+def _patched_snapshot(tmp_path: Path, upscale: bool, groups: bool, lanes16: bool, sums: bool,
+                      per_channel_fc: bool) -> Path:
     """The snapshot's header and buffer-size source with some of level 7's capabilities written in, as
     CMSIS-NN's own changes wrote them (v6.0.0: groups, 16 lanes and the new kernel sums; v7.0.0: upscale_dims)."""
     snap = fetch_snapshot()
@@ -107,10 +108,13 @@ def _patched_snapshot(tmp_path: Path, upscale: bool, groups: bool, lanes16: bool
         at = header.index("const int8_t *vector_data);")
         header = header[:at] + "const int8_t *vector_data, const int32_t lhs_offset, const int32_t *bias_data);" + \
             header[at + len("const int8_t *vector_data);"):]
+    if per_channel_fc:
+        header += ("\narm_cmsis_nn_status arm_fully_connected_per_channel_s8(const cmsis_nn_context *ctx, "
+                   "const int8_t *input_data);\n")
     sizes = (snap / "Source" / "ConvolutionFunctions" / "arm_convolve_get_buffer_sizes_s8.c").read_text()
     if lanes16:
         sizes = sizes.replace("col_length = (col_length + 7) / 8;", "col_length = (col_length + 15) / 16;")
-    tree = tmp_path / f"tree{int(upscale)}{int(groups)}{int(lanes16)}{int(sums)}"
+    tree = tmp_path / f"tree{int(upscale)}{int(groups)}{int(lanes16)}{int(sums)}{int(per_channel_fc)}"
     (tree / "Include").mkdir(parents=True)
     (tree / "Source" / "ConvolutionFunctions").mkdir(parents=True)
     (tree / "Include" / "arm_nnfunctions.h").write_text(header)
@@ -125,12 +129,12 @@ def test_each_capability_is_read_from_the_tree(tmp_path):
     assert detect_api(fetch_snapshot()) == SNAPSHOT_API
     names = list(SNAPSHOT_API.capabilities())
     for i, name in enumerate(names):
-        flags = [j == i for j in range(4)]
+        flags = [j == i for j in range(len(names))]
         found = detect_capabilities(_patched_snapshot(tmp_path, *flags))
         assert {k for k in names if found[k] != SNAPSHOT_API.capabilities()[k]} == {name}, (name, found)
-    assert detect_api(_patched_snapshot(tmp_path, True, True, True, True)) == LEVEL_7
+    assert detect_api(_patched_snapshot(tmp_path, True, True, True, True, True)) == LEVEL_7
     with pytest.raises(ToolchainError, match=r"CMSIS-NN v6\.0\.0 .*use CMSIS-NN v7\.0\.0 or later"):
-        detect_api(_patched_snapshot(tmp_path, False, True, True, True))
+        detect_api(_patched_snapshot(tmp_path, False, True, True, True, False))
 
 
 def test_level_7_trees_detected():
@@ -169,9 +173,10 @@ def test_generated_c_refuses_another_generation_at_compile_time(tmp_path):
 @pytest.mark.slow
 @pytest.mark.qemu
 def test_dense_kernel_sums_on_m55(tmp_path):
-    """The MVE fully-connected kernel starts from the precomputed kernel sums, whose form differs per
-    level: dense layers with non-zero input offsets, run on QEMU's Cortex-M55 against the suite's
-    tree, match the reference (which the sweeps tie to tflite-micro)."""
+    """The MVE fully-connected kernels (per-tensor, and per-channel at level 7) start from the
+    precomputed kernel sums, whose form differs per level: dense layers with non-zero input offsets,
+    run on QEMU's Cortex-M55 against the suite's tree, match the reference (which the sweeps tie to
+    tflite-micro)."""
     from onnx2cmsis.targets.qemu import build_firmware, run_firmware
     from tests.needs import qemu_tools
     from tests.onnx_builders import dense_case
@@ -181,9 +186,10 @@ def test_dense_kernel_sums_on_m55(tmp_path):
     convs = []
     for i in range(12):
         case = dense_case(rng, i)
-        convs.append(convert(case.save(tmp_path), case.calibration, name=case.name))
+        convs.append(convert(case.save(tmp_path), case.calibration, name=case.name, **case.options))
     offsets = [c.graph.tensors[n.inputs[0]].quant.zero_point for c in convs for n in c.graph.nodes if n.op == "dense"]
     assert sum(o != 0 for o in offsets) >= 6, offsets
+    assert {c.report["quantization"]["dense_weights"] for c in convs} == {"per-tensor", "per-channel"}
     inputs = {c.name: rng.integers(-128, 128, (4, c.graph.tensors[c.graph.inputs[0]].size)).astype(np.int8)
               for c in convs}
     out = run_firmware(build_firmware(convs, "m55", tmp_path / "m55"), inputs)
@@ -243,10 +249,10 @@ def test_level_7_code_runs_bit_exact_on_every_target(tmp_path):
     while len(convs) < 3:
         case = depthwise_case(rng, i)
         if case.params["kind"] == "grouped":
-            convs.append(convert(case.save(tmp_path), case.calibration, name=case.name, cmsis_nn=tree))
+            convs.append(convert(case.save(tmp_path), case.calibration, name=case.name, cmsis_nn=tree, **case.options))
         i += 1
     case = dense_case(rng, 0)
-    convs.append(convert(case.save(tmp_path), case.calibration, name=case.name, cmsis_nn=tree))
+    convs.append(convert(case.save(tmp_path), case.calibration, name=case.name, cmsis_nn=tree, **case.options))
     assert all(c.cmsis.api == LEVEL_7 for c in convs)
     inputs = {c.name: rng.integers(-128, 128, (4, c.graph.tensors[c.graph.inputs[0]].size)).astype(np.int8)
               for c in convs}

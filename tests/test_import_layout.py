@@ -30,7 +30,7 @@ def test_each_exporter_pattern_canonicalizes(tmp_path):
         kind = case.params["kind"]
         if kind in seen or min(case.calibration.shape[1:]) == 1:
             continue
-        conv = convert(case.save(tmp_path), case.calibration, name=case.name)
+        conv = convert(case.save(tmp_path), case.calibration, name=case.name, **case.options)
         if min(conv.graph.model_output_shapes[0][1:]) == 1:
             continue  # a (1, W) output needs only a view where (C, W) needs a transpose
         seen.add(kind)

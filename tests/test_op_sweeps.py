@@ -46,7 +46,7 @@ def sweep(request, tmp_path_factory):
         case = BUILDERS[op](rng, i)
         i += 1
         try:
-            conversions.append(convert(case.save(folder), case.calibration, name=case.name))
+            conversions.append(convert(case.save(folder), case.calibration, name=case.name, **case.options))
         except UnsupportedOpError as exc:
             # only the MaxPool ceil_mode windows that start in the padding are refused on purpose
             assert "covers only padding" in str(exc), str(exc)

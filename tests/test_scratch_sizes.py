@@ -74,7 +74,7 @@ def scratch_layers(tmp_path_factory) -> list:
             case = BUILDERS[family](rng, i)
             i += 1
             try:
-                conv = convert(case.save(folder), case.calibration, name=case.name)
+                conv = convert(case.save(folder), case.calibration, name=case.name, **case.options)
             except Exception as exc:  # the sweeps' deliberate refusals (windows over padding only)
                 assert "covers only padding" in str(exc), exc
                 continue

@@ -24,7 +24,7 @@ def make_op_zoo(folder: Path, per_family: int = 6, seed: int = 77) -> list:
             case = BUILDERS[family](rng, i)
             i += 1
             try:
-                convs.append(convert(case.save(folder), case.calibration, name=case.name))
+                convs.append(convert(case.save(folder), case.calibration, name=case.name, **case.options))
                 made += 1
             except Exception as exc:  # the sweeps' deliberate refusals (windows over padding only)
                 assert "covers only padding" in str(exc), exc

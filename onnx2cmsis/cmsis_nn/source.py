@@ -152,6 +152,7 @@ def detect_capabilities(root: Path) -> dict[str, bool | int]:
         "conv_native_groups": "grouped convolution" in conv.group(1),
         "mve_im2col_lanes": int(lanes.group(2)),
         "fc_kernel_sums_with_bias": "lhs_offset" in vector_sum.group(1),
+        "fc_per_channel": re.search(r"arm_cmsis_nn_status\s+arm_fully_connected_per_channel_s8\s*\(", header) is not None,
     }
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from onnx2cmsis.ir.target import DEFAULT_API, CmsisApi
 from onnx2cmsis.ir.tensor import QuantParams, Tensor
 
-__all__ = ["Graph", "Node", "QuantParams", "Tensor"]
+__all__ = ["DENSE_WEIGHTS", "Graph", "Node", "QuantOptions", "QuantParams", "Tensor"]
 
 
 @dataclass
@@ -39,6 +39,18 @@ class Node:
         return f"node '{self.name}' ({self.origin})"
 
 
+@dataclass(frozen=True)
+class QuantOptions:
+    """How the user asked the model to be quantized (read by handlers in `quantize`)."""
+
+    # "per-tensor": one weight scale per dense layer (today's default); "per-channel": one per output
+    # feature, as TFLite 2.21's converter writes FULLY_CONNECTED.
+    dense_weights: str = "per-tensor"
+
+
+DENSE_WEIGHTS = ("per-tensor", "per-channel")
+
+
 @dataclass
 class Graph:
     tensors: dict[str, Tensor]
@@ -50,6 +62,7 @@ class Graph:
     # The CMSIS-NN API level the C is emitted for; handlers whose call or scratch size differs between
     # levels ask its capabilities in emit() (e.g. cmsis_api.conv_upscale_dims), never its name.
     cmsis_api: CmsisApi = DEFAULT_API
+    quant_options: QuantOptions = QuantOptions()
 
     def producer(self, tensor: str) -> Node | None:
         for n in self.nodes:

@@ -90,8 +90,8 @@ def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]
     offsets and activation range for the template, and the bias/multiplier/shift arrays."""
     a, qp = node.attrs, node.qparams
     q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
-    context = {
-        "stride": a["stride"], "dilation": a["dilation"], "pad": a["pad"][0],
+    context = {  # a dense layer (one step) has no stride, dilation or padding
+        "stride": a.get("stride", 1), "dilation": a.get("dilation", 1), "pad": a.get("pad", (0, 0))[0],
         "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
         "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
     }

@@ -1,7 +1,7 @@
-"""Dense (Gemm, MatMul) -> arm_fully_connected_s8 with per-tensor int8 weights.
-
-The PyPI CMSIS-NN snapshot has only the per-tensor fully-connected kernel, and TFLite-Micro's
-FULLY_CONNECTED accepts per-tensor weights, so per-tensor it is.
+"""Dense (Gemm, MatMul) -> arm_fully_connected_s8 (per-tensor int8 weights, the default) or, with
+graph.quant_options.dense_weights == "per-channel", one weight scale per output feature as TFLite
+2.21's converter writes FULLY_CONNECTED: arm_fully_connected_per_channel_s8 where CMSIS-NN has it
+(v7.0.0 on, level 7), else the equivalent 1x1 convolution over one step (level 2024.01).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.conv import fold_affine_into_weights
+from onnx2cmsis.ops.conv import fold_affine_into_weights, per_channel_call_parts, quantize_per_channel
 from onnx2cmsis.ops.base import (
     CArray,
     ImportContext,
@@ -20,8 +20,8 @@ from onnx2cmsis.ops.base import (
     OpHandler,
     TfliteContext,
     check_uint16,
-    fused_activation_range,
 )
+from onnx2cmsis.ops.base import fused_activation_range
 from onnx2cmsis.quant.rules import (
     check_accumulator_headroom,
     quantize_bias,
@@ -106,6 +106,9 @@ class DenseHandler(OpHandler):
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
+        if graph.quant_options.dense_weights == "per-channel":
+            quantize_per_channel(node, graph)  # one weight scale per output feature, as TFLite 2.21 writes it
+            return
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         w = node.consts["weight"]
         s_w = symmetric_weight_scales(w, axis=None)
@@ -113,7 +116,7 @@ class DenseHandler(OpHandler):
         wq = quantize_weights(w, s_w, axis=None)
         node.qparams = {
             "weight": wq,
-            "weight_scale": float(s_w[0]),
+            "weight_scales": s_w,
             "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, node.where),
             "multiplier": m,
             "shift": sh,
@@ -134,30 +137,69 @@ class DenseHandler(OpHandler):
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         n_out, n_in = qp["weight"].shape
         check_uint16(node.where, in_features=n_in, out_features=n_out)
+        kernel_sums = CArray("kernel_sums", "int32_t", mve_kernel_sums(qp["weight"], qp["bias"], -q_in.zero_point,
+                                                                      graph.cmsis_api),
+                             "per-row sums the MVE kernel starts from", guard="defined(ARM_MATH_MVEI)")
+        if np.ndim(qp["multiplier"]) == 0:  # per-tensor
+            return KernelCall(
+                template="dense.c.j2",
+                kernel="arm_fully_connected_s8",
+                context={
+                    "n_in": n_in, "n_out": n_out, "input_offset": -q_in.zero_point,
+                    "output_offset": q_out.zero_point, "multiplier": qp["multiplier"], "shift": qp["shift"],
+                    "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
+                },
+                arrays=[
+                    CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-tensor int8"),
+                    CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w"),
+                    kernel_sums,
+                ],
+                functions=["arm_fully_connected_s8"],
+                macs=n_in * n_out,
+            )
+        if not graph.cmsis_api.fc_per_channel:
+            return self._as_pointwise_conv(node, graph)
         return KernelCall(
-            template="dense.c.j2",
-            kernel="arm_fully_connected_s8",
+            template="dense_per_channel.c.j2",
+            kernel="arm_fully_connected_per_channel_s8",
             context={
-                "n_in": n_in, "n_out": n_out, "input_offset": -q_in.zero_point,
-                "output_offset": q_out.zero_point, "multiplier": qp["multiplier"], "shift": qp["shift"],
+                "n_in": n_in, "n_out": n_out, "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
                 "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
             },
             arrays=[
-                CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-tensor int8"),
-                CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w"),
-                CArray("kernel_sums", "int32_t", mve_kernel_sums(qp["weight"], qp["bias"], -q_in.zero_point,
-                                                                 graph.cmsis_api),
-                       "per-row sums the MVE kernel starts from", guard="defined(ARM_MATH_MVEI)"),
+                CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-channel int8"),
+                CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
+                CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
+                CArray("shift", "int32_t", qp["shift"], ""),
+                kernel_sums,
             ],
-            functions=["arm_fully_connected_s8"],
+            functions=["arm_fully_connected_per_channel_s8"],
+            macs=n_in * n_out,
+        )
+
+    def _as_pointwise_conv(self, node: Node, graph: Graph) -> KernelCall:
+        """Where CMSIS-NN has no per-channel fully-connected kernel (the 2024.01 snapshot): the same
+        arithmetic as a 1x1 convolution over one time step, which is per-channel in every version."""
+        qp = node.qparams
+        n_out, n_in = qp["weight"].shape
+        common, arrays = per_channel_call_parts(node, graph)
+        return KernelCall(
+            template="conv1d.c.j2",
+            kernel="arm_convolve_1x1_s8_fast",
+            context={"w_in": 1, "c_in": n_in, "w_out": 1, "c_out": n_out, "k": 1, "filter_c": n_in, **common,
+                     "scratch_bytes": 0, "upscale_arg": False},
+            arrays=[CArray("weights", "int8_t", qp["weight"], f"[{n_out}][1][1][{n_in}] per-channel int8"), *arrays],
+            functions=["arm_convolve_1x1_s8_fast"],
             macs=n_in * n_out,
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb, qp = ex.fb, node.qparams
         s_in = ex.graph.tensors[node.inputs[0]].quant.scale
-        wq = ex.me.Quantization(scales=[qp["weight_scale"]], zero_points=[0])
-        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(qp["weight_scale"]))], zero_points=[0])
+        scales = [float(s) for s in qp["weight_scales"]]  # one (per tensor) or one per output feature
+        wq = ex.me.Quantization(scales=scales, zero_points=[0] * len(scales), axis=0)
+        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in scales],
+                                zero_points=[0] * len(scales), axis=0)
         weights = ex.const(qp["weight"], fb.TensorType.INT8, f"{node.output}_w", wq)
         bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
         opts = fb.FullyConnectedOptionsT()
