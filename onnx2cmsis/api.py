@@ -170,12 +170,18 @@ def _new_staging_file(folder: Path, name: str) -> tuple[int, str]:
 
 
 def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list[Path]:
-    """Write NAME.c/.h/.json (and NAME.tflite) atomically: all of them appear, or none changes.
+    """Write NAME.c/.h/.json (and NAME.tflite) atomically: all of them appear, or none changes. A
+    missing output folder is created (a file in its place is an error).
 
     NAME.tflite is the same int8 graph for TFLite-Micro, with exactly NAME_invoke's input and output
     bytes (the [verify] extra)."""
-    if not out_dir.is_dir():
-        raise ConversionError("output folder does not exist", str(out_dir))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError("the output folder is a file", str(out_dir))
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # made now, removed again on failure
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConversionError(f"cannot create the output folder ({exc.strerror})", str(out_dir)) from exc
     files: dict[Path, str | bytes] = {
         out_dir / f"{conv.name}.c": conv.source,
         out_dir / f"{conv.name}.h": conv.header,
@@ -199,6 +205,9 @@ def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list
         for tmp, path in staged:
             os.replace(tmp, path)
     except OSError as exc:
+        for folder in created:  # innermost first: no partial output, not even an empty folder
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise ConversionError(f"cannot write output ({exc.strerror})", str(out_dir)) from exc
     finally:
         for tmp, _ in staged:

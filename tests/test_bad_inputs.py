@@ -133,7 +133,7 @@ CASES: dict[str, tuple[Callable[[Path], tuple[str, str, list[str]]], str]] = {
     "width_beyond_uint16": (lambda t: (_conv(t, W, width=70000), _calib(t, np.zeros((2, 2, 70000), np.float32)), []),
                             "exceeds the 65535"),
     "output_folder_is_a_file": (lambda t: ((t / "file").write_text("x") and str(MODEL), str(CALIB),
-                                           ["--out", str(t / "file")]), "output folder does not exist"),
+                                           ["--out", str(t / "file")]), "the output folder is a file"),
 }
 
 

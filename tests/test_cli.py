@@ -56,6 +56,13 @@ def test_written_files_follow_the_users_umask(tmp_path, umask):
     assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~umask}
 
 
+def test_a_missing_output_folder_is_created(tmp_path):
+    out = tmp_path / "does" / "not" / "exist"
+    r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["vibration_cnn.c", "vibration_cnn.h", "vibration_cnn.json"]
+
+
 def test_original_positional_form(tmp_path):
     r = run_cli("convert", str(MODEL), "vib", str(tmp_path), "--calibration", str(CALIB))
     assert r.returncode == 0, r.stderr
@@ -89,7 +96,6 @@ def _unsupported_model(path: Path) -> None:
         ("garbage_model", "not a readable ONNX model"),
         ("unsupported_op", "node 'weird_tan' (Tan): operator Tan is not supported"),
         ("bad_name", "is not a valid C identifier"),
-        ("missing_out", "output folder does not exist"),
         ("bad_calibration_shape", "calibration data has shape"),
         ("no_calibration", "--calibration"),
     ],
@@ -110,8 +116,6 @@ def test_bad_input_gives_one_line_and_no_files(tmp_path, case, expect):
         calib = str(tmp_path / "u.npy")
     elif case == "bad_name":
         extra = ["--name", "3-bad name"]
-    elif case == "missing_out":
-        out = tmp_path / "does" / "not" / "exist"
     elif case == "bad_calibration_shape":
         np.save(tmp_path / "c.npy", np.zeros((4, 128, 3), np.float32))
         calib = str(tmp_path / "c.npy")

@@ -54,7 +54,7 @@ def test_no_dynamic_memory_and_const_weights(example):
     assert "malloc(" not in example.source and "free(" not in example.source
     for line in example.source.splitlines():
         if "_weights[" in line and "=" in line:
-            assert line.startswith("static const int8_t")
+            assert line.startswith(f"{example.name.upper()}_WEIGHTS_ATTR static const int8_t")
 
 
 @pytest.mark.level
@@ -169,3 +169,55 @@ def test_a_16_bit_input_and_output_get_int16_types_and_saturation(example):
     assert f"typedef int16_t {name}_input_t;" in header and f"#define {NAME}_OUTPUT_BITS 16" in header
     assert "(int16_t)(q < -32768 ? -32768 : (q > 32767 ? 32767 : q))" in source and "v >= 65536.0f" in source
     assert f"#ifdef {NAME}_LAYER_HOOK16\n    {NAME}_LAYER_HOOK16(" in source  # the last layer writes the output
+
+
+def test_the_application_can_own_the_arena(example, tmp_path):
+    """NAME_invoke_with_arena: an app arena gives NAME_invoke's bytes; NULL or misaligned is -1; two
+    models run one after another share one arena of the larger size."""
+    import ctypes
+
+    from tests.onnx_builders import dense_case
+
+    case = dense_case(np.random.default_rng(3), 1)
+    other = convert(case.save(tmp_path), case.calibration, name="other", **case.options)
+    libs = build_conversions([example, other], tmp_path / "build")
+    lib = libs[example.name]._lib
+    shared = max(example.plan.arena_bytes, other.plan.arena_bytes)
+    arena = (ctypes.c_int32 * ((shared + 8) // 4))()
+    rng = np.random.default_rng(0)
+    for model, conv in ((lib, example), (libs["other"]._lib, other)):
+        fn = getattr(model, f"{conv.name}_invoke_with_arena")
+        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        for _ in range(3):
+            x = rng.integers(-128, 128, conv.graph.tensors[conv.graph.inputs[0]].size).astype(np.int8)
+            y = np.zeros(conv.graph.tensors[conv.graph.outputs[0]].size, np.int8)
+            assert fn(ctypes.addressof(arena), x.ctypes.data, y.ctypes.data) == 0
+            assert np.array_equal(y, conv.reference(x))
+        if conv.plan.arena_bytes:  # a model without an arena accepts NULL
+            assert fn(None, x.ctypes.data, y.ctypes.data) == -1
+            assert fn(ctypes.addressof(arena) + 1, x.ctypes.data, y.ctypes.data) == -1
+    assert example.plan.arena_bytes > 0
+
+
+@pytest.mark.level
+@pytest.mark.parametrize("compiler", ["gcc", "arm-none-eabi-gcc"])
+def test_placement_macros_and_no_static_arena_compile_strictly(example, tmp_path, compiler):
+    cc = cross_compiler() if compiler != "gcc" else "gcc"
+    cpu = ["-mthumb", *CORTEX_M["m4"]] if compiler != "gcc" else []
+    (tmp_path / f"{example.name}.c").write_text(example.source)
+    (tmp_path / f"{example.name}.h").write_text(example.header)
+    NAME = example.name.upper()
+    defines = [f"-D{NAME}_NO_STATIC_ARENA", f"-D{NAME}_WEIGHTS_ATTR=__attribute__((section(\".rodata.model\")))",
+               f"-D{NAME}_ARENA_ATTR=__attribute__((aligned(8)))"]
+    cmd = [cc, *cpu, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", *defines, "-I",
+           str(example.cmsis.include), "-I", str(tmp_path), "-c", str(tmp_path / f"{example.name}.c"), "-o",
+           str(tmp_path / "model.o")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    nm = "nm" if compiler == "gcc" else "arm-none-eabi-nm"
+    symbols = subprocess.run([nm, str(tmp_path / "model.o")], capture_output=True, text=True).stdout
+    assert f"{example.name}_invoke_with_arena" in symbols and f" {example.name}_invoke\n" not in symbols
+    assert f"{example.name}_arena" not in symbols.replace("_invoke_with_arena", "")
+    sections = subprocess.run(["objdump" if compiler == "gcc" else "arm-none-eabi-objdump", "-h",
+                               str(tmp_path / "model.o")], capture_output=True, text=True).stdout
+    assert ".rodata.model" in sections

@@ -106,12 +106,13 @@ def test_instruction_counts_are_exact_and_repeatable(tmp_path):
 @pytest.mark.qemu
 def test_stack_high_water_mark_sees_what_invoke_uses(tmp_path):
     """The painted-stack measurement moves with the stack the model really uses: 2 KB of extra locals
-    in NAME_invoke show up as (at least) 2 KB more."""
+    in the function that runs the layers show up as (at least) 2 KB more."""
     qemu_tools()
     from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 
     conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
-    signature = f"int {conv.name}_invoke(const {conv.name}_input_t *input, {conv.name}_output_t *output)\n{{\n"
+    signature = (f"int {conv.name}_invoke_with_arena(void *arena_buffer, const {conv.name}_input_t *input, "
+                 f"{conv.name}_output_t *output)\n{{\n")
     assert conv.source.count(signature) == 1
     x = np.zeros((2, conv.graph.tensors[conv.graph.inputs[0]].size), np.int8)
     used = {}
