@@ -88,7 +88,7 @@ def convert(
     dense_weights: str = "per-tensor",
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
-    default_api=None makes the buildable snapshot the default, as verify needs. Exceeding `budget`
+    default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
     is a warning in report["warnings"], not an error: the C is still right. dense_weights:
     "per-tensor" or "per-channel" (one weight scale per output feature, as TFLite 2.21 writes it)."""
     model_path = Path(model_path)
