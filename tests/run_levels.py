@@ -25,12 +25,12 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnx2cmsis.cmsis_nn.fetch import extract_tar
 from tests.needs import ARCHIVES_VARIABLE, LEVEL_7_TREE_VARIABLE, in_ci
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +61,7 @@ def unpack(archives: Path, key: str, into: Path) -> Path:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != sha256:
         raise SystemExit(f"{path}: SHA-256 {digest} is not the pinned {sha256}")
-    with tarfile.open(path) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(into, filter="data")
-        else:  # Python < 3.11.4: the archive's hash is pinned, so its member names are known safe
-            tar.extractall(into)
+    extract_tar(path, into)
     return into / folder
 
 

@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,14 +73,14 @@ def _level_7_dir(pin: PinnedTree) -> Path:
     return cache_dir() / f"cmsis-nn-7-{pin.name}-{pin.tree_sha256[:12]}"
 
 
-def _is_tree(path: Path) -> bool:
+def is_tree(path: Path) -> bool:
     return (path / "Include" / "arm_nnfunctions.h").is_file()
 
 
 def cached_tree(level: str) -> Path | None:
     """A tree of this API level already fetched into the cache (v7.0.0 before main), else None."""
     candidates = [_snapshot_dir()] if level == SNAPSHOT_API.level else [_level_7_dir(p) for p in LEVEL_7_TREES]
-    return next((c for c in candidates if _is_tree(c)), None)
+    return next((c for c in candidates if is_tree(c)), None)
 
 
 def fetch_cmsis_nn(level: str = LEVEL_7.level, source: str | None = None) -> Path:
@@ -112,13 +113,7 @@ def _fetch_level_7(source: str) -> Path:
             raise ToolchainError(f"cannot read CMSIS-NN from {source} ({exc})") from exc
         staging = Path(tmp) / "unpacked"
         try:
-            with tarfile.open(archive) as tar:
-                kept = [m for m in tar.getmembers() if _wanted(m.name)]
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(staging, members=kept, filter="data")
-                else:  # Python < 3.11.4: only regular files and folders, no absolute or parent paths
-                    tar.extractall(staging, members=[m for m in kept if (m.isfile() or m.isdir())
-                                                     and not m.name.startswith("/") and ".." not in m.name])
+            extract_tar(archive, staging, keep=_wanted)
         except (tarfile.TarError, OSError) as exc:
             raise ToolchainError(f"{source} is not a readable .tar.gz ({exc})") from exc
         roots = [p.parent.parent for p in staging.glob("*/Include/arm_nnfunctions.h")]
@@ -130,10 +125,22 @@ def _fetch_level_7(source: str) -> Path:
             raise ToolchainError(f"the CMSIS-NN in {source} is not one this tool pins (tree SHA-256 {digest[:16]}..., "
                                  f"expected {' or '.join(p.name for p in LEVEL_7_TREES)})")
         target = _level_7_dir(pin)
-        if not _is_tree(target):
+        if not is_tree(target):
             shutil.rmtree(target, ignore_errors=True)
             roots[0].rename(target)
     return target
+
+
+def extract_tar(archive: Path, into: Path, keep: Callable[[str], bool] = lambda name: True) -> None:
+    """Unpack the members whose names `keep` accepts, never outside `into` (tarfile's data filter;
+    before Python 3.11.4, regular files and folders without absolute or parent paths)."""
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if keep(m.name)]
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, members=members, filter="data")
+        else:
+            tar.extractall(into, members=[m for m in members if (m.isfile() or m.isdir())
+                                          and not m.name.startswith("/") and ".." not in m.name])
 
 
 def _wanted(name: str) -> bool:
@@ -143,7 +150,7 @@ def _wanted(name: str) -> bool:
 
 def fetch_snapshot() -> Path:
     target = _snapshot_dir()
-    if _is_tree(target):
+    if is_tree(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -172,7 +179,7 @@ def fetch_snapshot() -> Path:
         try:
             staging.rename(target)
         except OSError:  # another process won the race
-            if not _is_tree(target):
+            if not is_tree(target):
                 shutil.rmtree(target, ignore_errors=True)
                 staging.rename(target)
     return target

@@ -17,7 +17,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
-from onnx2cmsis.cmsis_nn.fetch import cached_tree
+from onnx2cmsis.cmsis_nn.fetch import cached_tree, is_tree
 from onnx2cmsis.errors import ToolchainError
 from onnx2cmsis.ir.target import API_LEVELS, DEFAULT_API, LEVEL_7, SNAPSHOT_API, CmsisApi, level_with
 
@@ -110,7 +110,7 @@ def locate_cmsis_nn(path: str | os.PathLike[str] | None = None, api: str | None 
     chosen = path or os.environ.get("CMSIS_NN_PATH")
     if chosen:
         root = Path(chosen).expanduser().resolve()
-        if not (root / "Include" / "arm_nnfunctions.h").is_file():
+        if not is_tree(root):
             raise ToolchainError(f"{root} is not a CMSIS-NN tree (no Include/arm_nnfunctions.h)")
         level = detect_api(root)
         if wanted is not None and wanted != level:

@@ -118,6 +118,7 @@ def render(
         blocks.append(env.get_template(f"ops/{layer.call.template}").render(ctx))
         bits = _bits(graph, node.output)
         hooks.append((ctx["out_ptr"], graph.tensors[node.output].size, "" if bits == 8 else str(bits)))
+    in_bits = _bits(graph, graph.inputs[0])
     common = dict(
         name=name,
         NAME=name.upper(),
@@ -131,9 +132,9 @@ def render(
         in_size=graph.tensors[graph.inputs[0]].size,
         out_size=graph.tensors[graph.outputs[0]].size,
         # quantize_input: saturate to the input type; |v| beyond 2^bits saturates before the int32 cast
-        in_far=1 << _bits(graph, graph.inputs[0]),
-        in_min=-(1 << (_bits(graph, graph.inputs[0]) - 1)),
-        in_max=(1 << (_bits(graph, graph.inputs[0]) - 1)) - 1,
+        in_far=1 << in_bits,
+        in_min=-(1 << (in_bits - 1)),
+        in_max=(1 << (in_bits - 1)) - 1,
         hook16=any(h[2] == "16" for h in hooks),
         **summary,
     )

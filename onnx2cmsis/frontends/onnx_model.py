@@ -28,8 +28,6 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types for garbage
         raise ConversionError(f"not a readable ONNX model ({short_error(exc)})", where) from exc
-    if not model.graph.node:
-        raise ConversionError("not an ONNX model (the graph has no nodes)", where)
     _load_confined_external_data(model, path.parent.resolve(), where)
     return normalize(model, where)
 

@@ -11,7 +11,6 @@ import numpy as np
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.conv import fold_affine_into_weights, per_channel_call_parts, quantize_per_channel
 from onnx2cmsis.ops.base import (
     CArray,
     ImportContext,
@@ -20,8 +19,9 @@ from onnx2cmsis.ops.base import (
     OpHandler,
     TfliteContext,
     check_uint16,
+    fused_activation_range,
 )
-from onnx2cmsis.ops.base import fused_activation_range
+from onnx2cmsis.ops.conv import fold_affine_into_weights, per_channel_call_parts, quantize_per_channel
 from onnx2cmsis.quant.rules import (
     check_accumulator_headroom,
     quantize_bias,

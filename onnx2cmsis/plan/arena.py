@@ -89,8 +89,7 @@ def _buffers(live: Liveness, order: tuple[int, ...]) -> list[Buffer]:
     position = {node: step for step, node in enumerate(order)}
     buffers = []
     for b in live.buffers:
-        start = position[b.producer]
-        buffers.append(Buffer(b.key, b.size, start, max([position[r] for r in b.readers] + [start])))
+        buffers.append(Buffer(b.key, b.size, *b.span(position)))
     for node, size in enumerate(live.scratch):
         if size:
             step = position[node]

@@ -30,6 +30,11 @@ class BufferUse:
     producer: int
     readers: frozenset[int]
 
+    def span(self, position: dict[int, int]) -> tuple[int, int]:
+        """The first and last step it is live, given each node's step in an order."""
+        start = position[self.producer]
+        return start, max([position[r] for r in self.readers] + [start])
+
 
 @dataclass(frozen=True)
 class Liveness:
@@ -69,8 +74,7 @@ def live_per_step(order: list[int], live: Liveness) -> list[int]:
     position = {node: step for step, node in enumerate(order)}
     total = [0] * len(order)
     for b in live.buffers:
-        start = position[b.producer]
-        end = max([position[r] for r in b.readers] + [start])
+        start, end = b.span(position)
         for step in range(start, end + 1):
             total[step] += b.size
     for node, step in position.items():

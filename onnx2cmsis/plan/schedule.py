@@ -47,9 +47,9 @@ def candidate_orders(graph: Graph, live: Liveness) -> Search:
     rank = canonical_ranks(graph.nodes)
     canonical = tuple(_topological(n, deps, lambda ready, done: min(ready, key=lambda v: rank[v])))
     exact, states = _exact(n, deps, live, rank)
-    first = exact if exact is not None else Order(tuple(_greedy(n, deps, live, rank)), 0, "greedy")
-    orders = [Order(first.nodes, live_bound(list(first.nodes), live), first.method)]
-    if canonical != first.nodes:
+    first, method = (exact, "exact") if exact is not None else (tuple(_greedy(n, deps, live, rank)), "greedy")
+    orders = [Order(first, live_bound(list(first), live), method)]
+    if canonical != first:
         orders.append(Order(canonical, live_bound(list(canonical), live), "canonical"))
     return Search(orders, exact is not None, states)
 
@@ -91,7 +91,8 @@ class _Masks:
         return sum(size for size, p, r in zip(self.sizes, self.producer, self.readers) if done & p and r & ~done)
 
 
-def _exact(n: int, deps: list[frozenset[int]], live: Liveness, rank: list[int]) -> tuple[Order | None, int]:
+def _exact(n: int, deps: list[frozenset[int]], live: Liveness, rank: list[int]) -> tuple[tuple[int, ...] | None, int]:
+    """The order with the smallest peak (None past EXACT_STATE_LIMIT down-sets) and the down-sets explored."""
     dep_bits = [sum(1 << d for d in ds) for ds in deps]
     masks = _Masks(live)
     by_rank = sorted(range(n), key=lambda v: rank[v])
@@ -113,8 +114,8 @@ def _exact(n: int, deps: list[frozenset[int]], live: Liveness, rank: list[int]) 
         if explored > EXACT_STATE_LIMIT:
             return None, explored
         layer = nxt
-    ((peak, _, order),) = layer.values()
-    return Order(order, peak, "exact"), explored
+    ((_, _, order),) = layer.values()
+    return order, explored
 
 
 def _topological(n: int, deps: list[frozenset[int]], pick) -> list[int]:
