@@ -1,7 +1,8 @@
-"""1D pooling: MaxPool / AveragePool / global pools -> arm_max_pool_s8 / arm_avgpool_s8.
+"""1D pooling: MaxPool / AveragePool / global max -> arm_max_pool_s8 / arm_avgpool_s8.
 
 Outputs keep the input's quantization (a TFLite rule), so pooling averages or compares raw codes.
-Global pools and ReduceMean/ReduceMax over time are pools whose kernel spans the whole width.
+GlobalMaxPool and ReduceMax over time are pools whose kernel spans the whole width; the global
+averages are ops/mean.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from onnx2cmsis.ops.base import (
 )
 from onnx2cmsis.quant.rules import saturate_int8
 
-GLOBAL_OPS = ("GlobalMaxPool", "GlobalAveragePool", "ReduceMax", "ReduceMean")
+GLOBAL_OPS = ("GlobalMaxPool", "ReduceMax")
 
 
 def _reduced_axes(node: OnnxNodeView, ctx: ImportContext, rank: int) -> list[int]:
@@ -45,7 +46,7 @@ def _reduced_axes(node: OnnxNodeView, ctx: ImportContext, rank: int) -> list[int
     return [a - 1 for a in full]
 
 
-def _add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
+def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
     """A pool over the whole of time: (W, C) -> (1, C); the output keeps or drops the reduced axes."""
     shape = ctx.logical_shape(node.inputs[0])
     reduced = _reduced_axes(node, ctx, len(shape))
@@ -104,7 +105,7 @@ class MaxPool1DHandler(OpHandler):
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type in GLOBAL_OPS:
-            _add_global_pool(node, ctx, self.op)
+            add_global_pool(node, ctx, self.op)
             return
         if len(node.outputs) > 1 and node.outputs[1]:
             raise UnsupportedOpError("MaxPool with an Indices output is not supported", node.where)
@@ -173,12 +174,9 @@ class AvgPool1DHandler(MaxPool1DHandler):
     """
 
     op = "avgpool1d"
-    onnx_ops = ("AveragePool", "GlobalAveragePool", "ReduceMean")
+    onnx_ops = ("AveragePool",)  # the global averages are ops/mean.py's (they requantize)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        if node.op_type in GLOBAL_OPS:
-            _add_global_pool(node, ctx, self.op)
-            return
         pool, pad_r, w_in = _windowed_pool(node, ctx, self.op)
         a = pool.attrs
         if int(node.attr("count_include_pad", 0)) and (a["pad_left"] or pad_r):

@@ -21,6 +21,7 @@ from onnx2cmsis.ops.dense import DenseHandler
 from onnx2cmsis.ops.depthwise import DepthwiseConv1DHandler
 from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
 from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
+from onnx2cmsis.ops.mean import Mean1DHandler
 from onnx2cmsis.ops.movement import GatherHandler, MovementHandler, Slice1DHandler
 from onnx2cmsis.ops.pool import AvgPool1DHandler, MaxPool1DHandler
 from onnx2cmsis.ops.resize import Upsample1DHandler
@@ -32,6 +33,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     DepthwiseConv1DHandler,
     MaxPool1DHandler,
     AvgPool1DHandler,
+    Mean1DHandler,
     DenseHandler,
     SoftmaxHandler,
     LookupTableHandler,
