@@ -200,6 +200,25 @@ def print_row(row: dict) -> None:
     print(f"{row['model']:24s} {fa}" + "  ".join(f"{c}: {fmt(row[c])}" for c in cols), flush=True)
 
 
+def markdown(rows: list[dict]) -> str:
+    """The table for docs/benchmarks.md: SQNR (and accuracy) per column, ours minus TFLite's."""
+    cols = [k for k in rows[0] if k.startswith("ours[")]
+    head = ["model", "float acc", *(c[5:-1] for c in cols), "TFLite converter", "default - TFLite"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(s: dict) -> str:
+        return f"{s['sqnr_db']:.2f} dB" + ("" if s["accuracy"] is None else f" / {s['accuracy']:.3f}")
+
+    for r in rows:
+        fa = "" if r["float_accuracy"] is None else f"{r['float_accuracy']:.3f}"
+        diff = r[cols[0]]["sqnr_db"] - r["tflite"]["sqnr_db"]
+        tfl = cell(r["tflite"]) + ("" if r["tflite_runtime"] == "tflite-micro" else " *")
+        lines.append("| " + " | ".join([r["model"], fa, *(cell(r[c]) for c in cols), tfl, f"{diff:+.2f} dB"]) + " |")
+    diffs = sorted(r[cols[0]]["sqnr_db"] - r["tflite"]["sqnr_db"] for r in rows)
+    lines.append(f"\nmedian default - TFLite: {float(np.median(diffs)):+.2f} dB; worst {diffs[0]:+.2f} dB")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--test", type=int, default=1000)
@@ -209,6 +228,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "accuracy.json")
     args = ap.parse_args()
     rows = run(args)
+    print(markdown(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"test_samples": args.test, "calibration_samples": args.calibration,
                                      "rows": rows}, indent=2) + "\n")

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
+from onnx2cmsis.codegen.build_files import render_build_files
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
 from onnx2cmsis.errors import ConversionError, render_options
@@ -25,8 +26,10 @@ from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
-from onnx2cmsis.quant.calibrate import collect_ranges, load_calibration
-from onnx2cmsis.quant.quantize import calibration_values, quantize_graph, run_reference
+from onnx2cmsis.quant.calibrate import load_calibration
+from onnx2cmsis.quant.quantize import quantize_graph, run_reference
+from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
+from onnx2cmsis.quant.search import calibrate
 from onnx2cmsis.report import build_report, header_summary
 
 
@@ -43,6 +46,7 @@ class Conversion:
     source: str  # NAME.c
     header: str  # NAME.h
     report: dict[str, Any] = field(default_factory=dict)  # NAME.json
+    build_files: dict[str, str] = field(default_factory=dict)  # NAME.mk, NAME.cmake
     # budget warnings with settings as {opt:...} markers (errors.render_options); the report has them
     # spelled as the API's parameters
     warnings: list[str] = field(default_factory=list)
@@ -85,7 +89,8 @@ def convert(
     cmsis_api: str | None = None,
     default_api: str | None = DEFAULT_API.level,
     budget: Budget | None = None,
-    dense_weights: str = "per-tensor",
+    dense_weights: str = "auto",
+    calibration_method: str = "minmax",
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
     default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
@@ -95,6 +100,9 @@ def convert(
     name = name or default_name(model_path)
     if not is_c_identifier(name):
         raise ConversionError(f"{{opt:name}} {name!r} is not a valid C identifier")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ConversionError(f"{{opt:calibration_method}} {calibration_method!r} is not one of "
+                              f"{', '.join(CALIBRATION_METHODS)}")
     if dense_weights not in DENSE_WEIGHTS:
         raise ConversionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
     registry = registry or build_registry()
@@ -107,8 +115,11 @@ def convert(
     rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower
     check_graph(graph, "the passes")
     samples = _calibration_samples(calibration, graph)
-    graph.quant_options = QuantOptions(dense_weights=dense_weights)
-    quantize_graph(graph, registry, collect_ranges(model, samples, calibration_values(graph)))
+    graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method)
+    calibration_result = calibrate(model, graph, registry, samples, calibration_method, dense_weights)
+    for index, choice in calibration_result.weights.items():
+        graph.nodes[index].attrs["weights"] = choice
+    quantize_graph(graph, registry, calibration_result.ranges)
     check_graph(graph, "quantization", quantized=True)
     graph.cmsis_api = cmsis.api
     calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]  # ops: kernel choice, C arrays
@@ -122,10 +133,13 @@ def convert(
                                         if registry.for_op(n.op).template_dir is not None))
     source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
     functions = sorted({f for c in calls for f in c.functions})
-    report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples))
+    report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples),
+                          calibration_result.summary())
     warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
-    return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report, warnings)
+    build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)
+    return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report,
+                      build_files=build_files, warnings=warnings)
 
 
 def _calibration_samples(calibration: Path | str | np.ndarray, graph: Graph) -> np.ndarray:
@@ -170,7 +184,7 @@ def _new_staging_file(folder: Path, name: str) -> tuple[int, str]:
 
 
 def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list[Path]:
-    """Write NAME.c/.h/.json (and NAME.tflite) atomically: all of them appear, or none changes. A
+    """Write NAME.c/.h/.json/.mk/.cmake (and NAME.tflite) atomically: all of them appear, or none changes. A
     missing output folder is created (a file in its place is an error).
 
     NAME.tflite is the same int8 graph for TFLite-Micro, with exactly NAME_invoke's input and output
@@ -186,6 +200,7 @@ def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list
         out_dir / f"{conv.name}.c": conv.source,
         out_dir / f"{conv.name}.h": conv.header,
         out_dir / f"{conv.name}.json": json.dumps(conv.report, indent=2, sort_keys=False) + "\n",
+        **{out_dir / file: text for file, text in conv.build_files.items()},
     }
     if tflite:
         from onnx2cmsis.oracle.tflite_export import export_tflite

@@ -14,7 +14,8 @@ from onnx2cmsis.errors import ConversionError, render_options
 # The library's setting names (errors.py) as this command line spells them.
 FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
-         "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights"}
+         "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
+         "calibration_method": "--calibration-method"}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trained 1D CNNs -> int8 C for CMSIS-NN.")
 
@@ -55,8 +56,14 @@ def convert(
              "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
     dense_weights: str = typer.Option(
-        "per-tensor", "--dense-weights", metavar="per-tensor|per-channel",
-        help="Dense layer weight scales: one per layer, or one per output feature (as TFLite 2.21 writes them)."),
+        "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
+        help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
+             "or auto: per layer, whichever gives the smaller output error on the calibration samples."),
+    calibration_method: str = typer.Option(
+        "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
+        help="How each value's int8 range is chosen: the extremes seen, clipped at 1e-4 tails, the "
+             "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
+             "docs/benchmarks.md)."),
     plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
     flash_kb: int = typer.Option(512, "--flash-kb", min=1, help="Flash your part has for the weights (KiB): "
@@ -81,7 +88,7 @@ def convert(
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
-                             dense_weights=dense_weights)
+                             dense_weights=dense_weights, calibration_method=calibration_method)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     except ConversionError as exc:
         if debug:
@@ -101,6 +108,17 @@ def convert(
         f"arena {r['arena_bytes']} B (live-set bound {r['arena_lower_bound_bytes']} B; smallest {best} "
         f"{r['arena_smallest_bound_bytes']} B), weights {r['weights_bytes']} B"
     )
+    typer.echo(_cmsis_line(result.cmsis))
+
+
+def _cmsis_line(cmsis) -> str:
+    """Which CMSIS-NN the C is for and where the tree comes from (or how to get one)."""
+    level = cmsis.api.level
+    if cmsis.root is None:
+        return (f"CMSIS-NN: API level {level} ({cmsis.api.versions}); no tree here, sources listed from "
+                f"{cmsis.sources_from}. To build: onnx2cmsis cmsis-nn fetch --level {level}, then set CMSIS_NN_PATH "
+                f"to what `onnx2cmsis cmsis-nn path --level {level}` prints (NAME.mk, NAME.cmake)")
+    return f"CMSIS-NN: {cmsis.root} (API level {level})"
 
 
 @app.command()
@@ -123,8 +141,14 @@ def verify(
         None, "--cmsis-nn-api", metavar="LEVEL",
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
     dense_weights: str = typer.Option(
-        "per-tensor", "--dense-weights", metavar="per-tensor|per-channel",
-        help="Dense layer weight scales: one per layer, or one per output feature (as TFLite 2.21 writes them)."),
+        "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
+        help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
+             "or auto: per layer, whichever gives the smaller output error on the calibration samples."),
+    calibration_method: str = typer.Option(
+        "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
+        help="How each value's int8 range is chosen: the extremes seen, clipped at 1e-4 tails, the "
+             "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
+             "docs/benchmarks.md)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
@@ -148,7 +172,8 @@ def verify(
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         # verify builds what it converts, so its default is the tree it can always get: the snapshot.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
-                           cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights)
+                           cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
+                           calibration_method=calibration_method)
         x = load_calibration(data, conv.graph.model_input_shapes[0])
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):
@@ -165,6 +190,7 @@ def verify(
             raise
         _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
               "rerun with --debug and report it")
+    typer.echo(_cmsis_line(conv.cmsis))
     typer.echo(format_table(results))
     if per_layer is not None:
         typer.echo(format_layer_table(per_layer))

@@ -13,6 +13,23 @@ from onnx2cmsis.ops.registry import Registry, handler_name
 from onnx2cmsis.plan.arena import MemoryPlan
 
 
+def input_window(graph: Graph) -> dict[str, Any]:
+    """The model input as a window of steps x channels, and in which order its values are stored
+    (None for an input without a time axis, e.g. a feature vector)."""
+    shape = graph.model_input_shapes[0][1:]
+    if len(shape) != 2:
+        return {"input_layout": "flat", "input_window": None}
+    if graph.input_layout == "channel-major":
+        channels, steps = shape
+    elif graph.input_layout == "time-major":
+        steps, channels = shape
+    else:  # one of the two is 1: a single-channel signal, the same bytes in either order
+        steps, channels = max(shape), 1
+    time_major = graph.input_layout != "channel-major"
+    layout = "time-major (W, C): input[t * C + c]" if time_major else "channel-major (C, W): input[c * W + t]"
+    return {"input_layout": layout, "input_window": {"steps": steps, "channels": channels, "time_major": time_major}}
+
+
 def header_summary(model_path: Path, sha: str, graph: Graph, layers: list[Layer], cmsis: CmsisTree) -> dict[str, Any]:
     """What the templates print about the model beside the code."""
     return {
@@ -20,7 +37,7 @@ def header_summary(model_path: Path, sha: str, graph: Graph, layers: list[Layer]
         "model_sha256": sha,
         "input_shape": list(graph.model_input_shapes[0]),
         "output_shape": list(graph.model_output_shapes[0]),
-        "input_layout": "channel-major (C, W)" if len(graph.model_input_shapes[0]) == 3 else "flat",
+        **input_window(graph),
         "weights_bytes": sum(layer.weight_bytes for layer in layers),
         "cmsis_api": cmsis.api.level,
         "cmsis_probe": cmsis.api.c_probe,
@@ -36,7 +53,7 @@ def _io(graph: Graph, tensor: str, shape: tuple[int, ...]) -> dict[str, Any]:
 
 def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Registry, plan: MemoryPlan,
                  layers: list[Layer], cmsis: CmsisTree, functions: list[str], rewrites: list[str],
-                 samples: int) -> dict[str, Any]:
+                 samples: int, search: dict[str, Any] | None = None) -> dict[str, Any]:
     """NAME.json (see docs/c-interface.md), without the budget warnings the caller adds."""
     return {
         "tool": "onnx2cmsis",
@@ -59,6 +76,8 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
                 "output_shape": list(layer.output_shape), "macs": layer.call.macs,
                 "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
                 "handler": handler_name(registry.for_op(node.op)),
+                **({"weights": graph.quant_options.weights_of(node)}
+                   if registry.for_op(node.op).weight_granularities else {}),
             }
             for layer, node in zip(layers, graph.nodes, strict=True)
         ],
@@ -66,5 +85,7 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions,
                      "sources": cmsis.sources_for(functions), "sources_from": cmsis.sources_from},
         "calibration_samples": samples,
-        "quantization": {"dense_weights": graph.quant_options.dense_weights},
+        "quantization": {"dense_weights": graph.quant_options.dense_weights,
+                         "calibration_method": graph.quant_options.calibration_method,
+                         "search": search},
     }

@@ -87,3 +87,11 @@ def cmsis_archive(name: str) -> Path:
     if not path.is_file():
         missing(f"the CMSIS-NN archive {path}", f"set {ARCHIVES_VARIABLE} to the folder holding it")
     return path
+
+
+def build_tool(name: str) -> str:
+    """make or cmake, which the firmware example's builds need."""
+    path = shutil.which(name)
+    if path is None:
+        missing(name, f"apt-get install {name}")
+    return path

@@ -26,7 +26,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_convert_writes_c_h_json(tmp_path):
     r = run_cli("convert", str(MODEL), "--calibration", str(CALIB), "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vibration_cnn.c", "vibration_cnn.h", "vibration_cnn.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.mk"]
     umask = os.umask(0o022)
     os.umask(umask)
     for p in tmp_path.iterdir():  # like any file the user writes, not mkstemp's private 0600
@@ -60,7 +60,7 @@ def test_a_missing_output_folder_is_created(tmp_path):
     out = tmp_path / "does" / "not" / "exist"
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["vibration_cnn.c", "vibration_cnn.h", "vibration_cnn.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.mk"]
 
 
 def test_original_positional_form(tmp_path):
@@ -74,7 +74,7 @@ def test_output_is_deterministic(tmp_path):
     a.mkdir(), b.mkdir()
     for d in (a, b):
         assert run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(d)).returncode == 0
-    for suffix in (".c", ".h", ".json"):
+    for suffix in (".c", ".h", ".json", ".mk", ".cmake"):
         assert (a / f"vibration_cnn{suffix}").read_bytes() == (b / f"vibration_cnn{suffix}").read_bytes()
 
 
@@ -148,14 +148,15 @@ def test_usage_errors_are_one_line_with_exit_2(args, expect, tmp_path):
                                            ("2024.01", "arm_convolve_1x1_s8_fast")])
 def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
     """--dense-weights per-channel: one scale per output feature; the per-channel CMSIS-NN kernel at
-    level 7, the equivalent 1x1 convolution at 2024.01. The default stays per tensor."""
+    level 7, the equivalent 1x1 convolution at 2024.01."""
     r = subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", "convert", str(MODEL), "-c", str(CALIB), "--out",
                         str(tmp_path), "--cmsis-nn-api", level, "--dense-weights", "per-channel"],
                        capture_output=True, text=True, env={**{k: v for k, v in os.environ.items() if k != "CMSIS_NN_PATH"},
                                                             "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "c")})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "vibration_cnn.json").read_text())
-    assert report["quantization"] == {"dense_weights": "per-channel"}
-    assert [layer["kernel"] for layer in report["layers"] if layer["op"] == "dense"] == [kernel, kernel]
+    assert report["quantization"] == {"dense_weights": "per-channel", "calibration_method": "minmax", "search": None}
+    dense = [layer for layer in report["layers"] if layer["op"] == "dense"]
+    assert [(layer["kernel"], layer["weights"]) for layer in dense] == [(kernel, "per-channel")] * 2
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--dense-weights", "per-row")
-    assert r.returncode == 1 and "--dense-weights 'per-row' is not one of per-tensor, per-channel" in r.stderr
+    assert r.returncode == 1 and "--dense-weights 'per-row' is not one of per-tensor, per-channel, auto" in r.stderr

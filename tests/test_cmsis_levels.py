@@ -218,6 +218,14 @@ def test_cli_default_json_says_level_7(tmp_path, no_tree_env):
     report = json.loads((tmp_path / "vibration_cnn.json").read_text())
     assert report["cmsis_nn"]["api"] == "7"
     assert "Source/ConvolutionFunctions/arm_convolve_s8.c" in report["cmsis_nn"]["sources"]
+    # where the source list came from, and how to get a tree to build with
+    assert ("CMSIS-NN: API level 7 (CMSIS-NN v7.0.0 or later (v7.0.0, main)); no tree here, sources listed from "
+            "the file list of CMSIS-NN v7.0.0. To build: onnx2cmsis cmsis-nn fetch --level 7") in r.stdout
+    mk = (tmp_path / "vibration_cnn.mk").read_text()
+    assert all(f"$(CMSIS_NN_PATH)/{source}" in mk for source in report["cmsis_nn"]["sources"])
+    r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--cmsis-nn", str(fetch_snapshot()),
+                env=no_tree_env)
+    assert f"CMSIS-NN: {fetch_snapshot()} (API level 2024.01)" in r.stdout
 
 
 def test_verify_builds_with_a_fetched_tree_and_refuses_a_level_without_one(tmp_path, no_tree_env):

@@ -11,7 +11,7 @@ import pytest
 from onnx2cmsis.api import convert
 from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
 from onnx2cmsis.targets.host import build_conversions
-from tests.needs import cross_compiler
+from tests.needs import cross_compiler, module
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vibration"
@@ -160,7 +160,8 @@ def test_a_16_bit_input_and_output_get_int16_types_and_saturation(example):
     try:
         summary = {k: example.report[k] for k in ("model_file", "model_sha256", "weights_bytes")}
         summary.update(input_shape=example.report["input"]["shape"], output_shape=example.report["output"]["shape"],
-                       input_layout="flat", cmsis_api="7", cmsis_probe="1", cmsis_versions="any")
+                       input_layout="flat", input_window=None, cmsis_api="7", cmsis_probe="1",
+                       cmsis_versions="any")
         source, header = render(example.name, g, example.layers, example.plan, summary)
     finally:
         for t, q in ((g.inputs[0], example.report["input"]), (g.outputs[0], example.report["output"])):
@@ -221,3 +222,27 @@ def test_placement_macros_and_no_static_arena_compile_strictly(example, tmp_path
     sections = subprocess.run(["objdump" if compiler == "gcc" else "arm-none-eabi-objdump", "-h",
                                str(tmp_path / "model.o")], capture_output=True, text=True).stdout
     assert ".rodata.model" in sections
+
+
+@pytest.mark.parametrize("model, steps, channels, time_major", [
+    (EXAMPLE / "vibration_cnn.onnx", 128, 3, 0),  # PyTorch: (N, C, W)
+    (EXAMPLE.parent / "vibration_keras" / "vibration_cnn.h5", 128, 3, 1),  # Keras: (N, W, C)
+])
+def test_the_header_says_how_the_input_window_is_laid_out(model, steps, channels, time_major):
+    """NAME_INPUT_STEPS/CHANNELS/TIME_MAJOR and the header comment follow the model's own layout."""
+    if model.suffix == ".h5":
+        module("keras", 'pip install -e ".[keras]"')
+    conv = convert(model, np.zeros((4, *([channels, steps] if not time_major else [steps, channels])), np.float32))
+    NAME = conv.name.upper()
+    assert (f"#define {NAME}_INPUT_STEPS {steps}\n#define {NAME}_INPUT_CHANNELS {channels}\n"
+            f"#define {NAME}_INPUT_TIME_MAJOR {time_major}") in conv.header
+    expect = "time-major (W, C): input[t * C + c]" if time_major else "channel-major (C, W): input[c * W + t]"
+    assert f"zero point {conv.report['input']['zero_point']} ({expect})" in conv.header
+
+
+def test_a_feature_vector_input_has_no_window_macros(tmp_path):
+    from tests.onnx_builders import dense_case
+
+    case = dense_case(np.random.default_rng(0), 0)
+    conv = convert(case.save(tmp_path), case.calibration)
+    assert "_INPUT_STEPS" not in conv.header and "(flat)" in conv.header

@@ -43,7 +43,7 @@ def templates_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "templates"
 
 
-def _environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
+def template_environment(extra_dirs: tuple[Path, ...] = ()) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(templates_dir()), *map(str, extra_dirs)]),
         undefined=jinja2.StrictUndefined,
@@ -104,7 +104,7 @@ def render(
     summary: dict[str, Any],
     template_dirs: tuple[Path, ...] = (),
 ) -> tuple[str, str]:
-    env = _environment(template_dirs)
+    env = template_environment(template_dirs)
     blocks, hooks = [], []
     for layer, node in zip(layers, graph.nodes, strict=True):
         ctx = dict(layer.call.context)

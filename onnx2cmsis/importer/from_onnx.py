@@ -245,7 +245,16 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
         outputs=[result],
         model_input_shapes=[(1, *in_logical)],
         model_output_shapes=[(1, *out_logical)],
+        input_layout=_input_layout(b, raw),
     )
+
+
+def _input_layout(b: GraphBuilder, raw: str) -> str:
+    """The IR's feature maps are (W, C): a 2-D input the builder had to transpose was (C, W)."""
+    shape = b.tensors[raw].shape
+    if len(shape) != 2 or min(shape) == 1:
+        return "flat"
+    return "channel-major" if (raw, "transposed") in b.materialized else "time-major"
 
 
 def _constant_value(view: OnnxNodeView, where: str) -> np.ndarray:

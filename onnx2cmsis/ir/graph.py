@@ -15,7 +15,7 @@ import numpy as np
 from onnx2cmsis.ir.target import DEFAULT_API, CmsisApi
 from onnx2cmsis.ir.tensor import QuantParams, Tensor
 
-__all__ = ["DENSE_WEIGHTS", "Graph", "Node", "QuantOptions", "QuantParams", "Tensor"]
+__all__ = ["DENSE_WEIGHTS", "WEIGHT_GRANULARITIES", "Graph", "Node", "QuantOptions", "QuantParams", "Tensor"]
 
 
 @dataclass
@@ -43,12 +43,23 @@ class Node:
 class QuantOptions:
     """How the user asked the model to be quantized (read by handlers in `quantize`)."""
 
-    # "per-tensor": one weight scale per dense layer (today's default); "per-channel": one per output
-    # feature, as TFLite 2.21's converter writes FULLY_CONNECTED.
-    dense_weights: str = "per-tensor"
+    # "per-tensor": one weight scale per dense layer; "per-channel": one per output feature, as TFLite
+    # 2.21's converter writes FULLY_CONNECTED; "auto": per layer, whichever gives the smaller output
+    # error on the calibration set (quant/search.py writes the choice to node.attrs["weights"]).
+    dense_weights: str = "auto"
+    # How each value's float range is chosen from the calibration samples (quant/ranges.py).
+    calibration_method: str = "minmax"
+
+    def weights_of(self, node: Node) -> str:
+        """The weight granularity a node is quantized with: its own (chosen by a search), else the option."""
+        chosen = node.attrs.get("weights")
+        if chosen:
+            return chosen
+        return "per-tensor" if self.dense_weights == "auto" else self.dense_weights
 
 
-DENSE_WEIGHTS = ("per-tensor", "per-channel")
+WEIGHT_GRANULARITIES = ("per-tensor", "per-channel")
+DENSE_WEIGHTS = (*WEIGHT_GRANULARITIES, "auto")
 
 
 @dataclass
@@ -59,6 +70,10 @@ class Graph:
     outputs: list[str]
     model_input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # as the model declares
     model_output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    # How the model's own input holds a (steps, channels) window: "time-major" (W, C) (channels
+    # interleaved, as sensors deliver them; Keras), "channel-major" (C, W) (PyTorch), or "flat"
+    # (one channel, or no time axis).
+    input_layout: str = "flat"
     # The CMSIS-NN API level the C is emitted for; handlers whose call or scratch size differs between
     # levels ask its capabilities in emit() (e.g. cmsis_api.conv_upscale_dims), never its name.
     cmsis_api: CmsisApi = DEFAULT_API

@@ -155,6 +155,10 @@ class OpHandler:
     # A preceding zero padding along time folds into its own padding (node.attrs["pad"]).
     absorbs_zero_pad: bool = False
 
+    # The weight granularities its quantize can apply (from node.attrs["weights"] via
+    # QuantOptions.weights_of), which a calibration search may choose between per node.
+    weight_granularities: tuple[str, ...] = ()
+
     # Its input, flattened, may arrive as an (a, b) matrix instead of the (b, a) transpose it was
     # given: see read_input_transposed.
     reads_transposed_input: bool = False

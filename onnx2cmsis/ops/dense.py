@@ -1,6 +1,7 @@
-"""Dense (Gemm, MatMul) -> arm_fully_connected_s8 (per-tensor int8 weights, the default) or, with
-graph.quant_options.dense_weights == "per-channel", one weight scale per output feature as TFLite
-2.21's converter writes FULLY_CONNECTED: arm_fully_connected_per_channel_s8 where CMSIS-NN has it
+"""Dense (Gemm, MatMul) -> arm_fully_connected_s8 (per-tensor int8 weights) or, where the node is
+quantized per channel (QuantOptions.weights_of: the --dense-weights option, or per layer the search's
+choice under "auto", the default), one weight scale per output feature as TFLite 2.21's converter
+writes FULLY_CONNECTED: arm_fully_connected_per_channel_s8 where CMSIS-NN has it
 (v7.0.0 on, level 7), else the equivalent 1x1 convolution over one step (level 2024.01).
 """
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
-from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.graph import WEIGHT_GRANULARITIES, Graph, Node
 from onnx2cmsis.ops.base import (
     CArray,
     ImportContext,
@@ -47,6 +48,7 @@ class DenseHandler(OpHandler):
     op = "dense"
     onnx_ops = ("Gemm", "MatMul")
     fuses_activation = free_output_quant = folds_affine = reads_transposed_input = True
+    weight_granularities = WEIGHT_GRANULARITIES
 
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
         return fold_affine_into_weights(node, scale, shift)
@@ -106,7 +108,7 @@ class DenseHandler(OpHandler):
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
-        if graph.quant_options.dense_weights == "per-channel":
+        if graph.quant_options.weights_of(node) == "per-channel":
             quantize_per_channel(node, graph)  # one weight scale per output feature, as TFLite 2.21 writes it
             return
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.quant.ranges import ValueHistogram, new_histograms
 from onnx2cmsis.quant.sample_file import SampleFile, open_samples
 
 
@@ -71,6 +72,16 @@ def run_float(model: onnx.ModelProto, samples: Iterable[np.ndarray], outputs: li
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
+
+
+def collect_histograms(model: onnx.ModelProto, samples: Iterable[np.ndarray],
+                       extremes: dict[str, tuple[float, float]]) -> dict[str, ValueHistogram]:
+    """A second pass over the samples: each value's histogram over its [min, max] (quant/ranges.py)."""
+    histograms = new_histograms(extremes)
+    for outs in run_float(model, samples, list(extremes)):
+        for v, arr in outs.items():
+            histograms[v].add(arr)
+    return histograms
 
 
 def collect_ranges(model: onnx.ModelProto, samples: Iterable[np.ndarray], values: list[str]) -> dict[str, tuple[float, float]]:

@@ -1,0 +1,145 @@
+"""Choices made by measuring the model's output: ranges (`--calibration-method output`) and per-layer
+weight granularity (`--dense-weights auto`).
+
+Each candidate is judged by what the user gets: the integer reference run on (up to SEARCH_SAMPLES
+of) the calibration samples, dequantized, against the float model's outputs. The search is greedy in
+graph order: for each calibrated value it tries the ranges the histogram suggests (min/max, clipped
+percentiles, the MSE-optimal range) and keeps one only when the output SQNR rises on both halves of
+the samples (even and odd: a change that helps only one half is fitting those samples, and it did
+not carry over to held-out data in benchmarks/accuracy.py); then, for each node whose handler offers
+several weight granularities, it keeps the better one by the same rule. It starts from min/max and
+per-tensor, so on the calibration set it can only do better than them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.registry import Registry
+from onnx2cmsis.quant.calibrate import collect_histograms, collect_ranges, run_float
+from onnx2cmsis.quant.quantize import calibration_values, quantize_graph, run_reference
+from onnx2cmsis.quant.ranges import ValueHistogram, choose_ranges, mse_range, percentile_range
+from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+
+SEARCH_SAMPLES = 256
+CANDIDATE_TAILS = (1e-5, 1e-4, 1e-3, 1e-2)
+_MIN_GAIN_DB = 0.02  # smaller gains are noise, not a reason to move
+
+
+@dataclass
+class SearchResult:
+    ranges: dict[str, tuple[float, float]]
+    weights: dict[int, str] = field(default_factory=dict)  # node index -> granularity chosen
+    start_sqnr_db: float | None = None  # on the search samples (mean of the two halves): min/max, per-tensor
+    final_sqnr_db: float | None = None  # and with the choices made (None: no search ran)
+    samples: int = 0
+
+    def summary(self) -> dict | None:
+        """For NAME.json: what the search measured (None when none ran)."""
+        if self.final_sqnr_db is None:
+            return None
+        return {"samples": self.samples, "start_sqnr_db": round(self.start_sqnr_db, 2),
+                "final_sqnr_db": round(self.final_sqnr_db, 2)}
+
+
+def search_samples(samples, limit: int = SEARCH_SAMPLES) -> np.ndarray:
+    """At most `limit` samples spread evenly over the calibration set."""
+    index = np.unique(np.linspace(0, len(samples) - 1, min(limit, len(samples))).astype(int))
+    return np.stack([np.asarray(samples[int(i)], np.float32) for i in index])
+
+
+def range_candidates(h: ValueHistogram) -> list[tuple[float, float]]:
+    found = [(h.lo, h.hi), mse_range(h), *(percentile_range(h, t) for t in CANDIDATE_TAILS)]
+    return list(dict.fromkeys((float(lo), float(hi)) for lo, hi in found))
+
+
+class _Judge:
+    """Output SQNR of one set of choices on the two halves of the search samples (even and odd)."""
+
+    def __init__(self, graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray):
+        self.graph, self.registry, self.x = graph, registry, x
+        self.want = want.reshape(len(want), -1).astype(np.float64)
+
+    def sqnr_db(self, ranges: dict[str, tuple[float, float]], weights: dict[int, str]) -> np.ndarray:
+        g = copy.deepcopy(self.graph)
+        for index, choice in weights.items():
+            g.nodes[index].attrs["weights"] = choice
+        try:
+            quantize_graph(g, self.registry, ranges)
+        except ConversionError:
+            return np.full(2, -np.inf)  # e.g. a range whose requantization cannot be represented
+        q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
+        out = g.outputs[0]
+        got = np.stack([dequantize_tensor(run_reference(g, self.registry, quantize_tensor(s, q_in))[out], q_out)
+                        .reshape(-1) for s in self.x]).astype(np.float64)
+        halves = (slice(0, None, 2), slice(1, None, 2))
+        return np.array([_sqnr_db(got[h], self.want[h]) for h in halves])
+
+
+def _sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
+    noise = max(float(np.sum((got - want) ** 2)), 1e-30)
+    return float(10 * np.log10(max(float(np.sum(want**2)), 1e-30) / noise))
+
+
+def search(graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray,
+           extremes: dict[str, tuple[float, float]], histograms: dict[str, ValueHistogram] | None,
+           choose_weights: bool) -> SearchResult:
+    """Greedy choices (see the module docstring). `histograms` None: ranges stay min/max."""
+    judge = _Judge(graph, registry, x, want)
+    ranges, weights = dict(extremes), {}
+    best = start = judge.sqnr_db(ranges, weights)
+    if histograms is not None:
+        for value in _graph_order(graph, histograms):
+            for candidate in range_candidates(histograms[value])[1:]:
+                trial = {**ranges, value: candidate}
+                score = judge.sqnr_db(trial, weights)
+                if _better(score, best):
+                    ranges, best = trial, score
+    if choose_weights:
+        for index, node in enumerate(graph.nodes):
+            for choice in registry.for_op(node.op).weight_granularities[1:]:
+                trial_w = {**weights, index: choice}
+                score = judge.sqnr_db(ranges, trial_w)
+                if _better(score, best):
+                    weights, best = trial_w, score
+    return SearchResult(ranges, weights, float(np.mean(start)), float(np.mean(best)), len(x))
+
+
+def _better(score: np.ndarray, best: np.ndarray) -> bool:
+    """Higher SQNR on both halves of the samples by at least _MIN_GAIN_DB: a choice that helps only
+    the samples it was measured on is fitting them, not the data, and does not carry over."""
+    return bool(np.all(score >= best + _MIN_GAIN_DB))
+
+
+def _graph_order(graph: Graph, histograms: dict[str, ValueHistogram]) -> list[str]:
+    """Calibrated values from the input towards the output (upstream choices settle first)."""
+    order = [graph.tensors[t].calib_name or t for t in graph.inputs]
+    for node in graph.nodes:
+        order += [graph.tensors[t].calib_name for t in node.outputs if graph.tensors[t].calib_name]
+    return [v for v in dict.fromkeys(order) if v in histograms]
+
+
+def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples, method: str,
+              dense_weights: str) -> SearchResult:
+    """The ranges (and per-node weight choices) to quantize `graph` with, for a calibration method
+    (minmax, percentile, mse, output) and the dense-weights option (auto searches per layer)."""
+    values = calibration_values(graph)
+    extremes = collect_ranges(model, samples, values)
+    histograms = collect_histograms(model, samples, extremes) if method != "minmax" else None
+    if method not in ("minmax", "output"):
+        extremes = choose_ranges(histograms, method)
+    choices = dense_weights == "auto" and any(len(registry.for_op(n.op).weight_granularities) > 1
+                                              for n in graph.nodes)
+    if method != "output" and not choices:
+        return SearchResult(extremes)
+    x = search_samples(samples)
+    output = model.graph.output[0].name
+    want = np.stack([r[output] for r in run_float(model, x, [output])])
+    return search(graph, registry, x, want, extremes, histograms if method == "output" else None,
+                  choose_weights=choices)
