@@ -17,7 +17,7 @@ from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
 from onnx2cmsis.codegen.build_files import render_build_files
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
-from onnx2cmsis.errors import ConversionError, render_options
+from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
 from onnx2cmsis.ir.check import check_graph
@@ -68,11 +68,11 @@ class Budget:
     def check(self, weights_bytes: int, arena_bytes: int) -> list[str]:
         warnings = []
         if weights_bytes > self.flash_bytes:
-            warnings.append(f"the weights take {weights_bytes / 1024:.0f} KiB of flash, more than the "
-                            f"{self.flash_bytes / 1024:.0f} KiB budget (set your part's with {{opt:flash_bytes}})")
+            warnings.append(f"the weights take {weights_bytes:,} B of flash, more than the {self.flash_bytes:,} B "
+                            f"budget (set your part's with {{opt:flash_bytes}})")
         if arena_bytes > self.ram_bytes:
-            warnings.append(f"the arena takes {arena_bytes / 1024:.0f} KiB of RAM, more than the "
-                            f"{self.ram_bytes / 1024:.0f} KiB budget (set your part's with {{opt:ram_bytes}})")
+            warnings.append(f"the arena takes {arena_bytes:,} B of RAM, more than the {self.ram_bytes:,} B "
+                            f"budget (set your part's with {{opt:ram_bytes}})")
         return warnings
 
 
@@ -99,12 +99,12 @@ def convert(
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
-        raise ConversionError(f"{{opt:name}} {name!r} is not a valid C identifier")
+        raise OptionError(f"{{opt:name}} {name!r} is not a valid C identifier")
     if calibration_method not in CALIBRATION_METHODS:
-        raise ConversionError(f"{{opt:calibration_method}} {calibration_method!r} is not one of "
+        raise OptionError(f"{{opt:calibration_method}} {calibration_method!r} is not one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
     if dense_weights not in DENSE_WEIGHTS:
-        raise ConversionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
+        raise OptionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from onnx2cmsis import __version__
-from onnx2cmsis.errors import ConversionError, render_options
+from onnx2cmsis.errors import ConversionError, OptionError, render_options
 
 # The library's setting names (errors.py) as this command line spells them.
 FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
@@ -17,7 +17,8 @@ FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-ap
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
          "calibration_method": "--calibration-method"}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trained 1D CNNs -> int8 C for CMSIS-NN.")
+# Plain help: rich markup would swallow "[keras]" and add type placeholders.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
 
 
 def _fail(message: str) -> None:
@@ -25,29 +26,59 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _usage(message: str, command: str) -> None:
+    """A usage error: exit 2, pointing at the command's help (as for an unknown option)."""
+    typer.echo(f"onnx2cmsis: error: {message} (see onnx2cmsis {command} --help)", err=True)
+    raise typer.Exit(2)
+
+
+def _refuse(exc: ConversionError, command: str) -> None:
+    if isinstance(exc, OptionError):
+        _usage(exc.render(FLAGS), command)
+    _fail(exc.render(FLAGS))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def main() -> None:
-    """Convert Keras and ONNX models into C that calls CMSIS-NN kernels."""
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the tool version and exit."),
+) -> None:
+    """Trained 1D CNNs (Keras, ONNX) -> int8 C that calls CMSIS-NN kernels.
+
+    \b
+    Example:
+      onnx2cmsis convert model.h5 --calibration calib.npy --out out
+    """
 
 
 @app.command()
 def version() -> None:
-    """Print the tool version."""
+    """Print the tool version (also: onnx2cmsis --version)."""
     typer.echo(__version__)
 
 
 @app.command()
 def convert(
-    model: Path = typer.Argument(..., help="Model file (.onnx, or Keras .h5/.keras with the [keras] extra)."),
+    model: Path = typer.Argument(..., metavar="MODEL",
+                                 help="Model file (.onnx, or Keras .h5/.keras with the [keras] extra)."),
     name_arg: Optional[str] = typer.Argument(None, metavar="[NAME]", help="C name (the original tool's form)."),
     outdir_arg: Optional[Path] = typer.Argument(None, metavar="[OUTDIR]", help="Output folder (original form)."),
     calibration: Optional[Path] = typer.Option(
-        None, "--calibration", "-c", help=".npy/.npz of N samples shaped like the input (without batch)."
+        None, "--calibration", "-c", metavar="CALIB.npy",
+        help=".npy/.npz of N samples shaped like the input (without batch).  [required]"
     ),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="C identifier prefix (default: model file stem)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: current folder)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", metavar="NAME",
+                                       help="C identifier prefix (default: model file stem)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                       help="Output folder (default: current folder)."),
     cmsis_nn: Optional[Path] = typer.Option(
-        None, "--cmsis-nn", envvar="CMSIS_NN_PATH",
+        None, "--cmsis-nn", envvar="CMSIS_NN_PATH", metavar="PATH",
         help="Your CMSIS-NN tree: its API level is detected from its headers and NAME.json lists the files to compile."
     ),
     cmsis_api: Optional[str] = typer.Option(
@@ -64,26 +95,34 @@ def convert(
         help="How each value's int8 range is chosen: the extremes seen, clipped at 1e-4 tails, the "
              "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
              "docs/benchmarks.md)."),
-    plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
+    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
+                                     help="Op handler to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
-    flash_kb: int = typer.Option(512, "--flash-kb", min=1, help="Flash your part has for the weights (KiB): "
+    flash_kb: int = typer.Option(512, "--flash-kb", min=1, metavar="KIB", help="Flash your part has for the weights (KiB): "
                                  "warn above it."),
-    ram_kb: int = typer.Option(128, "--ram-kb", min=1, help="RAM your part has for the arena (KiB): warn above it."),
+    ram_kb: int = typer.Option(128, "--ram-kb", min=1, metavar="KIB", help="RAM your part has for the arena (KiB): warn above it."),
     tflite: bool = typer.Option(False, "--tflite", help="Also write NAME.tflite: the same int8 graph for "
                                 "TFLite-Micro, with NAME_invoke's input and output (the [verify] extra)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Write NAME.c, NAME.h and NAME.json for MODEL."""
+    """Write NAME.c, NAME.h, NAME.json, NAME.mk and NAME.cmake for MODEL.
+
+    \b
+    Example:
+      onnx2cmsis convert examples/vibration_keras/vibration_cnn.h5 \\
+          --calibration examples/vibration_keras/calibration.npy --out out
+    """
     from onnx2cmsis.api import Budget, write_outputs
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.ops.registry import build_registry
 
     if name and name_arg and name != name_arg:
-        _fail(f"two names given: {name_arg!r} and --name {name!r}")
+        _usage(f"two names given: {name_arg!r} and --name {name!r}", "convert")
     if out and outdir_arg and out != outdir_arg:
-        _fail(f"two output folders given: {outdir_arg} and --out {out}")
+        _usage(f"two output folders given: {outdir_arg} and --out {out}", "convert")
     if calibration is None:
-        _fail("--calibration CALIB.npy is required (samples to choose the int8 ranges from)")
+        _usage("Missing option '--calibration' / '-c': CALIB.npy, samples to choose the int8 ranges from",
+               "convert")
     try:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
@@ -93,7 +132,7 @@ def convert(
     except ConversionError as exc:
         if debug:
             raise
-        _fail(exc.render(FLAGS))
+        _refuse(exc, "convert")
     except Exception as exc:  # a bug of ours: still one line unless --debug
         if debug:
             raise
@@ -123,19 +162,23 @@ def _cmsis_line(cmsis) -> str:
 
 @app.command()
 def verify(
-    model: Path = typer.Argument(..., help="Model file (.onnx, .h5, .keras)."),
-    calibration: Path = typer.Option(..., "--calibration", "-c", help="The calibration samples convert uses."),
-    data: Path = typer.Option(..., "--data", "-d", help=".npy/.npz of samples to run, shaped like the input."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help=".npy of integer class labels (accuracy)."),
-    target: str = typer.Option("host", "--target", "-t",
+    model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
+    calibration: Path = typer.Option(..., "--calibration", "-c", metavar="CALIB.npy",
+                                     help="The calibration samples convert uses."),
+    data: Path = typer.Option(..., "--data", "-d", metavar="X.npy",
+                              help=".npy/.npz of samples to run, shaped like the input."),
+    labels: Optional[Path] = typer.Option(None, "--labels", metavar="Y.npy",
+                                          help=".npy of integer class labels (accuracy)."),
+    target: str = typer.Option("host", "--target", "-t", metavar="TARGETS",
                                help="host, m0plus, m4, m7, m55 or all (the Cortex-M ones run on QEMU)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the results as JSON."),
     layers: bool = typer.Option(False, "--layers", help="Also print each layer's int8 accuracy vs the float "
                                 "model (SQNR, max error in LSB) over the first 64 samples."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="C identifier prefix."),
-    plugin: list[str] = typer.Option([], "--plugin", help="Op handler module:Class to load (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", metavar="NAME", help="C identifier prefix."),
+    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
+                                     help="Op handler to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
-    cmsis_nn: Optional[Path] = typer.Option(None, "--cmsis-nn", envvar="CMSIS_NN_PATH",
+    cmsis_nn: Optional[Path] = typer.Option(None, "--cmsis-nn", envvar="CMSIS_NN_PATH", metavar="PATH",
                                             help="CMSIS-NN tree to build with (default: the pinned PyPI snapshot)."),
     cmsis_api: Optional[str] = typer.Option(
         None, "--cmsis-nn-api", metavar="LEVEL",
@@ -152,7 +195,13 @@ def verify(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
-    when every target that ran is bit-exact."""
+    when every target that ran is bit-exact.
+
+    \b
+    Example:
+      onnx2cmsis verify examples/vibration/vibration_cnn.onnx -c examples/vibration/calibration.npy \\
+          -d examples/vibration/calibration.npy --target host,m4
+    """
     import json
 
     import numpy as np
@@ -167,14 +216,14 @@ def verify(
     targets = list(TARGET_NAMES) if target == "all" else [t.strip() for t in target.split(",")]
     unknown = [t for t in targets if t not in TARGET_NAMES]
     if unknown:
-        _fail(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)")
+        _usage(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)", "verify")
     try:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         # verify builds what it converts, so its default is the tree it can always get: the snapshot.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method)
-        x = load_calibration(data, conv.graph.model_input_shapes[0])
+        x = load_calibration(data, conv.graph.model_input_shapes[0], what="--data")
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):
             raise ConversionError(f"{len(y)} labels for {len(x)} samples", str(labels))
@@ -184,7 +233,7 @@ def verify(
     except ConversionError as exc:
         if debug:
             raise
-        _fail(exc.render(FLAGS))
+        _refuse(exc, "verify")
     except Exception as exc:
         if debug:
             raise
@@ -222,7 +271,7 @@ def cmsis_fetch(
     try:
         typer.echo(fetch_cmsis_nn(level, source))
     except ConversionError as exc:
-        _fail(exc.render(FLAGS))
+        _refuse(exc, "cmsis-nn fetch")
 
 
 @cmsis_app.command("path")
@@ -237,7 +286,7 @@ def cmsis_path(level: str = typer.Option("7", "--level", metavar="LEVEL", help="
     try:
         check_api_level(level)
     except ConversionError as exc:
-        _fail(exc.render(FLAGS))
+        _refuse(exc, "cmsis-nn path")
     tree = cached_tree(level)
     if tree is None:
         _fail(f"no CMSIS-NN tree of API level {level} has been fetched: run onnx2cmsis cmsis-nn fetch --level {level}")

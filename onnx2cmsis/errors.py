@@ -25,6 +25,11 @@ def render_options(message: str, flags: Mapping[str, str] | None = None) -> str:
     return _OPTION.sub(spell, message)
 
 
+def count(n: int, noun: str) -> str:
+    """'1 input', '2 inputs' (messages say numbers the way a person would)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class ConversionError(Exception):
     """A problem with the user's input that the user can fix; printed as one line, exit code 1."""
 
@@ -44,6 +49,11 @@ class UnsupportedOpError(ConversionError):
 
 class ToolchainError(ConversionError):
     """A compiler, emulator or CMSIS-NN source tree is missing or failed."""
+
+
+class OptionError(ConversionError):
+    """A setting's value is invalid (an unknown level, a name that is no C identifier): a usage error,
+    exit code 2 from the command line."""
 
 
 class NotExportable(ConversionError):

@@ -132,9 +132,15 @@ def test_bad_input_gives_one_line_and_no_files(tmp_path, case, expect):
 
 @pytest.mark.parametrize("args, expect", [
     (["convert", "--no-such-option"], "No such option: --no-such-option"),
-    (["convert"], "Missing argument 'model'"),
+    (["convert"], "Missing argument 'MODEL'"),
     (["convert", str(MODEL), "-c", str(CALIB), "--flash-kb", "0"], "Invalid value for '--flash-kb'"),
     (["verify", str(MODEL)], "Missing option '--calibration'"),
+    # found by the command itself or the library, still usage errors
+    (["convert", str(MODEL)], "Missing option '--calibration' / '-c'"),
+    (["convert", str(MODEL), "-c", str(CALIB), "--cmsis-nn-api", "6"], "--cmsis-nn-api '6' is not one of 2024.01, 7"),
+    (["convert", str(MODEL), "-c", str(CALIB), "--name", "9lives"], "--name '9lives' is not a valid C identifier"),
+    (["convert", str(MODEL), "-c", str(CALIB), "--calibration-method", "kl"], "--calibration-method 'kl' is not one"),
+    (["verify", str(MODEL), "-c", str(CALIB), "-d", str(CALIB), "-t", "m3"], "unknown target 'm3'"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args, expect, tmp_path):
     r = run_cli(*args, cwd=tmp_path)
@@ -159,4 +165,10 @@ def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
     dense = [layer for layer in report["layers"] if layer["op"] == "dense"]
     assert [(layer["kernel"], layer["weights"]) for layer in dense] == [(kernel, "per-channel")] * 2
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--dense-weights", "per-row")
-    assert r.returncode == 1 and "--dense-weights 'per-row' is not one of per-tensor, per-channel, auto" in r.stderr
+    assert r.returncode == 2 and "--dense-weights 'per-row' is not one of per-tensor, per-channel, auto" in r.stderr
+
+
+def test_verify_names_data_of_the_wrong_shape_as_data(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 128, 3), np.float32))  # (W, C): the ONNX model takes (C, W)
+    r = run_cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(tmp_path / "x.npy"))
+    assert r.returncode == 1 and "x.npy: --data has shape (2, 128, 3), expected (N, 3, 128)" in r.stderr, r.stderr

@@ -209,7 +209,7 @@ def test_cli_refuses_a_level_that_does_not_match_the_tree(tmp_path, no_tree_env)
 def test_cli_refuses_an_unknown_level(tmp_path, no_tree_env):
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--cmsis-nn-api", "6",
                 env=no_tree_env)
-    assert r.returncode == 1 and "'6' is not one of 2024.01, 7" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.returncode == 2 and "'6' is not one of 2024.01, 7" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_cli_default_json_says_level_7(tmp_path, no_tree_env):

@@ -246,3 +246,23 @@ def test_a_feature_vector_input_has_no_window_macros(tmp_path):
     case = dense_case(np.random.default_rng(0), 0)
     conv = convert(case.save(tmp_path), case.calibration)
     assert "_INPUT_STEPS" not in conv.header and "(flat)" in conv.header
+
+
+def test_layer_identifiers_keep_whole_words_without_the_exporters_scope():
+    from onnx2cmsis.codegen.naming import c_identifier, layer_names
+
+    names = ["functional_11_1/conv1d_1/convolution", "functional_11_1/max_pooling1d_1/MaxPool1d",
+             "functional_11_1/dense_1_2/MatMul"]
+    assert layer_names(names) == ["conv1d_1/convolution", "max_pooling1d_1/MaxPool1d", "dense_1_2/MatMul"]
+    assert layer_names(["conv", "relu"]) == ["conv", "relu"]  # no shared scope: unchanged
+    assert layer_names(["a/x", "a/y", "b/z"]) == ["a/x", "a/y", "b/z"]
+    assert c_identifier("global_average_pooling1d_1/Mean_pooled_output") == "global_average_pooling1d_1_Mean"
+    assert c_identifier("x" * 40) == "x" * 32  # no word boundary near: a hard cut
+
+
+def test_the_keras_example_header_reads_well(tmp_path):
+    module("keras", 'pip install -e ".[keras]"')
+    keras_example = EXAMPLE.parent / "vibration_keras"
+    conv = convert(keras_example / "vibration_cnn.h5", keras_example / "calibration.npy")
+    assert " *    0 l00_conv1d_1_convolution             Conv+Add+Relu -> arm_convolve_s8\n" in conv.header
+    assert "_functional_" not in conv.source and ":  */" not in conv.source  # no scope in names, no empty comments

@@ -145,10 +145,11 @@ def test_hdf5_without_a_model_and_garbage_are_refused(tmp_path):
         convert(garbage, np.zeros((2, 4), np.float32), name="m")
 
 
-def test_without_the_keras_extra_the_error_says_what_to_install(tmp_path):
-    """A real ImportError: tensorflow is made unimportable in a child interpreter."""
+@pytest.mark.parametrize("missing", ["tensorflow", "h5py"])  # h5py: the first thing a .h5 needs
+def test_without_the_keras_extra_the_error_says_what_to_install(tmp_path, missing):
+    """A real ImportError: a package of the extra is made unimportable in a child interpreter."""
     code = (
-        "import sys; sys.modules['tensorflow'] = None\n"
+        f"import sys; sys.modules['{missing}'] = None\n"
         "from typer.testing import CliRunner\n"
         "from onnx2cmsis.cli import app\n"
         f"r = CliRunner().invoke(app, ['convert', r'{MODELS / 'autoencoder.h5'}', '-c', r'{tmp_path / 'c.npy'}',"

@@ -74,11 +74,12 @@ def test_a_corrupted_weight_fails_and_the_layer_is_named(tmp_path):
     assert result.first_bad_layer.startswith(f"layer {layer['index']} "), result.first_bad_layer
 
 
-def test_unknown_target_is_one_line_and_exit_1(tmp_path):
+def test_unknown_target_is_one_line_and_exit_2(tmp_path):
+    """A bad option value is a usage error."""
     x, _ = _data(tmp_path, 4)
     r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
                                  "-d", str(x), "-t", "m3000"])
-    assert r.exit_code == 1 and "unknown target 'm3000'" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "unknown target 'm3000'" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnx2cmsis.errors import ToolchainError
+from onnx2cmsis.errors import OptionError, ToolchainError
 from onnx2cmsis.ir.target import API_LEVELS, LEVEL_7, SNAPSHOT_API
 
 SNAPSHOT_WHEEL = "aidge_export_arm_cortexm-0.2.1-py3-none-any.whl"
@@ -87,7 +87,7 @@ def fetch_cmsis_nn(level: str = LEVEL_7.level, source: str | None = None) -> Pat
     """The cached tree of `level`, fetched first if needed. For level 7, `source` is a .tar.gz (path or
     URL) of CMSIS-NN v7.0.0 or main 99f736a6 instead of GitHub's."""
     if level not in API_LEVELS:
-        raise ToolchainError(f"{{opt:cmsis_api}} {level!r} is not one of {', '.join(API_LEVELS)}")
+        raise OptionError(f"{{opt:cmsis_api}} {level!r} is not one of {', '.join(API_LEVELS)}")
     if level == SNAPSHOT_API.level:
         if source is not None:
             raise ToolchainError("the 2024.01 snapshot comes from PyPI only; a source archive is for level 7")

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from onnx2cmsis.cmsis_nn.fetch import cached_tree, is_tree
-from onnx2cmsis.errors import ToolchainError
+from onnx2cmsis.errors import OptionError, ToolchainError
 from onnx2cmsis.ir.target import API_LEVELS, DEFAULT_API, LEVEL_7, SNAPSHOT_API, CmsisApi, level_with
 
 _DEF_RE = re.compile(r"^[A-Za-z_][\w \t\*]*?\b(arm_\w+)\s*\([^;{]*?\)\s*\{", re.M | re.S)
@@ -96,7 +96,7 @@ def check_api_level(api: str | None) -> CmsisApi | None:
     if api is None:
         return None
     if api not in API_LEVELS:
-        raise ToolchainError(f"{{opt:cmsis_api}} {api!r} is not one of {', '.join(API_LEVELS)}")
+        raise OptionError(f"{{opt:cmsis_api}} {api!r} is not one of {', '.join(API_LEVELS)}")
     return API_LEVELS[api]
 
 

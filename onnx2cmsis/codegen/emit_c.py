@@ -11,7 +11,7 @@ import jinja2
 import numpy as np
 
 from onnx2cmsis import __version__
-from onnx2cmsis.codegen.naming import c_comment, c_identifier
+from onnx2cmsis.codegen.naming import c_comment, c_identifier, layer_names
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.base import KernelCall
 from onnx2cmsis.plan.arena import MemoryPlan, Placement
@@ -66,11 +66,12 @@ def format_values(values: np.ndarray, per_line: int = 16) -> str:
 
 def make_layers(graph: Graph, calls: list[KernelCall]) -> list[Layer]:
     layers = []
+    short = layer_names([node.name for node in graph.nodes])
     for i, (node, call) in enumerate(zip(graph.nodes, calls, strict=True)):
         layers.append(
             Layer(
                 index=i,
-                ident=f"l{i:02d}_{c_identifier(node.name)}",
+                ident=f"l{i:02d}_{c_identifier(short[i])}",
                 name=node.name,
                 op=node.op,
                 origin=node.origin,

@@ -12,14 +12,30 @@ C_KEYWORDS = frozenset(
 
 
 def c_identifier(text: str, fallback: str = "layer", max_len: int = 32) -> str:
-    """[A-Za-z0-9_] only, not starting with a digit, never a keyword; may still need a unique prefix."""
+    """[A-Za-z0-9_] only, not starting with a digit, never a keyword; may still need a unique prefix.
+    A name longer than max_len is cut after a whole word (at an underscore) where one is near."""
     ident = re.sub(r"[^A-Za-z0-9_]+", "_", text.encode("ascii", "ignore").decode()).strip("_")
-    ident = re.sub(r"_+", "_", ident)[:max_len].rstrip("_") or fallback
+    ident = re.sub(r"_+", "_", ident)
+    if len(ident) > max_len:
+        cut = ident.rfind("_", 0, max_len + 1)
+        ident = ident[:cut] if cut >= max_len // 2 else ident[:max_len]
+    ident = ident.rstrip("_") or fallback
     if ident[0].isdigit():
         ident = "_" + ident
     if ident in C_KEYWORDS:
         ident += "_"
     return ident
+
+
+def layer_names(names: list[str]) -> list[str]:
+    """The part of each node name that tells the layers apart: exporters prefix every name with the
+    same scope (Keras' "functional_11_1/..."), which says nothing and would fill the identifier."""
+    parts = [n.split("/") for n in names]
+    common = 0
+    if len(parts) > 1 and all(len(p) > 1 for p in parts):
+        while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+            common += 1
+    return ["/".join(p[common:]) for p in parts]
 
 
 def is_c_identifier(text: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError, count
 from onnx2cmsis.frontends.onnx_model import normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
@@ -40,7 +40,10 @@ def _read_config(path: Path) -> dict[str, Any]:
         if zipfile.is_zipfile(path):  # Keras 3 native .keras: config.json inside a zip
             with zipfile.ZipFile(path) as z:
                 return json.loads(z.read("config.json"))
-        import h5py
+        try:
+            import h5py
+        except ImportError as exc:  # h5py comes with the [keras] extra
+            raise ConversionError(KERAS_EXTRA_HINT, str(path)) from exc
 
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
@@ -171,8 +174,8 @@ def keras_to_onnx(path: Path) -> onnx.ModelProto:
     model = load_keras_model(path)
     tf, tf2onnx, keras = _import_keras()
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise UnsupportedOpError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-                                 "one of each is supported", where)
+        raise UnsupportedOpError(f"the model has {count(len(model.inputs), 'input')} and "
+                                 f"{count(len(model.outputs), 'output')}; one of each is supported", where)
     functional = keras.Model(model.inputs, model.outputs)  # a Keras 3 Sequential does not export otherwise
     shape = (1, *tuple(model.inputs[0].shape[1:]))
     if any(d is None for d in shape):

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper, shape_inference, version_converter
 
-from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError, count
 
 MIN_OPSET = 13
 
@@ -119,7 +119,8 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.Model
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise UnsupportedOpError(
-            f"models with {len(inputs)} inputs and {len(model.graph.output)} outputs are not supported yet "
+            f"models with {count(len(inputs), 'input')} and {count(len(model.graph.output), 'output')} are not "
+            "supported yet "
             "(one input, one output)",
             where,
         )

@@ -205,7 +205,22 @@ class GraphBuilder:
         return name
 
 
+def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[str]:
+    """Every node whose operator no handler takes, as "node 'NAME' (OP)"."""
+    gaps = []
+    for i, proto in enumerate(model.graph.node):
+        known = proto.domain in ("", "ai.onnx") and (proto.op_type == "Constant" or proto.op_type in registry.by_onnx_op)
+        if not known:
+            op = proto.op_type if proto.domain in ("", "ai.onnx") else f"{proto.domain}.{proto.op_type}"
+            gaps.append(f"node '{proto.name or f'{proto.op_type}_{i}'}' ({op})")
+    return gaps
+
+
 def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Graph:
+    gaps = unsupported_nodes(model, registry)
+    if len(gaps) > 1:  # all of them at once, so one round of changes to the model can fix them all
+        raise UnsupportedOpError(f"{len(gaps)} nodes use operators no handler supports: {', '.join(gaps)} "
+                                 f"(supported: {', '.join(sorted(registry.by_onnx_op))})", source)
     b = GraphBuilder(model, source, registry)
     g = model.graph
     inits = {i.name for i in g.initializer}
@@ -229,7 +244,13 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
             b.consts[proto.output[0]] = _constant_value(view, b.where)
             b.shapes[proto.output[0]] = b.consts[proto.output[0]].shape
             continue
-        registry.for_onnx(proto.op_type, b.where).from_onnx(view, b)
+        try:
+            registry.for_onnx(proto.op_type, b.where).from_onnx(view, b)
+        except ConversionError as exc:  # handlers name the node; the message also names the file
+            exc.where = b.where if not exc.where or exc.where == view.where else exc.where
+            if not exc.where.startswith(source):
+                exc.where = f"{source}: {exc.where}"
+            raise
 
     b.where, b.node_name = source, "output"
     out_logical = b.logical_shape(model_out.name)

@@ -97,8 +97,8 @@ def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]
     }
     arrays = [
         CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
-        CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
-        CArray("shift", "int32_t", qp["shift"], ""),
+        CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization multiplier"),
+        CArray("shift", "int32_t", qp["shift"], "per-channel requantization shift (>0: left)"),
     ]
     return context, arrays
 

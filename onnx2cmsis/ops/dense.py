@@ -171,8 +171,8 @@ class DenseHandler(OpHandler):
             arrays=[
                 CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-channel int8"),
                 CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
-                CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization"),
-                CArray("shift", "int32_t", qp["shift"], ""),
+                CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization multiplier"),
+                CArray("shift", "int32_t", qp["shift"], "per-channel requantization shift (>0: left)"),
                 kernel_sums,
             ],
             functions=["arm_fully_connected_per_channel_s8"],

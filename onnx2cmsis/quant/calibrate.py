@@ -17,13 +17,13 @@ from onnx2cmsis.quant.ranges import ValueHistogram, new_histograms
 from onnx2cmsis.quant.sample_file import SampleFile, open_samples
 
 
-def load_calibration(path: Path, input_shape: tuple[int, ...]) -> SampleFile:
+def load_calibration(path: Path, input_shape: tuple[int, ...], what: str = "calibration data") -> SampleFile:
     """The samples of a .npy/.npz as an (N, *input_shape[1:]) SampleFile, read from disk a block at a
     time (a file of any size costs a few MiB of memory). A single sample without the N axis, and an
     (N, 1, ...) batch axis, are accepted."""
     where = str(path)
     if not path.is_file():
-        raise ConversionError("calibration file not found", where)
+        raise ConversionError(f"{what.removesuffix(' data')} file not found", where)
     data = open_samples(path)
     sample = tuple(input_shape[1:])
     one_sample = data.shape == sample
@@ -32,7 +32,7 @@ def load_calibration(path: Path, input_shape: tuple[int, ...]) -> SampleFile:
         data = data.reshaped(sample)
     if data.shape[1:] != sample or len(data) == 0:
         raise ConversionError(
-            f"calibration data has shape {data.shape}, expected (N, {', '.join(map(str, sample))})", where
+            f"{what} has shape {data.shape}, expected (N, {', '.join(map(str, sample))})", where
         )
     return data
 
