@@ -1,3 +1,29 @@
-"""onnx2cmsis: trained 1D CNNs (ONNX, Keras) -> int8 C calling CMSIS-NN kernels."""
+"""onnx2cmsis: trained 1D CNNs (ONNX, Keras) -> int8 C calling CMSIS-NN kernels.
+
+The Python API, importable from here (loaded on first use, so `import onnx2cmsis` stays cheap):
+
+    import onnx2cmsis
+    info = onnx2cmsis.inspect("model.h5")                  # layers, kernels, flash and RAM, no samples
+    conv = onnx2cmsis.convert("model.h5", "calib.npy")     # -> Conversion (source, header, report)
+    onnx2cmsis.write_outputs(conv, Path("out"))            # NAME.c/.h/.json/.mk/.cmake, atomically
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = {"convert": "onnx2cmsis.api", "write_outputs": "onnx2cmsis.api", "Conversion": "onnx2cmsis.api",
+        "Budget": "onnx2cmsis.api", "inspect": "onnx2cmsis.inspect_model", "Inspection": "onnx2cmsis.inspect_model",
+        "ConversionError": "onnx2cmsis.errors"}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'onnx2cmsis' has no attribute {name!r}")

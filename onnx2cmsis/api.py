@@ -23,6 +23,7 @@ from onnx2cmsis.importer.from_onnx import import_onnx
 from onnx2cmsis.ir.check import check_graph
 from onnx2cmsis.ir.graph import DENSE_WEIGHTS, Graph, QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
+from onnx2cmsis.ops.base import KernelCall
 from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
@@ -108,12 +109,7 @@ def convert(
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
 
-    model = load_model(model_path)  # frontends: file -> static, batch-1 ONNX
-    graph = import_onnx(model, registry, str(model_path))  # importer: ONNX -> canonical IR
-    check_graph(graph, "import")
-    _check_finite_constants(graph, str(model_path))
-    rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower
-    check_graph(graph, "the passes")
+    model, graph, rewrites = front_end(model_path, registry)
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method)
     calibration_result = calibrate(model, graph, registry, samples, calibration_method, dense_weights)
@@ -121,12 +117,7 @@ def convert(
         graph.nodes[index].attrs["weights"] = choice
     quantize_graph(graph, registry, calibration_result.ranges)
     check_graph(graph, "quantization", quantized=True)
-    graph.cmsis_api = cmsis.api
-    calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]  # ops: kernel choice, C arrays
-    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])  # plan: order + arena
-    calls = [calls[i] for i in plan.order]
-    check_graph(graph, "scheduling", quantized=True)
-    layers = make_layers(graph, calls)
+    plan, calls, layers = back_end(graph, registry, cmsis)
 
     summary = header_summary(model_path, hashlib.sha256(model_path.read_bytes()).hexdigest(), graph, layers, cmsis)
     template_dirs = tuple(dict.fromkeys(registry.for_op(n.op).template_dir for n in graph.nodes
@@ -140,6 +131,27 @@ def convert(
     build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)
     return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report,
                       build_files=build_files, warnings=warnings)
+
+
+def front_end(model_path: Path, registry: Registry) -> tuple[onnx.ModelProto, Graph, list[str]]:
+    """File -> static batch-1 ONNX -> canonical IR -> after the passes (and the rewrites that fired)."""
+    model = load_model(model_path)  # frontends: file -> static, batch-1 ONNX
+    graph = import_onnx(model, registry, str(model_path))  # importer: ONNX -> canonical IR
+    check_graph(graph, "import")
+    _check_finite_constants(graph, str(model_path))
+    rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower
+    check_graph(graph, "the passes")
+    return model, graph, rewrites
+
+
+def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree) -> tuple[MemoryPlan, list[KernelCall], list[Layer]]:
+    """A quantized graph -> kernel calls, execution order and arena, layers in that order."""
+    graph.cmsis_api = cmsis.api
+    calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]  # ops: kernel choice, C arrays
+    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])  # plan: order + arena
+    calls = [calls[i] for i in plan.order]
+    check_graph(graph, "scheduling", quantized=True)
+    return plan, calls, make_layers(graph, calls)
 
 
 def _calibration_samples(calibration: Path | str | np.ndarray, graph: Graph) -> np.ndarray:

@@ -150,6 +150,48 @@ def convert(
     typer.echo(_cmsis_line(result.cmsis))
 
 
+@app.command("inspect")
+def inspect_command(
+    model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
+    cmsis_api: Optional[str] = typer.Option(None, "--cmsis-nn-api", metavar="LEVEL",
+                                            help="CMSIS-NN API level: 7 (the default) or 2024.01."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the table as JSON."),
+    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
+                                     help="Op handler to load (repeatable)."),
+    allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Show what MODEL converts to, before any calibration: each layer's kernel, shapes, MACs and
+    weight bytes, the flash and RAM the C will need; every unsupported node at once (exit 1).
+
+    \b
+    Example:
+      onnx2cmsis inspect examples/vibration/vibration_cnn.onnx
+    """
+    import json
+
+    from onnx2cmsis.inspect_model import format_inspection
+    from onnx2cmsis.inspect_model import inspect as run_inspect
+    from onnx2cmsis.ops.registry import build_registry
+
+    try:
+        result = run_inspect(model, cmsis_api=cmsis_api,
+                             registry=build_registry(extra=tuple(plugin), allow_override=allow_override))
+    except ConversionError as exc:
+        if debug:
+            raise
+        _refuse(exc, "inspect")
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+              "rerun with --debug and report it")
+    typer.echo(format_inspection(result))
+    if json_out is not None:
+        data = {k: v for k, v in vars(result).items() if k != "model_path"}
+        json_out.write_text(json.dumps({"model": str(result.model_path), **data}, indent=2) + "\n")
+
+
 def _cmsis_line(cmsis) -> str:
     """Which CMSIS-NN the C is for and where the tree comes from (or how to get one)."""
     level = cmsis.api.level

@@ -1,0 +1,68 @@
+"""`onnx2cmsis inspect`: what a model becomes before any calibration.
+
+The canonical layers with the handler and CMSIS-NN kernel each gets, their shapes, MACs and weight
+bytes, and the flash (weights) and RAM (arena) the C will need. None of these depends on the
+calibrated ranges, so the model is quantized with a placeholder range for every value (no samples,
+no ONNX Runtime run) and then lowered exactly as convert lowers it: the figures are convert's.
+Dense layers are counted per tensor, as `--dense-weights per-tensor` converts them (`auto` may pick
+per channel for some, which adds their per-feature multipliers and shifts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnx2cmsis.api import back_end, front_end
+from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
+from onnx2cmsis.codegen.naming import layer_names
+from onnx2cmsis.ir.graph import QuantOptions
+from onnx2cmsis.ir.target import DEFAULT_API
+from onnx2cmsis.ops.registry import Registry, build_registry, handler_name
+from onnx2cmsis.quant.quantize import calibration_values, quantize_graph
+
+PLACEHOLDER_RANGE = (-1.0, 1.0)
+
+
+@dataclass
+class Inspection:
+    model_path: Path
+    cmsis_api: str
+    layers: list[dict[str, Any]]
+    weights_bytes: int
+    arena_bytes: int
+    arena_lower_bound_bytes: int
+    macs: int
+
+
+def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Registry | None = None) -> Inspection:
+    """The layers, kernels and memory of MODEL as convert would emit them (int8, dense per tensor)."""
+    model_path = Path(model_path)
+    registry = registry or build_registry()
+    cmsis = locate_cmsis_nn(None, cmsis_api, DEFAULT_API.level)
+    _, graph, _ = front_end(model_path, registry)
+    graph.quant_options = QuantOptions(dense_weights="per-tensor")
+    quantize_graph(graph, registry, {v: PLACEHOLDER_RANGE for v in calibration_values(graph)})
+    plan, _, layers = back_end(graph, registry, cmsis)
+    rows = [{"index": layer.index, "name": layer.name, "op": layer.op, "from": layer.origin,
+             "handler": handler_name(registry.for_op(layer.op)), "kernel": layer.call.kernel,
+             "input_shape": list(layer.input_shape), "output_shape": list(layer.output_shape),
+             "macs": layer.call.macs, "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes}
+            for layer in layers]
+    return Inspection(model_path, cmsis.api.level, rows, sum(r["weight_bytes"] for r in rows), plan.arena_bytes,
+                      plan.lower_bound, sum(r["macs"] or 0 for r in rows))
+
+
+def format_inspection(result: Inspection) -> str:
+    head = f"{'#':>3}  {'layer':32} {'from':28} {'kernel':36} {'output':>10} {'MACs':>9} {'weights':>8}"
+    lines = [head, "-" * len(head)]
+    names = layer_names([r["name"] for r in result.layers])
+    for r, name in zip(result.layers, names, strict=True):
+        shape = "x".join(map(str, r["output_shape"]))
+        lines.append(f"{r['index']:>3}  {name[:32]:32} {r['from'][:28]:28} {r['kernel'][:36]:36} {shape:>10} "
+                     f"{r['macs'] or 0:>9,} {r['weight_bytes']:>8,}")
+    lines.append(f"{len(result.layers)} layers, {result.macs:,} MACs; flash for weights {result.weights_bytes:,} B, "
+                 f"arena {result.arena_bytes:,} B (live-set bound {result.arena_lower_bound_bytes:,} B); "
+                 f"CMSIS-NN API level {result.cmsis_api}; int8, dense layers per tensor")
+    return "\n".join(lines)
