@@ -91,6 +91,12 @@ class LayerAccuracy:
     origin: str
     sqnr_db: float  # int8 reference vs the float model at this layer's output, over the samples
     max_error_lsb: float  # largest |int8 - float| in units of the layer's output scale
+    saturated: int = 0  # float values clipped by more than one step at either end of the output's range
+    values: int = 0  # float values compared
+
+    @property
+    def saturated_share(self) -> float:
+        return self.saturated / self.values if self.values else 0.0
 
 
 def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]:
@@ -104,6 +110,8 @@ def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]
     signal = {t.name: 0.0 for _, _, t in layers}
     noise = dict(signal)
     worst = dict(signal)
+    saturated = {t.name: 0 for _, _, t in layers}
+    counted = dict(saturated)
     xq = quantize_inputs(conv, x_float)
     for x, floats in zip(xq, run_float(conv.model, x_float, values)):
         ints = run_reference(graph, conv.registry, x, keep_all=True)
@@ -113,7 +121,12 @@ def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]
             signal[t.name] += float(np.sum(want ** 2))
             noise[t.name] += float(np.sum((got - want) ** 2))
             worst[t.name] = max(worst[t.name], float(np.max(np.abs(got - want))) / float(t.quant.scale))
+            q = t.quant
+            top = (1 << (q.bits - 1)) - 1
+            lowest, highest = (-top - 2 - q.zero_point) * q.scale, (top + 1 - q.zero_point) * q.scale
+            saturated[t.name] += int(np.sum((want < lowest) | (want > highest)))
+            counted[t.name] += want.size
     return [LayerAccuracy(i, n.name, n.op, n.origin,
                           float(10 * np.log10(signal[t.name] / noise[t.name])) if noise[t.name] > 0 else float("inf"),
-                          worst[t.name])
+                          worst[t.name], saturated[t.name], counted[t.name])
             for i, n, t in layers]

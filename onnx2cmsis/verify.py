@@ -173,9 +173,12 @@ def format_table(results: list[TargetResult]) -> str:
 
 def format_layer_table(rows: list) -> str:
     """evaluate.layer_accuracy rows as a table: where the int8 model departs from the float one."""
-    head = f"{'layer':>5}  {'op':<10}{'SQNR dB':>8}{'max|err| LSB':>13}  name (from)"
+    head = f"{'layer':>5}  {'op':<10}{'SQNR dB':>8}{'max|err| LSB':>13}{'saturated':>11}  name (from)"
     lines = ["", head, "-" * len(head)]
     for r in rows:
         name = "".join(ch if ch.isprintable() else "?" for ch in r.name)  # model text: no terminal controls
-        lines.append(f"{r.index:>5}  {r.op:<10}{r.sqnr_db:>8.1f}{r.max_error_lsb:>13.2f}  {name} ({r.origin})")
+        lines.append(f"{r.index:>5}  {r.op:<10}{r.sqnr_db:>8.1f}{r.max_error_lsb:>13.2f}"
+                     f"{100 * r.saturated_share:>10.2f}%  {name} ({r.origin})")
+    lines.append("saturated: the share of the float values more than one step outside the layer's int8 range; "
+                 "where it is not 0 on your data, the calibration samples did not cover it")
     return "\n".join(lines)

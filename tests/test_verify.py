@@ -164,3 +164,17 @@ def test_layer_accuracy_follows_each_layer_through_the_layout_change(tmp_path):
                                  "-d", str(x), "--layers"])
     assert r.exit_code == 0, r.output
     assert "SQNR dB" in r.output and sum(line.strip().split()[1:2] == ["conv1d"] for line in r.output.splitlines()) == 3
+
+
+def test_layer_accuracy_counts_what_the_calibration_range_clips():
+    """Data three times louder than the calibration samples: the first layer's outputs overflow its
+    calibrated range (counted against the float values, independently of the int8 run); the
+    calibration samples themselves never do."""
+    from onnx2cmsis.evaluate import layer_accuracy
+
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
+    calib = np.load(EXAMPLE / "calibration.npy")[:16]
+    assert all(r.saturated == 0 for r in layer_accuracy(conv, calib))
+    loud = layer_accuracy(conv, 3 * calib)
+    first = next(r for r in loud if r.op == "conv1d")
+    assert first.saturated > 0 and first.values == 16 * 128 * 8 and 0.001 < first.saturated_share < 0.5
