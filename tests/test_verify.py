@@ -178,3 +178,19 @@ def test_layer_accuracy_counts_what_the_calibration_range_clips():
     loud = layer_accuracy(conv, 3 * calib)
     first = next(r for r in loud if r.op == "conv1d")
     assert first.saturated > 0 and first.values == 16 * 128 * 8 and 0.001 < first.saturated_share < 0.5
+
+
+def test_the_examples_ship_a_labelled_test_set(tmp_path):
+    """verify --labels works out of the box: 128 held-out windows per example, the classifier right on
+    almost all (the float model's validation accuracy is ~0.95)."""
+    x, y = EXAMPLE / "test_x.npy", EXAMPLE / "test_y.npy"
+    assert np.load(x).shape == (128, 3, 128) and np.load(y).shape == (128,)
+    out = tmp_path / "v.json"
+    r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                                 "-d", str(x), "--labels", str(y), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    keras_x = np.load(EXAMPLE.parent / "vibration_keras" / "test_x.npy")
+    assert np.array_equal(keras_x, np.load(x).transpose(0, 2, 1))  # the same windows in Keras' layout
+    assert np.array_equal(np.load(EXAMPLE.parent / "vibration_keras" / "test_y.npy"), np.load(y))
+    host = __import__("json").loads(out.read_text())[0]
+    assert host["samples"] == 128 and host["bit_exact"] and host["accuracy"] >= 0.9, host

@@ -38,3 +38,15 @@ def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                 sig[:, p : p + len(seg)] += 0.7 * seg[None] * gain[:, None]
         x[i] = sig * gain[:, None]
     return x, y.astype(np.int64)
+
+
+def write_test_set(folder, time_major: bool, n: int = 128) -> None:
+    """test_x.npy / test_y.npy: held-out windows (a seed no training or calibration used) and their
+    labels, for `onnx2cmsis verify --data test_x.npy --labels test_y.npy`. time_major: Keras' (N, W, C)."""
+    from pathlib import Path
+
+    x, y = make_dataset(n, seed=3)
+    if time_major:
+        x = np.ascontiguousarray(x.transpose(0, 2, 1))
+    np.save(Path(folder) / "test_x.npy", x)
+    np.save(Path(folder) / "test_y.npy", y)

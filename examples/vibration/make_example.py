@@ -1,7 +1,7 @@
 """Train the bundled example (a small 1D CNN on synthetic vibration data) and export it to ONNX.
 
-Writes vibration_cnn.onnx (PyTorch's default exporter, weights inline) and calibration.npy (256
-training windows). Needs torch and onnxscript; run from anywhere:
+Writes vibration_cnn.onnx (PyTorch's default exporter, weights inline), calibration.npy (256
+training windows) and test_x.npy / test_y.npy (held-out windows and labels). Needs torch and onnxscript; run from anywhere:
     python examples/vibration/make_example.py
 """
 
@@ -16,7 +16,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from data import AXES, CLASSES, make_dataset  # noqa: E402
+from data import AXES, CLASSES, make_dataset, write_test_set  # noqa: E402
 
 
 def build_model() -> nn.Module:
@@ -60,6 +60,7 @@ def main() -> None:
     torch.onnx.export(model, (torch.from_numpy(x[:1]),), str(HERE / "vibration_cnn.onnx"),
                       input_names=["accel"], output_names=["probabilities"], dynamo=True, external_data=False)
     np.save(HERE / "calibration.npy", x[:256])
+    write_test_set(HERE, time_major=False)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train the bundled Keras example (a small 1D CNN on the synthetic vibration data) and save it as .h5.
 
-Writes vibration_cnn.h5 (Keras 3, legacy HDF5 format) and calibration.npy (256 training windows in
-Keras' (N, W, C) layout). Needs the [keras] extra; run from anywhere:
+Writes vibration_cnn.h5 (Keras 3, legacy HDF5 format), calibration.npy (256 training windows in
+Keras' (N, W, C) layout) and test_x.npy / test_y.npy (held-out windows and labels). Needs the [keras] extra; run from anywhere:
     python examples/vibration_keras/make_example.py
 """
 
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "vibration"))
-from data import AXES, CLASSES, STEPS, make_dataset  # noqa: E402
+from data import AXES, CLASSES, STEPS, make_dataset, write_test_set  # noqa: E402
 
 L = keras.layers
 
@@ -54,6 +54,7 @@ def main() -> None:
     print(f"validation accuracy {model.evaluate(nwc(xv), yv, verbose=0)[1]:.3f}")
     model.save(HERE / "vibration_cnn.h5")
     np.save(HERE / "calibration.npy", nwc(x[:256]))
+    write_test_set(HERE, time_major=True)
 
 
 if __name__ == "__main__":
