@@ -8,7 +8,7 @@ float and, for classifiers, accuracy on the labels. Each `--variant` is one more
 (convert options as NAME=VALUE, comma-separated). Prints a table and writes JSON.
 
     python benchmarks/accuracy.py [--test 1000] [--calibration 200] [--json benchmarks/out/accuracy.json]
-        [--variant dense_weights=per-tensor] ...
+        [--variant dense_weights=per-tensor,bias_correction=no] ...
 """
 
 from __future__ import annotations
@@ -157,8 +157,11 @@ def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (q.astype(np.float64).reshape(-1) - int(zero_point)) * float(scale)
 
 
-def parse_variant(text: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in text.split(",") if item) if text else {}
+def parse_variant(text: str) -> dict[str, str | bool]:
+    """"a=b,c=d" as convert() keyword arguments (yes/no/true/false/1/0 as booleans)."""
+    booleans = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+    pairs = (item.split("=", 1) for item in text.split(",") if item)
+    return {key: booleans.get(value.lower(), value) for key, value in pairs}
 
 
 def run(args) -> list[dict]:

@@ -30,7 +30,8 @@ from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import quantize_graph, run_reference
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
-from onnx2cmsis.quant.search import calibrate
+from onnx2cmsis.quant.bias_correction import correct_biases
+from onnx2cmsis.quant.search import calibrate, search_samples
 from onnx2cmsis.report import build_report, header_summary
 
 
@@ -92,11 +93,14 @@ def convert(
     budget: Budget | None = None,
     dense_weights: str = "auto",
     calibration_method: str = "minmax",
+    bias_correction: bool = True,
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
     default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
     is a warning in report["warnings"], not an error: the C is still right. dense_weights:
-    "per-tensor" or "per-channel" (one weight scale per output feature, as TFLite 2.21 writes it)."""
+    "auto" (per layer, measured), "per-tensor" or "per-channel" (one weight scale per output feature, as
+    TFLite 2.21 writes it). calibration_method: quant/ranges.py. bias_correction: fold each conv/dense
+    layer's mean int8 output error on the calibration samples into its bias (quant/bias_correction.py)."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
@@ -113,6 +117,8 @@ def convert(
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method)
     calibration_result = calibrate(model, graph, registry, samples, calibration_method, dense_weights)
+    corrected = len(correct_biases(model, graph, registry, calibration_result.ranges, calibration_result.weights,
+                                   search_samples(samples))) if bias_correction else None
     for index, choice in calibration_result.weights.items():
         graph.nodes[index].attrs["weights"] = choice
     quantize_graph(graph, registry, calibration_result.ranges)
@@ -125,7 +131,7 @@ def convert(
     source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
     functions = sorted({f for c in calls for f in c.functions})
     report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples),
-                          calibration_result.summary())
+                          calibration_result.summary(), corrected)
     warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
     build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)

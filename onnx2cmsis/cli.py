@@ -17,6 +17,21 @@ FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-ap
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
          "calibration_method": "--calibration-method"}
 
+# The quantization choices convert and verify share.
+DENSE_WEIGHTS_OPTION = typer.Option(
+    "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
+    help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
+         "or auto: per layer, whichever gives the smaller output error on the calibration samples.")
+CALIBRATION_METHOD_OPTION = typer.Option(
+    "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
+    help="How each value's int8 range is chosen: the extremes seen, clipped at 1e-4 tails, the "
+         "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
+         "docs/benchmarks.md).")
+BIAS_CORRECTION_OPTION = typer.Option(
+    True, "--bias-correction/--no-bias-correction",
+    help="Fold each conv/dense layer's mean int8 output error on the calibration samples into its bias, "
+         "when that helps the output on the calibration samples (see docs/benchmarks.md).")
+
 # Plain help: rich markup would swallow "[keras]" and add type placeholders.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
 
@@ -86,15 +101,9 @@ def convert(
         help="CMSIS-NN API level to emit for: 7 (v7.0.0 and later, main; the default) or 2024.01 "
              "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
-    dense_weights: str = typer.Option(
-        "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
-        help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
-             "or auto: per layer, whichever gives the smaller output error on the calibration samples."),
-    calibration_method: str = typer.Option(
-        "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
-        help="How each value's int8 range is chosen: the extremes seen, clipped at 1e-4 tails, the "
-             "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
-             "docs/benchmarks.md)."),
+    dense_weights: str = DENSE_WEIGHTS_OPTION,
+    calibration_method: str = CALIBRATION_METHOD_OPTION,
+    bias_correction: bool = BIAS_CORRECTION_OPTION,
     plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
                                      help="Op handler to load (repeatable)."),
     allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
@@ -127,7 +136,8 @@ def convert(
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
-                             dense_weights=dense_weights, calibration_method=calibration_method)
+                             dense_weights=dense_weights, calibration_method=calibration_method,
+                             bias_correction=bias_correction)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     except ConversionError as exc:
         if debug:
@@ -225,15 +235,9 @@ def verify(
     cmsis_api: Optional[str] = typer.Option(
         None, "--cmsis-nn-api", metavar="LEVEL",
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
-    dense_weights: str = typer.Option(
-        "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
-        help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
-             "or auto: per layer, whichever gives the smaller output error on the calibration samples."),
-    calibration_method: str = typer.Option(
-        "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
-        help="How each value's int8 range is chosen: the extremes seen, clipped at 1e-4 tails, the "
-             "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
-             "docs/benchmarks.md)."),
+    dense_weights: str = DENSE_WEIGHTS_OPTION,
+    calibration_method: str = CALIBRATION_METHOD_OPTION,
+    bias_correction: bool = BIAS_CORRECTION_OPTION,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
@@ -264,7 +268,7 @@ def verify(
         # verify builds what it converts, so its default is the tree it can always get: the snapshot.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
-                           calibration_method=calibration_method)
+                           calibration_method=calibration_method, bias_correction=bias_correction)
         x = load_calibration(data, conv.graph.model_input_shapes[0], what="--data")
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):

@@ -53,7 +53,8 @@ def _io(graph: Graph, tensor: str, shape: tuple[int, ...]) -> dict[str, Any]:
 
 def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Registry, plan: MemoryPlan,
                  layers: list[Layer], cmsis: CmsisTree, functions: list[str], rewrites: list[str],
-                 samples: int, search: dict[str, Any] | None = None) -> dict[str, Any]:
+                 samples: int, search: dict[str, Any] | None = None,
+                 bias_corrected: int | None = None) -> dict[str, Any]:
     """NAME.json (see docs/c-interface.md), without the budget warnings the caller adds."""
     return {
         "tool": "onnx2cmsis",
@@ -87,5 +88,7 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "calibration_samples": samples,
         "quantization": {"dense_weights": graph.quant_options.dense_weights,
                          "calibration_method": graph.quant_options.calibration_method,
-                         "search": search},
+                         "search": search,
+                         # None: off; else how many layers' biases took their mean int8 error
+                         "bias_corrected_layers": bias_corrected},
     }

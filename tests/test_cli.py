@@ -161,7 +161,9 @@ def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
                                                             "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "c")})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "vibration_cnn.json").read_text())
-    assert report["quantization"] == {"dense_weights": "per-channel", "calibration_method": "minmax", "search": None}
+    q = report["quantization"]
+    assert (q["dense_weights"], q["calibration_method"], q["search"]) == ("per-channel", "minmax", None)
+    assert 0 <= q["bias_corrected_layers"] <= 5  # of the example's three convs and two dense layers
     dense = [layer for layer in report["layers"] if layer["op"] == "dense"]
     assert [(layer["kernel"], layer["weights"]) for layer in dense] == [(kernel, "per-channel")] * 2
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--dense-weights", "per-row")

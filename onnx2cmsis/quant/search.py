@@ -59,7 +59,7 @@ def range_candidates(h: ValueHistogram) -> list[tuple[float, float]]:
     return list(dict.fromkeys((float(lo), float(hi)) for lo, hi in found))
 
 
-class _Judge:
+class OutputJudge:
     """Output SQNR of one set of choices on the two halves of the search samples (even and odd)."""
 
     def __init__(self, graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray):
@@ -91,7 +91,7 @@ def search(graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray,
            extremes: dict[str, tuple[float, float]], histograms: dict[str, ValueHistogram] | None,
            choose_weights: bool) -> SearchResult:
     """Greedy choices (see the module docstring). `histograms` None: ranges stay min/max."""
-    judge = _Judge(graph, registry, x, want)
+    judge = OutputJudge(graph, registry, x, want)
     ranges, weights = dict(extremes), {}
     best = start = judge.sqnr_db(ranges, weights)
     if histograms is not None:
@@ -99,19 +99,19 @@ def search(graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray,
             for candidate in range_candidates(histograms[value])[1:]:
                 trial = {**ranges, value: candidate}
                 score = judge.sqnr_db(trial, weights)
-                if _better(score, best):
+                if improves(score, best):
                     ranges, best = trial, score
     if choose_weights:
         for index, node in enumerate(graph.nodes):
             for choice in registry.for_op(node.op).weight_granularities[1:]:
                 trial_w = {**weights, index: choice}
                 score = judge.sqnr_db(ranges, trial_w)
-                if _better(score, best):
+                if improves(score, best):
                     weights, best = trial_w, score
     return SearchResult(ranges, weights, float(np.mean(start)), float(np.mean(best)), len(x))
 
 
-def _better(score: np.ndarray, best: np.ndarray) -> bool:
+def improves(score: np.ndarray, best: np.ndarray) -> bool:
     """Higher SQNR on both halves of the samples by at least _MIN_GAIN_DB: a choice that helps only
     the samples it was measured on is fitting them, not the data, and does not carry over."""
     return bool(np.all(score >= best + _MIN_GAIN_DB))
