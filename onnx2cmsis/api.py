@@ -29,9 +29,9 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import quantize_graph, run_reference
-from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
 from onnx2cmsis.quant.bias_correction import correct_biases
-from onnx2cmsis.quant.search import calibrate, search_samples
+from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
+from onnx2cmsis.quant.search import apply_weights, calibrate, search_samples
 from onnx2cmsis.report import build_report, header_summary
 
 
@@ -116,11 +116,11 @@ def convert(
     model, graph, rewrites = front_end(model_path, registry)
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method)
-    calibration_result = calibrate(model, graph, registry, samples, calibration_method, dense_weights)
+    x = search_samples(samples)  # what the measured choices are judged on
+    calibration_result = calibrate(model, graph, registry, samples, x, calibration_method, dense_weights)
     corrected = len(correct_biases(model, graph, registry, calibration_result.ranges, calibration_result.weights,
-                                   search_samples(samples))) if bias_correction else None
-    for index, choice in calibration_result.weights.items():
-        graph.nodes[index].attrs["weights"] = choice
+                                   x)) if bias_correction else None
+    apply_weights(graph, calibration_result.weights)
     quantize_graph(graph, registry, calibration_result.ranges)
     check_graph(graph, "quantization", quantized=True)
     plan, calls, layers = back_end(graph, registry, cmsis)

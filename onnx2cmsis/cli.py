@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +47,25 @@ def _usage(message: str, command: str) -> None:
     """A usage error: exit 2, pointing at the command's help (as for an unknown option)."""
     typer.echo(f"onnx2cmsis: error: {message} (see onnx2cmsis {command} --help)", err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _reported(model: Path, command: str, debug: bool) -> Iterator[None]:
+    """Errors inside as one line: the library's (exit 1, or 2 for a bad option value) and, as an
+    internal error, any other (a bug of ours); with --debug, the traceback instead."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ConversionError as exc:
+        if debug:
+            raise
+        _refuse(exc, command)
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+              "rerun with --debug and report it")
 
 
 def _refuse(exc: ConversionError, command: str) -> None:
@@ -132,22 +153,13 @@ def convert(
     if calibration is None:
         _usage("Missing option '--calibration' / '-c': CALIB.npy, samples to choose the int8 ranges from",
                "convert")
-    try:
+    with _reported(model, "convert", debug):
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
                              dense_weights=dense_weights, calibration_method=calibration_method,
                              bias_correction=bias_correction)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
-    except ConversionError as exc:
-        if debug:
-            raise
-        _refuse(exc, "convert")
-    except Exception as exc:  # a bug of ours: still one line unless --debug
-        if debug:
-            raise
-        _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-              "rerun with --debug and report it")
     r = result.report
     for warning in result.warnings:
         typer.echo(f"onnx2cmsis: warning: {model}: {render_options(warning, FLAGS)}", err=True)
@@ -184,18 +196,9 @@ def inspect_command(
     from onnx2cmsis.inspect_model import inspect as run_inspect
     from onnx2cmsis.ops.registry import build_registry
 
-    try:
+    with _reported(model, "inspect", debug):
         result = run_inspect(model, cmsis_api=cmsis_api,
                              registry=build_registry(extra=tuple(plugin), allow_override=allow_override))
-    except ConversionError as exc:
-        if debug:
-            raise
-        _refuse(exc, "inspect")
-    except Exception as exc:
-        if debug:
-            raise
-        _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-              "rerun with --debug and report it")
     typer.echo(format_inspection(result))
     if json_out is not None:
         data = {k: v for k, v in vars(result).items() if k != "model_path"}
@@ -263,9 +266,9 @@ def verify(
     unknown = [t for t in targets if t not in TARGET_NAMES]
     if unknown:
         _usage(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)", "verify")
-    try:
+    with _reported(model, "verify", debug):
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
-        # verify builds what it converts, so its default is the tree it can always get: the snapshot.
+        # verify builds what it converts, so it needs a tree: a fetched one, level 7 first.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method, bias_correction=bias_correction)
@@ -276,15 +279,6 @@ def verify(
         x = np.asarray(x, np.float32)
         results = run_verify(conv, x, targets, labels=y)
         per_layer = layer_accuracy(conv, x[:64]) if layers else None
-    except ConversionError as exc:
-        if debug:
-            raise
-        _refuse(exc, "verify")
-    except Exception as exc:
-        if debug:
-            raise
-        _fail(f"{model}: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-              "rerun with --debug and report it")
     typer.echo(_cmsis_line(conv.cmsis))
     typer.echo(format_table(results))
     if per_layer is not None:

@@ -19,8 +19,9 @@ from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
 from onnx2cmsis.codegen.naming import layer_names
 from onnx2cmsis.ir.graph import QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
-from onnx2cmsis.ops.registry import Registry, build_registry, handler_name
+from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.quant.quantize import calibration_values, quantize_graph
+from onnx2cmsis.report import layer_entries
 
 PLACEHOLDER_RANGE = (-1.0, 1.0)
 
@@ -45,11 +46,7 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
     graph.quant_options = QuantOptions(dense_weights="per-tensor")
     quantize_graph(graph, registry, {v: PLACEHOLDER_RANGE for v in calibration_values(graph)})
     plan, _, layers = back_end(graph, registry, cmsis)
-    rows = [{"index": layer.index, "name": layer.name, "op": layer.op, "from": layer.origin,
-             "handler": handler_name(registry.for_op(layer.op)), "kernel": layer.call.kernel,
-             "input_shape": list(layer.input_shape), "output_shape": list(layer.output_shape),
-             "macs": layer.call.macs, "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes}
-            for layer in layers]
+    rows = layer_entries(graph, registry, layers)
     return Inspection(model_path, cmsis.api.level, rows, sum(r["weight_bytes"] for r in rows), plan.arena_bytes,
                       plan.lower_bound, sum(r["macs"] or 0 for r in rows))
 

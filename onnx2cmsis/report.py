@@ -51,6 +51,22 @@ def _io(graph: Graph, tensor: str, shape: tuple[int, ...]) -> dict[str, Any]:
     return {"shape": list(shape), "dtype": f"int{q.bits}", "scale": q.scale, "zero_point": q.zero_point}
 
 
+def layer_entries(graph: Graph, registry: Registry, layers: list[Layer]) -> list[dict[str, Any]]:
+    """NAME.json's `layers` (also what `inspect` lists): one entry per layer in execution order."""
+    return [
+        {
+            "index": layer.index, "name": layer.name, "identifier": layer.ident, "op": layer.op,
+            "from": layer.origin, "kernel": layer.call.kernel, "input_shape": list(layer.input_shape),
+            "output_shape": list(layer.output_shape), "macs": layer.call.macs,
+            "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
+            "handler": handler_name(registry.for_op(node.op)),
+            **({"weights": graph.quant_options.weights_of(node)}
+               if registry.for_op(node.op).weight_granularities else {}),
+        }
+        for layer, node in zip(layers, graph.nodes, strict=True)
+    ]
+
+
 def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Registry, plan: MemoryPlan,
                  layers: list[Layer], cmsis: CmsisTree, functions: list[str], rewrites: list[str],
                  samples: int, search: dict[str, Any] | None = None,
@@ -70,18 +86,7 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "weights_bytes": summary["weights_bytes"],
         "input": _io(graph, graph.inputs[0], graph.model_input_shapes[0]),
         "output": _io(graph, graph.outputs[0], graph.model_output_shapes[0]),
-        "layers": [
-            {
-                "index": layer.index, "name": layer.name, "identifier": layer.ident, "op": layer.op,
-                "from": layer.origin, "kernel": layer.call.kernel, "input_shape": list(layer.input_shape),
-                "output_shape": list(layer.output_shape), "macs": layer.call.macs,
-                "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
-                "handler": handler_name(registry.for_op(node.op)),
-                **({"weights": graph.quant_options.weights_of(node)}
-                   if registry.for_op(node.op).weight_granularities else {}),
-            }
-            for layer, node in zip(layers, graph.nodes, strict=True)
-        ],
+        "layers": layer_entries(graph, registry, layers),
         "rewrites": rewrites,
         "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions,
                      "sources": cmsis.sources_for(functions), "sources_from": cmsis.sources_from},

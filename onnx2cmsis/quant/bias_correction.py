@@ -19,17 +19,15 @@ are noise, and the rule then dropped corrections that held on held-out data.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
 
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import quantize_graph, run_reference
+from onnx2cmsis.quant.quantize import run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
-from onnx2cmsis.quant.search import OutputJudge, improves
+from onnx2cmsis.quant.search import OutputJudge, improves, quantized_copy
 
 MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the mean is left alone
 
@@ -69,10 +67,7 @@ def _comparable(graph: Graph, tensor: str) -> bool:
 
 def _mean_error(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], weights: dict[int, str],
                 x: np.ndarray, floats: list[dict[str, np.ndarray]], index: int) -> np.ndarray | None:
-    g = copy.deepcopy(graph)
-    for i, choice in weights.items():
-        g.nodes[i].attrs["weights"] = choice
-    quantize_graph(g, registry, ranges)
+    g = quantized_copy(graph, registry, ranges, weights)
     node = g.nodes[index]
     t = g.tensors[node.output]
     q_in, q = g.tensors[g.inputs[0]].quant, t.quant

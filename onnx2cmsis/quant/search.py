@@ -48,6 +48,21 @@ class SearchResult:
                 "final_sqnr_db": round(self.final_sqnr_db, 2)}
 
 
+def apply_weights(graph: Graph, weights: dict[int, str]) -> None:
+    """Record the chosen weight granularity on each node (node index -> choice; QuantOptions.weights_of)."""
+    for index, choice in weights.items():
+        graph.nodes[index].attrs["weights"] = choice
+
+
+def quantized_copy(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
+                   weights: dict[int, str]) -> Graph:
+    """The graph quantized with these choices, leaving `graph` as it is (a candidate to measure)."""
+    g = copy.deepcopy(graph)
+    apply_weights(g, weights)
+    quantize_graph(g, registry, ranges)
+    return g
+
+
 def search_samples(samples, limit: int = SEARCH_SAMPLES) -> np.ndarray:
     """At most `limit` samples spread evenly over the calibration set."""
     index = np.unique(np.linspace(0, len(samples) - 1, min(limit, len(samples))).astype(int))
@@ -67,11 +82,8 @@ class OutputJudge:
         self.want = want.reshape(len(want), -1).astype(np.float64)
 
     def sqnr_db(self, ranges: dict[str, tuple[float, float]], weights: dict[int, str]) -> np.ndarray:
-        g = copy.deepcopy(self.graph)
-        for index, choice in weights.items():
-            g.nodes[index].attrs["weights"] = choice
         try:
-            quantize_graph(g, self.registry, ranges)
+            g = quantized_copy(self.graph, self.registry, ranges, weights)
         except ConversionError:
             return np.full(2, -np.inf)  # e.g. a range whose requantization cannot be represented
         q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
@@ -125,10 +137,11 @@ def _graph_order(graph: Graph, histograms: dict[str, ValueHistogram]) -> list[st
     return [v for v in dict.fromkeys(order) if v in histograms]
 
 
-def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples, method: str,
+def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples, x: np.ndarray, method: str,
               dense_weights: str) -> SearchResult:
     """The ranges (and per-node weight choices) to quantize `graph` with, for a calibration method
-    (minmax, percentile, mse, output) and the dense-weights option (auto searches per layer)."""
+    (minmax, percentile, mse, output) and the dense-weights option (auto searches per layer); `x`:
+    search_samples(samples), what the choices are measured on."""
     values = calibration_values(graph)
     extremes = collect_ranges(model, samples, values)
     histograms = collect_histograms(model, samples, extremes) if method != "minmax" else None
@@ -138,7 +151,6 @@ def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples,
                                               for n in graph.nodes)
     if method != "output" and not choices:
         return SearchResult(extremes)
-    x = search_samples(samples)
     output = model.graph.output[0].name
     want = np.stack([r[output] for r in run_float(model, x, [output])])
     return search(graph, registry, x, want, extremes, histograms if method == "output" else None,
