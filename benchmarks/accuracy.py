@@ -1,14 +1,16 @@
-"""int8 accuracy side by side: onnx2cmsis and TensorFlow's own TFLiteConverter on the same models.
+"""Accuracy side by side: onnx2cmsis and TensorFlow's own TFLiteConverter on the same models.
 
 For each trained Keras model (benchmarks/models/, the bundled Keras example, the Keras test fixtures):
 both tools get the same .h5 and the same calibration samples (full int8); ours runs as generated C
 on the host, TFLite's as its .tflite in the tflite-micro runtime. Both are scored on held-out data
 against the float Keras model: SQNR of the dequantized output, max error, argmax agreement with
 float and, for classifiers, accuracy on the labels. Each `--variant` is one more onnx2cmsis column
-(convert options as NAME=VALUE, comma-separated). Prints a table and writes JSON.
+(convert options as NAME=VALUE, comma-separated). `--precision int16` compares ours at int16 with
+TFLite's 16x8 conversion (int16 activations, int8 weights) and adds our int8 as the last column.
+Prints a table and writes JSON.
 
     python benchmarks/accuracy.py [--test 1000] [--calibration 200] [--json benchmarks/out/accuracy.json]
-        [--variant dense_weights=per-tensor,bias_correction=no] ...
+        [--variant dense_weights=per-tensor,bias_correction=no] ... [--precision int16]
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def score(got: np.ndarray, want: np.ndarray, case: Case) -> Score:
                  float(np.mean(got.argmax(1) == case.y_test)) if case.y_test is not None else None)
 
 
-def tflite_int8(model, calibration: np.ndarray) -> bytes:
+def tflite_quantized(model, calibration: np.ndarray, precision: str = "int8") -> bytes:
+    """TFLite's converter, full integer: int8, or 16x8 (int16 activations, int8 weights) for int16."""
     import tensorflow as tf
 
     # A static batch of 1, as firmware runs it (a dynamic batch leaves shape arithmetic such as
@@ -108,9 +111,12 @@ def tflite_int8(model, calibration: np.ndarray) -> bytes:
     conv = tf.lite.TFLiteConverter.from_keras_model(keras.Model(x, model(x)))
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: ([s[None]] for s in calibration)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
+    if precision == "int16":
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        conv.inference_input_type = conv.inference_output_type = tf.int16
+    else:
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = conv.inference_output_type = tf.int8
     return conv.convert()
 
 
@@ -126,10 +132,10 @@ def run_tflite(tflite: bytes, x: np.ndarray) -> tuple[np.ndarray, str]:
         return _run_tflite_interpreter(tflite, x), "TFLite interpreter"
     qi = interp.get_input_details(0)["quantization_parameters"]
     qo = interp.get_output_details(0)["quantization_parameters"]
-    shape = interp.get_input_details(0)["shape"]
+    shape, dtype = interp.get_input_details(0)["shape"], interp.get_input_details(0)["dtype"]
     outs = []
     for sample in x:
-        interp.set_input(_quantize(sample, qi["scales"][0], qi["zero_points"][0]).reshape(shape), 0)
+        interp.set_input(_quantize(sample, qi["scales"][0], qi["zero_points"][0], dtype).reshape(shape), 0)
         interp.invoke()
         outs.append(_dequantize(np.array(interp.get_output(0)), qo["scales"][0], qo["zero_points"][0]))
     return np.stack(outs), "tflite-micro"
@@ -143,14 +149,15 @@ def _run_tflite_interpreter(tflite: bytes, x: np.ndarray) -> np.ndarray:
     din, dout = interp.get_input_details()[0], interp.get_output_details()[0]
     outs = []
     for sample in x:
-        interp.set_tensor(din["index"], _quantize(sample, *din["quantization"]).reshape(din["shape"]))
+        interp.set_tensor(din["index"], _quantize(sample, *din["quantization"], din["dtype"]).reshape(din["shape"]))
         interp.invoke()
         outs.append(_dequantize(interp.get_tensor(dout["index"]), *dout["quantization"]))
     return np.stack(outs)
 
 
-def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return np.clip(np.round(x / float(scale)) + int(zero_point), -128, 127).astype(np.int8)
+def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / float(scale)) + int(zero_point), info.min, info.max).astype(dtype)
 
 
 def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -168,6 +175,8 @@ def run(args) -> list[dict]:
     import keras
 
     variants = args.variant or [""]
+    if args.precision == "int16":  # ours at int16 first (compared with TFLite 16x8), our int8 last
+        variants = [",".join(filter(None, ["precision=int16", v])) for v in variants] + ["precision=int8"]
     rows = []
     for case in cases(args.test, args.calibration):
         if args.only and case.name not in args.only:
@@ -186,9 +195,11 @@ def run(args) -> list[dict]:
                 out = np.stack([built[conv.name](s) for s in xq])
                 got = dequantize_tensor(out, conv.graph.tensors[conv.graph.outputs[0]].quant)
                 row[f"ours[{v or 'default'}]"] = asdict(score(got, want, case))
-        got, runtime = run_tflite(tflite_int8(model, case.calibration), case.x_test)
-        row["tflite"] = asdict(score(got, want, case))
-        row["tflite_runtime"] = runtime
+        try:
+            got, runtime = run_tflite(tflite_quantized(model, case.calibration, args.precision), case.x_test)
+            row["tflite"], row["tflite_runtime"] = asdict(score(got, want, case)), runtime
+        except RuntimeError as exc:  # e.g. TILE (UpSampling1D) has no int16 kernel in any TFLite runtime
+            row["tflite"], row["tflite_runtime"] = None, f"fails: {str(exc).splitlines()[0][:80]}"
         rows.append(row)
         print_row(row)
     return rows
@@ -197,6 +208,8 @@ def run(args) -> list[dict]:
 def print_row(row: dict) -> None:
     cols = [k for k in row if k.startswith("ours[") or k == "tflite"]
     def fmt(s):
+        if s is None:
+            return row["tflite_runtime"]
         acc = "" if s["accuracy"] is None else f" acc {s['accuracy']:.3f}"
         return f"{s['sqnr_db']:6.2f} dB{acc}"
     fa = "" if row["float_accuracy"] is None else f"float acc {row['float_accuracy']:.3f}  "
@@ -214,10 +227,13 @@ def markdown(rows: list[dict]) -> str:
 
     for r in rows:
         fa = "" if r["float_accuracy"] is None else f"{r['float_accuracy']:.3f}"
-        diff = r[cols[0]]["sqnr_db"] - r["tflite"]["sqnr_db"]
-        tfl = cell(r["tflite"]) + ("" if r["tflite_runtime"] == "tflite-micro" else " *")
-        lines.append("| " + " | ".join([r["model"], fa, *(cell(r[c]) for c in cols), tfl, f"{diff:+.2f} dB"]) + " |")
-    diffs = sorted(r[cols[0]]["sqnr_db"] - r["tflite"]["sqnr_db"] for r in rows)
+        if r["tflite"] is None:
+            tfl, diff = r["tflite_runtime"], "-"
+        else:
+            diff = f"{r[cols[0]]['sqnr_db'] - r['tflite']['sqnr_db']:+.2f} dB"
+            tfl = cell(r["tflite"]) + ("" if r["tflite_runtime"] == "tflite-micro" else " *")
+        lines.append("| " + " | ".join([r["model"], fa, *(cell(r[c]) for c in cols), tfl, diff]) + " |")
+    diffs = sorted(r[cols[0]]["sqnr_db"] - r["tflite"]["sqnr_db"] for r in rows if r["tflite"] is not None)
     lines.append(f"\nmedian default - TFLite: {float(np.median(diffs)):+.2f} dB; worst {diffs[0]:+.2f} dB")
     return "\n".join(lines)
 
@@ -228,12 +244,15 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=200)
     ap.add_argument("--variant", action="append", help="onnx2cmsis convert options NAME=VALUE,...")
     ap.add_argument("--only", nargs="*", help="model names")
+    ap.add_argument("--precision", choices=("int8", "int16"), default="int8",
+                    help="int16: ours at int16 vs TFLite's 16x8 conversion, plus our int8 for the gain")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "accuracy.json")
     args = ap.parse_args()
     rows = run(args)
     print(markdown(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"test_samples": args.test, "calibration_samples": args.calibration,
+                                     "precision": args.precision,
                                      "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")
 

@@ -31,6 +31,7 @@ from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import quantize_graph, run_reference
 from onnx2cmsis.quant.bias_correction import correct_biases
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
+from onnx2cmsis.quant.rules import PRECISIONS
 from onnx2cmsis.quant.search import apply_weights, calibrate, search_samples
 from onnx2cmsis.report import build_report, header_summary
 
@@ -53,9 +54,9 @@ class Conversion:
     # spelled as the API's parameters
     warnings: list[str] = field(default_factory=list)
 
-    def reference(self, x_int8: np.ndarray) -> np.ndarray:
-        """The integer reference's output bytes for one input (model layout, flattened)."""
-        out = run_reference(self.graph, self.registry, x_int8)[self.graph.outputs[0]]
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The integer reference's output codes for one input's codes (model layout, flattened)."""
+        out = run_reference(self.graph, self.registry, x)[self.graph.outputs[0]]
         return out.reshape(-1)
 
 
@@ -94,13 +95,15 @@ def convert(
     dense_weights: str = "auto",
     calibration_method: str = "minmax",
     bias_correction: bool = True,
+    precision: str = "int8",
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
     default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
     is a warning in report["warnings"], not an error: the C is still right. dense_weights:
     "auto" (per layer, measured), "per-tensor" or "per-channel" (one weight scale per output feature, as
     TFLite 2.21 writes it). calibration_method: quant/ranges.py. bias_correction: fold each conv/dense
-    layer's mean int8 output error on the calibration samples into its bias (quant/bias_correction.py)."""
+    layer's mean output error on the calibration samples into its bias (quant/bias_correction.py).
+    precision: "int8", or "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases)."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
@@ -108,6 +111,8 @@ def convert(
     if calibration_method not in CALIBRATION_METHODS:
         raise OptionError(f"{{opt:calibration_method}} {calibration_method!r} is not one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
+    if precision not in PRECISIONS:
+        raise OptionError(f"{{opt:precision}} {precision!r} is not one of {', '.join(PRECISIONS)}")
     if dense_weights not in DENSE_WEIGHTS:
         raise OptionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
     registry = registry or build_registry()
@@ -115,7 +120,8 @@ def convert(
 
     model, graph, rewrites = front_end(model_path, registry)
     samples = _calibration_samples(calibration, graph)
-    graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method)
+    graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
+                                       precision=precision)
     x = search_samples(samples)  # what the measured choices are judged on
     calibration_result = calibrate(model, graph, registry, samples, x, calibration_method, dense_weights)
     corrected = len(correct_biases(model, graph, registry, calibration_result.ranges, calibration_result.weights,
@@ -205,7 +211,7 @@ def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list
     """Write NAME.c/.h/.json/.mk/.cmake (and NAME.tflite) atomically: all of them appear, or none changes. A
     missing output folder is created (a file in its place is an error).
 
-    NAME.tflite is the same int8 graph for TFLite-Micro, with exactly NAME_invoke's input and output
+    NAME.tflite is the same integer graph for TFLite-Micro, with exactly NAME_invoke's input and output
     bytes (the [verify] extra)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError("the output folder is a file", str(out_dir))

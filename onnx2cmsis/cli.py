@@ -17,21 +17,25 @@ from onnx2cmsis.errors import ConversionError, OptionError, render_options
 FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
-         "calibration_method": "--calibration-method"}
+         "calibration_method": "--calibration-method", "precision": "--precision"}
 
 # The quantization choices convert and verify share.
+PRECISION_OPTION = typer.Option(
+    "int8", "--precision", metavar="int8|int16",
+    help="Activation width: int8 (TFLite int8), or int16 (TFLite 16x8: int16 activations, int8 weights; "
+         "more accurate, twice the arena; see docs/quantization.md).")
 DENSE_WEIGHTS_OPTION = typer.Option(
     "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
     help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
          "or auto: per layer, whichever gives the smaller output error on the calibration samples.")
 CALIBRATION_METHOD_OPTION = typer.Option(
     "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
-    help="How each value's int8 range is chosen: the extremes seen, clipped at 1e-4 tails, the "
+    help="How each value's range is chosen: the extremes seen, clipped at 1e-4 tails, the "
          "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
          "docs/benchmarks.md).")
 BIAS_CORRECTION_OPTION = typer.Option(
     True, "--bias-correction/--no-bias-correction",
-    help="Fold each conv/dense layer's mean int8 output error on the calibration samples into its bias, "
+    help="Fold each conv/dense layer's mean output error on the calibration samples into its bias, "
          "when that helps the output on the calibration samples (see docs/benchmarks.md).")
 
 # Plain help: rich markup would swallow "[keras]" and add type placeholders.
@@ -122,6 +126,7 @@ def convert(
         help="CMSIS-NN API level to emit for: 7 (v7.0.0 and later, main; the default) or 2024.01 "
              "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
+    precision: str = PRECISION_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
     bias_correction: bool = BIAS_CORRECTION_OPTION,
@@ -131,7 +136,7 @@ def convert(
     flash_kb: int = typer.Option(512, "--flash-kb", min=1, metavar="KIB", help="Flash your part has for the weights (KiB): "
                                  "warn above it."),
     ram_kb: int = typer.Option(128, "--ram-kb", min=1, metavar="KIB", help="RAM your part has for the arena (KiB): warn above it."),
-    tflite: bool = typer.Option(False, "--tflite", help="Also write NAME.tflite: the same int8 graph for "
+    tflite: bool = typer.Option(False, "--tflite", help="Also write NAME.tflite: the same integer graph for "
                                 "TFLite-Micro, with NAME_invoke's input and output (the [verify] extra)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
@@ -158,7 +163,7 @@ def convert(
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
                              dense_weights=dense_weights, calibration_method=calibration_method,
-                             bias_correction=bias_correction)
+                             bias_correction=bias_correction, precision=precision)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
     for warning in result.warnings:
@@ -227,7 +232,7 @@ def verify(
     target: str = typer.Option("host", "--target", "-t", metavar="TARGETS",
                                help="host, m0plus, m4, m7, m55 or all (the Cortex-M ones run on QEMU)."),
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the results as JSON."),
-    layers: bool = typer.Option(False, "--layers", help="Also print each layer's int8 accuracy vs the float "
+    layers: bool = typer.Option(False, "--layers", help="Also print each layer's integer accuracy vs the float "
                                 "model (SQNR, max error in LSB) over the first 64 samples."),
     name: Optional[str] = typer.Option(None, "--name", "-n", metavar="NAME", help="C identifier prefix."),
     plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
@@ -238,6 +243,7 @@ def verify(
     cmsis_api: Optional[str] = typer.Option(
         None, "--cmsis-nn-api", metavar="LEVEL",
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
+    precision: str = PRECISION_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
     bias_correction: bool = BIAS_CORRECTION_OPTION,
@@ -271,7 +277,8 @@ def verify(
         # verify builds what it converts, so it needs a tree: a fetched one, level 7 first.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
-                           calibration_method=calibration_method, bias_correction=bias_correction)
+                           calibration_method=calibration_method, bias_correction=bias_correction,
+                           precision=precision)
         x = load_calibration(data, conv.graph.model_input_shapes[0], what="--data")
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):

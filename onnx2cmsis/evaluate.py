@@ -1,4 +1,4 @@
-"""Measure a conversion: C vs the integer reference vs tflite-micro, and int8 vs the float model.
+"""Measure a conversion: C vs the integer reference vs tflite-micro, and the integer model vs the float model.
 
 The shared core of the tests, the benchmark report and (later) `onnx2cmsis verify`.
 """
@@ -47,7 +47,7 @@ def float_outputs(conv: Conversion, x_float: np.ndarray) -> np.ndarray:
 
 def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,
              oracle_samples: int | None = None) -> tuple[Evaluation, np.ndarray]:
-    """Build the C on the host, run every sample; returns the figures and the C's int8 outputs.
+    """Build the C on the host, run every sample; returns the figures and the C's integer outputs.
 
     The first `oracle_samples` samples (all when None, none when 0) also run in tflite-micro.
     """
@@ -89,8 +89,8 @@ class LayerAccuracy:
     name: str
     op: str
     origin: str
-    sqnr_db: float  # int8 reference vs the float model at this layer's output, over the samples
-    max_error_lsb: float  # largest |int8 - float| in units of the layer's output scale
+    sqnr_db: float  # integer reference vs the float model at this layer's output, over the samples
+    max_error_lsb: float  # largest |integer - float| in units of the layer's output scale
     saturated: int = 0  # float values clipped by more than one step at either end of the output's range
     values: int = 0  # float values compared
 
@@ -100,7 +100,7 @@ class LayerAccuracy:
 
 
 def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]:
-    """Where int8 loses accuracy: each layer's integer output, dequantized, against the float model's
+    """Where quantization loses accuracy: each layer's integer output, dequantized, against the float model's
     value it stands for (ONNX Runtime), element by element through the importer's index map. Layers
     whose output is no model value (an inserted transpose, a split pool) are left out."""
     graph = conv.graph

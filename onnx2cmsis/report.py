@@ -91,7 +91,8 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions,
                      "sources": cmsis.sources_for(functions), "sources_from": cmsis.sources_from},
         "calibration_samples": samples,
-        "quantization": {"dense_weights": graph.quant_options.dense_weights,
+        "quantization": {"precision": graph.quant_options.precision,
+                         "dense_weights": graph.quant_options.dense_weights,
                          "calibration_method": graph.quant_options.calibration_method,
                          "search": search,
                          # None: off; else how many layers' biases took their mean int8 error

@@ -51,7 +51,7 @@ class TargetResult:
 
 
 def oracle_outputs(conv: Conversion, xq: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """tflite-micro's outputs for the same int8 graph, or None and why not."""
+    """tflite-micro's outputs for the same integer graph, or None and why not."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None, f"unavailable: the tflite-micro wheel is Linux x86_64 only ({platform.system()} {platform.machine()})"
     try:
@@ -172,13 +172,13 @@ def format_table(results: list[TargetResult]) -> str:
 
 
 def format_layer_table(rows: list) -> str:
-    """evaluate.layer_accuracy rows as a table: where the int8 model departs from the float one."""
+    """evaluate.layer_accuracy rows as a table: where the integer model departs from the float one."""
     head = f"{'layer':>5}  {'op':<10}{'SQNR dB':>8}{'max|err| LSB':>13}{'saturated':>11}  name (from)"
     lines = ["", head, "-" * len(head)]
     for r in rows:
         name = "".join(ch if ch.isprintable() else "?" for ch in r.name)  # model text: no terminal controls
         lines.append(f"{r.index:>5}  {r.op:<10}{r.sqnr_db:>8.1f}{r.max_error_lsb:>13.2f}"
                      f"{100 * r.saturated_share:>10.2f}%  {name} ({r.origin})")
-    lines.append("saturated: the share of the float values more than one step outside the layer's int8 range; "
+    lines.append("saturated: the share of the float values more than one step outside the layer's integer range; "
                  "where it is not 0 on your data, the calibration samples did not cover it")
     return "\n".join(lines)

@@ -127,6 +127,7 @@ def locate_cmsis_nn(path: str | os.PathLike[str] | None = None, api: str | None 
 
 
 _CONV_PROTO_RE = re.compile(r"/\*\*((?:(?!\*/).)*)\*/\s*arm_cmsis_nn_status\s+arm_convolve_s8\s*\(([^;]*)\);", re.S)
+_CONV_S16_RE = re.compile(r"arm_cmsis_nn_status\s+arm_convolve_wrapper_s16\s*\(([^;]*)\);")
 _VECTOR_SUM_RE = re.compile(r"arm_cmsis_nn_status\s+arm_vector_sum_s8\s*\(([^;]*)\);")
 _MVE_LANES_RE = re.compile(r"arm_convolve_s8_get_buffer_size_mve\s*\([^)]*\)\s*\{[^}]*?"
                            r"col_length\s*=\s*\(col_length\s*\+\s*(\d+)\)\s*/\s*(\d+)", re.S)
@@ -153,6 +154,7 @@ def detect_capabilities(root: Path) -> dict[str, bool | int]:
         "mve_im2col_lanes": int(lanes.group(2)),
         "fc_kernel_sums_with_bias": "lhs_offset" in vector_sum.group(1),
         "fc_per_channel": re.search(r"arm_cmsis_nn_status\s+arm_fully_connected_per_channel_s8\s*\(", header) is not None,
+        "conv_s16_bias_struct": bool((s16 := _CONV_S16_RE.search(header)) and "cmsis_nn_bias_data" in s16.group(1)),
     }
 
 

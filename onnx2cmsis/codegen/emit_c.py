@@ -84,17 +84,22 @@ def make_layers(graph: Graph, calls: list[KernelCall]) -> list[Layer]:
     return layers
 
 
-def _pointer(p: Placement, const: bool) -> str:
+def _pointer(p: Placement, ctype: str, const: bool) -> str:
+    """A C expression for a tensor's first element, typed as its elements (int8_t or int16_t)."""
     if p.storage == "input":
-        return "input" if const else "(int8_t *)input"
+        return "input" if const else f"({ctype} *)input"
     if p.storage == "output":
         return "output"
-    return f"(arena + {p.offset})"
+    return f"(arena + {p.offset})" if ctype == "int8_t" else f"({ctype} *)(void *)(arena + {p.offset})"
 
 
 def _bits(graph: Graph, tensor: str) -> int:
     q = graph.tensors[tensor].quant
     return 8 if q is None else q.bits
+
+
+def _ctype(graph: Graph, tensor: str) -> str:
+    return "int8_t" if _bits(graph, tensor) == 8 else "int16_t"
 
 
 def render(
@@ -111,9 +116,11 @@ def render(
         ctx = dict(layer.call.context)
         ctx.update(
             ident=layer.ident,
-            in_ptr=_pointer(plan.tensors[node.inputs[0]], const=True),
-            in_ptrs=[_pointer(plan.tensors[t], const=True) for t in node.inputs],
-            out_ptr=_pointer(plan.tensors[node.output], const=False),
+            in_ptr=_pointer(plan.tensors[node.inputs[0]], _ctype(graph, node.inputs[0]), const=True),
+            in_ptrs=[_pointer(plan.tensors[t], _ctype(graph, t), const=True) for t in node.inputs],
+            out_ptr=_pointer(plan.tensors[node.output], _ctype(graph, node.output), const=False),
+            in_ctype=_ctype(graph, node.inputs[0]),
+            out_ctype=_ctype(graph, node.output),
             scratch_ptr=f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL",
         )
         blocks.append(env.get_template(f"ops/{layer.call.template}").render(ctx))

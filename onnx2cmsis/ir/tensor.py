@@ -28,6 +28,11 @@ class QuantParams:
         """The C element type of a tensor quantized this way."""
         return C_TYPES[self.bits]
 
+    @property
+    def dtype(self) -> type:
+        """The numpy element type of a tensor quantized this way."""
+        return np.int8 if self.bits == 8 else np.int16
+
 
 @dataclass
 class Tensor:
@@ -42,3 +47,8 @@ class Tensor:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes in C (elements x their width; 1 each before quantization)."""
+        return self.size * (1 if self.quant is None else self.quant.bits // 8)

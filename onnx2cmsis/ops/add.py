@@ -1,8 +1,8 @@
-"""Add of two computed tensors (residual connections) -> arm_elementwise_add_s8.
+"""Add of two computed tensors (residual connections) -> arm_elementwise_add_s8 (_s16 at 16x8).
 
 TFLite-Micro's int8 ADD: both inputs are brought to a common scale (2 * the larger input scale)
-with 20 bits of headroom, summed, and requantized to the output. The parameters are computed the way
-its Prepare does (float32 scales, the larger one taken before widening to double).
+with 20 bits of headroom (15 at int16), summed, and requantized to the output. The parameters are
+computed the way its Prepare does (float32 scales, the larger one taken before widening to double).
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ from onnx2cmsis.ops.base import (
     elementwise_io,
     fused_activation_range,
 )
-from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate_int8
+from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate
 
-LEFT_SHIFT = 20
+LEFT_SHIFT = {8: 20, 16: 15}  # headroom bits by activation width, as TFLite-Micro's Prepare sets them
 
 
-def add_params(s1: float, s2: float, s_out: float) -> dict[str, int]:
+def add_params(s1: float, s2: float, s_out: float, bits: int = 8) -> dict[str, int]:
     twice = 2.0 * float(max(np.float32(s1), np.float32(s2)))
     m1, sh1 = quantize_multiplier(float(np.float32(s1)) / twice)
     m2, sh2 = quantize_multiplier(float(np.float32(s2)) / twice)
-    mo, sho = quantize_multiplier(twice / ((1 << LEFT_SHIFT) * float(np.float32(s_out))))
-    return {"mult1": m1, "shift1": sh1, "mult2": m2, "shift2": sh2, "mult_out": mo, "shift_out": sho}
+    mo, sho = quantize_multiplier(twice / ((1 << LEFT_SHIFT[bits]) * float(np.float32(s_out))))
+    return {"mult1": m1, "shift1": sh1, "mult2": m2, "shift2": sh2, "mult_out": mo, "shift_out": sho,
+            "left_shift": LEFT_SHIFT[bits]}
 
 
 class AddHandler(OpHandler):
@@ -50,29 +51,32 @@ class AddHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
         q1, q2 = (graph.tensors[t].quant for t in node.inputs)
-        node.qparams = {**add_params(q1.scale, q2.scale, graph.tensors[node.output].quant.scale),
+        q_out = graph.tensors[node.output].quant
+        node.qparams = {**add_params(q1.scale, q2.scale, q_out.scale, q_out.bits),
                         "act_range": fused_activation_range(node, graph)}
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
         q1, q2 = (graph.tensors[t].quant for t in node.inputs)
-        x1 = (inputs[0].astype(np.int64) - q1.zero_point) << LEFT_SHIFT
-        x2 = (inputs[1].astype(np.int64) - q2.zero_point) << LEFT_SHIFT
+        q_out = graph.tensors[node.output].quant
+        x1 = (inputs[0].astype(np.int64) - q1.zero_point) << qp["left_shift"]
+        x2 = (inputs[1].astype(np.int64) - q2.zero_point) << qp["left_shift"]
         total = requantize(x1, qp["mult1"], qp["shift1"]) + requantize(x2, qp["mult2"], qp["shift2"])
-        y = requantize(total, qp["mult_out"], qp["shift_out"]) + graph.tensors[node.output].quant.zero_point
-        return [saturate_int8(y, *qp["act_range"])]
+        y = requantize(total, qp["mult_out"], qp["shift_out"]) + q_out.zero_point
+        return [saturate(y, q_out.bits, *qp["act_range"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         q1, q2 = (graph.tensors[t].quant for t in node.inputs)
         qp = node.qparams
+        kernel = f"arm_elementwise_add_s{graph.tensors[node.output].quant.bits}"
         return KernelCall(
             template="add.c.j2",
-            kernel="arm_elementwise_add_s8",
+            kernel=kernel,
             context={**{k: v for k, v in qp.items() if k != "act_range"}, "offset1": -q1.zero_point,
-                     "offset2": -q2.zero_point, "left_shift": LEFT_SHIFT,
+                     "offset2": -q2.zero_point, "kernel": kernel,
                      "out_offset": graph.tensors[node.output].quant.zero_point, "act_min": qp["act_range"][0],
                      "act_max": qp["act_range"][1], "size": graph.tensors[node.output].size},
-            functions=["arm_elementwise_add_s8"],
+            functions=[kernel],
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:

@@ -208,11 +208,11 @@ def calibrated_quant(graph: Graph, tensor: str, ranges: dict[str, tuple[float, f
     if key not in ranges:
         raise KeyError(f"no calibration range for tensor '{key}'")
     lo, hi = ranges[key]
-    return activation_quant(lo, hi)
+    return activation_quant(lo, hi, graph.quant_options.activation_bits)
 
 
 def fused_activation_range(node: Node, graph: Graph) -> tuple[int, int]:
-    """The int8 clamp of a fused Relu/Clip (node.attrs["act"]) in the node's output quantization."""
+    """The integer clamp of a fused Relu/Clip (node.attrs["act"]) in the node's output quantization."""
     q = graph.tensors[node.output].quant
     assert q is not None
     lo, hi = node.attrs.get("act", (None, None))

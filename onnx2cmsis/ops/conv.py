@@ -1,4 +1,5 @@
-"""Conv1D: ONNX Conv on (N, C, W) -> arm_convolve_s8 / arm_convolve_1x1_s8_fast, per-channel int8."""
+"""Conv1D: ONNX Conv on (N, C, W) -> arm_convolve_s8 / arm_convolve_1x1_s8_fast, per-channel int8 weights;
+at 16x8 (int16 activations) arm_convolve_wrapper_s16 with int64 biases."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from onnx2cmsis.ops.base import (
 )
 from onnx2cmsis.quant.rules import (
     check_accumulator_headroom,
+    check_accumulator_headroom_s16,
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
     requantize,
-    saturate_int8,
+    requantize_s64,
+    saturate,
     symmetric_weight_scales,
 )
 
@@ -39,6 +42,14 @@ def conv_scratch_bytes(kernel: int, in_ch: int, api: CmsisApi) -> int:
     lanes = api.mve_im2col_lanes
     mve = 4 * ((cols + lanes - 1) // lanes) * lanes
     return max(dsp, mve)
+
+
+def conv_s16_scratch_bytes(kernel: int, in_ch: int, api: CmsisApi) -> int:
+    """arm_convolve_wrapper_s16_get_buffer_size, the largest over pure-C, DSP and MVE builds: two int16
+    im2col columns on DSP (level 7: also pure C), four 8-lane-padded ones on MVE (level 7 only)."""
+    cols = kernel * in_ch
+    dsp = 2 * cols * 2
+    return max(dsp, 4 * ((cols + 7) // 8) * 8 * 2) if api.conv_s16_bias_struct else dsp
 
 
 def block_diagonal(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -54,9 +65,10 @@ def block_diagonal(weight: np.ndarray, groups: int) -> np.ndarray:
     return full
 
 
-def quantize_per_channel(node: Node, graph: Graph) -> None:
+def quantize_per_channel(node: Node, graph: Graph, headroom: bool = True) -> None:
     """node.qparams of a per-channel conv (full or depthwise): weights symmetric per output channel
-    (axis 0 of node.consts["weight"]), int32 bias, one multiplier/shift per channel."""
+    (axis 0 of node.consts["weight"]), int32 bias (int64 at 16x8), one multiplier/shift per channel.
+    `headroom`: refuse weights whose accumulator the kernel can overflow (see rules.py)."""
     q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
     assert q_in is not None and q_out is not None
     w = node.consts["weight"]
@@ -66,13 +78,29 @@ def quantize_per_channel(node: Node, graph: Graph) -> None:
     node.qparams = {
         "weight": quantize_weights(w, s_w, axis=0),
         "weight_scales": s_w,
-        "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, where),
+        "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, where, 64 if q_in.bits == 16 else 32),
         "multiplier": np.array(mults, np.int32),
         "shift": np.array(shifts, np.int32),
         "act_range": fused_activation_range(node, graph),
     }
-    check_accumulator_headroom(node.qparams["weight"], node.qparams["bias"], q_in.zero_point,
-                               node.qparams["shift"], where)
+    if not headroom:
+        return
+    if q_in.bits == 16:
+        check_accumulator_headroom_s16(node.qparams["weight"], where)
+    else:
+        check_accumulator_headroom(node.qparams["weight"], node.qparams["bias"], q_in.zero_point,
+                                   node.qparams["shift"], where)
+
+
+def requantize_output(acc: np.ndarray, node: Node, graph: Graph) -> np.ndarray:
+    """A conv/dense accumulator (bias included) -> the output codes: double-rounding requantize plus
+    the zero point at int8, the 64-bit requantize at 16x8; then the fused activation clamp."""
+    qp, q_out = node.qparams, graph.tensors[node.output].quant
+    if graph.tensors[node.inputs[0]].quant.bits == 16:
+        y = requantize_s64(acc, qp["multiplier"], qp["shift"])
+    else:
+        y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
+    return saturate(y, q_out.bits, *qp["act_range"])
 
 
 def fold_affine_into_weights(node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
@@ -95,8 +123,9 @@ def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]
         "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
         "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
     }
+    wide = qp["bias"].dtype == np.int64
     arrays = [
-        CArray("bias", "int32_t", qp["bias"], "int32, scale s_in*s_w[c]"),
+        CArray("bias", "int64_t" if wide else "int32_t", qp["bias"], f"int{64 if wide else 32}, scale s_in*s_w[c]"),
         CArray("multiplier", "int32_t", qp["multiplier"], "per-channel requantization multiplier"),
         CArray("shift", "int32_t", qp["shift"], "per-channel requantization shift (>0: left)"),
     ]
@@ -159,7 +188,6 @@ class Conv1DHandler(OpHandler):
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams
         q_in = graph.tensors[node.inputs[0]].quant
-        q_out = graph.tensors[node.output].quant
         x = inputs[0].astype(np.int64) - q_in.zero_point  # input_offset = -zp: padding contributes 0
         w_out = self.output_shapes(node, [inputs[0].shape])[0][0]
         k, s, d = a["kernel"], a["stride"], a["dilation"]
@@ -170,8 +198,7 @@ class Conv1DHandler(OpHandler):
         cols = xp[taps].reshape(w_out, -1)  # (w_out, k*c_in)
         wq = block_diagonal(qp["weight"], a.get("groups", 1)).astype(np.int64)
         acc = cols @ wq.reshape(wq.shape[0], -1).T + qp["bias"].astype(np.int64)
-        y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
-        return [saturate_int8(y, *qp["act_range"])]
+        return [requantize_output(acc, node, graph)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         a, qp = node.attrs, node.qparams
@@ -182,6 +209,8 @@ class Conv1DHandler(OpHandler):
         # otherwise it is the block-diagonal full conv, which adds only exact zeros at `groups` times
         # the weights and MACs. Same bytes out either way.
         groups = a.get("groups", 1)
+        if graph.tensors[node.inputs[0]].quant.bits == 16:
+            return conv_s16_call(node, graph, block_diagonal(qp["weight"], groups), w_in, w_out)
         native_groups = groups > 1 and graph.cmsis_api.conv_native_groups
         weight = qp["weight"] if native_groups else block_diagonal(qp["weight"], groups)
         filter_c = weight.shape[2]
@@ -208,19 +237,49 @@ class Conv1DHandler(OpHandler):
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
-        fb, qp, a = ex.fb, node.qparams, node.attrs
         src = ex.padded(ex.activation(node.inputs[0]), node)
-        w = block_diagonal(qp["weight"], a.get("groups", 1))  # (C_out, K, C_in): same sums as the groups
-        s_in = ex.graph.tensors[node.inputs[0]].quant.scale
-        wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * w.shape[0], axis=0)
-        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
-                                zero_points=[0] * w.shape[0], axis=0)
-        weights = ex.const(w.reshape(w.shape[0], 1, w.shape[1], w.shape[2]), fb.TensorType.INT8, f"{node.output}_w", wq)
-        bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
-        opts = fb.Conv2DOptionsT()
-        opts.padding = fb.Padding.VALID
-        opts.strideW, opts.strideH = a["stride"], 1
-        opts.dilationWFactor, opts.dilationHFactor = a["dilation"], 1
-        opts.fusedActivationFunction = ex.fused(node)
-        ex.op(fb.BuiltinOperator.CONV_2D, [src, weights, bias], [ex.activation(node.output)],
-              fb.BuiltinOptions.Conv2DOptions, opts)
+        w = block_diagonal(node.qparams["weight"], node.attrs.get("groups", 1))  # same sums as the groups
+        export_conv2d(ex, node, src, w, ex.activation(node.output))
+
+
+def export_conv2d(ex: TfliteContext, node: Node, src, weight: np.ndarray, dst) -> None:
+    """CONV_2D of (C_out, K, C_in) per-channel weights with node's bias, stride, dilation and fused
+    activation (int32 bias at int8, int64 at 16x8): the TFLite form of a conv (and of a per-channel
+    dense layer over one step)."""
+    fb, qp, a = ex.fb, node.qparams, node.attrs
+    s_in = ex.graph.tensors[node.inputs[0]].quant.scale
+    c_out = weight.shape[0]
+    wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * c_out, axis=0)
+    bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
+                            zero_points=[0] * c_out, axis=0)
+    weights = ex.const(weight.reshape(c_out, 1, weight.shape[1], weight.shape[2]), fb.TensorType.INT8,
+                       f"{node.output}_w", wq)
+    wide = qp["bias"].dtype == np.int64
+    bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
+    opts = fb.Conv2DOptionsT()
+    opts.padding = fb.Padding.VALID
+    opts.strideW, opts.strideH = a.get("stride", 1), 1
+    opts.dilationWFactor, opts.dilationHFactor = a.get("dilation", 1), 1
+    opts.fusedActivationFunction = ex.fused(node)
+    ex.op(fb.BuiltinOperator.CONV_2D, [src, weights, bias], [dst], fb.BuiltinOptions.Conv2DOptions, opts)
+
+
+def conv_s16_call(node: Node, graph: Graph, weight: np.ndarray, w_in: int, w_out: int) -> KernelCall:
+    """arm_convolve_wrapper_s16 for (C_out, K, C_in) weights (a conv, or a per-channel dense layer as
+    K = 1 over one step): per-channel int8 weights, int64 bias. Its bias argument is a
+    cmsis_nn_bias_data at level 7 and a plain int64_t pointer before."""
+    a = node.attrs
+    c_out, k, c_in = weight.shape
+    check_uint16(node.where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=k, pad=a.get("pad", (0, 0))[0])
+    scratch = conv_s16_scratch_bytes(k, c_in, graph.cmsis_api)
+    common, arrays = per_channel_call_parts(node, graph)
+    return KernelCall(
+        template="conv1d_s16.c.j2",
+        kernel="arm_convolve_wrapper_s16",
+        context={"w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": k, **common,
+                 "scratch_bytes": scratch, "bias_struct": graph.cmsis_api.conv_s16_bias_struct},
+        arrays=[CArray("weights", "int8_t", weight, f"[{c_out}][1][{k}][{c_in}] per-channel int8"), *arrays],
+        functions=["arm_convolve_wrapper_s16", "arm_convolve_wrapper_s16_get_buffer_size"],
+        scratch_bytes=scratch,
+        macs=w_out * c_out * k * c_in,
+    )

@@ -3,6 +3,9 @@ quantized per channel (QuantOptions.weights_of: the --dense-weights option, or p
 choice under "auto", the default), one weight scale per output feature as TFLite 2.21's converter
 writes FULLY_CONNECTED: arm_fully_connected_per_channel_s8 where CMSIS-NN has it
 (v7.0.0 on, level 7), else the equivalent 1x1 convolution over one step (level 2024.01).
+
+At 16x8 (int16 activations): arm_fully_connected_s16 per tensor (int64 bias); per channel, which
+that kernel does not take, the 1x1 s16 convolution over one step at every level.
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ from onnx2cmsis.ops.base import (
     check_uint16,
     fused_activation_range,
 )
-from onnx2cmsis.ops.conv import fold_affine_into_weights, per_channel_call_parts, quantize_per_channel
+from onnx2cmsis.ops.conv import (
+    conv_s16_call,
+    export_conv2d,
+    fold_affine_into_weights,
+    per_channel_call_parts,
+    quantize_per_channel,
+    requantize_output,
+)
 from onnx2cmsis.quant.rules import (
     check_accumulator_headroom,
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
-    requantize,
-    saturate_int8,
     symmetric_weight_scales,
 )
 
@@ -116,29 +124,32 @@ class DenseHandler(OpHandler):
         s_w = symmetric_weight_scales(w, axis=None)
         m, sh = quantize_multiplier(float(q_in.scale) * float(s_w[0]) / float(q_out.scale))
         wq = quantize_weights(w, s_w, axis=None)
+        wide = q_in.bits == 16
         node.qparams = {
             "weight": wq,
             "weight_scales": s_w,
-            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, node.where),
+            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, node.where, 64 if wide else 32),
             "multiplier": m,
             "shift": sh,
             "act_range": fused_activation_range(node, graph),
         }
-        check_accumulator_headroom(wq, node.qparams["bias"], q_in.zero_point, sh, node.where)
+        if not wide:  # arm_fully_connected_s16 sums in 64 bits past 512 columns: no overflow at 16x8
+            check_accumulator_headroom(wq, node.qparams["bias"], q_in.zero_point, sh, node.where)
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
-        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        q_in = graph.tensors[node.inputs[0]].quant
         x = inputs[0].reshape(-1).astype(np.int64) - q_in.zero_point
         acc = qp["weight"].astype(np.int64) @ x + qp["bias"].astype(np.int64)
-        y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
-        return [saturate_int8(y, *qp["act_range"])]
+        return [requantize_output(acc, node, graph)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         qp = node.qparams
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         n_out, n_in = qp["weight"].shape
         check_uint16(node.where, in_features=n_in, out_features=n_out)
+        if q_in.bits == 16:
+            return self._emit_s16(node, graph)
         kernel_sums = CArray("kernel_sums", "int32_t", mve_kernel_sums(qp["weight"], qp["bias"], -q_in.zero_point,
                                                                       graph.cmsis_api),
                              "per-row sums the MVE kernel starts from", guard="defined(ARM_MATH_MVEI)")
@@ -179,6 +190,24 @@ class DenseHandler(OpHandler):
             macs=n_in * n_out,
         )
 
+    def _emit_s16(self, node: Node, graph: Graph) -> KernelCall:
+        qp = node.qparams
+        n_out, n_in = qp["weight"].shape
+        if np.ndim(qp["multiplier"]) != 0:  # per channel: arm_fully_connected_s16 takes one multiplier
+            return conv_s16_call(node, graph, qp["weight"][:, None, :], 1, 1)
+        return KernelCall(
+            template="dense_s16.c.j2",
+            kernel="arm_fully_connected_s16",
+            context={"n_in": n_in, "n_out": n_out, "multiplier": qp["multiplier"], "shift": qp["shift"],
+                     "act_min": qp["act_range"][0], "act_max": qp["act_range"][1]},
+            arrays=[
+                CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-tensor int8"),
+                CArray("bias", "int64_t", qp["bias"], "int64, scale s_in*s_w"),
+            ],
+            functions=["arm_fully_connected_s16"],
+            macs=n_in * n_out,
+        )
+
     def _as_pointwise_conv(self, node: Node, graph: Graph) -> KernelCall:
         """Where CMSIS-NN has no per-channel fully-connected kernel (the 2024.01 snapshot): the same
         arithmetic as a 1x1 convolution over one time step, which is per-channel in every version."""
@@ -197,13 +226,19 @@ class DenseHandler(OpHandler):
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb, qp = ex.fb, node.qparams
+        wide = qp["bias"].dtype == np.int64
+        if wide and np.ndim(qp["multiplier"]) != 0:
+            # per channel at 16x8 as the 1x1 convolution the C runs (same arithmetic in TFLite-Micro)
+            export_conv2d(ex, node, ex.as_feature_map(node.inputs[0]), qp["weight"][:, None, :],
+                          ex.as_feature_map(node.output, True))
+            return
         s_in = ex.graph.tensors[node.inputs[0]].quant.scale
         scales = [float(s) for s in qp["weight_scales"]]  # one (per tensor) or one per output feature
         wq = ex.me.Quantization(scales=scales, zero_points=[0] * len(scales), axis=0)
         bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in scales],
                                 zero_points=[0] * len(scales), axis=0)
         weights = ex.const(qp["weight"], fb.TensorType.INT8, f"{node.output}_w", wq)
-        bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
+        bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
         opts = fb.FullyConnectedOptionsT()
         opts.fusedActivationFunction = ex.fused(node)
         ex.op(fb.BuiltinOperator.FULLY_CONNECTED, [ex.activation(node.inputs[0]), weights, bias],

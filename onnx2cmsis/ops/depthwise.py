@@ -11,8 +11,12 @@ import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, TfliteContext, check_uint16
-from onnx2cmsis.ops.conv import fold_affine_into_weights, per_channel_call_parts, quantize_per_channel
-from onnx2cmsis.quant.rules import requantize, saturate_int8
+from onnx2cmsis.ops.conv import (
+    fold_affine_into_weights,
+    per_channel_call_parts,
+    quantize_per_channel,
+    requantize_output,
+)
 
 def dw_scratch_bytes(kernel: int, channels: int) -> int:
     """arm_depthwise_conv_s8_opt_get_buffer_size of a DSP build (int16 copies of the input columns).
@@ -21,6 +25,12 @@ def dw_scratch_bytes(kernel: int, channels: int) -> int:
     for a 3-tap kernel), more than many whole 1D models need; the generated C calls the scratch-free
     arm_depthwise_conv_s8 there instead, so the arena does not grow for one ISA."""
     return 2 * channels * kernel
+
+
+def dw_s16_scratch_bytes(kernel: int, channels: int, fast: bool) -> int:
+    """arm_depthwise_conv_wrapper_s16_get_buffer_size, the largest of the DSP (int16 columns) and MVE
+    (four of them, plus 8 bytes of over-read) builds; none where the wrapper takes the plain kernel."""
+    return 4 * channels * kernel * 2 + 8 if fast else 0
 
 
 def _feature_map(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -48,7 +58,7 @@ class DepthwiseConv1DHandler(OpHandler):
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams
-        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        q_in = graph.tensors[node.inputs[0]].quant
         x = inputs[0].reshape(_feature_map(inputs[0].shape)).astype(np.int64) - q_in.zero_point
         c_out, k = qp["weight"].shape
         mult = c_out // x.shape[1]
@@ -58,8 +68,7 @@ class DepthwiseConv1DHandler(OpHandler):
         xp = np.pad(x, ((pad_l, right), (0, 0)))[:, np.arange(c_out) // mult]  # (W', C_out)
         taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d
         acc = np.einsum("tkc,ck->tc", xp[taps], qp["weight"].astype(np.int64)) + qp["bias"].astype(np.int64)
-        y = requantize(acc, qp["multiplier"], qp["shift"]) + q_out.zero_point
-        return [saturate_int8(y, *qp["act_range"]).reshape(graph.tensors[node.output].shape)]
+        return [requantize_output(acc, node, graph).reshape(graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         a, qp = node.attrs, node.qparams
@@ -68,10 +77,23 @@ class DepthwiseConv1DHandler(OpHandler):
         check_uint16(node.where, width=w_in, channels=c_out, kernel=a["kernel"],
                      pad=a["pad"][0])
         mult = c_out // c_in
+        common, arrays = per_channel_call_parts(node, graph)
+        weights = CArray("weights", "int8_t", np.ascontiguousarray(qp["weight"].T),
+                         f"[1][{a['kernel']}][{c_out}] per-channel int8")
+        macs = w_out * c_out * a["kernel"]
+        if graph.tensors[node.inputs[0]].quant.bits == 16:
+            # the wrapper's own choice (USE_FAST_DW_CONV_S16_FUNCTION), the same at every level
+            scratch = dw_s16_scratch_bytes(a["kernel"], c_in, mult == 1 and a["dilation"] == 1 and a["kernel"] < 512)
+            return KernelCall(
+                template="dwconv1d_s16.c.j2", kernel="arm_depthwise_conv_wrapper_s16",
+                context={"w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "mult": mult,
+                         **common, "scratch_bytes": scratch},
+                arrays=[weights, *arrays],
+                functions=["arm_depthwise_conv_wrapper_s16", "arm_depthwise_conv_wrapper_s16_get_buffer_size"],
+                scratch_bytes=scratch, macs=macs)
         fast = mult == 1 and a["dilation"] == 1
         kernel = "arm_depthwise_conv_s8_opt" if fast else "arm_depthwise_conv_s8"
         scratch = dw_scratch_bytes(a["kernel"], c_in) if fast else 0
-        common, arrays = per_channel_call_parts(node, graph)
         return KernelCall(
             template="dwconv1d.c.j2",
             kernel=kernel,
@@ -79,14 +101,10 @@ class DepthwiseConv1DHandler(OpHandler):
                 "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "mult": mult,
                 **common, "scratch_bytes": scratch, "fast": fast,
             },
-            arrays=[
-                CArray("weights", "int8_t", np.ascontiguousarray(qp["weight"].T),
-                       f"[1][{a['kernel']}][{c_out}] per-channel int8"),
-                *arrays,
-            ],
+            arrays=[weights, *arrays],
             functions=[kernel] + (["arm_depthwise_conv_s8", "arm_depthwise_conv_s8_opt_get_buffer_size"] if fast else []),
             scratch_bytes=scratch,
-            macs=w_out * c_out * a["kernel"],
+            macs=macs,
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
@@ -102,7 +120,8 @@ class DepthwiseConv1DHandler(OpHandler):
                                 zero_points=[0] * c_out, axis=0)
         weights = ex.const(np.ascontiguousarray(w.T).reshape(1, 1, w.shape[1], c_out), fb.TensorType.INT8,
                            f"{node.output}_w", wq)
-        bias = ex.const(qp["bias"], fb.TensorType.INT32, f"{node.output}_b", bq)
+        wide = qp["bias"].dtype == np.int64
+        bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
         opts = fb.DepthwiseConv2DOptionsT()
         opts.padding = fb.Padding.VALID
         opts.strideW, opts.strideH = a["stride"], 1

@@ -16,7 +16,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
 from onnx2cmsis.ops.pool import add_global_pool
-from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate_int8
+from onnx2cmsis.quant.rules import int_range, quantize_multiplier, requantize, saturate
 
 
 def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:
@@ -42,7 +42,7 @@ class Mean1DHandler(OpHandler):
         q_in = graph.tensors[node.inputs[0]].quant
         q_out = graph.tensors[node.output].quant = calibrated_quant(graph, node.output, ranges)
         steps = graph.tensors[node.inputs[0]].shape[0]
-        if steps * 255 > 2**31 - 1:
+        if steps * (1 << q_in.bits) > 2**31 - 1:
             raise ConversionError(f"{node.where}: a mean over {steps} steps can overflow its int32 sum")
         multiplier, shift = mean_multiplier(q_in.scale, q_out.scale, steps)
         node.qparams = {"multiplier": multiplier, "shift": shift,
@@ -51,11 +51,14 @@ class Mean1DHandler(OpHandler):
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         q = node.qparams
         total = inputs[0].astype(np.int64).sum(axis=0, keepdims=True) + q["offset"]
-        return [saturate_int8(requantize(total, q["multiplier"], q["shift"]) + q["output_offset"])]
+        bits = graph.tensors[node.output].quant.bits
+        return [saturate(requantize(total, q["multiplier"], q["shift"]) + q["output_offset"], bits)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         steps, channels = graph.tensors[node.inputs[0]].shape
-        return KernelCall(template="mean1d.c.j2", kernel="own loop", context={"w_in": steps, "c": channels, **node.qparams})
+        out_min, out_max = int_range(graph.tensors[node.output].quant.bits)
+        return KernelCall(template="mean1d.c.j2", kernel="own loop", context={
+            "w_in": steps, "c": channels, "out_min": out_min, "out_max": out_max, **node.qparams})
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb = ex.fb

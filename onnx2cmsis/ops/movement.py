@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 
@@ -166,11 +166,13 @@ class GatherHandler(OpHandler):
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb = ex.fb
+        if ex.graph.tensors[node.inputs[0]].quant.bits == 16:
+            raise NotExportable("TFLite-Micro's GATHER has no int16 kernel", node.name)
         src, dst = ex.activation(node.inputs[0]), ex.activation(node.output)
         index = node.attrs["index"].astype(np.int32)
-        flat_src = ex.me.Tensor(shape=[int(np.prod(src.shape))], dtype=fb.TensorType.INT8,
+        flat_src = ex.me.Tensor(shape=[int(np.prod(src.shape))], dtype=src.dtype,
                                 quantization=src.quantization, name=f"{node.output}_flat_in")
-        flat_dst = ex.me.Tensor(shape=[index.size], dtype=fb.TensorType.INT8, quantization=dst.quantization,
+        flat_dst = ex.me.Tensor(shape=[index.size], dtype=dst.dtype, quantization=dst.quantization,
                                 name=f"{node.output}_flat_out")
         ex.reshape(src, flat_src)
         opts = fb.GatherOptionsT()

@@ -1,4 +1,4 @@
-"""1D pooling: MaxPool / AveragePool / global max -> arm_max_pool_s8 / arm_avgpool_s8.
+"""1D pooling: MaxPool / AveragePool / global max -> arm_max_pool_s8 / arm_avgpool_s8 (_s16 at 16x8).
 
 Outputs keep the input's quantization (a TFLite rule), so pooling averages or compares raw codes.
 GlobalMaxPool and ReduceMax over time are pools whose kernel spans the whole width; the global
@@ -23,7 +23,7 @@ from onnx2cmsis.ops.base import (
     int_attr_list,
     spatial_1d,
 )
-from onnx2cmsis.quant.rules import saturate_int8
+from onnx2cmsis.quant.rules import int_range, saturate
 
 GLOBAL_OPS = ("GlobalMaxPool", "ReduceMax")
 
@@ -121,24 +121,26 @@ class MaxPool1DHandler(OpHandler):
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
+        bits = graph.tensors[node.output].quant.bits
         taps, valid = _window_taps(node.attrs, x.shape[0])
-        windows = np.where(valid[:, :, None], x[taps], np.int8(-128))  # a padded tap never wins
-        return [saturate_int8(windows.max(axis=1), *node.qparams["act_range"])]
+        windows = np.where(valid[:, :, None], x[taps], int_range(bits)[0])  # a padded tap never wins
+        return [saturate(windows.max(axis=1), bits, *node.qparams["act_range"])]
 
     def _context(self, node: Node, graph: Graph) -> dict:
         (w_in, c), (w_out, _) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
         a = node.attrs
+        bits = graph.tensors[node.output].quant.bits
         return {"w_in": w_in, "c": c, "w_out": w_out, "k": a["kernel"], "stride": a["stride"], "pad": a["pad_left"],
                 "dilation": a.get("dilation", 1), "act_min": node.qparams["act_range"][0],
-                "act_max": node.qparams["act_range"][1]}
+                "act_max": node.qparams["act_range"][1], "type_min": int_range(bits)[0], "s": f"s{bits}"}
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         ctx = self._context(node, graph)
         if ctx["dilation"] != 1 or max(ctx["w_in"], ctx["c"], ctx["k"], ctx["w_out"]) > 0xFFFF:
             # CMSIS-NN has no dilated max pool and casts dimensions to uint16: an own loop covers both
             return KernelCall(template="maxpool1d_loop.c.j2", kernel="own loop", context=ctx)
-        return KernelCall(template="maxpool1d.c.j2", kernel="arm_max_pool_s8", context=ctx,
-                          functions=["arm_max_pool_s8"])
+        kernel = f"arm_max_pool_{ctx['s']}"
+        return KernelCall(template="maxpool1d.c.j2", kernel=kernel, context=ctx, functions=[kernel])
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb, a = ex.fb, node.attrs
@@ -149,12 +151,14 @@ class MaxPool1DHandler(OpHandler):
         src = ex.activation(node.inputs[0])
         pad_r = max(0, (out_w - 1) * s + k - w_in - p)
         if p or pad_r:
-            # PADV2 with -128 then VALID: a padded tap never wins the max, as CMSIS-NN skips it.
-            padded = ex.me.Tensor(shape=[1, 1, w_in + p + pad_r, c], dtype=fb.TensorType.INT8,
+            # PADV2 with the lowest code then VALID: a padded tap never wins the max, as CMSIS-NN skips it.
+            q = ex.graph.tensors[node.inputs[0]].quant
+            padded = ex.me.Tensor(shape=[1, 1, w_in + p + pad_r, c], dtype=src.dtype,
                                   quantization=src.quantization, name=f"{node.output}_padded")
             pads = ex.const(np.array([[0, 0], [0, 0], [p, pad_r], [0, 0]], np.int32), fb.TensorType.INT32,
                             f"{node.output}_pads")
-            low = ex.const(np.array([-128], np.int8), fb.TensorType.INT8, f"{node.output}_pad_value", src.quantization)
+            low = ex.const(np.array([int_range(q.bits)[0]], q.dtype), src.dtype, f"{node.output}_pad_value",
+                           src.quantization)
             ex.op(fb.BuiltinOperator.PADV2, [src, pads, low], [padded], fb.BuiltinOptions.PadV2Options,
                   fb.PadV2OptionsT())
             src = padded
@@ -200,15 +204,15 @@ class AvgPool1DHandler(MaxPool1DHandler):
             total, count = x[lo:hi].sum(axis=0), hi - lo
             half = count // 2
             out[o] = np.where(total > 0, (total + half) // count, -((half - total) // count))
-        return [saturate_int8(out, *node.qparams["act_range"])]
+        return [saturate(out, graph.tensors[node.output].quant.bits, *node.qparams["act_range"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         ctx = self._context(node, graph)
         check_uint16(node.where, width=ctx["w_in"], channels=ctx["c"], kernel=ctx["k"])
         ctx["scratch_bytes"] = 4 * ctx["c"]  # the DSP build's int32 row of sums (pure C and MVE need none)
-        return KernelCall(template="avgpool1d.c.j2", kernel="arm_avgpool_s8", context=ctx,
-                          functions=["arm_avgpool_s8", "arm_avgpool_s8_get_buffer_size"],
-                          scratch_bytes=ctx["scratch_bytes"])
+        kernel = f"arm_avgpool_{ctx['s']}"
+        return KernelCall(template="avgpool1d.c.j2", kernel=kernel, context=ctx,
+                          functions=[kernel, f"{kernel}_get_buffer_size"], scratch_bytes=ctx["scratch_bytes"])
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb, a = ex.fb, node.attrs

@@ -2,6 +2,9 @@
 
 The reference re-implements CMSIS-NN's fixed-point algorithm (gemmlowp exp on negative values,
 a Newton-Raphson reciprocal: quant/fixedpoint.py) with numpy integer arrays.
+
+At 16x8: arm_softmax_s16 with TFLite's two 513-entry int16 tables (exp and 1 / (1 + x), quant/lut16.py),
+output scale 1/32768, zero point 0.
 """
 
 from __future__ import annotations
@@ -12,13 +15,22 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.quant.lut16 import lookup, softmax_tables
 from onnx2cmsis.quant.fixedpoint import exp_on_negative_values, one_over_one_plus_x
-from onnx2cmsis.quant.rules import QuantParams, divide_by_power_of_two, doubling_high_mult, quantize_multiplier, wrap32
+from onnx2cmsis.quant.rules import (
+    QuantParams,
+    divide_by_power_of_two,
+    doubling_high_mult,
+    quantize_multiplier,
+    requantize,
+    wrap32,
+)
 
 SCALED_DIFF_INTEGER_BITS = 5
 ACCUM_BITS = 12
 OUTPUT_QUANT = QuantParams(1.0 / 256.0, -128)
+OUTPUT_QUANT_S16 = QuantParams(1.0 / 32768.0, 0, 16)
 
 
 def softmax_params(input_scale: float, beta: float = 1.0) -> tuple[int, int, int]:
@@ -43,6 +55,26 @@ def softmax_s8(x: np.ndarray, mult: int, shift: int, diff_min: int) -> np.ndarra
     return out.astype(np.int8).reshape(x.shape)
 
 
+def softmax_s16_params(input_scale: float, beta: float = 1.0) -> tuple[int, int]:
+    """(mult, shift) mapping an input difference to the exp table's [-10, 0] over 65535 steps."""
+    return quantize_multiplier(float(input_scale) * beta / (10.0 / 65535.0))
+
+
+def softmax_s16(x: np.ndarray, mult: int, shift: int, exp_table: np.ndarray, reciprocal_table: np.ndarray) -> np.ndarray:
+    """TFLite's SoftmaxInt16 (== arm_softmax_s16) over the last axis of an int16 array."""
+    rows = x.reshape(-1, x.shape[-1]).astype(np.int64)
+    diff = rows - rows.max(axis=1, keepdims=True)
+    scaled = np.clip(requantize(diff, mult, shift) + 32767, -32768, 32767)
+    e = lookup(scaled, exp_table).astype(np.int64)
+    total = e.sum(axis=1, keepdims=True)  # > 0: the row's maximum contributes exp(0)
+    headroom = np.array([[32 - int(t).bit_length()] for t in total[:, 0]], np.int64)  # leading zeros
+    shifted = ((total << (headroom - 1)) + (1 << 13)) >> 14
+    reciprocal = lookup(np.clip(shifted - 98304, -32768, 32767), reciprocal_table).astype(np.int64)
+    right = 31 - headroom
+    out = (e * reciprocal + (np.int64(1) << (right - 1))) >> right
+    return np.clip(out, 0, 32767).astype(np.int16).reshape(x.shape)
+
+
 class SoftmaxHandler(OpHandler):
     op = "softmax"
     onnx_ops = ("Softmax",)
@@ -64,18 +96,38 @@ class SoftmaxHandler(OpHandler):
         return [input_shapes[0]]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        q_in = graph.tensors[node.inputs[0]].quant
+        if q_in.bits == 16:
+            graph.tensors[node.output].quant = OUTPUT_QUANT_S16
+            mult, shift = softmax_s16_params(q_in.scale)
+            exp_table, reciprocal_table = softmax_tables()
+            node.qparams = {"mult": mult, "shift": shift, "exp_table": exp_table, "reciprocal_table": reciprocal_table}
+            return
         graph.tensors[node.output].quant = OUTPUT_QUANT
-        mult, shift, diff_min = softmax_params(graph.tensors[node.inputs[0]].quant.scale)
+        mult, shift, diff_min = softmax_params(q_in.scale)
         node.qparams = {"mult": mult, "shift": shift, "diff_min": diff_min}
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
+        if "exp_table" in qp:
+            return [softmax_s16(inputs[0], qp["mult"], qp["shift"], qp["exp_table"], qp["reciprocal_table"])]
         return [softmax_s8(inputs[0], qp["mult"], qp["shift"], qp["diff_min"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         shape = graph.tensors[node.inputs[0]].shape
         row = shape[-1]
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        qp = node.qparams
+        if "exp_table" in qp:
+            return KernelCall(
+                template="softmax_s16.c.j2",
+                kernel="arm_softmax_s16",
+                context={"rows": rows, "row_size": row, "mult": qp["mult"], "shift": qp["shift"]},
+                arrays=[CArray("exp_table", "int16_t", qp["exp_table"], "exp over [-10, 0], 513 entries (TFLite's)"),
+                        CArray("reciprocal_table", "int16_t", qp["reciprocal_table"],
+                               "1 / (1 + x) over [0, 1], 513 entries (TFLite's)")],
+                functions=["arm_softmax_s16"],
+            )
         return KernelCall(
             template="softmax.c.j2",
             kernel="arm_softmax_s8",

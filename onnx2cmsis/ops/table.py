@@ -4,6 +4,10 @@ CMSIS-NN has no int8 tanh/sigmoid; TFLite-Micro runs reference integer kernels. 
 function has only 256 inputs, so the table is computed at conversion time by the very integer
 algorithm TFLite-Micro runs (gemmlowp fixed point: quant/fixedpoint.py) and the C is one indexed load
 per element: exact by construction, and fast.
+
+At int16 a table would take 128 KiB: LeakyRelu, requantize and the clamp are then an own loop with
+TFLite-Micro's arithmetic (`elementwise_s16.c.j2`), Tanh and Sigmoid TFLite's 16x8 algorithm with its
+interpolated sigmoid table (quant/sigmoid16.py, `sigmoid_s16.c.j2`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from onnx2cmsis.ops.base import (
     calibrated_quant,
     elementwise_io,
 )
+from onnx2cmsis.quant.sigmoid16 import SIGMOID_TABLE, input_scaling, sigmoid_s16, tanh_s16
 from onnx2cmsis.quant.fixedpoint import logistic_q0, tanh_q0
 from onnx2cmsis.quant.rules import (
     QuantParams,
@@ -31,9 +36,11 @@ from onnx2cmsis.quant.rules import (
     divide_by_power_of_two,
     quantize_multiplier,
     requantize,
+    saturate,
 )
 TANH_QUANT = QuantParams(1.0 / 128.0, 0)
 SIGMOID_QUANT = QuantParams(1.0 / 256.0, -128)
+UNIT_QUANT_S16 = QuantParams(1.0 / 32768.0, 0, 16)  # TFLite's 16x8 tanh and logistic outputs
 
 
 def _input_scaling(scale: float) -> tuple[int, int, int]:
@@ -106,6 +113,9 @@ class LookupTableHandler(OpHandler):
         q_in = graph.tensors[node.inputs[0]].quant
         out = graph.tensors[node.output]
         fn = node.attrs["fn"]
+        if q_in.bits == 16:
+            self._quantize_s16(node, graph, ranges)
+            return
         if fn == "tanh":
             out.quant, table = TANH_QUANT, tanh_table(q_in)
         elif fn == "sigmoid":
@@ -124,10 +134,61 @@ class LookupTableHandler(OpHandler):
             table = clamp_table(q_in, *node.attrs["act"])
         node.qparams = {"table": table}
 
+    def _quantize_s16(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        """int16 -> int16 as multipliers for the own loop: y = requantize(x) on each side of 0 (one
+        multiplier for both unless LeakyRelu), clamped to `range`."""
+        q_in = graph.tensors[node.inputs[0]].quant
+        out = graph.tensors[node.output]
+        fn = node.attrs["fn"]
+        if fn in ("tanh", "sigmoid"):
+            out.quant = UNIT_QUANT_S16
+            node.qparams = {"scaling": input_scaling(q_in.scale, fn)}
+            return
+        if fn == "clamp":
+            out.quant = q_in
+            node.qparams = {"identity": None, "range": activation_range(q_in, *node.attrs["act"])}
+            return
+        out.quant = calibrated_quant(graph, node.output, ranges)
+        if fn == "requantize" and out.quant == q_in:
+            node.op = "reshape"
+            return
+        s_in, s_out = np.float32(q_in.scale), np.float32(out.quant.scale)
+        identity = quantize_multiplier(float(s_in / s_out)) if fn == "leaky_relu" else \
+            quantize_multiplier(float(q_in.scale) / float(out.quant.scale))  # as the int8 tables round them
+        negative = quantize_multiplier(float(s_in * np.float32(node.attrs["alpha"]) / s_out)) \
+            if fn == "leaky_relu" else identity
+        node.qparams = {"identity": identity, "negative": negative, "range": (-32768, 32767)}
+
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return [node.qparams["table"][inputs[0].astype(np.int16) + 128]]
+        if "table" in node.qparams:
+            return [node.qparams["table"][inputs[0].astype(np.int16) + 128]]
+        qp = node.qparams
+        if "scaling" in qp:
+            fn = tanh_s16 if node.attrs["fn"] == "tanh" else sigmoid_s16
+            return [fn(inputs[0], *qp["scaling"])]
+        x = inputs[0].astype(np.int64)
+        if qp["identity"] is not None:
+            (m_id, sh_id), (m_neg, sh_neg) = qp["identity"], qp["negative"]
+            neg = requantize(x, abs(m_neg), sh_neg) * (-1 if m_neg < 0 else 1)
+            x = np.where(x >= 0, requantize(x, m_id, sh_id), neg)
+        return [saturate(x, 16, *qp["range"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
+        if "scaling" in node.qparams:
+            multiplier, shift = node.qparams["scaling"]
+            return KernelCall(
+                template="sigmoid_s16.c.j2", kernel="own loop (interpolated table)",
+                context={"size": graph.tensors[node.output].size, "fn": node.attrs["fn"], "multiplier": multiplier,
+                         "shift": shift, "rounding": (1 << (shift - 1)) if shift else 0},
+                arrays=[CArray("sigmoid", "uint16_t", SIGMOID_TABLE, "sigmoid(i / 24) in Q0.16 (TFLite's)")])
+        if "table" not in node.qparams:
+            qp = node.qparams
+            context = {"size": graph.tensors[node.output].size, "fn": node.attrs["fn"], "act_min": qp["range"][0],
+                       "act_max": qp["range"][1], "identity": qp["identity"]}
+            if qp["identity"] is not None:
+                m_neg, sh_neg = qp["negative"]
+                context.update(negative=(abs(m_neg), sh_neg), negate=m_neg < 0)
+            return KernelCall(template="elementwise_s16.c.j2", kernel="own loop", context=context)
         return KernelCall(
             template="lut.c.j2",
             kernel="own loop (256-entry table)",

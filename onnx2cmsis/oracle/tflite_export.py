@@ -1,4 +1,4 @@
-"""Quantized IR -> an int8 .tflite flatbuffer that TFLite-Micro's reference kernels can run.
+"""Quantized IR -> an int8 (or 16x8) .tflite flatbuffer that TFLite-Micro's reference kernels can run.
 
 Same weights, scales and zero points as the generated C, so the tflite-micro runtime is an
 independent check of our integer arithmetic. Each op's TFLite form is its handler's (`export_tflite`),
@@ -36,7 +36,7 @@ def export_tflite(graph: Graph, registry: Registry | None = None) -> bytes:
         inner = ex.activation(name)
         outer = inner
         if list(model_shape) != list(inner.shape):
-            outer = ex.me.Tensor(shape=list(model_shape), dtype=ex.fb.TensorType.INT8, quantization=inner.quantization,
+            outer = ex.me.Tensor(shape=list(model_shape), dtype=inner.dtype, quantization=inner.quantization,
                                  name=f"{name}_model_shape")
             if is_input:
                 ex.reshape(outer, inner)
@@ -49,14 +49,15 @@ def export_tflite(graph: Graph, registry: Registry | None = None) -> bytes:
 
 
 def run_tflite_micro(tflite: bytes, inputs: np.ndarray, arena_size: int = 1 << 20) -> np.ndarray:
-    """Run each int8 input (N, ...) through the tflite-micro runtime; returns (N, output elements)."""
+    """Run each input's codes (N, ...) through the tflite-micro runtime; returns (N, output elements)."""
     from tflite_micro.python.tflite_micro import runtime
 
     interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena_size)
-    shape = interp.get_input_details(0)["shape"]
+    details = interp.get_input_details(0)
+    shape, dtype = details["shape"], details["dtype"]
     outs = []
     for x in inputs:
-        interp.set_input(np.asarray(x, np.int8).reshape(shape), 0)
+        interp.set_input(np.asarray(x, dtype).reshape(shape), 0)
         interp.invoke()
         outs.append(np.array(interp.get_output(0)).reshape(-1))
     return np.stack(outs)
@@ -75,7 +76,8 @@ def tflite_micro_arena(tflite: bytes, sample: np.ndarray) -> dict[str, int]:
     from tflite_micro.python.tflite_micro import runtime
 
     interp = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 20)
-    interp.set_input(np.asarray(sample, np.int8).reshape(interp.get_input_details(0)["shape"]), 0)
+    details = interp.get_input_details(0)
+    interp.set_input(np.asarray(sample, details["dtype"]).reshape(details["shape"]), 0)
     interp.invoke()
     sys.stderr.flush()
     saved = os.dup(2)

@@ -43,10 +43,14 @@ class Exporter:
     def quant(self, q: QuantParams) -> Any:
         return self.me.Quantization(scales=[q.scale], zero_points=[q.zero_point])
 
+    def dtype(self, q: QuantParams) -> int:
+        """The TFLite element type of a tensor quantized as q (INT8, or INT16 at 16x8)."""
+        return self.fb.TensorType.INT8 if q.bits == 8 else self.fb.TensorType.INT16
+
     def activation(self, name: str, shape: list[int] | None = None) -> Any:
         if name not in self.tensors:
             t = self.graph.tensors[name]
-            self.tensors[name] = self.me.Tensor(shape=shape or tflite_shape(t.shape), dtype=self.fb.TensorType.INT8,
+            self.tensors[name] = self.me.Tensor(shape=shape or tflite_shape(t.shape), dtype=self.dtype(t.quant),
                                                 quantization=self.quant(t.quant), name=name)
         return self.tensors[name]
 
@@ -72,7 +76,7 @@ class Exporter:
         t = self.activation(name)
         if len(t.shape) == 4:
             return t
-        fm = self.me.Tensor(shape=[1, 1, 1, t.shape[-1]], dtype=self.fb.TensorType.INT8, quantization=t.quantization,
+        fm = self.me.Tensor(shape=[1, 1, 1, t.shape[-1]], dtype=t.dtype, quantization=t.quantization,
                             name=f"{name}_as_4d")
         if output:
             self.pending_reshapes.append((fm, t))
@@ -87,7 +91,7 @@ class Exporter:
         if not (pad_l or pad_r):
             return src
         _, _, w_in, c = src.shape
-        padded = self.me.Tensor(shape=[1, 1, w_in + pad_l + pad_r, c], dtype=self.fb.TensorType.INT8,
+        padded = self.me.Tensor(shape=[1, 1, w_in + pad_l + pad_r, c], dtype=src.dtype,
                                 quantization=src.quantization, name=f"{node.output}_padded")
         pads = self.const(np.array([[0, 0], [0, 0], [pad_l, pad_r], [0, 0]], np.int32), self.fb.TensorType.INT32,
                           f"{node.output}_pads")

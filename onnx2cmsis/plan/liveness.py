@@ -65,7 +65,7 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int]) -> Liv
             caller.update({m: "input" if in_input else "output" for m in members})
             continue
         readers = frozenset(i for i, n in enumerate(graph.nodes) if any(m in n.inputs for m in members))
-        buffers.append(BufferUse(r, align(graph.tensors[r].size), producer[r], readers))
+        buffers.append(BufferUse(r, align(graph.tensors[r].nbytes), producer[r], readers))
     return Liveness(buffers, [align(s) if s else 0 for s in scratch_sizes], groups, caller)
 
 

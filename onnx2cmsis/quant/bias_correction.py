@@ -26,7 +26,7 @@ from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.quantize import run_reference
-from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+from onnx2cmsis.quant.rules import dequantize_tensor, int_range, quantize_tensor
 from onnx2cmsis.quant.search import OutputJudge, improves, quantized_copy
 
 MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the mean is left alone
@@ -73,9 +73,10 @@ def _mean_error(graph: Graph, registry: Registry, ranges: dict[str, tuple[float,
     q_in, q = g.tensors[g.inputs[0]].quant, t.quant
     channels = t.shape[-1]
     lo, hi = node.attrs.get("act", (None, None))
-    # inside the clamp and inside the output's int8 range: where the output moves with the bias
-    floor = max(lo if lo is not None else -np.inf, (-128 - q.zero_point + 1) * q.scale)
-    ceiling = min(hi if hi is not None else np.inf, (127 - q.zero_point - 1) * q.scale)
+    # inside the clamp and inside the output's integer range: where the output moves with the bias
+    low, high = int_range(q.bits)
+    floor = max(lo if lo is not None else -np.inf, (low - q.zero_point + 1) * q.scale)
+    ceiling = min(hi if hi is not None else np.inf, (high - q.zero_point - 1) * q.scale)
     total, count = np.zeros(channels), np.zeros(channels)
     for sample, values in zip(x, floats):
         ints = run_reference(g, registry, quantize_tensor(sample, q_in), keep_all=True)[t.name]

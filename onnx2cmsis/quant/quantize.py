@@ -17,15 +17,16 @@ def calibration_values(graph: Graph) -> list[str]:
 def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]]) -> None:
     for name in graph.inputs:
         t = graph.tensors[name]
-        t.quant = activation_quant(*ranges[t.calib_name or name])
+        t.quant = activation_quant(*ranges[t.calib_name or name], graph.quant_options.activation_bits)
     for node in graph.nodes:
         registry.for_op(node.op).quantize(node, graph, ranges)
 
 
 def run_reference(graph: Graph, registry: Registry, x: np.ndarray, keep_all: bool = False) -> dict[str, np.ndarray]:
-    """The integer reference: int8 input bytes in the model's layout -> every (or the output) tensor."""
+    """The integer reference: the input's codes (int8 or int16) in the model's layout -> every (or the
+    output) tensor."""
     inp = graph.inputs[0]
-    values = {inp: np.asarray(x, np.int8).reshape(graph.tensors[inp].shape)}
+    values = {inp: np.asarray(x, graph.tensors[inp].quant.dtype).reshape(graph.tensors[inp].shape)}
     for node in graph.nodes:
         outs = registry.for_op(node.op).reference(node, graph, [values[t] for t in node.inputs])
         for name, arr in zip(node.outputs, outs, strict=True):  # a handler returns one array per output

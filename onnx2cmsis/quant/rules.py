@@ -1,4 +1,4 @@
-"""The TFLite int8 quantization rules and the integer arithmetic CMSIS-NN performs.
+"""The TFLite int8 and 16x8 quantization rules and the integer arithmetic CMSIS-NN performs.
 
 Everything here is vectorised numpy that reproduces, bit for bit, what CMSIS-NN's C code computes
 (`arm_nn_requantize`, `arm_nn_doubling_high_mult`, `arm_nn_divide_by_power_of_two`) and what
@@ -16,7 +16,15 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.tensor import QuantParams  # noqa: F401 - handlers and plugins import it from here
 
 INT8_MIN, INT8_MAX = -128, 127
+INT16_MIN, INT16_MAX = -(2**15), 2**15 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MAX = 2**63 - 1
+PRECISIONS = {"int8": 8, "int16": 16}  # --precision: the activation width (weights stay int8)
+
+
+def int_range(bits: int) -> tuple[int, int]:
+    """The codes a `bits`-wide signed tensor holds."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
 def f32(x: float) -> float:
@@ -46,14 +54,17 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return qf, e
 
 
-def activation_quant(lo: float, hi: float) -> QuantParams:
-    """Asymmetric int8 parameters for a calibrated range, as the TFLite converter chooses them.
+def activation_quant(lo: float, hi: float, bits: int = 8) -> QuantParams:
+    """Parameters for a calibrated range, as the TFLite converter chooses them: asymmetric int8, or
+    (bits=16, TFLite 16x8) symmetric int16 with zero point 0 and scale max|range| / 32767.
 
     The range is widened to contain 0 so that zero (padding, ReLU) is exact.
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo < 1e-6:  # a constant (all-zero) tensor: any scale is exact; keep multipliers sane
         hi = lo + 1.0
+    if bits == 16:
+        return QuantParams(f32(max(-lo, hi) / INT16_MAX), 0, 16)
     scale = f32((hi - lo) / 255.0)
     zp = int(round_half_away(INT8_MIN - lo / scale))
     return QuantParams(scale, int(np.clip(zp, INT8_MIN, INT8_MAX)))
@@ -78,13 +89,16 @@ def quantize_weights(w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.
     return np.clip(round_half_away(w.astype(np.float64) / s), -127, 127).astype(np.int8)
 
 
-def quantize_bias(b: np.ndarray, input_scale: float, weight_scales: np.ndarray, where: str) -> np.ndarray:
-    """int32 bias with scale s_in * s_w[c]; refuses values an int32 cannot hold."""
+def quantize_bias(b: np.ndarray, input_scale: float, weight_scales: np.ndarray, where: str,
+                  bits: int = 32) -> np.ndarray:
+    """int32 (int8 layers) or int64 (16x8 layers) bias with scale s_in * s_w[c]; refuses values the
+    type cannot hold."""
     s = np.float64(np.float32(input_scale)) * weight_scales.astype(np.float64)
     q = round_half_away(b.astype(np.float64) / s)
-    if np.any(np.abs(q) > INT32_MAX):
-        raise ConversionError("bias does not fit int32 after quantization (scale too small)", where)
-    return q.astype(np.int32)
+    top = INT32_MAX if bits == 32 else 2.0**62  # an int64 far from its float64-rounded limit
+    if np.any(np.abs(q) > top):
+        raise ConversionError(f"bias does not fit int{bits} after quantization (scale too small)", where)
+    return q.astype(np.int32 if bits == 32 else np.int64)
 
 
 def check_accumulator_headroom(weight: np.ndarray, bias: np.ndarray, input_zero_point: int,
@@ -106,11 +120,44 @@ def check_accumulator_headroom(weight: np.ndarray, bias: np.ndarray, input_zero_
             "CMSIS-NN would wrap silently. Split the layer or lower its fan-in", where)
 
 
+def check_accumulator_headroom_s16(weight: np.ndarray, where: str) -> None:
+    """Refuse a 16x8 convolution whose int32 partial sum can overflow for some int16 input.
+
+    arm_convolve_s16 and arm_depthwise_conv_fast_s16 sum the products in 32 bits and add the int64
+    bias afterwards, while TFLite-Micro's reference sums in 64 bits: for the two to agree on every
+    input, 32768 * sum|w_c| must fit an int32 (sum|w_c| <= 65535)."""
+    rows = np.abs(weight.astype(np.int64).reshape(weight.shape[0], -1)).sum(axis=1)
+    worst = -INT16_MIN * rows
+    if np.any(worst > INT32_MAX):
+        c = int(np.argmax(worst))
+        raise ConversionError(
+            f"the int32 partial sum of output channel {c} can overflow at int16: worst case {float(worst[c]):.3g} "
+            f"(fan-in {weight[c].size}, sum|w| {int(rows[c])}); CMSIS-NN's s16 convolution sums in 32 bits. "
+            "Split the layer or lower its fan-in, or use --precision int8", where)
+
+
+def reduce_multiplier(multiplier: np.ndarray | int) -> np.ndarray:
+    """CMSIS-NN REDUCE_MULTIPLIER (TFLite's 64-bit MultiplyByQuantizedMultiplier): a Q31 multiplier
+    rounded to Q15."""
+    m = np.asarray(multiplier, dtype=np.int64)
+    return np.where(m < 0x7FFF0000, (m + (1 << 15)) >> 16, 0x7FFF)
+
+
+def requantize_s64(acc: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """arm_nn_requantize_s64 with REDUCE_MULTIPLIER, as the 16x8 kernels requantize their int64
+    accumulators: (acc * M15 + 2^(14 - shift)) >> (15 - shift), halves up (TFLite's int64 rounding)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    total = 15 - np.asarray(shift, dtype=np.int64)
+    prod = acc * reduce_multiplier(multiplier)  # |acc| < 2^47, |M15| < 2^15: exact in int64
+    return wrap32(((prod >> (total - 1)) + 1) >> 1)
+
+
 def quantize_tensor(x: np.ndarray, q: QuantParams) -> np.ndarray:
-    """float -> int8 exactly as the generated NAME_quantize_input() does (float32 division)."""
+    """float -> int8/int16 exactly as the generated NAME_quantize_input() does (float32 division)."""
     v = np.asarray(x, dtype=np.float32) / np.float32(q.scale)
     v = np.nan_to_num(v, nan=0.0, posinf=1e9, neginf=-1e9)
-    return np.clip(round_half_away(v) + q.zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
+    lo, hi = int_range(q.bits)
+    return np.clip(round_half_away(v) + q.zero_point, lo, hi).astype(np.int8 if q.bits == 8 else np.int16)
 
 
 def dequantize_tensor(x: np.ndarray, q: QuantParams) -> np.ndarray:
@@ -122,7 +169,7 @@ def activation_range(q: QuantParams, lo: float | None, hi: float | None) -> tupl
 
     TFLite divides in float32 (`TfLiteRound(f / scale)` on floats), so this does too.
     """
-    amin, amax = INT8_MIN, INT8_MAX
+    amin, amax = int_range(q.bits)
     if lo is not None and math.isfinite(lo):
         amin = max(amin, q.zero_point + int(round_half_away(np.float32(lo) / np.float32(q.scale))))
     if hi is not None and math.isfinite(hi):
@@ -174,3 +221,10 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray 
 
 def saturate_int8(x: np.ndarray, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
     return np.clip(x, lo, hi).astype(np.int8)
+
+
+def saturate(x: np.ndarray, bits: int, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    """Clamp to [lo, hi] (default: the type's range) and store as int8 or int16."""
+    tlo, thi = int_range(bits)
+    lo, hi = tlo if lo is None else max(lo, tlo), thi if hi is None else min(hi, thi)
+    return np.clip(x, lo, hi).astype(np.int8 if bits == 8 else np.int16)

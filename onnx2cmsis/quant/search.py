@@ -8,7 +8,8 @@ percentiles, the MSE-optimal range) and keeps one only when the output SQNR rise
 the samples (even and odd: a change that helps only one half is fitting those samples, and it did
 not carry over to held-out data in benchmarks/accuracy.py); then, for each node whose handler offers
 several weight granularities, it keeps the better one by the same rule. It starts from min/max and
-per-tensor, so on the calibration set it can only do better than them.
+the default granularity (per-tensor; per-channel at int16), so on the calibration set it can only do
+better than them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ _MIN_GAIN_DB = 0.02  # smaller gains are noise, not a reason to move
 class SearchResult:
     ranges: dict[str, tuple[float, float]]
     weights: dict[int, str] = field(default_factory=dict)  # node index -> granularity chosen
-    start_sqnr_db: float | None = None  # on the search samples (mean of the two halves): min/max, per-tensor
+    start_sqnr_db: float | None = None  # on the search samples (mean of the two halves): min/max, the default weights
     final_sqnr_db: float | None = None  # and with the choices made (None: no search ran)
     samples: int = 0
 
@@ -115,7 +116,8 @@ def search(graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray,
                     ranges, best = trial, score
     if choose_weights:
         for index, node in enumerate(graph.nodes):
-            for choice in registry.for_op(node.op).weight_granularities[1:]:
+            start_with = graph.quant_options.weights_of(node)
+            for choice in [g for g in registry.for_op(node.op).weight_granularities if g != start_with]:
                 trial_w = {**weights, index: choice}
                 score = judge.sqnr_db(ranges, trial_w)
                 if improves(score, best):

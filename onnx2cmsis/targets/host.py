@@ -87,7 +87,8 @@ def build_shared_library(c_files: list[Path], include_dirs: list[Path], tree: Cm
 class HostModel:
     """NAME_invoke from a shared library, as a numpy function."""
 
-    def __init__(self, library: Path, name: str, input_size: int, output_size: int) -> None:
+    def __init__(self, library: Path, name: str, input_size: int, output_size: int,
+                 input_dtype: type = np.int8, output_dtype: type = np.int8) -> None:
         self._lib = ctypes.CDLL(str(library))
         self._invoke = getattr(self._lib, f"{name}_invoke")
         self._invoke.restype = ctypes.c_int
@@ -98,24 +99,33 @@ class HostModel:
             fn.restype = None
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.input_size, self.output_size = input_size, output_size
+        self.input_dtype, self.output_dtype = input_dtype, output_dtype  # NAME_input_t, NAME_output_t
+
+    @classmethod
+    def of(cls, library: Path, conv) -> HostModel:
+        """The model of an api.Conversion compiled into `library`."""
+        g = conv.graph
+        q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
+        return cls(library, conv.name, g.tensors[g.inputs[0]].size, g.tensors[g.outputs[0]].size, q_in.dtype,
+                   q_out.dtype)
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1))
-        q = np.zeros(self.input_size, np.int8)
+        q = np.zeros(self.input_size, self.input_dtype)
         self._quantize(x.ctypes.data, q.ctypes.data)
         return q
 
     def dequantize_output(self, q: np.ndarray) -> np.ndarray:
-        q = np.ascontiguousarray(np.asarray(q, np.int8).reshape(-1))
+        q = np.ascontiguousarray(np.asarray(q, self.output_dtype).reshape(-1))
         y = np.zeros(self.output_size, np.float32)
         self._dequantize(q.ctypes.data, y.ctypes.data)
         return y
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(x, np.int8).reshape(-1))
+        x = np.ascontiguousarray(np.asarray(x, self.input_dtype).reshape(-1))
         if x.size != self.input_size:
             raise ValueError(f"input has {x.size} values, the model takes {self.input_size}")
-        y = np.zeros(self.output_size, np.int8)
+        y = np.zeros(self.output_size, self.output_dtype)
         status = self._invoke(x.ctypes.data, y.ctypes.data)
         if status != 0:
             raise RuntimeError(f"invoke returned CMSIS-NN status {status}")
@@ -137,30 +147,33 @@ def build_conversions(conversions: list, workdir: Path, library: str = "models")
         (workdir / f"{c.name}.h").write_text(c.header)
         c_files.append(workdir / f"{c.name}.c")
     so = build_shared_library(c_files, [workdir], trees.pop(), workdir / f"lib{library}.so")
-    return {
-        c.name: HostModel(so, c.name, c.graph.tensors[c.graph.inputs[0]].size, c.graph.tensors[c.graph.outputs[0]].size)
-        for c in conversions
-    }
+    return {c.name: HostModel.of(so, c) for c in conversions}
 
 
-HOOK_SOURCE = """/* Debug build: every layer's output goes to a callback the host sets. */
+HOOK_SOURCE = """/* Debug build: every layer's output goes to a callback the host sets (its bytes, its element width). */
 #include <stdint.h>
-typedef void (*onnx2cmsis_hook_fn)(int layer, const int8_t *data, int32_t size);
+typedef void (*onnx2cmsis_hook_fn)(int layer, const void *data, int32_t size, int32_t bits);
 static onnx2cmsis_hook_fn hook;
 void onnx2cmsis_set_layer_hook(onnx2cmsis_hook_fn fn) { hook = fn; }
 void onnx2cmsis_layer_hook(int layer, const int8_t *data, int32_t size)
 {
     if (hook) {
-        hook(layer, data, size);
+        hook(layer, data, size, 8);
+    }
+}
+void onnx2cmsis_layer_hook16(int layer, const int16_t *data, int32_t size)
+{
+    if (hook) {
+        hook(layer, data, size, 16);
     }
 }
 """
 
-_HOOK_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_int8), ctypes.c_int32)
+_HOOK_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
 
 
 def layer_outputs(conv, x: np.ndarray, workdir: Path) -> list[np.ndarray]:
-    """Every layer's output bytes for one int8 input, from a debug build of the generated C (the
+    """Every layer's output codes for one input, from a debug build of the generated C (the
     NAME_LAYER_HOOK the template provides): how `verify` names the first layer that goes wrong."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / f"{conv.name}.c").write_text(conv.source)
@@ -169,13 +182,14 @@ def layer_outputs(conv, x: np.ndarray, workdir: Path) -> list[np.ndarray]:
     so = build_shared_library([workdir / f"{conv.name}.c", workdir / "layer_hook.c"], [workdir], conv.cmsis,
                               # dlopen caches by path: a changed source must get a new file
                               workdir / f"lib{conv.name}_debug_{hashlib.sha256(conv.source.encode()).hexdigest()[:12]}.so",
-                              extra_flags=(f"-D{conv.name.upper()}_LAYER_HOOK=onnx2cmsis_layer_hook",))
-    model = HostModel(so, conv.name, conv.graph.tensors[conv.graph.inputs[0]].size,
-                      conv.graph.tensors[conv.graph.outputs[0]].size)
+                              extra_flags=(f"-D{conv.name.upper()}_LAYER_HOOK=onnx2cmsis_layer_hook",
+                                           f"-D{conv.name.upper()}_LAYER_HOOK16=onnx2cmsis_layer_hook16"))
+    model = HostModel.of(so, conv)
     seen: list[np.ndarray] = []
 
-    def record(layer: int, data, size: int) -> None:
-        seen.append(np.ctypeslib.as_array(data, shape=(size,)).copy())
+    def record(layer: int, data: int, size: int, bits: int) -> None:
+        ctype = ctypes.c_int8 if bits == 8 else ctypes.c_int16
+        seen.append(np.ctypeslib.as_array(ctypes.cast(data, ctypes.POINTER(ctype)), shape=(size,)).copy())
 
     callback = _HOOK_TYPE(record)
     model._lib.onnx2cmsis_set_layer_hook(callback)

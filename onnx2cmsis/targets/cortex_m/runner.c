@@ -1,5 +1,5 @@
 /* Runs generated models on a QEMU Cortex-M machine. The host writes a job file of records
- *     u32 model index, u32 sample count, then count * input_size int8 bytes
+ *     u32 model index, u32 sample count, then count * input_size bytes (little-endian elements)
  * and gets back every output, concatenated, in the result file, and per inference the stack bytes it
  * used (u32) in stack.bin. Exit status: 0, or where it failed (2x: files; 3x: a bad record;
  * >= 100: 100 + the CMSIS-NN status a model returned, negated). */
@@ -18,8 +18,9 @@
 #define STACK_MARGIN_WORDS 16u /* left unpainted just below sp: the painting loop's own spills */
 extern uint32_t __StackLimit;
 
-static int8_t input[RUNNER_BUFFER_BYTES];
-static int8_t output[RUNNER_BUFFER_BYTES];
+/* int32_t: aligned for models whose elements are int16_t */
+static int32_t input[(RUNNER_BUFFER_BYTES + 3) / 4];
+static int32_t output[(RUNNER_BUFFER_BYTES + 3) / 4];
 
 /* Empty markers around each inference: the instruction-count plugin measures from the first
  * instruction of region_start to the first of region_stop. */
