@@ -188,3 +188,22 @@ def test_int16_models_and_zoo_bit_exact_on_qemu(int16_models, int16_zoo, target,
     outputs = run_firmware(fw, {c.name: inputs[c.name] for c in convs})
     bad = [c.name for c in convs if not np.array_equal(outputs[c.name], np.stack([c.reference(x) for x in inputs[c.name]]))]
     assert not bad, f"{target}: {bad[:5]} differ from the reference"
+
+
+def test_cli_converts_int16_and_writes_the_16x8_tflite(tmp_path):
+    oracle_runtime()
+    from tests.test_cli import run_cli
+
+    example = ROOT / "examples" / "vibration"
+    proc = run_cli("convert", str(example / "vibration_cnn.onnx"), "-c", str(example / "calibration.npy"),
+                   "--precision", "int16", "--tflite", "-o", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "typedef int16_t vibration_cnn_input_t;" in (tmp_path / "vibration_cnn.h").read_text()
+    from tflite_micro.python.tflite_micro import runtime
+
+    interp = runtime.Interpreter.from_file(str(tmp_path / "vibration_cnn.tflite"), arena_size=1 << 20)
+    assert interp.get_input_details(0)["dtype"] == np.int16 and interp.get_output_details(0)["dtype"] == np.int16
+    bad = run_cli("convert", str(example / "vibration_cnn.onnx"), "-c", str(example / "calibration.npy"),
+                  "--precision", "int4", "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--precision 'int4' is not one of int8, int16" in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -55,6 +55,17 @@ def test_installed_plugin_converts_bit_exact_and_is_named_in_the_report(tmp_path
     assert ev.sqnr_db >= 30.0, ev
 
 
+def test_a_plugin_without_int16_is_refused_at_int16_by_name(tmp_path):
+    """The example plugin declares int8 only (OpHandler.activation_bits): at int16 the conversion stops
+    and names the node and the way out, instead of running an int8 table on int16 codes."""
+    from onnx2cmsis.errors import ConversionError
+
+    path, calib = _hardsigmoid_model(tmp_path)
+    with pytest.raises(ConversionError, match=r"node 'gate' \(HardSigmoid\): its handler \(hardsigmoid\) "
+                                              r"supports int8 activations only \(convert with precision='int8'"):
+        convert(path, calib, name="hs16", precision="int16")
+
+
 def test_table_matches_the_float_function_within_half_a_step():
     from onnx2cmsis.quant.rules import QuantParams
 

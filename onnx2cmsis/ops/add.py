@@ -35,6 +35,7 @@ def add_params(s1: float, s2: float, s_out: float, bits: int = 8) -> dict[str, i
 
 class AddHandler(OpHandler):
     op = "add"
+    activation_bits = (8, 16)
     onnx_ops = ("Add",)
     fuses_activation = free_output_quant = True
 

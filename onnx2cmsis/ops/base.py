@@ -163,6 +163,10 @@ class OpHandler:
     # given: see read_input_transposed.
     reads_transposed_input: bool = False
 
+    # The activation widths its quantize/reference/emit handle: 8 (int8), 16 (TFLite 16x8). A model
+    # converted at a width one of its nodes' handlers lacks is refused, naming every such node.
+    activation_bits: tuple[int, ...] = (8,)
+
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
         """Fold y * scale[c] + shift[c] (per output channel) into the node's constants; False when this
         node cannot (e.g. a shape mismatch). Only asked when folds_affine is set."""

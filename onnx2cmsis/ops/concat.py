@@ -19,6 +19,7 @@ AXIS_OF = {"channel": 1, "time": 0, "flat": 0}  # physical axis of the (W, C) or
 
 class ConcatHandler(OpHandler):
     op = "concat"
+    activation_bits = (8, 16)
     onnx_ops = ("Concat",)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:

@@ -134,6 +134,7 @@ def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]
 
 class Conv1DHandler(OpHandler):
     op = "conv1d"
+    activation_bits = (8, 16)
     onnx_ops = ("Conv",)
     fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
 
@@ -265,9 +266,8 @@ def export_conv2d(ex: TfliteContext, node: Node, src, weight: np.ndarray, dst) -
 
 
 def conv_s16_call(node: Node, graph: Graph, weight: np.ndarray, w_in: int, w_out: int) -> KernelCall:
-    """arm_convolve_wrapper_s16 for (C_out, K, C_in) weights (a conv, or a per-channel dense layer as
-    K = 1 over one step): per-channel int8 weights, int64 bias. Its bias argument is a
-    cmsis_nn_bias_data at level 7 and a plain int64_t pointer before."""
+    """arm_convolve_wrapper_s16 for (C_out, K, C_in) weights: per-channel int8 weights, int64 bias. Its
+    bias argument is a cmsis_nn_bias_data at level 7 and a plain int64_t pointer before."""
     a = node.attrs
     c_out, k, c_in = weight.shape
     check_uint16(node.where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=k, pad=a.get("pad", (0, 0))[0])

@@ -5,7 +5,9 @@ writes FULLY_CONNECTED: arm_fully_connected_per_channel_s8 where CMSIS-NN has it
 (v7.0.0 on, level 7), else the equivalent 1x1 convolution over one step (level 2024.01).
 
 At 16x8 (int16 activations): arm_fully_connected_s16 per tensor (int64 bias); per channel, which
-that kernel does not take, the 1x1 s16 convolution over one step at every level.
+that kernel does not take, an own loop with TFLite-Micro's 16x8 arithmetic (64-bit sums, the 64-bit
+requantize): the 1x1 s16 convolution would need four im2col columns of scratch on MVE (8 bytes per
+input feature) for a single step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from onnx2cmsis.ops.base import (
     fused_activation_range,
 )
 from onnx2cmsis.ops.conv import (
-    conv_s16_call,
     export_conv2d,
     fold_affine_into_weights,
     per_channel_call_parts,
@@ -38,6 +39,7 @@ from onnx2cmsis.quant.rules import (
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
+    reduce_multiplier,
     symmetric_weight_scales,
 )
 
@@ -54,6 +56,7 @@ def mve_kernel_sums(weight: np.ndarray, bias: np.ndarray, input_offset: int, api
 
 class DenseHandler(OpHandler):
     op = "dense"
+    activation_bits = (8, 16)
     onnx_ops = ("Gemm", "MatMul")
     fuses_activation = free_output_quant = folds_affine = reads_transposed_input = True
     weight_granularities = WEIGHT_GRANULARITIES
@@ -117,7 +120,8 @@ class DenseHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
         if graph.quant_options.weights_of(node) == "per-channel":
-            quantize_per_channel(node, graph)  # one weight scale per output feature, as TFLite 2.21 writes it
+            # one weight scale per output feature, as TFLite 2.21 writes it; the own int16 loop sums in 64 bits
+            quantize_per_channel(node, graph, headroom=graph.tensors[node.inputs[0]].quant.bits == 8)
             return
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         w = node.consts["weight"]
@@ -194,7 +198,19 @@ class DenseHandler(OpHandler):
         qp = node.qparams
         n_out, n_in = qp["weight"].shape
         if np.ndim(qp["multiplier"]) != 0:  # per channel: arm_fully_connected_s16 takes one multiplier
-            return conv_s16_call(node, graph, qp["weight"][:, None, :], 1, 1)
+            return KernelCall(
+                template="dense_per_channel_s16.c.j2",
+                kernel="own loop",
+                context={"n_in": n_in, "n_out": n_out, "act_min": qp["act_range"][0], "act_max": qp["act_range"][1]},
+                arrays=[
+                    CArray("weights", "int8_t", qp["weight"], f"[{n_out}][{n_in}] per-channel int8"),
+                    CArray("bias", "int64_t", qp["bias"], "int64, scale s_in*s_w[c]"),
+                    CArray("multiplier", "int32_t", reduce_multiplier(qp["multiplier"]),
+                           "per-channel requantization multiplier, Q15 (REDUCE_MULTIPLIER)"),
+                    CArray("shift", "int32_t", qp["shift"], "per-channel requantization shift (>0: left)"),
+                ],
+                macs=n_in * n_out,
+            )
         return KernelCall(
             template="dense_s16.c.j2",
             kernel="arm_fully_connected_s16",
@@ -228,7 +244,8 @@ class DenseHandler(OpHandler):
         fb, qp = ex.fb, node.qparams
         wide = qp["bias"].dtype == np.int64
         if wide and np.ndim(qp["multiplier"]) != 0:
-            # per channel at 16x8 as the 1x1 convolution the C runs (same arithmetic in TFLite-Micro)
+            # per channel at 16x8 as a 1x1 convolution: TFLite-Micro's 16x8 CONV_2D has the own loop's
+            # arithmetic (64-bit sums, the 64-bit requantize)
             export_conv2d(ex, node, ex.as_feature_map(node.inputs[0]), qp["weight"][:, None, :],
                           ex.as_feature_map(node.output, True))
             return

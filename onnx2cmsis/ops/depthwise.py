@@ -39,6 +39,7 @@ def _feature_map(shape: tuple[int, ...]) -> tuple[int, int]:
 
 class DepthwiseConv1DHandler(OpHandler):
     op = "dwconv1d"  # imported by ops/conv.py (a Conv with group == C_in) and by the affine lowering
+    activation_bits = (8, 16)
     fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
 
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:

@@ -18,6 +18,7 @@ class ReshapeHandler(OpHandler):
     """A byte view: the output aliases the input's storage; no code is emitted."""
 
     op = "reshape"
+    activation_bits = (8, 16)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         raise NotImplementedError("a view's shape is set by its producer")
@@ -42,6 +43,7 @@ class TransposeHandler(OpHandler):
     """A physical (a, b) -> (b, a) byte transpose; an own loop (CMSIS-NN's snapshot has none)."""
 
     op = "transpose"
+    activation_bits = (8, 16)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         a, b = input_shapes[0]
@@ -69,6 +71,7 @@ class Pad1DHandler(OpHandler):
     copy loop writes the zero point (a real 0.0) around the data."""
 
     op = "pad1d"
+    activation_bits = (8, 16)
     onnx_ops = ("Pad",)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:

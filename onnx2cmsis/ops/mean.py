@@ -29,6 +29,7 @@ def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tupl
 
 class Mean1DHandler(OpHandler):
     op = "mean1d"
+    activation_bits = (8, 16)
     onnx_ops = ("GlobalAveragePool", "ReduceMean")
     free_output_quant = True
 

@@ -118,6 +118,7 @@ class Slice1DHandler(OpHandler):
     """A crop along time of a (W, C) tensor: one contiguous byte range, copied."""
 
     op = "slice1d"
+    activation_bits = (8, 16)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [(node.attrs["width"], input_shapes[0][1])]
@@ -147,6 +148,7 @@ class GatherHandler(OpHandler):
     """Any other rearrangement: out[i] = in[index[i]] through a constant index table."""
 
     op = "gather"
+    activation_bits = (8, 16)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [tuple(node.attrs["shape"])]

@@ -100,6 +100,7 @@ def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Nod
 
 class MaxPool1DHandler(OpHandler):
     op = "maxpool1d"
+    activation_bits = (8, 16)
     onnx_ops = ("MaxPool", "GlobalMaxPool", "ReduceMax")
     fuses_activation = True  # a clamp in the (shared) input/output quantization
 

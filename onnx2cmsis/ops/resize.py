@@ -34,6 +34,7 @@ def _source_index(o: int, factor: int, coord: str, nearest: str) -> int:
 
 class Upsample1DHandler(OpHandler):
     op = "upsample1d"
+    activation_bits = (8, 16)
     onnx_ops = ("Resize", "Upsample")
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:

@@ -77,6 +77,7 @@ def softmax_s16(x: np.ndarray, mult: int, shift: int, exp_table: np.ndarray, rec
 
 class SoftmaxHandler(OpHandler):
     op = "softmax"
+    activation_bits = (8, 16)
     onnx_ops = ("Softmax",)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:

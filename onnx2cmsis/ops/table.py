@@ -96,6 +96,7 @@ def clamp_table(q: QuantParams, lo: float | None, hi: float | None) -> np.ndarra
 
 class LookupTableHandler(OpHandler):
     op = "lut"
+    activation_bits = (8, 16)
     onnx_ops = ("Tanh", "Sigmoid", "LeakyRelu")
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.rules import activation_quant
@@ -15,6 +16,13 @@ def calibration_values(graph: Graph) -> list[str]:
 
 
 def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]]) -> None:
+    bits = graph.quant_options.activation_bits
+    lacking = [n for n in graph.nodes if bits not in registry.for_op(n.op).activation_bits]
+    if lacking:
+        raise ConversionError("; ".join(f"{n.where}: its handler ({n.op}) supports "
+                                        f"{' and '.join(f'int{b}' for b in registry.for_op(n.op).activation_bits)}"
+                                        f" activations only" for n in lacking)
+                              + f" (convert with {{opt:precision=int8}}, or give the op a handler for int{bits})")
     for name in graph.inputs:
         t = graph.tensors[name]
         t.quant = activation_quant(*ranges[t.calib_name or name], graph.quant_options.activation_bits)

@@ -101,6 +101,11 @@ def quantize_bias(b: np.ndarray, input_scale: float, weight_scales: np.ndarray, 
     return q.astype(np.int32 if bits == 32 else np.int64)
 
 
+def _abs_row_sums(weight: np.ndarray) -> np.ndarray:
+    """sum |w| per output channel (axis 0) of integer weights."""
+    return np.abs(weight.astype(np.int64).reshape(weight.shape[0], -1)).sum(axis=1)
+
+
 def check_accumulator_headroom(weight: np.ndarray, bias: np.ndarray, input_zero_point: int,
                                shift: np.ndarray | int, where: str) -> None:
     """Refuse a layer whose int32 accumulator can overflow for some int8 input.
@@ -108,7 +113,7 @@ def check_accumulator_headroom(weight: np.ndarray, bias: np.ndarray, input_zero_
     Per output row c: |acc| <= |bias_c| + max|q - zp_in| * sum|w_c|, and the requantization first
     shifts the accumulator left by max(shift_c, 0) in 32 bits. CMSIS-NN and TFLite-Micro would both
     wrap silently past 2^31 (signed overflow), so this is an error, not a clamp."""
-    rows = np.abs(weight.astype(np.int64).reshape(weight.shape[0], -1)).sum(axis=1)
+    rows = _abs_row_sums(weight)
     x_max = max(abs(INT8_MIN - input_zero_point), abs(INT8_MAX - input_zero_point))
     left = np.broadcast_to(np.maximum(np.asarray(shift, np.int64), 0), rows.shape)
     worst = (np.abs(bias.astype(np.int64)) + x_max * rows) << left
@@ -126,7 +131,7 @@ def check_accumulator_headroom_s16(weight: np.ndarray, where: str) -> None:
     arm_convolve_s16 and arm_depthwise_conv_fast_s16 sum the products in 32 bits and add the int64
     bias afterwards, while TFLite-Micro's reference sums in 64 bits: for the two to agree on every
     input, 32768 * sum|w_c| must fit an int32 (sum|w_c| <= 65535)."""
-    rows = np.abs(weight.astype(np.int64).reshape(weight.shape[0], -1)).sum(axis=1)
+    rows = _abs_row_sums(weight)
     worst = -INT16_MIN * rows
     if np.any(worst > INT32_MAX):
         c = int(np.argmax(worst))

@@ -66,21 +66,25 @@ def _rescaled(x: np.ndarray, multiplier: int, shift: int) -> np.ndarray:
     return (np.asarray(x, np.int64) * multiplier + rounding) >> shift
 
 
+def _sigmoid_of_magnitude(v: np.ndarray, fraction_bits: int, saturated: int) -> np.ndarray:
+    """The table read at |v| with `fraction_bits` interpolated bits (Q0.16 x 2^fraction_bits), or
+    `saturated` past its last knot."""
+    a = np.abs(v)
+    knot = np.minimum(a >> fraction_bits, 254)
+    lo, hi = SIGMOID_TABLE[knot].astype(np.int64), SIGMOID_TABLE[knot + 1].astype(np.int64)
+    inside = (lo << fraction_bits) + (a & ((1 << fraction_bits) - 1)) * (hi - lo)
+    return np.where(a >> fraction_bits >= 255, saturated, inside)
+
+
 def tanh_s16(x: np.ndarray, multiplier: int, shift: int) -> np.ndarray:
     v = _rescaled(x, multiplier, shift)
-    a = np.abs(v)
-    knot = np.minimum(a >> 8, 254)
-    lo, hi = SIGMOID_TABLE[knot].astype(np.int64), SIGMOID_TABLE[knot + 1].astype(np.int64)
-    s = np.where(a >> 8 >= 255, 0xFFFF << 8, (lo << 8) + (a & 0xFF) * (hi - lo))
+    s = _sigmoid_of_magnitude(v, 8, 0xFFFF << 8)  # sigmoid(2|x|): the input steps are twice as wide
     r = np.where(v >= 0, s - (1 << 23) + (1 << 7), -s + (1 << 23) + (1 << 7) - 1) >> 8
     return r.astype(np.int16)
 
 
 def sigmoid_s16(x: np.ndarray, multiplier: int, shift: int) -> np.ndarray:
     v = _rescaled(x, multiplier, shift)
-    a = np.abs(v)
-    knot = np.minimum(a >> 9, 254)
-    lo, hi = SIGMOID_TABLE[knot].astype(np.int64), SIGMOID_TABLE[knot + 1].astype(np.int64)
-    s = np.where(a >> 9 >= 255, 0x7FFF << 10, (lo << 9) + (a & 0x1FF) * (hi - lo))
+    s = _sigmoid_of_magnitude(v, 9, 0x7FFF << 10)
     r = np.where(v >= 0, s + (1 << 9), (1 << 25) - s + (1 << 9) - 1) >> 10
     return r.astype(np.int16)

@@ -1,0 +1,106 @@
+"""What int16 costs next to int8, measured: SQNR against float, arena, weights, and instructions per
+inference on QEMU Cortex-M4 (DSP) and M55 (MVE), the same model converted both ways in one run.
+
+The models are the trained benchmark models (benchmarks/models/) and the two bundled examples; the
+samples are their held-out data. Every figure comes from `onnx2cmsis.verify` (bit-exact against
+tflite-micro on each target, instructions counted exactly by QEMU's plugin). Built with
+$CMSIS_NN_PATH's tree at its level, else with the fetched snapshot. Prints a table and writes JSON.
+
+    python benchmarks/precision_cost.py [--samples 32] [--json benchmarks/out/precision_cost.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.accuracy import cases  # noqa: E402
+from onnx2cmsis.api import convert  # noqa: E402
+from onnx2cmsis.evaluate import float_outputs  # noqa: E402
+from onnx2cmsis.quant.rules import dequantize_tensor  # noqa: E402
+from onnx2cmsis.verify import verify  # noqa: E402
+
+TARGETS = ["host", "m4", "m55"]
+
+
+def sqnr_db(conv, x: np.ndarray) -> float:
+    from onnx2cmsis.evaluate import quantize_inputs
+
+    want = float_outputs(conv, x).astype(np.float64)
+    got = np.stack([dequantize_tensor(conv.reference(s), conv.graph.tensors[conv.graph.outputs[0]].quant)
+                    for s in quantize_inputs(conv, x)]).astype(np.float64)
+    return float(10 * np.log10(np.sum(want ** 2) / max(np.sum((got - want) ** 2), 1e-30)))
+
+
+def run(samples: int) -> list[dict]:
+    rows = []
+    for case in cases(samples, 200):
+        row = {"model": case.name}
+        for precision in ("int8", "int16"):
+            conv = convert(case.path, case.calibration, name=f"{case.name}_{precision}", default_api=None,
+                           precision=precision)
+            results = {r.target: r for r in verify(conv, case.x_test, TARGETS)}
+            assert all(r.bit_exact for r in results.values()), f"{conv.name} is not bit-exact"
+            row[precision] = {"sqnr_db": sqnr_db(conv, case.x_test), "arena_bytes": conv.plan.arena_bytes,
+                              "weights_bytes": conv.report["weights_bytes"],
+                              "flash_bytes_m4": results["m4"].flash_bytes,
+                              "instructions_m4": results["m4"].instructions_per_inference,
+                              "instructions_m55": results["m55"].instructions_per_inference,
+                              "cmsis_nn_api": conv.cmsis.api.level}
+        rows.append(row)
+        print_row(row)
+    return rows
+
+
+def print_row(row: dict) -> None:
+    a, b = row["int8"], row["int16"]
+    print(f"{row['model']:24s} SQNR {a['sqnr_db']:6.2f} -> {b['sqnr_db']:6.2f} dB  arena {a['arena_bytes']:6d} -> "
+          f"{b['arena_bytes']:6d}  M4 {a['instructions_m4']:>9,} -> {b['instructions_m4']:>9,}  "
+          f"M55 {a['instructions_m55']:>9,} -> {b['instructions_m55']:>9,}", flush=True)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ["model", "SQNR int8 / int16", "arena int8 / int16 (B)", "weights int8 / int16 (B)",
+            "M4 instr. int8 / int16", "M55 instr. int8 / int16"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ratios = {"arena": [], "m4": [], "m55": [], "gain": []}
+    for r in rows:
+        a, b = r["int8"], r["int16"]
+        lines.append(f"| {r['model']} | {a['sqnr_db']:.2f} / {b['sqnr_db']:.2f} dB | {a['arena_bytes']:,} / "
+                     f"{b['arena_bytes']:,} | {a['weights_bytes']:,} / {b['weights_bytes']:,} | "
+                     f"{a['instructions_m4']:,} / {b['instructions_m4']:,} | "
+                     f"{a['instructions_m55']:,} / {b['instructions_m55']:,} |")
+        ratios["arena"].append(b["arena_bytes"] / a["arena_bytes"])
+        ratios["m4"].append(b["instructions_m4"] / a["instructions_m4"])
+        ratios["m55"].append(b["instructions_m55"] / a["instructions_m55"])
+        ratios["gain"].append(b["sqnr_db"] - a["sqnr_db"])
+    lines.append(f"\nint16 / int8: arena x{min(ratios['arena']):.2f}-{max(ratios['arena']):.2f}, M4 instructions "
+                 f"x{min(ratios['m4']):.2f}-{max(ratios['m4']):.2f}, M55 x{min(ratios['m55']):.2f}-"
+                 f"{max(ratios['m55']):.2f}; SQNR +{min(ratios['gain']):.1f} to +{max(ratios['gain']):.1f} dB "
+                 f"(median +{float(np.median(ratios['gain'])):.1f})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=32, help="held-out samples per model (SQNR and the runs)")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "precision_cost.json")
+    args = ap.parse_args()
+    rows = run(args.samples)
+    print(markdown(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"samples": args.samples, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
