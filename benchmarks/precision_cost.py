@@ -1,12 +1,15 @@
-"""What int16 costs next to int8, measured: SQNR against float, arena, weights, and instructions per
-inference on QEMU Cortex-M4 (DSP) and M55 (MVE), the same model converted both ways in one run.
+"""What int16 costs next to int8, and what --precision auto saves, measured: SQNR against float,
+arena, weights, and instructions per inference on QEMU Cortex-M4 (DSP) and M55 (MVE), each model
+converted every way in one run.
 
 The models are the trained benchmark models (benchmarks/models/) and the two bundled examples; the
 samples are their held-out data. Every figure comes from `onnx2cmsis.verify` (bit-exact against
-tflite-micro on each target, instructions counted exactly by QEMU's plugin). Built with
-$CMSIS_NN_PATH's tree at its level, else with the fetched snapshot. Prints a table and writes JSON.
+tflite-micro on each target, instructions counted exactly by QEMU's plugin). With `--auto F`, each
+model is also converted with `--precision auto` at a budget F of the way from its int8 to its int16
+SQNR on the calibration samples (0.5: halfway). Built with $CMSIS_NN_PATH's tree at its level, else
+with the fetched snapshot. Prints tables and writes JSON.
 
-    python benchmarks/precision_cost.py [--samples 32] [--json benchmarks/out/precision_cost.json]
+    python benchmarks/precision_cost.py [--samples 32] [--auto 0.5 --auto 0.8] [--json benchmarks/out/precision_cost.json]
 """
 
 from __future__ import annotations
@@ -41,21 +44,38 @@ def sqnr_db(conv, x: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(want ** 2) / max(np.sum((got - want) ** 2), 1e-30)))
 
 
-def run(samples: int) -> list[dict]:
+def measure(conv, case) -> dict:
+    results = {r.target: r for r in verify(conv, case.x_test, TARGETS)}
+    assert all(r.bit_exact for r in results.values()), f"{conv.name} is not bit-exact"
+    return {"sqnr_db": sqnr_db(conv, case.x_test), "arena_bytes": conv.plan.arena_bytes,
+            "weights_bytes": conv.report["weights_bytes"], "flash_bytes_m4": results["m4"].flash_bytes,
+            "instructions_m4": results["m4"].instructions_per_inference,
+            "instructions_m55": results["m55"].instructions_per_inference,
+            "int16_layers": sum(1 for layer in conv.report["layers"] if layer["bits"] == 16),
+            "layers": len(conv.report["layers"]), "cmsis_nn_api": conv.cmsis.api.level}
+
+
+def run(samples: int, fractions: list[float]) -> list[dict]:
     rows = []
     for case in cases(samples, 200):
         row = {"model": case.name}
         for precision in ("int8", "int16"):
             conv = convert(case.path, case.calibration, name=f"{case.name}_{precision}", default_api=None,
                            precision=precision)
-            results = {r.target: r for r in verify(conv, case.x_test, TARGETS)}
-            assert all(r.bit_exact for r in results.values()), f"{conv.name} is not bit-exact"
-            row[precision] = {"sqnr_db": sqnr_db(conv, case.x_test), "arena_bytes": conv.plan.arena_bytes,
-                              "weights_bytes": conv.report["weights_bytes"],
-                              "flash_bytes_m4": results["m4"].flash_bytes,
-                              "instructions_m4": results["m4"].instructions_per_inference,
-                              "instructions_m55": results["m55"].instructions_per_inference,
-                              "cmsis_nn_api": conv.cmsis.api.level}
+            row[precision] = measure(conv, case)
+        if fractions:
+            probe = convert(case.path, case.calibration, name="probe", default_api=None, precision="auto",
+                            max_error_db=-1000.0)
+            figures = probe.report["quantization"]["auto_precision"]
+            low, high = figures["int8"]["sqnr_db"], figures["int16"]["sqnr_db"]
+            for f in fractions:
+                budget = round(low + f * (high - low), 1)
+                conv = convert(case.path, case.calibration, name=f"{case.name}_auto", default_api=None,
+                               precision="auto", max_error_db=budget)
+                chosen = conv.report["quantization"]["auto_precision"]["chosen"]
+                row[f"auto@{f:g}"] = {**measure(conv, case), "budget_db": budget,
+                                       "calibration_sqnr_db": {"int8": low, "int16": high,
+                                                               "auto": chosen["sqnr_db"]}}
         rows.append(row)
         print_row(row)
     return rows
@@ -90,15 +110,43 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def auto_markdown(rows: list[dict]) -> str:
+    """Budget, then SQNR (calibration samples / held-out) / arena / M4 instructions for int8, int16, auto."""
+    keys = sorted({k for r in rows for k in r if k.startswith("auto@")})
+    head = ["model", "budget (calib. SQNR)", "int8", "int16", "auto", "auto int16 layers", "auto vs int16"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    wins = 0
+    for r in rows:
+        for k in keys:
+            a, c = r[k], r[k]["calibration_sqnr_db"]
+
+            def cell(m: dict, calib: float) -> str:
+                return (f"{calib:.1f} / {m['sqnr_db']:.1f} dB, {m['arena_bytes']:,} B, "
+                        f"{m['instructions_m4']:,}")
+            both = a["arena_bytes"] < r["int16"]["arena_bytes"] and a["instructions_m4"] < r["int16"]["instructions_m4"]
+            wins += both
+            verdict = (f"arena x{a['arena_bytes'] / r['int16']['arena_bytes']:.2f}, M4 "
+                       f"x{a['instructions_m4'] / r['int16']['instructions_m4']:.2f}")
+            lines.append(f"| {r['model']} | {a['budget_db']:.1f} dB ({k[5:]}) | {cell(r['int8'], c['int8'])} | "
+                         f"{cell(r['int16'], c['int16'])} | {cell(a, c['auto'])} | {a['int16_layers']} of "
+                         f"{a['layers']} | {verdict} |")
+    lines.append(f"\nauto below all-int16 in both arena and M4 instructions: {wins} of {len(rows) * len(keys)}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=32, help="held-out samples per model (SQNR and the runs)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "precision_cost.json")
+    ap.add_argument("--auto", type=float, action="append", default=[],
+                    help="also --precision auto at this fraction of the way from int8's to int16's SQNR")
     args = ap.parse_args()
-    rows = run(args.samples)
+    rows = run(args.samples, args.auto)
     print(markdown(rows))
+    if args.auto:
+        print(auto_markdown(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"samples": args.samples, "rows": rows}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"samples": args.samples, "auto": args.auto, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")
 
 

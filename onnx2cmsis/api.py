@@ -29,10 +29,11 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import quantize_graph, run_reference
+from onnx2cmsis.quant.auto_precision import choose_precision
 from onnx2cmsis.quant.bias_correction import correct_biases
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
 from onnx2cmsis.quant.rules import PRECISIONS
-from onnx2cmsis.quant.search import apply_weights, calibrate, search_samples
+from onnx2cmsis.quant.search import apply_weights, calibrate, float_outputs, search_samples
 from onnx2cmsis.report import build_report, header_summary
 
 
@@ -96,6 +97,7 @@ def convert(
     calibration_method: str = "minmax",
     bias_correction: bool = True,
     precision: str = "int8",
+    max_error_db: float | None = None,
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
     default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
@@ -103,7 +105,9 @@ def convert(
     "auto" (per layer, measured), "per-tensor" or "per-channel" (one weight scale per output feature, as
     TFLite 2.21 writes it). calibration_method: quant/ranges.py. bias_correction: fold each conv/dense
     layer's mean output error on the calibration samples into its bias (quant/bias_correction.py).
-    precision: "int8", or "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases)."""
+    precision: "int8", "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto":
+    per layer, the cheapest mix (arena, then instructions, then flash) whose output SQNR on the
+    calibration samples is at least `max_error_db` dB (quant/auto_precision.py)."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
@@ -111,8 +115,11 @@ def convert(
     if calibration_method not in CALIBRATION_METHODS:
         raise OptionError(f"{{opt:calibration_method}} {calibration_method!r} is not one of "
                               f"{', '.join(CALIBRATION_METHODS)}")
-    if precision not in PRECISIONS:
-        raise OptionError(f"{{opt:precision}} {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision not in (*PRECISIONS, "auto"):
+        raise OptionError(f"{{opt:precision}} {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
+    if (precision == "auto") != (max_error_db is not None):
+        raise OptionError("{opt:precision=auto} and {opt:max_error_db} go together: the budget (the output "
+                          "SQNR in dB on the calibration samples) is what auto chooses the widths for")
     if dense_weights not in DENSE_WEIGHTS:
         raise OptionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
     registry = registry or build_registry()
@@ -124,9 +131,16 @@ def convert(
                                        precision=precision)
     x = search_samples(samples)  # what the measured choices are judged on
     calibration_result = calibrate(model, graph, registry, samples, x, calibration_method, dense_weights)
-    corrected = len(correct_biases(model, graph, registry, calibration_result.ranges, calibration_result.weights,
-                                   x)) if bias_correction else None
-    apply_weights(graph, calibration_result.weights)
+    apply_weights(graph, calibration_result.weights)  # on the nodes from here on: indices may shift below
+    chosen = None
+    if precision == "auto":
+        try:
+            chosen = choose_precision(graph, registry, calibration_result.ranges, x, float_outputs(model, x),
+                                      float(max_error_db), cmsis.api)
+        except ConversionError as exc:
+            raise ConversionError(exc.message, exc.where or str(model_path)) from None
+    corrected = len(correct_biases(model, graph, registry, calibration_result.ranges, {}, x)) \
+        if bias_correction else None
     quantize_graph(graph, registry, calibration_result.ranges)
     check_graph(graph, "quantization", quantized=True)
     plan, calls, layers = back_end(graph, registry, cmsis)
@@ -137,7 +151,7 @@ def convert(
     source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
     functions = sorted({f for c in calls for f in c.functions})
     report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples),
-                          calibration_result.summary(), corrected)
+                          calibration_result.summary(), corrected, None if chosen is None else chosen.summary())
     warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
     build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)

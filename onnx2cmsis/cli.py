@@ -17,13 +17,18 @@ from onnx2cmsis.errors import ConversionError, OptionError, render_options
 FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
-         "calibration_method": "--calibration-method", "precision": "--precision"}
+         "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error"}
 
 # The quantization choices convert and verify share.
 PRECISION_OPTION = typer.Option(
-    "int8", "--precision", metavar="int8|int16",
-    help="Activation width: int8 (TFLite int8), or int16 (TFLite 16x8: int16 activations, int8 weights; "
-         "more accurate, twice the arena; see docs/quantization.md).")
+    "int8", "--precision", metavar="int8|int16|auto",
+    help="Activation width: int8 (TFLite int8), int16 (TFLite 16x8: int16 activations, int8 weights; "
+         "more accurate, twice the arena), or auto: per layer, the least RAM that meets --max-error "
+         "(see docs/quantization.md).")
+MAX_ERROR_OPTION = typer.Option(
+    None, "--max-error", metavar="DB",
+    help="With --precision auto: the output SQNR (dB, vs the float model on the calibration samples) "
+         "the model must keep.")
 DENSE_WEIGHTS_OPTION = typer.Option(
     "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
     help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
@@ -127,6 +132,7 @@ def convert(
              "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
     precision: str = PRECISION_OPTION,
+    max_error: Optional[float] = MAX_ERROR_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
     bias_correction: bool = BIAS_CORRECTION_OPTION,
@@ -163,7 +169,7 @@ def convert(
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
                              dense_weights=dense_weights, calibration_method=calibration_method,
-                             bias_correction=bias_correction, precision=precision)
+                             bias_correction=bias_correction, precision=precision, max_error_db=max_error)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
     for warning in result.warnings:
@@ -174,7 +180,26 @@ def convert(
         f"arena {r['arena_bytes']} B (live-set bound {r['arena_lower_bound_bytes']} B; smallest {best} "
         f"{r['arena_smallest_bound_bytes']} B), weights {r['weights_bytes']} B"
     )
+    auto = r["quantization"]["auto_precision"]
+    if auto is not None:
+        typer.echo(_auto_precision_lines(auto, r["layers"]))
     typer.echo(_cmsis_line(result.cmsis))
+
+
+def _auto_precision_lines(auto: dict, layers: list[dict]) -> str:
+    """What --precision auto chose and why: the budget, the three measurements, each layer's width and
+    the SQNR it would lose at int8."""
+    def fig(key: str) -> str:
+        f = auto[key]
+        return f"{f['sqnr_db']:.2f} dB, arena {f['arena_bytes']} B"
+    wide = sum(1 for layer in layers if layer["bits"] == 16 and layer["op"] != "reshape")
+    lines = [f"precision auto: {wide} of {sum(1 for layer in layers if layer['op'] != 'reshape')} layers int16, "
+             f"{fig('chosen')} for a budget of {auto['min_sqnr_db']:g} dB (all int8: {fig('int8')}; all int16: "
+             f"{fig('int16')}; SQNR on the calibration samples)"]
+    lines += [f"  {layer['index']:3d} {layer['op']:<10s} int{layer['bits']:<3d}" +
+              (f" int8 loses {layer['int8_loss_db']:.2f} dB" if "int8_loss_db" in layer else "") +
+              f"  {layer['name']}" for layer in layers if layer["op"] != "reshape"]
+    return "\n".join(lines)
 
 
 @app.command("inspect")
@@ -244,6 +269,7 @@ def verify(
         None, "--cmsis-nn-api", metavar="LEVEL",
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
     precision: str = PRECISION_OPTION,
+    max_error: Optional[float] = MAX_ERROR_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
     bias_correction: bool = BIAS_CORRECTION_OPTION,
@@ -278,7 +304,7 @@ def verify(
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method, bias_correction=bias_correction,
-                           precision=precision)
+                           precision=precision, max_error_db=max_error)
         x = load_calibration(data, conv.graph.model_input_shapes[0], what="--data")
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):

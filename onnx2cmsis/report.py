@@ -62,6 +62,8 @@ def layer_entries(graph: Graph, registry: Registry, layers: list[Layer]) -> list
             "handler": handler_name(registry.for_op(node.op)),
             **({"weights": graph.quant_options.weights_of(node)}
                if registry.for_op(node.op).weight_granularities else {}),
+            "bits": graph.tensors[node.output].quant.bits if graph.tensors[node.output].quant else None,
+            **({"int8_loss_db": node.attrs["int8_loss_db"]} if "int8_loss_db" in node.attrs else {}),
         }
         for layer, node in zip(layers, graph.nodes, strict=True)
     ]
@@ -70,7 +72,7 @@ def layer_entries(graph: Graph, registry: Registry, layers: list[Layer]) -> list
 def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Registry, plan: MemoryPlan,
                  layers: list[Layer], cmsis: CmsisTree, functions: list[str], rewrites: list[str],
                  samples: int, search: dict[str, Any] | None = None,
-                 bias_corrected: int | None = None) -> dict[str, Any]:
+                 bias_corrected: int | None = None, auto_precision: dict[str, Any] | None = None) -> dict[str, Any]:
     """NAME.json (see docs/c-interface.md), without the budget warnings the caller adds."""
     return {
         "tool": "onnx2cmsis",
@@ -96,5 +98,7 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
                          "calibration_method": graph.quant_options.calibration_method,
                          "search": search,
                          # None: off; else how many layers' biases took their mean int8 error
-                         "bias_corrected_layers": bias_corrected},
+                         "bias_corrected_layers": bias_corrected,
+                         # --precision auto: the budget and what int8, int16 and the choice measured
+                         "auto_precision": auto_precision},
     }

@@ -207,3 +207,24 @@ def test_cli_converts_int16_and_writes_the_16x8_tflite(tmp_path):
                   "--precision", "int4", "-o", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--precision 'int4' is not one of int8, int16" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_s16_convolution_that_could_overflow_its_32_bit_sum_is_refused(tmp_path):
+    """arm_convolve_s16 sums in 32 bits, TFLite-Micro in 64: a layer where they could differ
+    (32768 x sum|w| past 2^31) is refused by name rather than converted."""
+    import onnx
+    from onnx import numpy_helper
+
+    from onnx2cmsis.errors import ConversionError
+
+    w = numpy_helper.from_array(np.full((2, 200, 3), 0.01, np.float32), "w")  # sum|w_q| = 600 x 127
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3], name="wide_conv")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 200, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    path = tmp_path / "wide.onnx"
+    onnx.save(_model([node], [x], [y], [w]), str(path))
+    calib = np.random.default_rng(0).standard_normal((16, 200, 8)).astype(np.float32)
+    convert(path, calib, name="wide8")  # int8 is fine: its int32 sum has room
+    with pytest.raises(ConversionError, match=r"node 'wide_conv' .*int32 partial sum of output channel 0 can "
+                                              r"overflow at int16.*sum\|w\| 76200"):
+        convert(path, calib, name="wide16", precision="int16")

@@ -50,7 +50,8 @@ class QuantOptions:
     # How each value's float range is chosen from the calibration samples (quant/ranges.py).
     calibration_method: str = "minmax"
     # The activations' width: "int8" (TFLite int8) or "int16" (TFLite 16x8: int16 activations with
-    # zero point 0, int8 weights, int64 biases). Weights are int8 either way.
+    # zero point 0, int8 weights, int64 biases), or "auto" (per layer: Tensor.bits, chosen by
+    # quant/auto_precision.py). Weights are int8 either way.
     precision: str = "int8"
 
     @property

@@ -40,6 +40,9 @@ class Tensor:
     shape: tuple[int, ...]
     quant: QuantParams | None = None
     calib_name: str | None = None  # model value whose calibrated float range this tensor takes
+    # Its activation width where a mixed-precision assignment chose one (quant/precision.py); None:
+    # the model's --precision.
+    bits: int | None = None
     # Element i of that model value (flat, batch 1) is element calib_index[i] of this tensor: how
     # per-layer accuracy compares the two (None when the import did not record it).
     calib_index: np.ndarray | None = field(default=None, repr=False, compare=False)

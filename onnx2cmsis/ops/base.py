@@ -212,7 +212,7 @@ def calibrated_quant(graph: Graph, tensor: str, ranges: dict[str, tuple[float, f
     if key not in ranges:
         raise KeyError(f"no calibration range for tensor '{key}'")
     lo, hi = ranges[key]
-    return activation_quant(lo, hi, graph.quant_options.activation_bits)
+    return activation_quant(lo, hi, t.bits or graph.quant_options.activation_bits)
 
 
 def fused_activation_range(node: Node, graph: Graph) -> tuple[int, int]:

@@ -6,7 +6,8 @@ algorithm TFLite-Micro runs (gemmlowp fixed point: quant/fixedpoint.py) and the 
 per element: exact by construction, and fast.
 
 At int16 a table would take 128 KiB: LeakyRelu, requantize and the clamp are then an own loop with
-TFLite-Micro's arithmetic (`elementwise_s16.c.j2`), Tanh and Sigmoid TFLite's 16x8 algorithm with its
+TFLite-Micro's arithmetic (`elementwise_loop.c.j2`, also the requantize between int8 and int16 of a
+mixed-precision model), Tanh and Sigmoid TFLite's 16x8 algorithm with its
 interpolated sigmoid table (quant/sigmoid16.py, `sigmoid_s16.c.j2`).
 """
 
@@ -35,6 +36,7 @@ from onnx2cmsis.quant.rules import (
     activation_range,
     divide_by_power_of_two,
     quantize_multiplier,
+    int_range,
     requantize,
     saturate,
 )
@@ -114,7 +116,7 @@ class LookupTableHandler(OpHandler):
         q_in = graph.tensors[node.inputs[0]].quant
         out = graph.tensors[node.output]
         fn = node.attrs["fn"]
-        if q_in.bits == 16:
+        if q_in.bits == 16 or (fn == "requantize" and graph.tensors[node.output].bits not in (None, 8)):
             self._quantize_s16(node, graph, ranges)
             return
         if fn == "tanh":
@@ -136,8 +138,9 @@ class LookupTableHandler(OpHandler):
         node.qparams = {"table": table}
 
     def _quantize_s16(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-        """int16 -> int16 as multipliers for the own loop: y = requantize(x) on each side of 0 (one
-        multiplier for both unless LeakyRelu), clamped to `range`."""
+        """int16 -> int16 (and a requantize between int8 and int16, TFLite's QUANTIZE) as multipliers for
+        the own loop: y = requantize(x - zp_in) + zp_out on each side of 0 (one multiplier for both
+        unless LeakyRelu), clamped to `range`."""
         q_in = graph.tensors[node.inputs[0]].quant
         out = graph.tensors[node.output]
         fn = node.attrs["fn"]
@@ -158,7 +161,7 @@ class LookupTableHandler(OpHandler):
             quantize_multiplier(float(q_in.scale) / float(out.quant.scale))  # as the int8 tables round them
         negative = quantize_multiplier(float(s_in * np.float32(node.attrs["alpha"]) / s_out)) \
             if fn == "leaky_relu" else identity
-        node.qparams = {"identity": identity, "negative": negative, "range": (-32768, 32767)}
+        node.qparams = {"identity": identity, "negative": negative, "range": int_range(out.quant.bits)}
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if "table" in node.qparams:
@@ -167,12 +170,13 @@ class LookupTableHandler(OpHandler):
         if "scaling" in qp:
             fn = tanh_s16 if node.attrs["fn"] == "tanh" else sigmoid_s16
             return [fn(inputs[0], *qp["scaling"])]
-        x = inputs[0].astype(np.int64)
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        x = inputs[0].astype(np.int64) - q_in.zero_point
         if qp["identity"] is not None:
             (m_id, sh_id), (m_neg, sh_neg) = qp["identity"], qp["negative"]
             neg = requantize(x, abs(m_neg), sh_neg) * (-1 if m_neg < 0 else 1)
             x = np.where(x >= 0, requantize(x, m_id, sh_id), neg)
-        return [saturate(x, 16, *qp["range"])]
+        return [saturate(x + q_out.zero_point, q_out.bits, *qp["range"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         if "scaling" in node.qparams:
@@ -185,11 +189,13 @@ class LookupTableHandler(OpHandler):
         if "table" not in node.qparams:
             qp = node.qparams
             context = {"size": graph.tensors[node.output].size, "fn": node.attrs["fn"], "act_min": qp["range"][0],
-                       "act_max": qp["range"][1], "identity": qp["identity"]}
+                       "act_max": qp["range"][1], "identity": qp["identity"],
+                       "in_offset": -graph.tensors[node.inputs[0]].quant.zero_point,
+                       "out_offset": graph.tensors[node.output].quant.zero_point}
             if qp["identity"] is not None:
                 m_neg, sh_neg = qp["negative"]
                 context.update(negative=(abs(m_neg), sh_neg), negate=m_neg < 0)
-            return KernelCall(template="elementwise_s16.c.j2", kernel="own loop", context=context)
+            return KernelCall(template="elementwise_loop.c.j2", kernel="own loop", context=context)
         return KernelCall(
             template="lut.c.j2",
             kernel="own loop (256-entry table)",

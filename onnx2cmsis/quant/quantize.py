@@ -16,16 +16,18 @@ def calibration_values(graph: Graph) -> list[str]:
 
 
 def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]]) -> None:
-    bits = graph.quant_options.activation_bits
-    lacking = [n for n in graph.nodes if bits not in registry.for_op(n.op).activation_bits]
+    default = graph.quant_options.activation_bits
+    lacking = [(n, b) for n in graph.nodes
+               if (b := graph.tensors[n.output].bits or default) not in registry.for_op(n.op).activation_bits]
     if lacking:
         raise ConversionError("; ".join(f"{n.where}: its handler ({n.op}) supports "
                                         f"{' and '.join(f'int{b}' for b in registry.for_op(n.op).activation_bits)}"
-                                        f" activations only" for n in lacking)
-                              + f" (convert with {{opt:precision=int8}}, or give the op a handler for int{bits})")
+                                        f" activations only" for n, _ in lacking)
+                              + f" (convert with {{opt:precision=int8}}, or give the op a handler for "
+                                f"int{lacking[0][1]})")
     for name in graph.inputs:
         t = graph.tensors[name]
-        t.quant = activation_quant(*ranges[t.calib_name or name], graph.quant_options.activation_bits)
+        t.quant = activation_quant(*ranges[t.calib_name or name], t.bits or default)
     for node in graph.nodes:
         registry.for_op(node.op).quantize(node, graph, ranges)
 

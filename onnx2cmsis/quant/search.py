@@ -64,6 +64,12 @@ def quantized_copy(graph: Graph, registry: Registry, ranges: dict[str, tuple[flo
     return g
 
 
+def float_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The float model's (first) output for each sample: what the measured choices are judged against."""
+    output = model.graph.output[0].name
+    return np.stack([r[output] for r in run_float(model, x, [output])])
+
+
 def search_samples(samples, limit: int = SEARCH_SAMPLES) -> np.ndarray:
     """At most `limit` samples spread evenly over the calibration set."""
     index = np.unique(np.linspace(0, len(samples) - 1, min(limit, len(samples))).astype(int))
@@ -92,10 +98,11 @@ class OutputJudge:
         got = np.stack([dequantize_tensor(run_reference(g, self.registry, quantize_tensor(s, q_in))[out], q_out)
                         .reshape(-1) for s in self.x]).astype(np.float64)
         halves = (slice(0, None, 2), slice(1, None, 2))
-        return np.array([_sqnr_db(got[h], self.want[h]) for h in halves])
+        return np.array([sqnr_db(got[h], self.want[h]) for h in halves])
 
 
-def _sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
+def sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
+    """10 log10(signal / noise) of `got` against `want`, in dB."""
     noise = max(float(np.sum((got - want) ** 2)), 1e-30)
     return float(10 * np.log10(max(float(np.sum(want**2)), 1e-30) / noise))
 
@@ -153,7 +160,6 @@ def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples,
                                               for n in graph.nodes)
     if method != "output" and not choices:
         return SearchResult(extremes)
-    output = model.graph.output[0].name
-    want = np.stack([r[output] for r in run_float(model, x, [output])])
+    want = float_outputs(model, x)
     return search(graph, registry, x, want, extremes, histograms if method == "output" else None,
                   choose_weights=choices)

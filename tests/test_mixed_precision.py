@@ -1,0 +1,170 @@
+"""Mixed int8/int16 models (--precision auto): per-layer widths with exact requantize steps between.
+
+Random assignments go through the real pipeline (convert with the chooser replaced by a random one):
+C == reference == tflite-micro on the host, and on QEMU M4/M55. The chooser itself is checked on what
+it promises: the budget met (measured here, independently), and the least arena among the
+assignments it measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx2cmsis.api as api
+from onnx2cmsis.api import convert
+from onnx2cmsis.errors import ConversionError, OptionError
+from onnx2cmsis.evaluate import quantize_inputs
+from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
+from onnx2cmsis.quant.precision import apply_precision
+from onnx2cmsis.quant.rules import dequantize_tensor
+from onnx2cmsis.quant.search import float_outputs, search_samples
+from onnx2cmsis.targets.host import build_conversions
+from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+from tests.needs import module, oracle_runtime, qemu_tools
+from tests.zoo import make_op_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "vibration"
+
+
+class _RandomWidths:
+    """Stands in for auto_precision.choose_precision: a seeded random width per layer."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, graph, registry, ranges, x, want, min_sqnr_db, cmsis_api):
+        bits = [int(b) for b in self.rng.choice([8, 16], len(graph.nodes))]
+        apply_precision(graph, bits)
+
+        class Chosen:
+            def summary(self):
+                return {"random": bits}
+        return Chosen()
+
+
+def _random_mixes(monkeypatch, folder: Path, per_family: int, seed: int) -> list:
+    monkeypatch.setattr(api, "choose_precision", _RandomWidths(seed))
+    convs = make_op_zoo(folder, per_family=per_family, seed=seed, prefix="mix_", precision="auto", max_error_db=0.0)
+    convs.append(convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="mix_vibration",
+                         precision="auto", max_error_db=0.0))
+    keras = module("keras", 'pip install -e ".[keras]"')
+    rng = np.random.default_rng(seed)
+    for path in sorted((ROOT / "tests" / "keras_models").glob("*.h5")):
+        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+        convs.append(convert(path, rng.standard_normal((64, steps, channels)).astype(np.float32),
+                             name=f"mix_{path.stem}", precision="auto", max_error_db=0.0))
+    return convs
+
+
+def _inputs(conv, rng: np.random.Generator) -> np.ndarray:
+    q = conv.graph.tensors[conv.graph.inputs[0]].quant
+    lo, hi = (-128, 128) if q.bits == 8 else (-32768, 32768)
+    x = rng.integers(lo, hi, (6, conv.graph.tensors[conv.graph.inputs[0]].size)).astype(q.dtype)
+    x[0], x[1] = lo, hi - 1
+    return x
+
+
+@pytest.fixture(scope="module")
+def mixes(tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        folder = tmp_path_factory.mktemp("mixes")
+        convs = _random_mixes(monkeypatch, folder, per_family=6, seed=8)
+    finally:
+        monkeypatch.undo()
+    rng = np.random.default_rng(9)
+    return folder, convs, {c.name: _inputs(c, rng) for c in convs}
+
+
+def test_option_pairs_are_checked():
+    with pytest.raises(OptionError, match="max_error_db"):
+        convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", precision="auto")
+    with pytest.raises(OptionError, match="max_error_db"):
+        convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", max_error_db=40.0)
+
+
+def test_requantize_steps_sit_where_the_width_changes(mixes):
+    _, convs, _ = mixes
+    changes = 0
+    for c in convs:
+        g = c.graph
+        for node in g.nodes:
+            widths = {g.tensors[t].quant.bits for t in node.inputs}
+            out = g.tensors[node.output].quant.bits
+            if node.origin.startswith("requantize int"):
+                changes += 1
+                assert widths != {out} and node.origin == f"requantize int{widths.pop()} -> int{out}"
+            else:
+                assert widths == {out}, (c.name, node.name, node.op, widths, out)
+    assert changes >= len(convs)  # random widths: nearly every model has several
+
+
+@pytest.mark.slow
+@pytest.mark.level
+def test_mixed_models_c_reference_and_tflite_micro_agree(mixes):
+    oracle_runtime()
+    folder, convs, inputs = mixes
+    models = build_conversions(convs, folder / "host", library="mixes")
+    checked = 0
+    for c in convs:
+        want = np.stack([c.reference(x) for x in inputs[c.name]])
+        assert np.array_equal(np.stack([models[c.name](x) for x in inputs[c.name]]), want), c.name
+        try:
+            tflite = export_tflite(c.graph, c.registry)
+        except NotExportable:
+            continue
+        assert np.array_equal(run_tflite_micro(tflite, inputs[c.name]), want), c.name
+        checked += 1
+    assert checked >= 0.9 * len(convs)
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.level
+@pytest.mark.parametrize("target", ["m4", "m55"])
+def test_mixed_models_bit_exact_on_qemu(mixes, target, tmp_path):
+    qemu_tools()
+    _, convs, inputs = mixes
+    fw = build_firmware(convs, target, tmp_path)
+    outputs = run_firmware(fw, {c.name: inputs[c.name] for c in convs})
+    bad = [c.name for c in convs if not np.array_equal(outputs[c.name], np.stack([c.reference(x) for x in inputs[c.name]]))]
+    assert not bad, f"{target}: {bad[:5]} differ from the reference"
+
+
+def _calibration_sqnr(conv, samples: np.ndarray) -> float:
+    """The output SQNR on the search samples, from the float model and the integer reference."""
+    x = search_samples(samples)
+    want = float_outputs(conv.model, x).reshape(len(x), -1).astype(np.float64)
+    q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
+    got = np.stack([dequantize_tensor(conv.reference(s), q_out) for s in quantize_inputs(conv, x)]).astype(np.float64)
+    return float(10 * np.log10(np.sum(want ** 2) / np.sum((got - want) ** 2)))
+
+
+@pytest.mark.slow
+def test_auto_meets_the_budget_with_less_ram_than_int16(tmp_path):
+    """pool_cnn (benchmarks/models): int8 misses a budget between int8's and int16's SQNR; auto meets
+    it, measured again here, with the int8 arena where all-int16 needs twice that."""
+    module("keras", 'pip install -e ".[keras]"')
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.accuracy import cases
+
+    case = next(c for c in cases(8, 200) if c.name == "pool_cnn")
+    int8 = convert(case.path, case.calibration, name="p8")
+    int16 = convert(case.path, case.calibration, name="p16", precision="int16")
+    s8, s16 = _calibration_sqnr(int8, case.calibration), _calibration_sqnr(int16, case.calibration)
+    budget = round(s8 + 0.5 * (s16 - s8), 1)
+    auto = convert(case.path, case.calibration, name="pauto", precision="auto", max_error_db=budget)
+    assert _calibration_sqnr(auto, case.calibration) >= budget > s8
+    assert auto.plan.arena_bytes < int16.plan.arena_bytes
+    report = auto.report["quantization"]["auto_precision"]
+    assert report["min_sqnr_db"] == budget and report["chosen"]["arena_bytes"] <= report["int16"]["arena_bytes"]
+    bits = [layer["bits"] for layer in auto.report["layers"]]
+    assert 8 in bits and 16 in bits
+    assert all("int8_loss_db" in layer for layer in auto.report["layers"] if layer["op"] in ("conv1d", "dense"))
+    with pytest.raises(ConversionError, match=r"no per-layer precision reaches an output SQNR of 90 dB"):
+        convert(case.path, case.calibration, name="pbad", precision="auto", max_error_db=90.0)
