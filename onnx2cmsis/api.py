@@ -17,6 +17,7 @@ from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
 from onnx2cmsis.codegen.build_files import render_build_files
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
+from onnx2cmsis.codegen.report_page import render_report_page
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
@@ -51,6 +52,7 @@ class Conversion:
     header: str  # NAME.h
     report: dict[str, Any] = field(default_factory=dict)  # NAME.json
     build_files: dict[str, str] = field(default_factory=dict)  # NAME.mk, NAME.cmake
+    pages: dict[str, str] = field(default_factory=dict)  # NAME.md, NAME_memory.svg: for people
     # budget warnings with settings as {opt:...} markers (errors.render_options); the report has them
     # spelled as the API's parameters
     warnings: list[str] = field(default_factory=list)
@@ -155,8 +157,14 @@ def convert(
     warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
     build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)
+    views: dict[str, str] = {}
+    for node in graph.nodes:
+        if registry.for_op(node.op).aliases_input(node):
+            views[node.output] = views.get(node.inputs[0], node.inputs[0])
+    markdown, svg = render_report_page(name, report, plan, [n.output for n in graph.nodes], views)
     return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report,
-                      build_files=build_files, warnings=warnings)
+                      build_files=build_files, pages={f"{name}.md": markdown, f"{name}_memory.svg": svg},
+                      warnings=warnings)
 
 
 def front_end(model_path: Path, registry: Registry) -> tuple[onnx.ModelProto, Graph, list[str]]:
@@ -222,7 +230,7 @@ def _new_staging_file(folder: Path, name: str) -> tuple[int, str]:
 
 
 def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list[Path]:
-    """Write NAME.c/.h/.json/.mk/.cmake (and NAME.tflite) atomically: all of them appear, or none changes. A
+    """Write NAME.c/.h/.json/.mk/.cmake, NAME.md and NAME_memory.svg (and NAME.tflite) atomically: all of them appear, or none changes. A
     missing output folder is created (a file in its place is an error).
 
     NAME.tflite is the same integer graph for TFLite-Micro, with exactly NAME_invoke's input and output
@@ -239,6 +247,7 @@ def write_outputs(conv: Conversion, out_dir: Path, tflite: bool = False) -> list
         out_dir / f"{conv.name}.h": conv.header,
         out_dir / f"{conv.name}.json": json.dumps(conv.report, indent=2, sort_keys=False) + "\n",
         **{out_dir / file: text for file, text in conv.build_files.items()},
+        **{out_dir / file: text for file, text in conv.pages.items()},
     }
     if tflite:
         from onnx2cmsis.oracle.tflite_export import export_tflite

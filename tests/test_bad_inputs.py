@@ -279,7 +279,7 @@ def test_million_parameter_model_works_with_a_flash_warning(tmp_path):
     warnings = r.stderr.strip().splitlines()
     assert len(warnings) == 1 and "warning" in warnings[0] and "B of flash, more than the 524,288 B budget" in warnings[0], r.stderr
     assert "with --flash-kb)" in warnings[0]  # the CLI names its flag; the library only the setting
-    assert sorted(p.name for p in out.iterdir()) == ["million.c", "million.cmake", "million.h", "million.json", "million.mk"]
+    assert sorted(p.name for p in out.iterdir()) == ["million.c", "million.cmake", "million.h", "million.json", "million.md", "million.mk", "million_memory.svg"]
     conv = convert(model, calib)
     assert conv.report["weights_bytes"] > 1_000_000 and len(conv.report["warnings"]) == 1
     assert "with flash_bytes)" in conv.report["warnings"][0] and "--" not in conv.report["warnings"][0]

@@ -26,7 +26,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_convert_writes_c_h_json(tmp_path):
     r = run_cli("convert", str(MODEL), "--calibration", str(CALIB), "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.mk"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.md", "vibration_cnn.mk", "vibration_cnn_memory.svg"]
     umask = os.umask(0o022)
     os.umask(umask)
     for p in tmp_path.iterdir():  # like any file the user writes, not mkstemp's private 0600
@@ -60,7 +60,7 @@ def test_a_missing_output_folder_is_created(tmp_path):
     out = tmp_path / "does" / "not" / "exist"
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.mk"]
+    assert sorted(p.name for p in out.iterdir()) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.md", "vibration_cnn.mk", "vibration_cnn_memory.svg"]
 
 
 def test_original_positional_form(tmp_path):
@@ -74,7 +74,7 @@ def test_output_is_deterministic(tmp_path):
     a.mkdir(), b.mkdir()
     for d in (a, b):
         assert run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(d)).returncode == 0
-    for suffix in (".c", ".h", ".json", ".mk", ".cmake"):
+    for suffix in (".c", ".h", ".json", ".mk", ".cmake", ".md", "_memory.svg"):
         assert (a / f"vibration_cnn{suffix}").read_bytes() == (b / f"vibration_cnn{suffix}").read_bytes()
 
 

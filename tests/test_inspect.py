@@ -47,6 +47,6 @@ def test_the_python_api_as_documented(tmp_path):
                   [__import__("onnx").numpy_helper.from_array(np.full((4, 2, 3), 0.1, np.float32), "w")])
     conv = onnx2cmsis.convert(model, calib)
     written = onnx2cmsis.write_outputs(conv, Path(tmp_path / "out"))
-    assert sorted(p.name for p in written) == ["m.c", "m.cmake", "m.h", "m.json", "m.mk"]
+    assert sorted(p.name for p in written) == ["m.c", "m.cmake", "m.h", "m.json", "m.md", "m.mk", "m_memory.svg"]
     assert isinstance(conv, onnx2cmsis.Conversion)
     assert "arm_convolve_s8" in [layer["kernel"] for layer in conv.report["layers"]]

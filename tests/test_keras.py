@@ -196,5 +196,5 @@ def test_cli_converts_the_keras_example_deterministically_and_quietly(tmp_path):
         lines = r.stdout.strip().splitlines()  # what was written; which CMSIS-NN it is for and where from
         assert r.stderr == "" and len(lines) == 2 and lines[1].startswith("CMSIS-NN: "), (r.stdout, r.stderr)
         outputs.append({p.name: p.read_bytes() for p in out.iterdir()})
-    assert sorted(outputs[0]) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.mk"]
+    assert sorted(outputs[0]) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.md", "vibration_cnn.mk", "vibration_cnn_memory.svg"]
     assert outputs[0] == outputs[1]

@@ -1,0 +1,57 @@
+"""NAME.md and NAME_memory.svg: the conversion as a person reads it, beside the C.
+
+NAME.md is the per-layer table (op, kernel, shapes, width, MACs, weights, where the output lives,
+scratch) and the memory summary; NAME_memory.svg draws the arena: every buffer as a box from the step
+that writes it to the last step that reads it, at its offset, with the bytes live at each step and
+the arena's size. Both come from NAME.json's figures and the memory plan, through templates only.
+Model names are untrusted text: escaped for Markdown tables and XML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnx2cmsis.codegen.emit_c import template_environment
+from onnx2cmsis.plan.arena import MemoryPlan
+
+SVG_WIDTH, SVG_HEIGHT, MARGIN = 760, 280, 48
+
+
+def md_cell(text: object) -> str:
+    """Text safe inside a Markdown table cell: one line, no column breaks, no HTML."""
+    s = " ".join(str(text).split())
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _where(plan: MemoryPlan, tensor: str, groups: dict[str, str]) -> str:
+    p = plan.tensors[tensor]
+    if p.storage != "arena":
+        return f"caller's {p.storage}"
+    return f"arena + {p.offset}" + ("" if groups.get(tensor, tensor) == tensor else " (view)")
+
+
+def render_report_page(name: str, report: dict[str, Any], plan: MemoryPlan, outputs: list[str],
+                       views: dict[str, str]) -> tuple[str, str]:
+    """(NAME.md, NAME_memory.svg). `outputs`: each layer's output tensor, in execution order; `views`:
+    tensor -> the tensor whose buffer it shares."""
+    env = template_environment()
+    env.filters["md"] = md_cell
+    steps = max(len(report["layers"]), 1)
+    arena = max(plan.arena_bytes, 1)
+    live = [0] * steps
+    for b in plan.buffers:
+        for t in range(b.start, min(b.end, steps - 1) + 1):
+            live[t] += b.size
+    sx = (SVG_WIDTH - 2 * MARGIN) / steps
+    sy = (SVG_HEIGHT - 2 * MARGIN) / arena
+    boxes = [{"x": MARGIN + b.start * sx, "w": (b.end - b.start + 1) * sx, "y": MARGIN + b.offset * sy,
+              "h": max(b.size * sy, 1.0), "scratch": b.key.startswith("#scratch"), "bytes": b.size,
+              "label": "kernel scratch" if b.key.startswith("#scratch") else b.key,
+              "steps": f"{b.start}-{b.end}"} for b in plan.buffers]
+    line = " ".join(f"{MARGIN + t * sx:.1f},{MARGIN + v * sy:.1f} {MARGIN + (t + 1) * sx:.1f},{MARGIN + v * sy:.1f}"
+                    for t, v in enumerate(live))
+    context = {"name": name, "r": report, "plan": plan, "live": live, "peak_step": live.index(max(live)),
+               "where": [_where(plan, t, views) for t in outputs], "total_macs": sum(l["macs"] for l in report["layers"]),
+               "boxes": boxes, "line": line, "width": SVG_WIDTH, "height": SVG_HEIGHT, "margin": MARGIN,
+               "arena_y": MARGIN + plan.arena_bytes * sy, "steps": steps, "sx": sx}
+    return env.get_template("report.md.j2").render(context), env.get_template("memory.svg.j2").render(context)
