@@ -94,7 +94,7 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print the tool version and exit."),
 ) -> None:
-    """Trained 1D CNNs (Keras, ONNX) -> int8 C that calls CMSIS-NN kernels.
+    """Trained 1D CNNs (Keras, ONNX) -> int8 or int16 C that calls CMSIS-NN kernels.
 
     \b
     Example:
@@ -146,7 +146,7 @@ def convert(
                                 "TFLite-Micro, with NAME_invoke's input and output (the [verify] extra)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Write NAME.c, NAME.h, NAME.json, NAME.mk and NAME.cmake for MODEL.
+    """Write NAME.c, NAME.h, NAME.json, NAME.mk, NAME.cmake and the NAME.md report for MODEL.
 
     \b
     Example:
