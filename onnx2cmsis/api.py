@@ -100,6 +100,7 @@ def convert(
     bias_correction: bool = True,
     precision: str = "int8",
     max_error_db: float | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
     default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
@@ -109,7 +110,8 @@ def convert(
     layer's mean output error on the calibration samples into its bias (quant/bias_correction.py).
     precision: "int8", "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto":
     per layer, the cheapest mix (arena, then instructions, then flash) whose output SQNR on the
-    calibration samples is at least `max_error_db` dB (quant/auto_precision.py)."""
+    calibration samples is at least `max_error_db` dB (quant/auto_precision.py). input_shape: the
+    model input's shape without the batch, to fix a dynamic (e.g. time) dimension."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
@@ -127,7 +129,7 @@ def convert(
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
 
-    model, graph, rewrites = front_end(model_path, registry)
+    model, graph, rewrites = front_end(model_path, registry, input_shape)
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
                                        precision=precision)
@@ -167,9 +169,10 @@ def convert(
                       warnings=warnings)
 
 
-def front_end(model_path: Path, registry: Registry) -> tuple[onnx.ModelProto, Graph, list[str]]:
+def front_end(model_path: Path, registry: Registry,
+              input_shape: tuple[int, ...] | None = None) -> tuple[onnx.ModelProto, Graph, list[str]]:
     """File -> static batch-1 ONNX -> canonical IR -> after the passes (and the rewrites that fired)."""
-    model = load_model(model_path)  # frontends: file -> static, batch-1 ONNX
+    model = load_model(model_path, input_shape)  # frontends: file -> static, batch-1 ONNX
     graph = import_onnx(model, registry, str(model_path))  # importer: ONNX -> canonical IR
     check_graph(graph, "import")
     _check_finite_constants(graph, str(model_path))

@@ -17,7 +17,8 @@ from onnx2cmsis.errors import ConversionError, OptionError, render_options
 FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
-         "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error"}
+         "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
+         "input_shape": "--input-shape"}
 
 # The quantization choices convert and verify share.
 PRECISION_OPTION = typer.Option(
@@ -25,6 +26,10 @@ PRECISION_OPTION = typer.Option(
     help="Activation width: int8 (TFLite int8), int16 (TFLite 16x8: int16 activations, int8 weights; "
          "more accurate, twice the arena), or auto: per layer, the least RAM that meets --max-error "
          "(see docs/quantization.md).")
+INPUT_SHAPE_OPTION = typer.Option(
+    None, "--input-shape", metavar="D1,D2",
+    help="The input's shape without the batch, e.g. 3,128: fixes a dynamic dimension (a PyTorch export's "
+         "time axis, a Keras Input without a length).")
 MAX_ERROR_OPTION = typer.Option(
     None, "--max-error", metavar="DB",
     help="With --precision auto: the output SQNR (dB, vs the float model on the calibration samples) "
@@ -56,6 +61,17 @@ def _usage(message: str, command: str) -> None:
     """A usage error: exit 2, pointing at the command's help (as for an unknown option)."""
     typer.echo(f"onnx2cmsis: error: {message} (see onnx2cmsis {command} --help)", err=True)
     raise typer.Exit(2)
+
+
+def _shape(text: Optional[str], command: str) -> Optional[tuple[int, ...]]:
+    """--input-shape 3,128 as (3, 128)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        _usage(f"--input-shape {text!r} is not a list of sizes such as 3,128", command)
+    return None
 
 
 @contextmanager
@@ -133,6 +149,7 @@ def convert(
     ),
     precision: str = PRECISION_OPTION,
     max_error: Optional[float] = MAX_ERROR_OPTION,
+    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
     bias_correction: bool = BIAS_CORRECTION_OPTION,
@@ -169,7 +186,8 @@ def convert(
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
                              dense_weights=dense_weights, calibration_method=calibration_method,
-                             bias_correction=bias_correction, precision=precision, max_error_db=max_error)
+                             bias_correction=bias_correction, precision=precision, max_error_db=max_error,
+                             input_shape=_shape(input_shape, "convert"))
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
     for warning in result.warnings:
@@ -207,6 +225,7 @@ def inspect_command(
     model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
     cmsis_api: Optional[str] = typer.Option(None, "--cmsis-nn-api", metavar="LEVEL",
                                             help="CMSIS-NN API level: 7 (the default) or 2024.01."),
+    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the table as JSON."),
     plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
                                      help="Op handler to load (repeatable)."),
@@ -228,7 +247,8 @@ def inspect_command(
 
     with _reported(model, "inspect", debug):
         result = run_inspect(model, cmsis_api=cmsis_api,
-                             registry=build_registry(extra=tuple(plugin), allow_override=allow_override))
+                             registry=build_registry(extra=tuple(plugin), allow_override=allow_override),
+                             input_shape=_shape(input_shape, "inspect"))
     typer.echo(format_inspection(result))
     if json_out is not None:
         data = {k: v for k, v in vars(result).items() if k != "model_path"}
@@ -270,6 +290,7 @@ def verify(
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
     precision: str = PRECISION_OPTION,
     max_error: Optional[float] = MAX_ERROR_OPTION,
+    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
     bias_correction: bool = BIAS_CORRECTION_OPTION,
@@ -304,7 +325,7 @@ def verify(
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method, bias_correction=bias_correction,
-                           precision=precision, max_error_db=max_error)
+                           precision=precision, max_error_db=max_error, input_shape=_shape(input_shape, "verify"))
         x = load_calibration(data, conv.graph.model_input_shapes[0], what="--data")
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):

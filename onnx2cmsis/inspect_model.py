@@ -37,12 +37,13 @@ class Inspection:
     macs: int
 
 
-def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Registry | None = None) -> Inspection:
+def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Registry | None = None,
+            input_shape: tuple[int, ...] | None = None) -> Inspection:
     """The layers, kernels and memory of MODEL as convert would emit them (int8, dense per tensor)."""
     model_path = Path(model_path)
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(None, cmsis_api, DEFAULT_API.level)
-    _, graph, _ = front_end(model_path, registry)
+    _, graph, _ = front_end(model_path, registry, input_shape)
     graph.quant_options = QuantOptions(dense_weights="per-tensor")
     quantize_graph(graph, registry, {v: PLACEHOLDER_RANGE for v in calibration_values(graph)})
     plan, _, layers = back_end(graph, registry, cmsis)

@@ -174,3 +174,32 @@ def test_verify_names_data_of_the_wrong_shape_as_data(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((2, 128, 3), np.float32))  # (W, C): the ONNX model takes (C, W)
     r = run_cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(tmp_path / "x.npy"))
     assert r.returncode == 1 and "x.npy: --data has shape (2, 128, 3), expected (N, 3, 128)" in r.stderr, r.stderr
+
+
+def _dynamic_time_model(path: Path) -> None:
+    """A PyTorch-style export with dynamic_axes on batch and time."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3]),
+             helper.make_node("GlobalAveragePool", ["c"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "time"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[w]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+
+
+def test_dynamic_time_axis_is_fixed_with_input_shape(tmp_path):
+    model, calib = tmp_path / "dyn.onnx", tmp_path / "cal.npy"
+    _dynamic_time_model(model)
+    np.save(calib, np.random.default_rng(1).standard_normal((16, 3, 64)).astype(np.float32))
+    refused = run_cli("convert", str(model), "-c", str(calib), "-o", str(tmp_path / "a"))
+    assert refused.returncode == 1
+    assert "input 'x' has a dynamic dimension 'time'" in refused.stderr and "--input-shape 3,LENGTH" in refused.stderr
+    ok = run_cli("convert", str(model), "-c", str(calib), "-o", str(tmp_path / "b"), "--input-shape", "3,64")
+    assert ok.returncode == 0, ok.stderr
+    assert "#define DYN_INPUT_SIZE 192" in (tmp_path / "b" / "dyn.h").read_text()
+    clash = run_cli("convert", str(model), "-c", str(calib), "-o", str(tmp_path / "c"), "--input-shape", "4,64")
+    assert clash.returncode == 2 and "--input-shape 4,64 does not fit input 'x' of shape [N, 3, time]" in clash.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

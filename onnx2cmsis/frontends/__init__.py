@@ -43,17 +43,18 @@ def loaders() -> dict[str, Loader]:
     return table
 
 
-def load_model(path: Path) -> onnx.ModelProto:
+def load_model(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
+    """`input_shape`: the input's shape without the batch, for a model whose time axis is dynamic."""
     table = loaders()
     loader = table.get(path.suffix.lower())
     if loader is None:
         raise ConversionError(
             f"unknown model type '{path.suffix}' (supported: {', '.join(sorted(table))})", str(path)
         )
-    model = loader(path)
     if LOADERS.get(path.suffix.lower()) is loader:
-        return model  # the built-in loaders normalize as they load
+        return loader(path, input_shape)  # the built-in loaders normalize as they load
+    model = loader(path)
     if not isinstance(model, onnx.ModelProto):
         raise ConversionError(f"the frontend plugin for '{path.suffix}' returned {type(model).__name__}, "
                               "not an onnx.ModelProto", str(path))
-    return normalize(model, str(path))
+    return normalize(model, str(path), input_shape)

@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from onnx2cmsis.errors import ConversionError, UnsupportedOpError, count
+from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, count
 from onnx2cmsis.frontends.onnx_model import normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
@@ -168,8 +168,9 @@ def load_keras_model(path: Path) -> Any:
         return _load_with_keras2_config_fixed(keras, path, config, exc)
 
 
-def keras_to_onnx(path: Path) -> onnx.ModelProto:
-    """The Keras model as an opset-15 ONNX graph with batch 1 (not yet checked or shape-inferred)."""
+def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
+    """The Keras model as an opset-15 ONNX graph with batch 1 (not yet checked or shape-inferred); a
+    free time axis takes its length from `input_shape` (without the batch)."""
     where = str(path)
     model = load_keras_model(path)
     tf, tf2onnx, keras = _import_keras()
@@ -177,10 +178,17 @@ def keras_to_onnx(path: Path) -> onnx.ModelProto:
         raise UnsupportedOpError(f"the model has {count(len(model.inputs), 'input')} and "
                                  f"{count(len(model.outputs), 'output')}; one of each is supported", where)
     functional = keras.Model(model.inputs, model.outputs)  # a Keras 3 Sequential does not export otherwise
-    shape = (1, *tuple(model.inputs[0].shape[1:]))
+    declared = tuple(model.inputs[0].shape[1:])
+    if input_shape is not None:
+        if len(input_shape) != len(declared) or any(d is not None and d != g for d, g in zip(declared, input_shape)):
+            raise OptionError(f"{{opt:input_shape={','.join(map(str, input_shape))}}} does not fit the Keras input "
+                              f"of shape {['N', *declared]} (give every dimension after the batch)")
+        declared = tuple(int(g) for g in input_shape)
+    shape = (1, *declared)
     if any(d is None for d in shape):
-        raise ConversionError(f"the input shape {list(shape)} has a free dimension besides the batch; give the "
-                              "Input layer a fixed length", where)
+        example = ",".join("LENGTH" if d is None else str(d) for d in declared)
+        raise ConversionError(f"the input shape {['N', *declared]} has a free dimension besides the batch: the C "
+                              f"needs a fixed window; give it with {{opt:input_shape={example}}}", where)
     signature = [tf.TensorSpec(shape, tf.float32, name="input")]
     try:
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
@@ -189,5 +197,5 @@ def keras_to_onnx(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def load_keras(path: Path) -> onnx.ModelProto:
-    return normalize(keras_to_onnx(path), str(path))
+def load_keras(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
+    return normalize(keras_to_onnx(path, input_shape), str(path))

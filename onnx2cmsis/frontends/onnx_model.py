@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper, shape_inference, version_converter
 
-from onnx2cmsis.errors import ConversionError, UnsupportedOpError, count
+from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, count
 
 MIN_OPSET = 13
 
@@ -20,7 +20,7 @@ def short_error(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def load_onnx(path: Path) -> onnx.ModelProto:
+def load_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
     where = str(path)
     if not path.is_file():
         raise ConversionError("file not found", where)
@@ -29,15 +29,15 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf raises several unrelated types for garbage
         raise ConversionError(f"not a readable ONNX model ({short_error(exc)})", where) from exc
     _load_confined_external_data(model, path.parent.resolve(), where)
-    return normalize(model, where)
+    return normalize(model, where, input_shape)
 
 
-def normalize(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+def normalize(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
     """What every model goes through, whichever frontend made it: opset upgrade, canonical node order,
-    batch 1, static shapes inferred."""
+    batch 1, static shapes inferred. `input_shape` (without the batch) fixes dynamic dimensions."""
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
-    return fix_batch_and_infer_shapes(_upgrade_opset(model, where), where)
+    return fix_batch_and_infer_shapes(_upgrade_opset(model, where), where, input_shape)
 
 
 def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: str) -> None:
@@ -111,9 +111,11 @@ def canonical_node_order(model: onnx.ModelProto) -> None:
     model.graph.node.extend(copies)
 
 
-def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
-    """Batch 1 everywhere (the C processes one sample); every other dimension must be static. The
-    nodes are put in canonical order first."""
+def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
+                               input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
+    """Batch 1 everywhere (the C processes one sample); every other dimension must be static, or given
+    by `input_shape` (the input's shape without the batch, e.g. a PyTorch export's dynamic time axis).
+    The nodes are put in canonical order first."""
     canonical_node_order(model)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
@@ -143,9 +145,7 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.Model
     dims[0].dim_value = 1
     if batch > 1:
         _reshape_constants_to_batch_1(model, batch)
-    for d in dims[1:]:
-        if not d.HasField("dim_value"):
-            raise ConversionError(f"input '{inputs[0].name}' has a dynamic dimension '{d.dim_param}'", where)
+    _fix_input_dims(inputs[0].name, dims, input_shape, where)
     del model.graph.value_info[:]
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
@@ -154,6 +154,29 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str) -> onnx.Model
     except Exception as exc:
         raise ConversionError(f"shape inference failed at batch 1 ({short_error(exc)})", where) from exc
     return model
+
+
+def _fix_input_dims(name: str, dims, input_shape: tuple[int, ...] | None, where: str) -> None:
+    """Every input dimension after the batch static: as declared, or as `input_shape` gives it."""
+    declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims[1:]]
+    if input_shape is not None:
+        given = [int(v) for v in input_shape]
+        clash = [i for i, (d, g) in enumerate(zip(declared, given)) if isinstance(d, int) and d != g]
+        if len(given) != len(declared) or clash or min(given, default=1) < 1:
+            raise OptionError(f"{{opt:input_shape={','.join(map(str, given))}}} does not fit input '{name}' of "
+                              f"shape [N, {', '.join(map(str, declared))}] (give every dimension after the batch; "
+                              "the fixed ones as declared)")
+        for d, g in zip(dims[1:], given):
+            d.Clear()
+            d.dim_value = g
+        return
+    dynamic = [i for i, d in enumerate(declared) if not isinstance(d, int)]
+    if dynamic:
+        example = ",".join(str(d) if isinstance(d, int) else "LENGTH" for d in declared)
+        raise ConversionError(f"input '{name}' has {'a dynamic dimension' if len(dynamic) == 1 else 'dynamic dimensions'} "
+                              f"{', '.join(repr(declared[i]) for i in dynamic)} (shape [N, "
+                              f"{', '.join(map(str, declared))}]): the C needs a fixed window; give it with "
+                              f"{{opt:input_shape={example}}}", where)
 
 
 def _reshape_constants_to_batch_1(model: onnx.ModelProto, batch: int) -> None:
