@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ def convert(
     precision: str = "int8",
     max_error_db: float | None = None,
     input_shape: tuple[int, ...] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
     default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
@@ -111,7 +113,8 @@ def convert(
     precision: "int8", "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto":
     per layer, the cheapest mix (arena, then instructions, then flash) whose output SQNR on the
     calibration samples is at least `max_error_db` dB (quant/auto_precision.py). input_shape: the
-    model input's shape without the batch, to fix a dynamic (e.g. time) dimension."""
+    model input's shape without the batch, to fix a dynamic (e.g. time) dimension. progress: called with
+    a short phrase as each step starts (what the command line shows on a terminal)."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
     if not is_c_identifier(name):
@@ -129,24 +132,32 @@ def convert(
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
 
+    step = progress or (lambda _: None)
+    step(f"reading {model_path.name}")
     model, graph, rewrites = front_end(model_path, registry, input_shape)
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
                                        precision=precision)
     x = search_samples(samples)  # what the measured choices are judged on
+    step(f"calibrating on {len(samples)} samples ({calibration_method}"
+         + (", choosing dense weight scales" if dense_weights == "auto" else "") + ")")
     calibration_result = calibrate(model, graph, registry, samples, x, calibration_method, dense_weights)
     apply_weights(graph, calibration_result.weights)  # on the nodes from here on: indices may shift below
     chosen = None
     if precision == "auto":
+        step(f"choosing each layer's width for {max_error_db:g} dB")
         try:
             chosen = choose_precision(graph, registry, calibration_result.ranges, x, float_outputs(model, x),
                                       float(max_error_db), cmsis.api)
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or str(model_path)) from None
+    if bias_correction:
+        step("correcting biases")
     corrected = len(correct_biases(model, graph, registry, calibration_result.ranges, {}, x)) \
         if bias_correction else None
     quantize_graph(graph, registry, calibration_result.ranges)
     check_graph(graph, "quantization", quantized=True)
+    step("planning the arena and writing the C")
     plan, calls, layers = back_end(graph, registry, cmsis)
 
     summary = header_summary(model_path, hashlib.sha256(model_path.read_bytes()).hexdigest(), graph, layers, cmsis)

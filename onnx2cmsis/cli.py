@@ -30,6 +30,9 @@ INPUT_SHAPE_OPTION = typer.Option(
     None, "--input-shape", metavar="D1,D2",
     help="The input's shape without the batch, e.g. 3,128: fixes a dynamic dimension (a PyTorch export's "
          "time axis, a Keras Input without a length).")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings.")
+VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Say what each step is doing, also when the output "
+                              "is not a terminal (on a terminal it does anyway).")
 MAX_ERROR_OPTION = typer.Option(
     None, "--max-error", metavar="DB",
     help="With --precision auto: the output SQNR (dB, vs the float model on the calibration samples) "
@@ -61,6 +64,13 @@ def _usage(message: str, command: str) -> None:
     """A usage error: exit 2, pointing at the command's help (as for an unknown option)."""
     typer.echo(f"onnx2cmsis: error: {message} (see onnx2cmsis {command} --help)", err=True)
     raise typer.Exit(2)
+
+
+def _progress(quiet: bool, verbose: bool):
+    """Step messages on stderr: on a terminal or with -v; never with -q (nor in pipes and logs)."""
+    if quiet or not (verbose or sys.stderr.isatty()):
+        return None
+    return lambda text: typer.echo(f"onnx2cmsis: {text} ...", err=True)
 
 
 def _shape(text: Optional[str], command: str) -> Optional[tuple[int, ...]]:
@@ -161,6 +171,8 @@ def convert(
     ram_kb: int = typer.Option(128, "--ram-kb", min=1, metavar="KIB", help="RAM your part has for the arena (KiB): warn above it."),
     tflite: bool = typer.Option(False, "--tflite", help="Also write NAME.tflite: the same integer graph for "
                                 "TFLite-Micro, with NAME_invoke's input and output (the [verify] extra)."),
+    quiet: bool = QUIET_OPTION,
+    verbose: bool = VERBOSE_OPTION,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Write NAME.c, NAME.h, NAME.json, NAME.mk, NAME.cmake and the NAME.md report for MODEL.
@@ -187,11 +199,13 @@ def convert(
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
                              dense_weights=dense_weights, calibration_method=calibration_method,
                              bias_correction=bias_correction, precision=precision, max_error_db=max_error,
-                             input_shape=_shape(input_shape, "convert"))
+                             input_shape=_shape(input_shape, "convert"), progress=_progress(quiet, verbose))
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
     for warning in result.warnings:
         typer.echo(f"onnx2cmsis: warning: {model}: {render_options(warning, FLAGS)}", err=True)
+    if quiet:
+        return
     best = "of any order" if r["schedule"]["exact"] else f"of the {r['schedule']['orders_placed']} orders tried"
     typer.echo(
         f"{model.name} -> {', '.join(str(p) for p in written)}: {len(r['layers'])} layers, "
@@ -294,6 +308,8 @@ def verify(
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
     bias_correction: bool = BIAS_CORRECTION_OPTION,
+    quiet: bool = QUIET_OPTION,
+    verbose: bool = VERBOSE_OPTION,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
@@ -325,18 +341,20 @@ def verify(
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method, bias_correction=bias_correction,
-                           precision=precision, max_error_db=max_error, input_shape=_shape(input_shape, "verify"))
+                           precision=precision, max_error_db=max_error, input_shape=_shape(input_shape, "verify"),
+                           progress=_progress(quiet, verbose))
         x = load_calibration(data, conv.graph.model_input_shapes[0], what="--data")
         y = None if labels is None else np.load(labels, allow_pickle=False)
         if y is not None and len(y) != len(x):
             raise ConversionError(f"{len(y)} labels for {len(x)} samples", str(labels))
         x = np.asarray(x, np.float32)
-        results = run_verify(conv, x, targets, labels=y)
+        results = run_verify(conv, x, targets, labels=y, progress=_progress(quiet, verbose))
         per_layer = layer_accuracy(conv, x[:64]) if layers else None
-    typer.echo(_cmsis_line(conv.cmsis))
-    typer.echo(format_table(results))
-    if per_layer is not None:
-        typer.echo(format_layer_table(per_layer))
+    if not quiet:
+        typer.echo(_cmsis_line(conv.cmsis))
+        typer.echo(format_table(results))
+        if per_layer is not None:
+            typer.echo(format_layer_table(per_layer))
     if json_out is not None:
         json_out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
     ran = [r for r in results if not r.skipped]

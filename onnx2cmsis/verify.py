@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,8 +95,11 @@ def _image_sizes(elf: Path) -> tuple[int, int]:
 
 
 def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np.ndarray | None = None,
-           workdir: Path | None = None) -> list[TargetResult]:
+           workdir: Path | None = None, progress: Callable[[str], None] | None = None) -> list[TargetResult]:
+    """Run the samples on each target; `progress` is called with a short phrase as each step starts."""
+    step = progress or (lambda _: None)
     xq = quantize_inputs(conv, x_float)
+    step(f"running {len(xq)} samples in the integer reference and tflite-micro")
     reference = np.stack([conv.reference(x) for x in xq])
     oracle, oracle_name = oracle_outputs(conv, xq)
     if oracle is not None and not np.array_equal(oracle, reference):
@@ -111,6 +115,8 @@ def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np
         for target in targets:
             flash = ram = instructions = stack = None
             try:
+                step(f"{target}: building" + ("" if target == "host" else f" (and CMSIS-NN, once per tree) for "
+                                                        f"{qemu.TARGETS[target].machine}, running on QEMU"))
                 if target == "host":
                     model = build_conversions([conv], base / "host")[conv.name]
                     outputs = np.stack([model(x) for x in xq])

@@ -203,3 +203,16 @@ def test_dynamic_time_axis_is_fixed_with_input_shape(tmp_path):
     clash = run_cli("convert", str(model), "-c", str(calib), "-o", str(tmp_path / "c"), "--input-shape", "4,64")
     assert clash.returncode == 2 and "--input-shape 4,64 does not fit input 'x' of shape [N, 3, time]" in clash.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_quiet_and_verbose(tmp_path):
+    plain = run_cli("convert", str(MODEL), "-c", str(CALIB), "-o", str(tmp_path / "a"))
+    assert plain.returncode == 0 and "onnx2cmsis: calibrating" not in plain.stderr  # not a terminal: no steps
+    quiet = run_cli("convert", str(MODEL), "-c", str(CALIB), "-o", str(tmp_path / "b"), "-q")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert (tmp_path / "b" / "vibration_cnn.c").is_file()
+    loud = run_cli("convert", str(MODEL), "-c", str(CALIB), "-o", str(tmp_path / "c"), "-v")
+    steps = [line for line in loud.stderr.splitlines() if line.startswith("onnx2cmsis: ")]
+    assert loud.returncode == 0 and steps[0] == "onnx2cmsis: reading vibration_cnn.onnx ..."
+    assert any(s.startswith("onnx2cmsis: calibrating on") for s in steps) and loud.stdout == plain.stdout.replace(
+        str(tmp_path / "a"), str(tmp_path / "c"))
