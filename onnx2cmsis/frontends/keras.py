@@ -56,6 +56,25 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConversionError(f"not a readable Keras model ({short_error(exc)})", str(path)) from exc
 
 
+def modern_sequential(config: dict[str, Any]) -> bool:
+    """Keras 2.0/2.1 saved a Sequential model's config as a bare list of layers, the first carrying
+    `batch_input_shape` and no InputLayer; Keras 3 cannot read that (nor, wrapping the list alone,
+    build the right input). Rewrite it in place as later Keras 2 wrote it: a named layer list
+    starting with an InputLayer that holds the batch shape. True when it changed anything."""
+    layers = config.get("config")
+    if config.get("class_name") != "Sequential" or not isinstance(layers, list) or not layers:
+        return False
+    first = layers[0].get("config", {})
+    shape = first.pop("batch_input_shape", None)
+    entries = list(layers)
+    if shape is not None:
+        entries.insert(0, {"class_name": "InputLayer", "config": {
+            "batch_input_shape": shape, "dtype": first.get("dtype", "float32"), "sparse": False,
+            "name": f"{first.get('name', 'layer')}_input"}})
+    config["config"] = {"name": "sequential", "layers": entries}
+    return True
+
+
 def _layers(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Every layer in the architecture, with nested models flattened."""
     out = []
@@ -126,12 +145,13 @@ KERAS2_EXTRA_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
-def _load_with_keras2_config_fixed(keras: Any, path: Path, config: dict[str, Any], error: Exception) -> Any:
-    """Keras 3 cannot read some Keras 2 layer configs (DepthwiseConv1D carries groups=1): drop those
-    no-op keys and load again, from a temporary copy of the file through Keras' own loader (safe mode). Any other
-    failure is reported as it is."""
+def _load_with_keras2_config_fixed(keras: Any, path: Path, config: dict[str, Any], error: Exception,
+                                   fixed: bool = False) -> Any:
+    """Keras 3 cannot read some Keras 2 layer configs (DepthwiseConv1D carries groups=1; a Keras 2.1
+    Sequential's bare layer list, which `config` already has in the later form when `fixed`): drop
+    those no-op keys and load again, from a temporary copy of the file through Keras' own loader (safe
+    mode). Any other failure is reported as it is."""
     first = short_error(error)
-    fixed = False
     for layer in _layers(config):
         for key, neutral in KERAS2_EXTRA_KEYS.get(layer.get("class_name"), {}).items():
             if key in layer.get("config", {}) and (neutral is ANY or layer["config"][key] == neutral):
@@ -159,13 +179,14 @@ def load_keras_model(path: Path) -> Any:
     if not path.is_file():
         raise ConversionError("file not found", where)
     config = _read_config(path)
+    legacy = modern_sequential(config)  # checked and loaded in the form Keras 3 reads
     check_layers(config, where)
     _, _, keras = _import_keras()
     keras.backend.clear_session()  # layer names (and so C identifiers) must not depend on earlier loads
     try:
         return keras.models.load_model(str(path), compile=False, safe_mode=True)
     except Exception as exc:
-        return _load_with_keras2_config_fixed(keras, path, config, exc)
+        return _load_with_keras2_config_fixed(keras, path, config, exc, fixed=legacy)
 
 
 def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:

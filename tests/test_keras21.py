@@ -1,0 +1,63 @@
+"""A Keras 2.1 Sequential file (bare layer list, batch_input_shape on the first layer, no InputLayer):
+converted without touching the user's file, with its trained weights, bit-exact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.evaluate import evaluate, float_outputs, quantize_inputs
+from onnx2cmsis.frontends.keras import modern_sequential
+from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+from tests.keras_models.make_keras21 import LAYERS, beats
+from tests.needs import module, qemu_tools
+
+MODEL = Path(__file__).resolve().parent / "keras_models" / "keras21" / "ecg_sequential.h5"
+
+
+def test_the_fixture_is_in_the_old_form():
+    import h5py
+
+    with h5py.File(MODEL, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+        assert f.attrs["keras_version"] in (b"2.1.5", "2.1.5")
+    assert config["class_name"] == "Sequential" and isinstance(config["config"], list)
+    assert config["config"][0]["config"]["batch_input_shape"] == [None, 650, 1]
+    assert all(layer["class_name"] != "InputLayer" for layer in config["config"])
+
+
+def test_old_sequential_config_is_rewritten_with_an_input_layer():
+    config = {"class_name": "Sequential", "config": json.loads(json.dumps(LAYERS))}
+    assert modern_sequential(config)
+    layers = config["config"]["layers"]
+    assert layers[0] == {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 650, 1],
+                                                                 "dtype": "float32", "sparse": False,
+                                                                 "name": "conv1d_1_input"}}
+    assert "batch_input_shape" not in layers[1]["config"] and len(layers) == len(LAYERS) + 1
+    assert not modern_sequential(config)  # already modern: untouched
+
+
+@pytest.mark.slow
+@pytest.mark.level
+def test_keras21_file_converts_with_its_weights_and_is_bit_exact(tmp_path):
+    module("keras", 'pip install -e ".[keras]"')
+    before = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    x_cal, _ = beats(64, seed=3)
+    x, y = beats(200, seed=2)
+    conv = convert(MODEL, x_cal, name="ecg21")
+    assert hashlib.sha256(MODEL.read_bytes()).hexdigest() == before  # the user's file is never written
+    # the trained weights came through: the float model classifies held-out beats as trained (0.99)
+    float_accuracy = float(np.mean((float_outputs(conv, x).reshape(-1) > 0.5) == y))
+    assert float_accuracy >= 0.95, float_accuracy
+    ev, out = evaluate(conv, x[:64], tmp_path / "host", oracle_samples=32)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+    qemu_tools()
+    xq = quantize_inputs(conv, x[:4])
+    for target in ("m4", "m55"):
+        fw = build_firmware([conv], target, tmp_path / target)
+        assert np.array_equal(run_firmware(fw, {conv.name: xq})[conv.name], out[:4]), target
