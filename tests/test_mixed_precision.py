@@ -41,7 +41,9 @@ class _RandomWidths:
 
         class Chosen:
             def summary(self):
-                return {"random": bits}
+                unmeasured = {"sqnr_db": 0.0, "arena_bytes": 0, "estimated_instructions": 0, "weights_bytes": 0}
+                return {"min_sqnr_db": min_sqnr_db, "chosen": unmeasured, "int8": unmeasured, "int16": unmeasured,
+                        "candidates_measured": 0, "random_widths": bits}
         return Chosen()
 
 
