@@ -1,4 +1,4 @@
-"""onnx2cmsis: trained 1D CNNs (ONNX, Keras) -> int8 C calling CMSIS-NN kernels.
+"""onnx2cmsis: trained 1D CNNs (ONNX, Keras) -> int8 or int16 C calling CMSIS-NN kernels.
 
 The Python API, importable from here (loaded on first use, so `import onnx2cmsis` stays cheap):
 
