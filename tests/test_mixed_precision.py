@@ -150,18 +150,16 @@ def test_auto_meets_the_budget_with_less_ram_than_int16(tmp_path):
     """pool_cnn (benchmarks/models): int8 misses a budget between int8's and int16's SQNR; auto meets
     it, measured again here, with the int8 arena where all-int16 needs twice that."""
     module("keras", 'pip install -e ".[keras]"')
-    import sys
+    from tests.keras_models.data import signals
 
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.accuracy import cases
-
-    case = next(c for c in cases(8, 200) if c.name == "pool_cnn")
-    int8 = convert(case.path, case.calibration, name="p8")
-    int16 = convert(case.path, case.calibration, name="p16", precision="int16")
-    s8, s16 = _calibration_sqnr(int8, case.calibration), _calibration_sqnr(int16, case.calibration)
+    path = ROOT / "benchmarks" / "models" / "pool_cnn.h5"  # a (100, 6) classifier
+    calibration = signals(200, 100, 6, seed=21)[0]
+    int8 = convert(path, calibration, name="p8")
+    int16 = convert(path, calibration, name="p16", precision="int16")
+    s8, s16 = _calibration_sqnr(int8, calibration), _calibration_sqnr(int16, calibration)
     budget = round(s8 + 0.5 * (s16 - s8), 1)
-    auto = convert(case.path, case.calibration, name="pauto", precision="auto", max_error_db=budget)
-    assert _calibration_sqnr(auto, case.calibration) >= budget > s8
+    auto = convert(path, calibration, name="pauto", precision="auto", max_error_db=budget)
+    assert _calibration_sqnr(auto, calibration) >= budget > s8
     assert auto.plan.arena_bytes < int16.plan.arena_bytes
     report = auto.report["quantization"]["auto_precision"]
     assert report["min_sqnr_db"] == budget and report["chosen"]["arena_bytes"] <= report["int16"]["arena_bytes"]
@@ -169,4 +167,4 @@ def test_auto_meets_the_budget_with_less_ram_than_int16(tmp_path):
     assert 8 in bits and 16 in bits
     assert all("int8_loss_db" in layer for layer in auto.report["layers"] if layer["op"] in ("conv1d", "dense"))
     with pytest.raises(ConversionError, match=r"no per-layer precision reaches an output SQNR of 90 dB"):
-        convert(case.path, case.calibration, name="pbad", precision="auto", max_error_db=90.0)
+        convert(path, calibration, name="pbad", precision="auto", max_error_db=90.0)
