@@ -30,7 +30,7 @@ from benchmarks.accuracy import cases  # noqa: E402
 from onnx2cmsis.api import convert  # noqa: E402
 from onnx2cmsis.evaluate import float_outputs  # noqa: E402
 from onnx2cmsis.quant.rules import dequantize_tensor  # noqa: E402
-from onnx2cmsis.verify import verify  # noqa: E402
+from onnx2cmsis.verification import verify  # noqa: E402
 
 TARGETS = ["host", "m4", "m55"]
 
@@ -45,7 +45,7 @@ def sqnr_db(conv, x: np.ndarray) -> float:
 
 
 def measure(conv, case) -> dict:
-    results = {r.target: r for r in verify(conv, case.x_test, TARGETS)}
+    results = {r.target: r for r in verify(conv, case.x_test, TARGETS).results}
     assert all(r.bit_exact for r in results.values()), f"{conv.name} is not bit-exact"
     return {"sqnr_db": sqnr_db(conv, case.x_test), "arena_bytes": conv.plan.arena_bytes,
             "weights_bytes": conv.report["weights_bytes"], "flash_bytes_m4": results["m4"].flash_bytes,

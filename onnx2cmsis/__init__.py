@@ -5,7 +5,9 @@ The Python API, importable from here (loaded on first use, so `import onnx2cmsis
     import onnx2cmsis
     info = onnx2cmsis.inspect("model.h5")                  # layers, kernels, flash and RAM, no samples
     conv = onnx2cmsis.convert("model.h5", "calib.npy")     # -> Conversion (source, header, report)
-    onnx2cmsis.write_outputs(conv, Path("out"))            # NAME.c/.h/.json/.mk/.cmake, atomically
+    onnx2cmsis.write_outputs(conv, Path("out"))            # NAME.c/.h/.json/.mk/.cmake/.md, atomically
+    check = onnx2cmsis.verify(conv, "test_x.npy", targets=["host", "m4"])  # -> Verification
+    assert check.passed                                    # bit-exact with tflite-micro on every target
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"convert": "onnx2cmsis.api", "write_outputs": "onnx2cmsis.api", "Conversion": "onnx2cmsis.api",
-        "Budget": "onnx2cmsis.api", "inspect": "onnx2cmsis.inspect_model", "Inspection": "onnx2cmsis.inspect_model",
+        "Budget": "onnx2cmsis.api", "verify": "onnx2cmsis.verification",
+        "Verification": "onnx2cmsis.verification", "TargetResult": "onnx2cmsis.verification", "inspect": "onnx2cmsis.inspect_model", "Inspection": "onnx2cmsis.inspect_model",
         "ConversionError": "onnx2cmsis.errors"}
 
 __all__ = ["__version__", *_API]

@@ -11,45 +11,10 @@ from typing import Optional
 import typer
 
 from onnx2cmsis import __version__
+from onnx2cmsis.cli_options import (BIAS_CORRECTION_OPTION, CALIBRATION_METHOD_OPTION, DENSE_WEIGHTS_OPTION, FLAGS,
+                                    INPUT_SHAPE_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION, QUIET_OPTION,
+                                    VERBOSE_OPTION, PlainHelpCommand)
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
-
-# The library's setting names (errors.py) as this command line spells them.
-FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
-         "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
-         "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
-         "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
-         "input_shape": "--input-shape"}
-
-# The quantization choices convert and verify share.
-PRECISION_OPTION = typer.Option(
-    "int8", "--precision", metavar="int8|int16|auto",
-    help="Activation width: int8 (TFLite int8), int16 (TFLite 16x8: int16 activations, int8 weights; "
-         "more accurate, twice the arena), or auto: per layer, the least RAM that meets --max-error "
-         "(see docs/quantization.md).")
-INPUT_SHAPE_OPTION = typer.Option(
-    None, "--input-shape", metavar="D1,D2",
-    help="The input's shape without the batch, e.g. 3,128: fixes a dynamic dimension (a PyTorch export's "
-         "time axis, a Keras Input without a length).")
-QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings.")
-VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Say what each step is doing, also when the output "
-                              "is not a terminal (on a terminal it does anyway).")
-MAX_ERROR_OPTION = typer.Option(
-    None, "--max-error", metavar="DB",
-    help="With --precision auto: the output SQNR (dB, vs the float model on the calibration samples) "
-         "the model must keep.")
-DENSE_WEIGHTS_OPTION = typer.Option(
-    "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
-    help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
-         "or auto: per layer, whichever gives the smaller output error on the calibration samples.")
-CALIBRATION_METHOD_OPTION = typer.Option(
-    "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
-    help="How each value's range is chosen: the extremes seen, clipped at 1e-4 tails, the "
-         "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
-         "docs/benchmarks.md).")
-BIAS_CORRECTION_OPTION = typer.Option(
-    True, "--bias-correction/--no-bias-correction",
-    help="Fold each conv/dense layer's mean output error on the calibration samples into its bias, "
-         "when that helps the output on the calibration samples (see docs/benchmarks.md).")
 
 # Plain help: rich markup would swallow "[keras]" and add type placeholders.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
@@ -128,13 +93,13 @@ def main(
     """
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def version() -> None:
     """Print the tool version (also: onnx2cmsis --version)."""
     typer.echo(__version__)
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def convert(
     model: Path = typer.Argument(..., metavar="MODEL",
                                  help="Model file (.onnx, or Keras .h5/.keras with the [keras] extra)."),
@@ -185,6 +150,7 @@ def convert(
     from onnx2cmsis.api import Budget, write_outputs
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.ops.registry import build_registry
+    from onnx2cmsis.report import auto_precision_lines
 
     if name and name_arg and name != name_arg:
         _usage(f"two names given: {name_arg!r} and --name {name!r}", "convert")
@@ -214,27 +180,11 @@ def convert(
     )
     auto = r["quantization"]["auto_precision"]
     if auto is not None:
-        typer.echo(_auto_precision_lines(auto, r["layers"]))
+        typer.echo(auto_precision_lines(auto, r["layers"]))
     typer.echo(_cmsis_line(result.cmsis))
 
 
-def _auto_precision_lines(auto: dict, layers: list[dict]) -> str:
-    """What --precision auto chose and why: the budget, the three measurements, each layer's width and
-    the SQNR it would lose at int8."""
-    def fig(key: str) -> str:
-        f = auto[key]
-        return f"{f['sqnr_db']:.2f} dB, arena {f['arena_bytes']} B"
-    wide = sum(1 for layer in layers if layer["bits"] == 16 and layer["op"] != "reshape")
-    lines = [f"precision auto: {wide} of {sum(1 for layer in layers if layer['op'] != 'reshape')} layers int16, "
-             f"{fig('chosen')} for a budget of {auto['min_sqnr_db']:g} dB (all int8: {fig('int8')}; all int16: "
-             f"{fig('int16')}; SQNR on the calibration samples)"]
-    lines += [f"  {layer['index']:3d} {layer['op']:<10s} int{layer['bits']:<3d}" +
-              (f" int8 loses {layer['int8_loss_db']:.2f} dB" if "int8_loss_db" in layer else "") +
-              f"  {layer['name']}" for layer in layers if layer["op"] != "reshape"]
-    return "\n".join(lines)
-
-
-@app.command("inspect")
+@app.command("inspect", cls=PlainHelpCommand)
 def inspect_command(
     model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
     cmsis_api: Optional[str] = typer.Option(None, "--cmsis-nn-api", metavar="LEVEL",
@@ -279,7 +229,7 @@ def _cmsis_line(cmsis) -> str:
     return f"CMSIS-NN: {cmsis.root} (API level {level})"
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def verify(
     model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
     calibration: Path = typer.Option(..., "--calibration", "-c", metavar="CALIB.npy",
@@ -322,14 +272,11 @@ def verify(
     """
     import json
 
-    import numpy as np
-
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.ops.registry import build_registry
-    from onnx2cmsis.quant.calibrate import load_calibration
     from onnx2cmsis.evaluate import layer_accuracy
-    from onnx2cmsis.verify import TARGET_NAMES, format_layer_table, format_table
-    from onnx2cmsis.verify import verify as run_verify
+    from onnx2cmsis.verification import TARGET_NAMES, format_layer_table, format_table
+    from onnx2cmsis.verification import verify as run_verify
 
     targets = list(TARGET_NAMES) if target == "all" else [t.strip() for t in target.split(",")]
     unknown = [t for t in targets if t not in TARGET_NAMES]
@@ -343,13 +290,9 @@ def verify(
                            calibration_method=calibration_method, bias_correction=bias_correction,
                            precision=precision, max_error_db=max_error, input_shape=_shape(input_shape, "verify"),
                            progress=_progress(quiet, verbose))
-        x = load_calibration(data, conv.graph.model_input_shapes[0], what="--data")
-        y = None if labels is None else np.load(labels, allow_pickle=False)
-        if y is not None and len(y) != len(x):
-            raise ConversionError(f"{len(y)} labels for {len(x)} samples", str(labels))
-        x = np.asarray(x, np.float32)
-        results = run_verify(conv, x, targets, labels=y, progress=_progress(quiet, verbose))
-        per_layer = layer_accuracy(conv, x[:64]) if layers else None
+        found = run_verify(conv, data, targets, labels=labels, progress=_progress(quiet, verbose))
+        results = found.results
+        per_layer = layer_accuracy(conv, found.samples[:64]) if layers else None
     if not quiet:
         typer.echo(_cmsis_line(conv.cmsis))
         typer.echo(format_table(results))
@@ -357,8 +300,7 @@ def verify(
             typer.echo(format_layer_table(per_layer))
     if json_out is not None:
         json_out.write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
-    ran = [r for r in results if not r.skipped]
-    if not ran or not all(r.bit_exact for r in ran):
+    if not found.passed:
         raise typer.Exit(1)
 
 
@@ -366,7 +308,7 @@ cmsis_app = typer.Typer(no_args_is_help=True, help="Get a CMSIS-NN tree that mat
 app.add_typer(cmsis_app, name="cmsis-nn")
 
 
-@cmsis_app.command("fetch")
+@cmsis_app.command("fetch", cls=PlainHelpCommand)
 def cmsis_fetch(
     level: str = typer.Option("7", "--level", metavar="LEVEL",
                               help="API level: 7 (CMSIS-NN v7.0.0 from GitHub) or 2024.01 (the PyPI snapshot)."),
@@ -386,7 +328,7 @@ def cmsis_fetch(
         _refuse(exc, "cmsis-nn fetch")
 
 
-@cmsis_app.command("path")
+@cmsis_app.command("path", cls=PlainHelpCommand)
 def cmsis_path(level: str = typer.Option("7", "--level", metavar="LEVEL", help="API level: 7 or 2024.01.")) -> None:
     """Print the folder of the fetched tree of LEVEL (for CMSIS_NN_PATH or a build file).
 

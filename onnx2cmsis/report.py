@@ -102,3 +102,19 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
                          # --precision auto: the budget and what int8, int16 and the choice measured
                          "auto_precision": auto_precision},
     }
+
+
+def auto_precision_lines(auto: dict, layers: list[dict]) -> str:
+    """What --precision auto chose and why: the budget, the three measurements, each layer's width and
+    the SQNR it would lose at int8."""
+    def fig(key: str) -> str:
+        f = auto[key]
+        return f"{f['sqnr_db']:.2f} dB, arena {f['arena_bytes']} B"
+    wide = sum(1 for layer in layers if layer["bits"] == 16 and layer["op"] != "reshape")
+    lines = [f"precision auto: {wide} of {sum(1 for layer in layers if layer['op'] != 'reshape')} layers int16, "
+             f"{fig('chosen')} for a budget of {auto['min_sqnr_db']:g} dB (all int8: {fig('int8')}; all int16: "
+             f"{fig('int16')}; SQNR on the calibration samples)"]
+    lines += [f"  {layer['index']:3d} {layer['op']:<10s} int{layer['bits']:<3d}" +
+              (f" int8 loses {layer['int8_loss_db']:.2f} dB" if "int8_loss_db" in layer else "") +
+              f"  {layer['name']}" for layer in layers if layer["op"] != "reshape"]
+    return "\n".join(lines)

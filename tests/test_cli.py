@@ -216,3 +216,21 @@ def test_quiet_and_verbose(tmp_path):
     assert loud.returncode == 0 and steps[0] == "onnx2cmsis: reading vibration_cnn.onnx ..."
     assert any(s.startswith("onnx2cmsis: calibrating on") for s in steps) and loud.stdout == plain.stdout.replace(
         str(tmp_path / "a"), str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("command", [["convert"], ["verify"], ["inspect"], ["cmsis-nn", "fetch"],
+                                     ["cmsis-nn", "path"]])
+def test_help_shows_an_example_and_plain_placeholders(command):
+    """Help a person reads: usage with the metavars as written (no typer {MODEL} braces or <path>
+    type tags), an example, and extras such as [keras] not eaten by markup."""
+    r = run_cli(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    usage = r.stdout.splitlines()[0]
+    assert usage.startswith(f"Usage: onnx2cmsis {' '.join(command)} [OPTIONS]")
+    assert "{" not in usage and not any(tag in r.stdout for tag in ("<path>", "<str>", "<bool>", "<int>"))
+    assert "Example" in r.stdout
+    if command[0] in ("convert", "verify", "inspect"):
+        assert "MODEL" in usage.split()
+        assert "[required]" in r.stdout.split("Arguments:")[1].split("Options:")[0]
+    if command == ["convert"]:
+        assert usage.endswith("MODEL [NAME] [OUTDIR]") and "[keras]" in r.stdout

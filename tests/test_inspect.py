@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from onnx import helper
 
 from tests.test_bad_inputs import GOOD_CALIB, _calib, _save
+from tests.needs import oracle_runtime
 from tests.test_cli import CALIB, MODEL, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_inspect_predicts_what_convert_emits_without_samples():
@@ -50,3 +56,32 @@ def test_the_python_api_as_documented(tmp_path):
     assert sorted(p.name for p in written) == ["m.c", "m.cmake", "m.h", "m.json", "m.md", "m.mk", "m_memory.svg"]
     assert isinstance(conv, onnx2cmsis.Conversion)
     assert "arm_convolve_s8" in [layer["kernel"] for layer in conv.report["layers"]]
+
+
+@pytest.mark.oracle
+def test_the_readme_python_block_runs_as_written(tmp_path, monkeypatch):
+    """README's Python example, read from the file and run in a scratch copy of the examples: inspect,
+    convert, write, and verify on the host against tflite-micro."""
+    import re
+    import shutil
+
+    oracle_runtime()
+    block = re.search(r"```python\n(import onnx2cmsis\n.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert "onnx2cmsis.verify(" in block and "check.passed" in block
+    shutil.copytree(ROOT / "examples" / "vibration", tmp_path / "examples" / "vibration",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # our own README, not a model: nothing untrusted
+    check = scope["check"]
+    assert [r.target for r in check.results] == ["host"] and check.results[0].bit_exact
+    assert check.results[0].oracle == "tflite-micro" and check.results[0].accuracy >= 0.85
+    assert (tmp_path / "out" / "vibration_cnn.c").is_file()
+
+
+def test_verify_api_refuses_an_unknown_target_by_its_parameter_name():
+    import onnx2cmsis
+
+    conv = onnx2cmsis.convert(MODEL, CALIB)
+    with pytest.raises(onnx2cmsis.ConversionError, match=r"unknown targets 'm3' \(choose from host, m0plus"):
+        onnx2cmsis.verify(conv, np.zeros((1, 3, 128), np.float32), targets=["m3"])

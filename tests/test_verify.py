@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from onnx2cmsis.api import convert
 from onnx2cmsis.cli import app
 from onnx2cmsis.targets.qemu import missing_tools
-from onnx2cmsis.verify import verify
+from onnx2cmsis.verification import verify
 from tests.needs import in_ci, oracle_runtime, qemu_tools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_a_corrupted_weight_fails_and_the_layer_is_named(tmp_path):
     flipped = str(-int(match.group(2)) if int(match.group(2)) else 77)
     conv.source = conv.source[:match.start(2)] + flipped + conv.source[match.end(2):]
     x = np.load(EXAMPLE / "calibration.npy")[:16]
-    (result,) = verify(conv, x, ["host"], workdir=tmp_path)
+    (result,) = verify(conv, x, ["host"], workdir=tmp_path).results
     assert not result.bit_exact and result.mismatches > 0
     assert result.first_bad_layer.startswith(f"layer {layer['index']} "), result.first_bad_layer
 

@@ -178,14 +178,14 @@ class GraphBuilder:
             out = self._transposed(src, value)
             if (cols, rows) != dst_shape:
                 view = self.new_tensor(dst_shape, f"{value}_view")
-                self.add_node(Node(self.node_name, "reshape", [out], [view], origin="layout"))
+                self.add_node(Node(view, "reshape", [out], [view], origin="layout"))
                 out = view
         else:
             attrs = dict(move.attrs)
             if move.op == "gather":
                 attrs.update(index=src_of, shape=dst_shape)
             out = self.new_tensor(dst_shape, f"{value}_{move.op}")
-            self.add_node(Node(self.node_name, move.op, [src], [out], attrs=attrs, origin="layout"))
+            self.add_node(Node(out, move.op, [src], [out], attrs=attrs, origin="layout"))
         self.materialized[key] = out
         return out
 
@@ -194,7 +194,7 @@ class GraphBuilder:
         if key not in self.materialized:
             rows, cols = self.tensors[src].shape
             out = self.new_tensor((cols, rows), f"{value}_transposed")
-            self.add_node(Node(self.node_name, "transpose", [src], [out], origin="layout"))
+            self.add_node(Node(out, "transpose", [src], [out], origin="layout"))
             self.materialized[key] = out
         return self.materialized[key]
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from onnx2cmsis.api import Conversion
-from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.errors import ConversionError, OptionError
 from onnx2cmsis.evaluate import float_outputs, quantize_inputs
+from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor
 from onnx2cmsis.targets import qemu
@@ -94,9 +95,49 @@ def _image_sizes(elf: Path) -> tuple[int, int]:
     return flash, ram
 
 
-def verify(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np.ndarray | None = None,
-           workdir: Path | None = None, progress: Callable[[str], None] | None = None) -> list[TargetResult]:
-    """Run the samples on each target; `progress` is called with a short phrase as each step starts."""
+@dataclass
+class Verification:
+    """What `verify` found: one TargetResult per target, in the order asked."""
+
+    conversion: Conversion
+    results: list[TargetResult]
+    samples: np.ndarray  # the float samples that ran, as given
+
+    @property
+    def passed(self) -> bool:
+        """At least one target ran, and every target that ran gave the oracle's bytes on every sample."""
+        ran = [r for r in self.results if not r.skipped]
+        return bool(ran) and all(r.bit_exact for r in ran)
+
+    def table(self) -> str:
+        return format_table(self.results)
+
+
+def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Sequence[str] = ("host",),
+           labels: np.ndarray | str | Path | None = None, workdir: Path | None = None,
+           progress: Callable[[str], None] | None = None) -> Verification:
+    """Build `conversion` for each target (host, m0plus, m4, m7, m55), run every sample of `data` (an
+    array or a .npy/.npz, shaped like the calibration samples) and compare each output byte with
+    tflite-micro's. `labels` (one class per sample) adds accuracy. `progress` is called with a short
+    phrase as each step starts. Targets that cannot run here (no QEMU, too big) are reported as skipped."""
+    unknown = [t for t in targets if t not in TARGET_NAMES]
+    if unknown:
+        raise OptionError(f"unknown {{opt:targets}} {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)})")
+    if isinstance(data, (str, Path)):
+        data = np.asarray(load_calibration(Path(data), conversion.graph.model_input_shapes[0], what="{opt:data}"))
+    x = np.asarray(data, np.float32)
+    if isinstance(labels, (str, Path)):
+        labels_file: str | None = str(labels)
+        labels = np.load(labels, allow_pickle=False)
+    else:
+        labels_file = None
+    if labels is not None and len(labels) != len(x):
+        raise ConversionError(f"{len(labels)} labels for {len(x)} samples", labels_file)
+    return Verification(conversion, _run_targets(conversion, x, list(targets), labels, workdir, progress), x)
+
+
+def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np.ndarray | None,
+                 workdir: Path | None, progress: Callable[[str], None] | None) -> list[TargetResult]:
     step = progress or (lambda _: None)
     xq = quantize_inputs(conv, x_float)
     step(f"running {len(xq)} samples in the integer reference and tflite-micro")

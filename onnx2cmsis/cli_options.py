@@ -1,0 +1,68 @@
+"""The options `convert` and `verify` share, and help text as click writes it: declarations only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.core import TyperCommand
+
+# The library's setting names (errors.py) as this command line spells them.
+FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
+         "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
+         "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
+         "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
+         "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels"}
+
+# The quantization choices convert and verify share.
+PRECISION_OPTION = typer.Option(
+    "int8", "--precision", metavar="int8|int16|auto",
+    help="Activation width: int8 (TFLite int8), int16 (TFLite 16x8: int16 activations, int8 weights; "
+         "more accurate, twice the arena), or auto: per layer, the least RAM that meets --max-error "
+         "(see docs/quantization.md).")
+INPUT_SHAPE_OPTION = typer.Option(
+    None, "--input-shape", metavar="D1,D2",
+    help="The input's shape without the batch, e.g. 3,128: fixes a dynamic dimension (a PyTorch export's "
+         "time axis, a Keras Input without a length).")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings.")
+VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Say what each step is doing, also when the output "
+                              "is not a terminal (on a terminal it does anyway).")
+MAX_ERROR_OPTION = typer.Option(
+    None, "--max-error", metavar="DB",
+    help="With --precision auto: the output SQNR (dB, vs the float model on the calibration samples) "
+         "the model must keep.")
+DENSE_WEIGHTS_OPTION = typer.Option(
+    "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
+    help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
+         "or auto: per layer, whichever gives the smaller output error on the calibration samples.")
+CALIBRATION_METHOD_OPTION = typer.Option(
+    "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
+    help="How each value's range is chosen: the extremes seen, clipped at 1e-4 tails, the "
+         "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
+         "docs/benchmarks.md).")
+BIAS_CORRECTION_OPTION = typer.Option(
+    True, "--bias-correction/--no-bias-correction",
+    help="Fold each conv/dense layer's mean output error on the calibration samples into its bias, "
+         "when that helps the output on the calibration samples (see docs/benchmarks.md).")
+
+
+class PlainHelpCommand(TyperCommand):
+    """Arguments in usage and help as their metavar says (MODEL [NAME]), without typer's {MODEL}
+    braces and <path> type placeholders. (Typer vendors its own click, so parameters are told apart
+    by their declared kind, not by class.)"""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [p.metavar or p.name or "" for p in self.get_params(ctx) if p.param_type_name == "argument"]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        args = [(p.metavar or p.name or "", (p.help or "") + ("  [required]" if p.required else ""))
+                for p in self.get_params(ctx) if p.param_type_name == "argument" and not getattr(p, "hidden", False)]
+        opts = [record for p in self.get_params(ctx) if p.param_type_name == "option"
+                for record in [p.get_help_record(ctx)] if record is not None]
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        if opts:
+            with formatter.section("Options"):
+                formatter.write_dl(opts)
