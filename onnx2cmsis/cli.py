@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -31,11 +32,39 @@ def _usage(message: str, command: str) -> None:
     raise typer.Exit(2)
 
 
-def _progress(quiet: bool, verbose: bool):
-    """Step messages on stderr: on a terminal or with -v; never with -q (nor in pipes and logs)."""
+@contextmanager
+def _progress(quiet: bool, verbose: bool) -> Iterator[Optional[Callable[[str], None]]]:
+    """The `progress` callback for a command's steps. On a terminal, a rich spinner names the running
+    step with its elapsed time and each finished step stays as one line with its duration; with -v
+    and no terminal (a log), one plain line per step as it starts; nothing with -q or in a pipe."""
     if quiet or not (verbose or sys.stderr.isatty()):
-        return None
-    return lambda text: typer.echo(f"onnx2cmsis: {text} ...", err=True)
+        yield None
+        return
+    if not sys.stderr.isatty():
+        yield lambda text: typer.echo(f"onnx2cmsis: {text} ...", err=True)
+        return
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, highlight=False)
+    current: list = []  # [text, start time] of the running step
+
+    def finish() -> None:
+        if current:
+            console.print(f"[green]done[/] {escape(current[0])} [dim]({time.monotonic() - current[1]:.1f} s)[/]")
+
+    with console.status("onnx2cmsis: starting", spinner="dots") as status:
+        def step(text: str) -> None:
+            finish()
+            current[:] = [text, time.monotonic()]
+            status.update(f"onnx2cmsis: {escape(text)} ...")
+
+        try:
+            yield step
+        except BaseException:
+            current.clear()  # the error line says what happened to the running step
+            raise
+        finish()
 
 
 def _shape(text: Optional[str], command: str) -> Optional[tuple[int, ...]]:
@@ -159,13 +188,13 @@ def convert(
     if calibration is None:
         _usage("Missing option '--calibration' / '-c': CALIB.npy, samples to choose the int8 ranges from",
                "convert")
-    with _reported(model, "convert", debug):
+    with _reported(model, "convert", debug), _progress(quiet, verbose) as progress:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
                              dense_weights=dense_weights, calibration_method=calibration_method,
                              bias_correction=bias_correction, precision=precision, max_error_db=max_error,
-                             input_shape=_shape(input_shape, "convert"), progress=_progress(quiet, verbose))
+                             input_shape=_shape(input_shape, "convert"), progress=progress)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
     for warning in result.warnings:
@@ -282,15 +311,15 @@ def verify(
     unknown = [t for t in targets if t not in TARGET_NAMES]
     if unknown:
         _usage(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)", "verify")
-    with _reported(model, "verify", debug):
+    with _reported(model, "verify", debug), _progress(quiet, verbose) as progress:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         # verify builds what it converts, so it needs a tree: a fetched one, level 7 first.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method, bias_correction=bias_correction,
                            precision=precision, max_error_db=max_error, input_shape=_shape(input_shape, "verify"),
-                           progress=_progress(quiet, verbose))
-        found = run_verify(conv, data, targets, labels=labels, progress=_progress(quiet, verbose))
+                           progress=progress)
+        found = run_verify(conv, data, targets, labels=labels, progress=progress)
         results = found.results
         per_layer = layer_accuracy(conv, found.samples[:64]) if layers else None
     if not quiet:

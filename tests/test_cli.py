@@ -234,3 +234,33 @@ def test_help_shows_an_example_and_plain_placeholders(command):
         assert "[required]" in r.stdout.split("Arguments:")[1].split("Options:")[0]
     if command == ["convert"]:
         assert usage.endswith("MODEL [NAME] [OUTDIR]") and "[keras]" in r.stdout
+
+
+def test_a_terminal_sees_each_step_finish_with_its_duration(tmp_path):
+    """On a terminal (stderr a pty) a spinner runs and every finished step stays as a line with its
+    duration; the result on stdout is what a pipe gets."""
+    import pty
+    import re
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "onnx2cmsis.cli", "convert", str(MODEL), "-c", str(CALIB), "-o",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=slave,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"})
+    os.close(slave)
+    said = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        said += chunk
+    os.close(master)
+    stdout = proc.stdout.read().decode()
+    assert proc.wait() == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", said.decode(errors="replace"))
+    done = re.findall(r"done (.+?) \((\d+\.\d) s\)", text)
+    assert [step for step, _ in done][:1] == ["reading vibration_cnn.onnx"], text[-2000:]
+    assert any(step.startswith("calibrating on") for step, _ in done) and "writing the C" in done[-1][0]
+    assert stdout.startswith("vibration_cnn.onnx -> ") and "error" not in text
