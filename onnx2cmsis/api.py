@@ -31,11 +31,12 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import quantize_graph, run_reference
-from onnx2cmsis.quant.auto_precision import choose_precision
+from onnx2cmsis.quant.accuracy import class_labels
+from onnx2cmsis.quant.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.quant.bias_correction import correct_biases
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
 from onnx2cmsis.quant.rules import PRECISIONS
-from onnx2cmsis.quant.search import apply_weights, calibrate, float_outputs, search_samples
+from onnx2cmsis.quant.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
 from onnx2cmsis.report import build_report, header_summary
 
 
@@ -101,6 +102,8 @@ def convert(
     bias_correction: bool = True,
     precision: str = "int8",
     max_error_db: float | None = None,
+    max_accuracy_drop: float | None = None,
+    calibration_labels: Path | str | np.ndarray | None = None,
     input_shape: tuple[int, ...] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Conversion:
@@ -112,7 +115,9 @@ def convert(
     layer's mean output error on the calibration samples into its bias (quant/bias_correction.py).
     precision: "int8", "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto":
     per layer, the cheapest mix (arena, then instructions, then flash) whose output SQNR on the
-    calibration samples is at least `max_error_db` dB (quant/auto_precision.py). input_shape: the
+    calibration samples is at least `max_error_db` dB, or, given `calibration_labels` (each calibration
+    sample's class: .npy or array), whose accuracy is at most `max_accuracy_drop` percentage points
+    below the float model's on the same samples (quant/auto_precision.py). input_shape: the
     model input's shape without the batch, to fix a dynamic (e.g. time) dimension. progress: called with
     a short phrase as each step starts (what the command line shows on a terminal)."""
     model_path = Path(model_path)
@@ -124,9 +129,15 @@ def convert(
                               f"{', '.join(CALIBRATION_METHODS)}")
     if precision not in (*PRECISIONS, "auto"):
         raise OptionError(f"{{opt:precision}} {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
-    if (precision == "auto") != (max_error_db is not None):
+    if max_error_db is not None and max_accuracy_drop is not None:
+        raise OptionError("give one budget: {opt:max_error_db} (output SQNR) or {opt:max_accuracy_drop} (with "
+                          "{opt:calibration_labels})")
+    if (precision == "auto") != (max_error_db is not None or max_accuracy_drop is not None):
         raise OptionError("{opt:precision=auto} and {opt:max_error_db} go together: the budget (the output "
                           "SQNR in dB on the calibration samples) is what auto chooses the widths for")
+    if (max_accuracy_drop is not None) != (calibration_labels is not None):
+        raise OptionError("{opt:calibration_labels} and {opt:max_accuracy_drop} go together: the accuracy budget "
+                          "of {opt:precision=auto} needs each calibration sample's class")
     if dense_weights not in DENSE_WEIGHTS:
         raise OptionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
     registry = registry or build_registry()
@@ -138,17 +149,24 @@ def convert(
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
                                        precision=precision)
-    x = search_samples(samples)  # what the measured choices are judged on
+    chosen_samples = search_indices(len(samples))
+    x = search_samples(samples)  # what the measured choices are judged on (chosen_samples)
     step(f"calibrating on {len(samples)} samples ({calibration_method}"
          + (", choosing dense weight scales" if dense_weights == "auto" else "") + ")")
     calibration_result = calibrate(model, graph, registry, samples, x, calibration_method, dense_weights)
     apply_weights(graph, calibration_result.weights)  # on the nodes from here on: indices may shift below
     chosen = None
     if precision == "auto":
-        step(f"choosing each layer's width for {max_error_db:g} dB")
+        budget_text = f"{max_error_db:g} dB" if max_accuracy_drop is None else \
+            f"at most {max_accuracy_drop:g} points of accuracy lost"
+        step(f"choosing each layer's width for {budget_text}")
         try:
+            target = PrecisionBudget(min_sqnr_db=None if max_error_db is None else float(max_error_db))
+            if max_accuracy_drop is not None:
+                labels = _labels(calibration_labels, len(samples))[chosen_samples]
+                target = PrecisionBudget(max_accuracy_drop=float(max_accuracy_drop), labels=labels)
             chosen = choose_precision(graph, registry, calibration_result.ranges, x, float_outputs(model, x),
-                                      float(max_error_db), cmsis.api)
+                                      target, cmsis.api)
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or str(model_path)) from None
     if bias_correction:
@@ -210,6 +228,20 @@ def _calibration_samples(calibration: Path | str | np.ndarray, graph: Graph) -> 
         samples = load_calibration(Path(calibration), graph.model_input_shapes[0])
     _check_finite_samples(samples, "calibration data" if isinstance(calibration, np.ndarray) else str(calibration))
     return samples
+
+
+def _labels(labels: Path | str | np.ndarray, samples: int) -> np.ndarray:
+    """One class per calibration sample, from an array or a .npy."""
+    if isinstance(labels, np.ndarray):
+        return class_labels(labels, samples, "calibration labels")
+    path = Path(labels)
+    if not path.is_file():
+        raise ConversionError("calibration labels file not found", str(path))
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"not a .npy of labels ({' '.join(str(exc).split())})", str(path)) from None
+    return class_labels(values, samples, str(path))
 
 
 def _check_finite_constants(graph, where: str) -> None:

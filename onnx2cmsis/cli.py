@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 
 from onnx2cmsis import __version__
-from onnx2cmsis.cli_options import (BIAS_CORRECTION_OPTION, CALIBRATION_METHOD_OPTION, DENSE_WEIGHTS_OPTION, FLAGS,
-                                    INPUT_SHAPE_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION, QUIET_OPTION,
+from onnx2cmsis.cli_options import (BIAS_CORRECTION_OPTION, CALIBRATION_LABELS_OPTION, CALIBRATION_METHOD_OPTION,
+                                    DENSE_WEIGHTS_OPTION, FLAGS, INPUT_SHAPE_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION, QUIET_OPTION,
                                     VERBOSE_OPTION, PlainHelpCommand)
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 
@@ -65,6 +65,13 @@ def _progress(quiet: bool, verbose: bool) -> Iterator[Optional[Callable[[str], N
             current.clear()  # the error line says what happened to the running step
             raise
         finish()
+
+
+def _budget(max_error: Optional[float], labels: Optional[Path]) -> dict:
+    """--max-error is an SQNR in dB, or with --calibration-labels an accuracy drop in points."""
+    if labels is None:
+        return {"max_error_db": max_error}
+    return {"max_accuracy_drop": max_error, "calibration_labels": labels}
 
 
 def _shape(text: Optional[str], command: str) -> Optional[tuple[int, ...]]:
@@ -153,6 +160,7 @@ def convert(
     ),
     precision: str = PRECISION_OPTION,
     max_error: Optional[float] = MAX_ERROR_OPTION,
+    calibration_labels: Optional[Path] = CALIBRATION_LABELS_OPTION,
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
@@ -193,7 +201,8 @@ def convert(
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
                              dense_weights=dense_weights, calibration_method=calibration_method,
-                             bias_correction=bias_correction, precision=precision, max_error_db=max_error,
+                             bias_correction=bias_correction, precision=precision,
+                             **_budget(max_error, calibration_labels),
                              input_shape=_shape(input_shape, "convert"), progress=progress)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
@@ -283,6 +292,7 @@ def verify(
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
     precision: str = PRECISION_OPTION,
     max_error: Optional[float] = MAX_ERROR_OPTION,
+    calibration_labels: Optional[Path] = CALIBRATION_LABELS_OPTION,
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
@@ -317,7 +327,8 @@ def verify(
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method, bias_correction=bias_correction,
-                           precision=precision, max_error_db=max_error, input_shape=_shape(input_shape, "verify"),
+                           precision=precision, **_budget(max_error, calibration_labels),
+                           input_shape=_shape(input_shape, "verify"),
                            progress=progress)
         found = run_verify(conv, data, targets, labels=labels, progress=progress)
         results = found.results

@@ -12,7 +12,8 @@ FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-ap
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
          "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
-         "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels"}
+         "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels",
+         "max_accuracy_drop": "--max-error", "calibration_labels": "--calibration-labels"}
 
 # The quantization choices convert and verify share.
 PRECISION_OPTION = typer.Option(
@@ -28,9 +29,14 @@ QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="Print nothing but erro
 VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help="Say what each step is doing, also when the output "
                               "is not a terminal (on a terminal it does anyway).")
 MAX_ERROR_OPTION = typer.Option(
-    None, "--max-error", metavar="DB",
+    None, "--max-error", metavar="DB|POINTS",
     help="With --precision auto: the output SQNR (dB, vs the float model on the calibration samples) "
-         "the model must keep.")
+         "the model must keep; with --calibration-labels, the accuracy (percentage points) it may lose "
+         "against the float model on those samples.")
+CALIBRATION_LABELS_OPTION = typer.Option(
+    None, "--calibration-labels", metavar="Y.npy",
+    help="With --precision auto: each calibration sample's class (.npy, N integers or one-hot), making "
+         "--max-error an accuracy drop.")
 DENSE_WEIGHTS_OPTION = typer.Option(
     "auto", "--dense-weights", metavar="auto|per-tensor|per-channel",
     help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "

@@ -8,6 +8,7 @@ from typing import Any
 from onnx2cmsis import __version__
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.codegen.emit_c import Layer
+from onnx2cmsis.codegen.report_page import auto_precision_headline
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry, handler_name
 from onnx2cmsis.plan.arena import MemoryPlan
@@ -107,13 +108,9 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
 def auto_precision_lines(auto: dict, layers: list[dict]) -> str:
     """What --precision auto chose and why: the budget, the three measurements, each layer's width and
     the SQNR it would lose at int8."""
-    def fig(key: str) -> str:
-        f = auto[key]
-        return f"{f['sqnr_db']:.2f} dB, arena {f['arena_bytes']} B"
     wide = sum(1 for layer in layers if layer["bits"] == 16 and layer["op"] != "reshape")
     lines = [f"precision auto: {wide} of {sum(1 for layer in layers if layer['op'] != 'reshape')} layers int16, "
-             f"{fig('chosen')} for a budget of {auto['min_sqnr_db']:g} dB (all int8: {fig('int8')}; all int16: "
-             f"{fig('int16')}; SQNR on the calibration samples)"]
+             + auto_precision_headline(auto)]
     lines += [f"  {layer['index']:3d} {layer['op']:<10s} int{layer['bits']:<3d}" +
               (f" int8 loses {layer['int8_loss_db']:.2f} dB" if "int8_loss_db" in layer else "") +
               f"  {layer['name']}" for layer in layers if layer["op"] != "reshape"]

@@ -20,6 +20,7 @@ import numpy as np
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.errors import ConversionError, OptionError
 from onnx2cmsis.evaluate import float_outputs, quantize_inputs
+from onnx2cmsis.quant.accuracy import accuracy, class_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor
@@ -126,13 +127,11 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
     if isinstance(data, (str, Path)):
         data = np.asarray(load_calibration(Path(data), conversion.graph.model_input_shapes[0], what="{opt:data}"))
     x = np.asarray(data, np.float32)
-    if isinstance(labels, (str, Path)):
-        labels_file: str | None = str(labels)
-        labels = np.load(labels, allow_pickle=False)
-    else:
-        labels_file = None
-    if labels is not None and len(labels) != len(x):
-        raise ConversionError(f"{len(labels)} labels for {len(x)} samples", labels_file)
+    labels_file = str(labels) if isinstance(labels, (str, Path)) else None
+    if labels_file is not None:
+        labels = np.load(labels_file, allow_pickle=False)
+    if labels is not None:
+        labels = class_labels(np.asarray(labels), len(x), labels_file)
     return Verification(conversion, _run_targets(conversion, x, list(targets), labels, workdir, progress), x)
 
 
@@ -182,8 +181,8 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
                 target=target, samples=len(xq), bit_exact=not bad.any(), mismatches=int(bad.sum()),
                 first_bad_layer=culprit,
                 max_abs_error_vs_float=float(np.max(np.abs(got - want_float.reshape(got.shape)))),
-                argmax_agreement=float(np.mean(got.argmax(1) == want_float.reshape(got.shape).argmax(1))),
-                accuracy=None if labels is None else float(np.mean(got.argmax(1) == labels.reshape(-1))),
+                argmax_agreement=accuracy(got, predicted_classes(want_float.reshape(got.shape))),
+                accuracy=None if labels is None else accuracy(got, labels),
                 flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
                 arena_bytes=conv.plan.arena_bytes, instructions_per_inference=instructions,
                 stack_bytes=stack, oracle=oracle_name))

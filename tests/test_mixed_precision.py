@@ -7,6 +7,7 @@ assignments it measured."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from onnx2cmsis.quant.search import float_outputs, search_samples
 from onnx2cmsis.targets.host import build_conversions
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from tests.needs import module, oracle_runtime, qemu_tools
+from tests.test_cli import run_cli
 from tests.zoo import make_op_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,14 +37,14 @@ class _RandomWidths:
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, graph, registry, ranges, x, want, min_sqnr_db, cmsis_api):
+    def __call__(self, graph, registry, ranges, x, want, budget, cmsis_api):
         bits = [int(b) for b in self.rng.choice([8, 16], len(graph.nodes))]
         apply_precision(graph, bits)
 
         class Chosen:
             def summary(self):
                 unmeasured = {"sqnr_db": 0.0, "arena_bytes": 0, "estimated_instructions": 0, "weights_bytes": 0}
-                return {"min_sqnr_db": min_sqnr_db, "chosen": unmeasured, "int8": unmeasured, "int16": unmeasured,
+                return {"min_sqnr_db": budget.min_sqnr_db, "max_accuracy_drop": None, "chosen": unmeasured, "int8": unmeasured, "int16": unmeasured,
                         "candidates_measured": 0, "random_widths": bits}
         return Chosen()
 
@@ -168,3 +170,64 @@ def test_auto_meets_the_budget_with_less_ram_than_int16(tmp_path):
     assert all("int8_loss_db" in layer for layer in auto.report["layers"] if layer["op"] in ("conv1d", "dense"))
     with pytest.raises(ConversionError, match=r"no per-layer precision reaches an output SQNR of 90 dB"):
         convert(path, calibration, name="pbad", precision="auto", max_error_db=90.0)
+
+
+@pytest.mark.slow
+def test_auto_meets_an_accuracy_budget_given_labels(tmp_path):
+    """With each calibration sample's class, --max-error is the accuracy the model may lose. On noise
+    the float pool_cnn labels with thin margins, int8 flips more than 3% of them (measured below, not
+    assumed); auto keeps within 3 points for less arena than all-int16, and says so in NAME.json."""
+    keras = module("keras", 'pip install -e ".[keras]"')
+    path = ROOT / "benchmarks" / "models" / "pool_cnn.h5"
+    x = (0.5 * np.random.default_rng(5).standard_normal((256, 100, 6))).astype(np.float32)
+    labels = keras.models.load_model(path, compile=False).predict(x, verbose=0).argmax(1)  # the float model's
+
+    def accuracy_of(conv) -> float:
+        q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
+        got = np.stack([dequantize_tensor(conv.reference(s), q_out) for s in quantize_inputs(conv, x)])
+        return float(np.mean(got.reshape(len(x), -1).argmax(1) == labels))
+
+    int8 = convert(path, x, name="a8", bias_correction=False)
+    assert accuracy_of(int8) < 0.97  # int8 alone misses the budget
+    auto = convert(path, x, name="aauto", precision="auto", max_accuracy_drop=3.0, calibration_labels=labels)
+    int16 = convert(path, x, name="a16", precision="int16")
+    assert accuracy_of(auto) >= 0.97 and auto.plan.arena_bytes < int16.plan.arena_bytes
+    report = auto.report["quantization"]["auto_precision"]
+    assert report["max_accuracy_drop"] == 3.0 and report["min_sqnr_db"] is None and report["float_accuracy"] == 1.0
+    assert report["chosen"]["accuracy"] >= 0.97 > report["int8"]["accuracy"]
+    assert "points of accuracy lost from the float model's 100.00%" in auto.pages["aauto.md"]
+    with pytest.raises(ConversionError, match=r"no per-layer precision reaches an accuracy within 0\.1 points of "
+                                              r"the float model's 100\.00%.*max_accuracy_drop"):
+        convert(path, x, name="abad", precision="auto", max_accuracy_drop=0.1, calibration_labels=labels)
+
+
+@pytest.mark.parametrize("options, expect", [
+    ({"precision": "auto", "max_accuracy_drop": 1.0}, "calibration_labels and max_accuracy_drop go together"),
+    ({"precision": "int8", "calibration_labels": np.zeros(64)}, "calibration_labels and max_accuracy_drop go"),
+    ({"precision": "auto", "max_error_db": 30.0, "max_accuracy_drop": 1.0}, "give one budget"),
+    ({"precision": "auto", "max_accuracy_drop": 1.0, "calibration_labels": np.zeros(5)}, "5 labels for 64 samples"),
+    ({"precision": "auto", "max_accuracy_drop": 1.0, "calibration_labels": np.full(64, 0.5)},
+     "labels must be class numbers"),
+])
+def test_accuracy_budget_options_are_checked(options, expect):
+    calibration = np.load(EXAMPLE / "calibration.npy")[:64]
+    with pytest.raises(ConversionError, match=expect):
+        convert(EXAMPLE / "vibration_cnn.onnx", calibration, **options)
+
+
+def test_cli_accuracy_budget_reads_labels_and_names_its_flags(tmp_path):
+    """--calibration-labels makes --max-error an accuracy drop; mistakes name the flags (exit 2 for
+    options that do not go together)."""
+    calibration = np.load(EXAMPLE / "calibration.npy")[:64]
+    np.save(tmp_path / "c.npy", calibration)
+    np.save(tmp_path / "y.npy", np.zeros(64, np.int64))
+    model = str(EXAMPLE / "vibration_cnn.onnx")
+    alone = run_cli("convert", model, "-c", str(tmp_path / "c.npy"), "--calibration-labels", str(tmp_path / "y.npy"),
+                    "-o", str(tmp_path / "o1"))
+    assert alone.returncode == 2 and "--calibration-labels and --max-error go together" in alone.stderr, alone.stderr
+    ok = run_cli("convert", model, "-c", str(tmp_path / "c.npy"), "--precision", "auto", "--max-error", "100",
+                 "--calibration-labels", str(tmp_path / "y.npy"), "-o", str(tmp_path / "o2"))
+    assert ok.returncode == 0, ok.stderr
+    assert "points of accuracy lost from the float model's" in ok.stdout
+    auto = json.loads((tmp_path / "o2" / "vibration_cnn.json").read_text())["quantization"]["auto_precision"]
+    assert auto["max_accuracy_drop"] == 100.0 and auto["chosen"]["arena_bytes"] == auto["int8"]["arena_bytes"]

@@ -23,6 +23,21 @@ def md_cell(text: object) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def auto_precision_headline(auto: dict[str, Any]) -> str:
+    """--precision auto's budget and what the choice, all-int8 and all-int16 measured on the
+    calibration samples (NAME.json's quantization.auto_precision), in one sentence."""
+    by_accuracy = auto.get("max_accuracy_drop") is not None
+
+    def fig(key: str) -> str:
+        f = auto[key]
+        figure = f"{100 * f['accuracy']:.2f}%, {f['sqnr_db']:.2f} dB" if by_accuracy else f"{f['sqnr_db']:.2f} dB"
+        return f"{figure}, arena {f['arena_bytes']} B"
+    budget = (f"at most {auto['max_accuracy_drop']:g} points of accuracy lost from the float model's "
+              f"{100 * auto['float_accuracy']:.2f}%" if by_accuracy else f"{auto['min_sqnr_db']:g} dB")
+    return (f"{fig('chosen')} for a budget of {budget} (all int8: {fig('int8')}; all int16: {fig('int16')}; "
+            "on the calibration samples)")
+
+
 def _where(plan: MemoryPlan, tensor: str, groups: dict[str, str]) -> str:
     p = plan.tensors[tensor]
     if p.storage != "arena":
@@ -52,6 +67,8 @@ def render_report_page(name: str, report: dict[str, Any], plan: MemoryPlan, outp
                     for t, v in enumerate(live))
     context = {"name": name, "r": report, "plan": plan, "live": live, "peak_step": live.index(max(live)),
                "where": [_where(plan, t, views) for t in outputs], "total_macs": sum(l["macs"] for l in report["layers"]),
+               "auto_precision": (None if report["quantization"]["auto_precision"] is None
+                                  else auto_precision_headline(report["quantization"]["auto_precision"])),
                "boxes": boxes, "line": line, "width": SVG_WIDTH, "height": SVG_HEIGHT, "margin": MARGIN,
                "arena_y": MARGIN + plan.arena_bytes * sy, "steps": steps, "sx": sx}
     return env.get_template("report.md.j2").render(context), env.get_template("memory.svg.j2").render(context)

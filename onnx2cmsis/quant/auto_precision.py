@@ -9,6 +9,10 @@ one gets), then estimated instructions, then weight bytes, and the cheapest is r
 any further layer that keeps the budget. Views (reshapes) keep their producer's width, so a width
 changes only where a real layer starts; every change is an exact requantize (quant/precision.py).
 
+The budget is the output SQNR against the float model or, given the calibration samples' classes,
+the accuracy drop from the float model's accuracy on them (PrecisionBudget); sensitivities are SQNR
+either way (an accuracy moves in steps of one sample, too coarse to rank layers by).
+
 Instructions are estimated by a cost model (COST_PER_*): a tie-break after RAM, not a promise;
 `benchmarks/precision_cost.py` measures the real counts on QEMU.
 """
@@ -26,8 +30,8 @@ from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.plan.arena import plan_memory
 from onnx2cmsis.quant.precision import apply_precision
-from onnx2cmsis.quant.quantize import quantize_graph, run_reference
-from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+from onnx2cmsis.quant.accuracy import accuracy
+from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
 from onnx2cmsis.quant.search import sqnr_db
 
 # Relative instructions, roughly as QEMU counts them on Cortex-M4 (benchmarks/precision_cost.py): the
@@ -38,6 +42,23 @@ COST_PER_VALUE = {8: 4.0, 16: 5.0}  # per output value of a layer: requantize, c
 COST_PER_CONVERTED_VALUE = 12.0
 
 
+@dataclass(frozen=True)
+class PrecisionBudget:
+    """What the chosen widths must keep on the search samples: an output SQNR against the float model
+    (dB), or at most an accuracy drop (percentage points) from the float model's accuracy on the
+    samples' classes `labels`."""
+
+    min_sqnr_db: float | None = None
+    max_accuracy_drop: float | None = None
+    labels: np.ndarray | None = None  # (N,) classes of the search samples, with max_accuracy_drop
+
+    def describe(self, float_accuracy: float | None) -> str:
+        if self.max_accuracy_drop is None:
+            return f"an output SQNR of {self.min_sqnr_db:g} dB"
+        return (f"an accuracy within {self.max_accuracy_drop:g} points of the float model's "
+                f"{100 * (float_accuracy or 0.0):.2f}%")
+
+
 @dataclass
 class Candidate:
     bits: list[int]  # per node of the graph before any requantize is inserted
@@ -45,6 +66,7 @@ class Candidate:
     arena_bytes: int
     instructions: int  # estimated (COST_PER_MAC, COST_PER_VALUE)
     weights_bytes: int
+    accuracy: float | None = None  # on the budget's labels, when it has them
 
     @property
     def cost(self) -> tuple[int, int, int]:
@@ -57,38 +79,47 @@ class PrecisionChoice:
     int8: Candidate
     int16: Candidate
     sensitivity_db: list[float | None]  # per node: SQNR lost with it alone at int8 (None: a view)
-    min_sqnr_db: float
+    budget: PrecisionBudget
+    float_accuracy: float | None
     candidates: int
 
     def summary(self) -> dict:
         """For NAME.json: the budget and what each uniform precision and the choice measured (each
         layer's sensitivity is on its node: attrs["int8_loss_db"])."""
         def figures(c: Candidate) -> dict:
-            return {"sqnr_db": round(c.sqnr_db, 2), "arena_bytes": c.arena_bytes,
-                    "estimated_instructions": c.instructions, "weights_bytes": c.weights_bytes}
-        return {"min_sqnr_db": self.min_sqnr_db, "chosen": figures(self.chosen), "int8": figures(self.int8),
-                "int16": figures(self.int16), "candidates_measured": self.candidates}
+            return {"sqnr_db": round(c.sqnr_db, 2), "accuracy": None if c.accuracy is None else round(c.accuracy, 4),
+                    "arena_bytes": c.arena_bytes, "estimated_instructions": c.instructions,
+                    "weights_bytes": c.weights_bytes}
+        return {"min_sqnr_db": self.budget.min_sqnr_db, "max_accuracy_drop": self.budget.max_accuracy_drop,
+                "float_accuracy": None if self.float_accuracy is None else round(self.float_accuracy, 4),
+                "chosen": figures(self.chosen), "int8": figures(self.int8), "int16": figures(self.int16),
+                "candidates_measured": self.candidates}
 
 
 class _Measure:
+    """Each width assignment measured once (the search revisits some): SQNR, accuracy, arena, cost."""
+
     def __init__(self, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
-                 want: np.ndarray, api: CmsisApi):
+                 want: np.ndarray, api: CmsisApi, labels: np.ndarray | None):
         self.graph, self.registry, self.ranges, self.x, self.api = graph, registry, ranges, x, api
         self.want = want.reshape(len(want), -1).astype(np.float64)
-        self.count = 0
+        self.labels = labels
+        self.measured: dict[tuple[int, ...], Candidate] = {}
 
     def __call__(self, bits: list[int]) -> Candidate:
-        self.count += 1
+        key = tuple(bits)
+        if key not in self.measured:
+            self.measured[key] = self._measure(bits)
+        return self.measured[key]
+
+    def _measure(self, bits: list[int]) -> Candidate:
         g = copy.deepcopy(self.graph)
         steps = apply_precision(g, bits)
         try:
             quantize_graph(g, self.registry, self.ranges)
         except ConversionError:  # e.g. an s16 accumulator that could overflow: not a candidate
-            return Candidate(bits, -np.inf, 1 << 62, 1 << 62, 1 << 62)
-        q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
-        got = np.stack([dequantize_tensor(run_reference(g, self.registry, quantize_tensor(s, q_in))[g.outputs[0]],
-                                          q_out).reshape(-1) for s in self.x]).astype(np.float64)
-        sqnr = sqnr_db(got, self.want)
+            return Candidate(bits, -np.inf, 1 << 62, 1 << 62, 1 << 62, None if self.labels is None else -1.0)
+        got = dequantized_outputs(g, self.registry, self.x)
         g.cmsis_api = self.api
         calls = [self.registry.for_op(n.op).emit(n, g) for n in g.nodes]
         instructions = sum((c.macs * COST_PER_MAC[b] + COST_PER_VALUE[b] * g.tensors[n.output].size)
@@ -97,15 +128,24 @@ class _Measure:
         instructions += sum(COST_PER_CONVERTED_VALUE * g.tensors[n.output].size for n in steps)
         weights = sum(a.values.nbytes for c in calls for a in c.arrays if a.weights and a.guard is None)
         arena = plan_memory(g, self.registry, [c.scratch_bytes for c in calls]).arena_bytes
-        return Candidate(bits, sqnr, arena, int(instructions), weights)
+        return Candidate(bits, sqnr_db(got, self.want), arena, int(instructions), weights,
+                         None if self.labels is None else accuracy(got, self.labels))
 
 
 def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
-                     want: np.ndarray, min_sqnr_db: float, api: CmsisApi) -> PrecisionChoice:
-    """The cheapest per-layer assignment whose output SQNR on `x` (vs the float outputs `want`) is at
-    least `min_sqnr_db`; applies it to `graph` (quant/precision.py). Refuses, with the best SQNR
-    reachable, a budget not even all-int16 meets."""
-    measure = _Measure(graph, registry, ranges, x, want, api)
+                     want: np.ndarray, budget: PrecisionBudget, api: CmsisApi) -> PrecisionChoice:
+    """The cheapest per-layer assignment that meets `budget` on `x` (the float model's outputs on it:
+    `want`); applies it to `graph` (quant/precision.py). Refuses, with what all-int16 and all-int8
+    reach, a budget not even all-int16 meets."""
+    labels = budget.labels if budget.max_accuracy_drop is not None else None
+    float_accuracy = None if labels is None else accuracy(want, labels)
+
+    def meets(c: Candidate) -> bool:
+        if labels is None:
+            return c.sqnr_db >= (budget.min_sqnr_db or 0.0)
+        return 100 * (float_accuracy - (c.accuracy or 0.0)) <= budget.max_accuracy_drop + 1e-9
+
+    measure = _Measure(graph, registry, ranges, x, want, api, labels)
     n = len(graph.nodes)
     leader = _leaders(graph, registry)
     units = sorted(set(leader))
@@ -114,26 +154,27 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
         return [16 if leader[i] in int16_units else 8 for i in range(n)]
 
     int8, int16 = measure(widths(set())), measure(widths(set(units)))
-    if int16.sqnr_db < min_sqnr_db:
-        raise ConversionError(f"no per-layer precision reaches an output SQNR of {min_sqnr_db:g} dB on the "
-                              f"calibration samples: all-int16 measures {int16.sqnr_db:.2f} dB, all-int8 "
-                              f"{int8.sqnr_db:.2f} dB (lower {{opt:max_error_db}})")
+    if not meets(int16):
+        def reached(c: Candidate) -> str:
+            return f"{c.sqnr_db:.2f} dB" if labels is None else f"{100 * (c.accuracy or 0.0):.2f}%"
+        hint = "lower {opt:max_error_db}" if labels is None else "allow a larger {opt:max_accuracy_drop}"
+        raise ConversionError(f"no per-layer precision reaches {budget.describe(float_accuracy)} on the calibration "
+                              f"samples: all-int16 measures {reached(int16)}, all-int8 {reached(int8)} ({hint})")
     loss = {u: int16.sqnr_db - measure(widths(set(units) - {u})).sqnr_db for u in units}
     order = sorted(units, key=lambda u: (loss[u], u))  # the cheapest to drop to int8 first
     tried = [int16] + [measure(widths(set(order[k:]))) for k in range(1, len(order))] + [int8]
-    chosen = min((c for c in tried if c.sqnr_db >= min_sqnr_db),
-                 key=lambda c: (c.cost, sum(b == 16 for b in c.bits)))
+    chosen = min((c for c in tried if meets(c)), key=lambda c: (c.cost, sum(b == 16 for b in c.bits)))
     for u in order:  # refine: drop any layer still at int16 that the budget allows
         if chosen.bits[u] == 16:
             trial = measure([8 if leader[i] == u else b for i, b in enumerate(chosen.bits)])
-            if trial.sqnr_db >= min_sqnr_db and trial.cost <= chosen.cost:
+            if meets(trial) and trial.cost <= chosen.cost:
                 chosen = trial
     sensitivity = [round(loss[leader[i]], 2) if leader[i] == i else None for i in range(n)]
     for node, db in zip(graph.nodes, sensitivity):
         if db is not None:
             node.attrs["int8_loss_db"] = db  # reported per layer (report.layer_entries)
     apply_precision(graph, chosen.bits)
-    return PrecisionChoice(chosen, int8, int16, sensitivity, min_sqnr_db, measure.count)
+    return PrecisionChoice(chosen, int8, int16, sensitivity, budget, float_accuracy, len(measure.measured))
 
 
 def _leaders(graph: Graph, registry: Registry) -> list[int]:

@@ -56,6 +56,7 @@ def _requantize(graph: Graph, nodes: list[Node], reader: Node, src: str, from_bi
         name += "_"
     graph.tensors[name] = Tensor(name, t.shape, calib_name=_range_of(graph, nodes, src), calib_index=t.calib_index,
                                  bits=to_bits)
-    nodes.append(Node(reader.name, "lut", [src], [name], attrs={"fn": "requantize"},
+    # named after the value it converts (once per tensor and width), not after the first reader
+    nodes.append(Node(name, "lut", [src], [name], attrs={"fn": "requantize"},
                       origin=f"requantize int{from_bits} -> int{to_bits}"))
     return name

@@ -7,7 +7,7 @@ import numpy as np
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.rules import activation_quant
+from onnx2cmsis.quant.rules import activation_quant, dequantize_tensor, quantize_tensor
 
 
 def calibration_values(graph: Graph) -> list[str]:
@@ -43,3 +43,13 @@ def run_reference(graph: Graph, registry: Registry, x: np.ndarray, keep_all: boo
             assert arr.shape == graph.tensors[name].shape, (node.name, arr.shape, graph.tensors[name].shape)
             values[name] = arr
     return values if keep_all else {o: values[o] for o in graph.outputs}
+
+
+def dequantized_outputs(graph: Graph, registry: Registry, x: np.ndarray) -> np.ndarray:
+    """The quantized graph on float samples, as its float outputs: quantize each sample with the
+    input's parameters, run the integer reference, dequantize the output. (N, output size), float64:
+    what every accuracy measurement of a candidate quantization compares with the float model."""
+    q_in, out = graph.tensors[graph.inputs[0]].quant, graph.outputs[0]
+    q_out = graph.tensors[out].quant
+    return np.stack([dequantize_tensor(run_reference(graph, registry, quantize_tensor(s, q_in))[out], q_out)
+                     .reshape(-1) for s in x]).astype(np.float64)

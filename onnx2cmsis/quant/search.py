@@ -24,9 +24,8 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import collect_histograms, collect_ranges, run_float
-from onnx2cmsis.quant.quantize import calibration_values, quantize_graph, run_reference
+from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, quantize_graph
 from onnx2cmsis.quant.ranges import ValueHistogram, choose_ranges, mse_range, percentile_range
-from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
 
 SEARCH_SAMPLES = 256
 CANDIDATE_TAILS = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -70,10 +69,14 @@ def float_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.stack([r[output] for r in run_float(model, x, [output])])
 
 
+def search_indices(count: int, limit: int = SEARCH_SAMPLES) -> np.ndarray:
+    """Which of `count` calibration samples the measured choices use: at most `limit`, spread evenly."""
+    return np.unique(np.linspace(0, count - 1, min(limit, count)).astype(int))
+
+
 def search_samples(samples, limit: int = SEARCH_SAMPLES) -> np.ndarray:
-    """At most `limit` samples spread evenly over the calibration set."""
-    index = np.unique(np.linspace(0, len(samples) - 1, min(limit, len(samples))).astype(int))
-    return np.stack([np.asarray(samples[int(i)], np.float32) for i in index])
+    """At most `limit` samples spread evenly over the calibration set (search_indices)."""
+    return np.stack([np.asarray(samples[int(i)], np.float32) for i in search_indices(len(samples), limit)])
 
 
 def range_candidates(h: ValueHistogram) -> list[tuple[float, float]]:
@@ -93,10 +96,7 @@ class OutputJudge:
             g = quantized_copy(self.graph, self.registry, ranges, weights)
         except ConversionError:
             return np.full(2, -np.inf)  # e.g. a range whose requantization cannot be represented
-        q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
-        out = g.outputs[0]
-        got = np.stack([dequantize_tensor(run_reference(g, self.registry, quantize_tensor(s, q_in))[out], q_out)
-                        .reshape(-1) for s in self.x]).astype(np.float64)
+        got = dequantized_outputs(g, self.registry, self.x)
         halves = (slice(0, None, 2), slice(1, None, 2))
         return np.array([sqnr_db(got[h], self.want[h]) for h in halves])
 
