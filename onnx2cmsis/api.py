@@ -19,6 +19,7 @@ from onnx2cmsis.codegen.build_files import render_build_files
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
 from onnx2cmsis.codegen.report_page import render_report_page
+from onnx2cmsis.codegen.stream import stream_spec
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
@@ -37,7 +38,7 @@ from onnx2cmsis.quant.bias_correction import correct_biases
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
 from onnx2cmsis.quant.rules import PRECISIONS
 from onnx2cmsis.quant.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
-from onnx2cmsis.report import build_report, header_summary
+from onnx2cmsis.report import build_report, header_summary, input_window
 
 
 @dataclass
@@ -105,6 +106,7 @@ def convert(
     max_accuracy_drop: float | None = None,
     calibration_labels: Path | str | np.ndarray | None = None,
     input_shape: tuple[int, ...] | None = None,
+    streaming: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Conversion:
     """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
@@ -118,7 +120,8 @@ def convert(
     calibration samples is at least `max_error_db` dB, or, given `calibration_labels` (each calibration
     sample's class: .npy or array), whose accuracy is at most `max_accuracy_drop` percentage points
     below the float model's on the same samples (quant/auto_precision.py). input_shape: the
-    model input's shape without the batch, to fix a dynamic (e.g. time) dimension. progress: called with
+    model input's shape without the batch, to fix a dynamic (e.g. time) dimension. streaming: HOP, to add
+    NAME_stream_push (one output every HOP time steps, codegen/stream.py). progress: called with
     a short phrase as each step starts (what the command line shows on a terminal)."""
     model_path = Path(model_path)
     name = name or default_name(model_path)
@@ -146,6 +149,7 @@ def convert(
     step = progress or (lambda _: None)
     step(f"reading {model_path.name}")
     model, graph, rewrites = front_end(model_path, registry, input_shape)
+    stream = stream_spec(streaming, input_window(graph)["input_window"])  # refused before the long steps
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
                                        precision=precision)
@@ -179,12 +183,15 @@ def convert(
     plan, calls, layers = back_end(graph, registry, cmsis)
 
     summary = header_summary(model_path, hashlib.sha256(model_path.read_bytes()).hexdigest(), graph, layers, cmsis)
+    element_bytes = graph.tensors[graph.inputs[0]].nbytes // graph.tensors[graph.inputs[0]].size
+    summary.update(stream=stream, stream_state_size=None if stream is None else stream.state_bytes(element_bytes))
     template_dirs = tuple(dict.fromkeys(registry.for_op(n.op).template_dir for n in graph.nodes
                                         if registry.for_op(n.op).template_dir is not None))
     source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
     functions = sorted({f for c in calls for f in c.functions})
     report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples),
-                          calibration_result.summary(), corrected, None if chosen is None else chosen.summary())
+                          calibration_result.summary(), corrected, None if chosen is None else chosen.summary(),
+                          None if stream is None else stream.report(element_bytes))
     warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
     build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)

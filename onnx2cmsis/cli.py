@@ -13,7 +13,7 @@ import typer
 
 from onnx2cmsis import __version__
 from onnx2cmsis.cli_options import (BIAS_CORRECTION_OPTION, CALIBRATION_LABELS_OPTION, CALIBRATION_METHOD_OPTION,
-                                    DENSE_WEIGHTS_OPTION, FLAGS, INPUT_SHAPE_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION, QUIET_OPTION,
+                                    DENSE_WEIGHTS_OPTION, FLAGS, INPUT_SHAPE_OPTION, STREAMING_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION, QUIET_OPTION,
                                     VERBOSE_OPTION, PlainHelpCommand)
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 
@@ -161,6 +161,7 @@ def convert(
     precision: str = PRECISION_OPTION,
     max_error: Optional[float] = MAX_ERROR_OPTION,
     calibration_labels: Optional[Path] = CALIBRATION_LABELS_OPTION,
+    streaming: Optional[int] = STREAMING_OPTION,
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
@@ -203,7 +204,7 @@ def convert(
                              dense_weights=dense_weights, calibration_method=calibration_method,
                              bias_correction=bias_correction, precision=precision,
                              **_budget(max_error, calibration_labels),
-                             input_shape=_shape(input_shape, "convert"), progress=progress)
+                             input_shape=_shape(input_shape, "convert"), streaming=streaming, progress=progress)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
     for warning in result.warnings:

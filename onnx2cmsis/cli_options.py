@@ -13,7 +13,8 @@ FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-ap
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
          "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
          "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels",
-         "max_accuracy_drop": "--max-error", "calibration_labels": "--calibration-labels"}
+         "max_accuracy_drop": "--max-error", "calibration_labels": "--calibration-labels",
+         "streaming": "--streaming"}
 
 # The quantization choices convert and verify share.
 PRECISION_OPTION = typer.Option(
@@ -51,6 +52,10 @@ BIAS_CORRECTION_OPTION = typer.Option(
     help="Fold each conv/dense layer's mean output error on the calibration samples into its bias, "
          "when that helps the output on the calibration samples (see docs/benchmarks.md).")
 
+STREAMING_OPTION = typer.Option(
+    None, "--streaming", metavar="HOP",
+    help="Also write NAME_stream_push: push HOP time steps at a time, get the model's output on the last "
+         "window each time (docs/c-interface.md).")
 
 class PlainHelpCommand(TyperCommand):
     """Arguments in usage and help as their metavar says (MODEL [NAME]), without typer's {MODEL}

@@ -73,7 +73,8 @@ def layer_entries(graph: Graph, registry: Registry, layers: list[Layer]) -> list
 def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Registry, plan: MemoryPlan,
                  layers: list[Layer], cmsis: CmsisTree, functions: list[str], rewrites: list[str],
                  samples: int, search: dict[str, Any] | None = None,
-                 bias_corrected: int | None = None, auto_precision: dict[str, Any] | None = None) -> dict[str, Any]:
+                 bias_corrected: int | None = None, auto_precision: dict[str, Any] | None = None,
+                 stream: dict[str, Any] | None = None) -> dict[str, Any]:
     """NAME.json (see docs/c-interface.md), without the budget warnings the caller adds."""
     return {
         "tool": "onnx2cmsis",
@@ -90,6 +91,8 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "input": _io(graph, graph.inputs[0], graph.model_input_shapes[0]),
         "output": _io(graph, graph.outputs[0], graph.model_output_shapes[0]),
         "layers": layer_entries(graph, registry, layers),
+        # --streaming HOP: the hop, the window, the state bytes; else None
+        "stream": stream,
         "rewrites": rewrites,
         "cmsis_nn": {"api": cmsis.api.level, "capabilities": cmsis.api.capabilities(), "functions": functions,
                      "sources": cmsis.sources_for(functions), "sources_from": cmsis.sources_from},

@@ -100,14 +100,22 @@ class HostModel:
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.input_size, self.output_size = input_size, output_size
         self.input_dtype, self.output_dtype = input_dtype, output_dtype  # NAME_input_t, NAME_output_t
+        self.name = name
+        self._stream_state_size = None  # set by `of` for a model converted with streaming
 
     @classmethod
     def of(cls, library: Path, conv) -> HostModel:
         """The model of an api.Conversion compiled into `library`."""
         g = conv.graph
         q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
-        return cls(library, conv.name, g.tensors[g.inputs[0]].size, g.tensors[g.outputs[0]].size, q_in.dtype,
-                   q_out.dtype)
+        model = cls(library, conv.name, g.tensors[g.inputs[0]].size, g.tensors[g.outputs[0]].size, q_in.dtype,
+                    q_out.dtype)
+        stream = conv.report.get("stream")
+        if stream is not None:
+            model._stream_state_size = stream["state_bytes"]
+            model._stream_values = stream["hop"] * stream["channels"]
+            model._arena_size = conv.plan.arena_bytes
+        return model
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1))
@@ -120,6 +128,46 @@ class HostModel:
         y = np.zeros(self.output_size, np.float32)
         self._dequantize(q.ctypes.data, y.ctypes.data)
         return y
+
+    # --- streaming (a model converted with a hop): NAME_stream_* of docs/c-interface.md
+    def new_stream_state(self) -> np.ndarray:
+        """A zeroed, reset state the application owns (int32 words: the alignment it needs)."""
+        state = np.zeros(-(-self._stream_state_size // 4), np.int32)
+        self._fn("stream_reset_state", None, [ctypes.c_void_p])(state.ctypes.data)
+        return state
+
+    def new_arena(self) -> np.ndarray:
+        return np.zeros(max(-(-self._arena_size // 4), 1), np.int32)
+
+    def stream_reset(self) -> None:
+        self._fn("stream_reset", None, [])()
+
+    def stream_push(self, samples: np.ndarray, state: np.ndarray | None = None,
+                    arena: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+        """Push one hop of time-major codes: (status, output). With `state`/`arena` (or None for a NULL
+        pointer when the other is given) the app-owned-state form, else the static one."""
+        x = np.ascontiguousarray(np.asarray(samples, self.input_dtype).reshape(-1))
+        if x.size != self._stream_values:
+            raise ValueError(f"a push takes {self._stream_values} values, got {x.size}")
+        y = np.zeros(self.output_size, self.output_dtype)
+        if state is None and arena is None:
+            status = self._fn("stream_push", ctypes.c_int, [ctypes.c_void_p] * 2)(x.ctypes.data, y.ctypes.data)
+        else:
+            pointer = (lambda a: None if a is None else a.ctypes.data)
+            status = self._fn("stream_push_with_state", ctypes.c_int, [ctypes.c_void_p] * 4)(
+                pointer(state), pointer(arena), x.ctypes.data, y.ctypes.data)
+        return int(status), y
+
+    def quantize_stream_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1))
+        q = np.zeros(self._stream_values, self.input_dtype)
+        self._fn("quantize_stream_input", None, [ctypes.c_void_p] * 2)(x.ctypes.data, q.ctypes.data)
+        return q
+
+    def _fn(self, suffix: str, restype, argtypes):
+        fn = getattr(self._lib, f"{self.name}_{suffix}")
+        fn.restype, fn.argtypes = restype, argtypes
+        return fn
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(x, self.input_dtype).reshape(-1))

@@ -1,0 +1,191 @@
+"""`--streaming HOP`: every output a push reports is, byte for byte, NAME_invoke on the last WINDOW
+steps pushed, for streams of random samples over at least 50 windows; on the host and on QEMU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.errors import OptionError
+from onnx2cmsis.targets.host import build_conversions
+from onnx2cmsis.targets.qemu import CUnit, build_firmware, run_firmware
+from tests.needs import module, qemu_tools
+from tests.test_cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "vibration"
+WINDOWS = 60  # outputs checked per stream
+
+
+def _stream(conv, hop: int, seed: int) -> np.ndarray:
+    """Random time-major input codes: (steps, channels), enough for WINDOWS outputs."""
+    window = conv.report["stream"]["window"]
+    channels = conv.report["stream"]["channels"]
+    steps = window - window % hop + hop * WINDOWS
+    q = conv.graph.tensors[conv.graph.inputs[0]].quant
+    info = np.iinfo(q.dtype)
+    return np.random.default_rng(seed).integers(info.min, info.max + 1, (steps, channels)).astype(q.dtype)
+
+
+def _windows(conv, stream: np.ndarray, hop: int) -> tuple[list[int], np.ndarray]:
+    """Which pushes should report (1-based count of steps pushed >= WINDOW) and the model inputs they
+    stand for: the last WINDOW steps, in the model's own layout."""
+    window = conv.report["stream"]["window"]
+    time_major = conv.report["stream"]["time_major"]
+    pushes = len(stream) // hop
+    ready = [k for k in range(pushes) if (k + 1) * hop >= window]
+    inputs = [stream[(k + 1) * hop - window:(k + 1) * hop] for k in ready]
+    return ready, np.stack([w.reshape(-1) if time_major else w.T.reshape(-1) for w in inputs])
+
+
+def _check_host(conv, hop: int, seed: int, tmp: Path) -> None:
+    model = build_conversions([conv], tmp)[conv.name]
+    stream = _stream(conv, hop, seed)
+    ready, windows = _windows(conv, stream, hop)
+    want = np.stack([model(w) for w in windows])
+    model.stream_reset()
+    got, statuses = [], []
+    other = np.zeros(model.input_size, model.input_dtype)
+    for k in range(len(stream) // hop):
+        status, out = model.stream_push(stream[k * hop:(k + 1) * hop])
+        statuses.append(status)
+        if status == 1:
+            got.append(out)
+        model(other)  # an invoke between pushes: the stream state is not the arena
+    assert statuses == [1 if k in ready else 0 for k in range(len(statuses))]
+    assert len(got) >= 50 and np.array_equal(np.stack(got), want)
+
+
+@pytest.mark.parametrize("hop", [16, 48, 1, 128])
+def test_stream_equals_invoke_on_the_last_window_pytorch_layout(hop, tmp_path):
+    """The example is a PyTorch-style (C, W) model: pushed samples are interleaved, the window is not."""
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name=f"s{hop}", streaming=hop)
+    assert conv.report["stream"]["hop"] == hop and not conv.report["stream"]["time_major"]
+    assert f"#define S{hop}_STREAM_HOP {hop}" in conv.header
+    _check_host(conv, hop, seed=hop, tmp=tmp_path)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16"])
+def test_stream_equals_invoke_keras_layouts_and_heads(precision, tmp_path):
+    """Keras (W, C) models: global-pool and flatten+dense heads, residual and separable layers."""
+    keras = module("keras", 'pip install -e ".[keras]"')
+    convs = []
+    for i, path in enumerate(sorted((ROOT / "tests" / "keras_models").glob("*.h5"))):
+        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+        calib = np.random.default_rng(i).standard_normal((32, steps, channels)).astype(np.float32)
+        convs.append(convert(path, calib, name=f"k{i}_{precision}", precision=precision, streaming=steps // 8))
+    for conv in convs:
+        assert conv.report["stream"]["time_major"]
+        _check_host(conv, conv.report["stream"]["hop"], seed=7, tmp=tmp_path / conv.name)
+
+
+def test_app_owned_states_run_independent_streams(tmp_path):
+    """Two streams of one model, each with its own state, pushed in turn through one arena."""
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="two", streaming=32)
+    model = build_conversions([conv], tmp_path)[conv.name]
+    a, b = _stream(conv, 32, 1), _stream(conv, 32, 2)
+    states = [model.new_stream_state(), model.new_stream_state()]
+    arena = model.new_arena()
+    got: list[list[np.ndarray]] = [[], []]
+    for k in range(len(a) // 32):
+        for i, s in enumerate((a, b)):
+            status, out = model.stream_push(s[k * 32:(k + 1) * 32], state=states[i], arena=arena)
+            if status == 1:
+                got[i].append(out)
+    for i, s in enumerate((a, b)):
+        _, windows = _windows(conv, s, 32)
+        assert np.array_equal(np.stack(got[i]), np.stack([model(w) for w in windows]))
+    status, _ = model.stream_push(a[:32], state=None, arena=arena)
+    assert status == -1  # ARM_CMSIS_NN_ARG_ERROR
+
+
+def test_stream_quantize_helper_matches_quantize_input(tmp_path):
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="qs", streaming=16)
+    model = build_conversions([conv], tmp_path)[conv.name]
+    x = np.random.default_rng(3).standard_normal((16, 3)).astype(np.float32) * 3
+    got = model.quantize_stream_input(x)
+    whole = np.zeros((128, 3), np.float32)
+    whole[:16] = x
+    assert np.array_equal(got, model.quantize_input(whole.T)[...].reshape(3, 128).T[:16].reshape(-1))
+
+
+def _flat_model(path: Path) -> None:
+    """A dense-only model: its input is a feature vector, no time axis."""
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    import onnx
+
+    onnx.save(model, str(path))
+
+
+def test_bad_hops_and_models_without_time_are_refused(tmp_path):
+    for hop, expect in ((0, "the hop must be 1 to 128 time steps"), (129, "the hop must be 1 to 128")):
+        with pytest.raises(OptionError, match=expect):
+            convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", streaming=hop)
+    _flat_model(tmp_path / "flat.onnx")
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32))
+    with pytest.raises(OptionError, match="needs a model whose input is a window of time steps"):
+        convert(tmp_path / "flat.onnx", tmp_path / "c.npy", streaming=4)
+    r = run_cli("convert", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                "--streaming", "200", "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and "--streaming 200: the hop must be 1 to 128" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _push_unit(conv) -> CUnit:
+    """A runner 'model' that pushes one hop per sample: its output is the push's status, then the
+    model's output (untouched, so zero, while not ready)."""
+    name, NAME = f"{conv.name}_push", f"{conv.name}_push".upper()
+    bits_in = conv.graph.tensors[conv.graph.inputs[0]].quant.bits
+    bits_out = conv.graph.tensors[conv.graph.outputs[0]].quant.bits
+    t_in, t_out = f"int{bits_in}_t", f"int{bits_out}_t"
+    hop, channels = conv.report["stream"]["hop"], conv.report["stream"]["channels"]
+    out_size = conv.graph.tensors[conv.graph.outputs[0]].size
+    header = (f"#ifndef {NAME}_H\n#define {NAME}_H\n#include <stdint.h>\n#include \"{conv.name}.h\"\n"
+              f"#define {NAME}_INPUT_SIZE {hop * channels}\n#define {NAME}_OUTPUT_SIZE {out_size + 1}\n"
+              f"int {name}_invoke(const {t_in} *input, {t_out} *output);\n#endif\n")
+    source = (f"#include <string.h>\n#include \"{name}.h\"\n"
+              f"int {name}_invoke(const {t_in} *input, {t_out} *output)\n{{\n"
+              f"    static int started;\n    int status;\n"
+              f"    if (!started) {{\n        {conv.name}_stream_reset();\n        started = 1;\n    }}\n"
+              f"    memset(output, 0, sizeof(*output) * {NAME}_OUTPUT_SIZE);\n"
+              f"    status = {conv.name}_stream_push(input, output + 1);\n"
+              f"    output[0] = ({t_out})status;\n    return status < 0 ? status : 0;\n}}\n")
+    return CUnit(name, source, header, conv.cmsis, hop * channels, out_size + 1, bits_in, bits_out)
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.parametrize("target", ["m0plus", "m4", "m7", "m55"])
+def test_stream_equals_invoke_on_qemu(target, tmp_path):
+    """The same on each core: the pushes' outputs on QEMU == invoke on the host, window by window."""
+    qemu_tools()
+    convs = [convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch", streaming=16),
+             convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch16",
+                     precision="int16", streaming=48)]
+    keras = module("keras", 'pip install -e ".[keras]"')
+    path = ROOT / "tests" / "keras_models" / "dense_heads.h5"
+    steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+    calib = np.random.default_rng(0).standard_normal((32, steps, channels)).astype(np.float32)
+    convs.append(convert(path, calib, name="q_keras", streaming=steps // 8))
+    host = build_conversions(convs, tmp_path / "host")
+    units = [_push_unit(c) for c in convs]
+    fw = build_firmware([*convs, *units], target, tmp_path / target)
+    streams = {c.name: _stream(c, c.report["stream"]["hop"], seed=11) for c in convs}
+    jobs = {u.name: streams[c.name].reshape(-1, u.input_size) for c, u in zip(convs, units)}
+    out = run_firmware(fw, jobs, timeout=300)
+    for c, u in zip(convs, units):
+        hop = c.report["stream"]["hop"]
+        ready, windows = _windows(c, streams[c.name], hop)
+        statuses = out[u.name][:, 0]
+        assert list(statuses) == [1 if k in ready else 0 for k in range(len(statuses))], c.name
+        want = np.stack([host[c.name](w) for w in windows])
+        assert len(ready) >= 50 and np.array_equal(out[u.name][ready, 1:], want), c.name
