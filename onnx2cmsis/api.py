@@ -16,10 +16,10 @@ import onnx
 
 from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
 from onnx2cmsis.codegen.build_files import render_build_files
-from onnx2cmsis.codegen.emit_c import Layer, make_layers, render
+from onnx2cmsis.codegen.emit_c import Layer, make_layers, render, template_environment
 from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
 from onnx2cmsis.codegen.report_page import render_report_page
-from onnx2cmsis.codegen.stream import stream_spec
+from onnx2cmsis.codegen.stream import stream_parts, stream_spec
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
@@ -183,15 +183,20 @@ def convert(
     plan, calls, layers = back_end(graph, registry, cmsis)
 
     summary = header_summary(model_path, hashlib.sha256(model_path.read_bytes()).hexdigest(), graph, layers, cmsis)
-    element_bytes = graph.tensors[graph.inputs[0]].nbytes // graph.tensors[graph.inputs[0]].size
-    summary.update(stream=stream, stream_state_size=None if stream is None else stream.state_bytes(element_bytes))
     template_dirs = tuple(dict.fromkeys(registry.for_op(n.op).template_dir for n in graph.nodes
                                         if registry.for_op(n.op).template_dir is not None))
+    stream_report = None
+    if stream is None:
+        summary.update(stream=None)
+    else:
+        stream_templates, stream_report = stream_parts(stream, template_environment(template_dirs), graph, registry,
+                                                       layers, plan)
+        summary.update(stream_templates)
     source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
     functions = sorted({f for c in calls for f in c.functions})
     report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples),
                           calibration_result.summary(), corrected, None if chosen is None else chosen.summary(),
-                          None if stream is None else stream.report(element_bytes))
+                          stream_report)
     warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
     build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)

@@ -161,7 +161,7 @@ def test_a_16_bit_input_and_output_get_int16_types_and_saturation(example):
         summary = {k: example.report[k] for k in ("model_file", "model_sha256", "weights_bytes")}
         summary.update(input_shape=example.report["input"]["shape"], output_shape=example.report["output"]["shape"],
                        input_layout="flat", input_window=None, cmsis_api="7", cmsis_probe="1",
-                       cmsis_versions="any", stream=None, stream_state_size=None)
+                       cmsis_versions="any", stream=None)
         source, header = render(example.name, g, example.layers, example.plan, summary)
     finally:
         for t, q in ((g.inputs[0], example.report["input"]), (g.outputs[0], example.report["output"])):

@@ -168,9 +168,10 @@ def _push_unit(conv) -> CUnit:
 def test_stream_equals_invoke_on_qemu(target, tmp_path):
     """The same on each core: the pushes' outputs on QEMU == invoke on the host, window by window."""
     qemu_tools()
-    convs = [convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch", streaming=16),
-             convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch16",
-                     precision="int16", streaming=48)]
+    convs = [convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch", streaming=16)]
+    if target != "m0plus":  # the micro:bit's 16 KiB of RAM hold two streams' maps, not three
+        convs.append(convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch16",
+                             precision="int16", streaming=48))
     keras = module("keras", 'pip install -e ".[keras]"')
     path = ROOT / "tests" / "keras_models" / "dense_heads.h5"
     steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]

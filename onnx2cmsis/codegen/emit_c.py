@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 from onnx2cmsis import __version__
 from onnx2cmsis.codegen.naming import c_comment, c_identifier, layer_names
-from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import KernelCall
 from onnx2cmsis.plan.arena import MemoryPlan, Placement
 
@@ -84,7 +85,7 @@ def make_layers(graph: Graph, calls: list[KernelCall]) -> list[Layer]:
     return layers
 
 
-def _pointer(p: Placement, ctype: str, const: bool) -> str:
+def placement_pointer(p: Placement, ctype: str, const: bool) -> str:
     """A C expression for a tensor's first element, typed as its elements (int8_t or int16_t)."""
     if p.storage == "input":
         return "input" if const else f"({ctype} *)input"
@@ -98,8 +99,29 @@ def _bits(graph: Graph, tensor: str) -> int:
     return 8 if q is None else q.bits
 
 
-def _ctype(graph: Graph, tensor: str) -> str:
+def element_ctype(graph: Graph, tensor: str) -> str:
     return "int8_t" if _bits(graph, tensor) == 8 else "int16_t"
+
+
+def call_context(ident: str, call: KernelCall, node: Node, graph: Graph, pointer: Callable[[str, bool], str],
+                 scratch_ptr: str) -> dict[str, Any]:
+    """What a handler's template gets: its call's context, the layer's identifier (its arrays' prefix),
+    and C expressions for its tensors (`pointer(tensor, const)`) and its scratch."""
+    ctx = dict(call.context)
+    ctx.update(
+        ident=ident,
+        in_ptr=pointer(node.inputs[0], True),
+        in_ptrs=[pointer(t, True) for t in node.inputs],
+        out_ptr=pointer(node.output, False),
+        in_ctype=element_ctype(graph, node.inputs[0]),
+        out_ctype=element_ctype(graph, node.output),
+        scratch_ptr=scratch_ptr,
+    )
+    return ctx
+
+
+def render_call(env: jinja2.Environment, call: KernelCall, ctx: dict[str, Any]) -> str:
+    return env.get_template(f"ops/{call.template}").render(ctx)
 
 
 def render(
@@ -112,18 +134,14 @@ def render(
 ) -> tuple[str, str]:
     env = template_environment(template_dirs)
     blocks, hooks = [], []
+
+    def planned(tensor: str, const: bool) -> str:
+        return placement_pointer(plan.tensors[tensor], element_ctype(graph, tensor), const)
+
     for layer, node in zip(layers, graph.nodes, strict=True):
-        ctx = dict(layer.call.context)
-        ctx.update(
-            ident=layer.ident,
-            in_ptr=_pointer(plan.tensors[node.inputs[0]], _ctype(graph, node.inputs[0]), const=True),
-            in_ptrs=[_pointer(plan.tensors[t], _ctype(graph, t), const=True) for t in node.inputs],
-            out_ptr=_pointer(plan.tensors[node.output], _ctype(graph, node.output), const=False),
-            in_ctype=_ctype(graph, node.inputs[0]),
-            out_ctype=_ctype(graph, node.output),
-            scratch_ptr=f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL",
-        )
-        blocks.append(env.get_template(f"ops/{layer.call.template}").render(ctx))
+        ctx = call_context(layer.ident, layer.call, node, graph, planned,
+                           f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL")
+        blocks.append(render_call(env, layer.call, ctx))
         bits = _bits(graph, node.output)
         hooks.append((ctx["out_ptr"], graph.tensors[node.output].size, "" if bits == 8 else str(bits)))
     in_bits = _bits(graph, graph.inputs[0])

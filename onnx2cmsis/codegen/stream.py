@@ -1,11 +1,10 @@
 """`--streaming HOP`: the C for a continuous signal, one output every HOP time steps.
 
-The generated stream keeps the last WINDOW steps pushed (the model's input window, in the model's
-own input layout) in a state apart from the arena: a push shifts the window by HOP steps, writes the
-HOP new steps in (interleaved time-major samples, as sensors deliver them, whatever the model's
-layout) and, once WINDOW steps have arrived since the reset, runs the model on the window. Every
-output is therefore byte for byte NAME_invoke on the last WINDOW steps. This first form recomputes
-the whole window per push; computing only the columns a hop changes is the next step (docs/streaming.md).
+The stream state lives apart from the arena. Its incremental form (plan/stream.py,
+codegen/stream_code.py) keeps every time-resolved feature map of the window and recomputes per push
+only the columns the hop changes, then the head in full. Where a model's input is not a (W, C) map a
+push can fill, the state is the window itself (in the model's layout) and a push runs the whole model
+on it. Either way every output is byte for byte NAME_invoke on the last WINDOW steps pushed.
 """
 
 from __future__ import annotations
@@ -13,7 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
+
+from onnx2cmsis.codegen.emit_c import Layer
+from onnx2cmsis.codegen.stream_code import StreamCode, stream_code, stream_context
 from onnx2cmsis.errors import OptionError
+from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.registry import Registry
+from onnx2cmsis.plan.arena import MemoryPlan
+from onnx2cmsis.plan.stream import StreamPlan, plan_stream
 
 STATE_ALIGN = 4
 
@@ -25,14 +32,34 @@ class StreamSpec:
     channels: int
     time_major: bool  # the model's input layout (the pushed samples are always time-major)
 
-    def state_bytes(self, element_bytes: int) -> int:
-        """The steps pushed since the reset (int32), then the window, padded to whole words."""
+    def window_state_bytes(self, element_bytes: int) -> int:
+        """The window form: the steps pushed since the reset (int32), then the window, in whole words."""
         return 4 + -(-self.window * self.channels * element_bytes // STATE_ALIGN) * STATE_ALIGN
 
-    def report(self, element_bytes: int) -> dict[str, Any]:
-        """NAME.json's `stream`."""
-        return {"hop": self.hop, "window": self.window, "channels": self.channels, "time_major": self.time_major,
-                "state_bytes": self.state_bytes(element_bytes), "recomputes": "window"}
+
+def stream_parts(spec: StreamSpec, env: jinja2.Environment, graph: Graph, registry: Registry, layers: list[Layer],
+                 plan: MemoryPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the templates need, NAME.json's `stream`) for a quantized, planned graph."""
+    element = graph.tensors[graph.inputs[0]].nbytes // graph.tensors[graph.inputs[0]].size
+    sp = plan_stream(graph, registry, spec.hop, spec.window, spec.channels)
+    code = None if sp is None else stream_code(env, graph, registry, layers, plan, sp)
+    state = spec.window_state_bytes(element) if sp is None else 4 + sp.maps_bytes
+    context = {"stream": spec, "stream_state_size": state, **(stream_context(code) if code else
+                                                              {"stream_layers": None})}
+    return context, _report(spec, state, sp, code, sum(layer.call.macs for layer in layers))
+
+
+def _report(spec: StreamSpec, state: int, sp: StreamPlan | None, code: StreamCode | None,
+            macs: int) -> dict[str, Any]:
+    figures = {"hop": spec.hop, "window": spec.window, "channels": spec.channels, "time_major": spec.time_major,
+               "state_bytes": state, "macs_per_invoke": macs}
+    if sp is None or code is None:
+        return {**figures, "recomputes": "window", "macs_per_push": macs, "hop_multiple": None,
+                "head": "the model's input is no (steps, channels) map a push can fill: a push runs the window",
+                "notes": []}
+    moved = sum(keep for _, _, keep in code.shifts) + (spec.window - spec.hop) * sp.buffers[sp.input_tensor].row_bytes
+    return {**figures, "recomputes": "columns", "macs_per_push": code.macs_per_push, "bytes_moved_per_push": moved,
+            "hop_multiple": sp.stride_multiple, "head": sp.head_reason, "notes": code.notes}
 
 
 def stream_spec(hop: int | None, input_window: dict[str, Any] | None) -> StreamSpec | None:

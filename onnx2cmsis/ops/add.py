@@ -16,6 +16,7 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     OpHandler,
     TfliteContext,
+    TimeGeometry,
     elementwise_io,
     fused_activation_range,
 )
@@ -38,6 +39,9 @@ class AddHandler(OpHandler):
     activation_bits = (8, 16)
     onnx_ops = ("Add",)
     fuses_activation = free_output_quant = True
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        return TimeGeometry()  # column by column
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if any(ctx.const(i) is not None for i in node.inputs):

@@ -134,6 +134,23 @@ class KernelCall:
     macs: int = 0
 
 
+@dataclass(frozen=True)
+class TimeGeometry:
+    """How a time-local op's output column j (along time, of a (W, C) feature map) reads its input
+    columns: j * stride - pad_left + k * dilation for k < kernel, or with upsample u column j // u.
+    What `--streaming` needs to recompute only the columns a hop changes (plan/stream.py)."""
+
+    kernel: int = 1
+    stride: int = 1
+    dilation: int = 1
+    pad_left: int = 0
+    upsample: int = 1
+
+    @property
+    def span(self) -> int:
+        return (self.kernel - 1) * self.dilation + 1
+
+
 class OpHandler:
     """Base class with the defaults most ops want; subclasses override what differs.
 
@@ -166,6 +183,20 @@ class OpHandler:
     # The activation widths its quantize/reference/emit handle: 8 (int8), 16 (TFLite 16x8). A model
     # converted at a width one of its nodes' handlers lacks is refused, naming every such node.
     activation_bits: tuple[int, ...] = (8,)
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        """Its output's time columns as a function of its inputs' (all (W, C) feature maps), or None
+        when it is not time-local (a dense layer, a global pool, a reshape): a stream then runs it,
+        and everything after it, in full on every push. Declared with time_slice."""
+        return None
+
+    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
+        """The node computing `out_w` consecutive output columns from a slice of its input columns,
+        with these zero paddings in place of its own (the slice's shapes are the graph's): what a
+        stream emits for the columns a hop changes. Default: a node without padding is its own slice."""
+        if pad_left or pad_right:
+            raise NotImplementedError(f"op '{node.op}' declares no padded time slice")
+        return node
 
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
         """Fold y * scale[c] + shift[c] (per output channel) into the node's constants; False when this

@@ -12,7 +12,8 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
+from onnx2cmsis.ops.base import (ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, TimeGeometry,
+                                  calibrated_quant)
 
 AXIS_OF = {"channel": 1, "time": 0, "flat": 0}  # physical axis of the (W, C) or (F,) IR tensors
 
@@ -21,6 +22,9 @@ class ConcatHandler(OpHandler):
     op = "concat"
     activation_bits = (8, 16)
     onnx_ops = ("Concat",)
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        return TimeGeometry() if node.attrs["kind"] == "channel" else None  # along time: the head
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         rank = len(ctx.full_shape(node.outputs[0]))

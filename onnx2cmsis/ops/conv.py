@@ -3,6 +3,8 @@ at 16x8 (int16 activations) arm_convolve_wrapper_s16 with int64 biases."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from onnx2cmsis.ir.target import CmsisApi
@@ -15,6 +17,7 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     OpHandler,
     TfliteContext,
+    TimeGeometry,
     check_uint16,
     explicit_pads,
     fused_activation_range,
@@ -137,6 +140,13 @@ class Conv1DHandler(OpHandler):
     activation_bits = (8, 16)
     onnx_ops = ("Conv",)
     fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        a = node.attrs
+        return TimeGeometry(a["kernel"], a["stride"], a["dilation"], a["pad"][0])
+
+    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
+        return replace(node, attrs={**node.attrs, "pad": (pad_left, pad_right)})
 
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
         return fold_affine_into_weights(node, scale, shift)

@@ -7,10 +7,12 @@ with a 1-tap kernel: exact in both CMSIS-NN and TFLite-Micro.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, TfliteContext, check_uint16
+from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, TfliteContext, TimeGeometry, check_uint16
 from onnx2cmsis.ops.conv import (
     fold_affine_into_weights,
     per_channel_call_parts,
@@ -41,6 +43,13 @@ class DepthwiseConv1DHandler(OpHandler):
     op = "dwconv1d"  # imported by ops/conv.py (a Conv with group == C_in) and by the affine lowering
     activation_bits = (8, 16)
     fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        a = node.attrs
+        return TimeGeometry(a["kernel"], a["stride"], a["dilation"], a["pad"][0])
+
+    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
+        return replace(node, attrs={**node.attrs, "pad": (pad_left, pad_right)})
 
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
         return fold_affine_into_weights(node, scale, shift)

@@ -7,11 +7,13 @@ layer into that layer's weight order, so a PyTorch Flatten -> Linear costs no co
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, TimeGeometry
 
 
 class ReshapeHandler(OpHandler):
@@ -69,6 +71,12 @@ class Pad1DHandler(OpHandler):
     """Constant zero padding along time. Before a convolution a pass folds it into the kernel's
     padding (padding with the zero point is what CMSIS-NN's skipped taps mean); elsewhere an own
     copy loop writes the zero point (a real 0.0) around the data."""
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        return TimeGeometry(pad_left=node.attrs["pad"][0])
+
+    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
+        return replace(node, attrs={**node.attrs, "pad": (pad_left, pad_right)})
 
     op = "pad1d"
     activation_bits = (8, 16)

@@ -7,6 +7,8 @@ averages are ops/mean.py's.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
@@ -17,6 +19,7 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     OpHandler,
     TfliteContext,
+    TimeGeometry,
     check_uint16,
     explicit_pads,
     fused_activation_range,
@@ -103,6 +106,15 @@ class MaxPool1DHandler(OpHandler):
     activation_bits = (8, 16)
     onnx_ops = ("MaxPool", "GlobalMaxPool", "ReduceMax")
     fuses_activation = True  # a clamp in the (shared) input/output quantization
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        a = node.attrs
+        if a["out_w"] == 1:
+            return None  # a global pool: the head of a stream
+        return TimeGeometry(a["kernel"], a["stride"], a.get("dilation", 1), a["pad_left"])
+
+    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
+        return replace(node, attrs={**node.attrs, "pad_left": pad_left, "out_w": out_w})
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type in GLOBAL_OPS:

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, TimeGeometry
 
 
 def _source_index(o: int, factor: int, coord: str, nearest: str) -> int:
@@ -36,6 +36,9 @@ class Upsample1DHandler(OpHandler):
     op = "upsample1d"
     activation_bits = (8, 16)
     onnx_ops = ("Resize", "Upsample")
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        return TimeGeometry(upsample=node.attrs["factor"])
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         l_in, l_out = ctx.logical_shape(node.inputs[0]), ctx.logical_shape(node.outputs[0])

@@ -26,6 +26,7 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     OpHandler,
     TfliteContext,
+    TimeGeometry,
     calibrated_quant,
     elementwise_io,
 )
@@ -100,6 +101,9 @@ class LookupTableHandler(OpHandler):
     op = "lut"
     activation_bits = (8, 16)
     onnx_ops = ("Tanh", "Sigmoid", "LeakyRelu")
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        return TimeGeometry()  # column by column
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         fn = {"Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyRelu": "leaky_relu"}[node.op_type]
