@@ -188,7 +188,7 @@ def convert(
     from onnx2cmsis.api import Budget, write_outputs
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.ops.registry import build_registry
-    from onnx2cmsis.report import auto_precision_lines
+    from onnx2cmsis.report import auto_precision_lines, stream_line
 
     if name and name_arg and name != name_arg:
         _usage(f"two names given: {name_arg!r} and --name {name!r}", "convert")
@@ -220,6 +220,8 @@ def convert(
     auto = r["quantization"]["auto_precision"]
     if auto is not None:
         typer.echo(auto_precision_lines(auto, r["layers"]))
+    if r["stream"] is not None:
+        typer.echo(stream_line(r["stream"]))
     typer.echo(_cmsis_line(result.cmsis))
 
 

@@ -118,3 +118,14 @@ def auto_precision_lines(auto: dict, layers: list[dict]) -> str:
               (f" int8 loses {layer['int8_loss_db']:.2f} dB" if "int8_loss_db" in layer else "") +
               f"  {layer['name']}" for layer in layers if layer["op"] != "reshape"]
     return "\n".join(lines)
+
+
+def stream_line(stream: dict[str, Any]) -> str:
+    """What --streaming made: MACs per push against a full invoke, the state, where the head starts."""
+    share = stream["macs_per_push"] / max(stream["macs_per_invoke"], 1)
+    what = ("only the columns each hop changes" if stream["recomputes"] == "columns"
+            else "the whole window each push")
+    line = (f"stream: hop {stream['hop']} of {stream['window']} steps, state {stream['state_bytes']} B; a push "
+            f"computes {what}: {stream['macs_per_push']:,} MACs, {100 * share:.0f}% of an invoke's "
+            f"{stream['macs_per_invoke']:,}; {stream['head']}")
+    return "\n".join([line, *(f"  {note}" for note in stream["notes"])])

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import OptionError
 from onnx2cmsis.targets.host import build_conversions
-from onnx2cmsis.targets.qemu import CUnit, build_firmware, run_firmware
+from onnx2cmsis.targets.qemu import build_firmware, run_firmware, stream_unit
 from tests.needs import module, qemu_tools
 from tests.test_cli import run_cli
 
@@ -140,28 +140,6 @@ def test_bad_hops_and_models_without_time_are_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _push_unit(conv) -> CUnit:
-    """A runner 'model' that pushes one hop per sample: its output is the push's status, then the
-    model's output (untouched, so zero, while not ready)."""
-    name, NAME = f"{conv.name}_push", f"{conv.name}_push".upper()
-    bits_in = conv.graph.tensors[conv.graph.inputs[0]].quant.bits
-    bits_out = conv.graph.tensors[conv.graph.outputs[0]].quant.bits
-    t_in, t_out = f"int{bits_in}_t", f"int{bits_out}_t"
-    hop, channels = conv.report["stream"]["hop"], conv.report["stream"]["channels"]
-    out_size = conv.graph.tensors[conv.graph.outputs[0]].size
-    header = (f"#ifndef {NAME}_H\n#define {NAME}_H\n#include <stdint.h>\n#include \"{conv.name}.h\"\n"
-              f"#define {NAME}_INPUT_SIZE {hop * channels}\n#define {NAME}_OUTPUT_SIZE {out_size + 1}\n"
-              f"int {name}_invoke(const {t_in} *input, {t_out} *output);\n#endif\n")
-    source = (f"#include <string.h>\n#include \"{name}.h\"\n"
-              f"int {name}_invoke(const {t_in} *input, {t_out} *output)\n{{\n"
-              f"    static int started;\n    int status;\n"
-              f"    if (!started) {{\n        {conv.name}_stream_reset();\n        started = 1;\n    }}\n"
-              f"    memset(output, 0, sizeof(*output) * {NAME}_OUTPUT_SIZE);\n"
-              f"    status = {conv.name}_stream_push(input, output + 1);\n"
-              f"    output[0] = ({t_out})status;\n    return status < 0 ? status : 0;\n}}\n")
-    return CUnit(name, source, header, conv.cmsis, hop * channels, out_size + 1, bits_in, bits_out)
-
-
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.parametrize("target", ["m0plus", "m4", "m7", "m55"])
@@ -178,7 +156,7 @@ def test_stream_equals_invoke_on_qemu(target, tmp_path):
     calib = np.random.default_rng(0).standard_normal((32, steps, channels)).astype(np.float32)
     convs.append(convert(path, calib, name="q_keras", streaming=steps // 8))
     host = build_conversions(convs, tmp_path / "host")
-    units = [_push_unit(c) for c in convs]
+    units = [stream_unit(c) for c in convs]
     fw = build_firmware([*convs, *units], target, tmp_path / target)
     streams = {c.name: _stream(c, c.report["stream"]["hop"], seed=11) for c in convs}
     jobs = {u.name: streams[c.name].reshape(-1, u.input_size) for c, u in zip(convs, units)}

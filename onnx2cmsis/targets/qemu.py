@@ -123,6 +123,30 @@ def as_unit(item) -> CUnit:
                  g.tensors[g.outputs[0]].size, q_in.bits, q_out.bits)
 
 
+def stream_unit(conv) -> CUnit:
+    """A runner 'model' that pushes one hop of a streaming conversion per sample: its output is the
+    push's status (1: ready, 0: not yet), then the model's output (zero while not ready). The runner
+    then counts instructions per push as it does per inference."""
+    name = f"{conv.name}_push"
+    upper = name.upper()
+    g = conv.graph
+    bits_in, bits_out = g.tensors[g.inputs[0]].quant.bits, g.tensors[g.outputs[0]].quant.bits
+    t_in, t_out = f"int{bits_in}_t", f"int{bits_out}_t"
+    hop, channels = conv.report["stream"]["hop"], conv.report["stream"]["channels"]
+    out_size = g.tensors[g.outputs[0]].size
+    header = (f"#ifndef {upper}_H\n#define {upper}_H\n#include <stdint.h>\n#include \"{conv.name}.h\"\n"
+              f"#define {upper}_INPUT_SIZE {hop * channels}\n#define {upper}_OUTPUT_SIZE {out_size + 1}\n"
+              f"int {name}_invoke(const {t_in} *input, {t_out} *output);\n#endif\n")
+    source = (f"#include <string.h>\n#include \"{name}.h\"\n\n"
+              f"int {name}_invoke(const {t_in} *input, {t_out} *output)\n{{\n"
+              f"    int status;\n"
+              f"    memset(output, 0, sizeof(*output) * {upper}_OUTPUT_SIZE);\n"
+              f"    status = {conv.name}_stream_push(input, output + 1);\n"
+              f"    output[0] = ({t_out})(status > 0 ? status : 0);\n"
+              f"    return status < 0 ? status : 0;\n}}\n")
+    return CUnit(name, source, header, conv.cmsis, hop * channels, out_size + 1, bits_in, bits_out)
+
+
 @dataclass
 class Firmware:
     target: str
