@@ -296,6 +296,7 @@ def verify(
     precision: str = PRECISION_OPTION,
     max_error: Optional[float] = MAX_ERROR_OPTION,
     calibration_labels: Optional[Path] = CALIBRATION_LABELS_OPTION,
+    streaming: Optional[int] = STREAMING_OPTION,
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     dense_weights: str = DENSE_WEIGHTS_OPTION,
     calibration_method: str = CALIBRATION_METHOD_OPTION,
@@ -331,7 +332,7 @@ def verify(
                            cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
                            calibration_method=calibration_method, bias_correction=bias_correction,
                            precision=precision, **_budget(max_error, calibration_labels),
-                           input_shape=_shape(input_shape, "verify"),
+                           input_shape=_shape(input_shape, "verify"), streaming=streaming,
                            progress=progress)
         found = run_verify(conv, data, targets, labels=labels, progress=progress)
         results = found.results

@@ -24,6 +24,7 @@ from onnx2cmsis.quant.accuracy import accuracy, class_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor
+from onnx2cmsis.stream_check import host_pushes, stream_run
 from onnx2cmsis.targets import qemu
 from onnx2cmsis.targets.host import build_conversions, layer_outputs
 
@@ -48,6 +49,12 @@ class TargetResult:
     stack_bytes: int | None  # measured on QEMU: painted-stack high-water mark of NAME_invoke, largest over samples
     oracle: str
     skipped: str | None = None
+    # a streaming conversion: its pushes, those whose output differs from invoke on the window, the
+    # instructions of a push after the first whole window (median; QEMU), the state bytes
+    stream_pushes: int | None = None
+    stream_mismatches: int | None = None
+    instructions_per_push: int | None = None
+    stream_state_bytes: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +154,7 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
         raise ConversionError(f"the integer reference differs from tflite-micro on sample {bad}: a converter bug, "
                               "please report it")
     expected = reference if oracle is None else oracle
+    stream = stream_run(conv, xq) if conv.report.get("stream") else None
     want_float = float_outputs(conv, x_float).astype(np.float64)
     q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
     results = []
@@ -157,14 +165,23 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
             try:
                 step(f"{target}: building" + ("" if target == "host" else f" (and CMSIS-NN, once per tree) for "
                                                         f"{qemu.TARGETS[target].machine}, running on QEMU"))
+                pushed = per_push = None
                 if target == "host":
                     model = build_conversions([conv], base / "host")[conv.name]
                     outputs = np.stack([model(x) for x in xq])
+                    if stream is not None:
+                        statuses, pushed = host_pushes(model, stream)
                 else:
-                    fw = qemu.build_firmware([conv], target, base / target)
+                    unit = None if stream is None else qemu.stream_unit(conv)
+                    fw = qemu.build_firmware([conv] + ([unit] if unit else []), target, base / target)
                     counts: dict[str, np.ndarray] = {}
                     depth: dict[str, np.ndarray] = {}
-                    outputs = qemu.run_firmware(fw, {conv.name: xq}, instructions=counts, stack=depth)[conv.name]
+                    jobs = {conv.name: xq, **({unit.name: stream.pushes()} if unit else {})}
+                    ran = qemu.run_firmware(fw, jobs, instructions=counts, stack=depth)
+                    outputs = ran[conv.name]
+                    if unit is not None:
+                        statuses, pushed = list(ran[unit.name][:, 0]), ran[unit.name][stream.ready, 1:]
+                        per_push = int(np.median(counts[unit.name][stream.ready[1:] or stream.ready]))
                     instructions = int(counts[conv.name].max())
                     stack = int(depth[conv.name].max())
                     flash, ram = _image_sizes(fw.elf)
@@ -173,19 +190,27 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
                                         f"does not fit {qemu.TARGETS[target].machine}'s memory"))
                 continue
             bad = np.any(outputs != expected, axis=1)
+            stream_bad = None
+            if stream is not None:
+                ready = [k for k, status in enumerate(statuses) if status == 1]
+                stream_bad = len(stream.ready) if ready != stream.ready else int(
+                    np.sum(np.any(pushed != stream.want, axis=1)))
             got = dequantize_tensor(outputs, q_out).astype(np.float64).reshape(len(xq), -1)
             culprit = None
             if bad.any():
                 culprit = first_bad_layer(conv, xq[int(np.argmax(bad))], base / f"{target}_debug")
             results.append(TargetResult(
-                target=target, samples=len(xq), bit_exact=not bad.any(), mismatches=int(bad.sum()),
+                target=target, samples=len(xq), bit_exact=not bad.any() and not stream_bad, mismatches=int(bad.sum()),
                 first_bad_layer=culprit,
                 max_abs_error_vs_float=float(np.max(np.abs(got - want_float.reshape(got.shape)))),
                 argmax_agreement=accuracy(got, predicted_classes(want_float.reshape(got.shape))),
                 accuracy=None if labels is None else accuracy(got, labels),
                 flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
                 arena_bytes=conv.plan.arena_bytes, instructions_per_inference=instructions,
-                stack_bytes=stack, oracle=oracle_name))
+                stack_bytes=stack, oracle=oracle_name,
+                **({} if stream is None else {"stream_pushes": len(stream.pushes()), "stream_mismatches": stream_bad,
+                                              "instructions_per_push": per_push,
+                                              "stream_state_bytes": conv.report["stream"]["state_bytes"]})))
     return results
 
 
@@ -214,6 +239,13 @@ def format_table(results: list[TargetResult]) -> str:
                      f"{fmt(r.instructions_per_inference):>10}  {r.oracle}")
         if r.first_bad_layer:
             lines.append(f"{'':<8}first bad layer: {r.first_bad_layer}")
+        if r.stream_pushes is not None:
+            cost = "" if r.instructions_per_push is None or not r.instructions_per_inference else (
+                f", {r.instructions_per_push:,} instructions per push (x{r.instructions_per_push / r.instructions_per_inference:.2f}"
+                " of an invoke)")
+            lines.append(f"{'':<8}stream: {r.stream_pushes} pushes, "
+                         f"{'every output == invoke on its window' if not r.stream_mismatches else f'{r.stream_mismatches} outputs DIFFER from invoke'}"
+                         f"{cost}, state {r.stream_state_bytes:,} B")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"onnx2cmsis.importer", "onnx2cmsis.passes", "onnx2cmsis.quant", "onnx2cmsis.plan", "onnx2cmsis.targets"},
     {"onnx2cmsis.codegen"},
     {"onnx2cmsis.api", "onnx2cmsis.report"},
-    {"onnx2cmsis.evaluate", "onnx2cmsis.verification", "onnx2cmsis.inspect_model"},
+    {"onnx2cmsis.evaluate", "onnx2cmsis.verification", "onnx2cmsis.inspect_model", "onnx2cmsis.stream_check"},
     {"onnx2cmsis.cli", "onnx2cmsis.cli_options"},
 ]
 

@@ -168,3 +168,20 @@ def test_stream_equals_invoke_on_qemu(target, tmp_path):
         assert list(statuses) == [1 if k in ready else 0 for k in range(len(statuses))], c.name
         want = np.stack([host[c.name](w) for w in windows])
         assert len(ready) >= 50 and np.array_equal(out[u.name][ready, 1:], want), c.name
+
+
+def test_a_push_computes_only_the_changed_columns():
+    """The example at HOP = WINDOW / 8: the three convs and two pools stream, the flatten starts the
+    head; a push's MACs are a fraction of an invoke's (figures computed here from the layers)."""
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="cols", streaming=16)
+    s = conv.report["stream"]
+    assert s["recomputes"] == "columns" and s["hop_multiple"] == 8 and not s["notes"]
+    assert "starts the head: it regroups the columns" in s["head"]
+    assert s["macs_per_invoke"] == sum(layer["macs"] for layer in conv.report["layers"])
+    head_macs = sum(layer["macs"] for layer in conv.report["layers"] if layer["op"] == "dense")
+    assert head_macs < s["macs_per_push"] < 0.3 * s["macs_per_invoke"]
+    # the stored maps: the input window (128 x 3) and each conv/pool output, word-aligned, after `steps`
+    maps = [(128, 3), (128, 8), (64, 8), (32, 16), (16, 16), (12, 16)]
+    assert s["state_bytes"] == 4 + sum(-(-w * c // 4) * 4 for w, c in maps)
+    one = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="one", streaming=1)
+    assert "its time stride 2 does not divide the hop 1" in one.report["stream"]["head"]

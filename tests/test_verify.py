@@ -194,3 +194,28 @@ def test_the_examples_ship_a_labelled_test_set(tmp_path):
     assert np.array_equal(np.load(EXAMPLE.parent / "vibration_keras" / "test_y.npy"), np.load(y))
     host = __import__("json").loads(out.read_text())[0]
     assert host["samples"] == 128 and host["bit_exact"] and host["accuracy"] >= 0.9, host
+
+
+@pytest.mark.oracle
+def test_verify_streaming_checks_every_push(tmp_path):
+    """verify --streaming: the data's windows end to end as one stream; every push's output is
+    checked against the integer reference on its window, and reported with the state bytes."""
+    oracle_runtime()
+    x, _ = _data(tmp_path, 8)
+    r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                                 "-d", str(x), "--streaming", "16", "-t", "host", "--json", str(tmp_path / "v.json")])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((tmp_path / "v.json").read_text())
+    assert row["bit_exact"] and row["stream_pushes"] >= 57 and row["stream_mismatches"] == 0
+    assert row["stream_state_bytes"] > 0 and "every output == invoke on its window" in r.output
+
+
+def test_a_stream_that_forgets_to_move_a_map_fails_verify(tmp_path):
+    """Break one map's move in the generated push: invoke stays exact, the stream does not."""
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", streaming=16)
+    moves = re.findall(r"\n *memmove\(st \+ \d+, st \+ \d+, \d+\); /\* a map moves by its hop \*/", conv.source)
+    assert len(moves) >= 3
+    conv.source = conv.source.replace(moves[1], "", 1)
+    x = np.load(EXAMPLE / "calibration.npy")[:8]
+    (result,) = verify(conv, x, ["host"], workdir=tmp_path).results
+    assert result.mismatches == 0 and result.stream_mismatches > 0 and not result.bit_exact

@@ -1,0 +1,49 @@
+"""What `verify` runs for a streaming conversion: the data's windows laid end to end as one stream,
+pushed HOP steps at a time, each reported output checked against the integer reference on the same
+window (the reference is checked against tflite-micro on the data itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnx2cmsis.api import Conversion
+
+
+@dataclass
+class StreamRun:
+    stream: np.ndarray  # (steps, channels) time-major input codes
+    hop: int
+    ready: list[int]  # the pushes that report an output
+    windows: np.ndarray  # (len(ready), input size): the model input each of them stands for
+    want: np.ndarray  # the reference's output on each
+
+    def pushes(self) -> np.ndarray:
+        """(pushes, HOP * channels): what each push gets."""
+        return self.stream[: len(self.stream) // self.hop * self.hop].reshape(-1, self.hop * self.stream.shape[1])
+
+
+def stream_run(conv: Conversion, xq: np.ndarray, min_outputs: int = 50) -> StreamRun:
+    """The samples `xq` (model input codes) end to end, repeated until the stream gives `min_outputs`."""
+    s = conv.report["stream"]
+    hop, window, channels = s["hop"], s["window"], s["channels"]
+    steps = [w.reshape(window, channels) if s["time_major"] else w.reshape(channels, window).T for w in xq]
+    need = window - window % hop + hop * min_outputs
+    stream = np.concatenate(steps * -(-need // (window * len(steps))))[:need]
+    ready = [k for k in range(len(stream) // hop) if (k + 1) * hop >= window]
+    cut = [stream[(k + 1) * hop - window:(k + 1) * hop] for k in ready]
+    windows = np.stack([w.reshape(-1) if s["time_major"] else w.T.reshape(-1) for w in cut])
+    return StreamRun(stream, hop, ready, windows, np.stack([conv.reference(w) for w in windows]))
+
+
+def host_pushes(model, run: StreamRun) -> tuple[list[int], np.ndarray]:
+    """Statuses of every push and the outputs of those that reported one (a HostModel)."""
+    model.stream_reset()
+    statuses, outputs = [], []
+    for samples in run.pushes():
+        status, out = model.stream_push(samples)
+        statuses.append(status)
+        if status == 1:
+            outputs.append(out)
+    return statuses, np.stack(outputs) if outputs else np.zeros((0, run.want.shape[1]), run.want.dtype)
