@@ -69,15 +69,19 @@ def test_stream_equals_invoke_on_the_last_window_pytorch_layout(hop, tmp_path):
     _check_host(conv, hop, seed=hop, tmp=tmp_path)
 
 
-@pytest.mark.parametrize("precision", ["int8", "int16"])
-def test_stream_equals_invoke_keras_layouts_and_heads(precision, tmp_path):
-    """Keras (W, C) models: global-pool and flatten+dense heads, residual and separable layers."""
+@pytest.mark.parametrize("precision, parts", [("int8", 8), ("int16", 8), ("int8", 3)])
+def test_stream_equals_invoke_keras_layouts_and_heads(precision, parts, tmp_path):
+    """Keras (W, C) models: 'same', 'valid' and causal padding, strides, dilation, pools, upsampling,
+    residual adds, channel concatenation, zero padding and cropping; global-pool and flatten + dense
+    heads. HOP = WINDOW / 8 streams most layers; WINDOW / 3 leaves the strided ones to the head."""
     keras = module("keras", 'pip install -e ".[keras]"')
     convs = []
     for i, path in enumerate(sorted((ROOT / "tests" / "keras_models").glob("*.h5"))):
         steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
         calib = np.random.default_rng(i).standard_normal((32, steps, channels)).astype(np.float32)
-        convs.append(convert(path, calib, name=f"k{i}_{precision}", precision=precision, streaming=steps // 8))
+        convs.append(convert(path, calib, name=f"k{i}_{precision}_{parts}", precision=precision,
+                             streaming=steps // parts))
+        assert convs[-1].report["stream"]["recomputes"] == "columns"
     for conv in convs:
         assert conv.report["stream"]["time_major"]
         _check_host(conv, conv.report["stream"]["hop"], seed=7, tmp=tmp_path / conv.name)
@@ -185,3 +189,15 @@ def test_a_push_computes_only_the_changed_columns():
     assert s["state_bytes"] == 4 + sum(-(-w * c // 4) * 4 for w, c in maps)
     one = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="one", streaming=1)
     assert "its time stride 2 does not divide the hop 1" in one.report["stream"]["head"]
+
+
+@pytest.mark.slow
+def test_stream_equals_invoke_on_the_benchmark_models(tmp_path):
+    """The trained benchmark models (causal dilated, residual ReLU6, strided + dense, tanh + BatchNorm +
+    global pool, pooling, upsampling autoencoder) at HOP = WINDOW / 8 on the host."""
+    keras = module("keras", 'pip install -e ".[keras]"')
+    for i, path in enumerate(sorted((ROOT / "benchmarks" / "models").glob("*.h5"))):
+        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+        calib = np.random.default_rng(i).standard_normal((32, steps, channels)).astype(np.float32)
+        conv = convert(path, calib, name=f"b{i}", streaming=steps // 8)
+        _check_host(conv, conv.report["stream"]["hop"], seed=i, tmp=tmp_path / conv.name)

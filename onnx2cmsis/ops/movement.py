@@ -11,12 +11,13 @@ index table. All of them copy bytes, so they keep the input's quantization (a TF
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, TimeGeometry
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -119,6 +120,12 @@ class Slice1DHandler(OpHandler):
 
     op = "slice1d"
     activation_bits = (8, 16)
+
+    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
+        return TimeGeometry(pad_left=-node.attrs["start"])  # output column j is input column j + start
+
+    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
+        return replace(node, attrs={**node.attrs, "start": 0, "width": out_w})
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [(node.attrs["width"], input_shapes[0][1])]
