@@ -34,6 +34,7 @@ def _summary(handler: type) -> str:
 
 
 def supported_layers() -> str:
+    from onnx2cmsis.ops.base import OpHandler
     from onnx2cmsis.ops.registry import BUILTIN_HANDLERS
 
     lines = ["# Supported layers", "",
@@ -50,6 +51,8 @@ def supported_layers() -> str:
         caps = [c.replace("_", " ") for c in CAPABILITIES if getattr(h, c)]
         if h.weight_granularities:
             caps.append("weights " + " or ".join(h.weight_granularities))
+        if cls.time_geometry is not OpHandler.time_geometry:
+            caps.append("streams (time-local: only changed columns per push)")
         lines.append(f"| `{h.op}` | {onnx_ops} | {widths} | {', '.join(caps) or '-'} | {_summary(cls)} |")
     return "\n".join(lines) + "\n"
 
