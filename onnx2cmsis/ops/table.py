@@ -73,11 +73,22 @@ def sigmoid_table(q_in: QuantParams) -> np.ndarray:
     return _fixed_point_table(q_in, logistic_q0, 23, -128)  # output scale 1/256, zero point -128
 
 
-def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.ndarray:
-    """TFLite-Micro LEAKY_RELU; its Prepare computes both ratios in float32 before widening."""
+def leaky_relu_multipliers(q_in: QuantParams, q_out: QuantParams,
+                           alpha: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """TFLite-Micro LEAKY_RELU's (identity, alpha) multipliers: its Prepare computes both ratios in
+    float32 before widening."""
     s_in, s_out, a = np.float32(q_in.scale), np.float32(q_out.scale), np.float32(alpha)
-    m_id, sh_id = quantize_multiplier(float(s_in / s_out))
-    m_alpha, sh_alpha = quantize_multiplier(float(s_in * a / s_out))
+    return quantize_multiplier(float(s_in / s_out)), quantize_multiplier(float(s_in * a / s_out))
+
+
+def requantize_multiplier(q_in: QuantParams, q_out: QuantParams) -> tuple[int, int]:
+    """TFLite-Micro QUANTIZE's (its Requantize) multiplier: the ratio of the scales widened to double."""
+    return quantize_multiplier(float(q_in.scale) / float(q_out.scale))
+
+
+def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.ndarray:
+    """TFLite-Micro LEAKY_RELU for all 256 int8 codes."""
+    (m_id, sh_id), (m_alpha, sh_alpha) = leaky_relu_multipliers(q_in, q_out, alpha)
     x = np.arange(-128, 128, dtype=np.int64) - q_in.zero_point
     pos = requantize(x, m_id, sh_id)
     neg = requantize(x, abs(m_alpha), sh_alpha) * (-1 if m_alpha < 0 else 1)
@@ -85,8 +96,8 @@ def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.
 
 
 def requantize_table(q_in: QuantParams, q_out: QuantParams) -> np.ndarray:
-    """TFLite-Micro QUANTIZE int8 -> int8 (its Requantize): the ratio of the scales widened to double."""
-    m, sh = quantize_multiplier(float(q_in.scale) / float(q_out.scale))
+    """TFLite-Micro QUANTIZE int8 -> int8 for all 256 codes."""
+    m, sh = requantize_multiplier(q_in, q_out)
     x = np.arange(-128, 128, dtype=np.int64) - q_in.zero_point
     return np.clip(requantize(x, m, sh) + q_out.zero_point, -128, 127).astype(np.int8)
 
@@ -120,7 +131,12 @@ class LookupTableHandler(OpHandler):
         q_in = graph.tensors[node.inputs[0]].quant
         out = graph.tensors[node.output]
         fn = node.attrs["fn"]
-        if q_in.bits == 16 or (fn == "requantize" and graph.tensors[node.output].bits not in (None, 8)):
+        if fn == "requantize":
+            out.quant = calibrated_quant(graph, node.output, ranges)
+            if out.quant == q_in:  # already in the wanted quantization: the bytes can stay where they are
+                node.op = "reshape"
+                return
+        if q_in.bits == 16 or out.bits == 16:
             self._quantize_s16(node, graph, ranges)
             return
         if fn == "tanh":
@@ -128,10 +144,6 @@ class LookupTableHandler(OpHandler):
         elif fn == "sigmoid":
             out.quant, table = SIGMOID_QUANT, sigmoid_table(q_in)
         elif fn == "requantize":
-            out.quant = calibrated_quant(graph, node.output, ranges)
-            if out.quant == q_in:  # already in the wanted quantization: the bytes can stay where they are
-                node.op = "reshape"
-                return
             table = requantize_table(q_in, out.quant)
         elif fn == "leaky_relu":
             out.quant = calibrated_quant(graph, node.output, ranges)
@@ -157,14 +169,10 @@ class LookupTableHandler(OpHandler):
             node.qparams = {"identity": None, "range": activation_range(q_in, *node.attrs["act"])}
             return
         out.quant = calibrated_quant(graph, node.output, ranges)
-        if fn == "requantize" and out.quant == q_in:
-            node.op = "reshape"
-            return
-        s_in, s_out = np.float32(q_in.scale), np.float32(out.quant.scale)
-        identity = quantize_multiplier(float(s_in / s_out)) if fn == "leaky_relu" else \
-            quantize_multiplier(float(q_in.scale) / float(out.quant.scale))  # as the int8 tables round them
-        negative = quantize_multiplier(float(s_in * np.float32(node.attrs["alpha"]) / s_out)) \
-            if fn == "leaky_relu" else identity
+        if fn == "leaky_relu":  # rounded as the int8 tables round them
+            identity, negative = leaky_relu_multipliers(q_in, out.quant, node.attrs["alpha"])
+        else:
+            identity = negative = requantize_multiplier(q_in, out.quant)
         node.qparams = {"identity": identity, "negative": negative, "range": int_range(out.quant.bits)}
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
