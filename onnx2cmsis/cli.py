@@ -13,8 +13,8 @@ import typer
 
 from onnx2cmsis import __version__
 from onnx2cmsis.cli_options import (BIAS_CORRECTION_OPTION, CALIBRATION_LABELS_OPTION, CALIBRATION_METHOD_OPTION,
-                                    DENSE_WEIGHTS_OPTION, FLAGS, INPUT_SHAPE_OPTION, STREAMING_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION, QUIET_OPTION,
-                                    VERBOSE_OPTION, PlainHelpCommand)
+                                    DENSE_WEIGHTS_OPTION, FLAGS, INPUT_SHAPE_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION,
+                                    QUIET_OPTION, STREAMING_OPTION, VERBOSE_OPTION, PlainHelpCommand)
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 
 # Plain help: rich markup would swallow "[keras]" and add type placeholders.

@@ -240,13 +240,18 @@ def format_table(results: list[TargetResult]) -> str:
         if r.first_bad_layer:
             lines.append(f"{'':<8}first bad layer: {r.first_bad_layer}")
         if r.stream_pushes is not None:
-            cost = "" if r.instructions_per_push is None or not r.instructions_per_inference else (
-                f", {r.instructions_per_push:,} instructions per push (x{r.instructions_per_push / r.instructions_per_inference:.2f}"
-                " of an invoke)")
-            lines.append(f"{'':<8}stream: {r.stream_pushes} pushes, "
-                         f"{'every output == invoke on its window' if not r.stream_mismatches else f'{r.stream_mismatches} outputs DIFFER from invoke'}"
-                         f"{cost}, state {r.stream_state_bytes:,} B")
+            lines.append(f"{'':<8}{_stream_summary(r)}")
     return "\n".join(lines)
+
+
+def _stream_summary(r: TargetResult) -> str:
+    exact = ("every output == invoke on its window" if not r.stream_mismatches
+             else f"{r.stream_mismatches} outputs DIFFER from invoke")
+    cost = ""
+    if r.instructions_per_push is not None and r.instructions_per_inference:
+        cost = (f", {r.instructions_per_push:,} instructions per push "
+                f"(x{r.instructions_per_push / r.instructions_per_inference:.2f} of an invoke)")
+    return f"stream: {r.stream_pushes} pushes, {exact}{cost}, state {r.stream_state_bytes:,} B"
 
 
 def format_layer_table(rows: list) -> str:
