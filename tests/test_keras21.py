@@ -1,5 +1,6 @@
-"""A Keras 2.1 Sequential file (bare layer list, batch_input_shape on the first layer, no InputLayer):
-converted without touching the user's file, with its trained weights, bit-exact."""
+"""Keras 2.1 files: a Sequential one (bare layer list, batch_input_shape on the first layer, no
+InputLayer) and a functional `Model` (inbound_nodes as nested lists): converted without touching the
+user's file, with their trained weights, bit-exact."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from onnx2cmsis.api import convert
 from onnx2cmsis.evaluate import evaluate, float_outputs, quantize_inputs
 from onnx2cmsis.frontends.keras import modern_sequential
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
-from tests.keras_models.make_keras21 import LAYERS, beats
+from tests.keras_models.data import signals
+from tests.keras_models.make_keras21 import FUNCTIONAL_STEPS, LAYERS, beats
 from tests.needs import module, qemu_tools
 
 MODEL = Path(__file__).resolve().parent / "keras_models" / "keras21" / "ecg_sequential.h5"
+FUNCTIONAL = MODEL.parent / "residual_functional.h5"
 
 
 def test_the_fixture_is_in_the_old_form():
@@ -53,6 +56,40 @@ def test_keras21_file_converts_with_its_weights_and_is_bit_exact(tmp_path):
     assert hashlib.sha256(MODEL.read_bytes()).hexdigest() == before  # the user's file is never written
     # the trained weights came through: the float model classifies held-out beats as trained (0.99)
     float_accuracy = float(np.mean((float_outputs(conv, x).reshape(-1) > 0.5) == y))
+    assert float_accuracy >= 0.95, float_accuracy
+    ev, out = evaluate(conv, x[:64], tmp_path / "host", oracle_samples=32)
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+    qemu_tools()
+    xq = quantize_inputs(conv, x[:4])
+    for target in ("m4", "m55"):
+        fw = build_firmware([conv], target, tmp_path / target)
+        assert np.array_equal(run_firmware(fw, {conv.name: xq})[conv.name], out[:4]), target
+
+
+def test_the_functional_fixture_is_in_the_old_form():
+    import h5py
+
+    with h5py.File(FUNCTIONAL, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+        assert f.attrs["keras_version"] in (b"2.1.5", "2.1.5")
+    assert config["class_name"] == "Model" and config["config"]["output_layers"] == [["dense_1", 0, 0]]
+    add = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Add")
+    assert add["inbound_nodes"] == [[["conv1d_1", 0, 0, {}], ["conv1d_2", 0, 0, {}]]]
+
+
+@pytest.mark.slow
+@pytest.mark.level
+def test_keras21_functional_model_converts_with_its_weights_and_is_bit_exact(tmp_path):
+    """The residual Add reads both branches from the old node lists; the trained weights come through
+    (the float model classifies held-out signals as trained), and the C is bit-exact."""
+    module("keras", 'pip install -e ".[keras]"')
+    before = hashlib.sha256(FUNCTIONAL.read_bytes()).hexdigest()
+    x_cal, _ = signals(64, FUNCTIONAL_STEPS, 3, seed=13)
+    x, y = signals(200, FUNCTIONAL_STEPS, 3, seed=12)
+    conv = convert(FUNCTIONAL, x_cal, name="res21")
+    assert hashlib.sha256(FUNCTIONAL.read_bytes()).hexdigest() == before
+    assert [layer["op"] for layer in conv.report["layers"]].count("add") == 1
+    float_accuracy = float(np.mean(float_outputs(conv, x).reshape(len(x), -1).argmax(1) == y))
     assert float_accuracy >= 0.95, float_accuracy
     ev, out = evaluate(conv, x[:64], tmp_path / "host", oracle_samples=32)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
