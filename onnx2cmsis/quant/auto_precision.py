@@ -8,6 +8,8 @@ error hides it.) Layers then drop to int8 least sensitive first; of the assignme
 one gets), then estimated instructions, then weight bytes, and the cheapest is refined by dropping
 any further layer that keeps the budget. Views (reshapes) keep their producer's width, so a width
 changes only where a real layer starts; every change is an exact requantize (quant/precision.py).
+Besides that prefix walk, a second walk aims at the arena itself: from all-int16, drop the layers
+whose outputs are live where the arena peaks, plan again, and repeat while the budget holds.
 
 The budget is the output SQNR against the float model or, given the calibration samples' classes,
 the accuracy drop from the float model's accuracy on them (PrecisionBudget); sensitivities are SQNR
@@ -28,7 +30,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.plan.arena import plan_memory
+from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.accuracy import accuracy
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
@@ -67,6 +69,7 @@ class Candidate:
     instructions: int  # estimated (COST_PER_MAC, COST_PER_VALUE)
     weights_bytes: int
     accuracy: float | None = None  # on the budget's labels, when it has them
+    peak_units: frozenset[int] = frozenset()  # the layers whose outputs are live where the arena peaks
 
     @property
     def cost(self) -> tuple[int, int, int]:
@@ -100,8 +103,10 @@ class _Measure:
     """Each width assignment measured once (the search revisits some): SQNR, accuracy, arena, cost."""
 
     def __init__(self, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
-                 want: np.ndarray, api: CmsisApi, labels: np.ndarray | None):
+                 want: np.ndarray, api: CmsisApi, labels: np.ndarray | None, leader: list[int]):
         self.graph, self.registry, self.ranges, self.x, self.api = graph, registry, ranges, x, api
+        self.leader = leader
+        self.producer = {out: i for i, n in enumerate(graph.nodes) for out in n.outputs}
         self.want = want.reshape(len(want), -1).astype(np.float64)
         self.labels = labels
         self.measured: dict[tuple[int, ...], Candidate] = {}
@@ -127,9 +132,28 @@ class _Measure:
                            for b in [g.tensors[n.output].quant.bits])
         instructions += sum(COST_PER_CONVERTED_VALUE * g.tensors[n.output].size for n in steps)
         weights = sum(a.values.nbytes for c in calls for a in c.arrays if a.weights and a.guard is None)
-        arena = plan_memory(g, self.registry, [c.scratch_bytes for c in calls]).arena_bytes
-        return Candidate(bits, sqnr_db(got, self.want), arena, int(instructions), weights,
-                         None if self.labels is None else accuracy(got, self.labels))
+        plan = plan_memory(g, self.registry, [c.scratch_bytes for c in calls])
+        return Candidate(bits, sqnr_db(got, self.want), plan.arena_bytes, int(instructions), weights,
+                         None if self.labels is None else accuracy(got, self.labels), self._peak_units(g, plan))
+
+    def _peak_units(self, g: Graph, plan: MemoryPlan) -> frozenset[int]:
+        """The layers (units of `leader`) whose outputs are live at the step with the most live bytes; a
+        requantize step's output counts for the layer whose output it converts."""
+        steps = max((b.end for b in plan.buffers), default=-1) + 1
+        live = [sum(b.size for b in plan.buffers if b.start <= t <= b.end) for t in range(steps)]
+        if not live:
+            return frozenset()
+        peak = live.index(max(live))
+        units = set()
+        for b in plan.buffers:
+            tensor = b.key
+            if not b.start <= peak <= b.end or tensor not in g.tensors:
+                continue  # another step's buffer, or kernel scratch
+            while tensor not in self.producer and g.producer(tensor) is not None:
+                tensor = g.producer(tensor).inputs[0]  # an inserted requantize: the value it converts
+            if tensor in self.producer:
+                units.add(self.leader[self.producer[tensor]])
+        return frozenset(units)
 
 
 def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
@@ -145,9 +169,9 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
             return c.sqnr_db >= (budget.min_sqnr_db or 0.0)
         return 100 * (float_accuracy - (c.accuracy or 0.0)) <= budget.max_accuracy_drop + 1e-9
 
-    measure = _Measure(graph, registry, ranges, x, want, api, labels)
     n = len(graph.nodes)
     leader = _leaders(graph, registry)
+    measure = _Measure(graph, registry, ranges, x, want, api, labels, leader)
     units = sorted(set(leader))
 
     def widths(int16_units: set[int]) -> list[int]:
@@ -163,6 +187,16 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     loss = {u: int16.sqnr_db - measure(widths(set(units) - {u})).sqnr_db for u in units}
     order = sorted(units, key=lambda u: (loss[u], u))  # the cheapest to drop to int8 first
     tried = [int16] + [measure(widths(set(order[k:]))) for k in range(1, len(order))] + [int8]
+    current = int16  # then straight at the arena: drop the layers live at the peak, while the budget holds
+    for _ in units:
+        drop = {u for u in current.peak_units if current.bits[u] == 16}
+        if not drop:
+            break
+        trial = measure([8 if leader[i] in drop else b for i, b in enumerate(current.bits)])
+        if not meets(trial):
+            break
+        tried.append(trial)
+        current = trial
     chosen = min((c for c in tried if meets(c)), key=lambda c: (c.cost, sum(b == 16 for b in c.bits)))
     for u in order:  # refine: drop any layer still at int16 that the budget allows
         if chosen.bits[u] == 16:
