@@ -219,3 +219,20 @@ def test_a_stream_that_forgets_to_move_a_map_fails_verify(tmp_path):
     x = np.load(EXAMPLE / "calibration.npy")[:8]
     (result,) = verify(conv, x, ["host"], workdir=tmp_path).results
     assert result.mismatches == 0 and result.stream_mismatches > 0 and not result.bit_exact
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.oracle
+def test_verify_streaming_on_qemu_counts_instructions_per_push(tmp_path):
+    oracle_runtime()
+    qemu_tools()
+    x, _ = _data(tmp_path, 8)
+    r = CliRunner().invoke(app, ["verify", str(EXAMPLE / "vibration_cnn.onnx"), "-c", str(EXAMPLE / "calibration.npy"),
+                                 "-d", str(x), "--streaming", "16", "-t", "m4", "--json", str(tmp_path / "v.json")])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((tmp_path / "v.json").read_text())
+    assert row["bit_exact"] and row["stream_mismatches"] == 0 and row["stream_pushes"] >= 57
+    # HOP = WINDOW / 8: a push runs the changed columns and the head, far less than an invoke
+    assert 0 < row["instructions_per_push"] < 0.4 * row["instructions_per_inference"]
+    assert "instructions per push" in r.output
