@@ -2,9 +2,9 @@
 QEMU Cortex-M4, next to the MACs the conversion predicts, with the stream state and the arena.
 
 Each model (the trained benchmark models, the bundled examples, the Keras fixtures) is converted at
-HOP = WINDOW / 8 (and WINDOW / 4 with --hops 4,8), its held-out windows are laid end to end as one
-stream, and every push's output is checked against invoke on the same window (byte for byte) before
-any figure is kept. "predicted" scales the measured invoke by MACs per push / MACs per invoke; the
+HOP = WINDOW / 8 rounded down to a multiple of its time strides (WINDOW / 4 too with --hops 4,8), its
+held-out windows are laid end to end as one stream, and every push's output is checked against invoke
+on the same window (byte for byte) before any figure is kept. "predicted" scales the measured invoke by MACs per push / MACs per invoke; the
 push's other work (moving the stored maps, the head) is what the measured/predicted ratio shows.
 Built with $CMSIS_NN_PATH's tree at its level, else the fetched snapshot. Prints a table, writes JSON.
 
@@ -27,8 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import cases  # noqa: E402
-from onnx2cmsis.api import convert  # noqa: E402
+from onnx2cmsis.api import convert, front_end  # noqa: E402
 from onnx2cmsis.evaluate import quantize_inputs  # noqa: E402
+from onnx2cmsis.ops.registry import build_registry  # noqa: E402
+from onnx2cmsis.plan.stream import hop_multiple  # noqa: E402
 from onnx2cmsis.targets.host import build_conversions  # noqa: E402
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware, stream_unit  # noqa: E402
 
@@ -71,9 +73,13 @@ def run(hops: list[int], pushes: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases(64, 200):
             window = case.x_test.shape[1]
+            registry = build_registry()
+            _, graph, _ = front_end(case.path, registry)
+            multiple, _ = hop_multiple(graph, registry, window, case.x_test.shape[2])
             for parts in hops:
+                hop = max(multiple, window // parts // multiple * multiple)  # a multiple of the time strides
                 conv = convert(case.path, case.calibration, name=f"{case.name}_w{parts}", default_api=None,
-                               streaming=max(window // parts, 1))
+                               streaming=hop)
                 row = measure(conv, case.x_test, pushes, Path(tmp) / conv.name)
                 rows.append(row)
                 print(f"{row['model']:34s} hop {row['hop']:3d}/{row['window']:3d}  MACs {row['macs_per_push']:>8,} / "

@@ -149,7 +149,7 @@ def convert(
     step = progress or (lambda _: None)
     step(f"reading {model_path.name}")
     model, graph, rewrites = front_end(model_path, registry, input_shape)
-    stream = stream_spec(streaming, input_window(graph)["input_window"])  # refused before the long steps
+    stream = stream_spec(streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
     samples = _calibration_samples(calibration, graph)
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
                                        precision=precision)

@@ -20,7 +20,7 @@ from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.plan.arena import MemoryPlan
-from onnx2cmsis.plan.stream import StreamPlan, plan_stream
+from onnx2cmsis.plan.stream import StreamPlan, hop_multiple, plan_stream
 
 STATE_ALIGN = 4
 
@@ -62,9 +62,11 @@ def _report(spec: StreamSpec, state: int, sp: StreamPlan | None, code: StreamCod
             "hop_multiple": sp.stride_multiple, "head": sp.head_reason, "notes": code.notes}
 
 
-def stream_spec(hop: int | None, input_window: dict[str, Any] | None) -> StreamSpec | None:
+def stream_spec(hop: int | None, input_window: dict[str, Any] | None, graph: Graph,
+                registry: Registry) -> StreamSpec | None:
     """The stream of a model whose input is a window of time steps (report.input_window), or None
-    without `hop`. Refuses a model without a time axis and a HOP outside 1..WINDOW."""
+    without `hop`. Refuses a model without a time axis, a HOP outside 1..WINDOW, and a HOP that is
+    not a multiple of every time stride before the head (naming the multiples that are)."""
     if hop is None:
         return None
     if input_window is None:
@@ -73,4 +75,11 @@ def stream_spec(hop: int | None, input_window: dict[str, Any] | None) -> StreamS
     window = int(input_window["steps"])
     if not 1 <= int(hop) <= window:
         raise OptionError(f"{{opt:streaming}} {hop}: the hop must be 1 to {window} time steps (the model's window)")
-    return StreamSpec(int(hop), window, int(input_window["channels"]), bool(input_window["time_major"]))
+    spec = StreamSpec(int(hop), window, int(input_window["channels"]), bool(input_window["time_major"]))
+    multiple, widest = hop_multiple(graph, registry, window, spec.channels)
+    if spec.hop % multiple:
+        allowed = ", ".join(str(k) for k in range(multiple, window + 1, multiple)[:6])
+        raise OptionError(f"{{opt:streaming}} {hop}: the hop must be a multiple of {multiple} ({widest}), so that "
+                          f"every column of every layer before the head moves by whole columns: {allowed}"
+                          + (", ..." if window // multiple > 6 else ""))
+    return spec

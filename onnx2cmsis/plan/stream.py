@@ -108,6 +108,36 @@ def _stream_input(graph: Graph, registry: Registry, window: int, channels: int) 
     return None
 
 
+def hop_multiple(graph: Graph, registry: Registry, window: int, channels: int) -> tuple[int, str | None]:
+    """What every HOP must be a multiple of for each time-local layer before the head to stream
+    (its time strides' least common multiple), and the layer with the largest stride (None: 1)."""
+    found = _stream_input(graph, registry, window, channels)
+    if found is None:
+        return 1, None
+    source, skipped = found
+    stride: dict[str, Fraction] = {source: Fraction(1)}
+    multiple, widest, largest = 1, None, Fraction(1)
+    for i, node in enumerate(graph.nodes):
+        handler = registry.for_op(node.op)
+        if i in skipped or not all(t in stride for t in node.inputs):
+            continue
+        out = graph.tensors[node.output]
+        if handler.aliases_input(node):
+            if out.shape == graph.tensors[node.inputs[0]].shape:
+                stride[node.output] = stride[node.inputs[0]]
+            continue
+        geometry = handler.time_geometry(node, graph) if len(out.shape) == 2 else None
+        strides = {stride[t] for t in node.inputs}
+        if geometry is None or len(strides) != 1:
+            continue
+        stride[node.output] = strides.pop() * geometry.stride / geometry.upsample
+        multiple = lcm(multiple, stride[node.output].numerator)
+        if stride[node.output] > largest:
+            largest = stride[node.output]
+            widest = f"layer {i} '{node.name}' ({node.op}) moves {largest} input steps per column"
+    return multiple, widest
+
+
 def plan_stream(graph: Graph, registry: Registry, hop: int, window: int, channels: int) -> StreamPlan | None:
     """The incremental stream of `graph` (None when its input is not a (W, C) map a push can fill)."""
     found = _stream_input(graph, registry, window, channels)
