@@ -21,7 +21,8 @@ from onnx2cmsis.ir.graph import QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.quant.quantize import calibration_values, quantize_graph
-from onnx2cmsis.report import layer_entries
+from onnx2cmsis.plan.stream import hop_multiple
+from onnx2cmsis.report import input_window, layer_entries
 
 PLACEHOLDER_RANGE = (-1.0, 1.0)
 
@@ -35,6 +36,9 @@ class Inspection:
     arena_bytes: int
     arena_lower_bound_bytes: int
     macs: int
+    # what --streaming HOP takes: multiples of this (None: the input has no time axis), and why
+    stream_hop_multiple: int | None = None
+    stream_hop_reason: str | None = None
 
 
 def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Registry | None = None,
@@ -44,12 +48,15 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(None, cmsis_api, DEFAULT_API.level)
     _, graph, _ = front_end(model_path, registry, input_shape)
+    window = input_window(graph)["input_window"]
+    multiple, why = (None, None) if window is None else hop_multiple(graph, registry, window["steps"],
+                                                                       window["channels"])
     graph.quant_options = QuantOptions(dense_weights="per-tensor")
     quantize_graph(graph, registry, {v: PLACEHOLDER_RANGE for v in calibration_values(graph)})
     plan, _, layers = back_end(graph, registry, cmsis)
     rows = layer_entries(graph, registry, layers)
     return Inspection(model_path, cmsis.api.level, rows, sum(r["weight_bytes"] for r in rows), plan.arena_bytes,
-                      plan.lower_bound, sum(r["macs"] or 0 for r in rows))
+                      plan.lower_bound, sum(r["macs"] or 0 for r in rows), multiple, why)
 
 
 def format_inspection(result: Inspection) -> str:
@@ -63,4 +70,7 @@ def format_inspection(result: Inspection) -> str:
     lines.append(f"{len(result.layers)} layers, {result.macs:,} MACs; flash for weights {result.weights_bytes:,} B, "
                  f"arena {result.arena_bytes:,} B (live-set bound {result.arena_lower_bound_bytes:,} B); "
                  f"CMSIS-NN API level {result.cmsis_api}; int8, dense layers per tensor")
+    if result.stream_hop_multiple is not None:
+        lines.append(f"--streaming HOP: a multiple of {result.stream_hop_multiple}"
+                     + (f" ({result.stream_hop_reason})" if result.stream_hop_reason else ""))
     return "\n".join(lines)

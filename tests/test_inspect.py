@@ -24,12 +24,15 @@ def test_inspect_predicts_what_convert_emits_without_samples():
     assert [(r["op"], r["kernel"], r["output_shape"], r["macs"]) for r in info.layers] == [
         (r["op"], r["kernel"], r["output_shape"], r["macs"]) for r in conv.report["layers"]]
     assert info.macs == 15_360 + 12_288 + 9_216 + 3_072 + 64  # the example's three convs and two dense layers
+    # two stride-2 pools and a stride-2 conv before the flatten: --streaming takes multiples of 8
+    assert info.stream_hop_multiple == 8 and "node_max_pool1d_1" in info.stream_hop_reason
 
 
 def test_inspect_cli_prints_the_table(tmp_path):
     r = run_cli("inspect", str(MODEL), "--json", str(tmp_path / "i.json"))
     assert r.returncode == 0, r.stderr
     assert "arm_convolve_s8" in r.stdout and "flash for weights 4,968 B, arena 1,536 B" in r.stdout
+    assert "--streaming HOP: a multiple of 8" in r.stdout
     assert (tmp_path / "i.json").is_file()
 
 
