@@ -164,17 +164,23 @@ def test_bad_hops_and_models_without_time_are_refused(tmp_path):
 @pytest.mark.qemu
 @pytest.mark.parametrize("target", ["m0plus", "m4", "m7", "m55"])
 def test_stream_equals_invoke_on_qemu(target, tmp_path):
-    """The same on each core: the pushes' outputs on QEMU == invoke on the host, window by window."""
+    """The same on each core: the pushes' outputs on QEMU == invoke on the host, window by window. The
+    PyTorch-layout example ('same' and valid padding, strides, flatten + dense), at int16 too; Keras
+    fixtures: flatten + dense heads, causal and dilated convs with a global-pool head, a residual block
+    with concatenation, zero padding and cropping."""
     qemu_tools()
     convs = [convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch", streaming=16)]
-    if target != "m0plus":  # the micro:bit's 16 KiB of RAM hold two streams' maps, not three
+    keras = module("keras", 'pip install -e ".[keras]"')
+    fixtures = ["dense_heads", "conv_zoo"]
+    if target != "m0plus":  # the micro:bit's 16 KiB of RAM hold three streams' maps, not five
         convs.append(convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="q_torch16",
                              precision="int16", streaming=48))
-    keras = module("keras", 'pip install -e ".[keras]"')
-    path = ROOT / "tests" / "keras_models" / "dense_heads.h5"
-    steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
-    calib = np.random.default_rng(0).standard_normal((32, steps, channels)).astype(np.float32)
-    convs.append(convert(path, calib, name="q_keras", streaming=_hop(path, steps // 8)))
+        fixtures.append("separable_residual")
+    for name in fixtures:
+        path = ROOT / "tests" / "keras_models" / f"{name}.h5"
+        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+        calib = np.random.default_rng(0).standard_normal((32, steps, channels)).astype(np.float32)
+        convs.append(convert(path, calib, name=f"q_{name}", streaming=_hop(path, steps // 8)))
     host = build_conversions(convs, tmp_path / "host")
     units = [stream_unit(c) for c in convs]
     fw = build_firmware([*convs, *units], target, tmp_path / target)
@@ -216,3 +222,32 @@ def test_stream_equals_invoke_on_the_benchmark_models(tmp_path):
         calib = np.random.default_rng(i).standard_normal((32, steps, channels)).astype(np.float32)
         conv = convert(path, calib, name=f"b{i}", streaming=_hop(path, steps // 8))
         _check_host(conv, conv.report["stream"]["hop"], seed=i, tmp=tmp_path / conv.name)
+
+
+def test_a_concatenation_along_time_streams_exactly_as_the_head(tmp_path):
+    """Two conv branches joined along time cannot move by a hop (the second branch's columns sit after
+    the first's): the concatenation starts the head, which runs in full from the stored maps, and
+    every push is still invoke on its window."""
+    rng = np.random.default_rng(5)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 2, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 2, 5)).astype(np.float32), "w2")
+    w3 = numpy_helper.from_array(rng.standard_normal((6, 4, 3)).astype(np.float32), "w3")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"], kernel_shape=[5], strides=[2], pads=[2, 2]),
+             helper.make_node("Concat", ["a", "b"], ["c"], axis=2),
+             helper.make_node("Conv", ["c", "w3"], ["d"], kernel_shape=[3]),
+             helper.make_node("GlobalAveragePool", ["d"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 1])],
+                              initializer=[w1, w2, w3])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    import onnx
+
+    onnx.save(model, str(tmp_path / "tcat.onnx"))
+    conv = convert(tmp_path / "tcat.onnx", rng.standard_normal((32, 2, 32)).astype(np.float32), name="tcat",
+                   streaming=4)
+    s = conv.report["stream"]
+    assert s["recomputes"] == "columns" and "(concat) starts the head: it is not time-local" in s["head"]
+    assert s["macs_per_push"] < s["macs_per_invoke"]  # the two branches still stream
+    _check_host(conv, 4, seed=3, tmp=tmp_path / "host")
