@@ -151,6 +151,7 @@ def convert(
     model, graph, rewrites = front_end(model_path, registry, input_shape)
     stream = stream_spec(streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
     samples = _calibration_samples(calibration, graph)
+    labels = None if calibration_labels is None else _labels(calibration_labels, len(samples))  # checked early
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
                                        precision=precision)
     chosen_samples = search_indices(len(samples))
@@ -166,9 +167,8 @@ def convert(
         step(f"choosing each layer's width for {budget_text}")
         try:
             target = PrecisionBudget(min_sqnr_db=None if max_error_db is None else float(max_error_db))
-            if max_accuracy_drop is not None:
-                labels = _labels(calibration_labels, len(samples))[chosen_samples]
-                target = PrecisionBudget(max_accuracy_drop=float(max_accuracy_drop), labels=labels)
+            if max_accuracy_drop is not None and labels is not None:
+                target = PrecisionBudget(max_accuracy_drop=float(max_accuracy_drop), labels=labels[chosen_samples])
             chosen = choose_precision(graph, registry, calibration_result.ranges, x, float_outputs(model, x),
                                       target, cmsis.api)
         except ConversionError as exc:

@@ -251,3 +251,17 @@ def test_a_concatenation_along_time_streams_exactly_as_the_head(tmp_path):
     assert s["recomputes"] == "columns" and "(concat) starts the head: it is not time-local" in s["head"]
     assert s["macs_per_push"] < s["macs_per_invoke"]  # the two branches still stream
     _check_host(conv, 4, seed=3, tmp=tmp_path / "host")
+
+
+def test_a_mixed_precision_stream_equals_invoke(tmp_path, monkeypatch):
+    """Random int8/int16 widths per layer (the chooser replaced, as tests/test_mixed_precision.py
+    does): each stored map keeps its own element type, requantize steps stream like any layer."""
+    import onnx2cmsis.api as api
+    from tests.test_mixed_precision import _RandomWidths
+
+    monkeypatch.setattr(api, "choose_precision", _RandomWidths(4))
+    conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="mixs", precision="auto",
+                   max_error_db=0.0, streaming=16)
+    bits = {layer["bits"] for layer in conv.report["layers"]}
+    assert bits == {8, 16} and conv.report["stream"]["recomputes"] == "columns"
+    _check_host(conv, 16, seed=9, tmp=tmp_path)
