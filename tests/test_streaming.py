@@ -265,3 +265,53 @@ def test_a_mixed_precision_stream_equals_invoke(tmp_path, monkeypatch):
     bits = {layer["bits"] for layer in conv.report["layers"]}
     assert bits == {8, 16} and conv.report["stream"]["recomputes"] == "columns"
     _check_host(conv, 16, seed=9, tmp=tmp_path)
+
+
+def test_a_single_channel_pytorch_signal_streams(tmp_path):
+    """A (1, W) input (an ECG lead, say) reaches the first conv through a view, not a transpose: the
+    stream still fills that map directly and computes only the changed columns."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 1, 5)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], kernel_shape=[5], pads=[2, 2]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("GlobalAveragePool", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1])], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    import onnx
+
+    onnx.save(model, str(tmp_path / "lead.onnx"))
+    conv = convert(tmp_path / "lead.onnx", rng.standard_normal((16, 1, 64)).astype(np.float32), name="lead",
+                   streaming=8)
+    s = conv.report["stream"]
+    assert s["recomputes"] == "columns" and s["macs_per_push"] < s["macs_per_invoke"] / 4
+    _check_host(conv, 8, seed=1, tmp=tmp_path / "host")
+
+
+def test_an_input_read_in_its_own_layout_streams_the_window(tmp_path):
+    """A channel-major input that one branch reads as it is (a flatten into a dense layer) is no map
+    a push can fill time-major: the stream keeps the window in the model's layout and runs the model
+    on it each push, still exact."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 2, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "d"),
+             numpy_helper.from_array(np.array([1, 4], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["gf"]),
+             helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("MatMul", ["f", "d"], ["m"]),
+             helper.make_node("Add", ["gf", "m"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    import onnx
+
+    onnx.save(model, str(tmp_path / "both.onnx"))
+    conv = convert(tmp_path / "both.onnx", rng.standard_normal((16, 2, 16)).astype(np.float32), name="both",
+                   streaming=4)
+    s = conv.report["stream"]
+    assert s["recomputes"] == "window" and s["macs_per_push"] == s["macs_per_invoke"]
+    _check_host(conv, 4, seed=2, tmp=tmp_path / "host")

@@ -95,15 +95,16 @@ class StreamPlan:
 
 
 def _stream_input(graph: Graph, registry: Registry, window: int, channels: int) -> tuple[str, set[int]] | None:
-    """The (W, C) map the samples fill: the model input itself, or the transpose that reads a
-    channel-major input (then skipped). None: no such map."""
+    """The (W, C) map the samples fill: the model input itself, or the transpose (or, for one
+    channel, the view) that reads a channel-major input, then skipped. None: no such map."""
     source = graph.inputs[0]
     if graph.tensors[source].shape == (window, channels):
         return source, set()
     readers = [i for i, n in enumerate(graph.nodes) if source in n.inputs]
     if len(readers) == 1:
         node = graph.nodes[readers[0]]
-        if node.op == "transpose" and graph.tensors[node.output].shape == (window, channels):
+        moves = node.op == "transpose" or registry.for_op(node.op).aliases_input(node)
+        if moves and graph.tensors[node.output].shape == (window, channels):
             return node.output, {readers[0]}
     return None
 
