@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert, front_end
@@ -128,17 +129,20 @@ def test_stream_quantize_helper_matches_quantize_input(tmp_path):
     assert np.array_equal(got, model.quantize_input(whole.T)[...].reshape(3, 128).T[:16].reshape(-1))
 
 
+def _save_onnx(nodes: list, x_shape: list[int], y_shape: list[int], inits: list, path: Path) -> None:
+    """A one-input, one-output opset-17 model of `nodes` (input "x", output "y")."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 def _flat_model(path: Path) -> None:
     """A dense-only model: its input is a feature vector, no time axis."""
     w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    import onnx
-
-    onnx.save(model, str(path))
+    _save_onnx([node], [1, 8], [1, 4], [w], path)
 
 
 def test_bad_hops_and_models_without_time_are_refused(tmp_path):
@@ -237,14 +241,7 @@ def test_a_concatenation_along_time_streams_exactly_as_the_head(tmp_path):
              helper.make_node("Concat", ["a", "b"], ["c"], axis=2),
              helper.make_node("Conv", ["c", "w3"], ["d"], kernel_shape=[3]),
              helper.make_node("GlobalAveragePool", ["d"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 1])],
-                              initializer=[w1, w2, w3])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    import onnx
-
-    onnx.save(model, str(tmp_path / "tcat.onnx"))
+    _save_onnx(nodes, [1, 2, 32], [1, 6, 1], [w1, w2, w3], tmp_path / "tcat.onnx")
     conv = convert(tmp_path / "tcat.onnx", rng.standard_normal((32, 2, 32)).astype(np.float32), name="tcat",
                    streaming=4)
     s = conv.report["stream"]
@@ -275,13 +272,7 @@ def test_a_single_channel_pytorch_signal_streams(tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], kernel_shape=[5], pads=[2, 2]),
              helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("GlobalAveragePool", ["b"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1])], initializer=[w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    import onnx
-
-    onnx.save(model, str(tmp_path / "lead.onnx"))
+    _save_onnx(nodes, [1, 1, 64], [1, 4, 1], [w], tmp_path / "lead.onnx")
     conv = convert(tmp_path / "lead.onnx", rng.standard_normal((16, 1, 64)).astype(np.float32), name="lead",
                    streaming=8)
     s = conv.report["stream"]
@@ -303,13 +294,7 @@ def test_an_input_read_in_its_own_layout_streams_the_window(tmp_path):
              helper.make_node("Flatten", ["x"], ["f"]),
              helper.make_node("MatMul", ["f", "d"], ["m"]),
              helper.make_node("Add", ["gf", "m"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    import onnx
-
-    onnx.save(model, str(tmp_path / "both.onnx"))
+    _save_onnx(nodes, [1, 2, 16], [1, 4], inits, tmp_path / "both.onnx")
     conv = convert(tmp_path / "both.onnx", rng.standard_normal((16, 2, 16)).astype(np.float32), name="both",
                    streaming=4)
     s = conv.report["stream"]
