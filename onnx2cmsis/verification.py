@@ -127,7 +127,8 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
     """Build `conversion` for each target (host, m0plus, m4, m7, m55), run every sample of `data` (an
     array or a .npy/.npz, shaped like the calibration samples) and compare each output byte with
     tflite-micro's. `labels` (one class per sample) adds accuracy. `progress` is called with a short
-    phrase as each step starts. Targets that cannot run here (no QEMU, too big) are reported as skipped."""
+    phrase as each step starts. A model too big for a board is reported as skipped there; a missing
+    cross-compiler or QEMU raises a ToolchainError that says what to install."""
     unknown = [t for t in targets if t not in TARGET_NAMES]
     if unknown:
         raise OptionError(f"unknown {{opt:targets}} {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)})")
