@@ -35,7 +35,7 @@ def _usage(message: str, command: str) -> None:
 @contextmanager
 def _progress(quiet: bool, verbose: bool) -> Iterator[Optional[Callable[[str], None]]]:
     """The `progress` callback for a command's steps. On a terminal, a rich spinner names the running
-    step with its elapsed time and each finished step stays as one line with its duration; with -v
+    step and each finished step stays as one line with its duration; with -v
     and no terminal (a log), one plain line per step as it starts; nothing with -q or in a pipe."""
     if quiet or not (verbose or sys.stderr.isatty()):
         yield None
