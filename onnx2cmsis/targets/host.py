@@ -101,7 +101,8 @@ class HostModel:
         self.input_size, self.output_size = input_size, output_size
         self.input_dtype, self.output_dtype = input_dtype, output_dtype  # NAME_input_t, NAME_output_t
         self.name = name
-        self._stream_state_size = None  # set by `of` for a model converted with streaming
+        # set by `of` for a model converted with streaming: state bytes, values per push, arena bytes
+        self._stream_state_size = self._stream_values = self._arena_size = 0
 
     @classmethod
     def of(cls, library: Path, conv) -> HostModel:
