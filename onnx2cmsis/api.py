@@ -32,7 +32,7 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import quantize_graph, run_reference
-from onnx2cmsis.quant.accuracy import class_labels
+from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.quant.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.quant.bias_correction import correct_biases
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
@@ -151,7 +151,8 @@ def convert(
     model, graph, rewrites = front_end(model_path, registry, input_shape)
     stream = stream_spec(streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
     samples = _calibration_samples(calibration, graph)
-    labels = None if calibration_labels is None else _labels(calibration_labels, len(samples))  # checked early
+    labels = None if calibration_labels is None else load_labels(calibration_labels, len(samples),
+                                                                    "calibration labels")  # checked early
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
                                        precision=precision)
     chosen_samples = search_indices(len(samples))
@@ -240,20 +241,6 @@ def _calibration_samples(calibration: Path | str | np.ndarray, graph: Graph) -> 
         samples = load_calibration(Path(calibration), graph.model_input_shapes[0])
     _check_finite_samples(samples, "calibration data" if isinstance(calibration, np.ndarray) else str(calibration))
     return samples
-
-
-def _labels(labels: Path | str | np.ndarray, samples: int) -> np.ndarray:
-    """One class per calibration sample, from an array or a .npy."""
-    if isinstance(labels, np.ndarray):
-        return class_labels(labels, samples, "calibration labels")
-    path = Path(labels)
-    if not path.is_file():
-        raise ConversionError("calibration labels file not found", str(path))
-    try:
-        values = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"not a .npy of labels ({' '.join(str(exc).split())})", str(path)) from None
-    return class_labels(values, samples, str(path))
 
 
 def _check_finite_constants(graph, where: str) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.errors import ConversionError, OptionError
 from onnx2cmsis.evaluate import float_outputs, quantize_inputs
-from onnx2cmsis.quant.accuracy import accuracy, class_labels, predicted_classes
+from onnx2cmsis.quant.accuracy import accuracy, load_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor
@@ -135,11 +135,8 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
     if isinstance(data, (str, Path)):
         data = np.asarray(load_calibration(Path(data), conversion.graph.model_input_shapes[0], what="{opt:data}"))
     x = np.asarray(data, np.float32)
-    labels_file = str(labels) if isinstance(labels, (str, Path)) else None
-    if labels_file is not None:
-        labels = np.load(labels_file, allow_pickle=False)
     if labels is not None:
-        labels = class_labels(np.asarray(labels), len(x), labels_file)
+        labels = load_labels(labels, len(x))
     return Verification(conversion, _run_targets(conversion, x, list(targets), labels, workdir, progress), x)
 
 

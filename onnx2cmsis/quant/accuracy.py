@@ -3,6 +3,8 @@ and what `verify --labels` reports, decided one way for both."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from onnx2cmsis.errors import ConversionError
@@ -32,3 +34,17 @@ def class_labels(labels: np.ndarray, samples: int, where: str | None = None) -> 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predicted_classes(outputs) == labels))
+
+
+def load_labels(labels: np.ndarray | str | Path, samples: int, what: str = "labels") -> np.ndarray:
+    """class_labels of an array, or of a .npy file (a missing or unreadable one named as `what`)."""
+    if not isinstance(labels, (str, Path)):
+        return class_labels(np.asarray(labels), samples, what)
+    path = Path(labels)
+    if not path.is_file():
+        raise ConversionError(f"{what} file not found", str(path))
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"not a .npy of labels ({' '.join(str(exc).split())})", str(path)) from None
+    return class_labels(values, samples, str(path))
