@@ -31,6 +31,7 @@ from onnx2cmsis.api import convert, front_end  # noqa: E402
 from onnx2cmsis.evaluate import quantize_inputs  # noqa: E402
 from onnx2cmsis.ops.registry import build_registry  # noqa: E402
 from onnx2cmsis.plan.stream import hop_multiple  # noqa: E402
+from onnx2cmsis.stream_check import stream_run  # noqa: E402
 from onnx2cmsis.targets.host import build_conversions  # noqa: E402
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware, stream_unit  # noqa: E402
 
@@ -41,20 +42,15 @@ def measure(conv, x: np.ndarray, pushes: int, workdir: Path) -> dict:
     """Push a stream made of the windows `x` end to end; check each output, count instructions."""
     s = conv.report["stream"]
     hop, window = s["hop"], s["window"]
-    q = quantize_inputs(conv, x)  # (N, model input) codes
-    steps = [w.reshape(s["channels"], window).T if not s["time_major"] else w.reshape(window, s["channels"])
-             for w in q]
-    stream = np.concatenate(steps)[: window - window % hop + hop * pushes]
+    stream = stream_run(conv, quantize_inputs(conv, x), min_outputs=pushes)
+    ready, inputs = stream.ready, stream.windows
     unit = stream_unit(conv)
     fw = build_firmware([conv, unit], TARGET, workdir / TARGET)
-    ready = [k for k in range(len(stream) // hop) if (k + 1) * hop >= window]
-    windows = [stream[(k + 1) * hop - window:(k + 1) * hop] for k in ready]
-    inputs = np.stack([w.reshape(-1) if s["time_major"] else w.T.reshape(-1) for w in windows])
     counts: dict[str, np.ndarray] = {}
-    out = run_firmware(fw, {unit.name: stream.reshape(-1, unit.input_size), conv.name: inputs}, timeout=600,
-                       instructions=counts)
+    out = run_firmware(fw, {unit.name: stream.pushes(), conv.name: inputs}, timeout=600, instructions=counts)
     host = build_conversions([conv], workdir / "host")[conv.name]
     want = np.stack([host(w) for w in inputs])
+    assert np.array_equal(stream.want, want), f"{conv.name}: the host's invoke differs from the reference"
     assert np.array_equal(out[conv.name], want), f"{conv.name}: invoke on QEMU differs from the host"
     assert np.array_equal(out[unit.name][ready, 1:], want), f"{conv.name}: a push differs from invoke"
     steady = counts[unit.name][ready[1:]]  # after the first whole window

@@ -36,7 +36,8 @@ def _stream(conv, hop: int, seed: int) -> np.ndarray:
 
 def _windows(conv, stream: np.ndarray, hop: int) -> tuple[list[int], np.ndarray]:
     """Which pushes should report (1-based count of steps pushed >= WINDOW) and the model inputs they
-    stand for: the last WINDOW steps, in the model's own layout."""
+    stand for: the last WINDOW steps, in the model's own layout. Written out here, not taken from
+    stream_check.stream_windows: the tests hold the library to the contract's rule."""
     window = conv.report["stream"]["window"]
     time_major = conv.report["stream"]["time_major"]
     pushes = len(stream) // hop

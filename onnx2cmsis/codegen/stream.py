@@ -20,9 +20,7 @@ from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.plan.arena import MemoryPlan
-from onnx2cmsis.plan.stream import StreamPlan, hop_multiple, plan_stream
-
-STATE_ALIGN = 4
+from onnx2cmsis.plan.stream import StreamPlan, hop_multiple, plan_stream, state_bytes
 
 
 @dataclass(frozen=True)
@@ -31,10 +29,11 @@ class StreamSpec:
     window: int  # time steps of the model's input window
     channels: int
     time_major: bool  # the model's input layout (the pushed samples are always time-major)
+    hop_multiple: int  # what HOP is a multiple of: the time strides before the head (plan.stream)
 
     def window_state_bytes(self, element_bytes: int) -> int:
         """The window form: the steps pushed since the reset (int32), then the window, in whole words."""
-        return 4 + -(-self.window * self.channels * element_bytes // STATE_ALIGN) * STATE_ALIGN
+        return 4 + state_bytes(self.window * self.channels * element_bytes)
 
 
 def stream_parts(spec: StreamSpec, env: jinja2.Environment, graph: Graph, registry: Registry, layers: list[Layer],
@@ -59,7 +58,7 @@ def _report(spec: StreamSpec, state: int, sp: StreamPlan | None, code: StreamCod
                 "notes": []}
     moved = sum(keep for _, _, keep in code.shifts) + (spec.window - spec.hop) * sp.buffers[sp.input_tensor].row_bytes
     return {**figures, "recomputes": "columns", "macs_per_push": code.macs_per_push, "bytes_moved_per_push": moved,
-            "hop_multiple": sp.stride_multiple, "head": sp.head_reason, "notes": code.notes}
+            "hop_multiple": spec.hop_multiple, "head": sp.head_reason, "notes": code.notes}
 
 
 def stream_spec(hop: int | None, input_window: dict[str, Any] | None, graph: Graph,
@@ -75,11 +74,11 @@ def stream_spec(hop: int | None, input_window: dict[str, Any] | None, graph: Gra
     window = int(input_window["steps"])
     if not 1 <= int(hop) <= window:
         raise OptionError(f"{{opt:streaming}} {hop}: the hop must be 1 to {window} time steps (the model's window)")
-    spec = StreamSpec(int(hop), window, int(input_window["channels"]), bool(input_window["time_major"]))
-    multiple, widest = hop_multiple(graph, registry, window, spec.channels)
-    if spec.hop % multiple:
+    channels = int(input_window["channels"])
+    multiple, widest = hop_multiple(graph, registry, window, channels)
+    if int(hop) % multiple:
         allowed = ", ".join(str(k) for k in range(multiple, window + 1, multiple)[:6])
         raise OptionError(f"{{opt:streaming}} {hop}: the hop must be a multiple of {multiple} ({widest}), so that "
                           f"every column of every layer before the head moves by whole columns: {allowed}"
                           + (", ..." if window // multiple > 6 else ""))
-    return spec
+    return StreamSpec(int(hop), window, channels, bool(input_window["time_major"]), multiple)

@@ -46,7 +46,6 @@ class StreamCode:
     input_offset: int  # where the pushed samples' map starts in the state's maps
     output_copy: tuple[int, int] | None  # (offset, bytes): the model output is itself a stored map
     macs_per_push: int
-    macs_per_invoke: int
     notes: list[str] = field(default_factory=list)  # layers recomputed whole, and why
 
 
@@ -70,7 +69,6 @@ def stream_code(env: jinja2.Environment, graph: Graph, registry: Registry, layer
 
     out: list[StreamLayer] = []
     notes: list[str] = []
-    total = 0
     by_index = {step.index: step for step in sp.steps}
     for layer, node in zip(layers, graph.nodes, strict=True):
         step = by_index.get(layer.index)
@@ -78,7 +76,6 @@ def stream_code(env: jinja2.Environment, graph: Graph, registry: Registry, layer
             continue
         whole = render_call(env, layer.call, call_context(layer.ident, layer.call, node, graph, pointer,
                                                           scratch(layer.index)))
-        total += layer.call.macs
         changed, macs = None, layer.call.macs
         if step.streams and not step.whole:
             parts, macs = [], 0
@@ -108,7 +105,7 @@ def stream_code(env: jinja2.Environment, graph: Graph, registry: Registry, layer
     model_out = sp.root(graph.outputs[0])
     copy_out = (sp.buffers[model_out].offset, sp.buffers[model_out].nbytes) if model_out in sp.buffers else None
     return StreamCode(out, shifts, sp.buffers[sp.input_tensor].offset, copy_out,
-                      sum(layer.macs_per_push for layer in out), total, notes)
+                      sum(layer.macs_per_push for layer in out), notes)
 
 
 def _slice_call(registry: Registry, node: Node, graph: Graph, region: Region) -> tuple[Node, Graph, KernelCall]:

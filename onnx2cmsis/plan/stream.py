@@ -31,6 +31,11 @@ from onnx2cmsis.ops.registry import Registry
 STATE_ALIGN = 4
 
 
+def state_bytes(nbytes: int) -> int:
+    """Bytes a buffer takes in the stream state: its own, rounded up to whole words (STATE_ALIGN)."""
+    return -(-nbytes // STATE_ALIGN) * STATE_ALIGN
+
+
 @dataclass(frozen=True)
 class StreamBuffer:
     """A time-resolved feature map's columns in the stream state."""
@@ -83,12 +88,11 @@ class StreamPlan:
     buffers: dict[str, StreamBuffer]  # time-resolved map -> its place in the state
     aliases: dict[str, str]  # a view of a map -> the map
     steps: list[StreamStep]
-    stride_multiple: int  # HOP multiples of this stream every time-local layer
     head_reason: str  # why the head starts where it does
 
     @property
     def maps_bytes(self) -> int:
-        return sum(-(-b.nbytes // STATE_ALIGN) * STATE_ALIGN for b in self.buffers.values())
+        return sum(state_bytes(b.nbytes) for b in self.buffers.values())
 
     def root(self, tensor: str) -> str:
         return self.aliases.get(tensor, tensor)
@@ -152,7 +156,8 @@ def plan_stream(graph: Graph, registry: Registry, hop: int, window: int, channel
     aliases: dict[str, str] = {}
     time_maps = {source}  # the maps and the views of them that keep their columns
     steps: list[StreamStep] = []
-    multiple, head_reason = 1, "every layer streams"
+    head_reason = "every layer streams"
+    used = state_bytes(buffers[source].nbytes)  # where the next map goes
     for i, node in enumerate(graph.nodes):
         if i in skipped:
             continue
@@ -184,7 +189,6 @@ def plan_stream(graph: Graph, registry: Registry, hop: int, window: int, channel
                 head_reason = f"layer {i} '{node.name}' ({node.op}) starts the head: it is not time-local"
             steps.append(StreamStep(i, None))
             continue
-        multiple = lcm(multiple, out_stride.numerator)
         w_out, c_out = out.shape
         h_out = int(hop / out_stride)
         step = StreamStep(i, geometry)
@@ -201,13 +205,13 @@ def plan_stream(graph: Graph, registry: Registry, hop: int, window: int, channel
                     step.whole, step.regions = True, []
                     break
                 step.regions.append(region)
-        offset = sum(-(-b.nbytes // STATE_ALIGN) * STATE_ALIGN for b in buffers.values())
-        buffers[node.output] = StreamBuffer(node.output, w_out, c_out, out.nbytes // out.size, offset, h_out)
+        buffers[node.output] = StreamBuffer(node.output, w_out, c_out, out.nbytes // out.size, used, h_out)
+        used += state_bytes(out.nbytes)
         time_maps.add(node.output)
         stride[node.output] = out_stride
         edges[node.output] = (a_out, b_out)
         steps.append(step)
-    return StreamPlan(hop, window, source, skipped, buffers, aliases, steps, multiple, head_reason)
+    return StreamPlan(hop, window, source, skipped, buffers, aliases, steps, head_reason)
 
 
 def _changed(g: TimeGeometry, widths: list[int], edges: list[tuple[int, int]], w_out: int,
