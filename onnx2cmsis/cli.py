@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,7 @@ from onnx2cmsis import __version__
 from onnx2cmsis.cli_options import (BIAS_CORRECTION_OPTION, CALIBRATION_LABELS_OPTION, CALIBRATION_METHOD_OPTION,
                                     DENSE_WEIGHTS_OPTION, FLAGS, INPUT_SHAPE_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION,
                                     QUIET_OPTION, STREAMING_OPTION, VERBOSE_OPTION, PlainHelpCommand)
+from onnx2cmsis.cli_progress import step_progress
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 
 # Plain help: rich markup would swallow "[keras]" and add type placeholders.
@@ -30,41 +30,6 @@ def _usage(message: str, command: str) -> None:
     """A usage error: exit 2, pointing at the command's help (as for an unknown option)."""
     typer.echo(f"onnx2cmsis: error: {message} (see onnx2cmsis {command} --help)", err=True)
     raise typer.Exit(2)
-
-
-@contextmanager
-def _progress(quiet: bool, verbose: bool) -> Iterator[Optional[Callable[[str], None]]]:
-    """The `progress` callback for a command's steps. On a terminal, a rich spinner names the running
-    step and each finished step stays as one line with its duration; with -v
-    and no terminal (a log), one plain line per step as it starts; nothing with -q or in a pipe."""
-    if quiet or not (verbose or sys.stderr.isatty()):
-        yield None
-        return
-    if not sys.stderr.isatty():
-        yield lambda text: typer.echo(f"onnx2cmsis: {text} ...", err=True)
-        return
-    from rich.console import Console
-    from rich.markup import escape
-
-    console = Console(stderr=True, highlight=False)
-    current: list = []  # [text, start time] of the running step
-
-    def finish() -> None:
-        if current:
-            console.print(f"[green]done[/] {escape(current[0])} [dim]({time.monotonic() - current[1]:.1f} s)[/]")
-
-    with console.status("onnx2cmsis: starting", spinner="dots") as status:
-        def step(text: str) -> None:
-            finish()
-            current[:] = [text, time.monotonic()]
-            status.update(f"onnx2cmsis: {escape(text)} ...")
-
-        try:
-            yield step
-        except BaseException:
-            current.clear()  # the error line says what happened to the running step
-            raise
-        finish()
 
 
 def _budget(max_error: Optional[float], labels: Optional[Path]) -> dict:
@@ -197,7 +162,7 @@ def convert(
     if calibration is None:
         _usage("Missing option '--calibration' / '-c': CALIB.npy, samples to choose the int8 ranges from",
                "convert")
-    with _reported(model, "convert", debug), _progress(quiet, verbose) as progress:
+    with _reported(model, "convert", debug), step_progress(quiet, verbose) as progress:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
                              cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
@@ -325,7 +290,7 @@ def verify(
     unknown = [t for t in targets if t not in TARGET_NAMES]
     if unknown:
         _usage(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)", "verify")
-    with _reported(model, "verify", debug), _progress(quiet, verbose) as progress:
+    with _reported(model, "verify", debug), step_progress(quiet, verbose) as progress:
         registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         # verify builds what it converts, so it needs a tree: a fetched one, level 7 first.
         conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"onnx2cmsis.codegen"},
     {"onnx2cmsis.api", "onnx2cmsis.report"},
     {"onnx2cmsis.evaluate", "onnx2cmsis.verification", "onnx2cmsis.inspect_model", "onnx2cmsis.stream_check"},
-    {"onnx2cmsis.cli", "onnx2cmsis.cli_options"},
+    {"onnx2cmsis.cli", "onnx2cmsis.cli_options", "onnx2cmsis.cli_progress"},
 ]
 
 
