@@ -31,7 +31,8 @@ from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
-from onnx2cmsis.quant.quantize import quantize_graph, run_reference
+from onnx2cmsis.quant.quantize import output_codes, quantize_graph, run_reference
+from onnx2cmsis.quant.samples import MultiSamples, Sample, as_samples
 from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.quant.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.quant.bias_correction import correct_biases
@@ -60,10 +61,11 @@ class Conversion:
     # spelled as the API's parameters
     warnings: list[str] = field(default_factory=list)
 
-    def reference(self, x: np.ndarray) -> np.ndarray:
-        """The integer reference's output codes for one input's codes (model layout, flattened)."""
-        out = run_reference(self.graph, self.registry, x)[self.graph.outputs[0]]
-        return out.reshape(-1)
+    def reference(self, x: Sample) -> np.ndarray:
+        """The integer reference's output codes for one sample's input codes (model layout, flattened;
+        a tuple with one array per input for several): each output flattened, side by side in output
+        order (quant.quantize.output_codes)."""
+        return output_codes(self.graph, run_reference(self.graph, self.registry, x))
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def default_name(model_path: Path) -> str:
 
 def convert(
     model_path: Path | str,
-    calibration: Path | str | np.ndarray,
+    calibration: Path | str | np.ndarray | list[np.ndarray] | dict[str, np.ndarray] | MultiSamples,
     name: str | None = None,
     cmsis_nn: str | os.PathLike[str] | None = None,
     registry: Registry | None = None,
@@ -151,6 +153,9 @@ def convert(
     model, graph, rewrites = front_end(model_path, registry, input_shape)
     stream = stream_spec(streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
     samples = _calibration_samples(calibration, graph)
+    if calibration_labels is not None and len(graph.outputs) > 1:
+        raise OptionError(f"{{opt:calibration_labels}} judge one output's classes; this model has "
+                          f"{len(graph.outputs)} outputs (budget it with {{opt:max_error_db}})")
     labels = None if calibration_labels is None else load_labels(calibration_labels, len(samples),
                                                                     "calibration labels")  # checked early
     graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
@@ -233,13 +238,26 @@ def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree) -> tuple[Memory
     return plan, calls, make_layers(graph, calls)
 
 
-def _calibration_samples(calibration: Path | str | np.ndarray, graph: Graph) -> np.ndarray:
-    """The samples (an array, or a file read a block at a time), checked to be finite."""
-    if isinstance(calibration, np.ndarray):
-        samples = calibration
+def _calibration_samples(calibration, graph: Graph):
+    """The samples (in memory, or a file read a block at a time), checked to be finite: an array for a
+    one-input model, MultiSamples for several (quant/samples.py)."""
+    if isinstance(calibration, (str, Path)):
+        where = str(calibration)
+        samples = load_calibration(Path(calibration), graph.model_input_shapes, graph.input_names)
     else:
-        samples = load_calibration(Path(calibration), graph.model_input_shapes[0])
-    _check_finite_samples(samples, "calibration data" if isinstance(calibration, np.ndarray) else str(calibration))
+        where = "calibration data"
+        samples = as_samples(calibration, graph.input_names, where)
+        for k, part in enumerate(samples.parts if isinstance(samples, MultiSamples) else (samples,)):
+            want = tuple(graph.model_input_shapes[k][1:])
+            if np.ndim(part) < 1 or tuple(np.shape(part)[1:]) != want or len(part) == 0:
+                which = "" if len(graph.inputs) == 1 else f" for input '{graph.input_names[k]}'"
+                raise ConversionError(f"calibration data{which} has shape {tuple(np.shape(part))}, expected "
+                                      f"(N, {', '.join(map(str, want))})", where)
+        if isinstance(samples, MultiSamples) and len({len(p) for p in samples.parts}) > 1:
+            raise ConversionError("calibration data holds different numbers of samples per input "
+                                  f"({', '.join(str(len(p)) for p in samples.parts)})", where)
+    for part in samples.parts if isinstance(samples, MultiSamples) else (samples,):
+        _check_finite_samples(part, where)
     return samples
 
 

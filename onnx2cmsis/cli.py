@@ -108,7 +108,8 @@ def convert(
     outdir_arg: Optional[Path] = typer.Argument(None, metavar="[OUTDIR]", help="Output folder (original form)."),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", "-c", metavar="CALIB.npy",
-        help=".npy/.npz of N samples shaped like the input (without batch).  [required]"
+        help=".npy/.npz of N samples shaped like the input (without batch); for several inputs a .npz "
+             "with one array per input, by input name (or arr_0, arr_1, ...).  [required]"
     ),
     name: Optional[str] = typer.Option(None, "--name", "-n", metavar="NAME",
                                        help="C identifier prefix (default: model file stem)."),
@@ -241,7 +242,8 @@ def verify(
     calibration: Path = typer.Option(..., "--calibration", "-c", metavar="CALIB.npy",
                                      help="The calibration samples convert uses."),
     data: Path = typer.Option(..., "--data", "-d", metavar="X.npy",
-                              help=".npy/.npz of samples to run, shaped like the input."),
+                              help=".npy/.npz of samples to run, shaped like the input (several inputs: "
+                                   "as --calibration)."),
     labels: Optional[Path] = typer.Option(None, "--labels", metavar="Y.npy",
                                           help=".npy of integer class labels (accuracy)."),
     target: str = typer.Option("host", "--target", "-t", metavar="TARGETS",

@@ -12,8 +12,10 @@ import numpy as np
 
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import run_reference
+from onnx2cmsis.quant.quantize import output_floats, run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+from onnx2cmsis.quant.samples import MultiSamples
+from onnx2cmsis.quant.search import float_outputs as search_float_outputs
 from onnx2cmsis.targets.host import build_conversions
 
 
@@ -35,14 +37,17 @@ class Evaluation:
         return asdict(self)
 
 
-def quantize_inputs(conv: Conversion, x_float: np.ndarray) -> np.ndarray:
-    q_in = conv.graph.tensors[conv.graph.inputs[0]].quant
-    return np.stack([quantize_tensor(x, q_in).reshape(-1) for x in x_float])
+def quantize_inputs(conv: Conversion, x_float):
+    """Each sample's input codes, flattened: (N, input size), or MultiSamples of one such array per input."""
+    g = conv.graph
+    parts = [np.stack([quantize_tensor(part, g.tensors[t].quant).reshape(-1) for part in np.asarray(xs)])
+             for t, xs in zip(g.inputs, x_float.parts if isinstance(x_float, MultiSamples) else (x_float,))]
+    return parts[0] if len(parts) == 1 else MultiSamples(tuple(parts))
 
 
-def float_outputs(conv: Conversion, x_float: np.ndarray) -> np.ndarray:
-    name = conv.model.graph.output[0].name
-    return np.stack([r[name].reshape(-1) for r in run_float(conv.model, x_float)])
+def float_outputs(conv: Conversion, x_float) -> np.ndarray:
+    """The float model's outputs per sample, side by side in output order: (N, output elements)."""
+    return search_float_outputs(conv.model, x_float).reshape(len(x_float), -1)
 
 
 def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,
@@ -62,9 +67,9 @@ def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,
         n = len(xq) if oracle_samples is None else oracle_samples
         tflm = run_tflite_micro(export_tflite(conv.graph, conv.registry), xq[:n])
         tflm_bad = int(np.sum(np.any(tflm != c_outputs[:n], axis=1)))
-    q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
+    scale = min(conv.graph.tensors[t].quant.scale for t in conv.graph.outputs)  # of the finest output
     want = float_outputs(conv, x_float).astype(np.float64)
-    got = dequantize_tensor(c_outputs, q_out).astype(np.float64)
+    got = output_floats(conv.graph, c_outputs).astype(np.float64)
     err = got - want
     noise = max(float(np.sum(err**2)), 1e-30)
     ev = Evaluation(
@@ -73,7 +78,7 @@ def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,
         mismatches_vs_reference=int(np.sum(np.any(c_outputs != ref, axis=1))),
         mismatches_vs_tflite_micro=tflm_bad,
         sqnr_db=float(10 * np.log10(float(np.sum(want**2)) / noise)),
-        max_error_lsb=float(np.max(np.abs(err)) / q_out.scale),
+        max_error_lsb=float(np.max(np.abs(err)) / scale),
         max_abs_error=float(np.max(np.abs(err))),
         argmax_agreement=float(np.mean(got.argmax(1) == want.argmax(1))),
         arena_bytes=conv.plan.arena_bytes,

@@ -48,7 +48,7 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(None, cmsis_api, DEFAULT_API.level)
     _, graph, _ = front_end(model_path, registry, input_shape)
-    window = input_window(graph)["input_window"]
+    window = input_window(graph)["input_window"] if graph.single_io else None  # streams take one input
     multiple, why = (None, None) if window is None else hop_multiple(graph, registry, window["steps"],
                                                                        window["channels"])
     graph.quant_options = QuantOptions(dense_weights="per-tensor")

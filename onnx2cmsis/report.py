@@ -14,21 +14,22 @@ from onnx2cmsis.ops.registry import Registry, handler_name
 from onnx2cmsis.plan.arena import MemoryPlan
 
 
-def input_window(graph: Graph) -> dict[str, Any]:
-    """The model input as a window of steps x channels, and in which order its values are stored
+def input_window(graph: Graph, k: int = 0) -> dict[str, Any]:
+    """Model input k as a window of steps x channels, and in which order its values are stored
     (None for an input without a time axis, e.g. a feature vector)."""
-    shape = graph.model_input_shapes[0][1:]
+    shape = graph.model_input_shapes[k][1:]
+    layout = graph.input_layouts[k] if graph.input_layouts else "flat"
     if len(shape) != 2:
         return {"input_layout": "flat", "input_window": None}
-    if graph.input_layout == "channel-major":
+    if layout == "channel-major":
         channels, steps = shape
-    elif graph.input_layout == "time-major":
+    elif layout == "time-major":
         steps, channels = shape
     else:  # one of the two is 1: a single-channel signal, the same bytes in either order
         steps, channels = max(shape), 1
-    time_major = graph.input_layout != "channel-major"
-    layout = "time-major (W, C): input[t * C + c]" if time_major else "channel-major (C, W): input[c * W + t]"
-    return {"input_layout": layout, "input_window": {"steps": steps, "channels": channels, "time_major": time_major}}
+    time_major = layout != "channel-major"
+    text = "time-major (W, C): input[t * C + c]" if time_major else "channel-major (C, W): input[c * W + t]"
+    return {"input_layout": text, "input_window": {"steps": steps, "channels": channels, "time_major": time_major}}
 
 
 def header_summary(model_path: Path, sha: str, graph: Graph, layers: list[Layer], cmsis: CmsisTree) -> dict[str, Any]:
@@ -39,6 +40,7 @@ def header_summary(model_path: Path, sha: str, graph: Graph, layers: list[Layer]
         "input_shape": list(graph.model_input_shapes[0]),
         "output_shape": list(graph.model_output_shapes[0]),
         **input_window(graph),
+        "input_windows": [input_window(graph, k)["input_window"] for k in range(len(graph.inputs))],
         "weights_bytes": sum(layer.weight_bytes for layer in layers),
         "cmsis_api": cmsis.api.level,
         "cmsis_probe": cmsis.api.c_probe,
@@ -88,8 +90,13 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "schedule": {"method": plan.schedule.method, "exact": plan.schedule.exact,
                      "orders_placed": plan.schedule.orders_placed},
         "weights_bytes": summary["weights_bytes"],
-        "input": _io(graph, graph.inputs[0], graph.model_input_shapes[0]),
-        "output": _io(graph, graph.outputs[0], graph.model_output_shapes[0]),
+        # one input and one output: `input`/`output`; several: `inputs`/`outputs` lists, in model order
+        **({"input": _io(graph, graph.inputs[0], graph.model_input_shapes[0]),
+            "output": _io(graph, graph.outputs[0], graph.model_output_shapes[0])} if graph.single_io else
+           {"inputs": [{"name": n, **_io(graph, t, s)}
+                       for t, s, n in zip(graph.inputs, graph.model_input_shapes, graph.input_names)],
+            "outputs": [{"name": n, **_io(graph, t, s)}
+                        for t, s, n in zip(graph.outputs, graph.model_output_shapes, graph.output_names)]}),
         "layers": layer_entries(graph, registry, layers),
         # --streaming HOP: the hop, the window, the state bytes; else None
         "stream": stream,

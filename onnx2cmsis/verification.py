@@ -22,8 +22,8 @@ from onnx2cmsis.errors import ConversionError, OptionError
 from onnx2cmsis.evaluate import float_outputs, quantize_inputs
 from onnx2cmsis.quant.accuracy import accuracy, load_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
-from onnx2cmsis.quant.quantize import run_reference
-from onnx2cmsis.quant.rules import dequantize_tensor
+from onnx2cmsis.quant.quantize import output_floats, run_reference
+from onnx2cmsis.quant.samples import MultiSamples, as_samples
 from onnx2cmsis.stream_check import host_pushes, stream_run
 from onnx2cmsis.targets import qemu
 from onnx2cmsis.targets.host import build_conversions, layer_outputs
@@ -132,10 +132,16 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
     unknown = [t for t in targets if t not in TARGET_NAMES]
     if unknown:
         raise OptionError(f"unknown {{opt:targets}} {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)})")
+    g = conversion.graph
     if isinstance(data, (str, Path)):
-        data = np.asarray(load_calibration(Path(data), conversion.graph.model_input_shapes[0], what="{opt:data}"))
-    x = np.asarray(data, np.float32)
+        data = load_calibration(Path(data), g.model_input_shapes, g.input_names, what="{opt:data}")
+    else:
+        data = as_samples(data, g.input_names, "{opt:data}")
+    x = MultiSamples(tuple(np.asarray(p, np.float32) for p in data.parts)) if isinstance(data, MultiSamples) \
+        else np.asarray(data, np.float32)
     if labels is not None:
+        if len(g.outputs) > 1:
+            raise OptionError(f"{{opt:labels}} judge one output's classes; this model has {len(g.outputs)} outputs")
         labels = load_labels(labels, len(x))
     return Verification(conversion, _run_targets(conversion, x, list(targets), labels, workdir, progress), x)
 
@@ -154,7 +160,6 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
     expected = reference if oracle is None else oracle
     stream = stream_run(conv, xq) if conv.report.get("stream") else None
     want_float = float_outputs(conv, x_float).astype(np.float64)
-    q_out = conv.graph.tensors[conv.graph.outputs[0]].quant
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         base = workdir or Path(tmp)
@@ -193,7 +198,7 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
                 ready = [k for k, status in enumerate(statuses) if status == 1]
                 stream_bad = len(stream.ready) if ready != stream.ready else int(
                     np.sum(np.any(pushed != stream.want, axis=1)))
-            got = dequantize_tensor(outputs, q_out).astype(np.float64).reshape(len(xq), -1)
+            got = output_floats(conv.graph, outputs).astype(np.float64).reshape(len(xq), -1)
             culprit = None
             if bad.any():
                 culprit = first_bad_layer(conv, xq[int(np.argmax(bad))], base / f"{target}_debug")

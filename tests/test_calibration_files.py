@@ -27,7 +27,7 @@ def test_blocks_slices_and_samples_equal_numpy(tmp_path, monkeypatch, dtype, con
     path = tmp_path / f"c.{container[:3]}"
     {"npy": lambda: np.save(path, x), "npz": lambda: np.savez(path, x),
      "npz_compressed": lambda: np.savez_compressed(path, x)}[container]()
-    s = load_calibration(path, (1, 3, 11))
+    s = load_calibration(path, [(1, 3, 11)], ["x"])
     assert len(s) == 37 and s.shape == x.shape and s.dtype == x.dtype
     assert np.array_equal(np.stack(list(s)), x)
     assert np.array_equal(np.concatenate(list(s.blocks())), x)
@@ -39,8 +39,8 @@ def test_single_sample_and_batch_axis_are_accepted(tmp_path):
     x = np.arange(33, dtype=np.float32).reshape(3, 11)
     np.save(tmp_path / "one.npy", x)
     np.save(tmp_path / "batched.npy", np.stack([x, x + 1])[:, None])
-    assert np.array_equal(np.asarray(load_calibration(tmp_path / "one.npy", (1, 3, 11))), x[None])
-    assert load_calibration(tmp_path / "batched.npy", (1, 3, 11)).shape == (2, 3, 11)
+    assert np.array_equal(np.asarray(load_calibration(tmp_path / "one.npy", [(1, 3, 11)], ["x"])), x[None])
+    assert load_calibration(tmp_path / "batched.npy", [(1, 3, 11)], ["x"]).shape == (2, 3, 11)
 
 
 def test_truncated_and_fortran_files_are_refused(tmp_path):
@@ -48,10 +48,10 @@ def test_truncated_and_fortran_files_are_refused(tmp_path):
     data = (tmp_path / "t.npy").read_bytes()
     (tmp_path / "t.npy").write_bytes(data[:-7])
     with pytest.raises(ConversionError, match="truncated: its header promises 10 samples"):
-        load_calibration(tmp_path / "t.npy", (1, 3, 11))
+        load_calibration(tmp_path / "t.npy", [(1, 3, 11)], ["x"])
     np.save(tmp_path / "f.npy", np.asfortranarray(np.zeros((10, 3, 11), np.float32)))
     with pytest.raises(ConversionError, match="Fortran order"):
-        load_calibration(tmp_path / "f.npy", (1, 3, 11))
+        load_calibration(tmp_path / "f.npy", [(1, 3, 11)], ["x"])
 
 
 def _run_measured(args: list[str]) -> tuple[int, int, str]:

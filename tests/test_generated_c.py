@@ -160,7 +160,7 @@ def test_a_16_bit_input_and_output_get_int16_types_and_saturation(example):
     try:
         summary = {k: example.report[k] for k in ("model_file", "model_sha256", "weights_bytes")}
         summary.update(input_shape=example.report["input"]["shape"], output_shape=example.report["output"]["shape"],
-                       input_layout="flat", input_window=None, cmsis_api="7", cmsis_probe="1",
+                       input_layout="flat", input_window=None, input_windows=[None], cmsis_api="7", cmsis_probe="1",
                        cmsis_versions="any", stream=None)
         source, header = render(example.name, g, example.layers, example.plan, summary)
     finally:

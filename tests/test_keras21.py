@@ -12,26 +12,15 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.evaluate import evaluate, float_outputs, quantize_inputs
+from onnx2cmsis.evaluate import float_outputs
 from onnx2cmsis.frontends.keras import modern_sequential
-from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from tests.keras_models.data import signals
 from tests.keras_models.make_keras21 import FUNCTIONAL_STEPS, LAYERS, beats
-from tests.needs import module, qemu_tools
+from tests.bit_exact import bit_exact_everywhere
+from tests.needs import module
 
 MODEL = Path(__file__).resolve().parent / "keras_models" / "keras21" / "ecg_sequential.h5"
 FUNCTIONAL = MODEL.parent / "residual_functional.h5"
-
-
-def _bit_exact_everywhere(conv, x: np.ndarray, tmp_path: Path) -> None:
-    """C == reference == tflite-micro on the host, and the same bytes on QEMU M4 and M55."""
-    ev, out = evaluate(conv, x[:64], tmp_path / "host", oracle_samples=32)
-    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
-    qemu_tools()
-    xq = quantize_inputs(conv, x[:4])
-    for target in ("m4", "m55"):
-        fw = build_firmware([conv], target, tmp_path / target)
-        assert np.array_equal(run_firmware(fw, {conv.name: xq})[conv.name], out[:4]), target
 
 
 def test_the_fixture_is_in_the_old_form():
@@ -68,7 +57,7 @@ def test_keras21_file_converts_with_its_weights_and_is_bit_exact(tmp_path):
     # the trained weights came through: the float model classifies held-out beats as trained (0.99)
     float_accuracy = float(np.mean((float_outputs(conv, x).reshape(-1) > 0.5) == y))
     assert float_accuracy >= 0.95, float_accuracy
-    _bit_exact_everywhere(conv, x, tmp_path)
+    bit_exact_everywhere(conv, x[:64], tmp_path, oracle_samples=32, qemu_samples=4)
 
 
 def test_the_functional_fixture_is_in_the_old_form():
@@ -96,4 +85,4 @@ def test_keras21_functional_model_converts_with_its_weights_and_is_bit_exact(tmp
     assert [layer["op"] for layer in conv.report["layers"]].count("add") == 1
     float_accuracy = float(np.mean(float_outputs(conv, x).reshape(len(x), -1).argmax(1) == y))
     assert float_accuracy >= 0.95, float_accuracy
-    _bit_exact_everywhere(conv, x, tmp_path)
+    bit_exact_everywhere(conv, x[:64], tmp_path, oracle_samples=32, qemu_samples=4)

@@ -13,7 +13,7 @@ LAYERS: list[set[str]] = [
     {"onnx2cmsis", "onnx2cmsis.errors"},  # the version string, the error types
     {"onnx2cmsis.ir"},  # the canonical IR and the target description it carries
     {"onnx2cmsis.quant.rules", "onnx2cmsis.quant.fixedpoint", "onnx2cmsis.quant.lut16",
-     "onnx2cmsis.quant.sigmoid16", "onnx2cmsis.quant.sample_file",
+     "onnx2cmsis.quant.sigmoid16", "onnx2cmsis.quant.sample_file", "onnx2cmsis.quant.samples",
      "onnx2cmsis.codegen.naming"},  # arithmetic and text helpers
     {"onnx2cmsis.ops", "onnx2cmsis.frontends", "onnx2cmsis.cmsis_nn", "onnx2cmsis.oracle"},
     {"onnx2cmsis.importer", "onnx2cmsis.passes", "onnx2cmsis.quant", "onnx2cmsis.plan", "onnx2cmsis.targets"},

@@ -53,3 +53,39 @@ def export_torch(name: str, folder: Path) -> tuple[Path, tuple[int, int]]:
     return path, shape
 
 
+TWO_IN_TWO_OUT_SHAPES = [(4, 64), (2, 32)]  # inputs "a" and "b", without batch
+
+
+def _two_in_two_out():
+    import torch
+    nn = torch.nn
+
+    class TwoInTwoOut(nn.Module):
+        """a (4, 64) -> conv, relu, pool; b (2, 32) -> conv, relu; concat channels -> conv, relu; then
+        "logits" (5) from a Linear on the flattened map and "map" (2, 32) from a pointwise conv."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.branch_a = nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2))
+            self.branch_b = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.ReLU())
+            self.trunk = nn.Sequential(nn.Conv1d(16, 8, 3, padding=1), nn.ReLU())
+            self.logits = nn.Linear(8 * 32, 5)
+            self.map = nn.Conv1d(8, 2, 1)
+
+        def forward(self, a, b):
+            x = self.trunk(torch.cat([self.branch_a(a), self.branch_b(b)], dim=1))
+            return self.logits(torch.flatten(x, 1)), self.map(x)
+
+    return TwoInTwoOut()
+
+
+def export_torch_two_in_two_out(folder: Path) -> tuple[Path, list[tuple[int, ...]]]:
+    """Two inputs ("a", "b") and two outputs ("logits", "map"), exported with the dynamo exporter."""
+    import torch
+    torch.manual_seed(len(EXPORTS))
+    model = _two_in_two_out().eval()
+    path = folder / "two_in_two_out.onnx"
+    example_inputs = tuple(torch.randn(1, *shape) for shape in TWO_IN_TWO_OUT_SHAPES)
+    torch.onnx.export(model, example_inputs, str(path), input_names=["a", "b"], output_names=["logits", "map"],
+                      dynamo=True, external_data=False)
+    return path, list(TWO_IN_TWO_OUT_SHAPES)

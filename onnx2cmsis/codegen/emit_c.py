@@ -85,13 +85,31 @@ def make_layers(graph: Graph, calls: list[KernelCall]) -> list[Layer]:
     return layers
 
 
-def placement_pointer(p: Placement, ctype: str, const: bool) -> str:
-    """A C expression for a tensor's first element, typed as its elements (int8_t or int16_t)."""
-    if p.storage == "input":
-        return "input" if const else f"({ctype} *)input"
-    if p.storage == "output":
-        return "output"
+def placement_pointer(p: Placement, ctype: str, const: bool, several: bool = False) -> str:
+    """A C expression for a tensor's first element, typed as its elements (int8_t or int16_t). With
+    several inputs or outputs the caller's buffers are `input<k>`/`output<k>` (the invoke's arrays)."""
+    if p.storage in ("input", "output"):
+        pointer = f"{p.storage}{p.offset}" if several else p.storage
+        return f"({ctype} *){pointer}" if p.storage == "input" and not const else pointer
     return f"(arena + {p.offset})" if ctype == "int8_t" else f"({ctype} *)(void *)(arena + {p.offset})"
+
+
+def io_context(graph: Graph, windows: list[dict[str, Any] | None]) -> dict[str, list[dict[str, Any]]]:
+    """What the templates say of each model input and output, in the model's order."""
+    def entry(k: int, tensor: str, shape: tuple[int, ...], name: str) -> dict[str, Any]:
+        t = graph.tensors[tensor]
+        bits = t.quant.bits
+        # quantize_input: saturate to the input type; |v| beyond 2^bits saturates before the int32 cast
+        return {"index": k, "name": name, "shape": list(shape), "q": t.quant, "size": t.size,
+                "far": 1 << bits, "min": -(1 << (bits - 1)), "max": (1 << (bits - 1)) - 1}
+
+    inputs = [entry(k, t, s, n) for k, (t, s, n) in
+              enumerate(zip(graph.inputs, graph.model_input_shapes, graph.input_names))]
+    for entry_, window in zip(inputs, windows):
+        entry_["window"] = window
+    outputs = [entry(k, t, s, n) for k, (t, s, n) in
+               enumerate(zip(graph.outputs, graph.model_output_shapes, graph.output_names))]
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def _bits(graph: Graph, tensor: str) -> int:
@@ -136,7 +154,7 @@ def render(
     blocks, hooks = [], []
 
     def planned(tensor: str, const: bool) -> str:
-        return placement_pointer(plan.tensors[tensor], element_ctype(graph, tensor), const)
+        return placement_pointer(plan.tensors[tensor], element_ctype(graph, tensor), const, not graph.single_io)
 
     for layer, node in zip(layers, graph.nodes, strict=True):
         ctx = call_context(layer.ident, layer.call, node, graph, planned,
@@ -144,7 +162,7 @@ def render(
         blocks.append(render_call(env, layer.call, ctx))
         bits = _bits(graph, node.output)
         hooks.append((ctx["out_ptr"], graph.tensors[node.output].size, "" if bits == 8 else str(bits)))
-    in_bits = _bits(graph, graph.inputs[0])
+    ios = io_context(graph, summary["input_windows"])
     common = dict(
         name=name,
         NAME=name.upper(),
@@ -153,14 +171,16 @@ def render(
         blocks=blocks,
         hooks=hooks,
         plan=plan,
-        in_q=graph.tensors[graph.inputs[0]].quant,
-        out_q=graph.tensors[graph.outputs[0]].quant,
-        in_size=graph.tensors[graph.inputs[0]].size,
-        out_size=graph.tensors[graph.outputs[0]].size,
-        # quantize_input: saturate to the input type; |v| beyond 2^bits saturates before the int32 cast
-        in_far=1 << in_bits,
-        in_min=-(1 << (in_bits - 1)),
-        in_max=(1 << (in_bits - 1)) - 1,
+        single_io=graph.single_io,
+        inputs=ios["inputs"],
+        outputs=ios["outputs"],
+        in_q=ios["inputs"][0]["q"],
+        out_q=ios["outputs"][0]["q"],
+        in_size=ios["inputs"][0]["size"],
+        out_size=ios["outputs"][0]["size"],
+        in_far=ios["inputs"][0]["far"],
+        in_min=ios["inputs"][0]["min"],
+        in_max=ios["inputs"][0]["max"],
         hook16=any(h[2] == "16" for h in hooks),
         **summary,
     )

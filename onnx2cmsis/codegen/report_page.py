@@ -38,10 +38,10 @@ def auto_precision_headline(auto: dict[str, Any]) -> str:
             "on the calibration samples)")
 
 
-def _where(plan: MemoryPlan, tensor: str, groups: dict[str, str]) -> str:
+def _where(plan: MemoryPlan, tensor: str, groups: dict[str, str], several: bool) -> str:
     p = plan.tensors[tensor]
     if p.storage != "arena":
-        return f"caller's {p.storage}"
+        return f"caller's {p.storage}" + (f" {p.offset}" if several else "")
     return f"arena + {p.offset}" + ("" if groups.get(tensor, tensor) == tensor else " (view)")
 
 
@@ -66,7 +66,7 @@ def render_report_page(name: str, report: dict[str, Any], plan: MemoryPlan, outp
     line = " ".join(f"{MARGIN + t * sx:.1f},{MARGIN + v * sy:.1f} {MARGIN + (t + 1) * sx:.1f},{MARGIN + v * sy:.1f}"
                     for t, v in enumerate(live))
     context = {"name": name, "r": report, "plan": plan, "live": live, "peak_step": live.index(max(live)),
-               "where": [_where(plan, t, views) for t in outputs], "total_macs": sum(l["macs"] for l in report["layers"]),
+               "where": [_where(plan, t, views, "inputs" in report) for t in outputs], "total_macs": sum(l["macs"] for l in report["layers"]),
                "auto_precision": (None if report["quantization"]["auto_precision"] is None
                                   else auto_precision_headline(report["quantization"]["auto_precision"])),
                "boxes": boxes, "line": line, "width": SVG_WIDTH, "height": SVG_HEIGHT, "margin": MARGIN,

@@ -68,6 +68,9 @@ def stream_spec(hop: int | None, input_window: dict[str, Any] | None, graph: Gra
     not a multiple of every time stride before the head (naming the multiples that are)."""
     if hop is None:
         return None
+    if not graph.single_io:
+        raise OptionError(f"{{opt:streaming}} streams models with one input and one output; this one has "
+                          f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs")
     if input_window is None:
         raise OptionError("{opt:streaming} needs a model whose input is a window of time steps (steps x "
                           "channels); this model's input has no time axis")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -19,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, count
+from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError
 from onnx2cmsis.frontends.onnx_model import normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
@@ -195,27 +196,44 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
     where = str(path)
     model = load_keras_model(path)
     tf, tf2onnx, keras = _import_keras()
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise UnsupportedOpError(f"the model has {count(len(model.inputs), 'input')} and "
-                                 f"{count(len(model.outputs), 'output')}; one of each is supported", where)
     functional = keras.Model(model.inputs, model.outputs)  # a Keras 3 Sequential does not export otherwise
-    declared = tuple(model.inputs[0].shape[1:])
-    if input_shape is not None:
-        if len(input_shape) != len(declared) or any(d is not None and d != g for d, g in zip(declared, input_shape)):
-            raise OptionError(f"{{opt:input_shape={','.join(map(str, input_shape))}}} does not fit the Keras input "
-                              f"of shape {['N', *declared]} (give every dimension after the batch)")
-        declared = tuple(int(g) for g in input_shape)
-    shape = (1, *declared)
-    if any(d is None for d in shape):
-        example = ",".join("LENGTH" if d is None else str(d) for d in declared)
-        raise ConversionError(f"the input shape {['N', *declared]} has a free dimension besides the batch: the C "
-                              f"needs a fixed window; give it with {{opt:input_shape={example}}}", where)
-    signature = [tf.TensorSpec(shape, tf.float32, name="input")]
+    if input_shape is not None and len(model.inputs) > 1:
+        raise OptionError(f"{{opt:input_shape}} fixes the input of a one-input model; this one has "
+                          f"{len(model.inputs)}: give the Keras inputs fixed shapes")
+    signature = []
+    for k, (declared, name) in enumerate(zip((tuple(i.shape[1:]) for i in model.inputs),
+                                             _input_names([i.name for i in model.inputs]))):
+        if input_shape is not None:
+            if len(input_shape) != len(declared) or any(d is not None and d != g for d, g in zip(declared, input_shape)):
+                raise OptionError(f"{{opt:input_shape={','.join(map(str, input_shape))}}} does not fit the Keras "
+                                  f"input of shape {['N', *declared]} (give every dimension after the batch)")
+            declared = tuple(int(g) for g in input_shape)
+        if any(d is None for d in declared):
+            example = ",".join("LENGTH" if d is None else str(d) for d in declared)
+            which = "the input" if len(model.inputs) == 1 else f"input {k} ('{name}')"
+            raise ConversionError(f"{which} shape {['N', *declared]} has a free dimension besides the batch: the C "
+                                  f"needs a fixed window; give it with {{opt:input_shape={example}}}", where)
+        signature.append(tf.TensorSpec((1, *declared), tf.float32, name=name))
     try:
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
     except Exception as exc:
         raise ConversionError(f"tf2onnx cannot export the model ({short_error(exc)})", where) from exc
     return proto
+
+
+def _input_names(keras_names: list[str]) -> list[str]:
+    """The ONNX input names: "input" for a one-input model (as it always was), else each Keras input's
+    name reduced to [A-Za-z0-9_] and made unique ("input_K" where nothing is left), in Keras' order."""
+    if len(keras_names) == 1:
+        return ["input"]
+    names: list[str] = []
+    for k, raw in enumerate(keras_names):
+        base = re.sub(r"[^A-Za-z0-9_]", "_", str(raw or "")).strip("_") or f"input_{k}"
+        name, i = base, 1
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names.append(name)
+    return names
 
 
 def load_keras(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:

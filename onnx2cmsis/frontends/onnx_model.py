@@ -119,13 +119,12 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
     canonical_node_order(model)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise UnsupportedOpError(
-            f"models with {count(len(inputs), 'input')} and {count(len(model.graph.output), 'output')} are not "
-            "supported yet "
-            "(one input, one output)",
-            where,
-        )
+    if not inputs or not model.graph.output:
+        raise UnsupportedOpError(f"the model has {count(len(inputs), 'input')} and "
+                                 f"{count(len(model.graph.output), 'output')}: nothing to convert", where)
+    if input_shape is not None and len(inputs) > 1:
+        raise OptionError(f"{{opt:input_shape}} fixes the input of a one-input model; this one has {len(inputs)} "
+                          f"({', '.join(repr(i.name) for i in inputs)}): export it with static shapes")
     seen: set[str] = set()
     for node in model.graph.node:
         if node.name and node.name in seen:  # ONNX Runtime refuses duplicates; names are only labels
@@ -137,15 +136,18 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(f"node '{node.name}' ({node.domain}.{node.op_type}): operator from domain "
                                      f"'{node.domain}' is not supported", where)
-    dims = inputs[0].type.tensor_type.shape.dim
-    if not dims:
-        raise ConversionError(f"input '{inputs[0].name}' has no declared shape", where)
-    batch = dims[0].dim_value if dims[0].HasField("dim_value") else 0
-    dims[0].Clear()
-    dims[0].dim_value = 1
+    batches = set()
+    for model_input in inputs:
+        dims = model_input.type.tensor_type.shape.dim
+        if not dims:
+            raise ConversionError(f"input '{model_input.name}' has no declared shape", where)
+        batches.add(dims[0].dim_value if dims[0].HasField("dim_value") else 0)
+        dims[0].Clear()
+        dims[0].dim_value = 1
+        _fix_input_dims(model_input.name, dims, input_shape, where)
+    batch = max(batches)
     if batch > 1:
         _reshape_constants_to_batch_1(model, batch)
-    _fix_input_dims(inputs[0].name, dims, input_shape, where)
     del model.graph.value_info[:]
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")

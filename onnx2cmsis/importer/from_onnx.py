@@ -224,14 +224,16 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
     b = GraphBuilder(model, source, registry)
     g = model.graph
     inits = {i.name for i in g.initializer}
-    model_in = next(i for i in g.input if i.name not in inits)
-    model_out = g.output[0]
-
-    in_logical = b.logical_shape(model_in.name)
-    raw_shape = in_logical if len(in_logical) <= 2 else tuple(n for n in in_logical if n > 1) or (1,)
-    raw = b.new_tensor(raw_shape or (1,), model_in.name, calib_name=model_in.name)
-    b.bindings[model_in.name] = Binding(raw, np.arange(int(np.prod(in_logical))).reshape((1, *in_logical)))
-    b.tensors[raw].calib_index = b.bindings[model_in.name].index.reshape(-1)
+    raws: list[str] = []
+    in_shapes: list[tuple[int, ...]] = []
+    for model_in in (i for i in g.input if i.name not in inits):  # numbered in the graph's order
+        in_logical = b.logical_shape(model_in.name)
+        raw_shape = in_logical if len(in_logical) <= 2 else tuple(n for n in in_logical if n > 1) or (1,)
+        raw = b.new_tensor(raw_shape or (1,), model_in.name, calib_name=model_in.name)
+        b.bindings[model_in.name] = Binding(raw, np.arange(int(np.prod(in_logical))).reshape((1, *in_logical)))
+        b.tensors[raw].calib_index = b.bindings[model_in.name].index.reshape(-1)
+        raws.append(raw)
+        in_shapes.append((1, *in_logical))
 
     for proto in g.node:
         view = OnnxNodeView(proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
@@ -253,29 +255,55 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
             raise
 
     b.where, b.node_name = source, "output"
-    out_logical = b.logical_shape(model_out.name)
-    if model_out.name not in b.bindings:
-        raise ConversionError(f"the model output '{model_out.name}' is a constant", source)
-    result = b.tensor(model_out.name, tuple(a for a, n in enumerate(out_logical) if n > 1) or (0,) * bool(out_logical))
-    if result == raw:
-        raise UnsupportedOpError("the model's output is its input: nothing to compute", source)
+    results: list[str] = []
+    out_shapes: list[tuple[int, ...]] = []
+    for model_out in g.output:
+        out_logical = b.logical_shape(model_out.name)
+        if model_out.name not in b.bindings:
+            raise ConversionError(f"the model output '{model_out.name}' is a constant", source)
+        result = b.tensor(model_out.name,
+                          tuple(a for a, n in enumerate(out_logical) if n > 1) or (0,) * bool(out_logical))
+        if result in raws:
+            raise UnsupportedOpError(f"the model output '{model_out.name}' is its input: nothing to compute", source)
+        if result in results:  # the C writes each output into its own caller buffer
+            twin = g.output[results.index(result)].name
+            raise UnsupportedOpError(f"the model outputs '{twin}' and '{model_out.name}' hold the same values "
+                                     "(drop one of them from the model's outputs)", source)
+        results.append(result)
+        out_shapes.append((1, *out_logical))
     return Graph(
         tensors=b.tensors,
         nodes=b.nodes,
-        inputs=[raw],
-        outputs=[result],
-        model_input_shapes=[(1, *in_logical)],
-        model_output_shapes=[(1, *out_logical)],
-        input_layout=_input_layout(b, raw),
+        inputs=raws,
+        outputs=results,
+        model_input_shapes=in_shapes,
+        model_output_shapes=out_shapes,
+        model_input_names=[i.name for i in g.input if i.name not in inits],
+        model_output_names=[o.name for o in g.output],
+        input_layouts=[_input_layout(b, raw) for raw in raws],
     )
 
 
 def _input_layout(b: GraphBuilder, raw: str) -> str:
-    """The IR's feature maps are (W, C): a 2-D input the builder had to transpose was (C, W)."""
+    """The IR's feature maps are (W, C): a 2-D input the builder had to transpose was (C, W). So was
+    one that first went through ops that keep its columns (a channel-major concatenation of several
+    inputs, an add) to be transposed there."""
     shape = b.tensors[raw].shape
     if len(shape) != 2 or min(shape) == 1:
         return "flat"
-    return "channel-major" if (raw, "transposed") in b.materialized else "time-major"
+    columns, reached, frontier = shape[1], {raw}, [raw]
+    while frontier:
+        tensor = frontier.pop()
+        if (tensor, "transposed") in b.materialized:
+            return "channel-major"
+        for node in b.nodes:
+            if tensor in node.inputs and node.op != "transpose":
+                for out in node.outputs:
+                    kept = len(b.tensors[out].shape) == 2 and b.tensors[out].shape[1] == columns
+                    if kept and out not in reached:
+                        reached.add(out)
+                        frontier.append(out)
+    return "time-major"
 
 
 def _constant_value(view: OnnxNodeView, where: str) -> np.ndarray:

@@ -82,14 +82,36 @@ class Graph:
     outputs: list[str]
     model_input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # as the model declares
     model_output_shapes: list[tuple[int, ...]] = field(default_factory=list)
-    # How the model's own input holds a (steps, channels) window: "time-major" (W, C) (channels
-    # interleaved, as sensors deliver them; Keras), "channel-major" (C, W) (PyTorch), or "flat"
-    # (one channel, or no time axis).
-    input_layout: str = "flat"
+    # the model's own names of its inputs and outputs, in its order (untrusted text: comments and
+    # NAME.json only; how .npz samples name the inputs)
+    model_input_names: list[str] = field(default_factory=list)
+    model_output_names: list[str] = field(default_factory=list)
+    # How each model input holds a (steps, channels) window, in input order: "time-major" (W, C)
+    # (channels interleaved, as sensors deliver them; Keras), "channel-major" (C, W) (PyTorch), or
+    # "flat" (one channel, or no time axis).
+    input_layouts: list[str] = field(default_factory=list)
     # The CMSIS-NN API level the C is emitted for; handlers whose call or scratch size differs between
     # levels ask its capabilities in emit() (e.g. cmsis_api.conv_upscale_dims), never its name.
     cmsis_api: CmsisApi = DEFAULT_API
     quant_options: QuantOptions = QuantOptions()
+
+    @property
+    def input_layout(self) -> str:
+        """The first input's layout: what a single-input model's window and stream are described by."""
+        return self.input_layouts[0] if self.input_layouts else "flat"
+
+    @property
+    def single_io(self) -> bool:
+        """One input and one output: the C interface of docs/c-interface.md's first form."""
+        return len(self.inputs) == 1 and len(self.outputs) == 1
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.model_input_names or list(self.inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.model_output_names or list(self.outputs)
 
     def producer(self, tensor: str) -> Node | None:
         for n in self.nodes:

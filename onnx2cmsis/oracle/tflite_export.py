@@ -16,6 +16,7 @@ import numpy as np
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.oracle.tflite_writer import Exporter, NotExportable, tflite_shape
+from onnx2cmsis.quant.samples import sample_inputs
 
 __all__ = ["NotExportable", "export_tflite", "run_tflite_micro", "tflite_micro_arena", "tflite_shape"]
 
@@ -31,8 +32,9 @@ def export_tflite(graph: Graph, registry: Registry | None = None) -> bytes:
         for src, dst in ex.pending_reshapes:
             ex.reshape(src, dst)
         ex.pending_reshapes.clear()
-    for name, model_shape, is_input in ((graph.inputs[0], graph.model_input_shapes[0], True),
-                                        (graph.outputs[0], graph.model_output_shapes[0], False)):
+    boundary = [(t, shape, True) for t, shape in zip(graph.inputs, graph.model_input_shapes)]
+    boundary += [(t, shape, False) for t, shape in zip(graph.outputs, graph.model_output_shapes)]
+    for name, model_shape, is_input in boundary:  # in the model's order: TFLite numbers them the same
         inner = ex.activation(name)
         outer = inner
         if list(model_shape) != list(inner.shape):
@@ -48,19 +50,45 @@ def export_tflite(graph: Graph, registry: Registry | None = None) -> bytes:
     return bytes(model.build())
 
 
-def run_tflite_micro(tflite: bytes, inputs: np.ndarray, arena_size: int = 1 << 20) -> np.ndarray:
-    """Run each input's codes (N, ...) through the tflite-micro runtime; returns (N, output elements)."""
+def run_tflite_micro(tflite: bytes, inputs, arena_size: int = 1 << 20) -> np.ndarray:
+    """Run each sample's input codes through the tflite-micro runtime: `inputs` is (N, ...) codes, or
+    for several inputs MultiSamples (one (N, ...) array per input). Returns (N, output elements), the
+    outputs side by side in order (as quant.quantize.output_codes)."""
     from tflite_micro.python.tflite_micro import runtime
 
     interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena_size)
-    details = interp.get_input_details(0)
-    shape, dtype = details["shape"], details["dtype"]
-    outs = []
+    outputs = _count(interp.get_output_details)
+    rows = []
     for x in inputs:
-        interp.set_input(np.asarray(x, dtype).reshape(shape), 0)
+        for k, part in enumerate(sample_inputs(x)):
+            details = interp.get_input_details(k)
+            interp.set_input(np.asarray(part, details["dtype"]).reshape(details["shape"]), k)
         interp.invoke()
-        outs.append(np.array(interp.get_output(0)).reshape(-1))
-    return np.stack(outs)
+        rows.append(np.concatenate([np.array(interp.get_output(k)).reshape(-1) for k in range(outputs)]))
+    return np.stack(rows)
+
+
+def _count(details) -> int:
+    """How many inputs or outputs the interpreter has (it offers no count: ask until it refuses; the
+    refusal, which the runtime also prints to file descriptor 2, is kept off the terminal)."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        n = 0
+        while True:
+            try:
+                details(n)
+            except Exception:
+                return n
+            n += 1
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 def tflite_micro_arena(tflite: bytes, sample: np.ndarray) -> dict[str, int]:

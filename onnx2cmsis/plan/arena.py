@@ -73,7 +73,7 @@ def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> M
     (_, bound, chosen), buffers, arena = best
     order = search.orders[chosen]
     graph.nodes[:] = [graph.nodes[i] for i in order.nodes]
-    placements = {t: Placement(storage) for t, storage in live.caller.items()}
+    placements = {t: Placement(storage, index) for t, (storage, index) in live.caller.items()}
     for b in buffers:
         if not b.key.startswith("#scratch"):
             for m in live.groups[b.key]:

@@ -41,7 +41,8 @@ class Liveness:
     buffers: list[BufferUse]
     scratch: list[int]  # aligned scratch bytes per node
     groups: dict[str, list[str]]  # buffer key -> the tensors stored in it
-    caller: dict[str, str]  # tensor -> "input" or "output" for those in the caller's buffers
+    # tensor -> ("input" or "output", which one) for those in the caller's buffers
+    caller: dict[str, tuple[str, int]]
 
 
 def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int]) -> Liveness:
@@ -58,11 +59,15 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int]) -> Liv
     buffers, caller = [], {}
     for r, members in groups.items():
         in_input = r in graph.inputs
-        in_output = any(m in graph.outputs for m in members)
-        if in_input and in_output:
+        outputs = [graph.outputs.index(m) for m in members if m in graph.outputs]
+        if in_input and outputs:
             raise UnsupportedOpError("the model's output is a reshape of its input: nothing to compute")
-        if in_input or in_output:
-            caller.update({m: "input" if in_input else "output" for m in members})
+        if len(outputs) > 1:
+            raise UnsupportedOpError(f"the model's outputs {' and '.join(str(k) for k in outputs)} are views of "
+                                     "one value (drop all but one of them from the model's outputs)")
+        if in_input or outputs:
+            where = ("input", graph.inputs.index(r)) if in_input else ("output", outputs[0])
+            caller.update({m: where for m in members})
             continue
         readers = frozenset(i for i, n in enumerate(graph.nodes) if any(m in n.inputs for m in members))
         buffers.append(BufferUse(r, align(graph.tensors[r].nbytes), producer[r], readers))

@@ -25,8 +25,8 @@ import onnx
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import run_reference
-from onnx2cmsis.quant.rules import dequantize_tensor, int_range, quantize_tensor
+from onnx2cmsis.quant.quantize import quantize_sample, run_reference
+from onnx2cmsis.quant.rules import dequantize_tensor, int_range
 from onnx2cmsis.quant.search import OutputJudge, improves, quantized_copy
 
 MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the mean is left alone
@@ -40,10 +40,11 @@ def correct_biases(model: onnx.ModelProto, graph: Graph, registry: Registry, ran
                if registry.for_op(n.op).folds_affine and "bias" in n.consts and _comparable(graph, n.output)]
     if not targets:
         return []
-    output = model.graph.output[0].name
-    values = sorted({graph.tensors[graph.nodes[i].output].calib_name for i in targets} | {output})
+    outputs = [o.name for o in model.graph.output]
+    values = sorted({graph.tensors[graph.nodes[i].output].calib_name for i in targets} | set(outputs))
     floats = list(run_float(model, x, values))
-    judge = OutputJudge(graph, registry, x, np.stack([f[output] for f in floats]))
+    judge = OutputJudge(graph, registry, x, np.stack([np.concatenate([f[o].reshape(-1) for o in outputs])
+                                                      for f in floats]))  # as search.float_outputs
     before = judge.sqnr_db(ranges, weights)
     biases = {i: graph.nodes[i].consts["bias"].copy() for i in targets}
     corrected = []
@@ -70,7 +71,7 @@ def _mean_error(graph: Graph, registry: Registry, ranges: dict[str, tuple[float,
     g = quantized_copy(graph, registry, ranges, weights)
     node = g.nodes[index]
     t = g.tensors[node.output]
-    q_in, q = g.tensors[g.inputs[0]].quant, t.quant
+    q = t.quant
     channels = t.shape[-1]
     lo, hi = node.attrs.get("act", (None, None))
     # inside the clamp and inside the output's integer range: where the output moves with the bias
@@ -79,7 +80,7 @@ def _mean_error(graph: Graph, registry: Registry, ranges: dict[str, tuple[float,
     ceiling = min(hi if hi is not None else np.inf, (high - q.zero_point - 1) * q.scale)
     total, count = np.zeros(channels), np.zeros(channels)
     for sample, values in zip(x, floats):
-        ints = run_reference(g, registry, quantize_tensor(sample, q_in), keep_all=True)[t.name]
+        ints = run_reference(g, registry, quantize_sample(g, sample), keep_all=True)[t.name]
         got = dequantize_tensor(ints, q).astype(np.float64).reshape(-1, channels)
         want = np.empty(t.size)
         want[t.calib_index] = np.asarray(values[t.calib_name], np.float64).reshape(-1)

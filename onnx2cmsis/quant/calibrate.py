@@ -15,16 +15,30 @@ import onnx
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.quant.ranges import ValueHistogram, new_histograms
 from onnx2cmsis.quant.sample_file import SampleFile, open_samples
+from onnx2cmsis.quant.samples import MultiSamples, open_input_samples, sample_inputs
 
 
-def load_calibration(path: Path, input_shape: tuple[int, ...], what: str = "calibration data") -> SampleFile:
-    """The samples of a .npy/.npz as an (N, *input_shape[1:]) SampleFile, read from disk a block at a
-    time (a file of any size costs a few MiB of memory). A single sample without the N axis, and an
-    (N, 1, ...) batch axis, are accepted."""
+def load_calibration(path: Path, input_shapes: list[tuple[int, ...]], names: list[str],
+                     what: str = "calibration data") -> SampleFile | MultiSamples:
+    """The samples of a .npy/.npz, read from disk a block at a time (a file of any size costs a few MiB
+    of memory): for one input an (N, *input_shape[1:]) SampleFile; for several, MultiSamples of one
+    such array per input from a .npz (by input name, or arr_0, arr_1, ...; quant/samples.py). A
+    single sample without the N axis, and an (N, 1, ...) batch axis, are accepted."""
     where = str(path)
     if not path.is_file():
         raise ConversionError(f"{what.removesuffix(' data')} file not found", where)
-    data = open_samples(path)
+    if len(input_shapes) == 1:
+        return _shaped(open_samples(path), input_shapes[0], what, where)
+    parts = [_shaped(data, shape, f"{what} for input '{name}'", data.where)
+             for data, shape, name in zip(open_input_samples(path, names), input_shapes, names)]
+    counts = {name: len(p) for name, p in zip(names, parts)}
+    if len(set(counts.values())) > 1:
+        raise ConversionError(f"{what} holds different numbers of samples per input "
+                              f"({', '.join(f'{n}: {c}' for n, c in counts.items())})", where)
+    return MultiSamples(tuple(parts))
+
+
+def _shaped(data: SampleFile, input_shape: tuple[int, ...], what: str, where: str) -> SampleFile:
     sample = tuple(input_shape[1:])
     one_sample = data.shape == sample
     batch_axis = data.ndim == len(sample) + 2 and data.shape[1] == 1 and data.shape[2:] == sample
@@ -54,16 +68,17 @@ def _session(model: onnx.ModelProto, extra_outputs: list[str]):  # -> onnxruntim
 
 
 def run_float(model: onnx.ModelProto, samples: Iterable[np.ndarray], outputs: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Yield {value name: float array} for each sample (batch 1)."""
+    """Yield {value name: float array} for each sample (batch 1; a tuple of arrays for several inputs)."""
     names = outputs or [o.name for o in model.graph.output]
     try:
         sess = _session(model, names)
     except Exception as exc:
         raise ConversionError(f"ONNX Runtime cannot load the model ({_first_line(exc)})") from exc
-    in_name = sess.get_inputs()[0].name
+    in_names = [i.name for i in sess.get_inputs()]  # the graph's inputs, in its order
     for x in samples:
         try:
-            res = sess.run(names, {in_name: np.asarray(x, np.float32)[None]})
+            res = sess.run(names, {n: np.asarray(part, np.float32)[None]
+                                   for n, part in zip(in_names, sample_inputs(x), strict=True)})
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime cannot run the model ({_first_line(exc)})") from exc
         yield dict(zip(names, res))

@@ -8,6 +8,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.rules import activation_quant, dequantize_tensor, quantize_tensor
+from onnx2cmsis.quant.samples import Sample, sample_inputs
 
 
 def calibration_values(graph: Graph) -> list[str]:
@@ -32,11 +33,11 @@ def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[flo
         registry.for_op(node.op).quantize(node, graph, ranges)
 
 
-def run_reference(graph: Graph, registry: Registry, x: np.ndarray, keep_all: bool = False) -> dict[str, np.ndarray]:
-    """The integer reference: the input's codes (int8 or int16) in the model's layout -> every (or the
-    output) tensor."""
-    inp = graph.inputs[0]
-    values = {inp: np.asarray(x, graph.tensors[inp].quant.dtype).reshape(graph.tensors[inp].shape)}
+def run_reference(graph: Graph, registry: Registry, x: Sample, keep_all: bool = False) -> dict[str, np.ndarray]:
+    """The integer reference: the inputs' codes (int8 or int16) in the model's layout (one array, or a
+    tuple with one per input) -> every (or each output) tensor."""
+    values = {name: np.asarray(part, graph.tensors[name].quant.dtype).reshape(graph.tensors[name].shape)
+              for name, part in zip(graph.inputs, sample_inputs(x), strict=True)}
     for node in graph.nodes:
         outs = registry.for_op(node.op).reference(node, graph, [values[t] for t in node.inputs])
         for name, arr in zip(node.outputs, outs, strict=True):  # a handler returns one array per output
@@ -45,11 +46,35 @@ def run_reference(graph: Graph, registry: Registry, x: np.ndarray, keep_all: boo
     return values if keep_all else {o: values[o] for o in graph.outputs}
 
 
-def dequantized_outputs(graph: Graph, registry: Registry, x: np.ndarray) -> np.ndarray:
+def output_codes(graph: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
+    """A sample's output codes as one flat array: each output flattened (in the model's layout), side by
+    side in output order; what the C writes, and what every comparison of integer outputs compares."""
+    return np.concatenate([values[o].reshape(-1) for o in graph.outputs])
+
+
+def output_floats(graph: Graph, codes: np.ndarray) -> np.ndarray:
+    """output_codes of one sample or of (N, ...) samples, dequantized each with its output's parameters."""
+    codes = np.asarray(codes)
+    flat = codes.reshape(-1, codes.shape[-1])
+    parts, start = [], 0
+    for o in graph.outputs:
+        t = graph.tensors[o]
+        parts.append(dequantize_tensor(flat[:, start:start + t.size], t.quant))
+        start += t.size
+    return np.concatenate(parts, axis=1).reshape(codes.shape)
+
+
+def quantize_sample(graph: Graph, sample: Sample) -> Sample:
+    """A float sample's codes, with each input's own parameters (a tuple for several inputs)."""
+    codes = tuple(quantize_tensor(part, graph.tensors[name].quant)
+                  for name, part in zip(graph.inputs, sample_inputs(sample), strict=True))
+    return codes if isinstance(sample, tuple) else codes[0]
+
+
+def dequantized_outputs(graph: Graph, registry: Registry, x) -> np.ndarray:
     """The quantized graph on float samples, as its float outputs: quantize each sample with the
-    input's parameters, run the integer reference, dequantize the output. (N, output size), float64:
-    what every accuracy measurement of a candidate quantization compares with the float model."""
-    q_in, out = graph.tensors[graph.inputs[0]].quant, graph.outputs[0]
-    q_out = graph.tensors[out].quant
-    return np.stack([dequantize_tensor(run_reference(graph, registry, quantize_tensor(s, q_in))[out], q_out)
-                     .reshape(-1) for s in x]).astype(np.float64)
+    inputs' parameters, run the integer reference, dequantize the outputs. (N, output size) (several
+    outputs side by side, in output order), float64: what every accuracy measurement of a candidate
+    quantization compares with the float model."""
+    codes = [output_codes(graph, run_reference(graph, registry, quantize_sample(graph, s))) for s in x]
+    return output_floats(graph, np.stack(codes)).astype(np.float64)

@@ -84,12 +84,22 @@ class SampleFile:
         return data if dtype is None else data.astype(dtype)
 
 
-def open_samples(path: Path) -> SampleFile:
-    """The first array of a .npy/.npz, as a SampleFile of shape (N, ...) (N = its first axis)."""
-    where = str(path)
+def npz_arrays(path: Path) -> list[str]:
+    """The names of the arrays in a .npz, in the order they were saved ("arr_0", ... for unnamed ones)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ConversionError(f"not a readable .npz ({str(exc).splitlines()[0][:120]})", str(path)) from exc
+
+
+def open_samples(path: Path, array: str | None = None) -> SampleFile:
+    """An array of a .npy/.npz (the .npz's first, or the one named `array`), as a SampleFile of shape
+    (N, ...) (N = its first axis)."""
+    where = str(path) if array is None else f"{path}[{array}]"
     try:
         if path.suffix.lower() == ".npz":
-            stream = _npz_member(path, where)
+            stream = _npz_member(path, where, array)
         else:
             stream = open(path, "rb")  # noqa: SIM115 - owned by the SampleFile for its lifetime
         version = np.lib.format.read_magic(stream)
@@ -117,13 +127,16 @@ def open_samples(path: Path) -> SampleFile:
     return samples
 
 
-def _npz_member(path: Path, where: str) -> IO[bytes]:
+def _npz_member(path: Path, where: str, array: str | None) -> IO[bytes]:
     with zipfile.ZipFile(path) as zf:
         members = [n for n in zf.namelist() if n.endswith(".npy")]
         if not members:
             raise ConversionError("the .npz holds no array", where)
+        member = members[0] if array is None else f"{array}.npy"
+        if member not in members:
+            raise ConversionError("the .npz holds no such array", where)
         spooled = tempfile.TemporaryFile()  # anonymous: gone when closed or when the process ends
-        with zf.open(members[0]) as src:
+        with zf.open(member) as src:
             shutil.copyfileobj(src, spooled, 1 << 20)
     spooled.seek(0)
     return spooled

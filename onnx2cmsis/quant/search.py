@@ -24,6 +24,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import collect_histograms, collect_ranges, run_float
+from onnx2cmsis.quant.samples import stacked
 from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, quantize_graph
 from onnx2cmsis.quant.ranges import ValueHistogram, choose_ranges, mse_range, percentile_range
 
@@ -63,10 +64,11 @@ def quantized_copy(graph: Graph, registry: Registry, ranges: dict[str, tuple[flo
     return g
 
 
-def float_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """The float model's (first) output for each sample: what the measured choices are judged against."""
-    output = model.graph.output[0].name
-    return np.stack([r[output] for r in run_float(model, x, [output])])
+def float_outputs(model: onnx.ModelProto, x) -> np.ndarray:
+    """The float model's outputs for each sample, flattened and side by side in output order (as
+    quantize.dequantized_outputs gives them): what the measured choices are judged against."""
+    names = [o.name for o in model.graph.output]
+    return np.stack([np.concatenate([r[n].reshape(-1) for n in names]) for r in run_float(model, x, names)])
 
 
 def search_indices(count: int, limit: int = SEARCH_SAMPLES) -> np.ndarray:
@@ -74,9 +76,10 @@ def search_indices(count: int, limit: int = SEARCH_SAMPLES) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(limit, count)).astype(int))
 
 
-def search_samples(samples, limit: int = SEARCH_SAMPLES) -> np.ndarray:
-    """At most `limit` samples spread evenly over the calibration set (search_indices)."""
-    return np.stack([np.asarray(samples[int(i)], np.float32) for i in search_indices(len(samples), limit)])
+def search_samples(samples, limit: int = SEARCH_SAMPLES):
+    """At most `limit` samples spread evenly over the calibration set (search_indices): an array, or
+    MultiSamples for a model with several inputs."""
+    return stacked([samples[int(i)] for i in search_indices(len(samples), limit)])
 
 
 def range_candidates(h: ValueHistogram) -> list[tuple[float, float]]:

@@ -85,19 +85,20 @@ def build_shared_library(c_files: list[Path], include_dirs: list[Path], tree: Cm
 
 
 class HostModel:
-    """NAME_invoke from a shared library, as a numpy function."""
+    """NAME_invoke from a shared library, as a numpy function. A model with several inputs or outputs
+    (the pointer-array invoke of docs/c-interface.md) takes a tuple of input codes and returns its
+    outputs side by side (quant.quantize.output_codes)."""
 
     def __init__(self, library: Path, name: str, input_size: int, output_size: int,
-                 input_dtype: type = np.int8, output_dtype: type = np.int8) -> None:
+                 input_dtype: type = np.int8, output_dtype: type = np.int8,
+                 inputs: list[tuple[int, type]] | None = None, outputs: list[tuple[int, type]] | None = None) -> None:
         self._lib = ctypes.CDLL(str(library))
         self._invoke = getattr(self._lib, f"{name}_invoke")
         self._invoke.restype = ctypes.c_int
         self._invoke.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self._quantize = getattr(self._lib, f"{name}_quantize_input")
-        self._dequantize = getattr(self._lib, f"{name}_dequantize_output")
-        for fn in (self._quantize, self._dequantize):
-            fn.restype = None
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        # (size, dtype) of each input and output; None for a one-input, one-output model
+        self.inputs, self.outputs = inputs, outputs
+        self.several = inputs is not None
         self.input_size, self.output_size = input_size, output_size
         self.input_dtype, self.output_dtype = input_dtype, output_dtype  # NAME_input_t, NAME_output_t
         self.name = name
@@ -108,9 +109,12 @@ class HostModel:
     def of(cls, library: Path, conv) -> HostModel:
         """The model of an api.Conversion compiled into `library`."""
         g = conv.graph
-        q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
-        model = cls(library, conv.name, g.tensors[g.inputs[0]].size, g.tensors[g.outputs[0]].size, q_in.dtype,
-                    q_out.dtype)
+        ins = [(g.tensors[t].size, g.tensors[t].quant.dtype) for t in g.inputs]
+        outs = [(g.tensors[t].size, g.tensors[t].quant.dtype) for t in g.outputs]
+        several = not g.single_io
+        model = cls(library, conv.name, ins[0][0], sum(n for n, _ in outs), ins[0][1],
+                    np.result_type(*(d for _, d in outs)), inputs=ins if several else None,
+                    outputs=outs if several else None)
         stream = conv.report.get("stream")
         if stream is not None:
             model._stream_state_size = stream["state_bytes"]
@@ -118,16 +122,22 @@ class HostModel:
             model._arena_size = conv.plan.arena_bytes
         return model
 
-    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+    def quantize_input(self, x: np.ndarray, k: int = 0) -> np.ndarray:
+        """NAME_quantize_input (input k's NAME_quantize_input<k> for several inputs)."""
+        size, dtype = self.inputs[k] if self.several else (self.input_size, self.input_dtype)
         x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1))
-        q = np.zeros(self.input_size, self.input_dtype)
-        self._quantize(x.ctypes.data, q.ctypes.data)
+        q = np.zeros(size, dtype)
+        self._fn(f"quantize_input{k if self.several else ''}", None, [ctypes.c_void_p] * 2)(x.ctypes.data,
+                                                                                           q.ctypes.data)
         return q
 
-    def dequantize_output(self, q: np.ndarray) -> np.ndarray:
-        q = np.ascontiguousarray(np.asarray(q, self.output_dtype).reshape(-1))
-        y = np.zeros(self.output_size, np.float32)
-        self._dequantize(q.ctypes.data, y.ctypes.data)
+    def dequantize_output(self, q: np.ndarray, k: int = 0) -> np.ndarray:
+        """NAME_dequantize_output (output k's NAME_dequantize_output<k> for several outputs)."""
+        size, dtype = self.outputs[k] if self.several else (self.output_size, self.output_dtype)
+        q = np.ascontiguousarray(np.asarray(q, dtype).reshape(-1))
+        y = np.zeros(size, np.float32)
+        self._fn(f"dequantize_output{k if self.several else ''}", None, [ctypes.c_void_p] * 2)(q.ctypes.data,
+                                                                                              y.ctypes.data)
         return y
 
     # --- streaming (a model converted with a hop): NAME_stream_* of docs/c-interface.md
@@ -170,7 +180,9 @@ class HostModel:
         fn.restype, fn.argtypes = restype, argtypes
         return fn
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x) -> np.ndarray:
+        if self.several:
+            return self._call_several(x)
         x = np.ascontiguousarray(np.asarray(x, self.input_dtype).reshape(-1))
         if x.size != self.input_size:
             raise ValueError(f"input has {x.size} values, the model takes {self.input_size}")
@@ -179,6 +191,22 @@ class HostModel:
         if status != 0:
             raise RuntimeError(f"invoke returned CMSIS-NN status {status}")
         return y
+
+    def _call_several(self, x) -> np.ndarray:
+        parts = tuple(x)
+        if len(parts) != len(self.inputs):
+            raise ValueError(f"{len(parts)} inputs given, the model takes {len(self.inputs)}")
+        xs = [np.ascontiguousarray(np.asarray(p, d).reshape(-1)) for p, (_, d) in zip(parts, self.inputs)]
+        for k, (arr, (size, _)) in enumerate(zip(xs, self.inputs)):
+            if arr.size != size:
+                raise ValueError(f"input {k} has {arr.size} values, the model takes {size}")
+        ys = [np.zeros(size, d) for size, d in self.outputs]
+        ins = (ctypes.c_void_p * len(xs))(*(a.ctypes.data for a in xs))
+        outs = (ctypes.c_void_p * len(ys))(*(a.ctypes.data for a in ys))
+        status = self._invoke(ctypes.addressof(ins), ctypes.addressof(outs))
+        if status != 0:
+            raise RuntimeError(f"invoke returned CMSIS-NN status {status}")
+        return np.concatenate([y.astype(self.output_dtype) for y in ys])
 
 
 def build_conversions(conversions: list, workdir: Path, library: str = "models") -> dict[str, HostModel]:

@@ -27,6 +27,7 @@ import numpy as np
 from onnx2cmsis.cmsis_nn.fetch import cache_dir
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
+from onnx2cmsis.quant.samples import MultiSamples
 from onnx2cmsis.targets.host import STRICT_FLAGS, cmsis_static_library
 
 RUNTIME = Path(__file__).resolve().parent / "cortex_m"
@@ -97,7 +98,9 @@ def _symbol(elf: Path, name: str) -> int:
 @dataclass(frozen=True)
 class CUnit:
     """C code the runner can call: NAME.c/.h with `int NAME_invoke(const T_in *, T_out *)` and
-    NAME_INPUT_SIZE / NAME_OUTPUT_SIZE (elements) in NAME.h (a conversion, or a probe a test writes)."""
+    NAME_INPUT_SIZE / NAME_OUTPUT_SIZE (elements) in NAME.h (a conversion, or a probe a test writes);
+    or, with `inputs`/`outputs` ((elements, bits) of each), the pointer-array invoke of a model with
+    several inputs or outputs."""
 
     name: str
     source: str
@@ -107,10 +110,30 @@ class CUnit:
     output_size: int
     input_bits: int = 8  # 8: int8_t elements, 16: int16_t
     output_bits: int = 8
+    inputs: tuple[tuple[int, int], ...] = ()
+    outputs: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def parts(self) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+        """((elements, bits) of each input, of each output): one of each for the plain invoke."""
+        return (self.inputs or ((self.input_size, self.input_bits),),
+                self.outputs or ((self.output_size, self.output_bits),))
+
+    @property
+    def padded(self) -> bool:
+        """The pointer-array form: each part of a runner buffer starts on a 4-byte boundary (so that
+        every part is aligned for its element type)."""
+        return bool(self.inputs)
 
     @property
     def io_bytes(self) -> tuple[int, int]:
-        return self.input_size * self.input_bits // 8, self.output_size * self.output_bits // 8
+        """Bytes of the runner's input and output buffers: the parts one after another."""
+        return tuple(sum(_part_bytes(n, b, self.padded) for n, b in side) for side in self.parts)
+
+
+def _part_bytes(elements: int, bits: int, padded: bool) -> int:
+    size = elements * bits // 8
+    return -(-size // 4) * 4 if padded else size
 
 
 def as_unit(item) -> CUnit:
@@ -118,9 +141,12 @@ def as_unit(item) -> CUnit:
     if isinstance(item, CUnit):
         return item
     g = item.graph
-    q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
-    return CUnit(item.name, item.source, item.header, item.cmsis, g.tensors[g.inputs[0]].size,
-                 g.tensors[g.outputs[0]].size, q_in.bits, q_out.bits)
+    ins = tuple((g.tensors[t].size, g.tensors[t].quant.bits) for t in g.inputs)
+    outs = tuple((g.tensors[t].size, g.tensors[t].quant.bits) for t in g.outputs)
+    if g.single_io:
+        return CUnit(item.name, item.source, item.header, item.cmsis, ins[0][0], outs[0][0], ins[0][1], outs[0][1])
+    return CUnit(item.name, item.source, item.header, item.cmsis, ins[0][0], outs[0][0], ins[0][1], outs[0][1],
+                 inputs=ins, outputs=outs)
 
 
 def stream_unit(conv) -> CUnit:
@@ -153,7 +179,8 @@ class Firmware:
     elf: Path
     index: dict[str, int]  # model name -> position in the runner's table
     sizes: dict[str, tuple[int, int]]  # model name -> (input bytes, output bytes)
-    bits: dict[str, tuple[int, int]]  # model name -> (input element bits, output element bits)
+    parts: dict[str, tuple]  # model name -> CUnit.parts: (elements, bits) of each input and output
+    padded: dict[str, bool]  # model name -> CUnit.padded
 
 
 def _models_table(conversions: list[CUnit]) -> str:
@@ -163,16 +190,32 @@ def _models_table(conversions: list[CUnit]) -> str:
     lines += ["typedef struct {", "    int (*invoke)(const void *input, void *output);",
               "    uint32_t input_size; /* bytes */", "    uint32_t output_size;", "} runner_model;"]
     for c in conversions:  # the runner's buffers are bytes; each model takes its own element types
+        if c.inputs:
+            lines += [f"static int run_{c.name}(const void *input, void *output)", "{",
+                      f"    const void *const inputs[{len(c.inputs)}] = {{{_offsets('input', c.inputs, 'const ')}}};",
+                      f"    void *const outputs[{len(c.outputs)}] = {{{_offsets('output', c.outputs, '')}}};",
+                      f"    return {c.name}_invoke(inputs, outputs);", "}"]
+            continue
         t_in, t_out = (f"int{b}_t" for b in (c.input_bits, c.output_bits))
         lines += [f"static int run_{c.name}(const void *input, void *output)", "{",
                   f"    return {c.name}_invoke((const {t_in} *)input, ({t_out} *)output);", "}"]
     lines += [f"#define RUNNER_MODEL_COUNT {len(conversions)}u",
               "static const runner_model runner_models[RUNNER_MODEL_COUNT] = {"]
-    lines += [f"    {{run_{c.name}, {c.name.upper()}_INPUT_SIZE * {c.input_bits // 8}u, "
+    lines += [f"    {{run_{c.name}, {c.io_bytes[0]}u, {c.io_bytes[1]}u}}," if c.inputs else
+              f"    {{run_{c.name}, {c.name.upper()}_INPUT_SIZE * {c.input_bits // 8}u, "
               f"{c.name.upper()}_OUTPUT_SIZE * {c.output_bits // 8}u}},"
               for c in conversions]
     lines += ["};", "#endif", ""]
     return "\n".join(lines)
+
+
+def _offsets(buffer: str, parts: tuple[tuple[int, int], ...], const: str) -> str:
+    """Pointers to each part of a runner buffer (CUnit.io_bytes' layout)."""
+    at, pointers = 0, []
+    for elements, bits in parts:
+        pointers.append(f"({const}uint8_t *){buffer} + {at}")
+        at += _part_bytes(elements, bits, True)
+    return ", ".join(pointers)
 
 
 def build_firmware(items: list, target: str, workdir: Path) -> Firmware:
@@ -205,7 +248,7 @@ def build_firmware(items: list, target: str, workdir: Path) -> Firmware:
          f"linking for {target}", cwd=workdir)
     return Firmware(target, elf, {c.name: i for i, c in enumerate(conversions)},
                     {c.name: c.io_bytes for c in conversions},
-                    {c.name: (c.input_bits, c.output_bits) for c in conversions})
+                    {c.name: c.parts for c in conversions}, {c.name: c.padded for c in conversions})
 
 
 def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 120.0,
@@ -222,10 +265,11 @@ def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 1
         job = bytearray()
         order = []
         for name, x in inputs.items():
-            x = np.ascontiguousarray(np.asarray(x, f"<i{fw.bits[name][0] // 8}").reshape(len(x), -1))
-            if x.nbytes != len(x) * fw.sizes[name][0]:
-                raise ValueError(f"{name}: samples of {x[0].nbytes} bytes, the model takes {fw.sizes[name][0]}")
-            job += np.array([fw.index[name], len(x)], "<u4").tobytes() + x.tobytes()
+            payload = _encode(x, fw.parts[name][0], fw.padded[name])
+            if len(payload) != len(x) * fw.sizes[name][0]:
+                raise ValueError(f"{name}: samples of {len(payload) // max(len(x), 1)} bytes, the model takes "
+                                 f"{fw.sizes[name][0]}")
+            job += np.array([fw.index[name], len(x)], "<u4").tobytes() + payload
             order.append((name, len(x)))
         (Path(tmp) / "job.bin").write_bytes(bytes(job))
         cmd = [QEMU, "-M", TARGETS[fw.target].machine, "-display", "none", "-monitor", "none", "-serial", "none",
@@ -254,9 +298,37 @@ def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 1
     out, pos = {}, 0
     for name, n in order:
         size = fw.sizes[name][1]
-        bits = fw.bits[name][1]
-        out[name] = np.frombuffer(result[pos:pos + n * size], f"<i{bits // 8}").astype(f"int{bits}").reshape(n, -1)
+        out[name] = _decode(result[pos:pos + n * size], n, fw.parts[name][1], fw.padded[name])
         pos += n * size
     if pos != len(result):
         raise ToolchainError(f"{fw.target}: {len(result)} result bytes, expected {pos}")
     return out
+
+
+def _encode(x, parts: tuple[tuple[int, int], ...], padded: bool) -> bytes:
+    """Samples as the runner's input bytes: (N, elements) codes for one input; for several, one such
+    array per input (MultiSamples or a sequence), each part padded to 4 bytes (CUnit.io_bytes)."""
+    arrays = list(x.parts) if isinstance(x, MultiSamples) else [x]
+    if len(arrays) != len(parts):
+        raise ValueError(f"{len(arrays)} inputs given, the model takes {len(parts)}")
+    n = len(arrays[0])
+    columns = []
+    for arr, (elements, bits) in zip(arrays, parts):
+        codes = np.ascontiguousarray(np.asarray(arr, f"<i{bits // 8}").reshape(n, -1))
+        if codes.shape[1] != elements:
+            raise ValueError(f"samples of {codes.shape[1]} elements, the model takes {elements}")
+        raw = codes.view(np.uint8).reshape(n, -1)
+        columns.append(np.pad(raw, ((0, 0), (0, _part_bytes(elements, bits, padded) - raw.shape[1]))))
+    return np.concatenate(columns, axis=1).tobytes()
+
+
+def _decode(raw: bytes, n: int, parts: tuple[tuple[int, int], ...], padded: bool) -> np.ndarray:
+    """The runner's output bytes as (N, elements): the parts side by side, in the widest part's type."""
+    rows = np.frombuffer(raw, np.uint8).reshape(n, -1)
+    wide = max(bits for _, bits in parts)
+    columns, at = [], 0
+    for elements, bits in parts:
+        part = rows[:, at:at + elements * bits // 8].copy().view(f"<i{bits // 8}")
+        columns.append(part.astype(f"int{wide}"))
+        at += _part_bytes(elements, bits, padded)
+    return np.concatenate(columns, axis=1)
