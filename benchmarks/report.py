@@ -1,4 +1,5 @@
-"""Accuracy and memory report: the bundled examples, the PyTorch test exports and the Keras fixtures.
+"""Accuracy and memory report: the bundled examples, the PyTorch test exports and the Keras fixtures
+(with the three-input Keras model and the two-input, two-output PyTorch export).
 
 For each model: bit-exactness of the generated C against the integer reference and the tflite-micro
 runtime, int8 vs float (SQNR, max error in output LSBs, argmax agreement), our arena and its lower
@@ -28,6 +29,7 @@ from functools import partial  # noqa: E402
 from onnx2cmsis.api import convert as _convert  # noqa: E402
 from onnx2cmsis.evaluate import evaluate, quantize_inputs  # noqa: E402
 from onnx2cmsis.oracle.tflite_export import export_tflite, tflite_micro_arena  # noqa: E402
+from onnx2cmsis.quant.samples import MultiSamples  # noqa: E402
 
 
 # Built with $CMSIS_NN_PATH's tree at its level, else with the snapshot (the tree this tool can fetch).
@@ -58,8 +60,12 @@ def models(workdir: Path, samples: int):
                 calib = rng.standard_normal((256, steps, channels)).astype(np.float32)
                 data = rng.standard_normal((samples, steps, channels)).astype(np.float32)
             yield convert(path, calib, name=f"keras_{name}"), data
+        from tests.keras_models.make_multi_io import PATH as FUSION, fusion_data  # three inputs
+
+        yield convert(FUSION, fusion_data(256, seed=5)[0], name="keras_fusion"), MultiSamples(
+            tuple(fusion_data(samples, seed=6)[0]))
     try:
-        from tests.torch_models import EXPORTS, export_torch
+        from tests.torch_models import EXPORTS, export_torch, export_torch_two_in_two_out
     except ImportError:
         return
     rng = np.random.default_rng(7)
@@ -67,6 +73,9 @@ def models(workdir: Path, samples: int):
         path, shape = export_torch(name, workdir)
         calib = rng.standard_normal((200, *shape)).astype(np.float32)
         yield convert(path, calib, name=name), rng.standard_normal((samples, *shape)).astype(np.float32)
+    path, shapes = export_torch_two_in_two_out(workdir)  # two inputs, two outputs
+    yield (convert(path, [rng.standard_normal((200, *s)).astype(np.float32) for s in shapes], name="two_in_two_out"),
+           MultiSamples(tuple(rng.standard_normal((samples, *s)).astype(np.float32) for s in shapes)))
 
 
 def main() -> None:
@@ -78,7 +87,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for conv, x in models(Path(tmp), args.samples):
             ev, _ = evaluate(conv, x, Path(tmp) / conv.name, oracle_samples=None)
-            io_bytes = conv.graph.tensors[conv.graph.inputs[0]].size + conv.graph.tensors[conv.graph.outputs[0]].size
+            g = conv.graph
+            io_bytes = sum(g.tensors[t].nbytes for t in (*g.inputs, *g.outputs))
             tflm = tflite_micro_arena(export_tflite(conv.graph, conv.registry), quantize_inputs(conv, x[:1])[0])
             rows.append({**ev.as_dict(), "io_bytes": io_bytes, "tflm_arena_head": tflm.get("head"),
                          "tflm_arena_total": tflm.get("total")})

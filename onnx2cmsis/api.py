@@ -32,7 +32,7 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, run_reference
-from onnx2cmsis.quant.samples import MultiSamples, Sample, as_samples
+from onnx2cmsis.quant.samples import MultiSamples, Sample, as_samples, checked_samples
 from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.quant.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.quant.bias_correction import correct_biases
@@ -246,16 +246,8 @@ def _calibration_samples(calibration, graph: Graph):
         samples = load_calibration(Path(calibration), graph.model_input_shapes, graph.input_names)
     else:
         where = "calibration data"
-        samples = as_samples(calibration, graph.input_names, where)
-        for k, part in enumerate(samples.parts if isinstance(samples, MultiSamples) else (samples,)):
-            want = tuple(graph.model_input_shapes[k][1:])
-            if np.ndim(part) < 1 or tuple(np.shape(part)[1:]) != want or len(part) == 0:
-                which = "" if len(graph.inputs) == 1 else f" for input '{graph.input_names[k]}'"
-                raise ConversionError(f"calibration data{which} has shape {tuple(np.shape(part))}, expected "
-                                      f"(N, {', '.join(map(str, want))})", where)
-        if isinstance(samples, MultiSamples) and len({len(p) for p in samples.parts}) > 1:
-            raise ConversionError("calibration data holds different numbers of samples per input "
-                                  f"({', '.join(str(len(p)) for p in samples.parts)})", where)
+        samples = checked_samples(as_samples(calibration, graph.input_names, where), graph.model_input_shapes,
+                                  graph.input_names, where)
     for part in samples.parts if isinstance(samples, MultiSamples) else (samples,):
         _check_finite_samples(part, where)
     return samples

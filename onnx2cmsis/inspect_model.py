@@ -39,6 +39,9 @@ class Inspection:
     # what --streaming HOP takes: multiples of this (None: the input has no time axis), and why
     stream_hop_multiple: int | None = None
     stream_hop_reason: str | None = None
+    # a model with several inputs or outputs: each as "k 'name' [shape]", in the model's order
+    inputs: list[str] | None = None
+    outputs: list[str] | None = None
 
 
 def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Registry | None = None,
@@ -55,8 +58,12 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
     quantize_graph(graph, registry, {v: PLACEHOLDER_RANGE for v in calibration_values(graph)})
     plan, _, layers = back_end(graph, registry, cmsis)
     rows = layer_entries(graph, registry, layers)
+    several = None if graph.single_io else (
+        [f"{k} '{n}' {list(s)}" for k, (n, s) in enumerate(zip(graph.input_names, graph.model_input_shapes))],
+        [f"{k} '{n}' {list(s)}" for k, (n, s) in enumerate(zip(graph.output_names, graph.model_output_shapes))])
     return Inspection(model_path, cmsis.api.level, rows, sum(r["weight_bytes"] for r in rows), plan.arena_bytes,
-                      plan.lower_bound, sum(r["macs"] or 0 for r in rows), multiple, why)
+                      plan.lower_bound, sum(r["macs"] or 0 for r in rows), multiple, why,
+                      *(several or (None, None)))
 
 
 def format_inspection(result: Inspection) -> str:
@@ -70,6 +77,9 @@ def format_inspection(result: Inspection) -> str:
     lines.append(f"{len(result.layers)} layers, {result.macs:,} MACs; flash for weights {result.weights_bytes:,} B, "
                  f"arena {result.arena_bytes:,} B (live-set bound {result.arena_lower_bound_bytes:,} B); "
                  f"CMSIS-NN API level {result.cmsis_api}; int8, dense layers per tensor")
+    if result.inputs:
+        printable = lambda text: "".join(ch if ch.isprintable() else "?" for ch in text)  # noqa: E731 - model text
+        lines.append(f"inputs: {printable(', '.join(result.inputs))}; outputs: {printable(', '.join(result.outputs))}")
     if result.stream_hop_multiple is not None:
         lines.append(f"--streaming HOP: a multiple of {result.stream_hop_multiple}"
                      + (f" ({result.stream_hop_reason})" if result.stream_hop_reason else ""))

@@ -23,7 +23,9 @@ from onnx2cmsis.cli import app
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.evaluate import evaluate, float_outputs, quantize_inputs
 from onnx2cmsis.quant.samples import MultiSamples
-from onnx2cmsis.targets.host import build_conversions
+from onnx2cmsis.quant.quantize import output_floats
+from onnx2cmsis.quant.rules import quantize_tensor
+from onnx2cmsis.targets.host import build_conversions, build_shared_library
 from tests.bit_exact import bit_exact_everywhere
 from tests.needs import module, oracle_runtime
 
@@ -121,6 +123,27 @@ def test_null_arrays_and_pointers_are_refused(fan):
     assert model._invoke(ctypes.addressof(ins), ctypes.addressof(outs)) == 0
 
 
+def test_the_documented_usage_compiles_strictly_and_runs(fan, tmp_path):
+    """docs/c-interface.md's example for a two-input, two-output model, compiled with the strict flags
+    and called: its dequantized outputs are the reference's."""
+    _, conv, _ = fan
+    text = (Path(__file__).resolve().parents[1] / "docs" / "c-interface.md").read_text()
+    block = text.split("<!-- compiled by tests/test_multi_io.py -->\n```c\n", 1)[1].split("```", 1)[0]
+    for file, content in (("fan.c", conv.source), ("fan.h", conv.header), ("usage.c", block)):
+        (tmp_path / file).write_text(content)
+    lib = ctypes.CDLL(str(build_shared_library([tmp_path / "fan.c", tmp_path / "usage.c"], [tmp_path], conv.cmsis,
+                                               tmp_path / "libusage.so")))
+    x = _samples(2, 3, seed=11)
+    for i in range(3):
+        left, right = (np.ascontiguousarray(x[k][i]) for k in range(2))
+        scores, feature_map = np.zeros(96, np.float32), np.zeros(48, np.float32)
+        status = lib.classify(*(ctypes.c_void_p(a.ctypes.data) for a in (left, right, scores, feature_map)))
+        assert status == 0
+        codes = conv.reference(tuple(quantize_tensor(part, conv.graph.tensors[t].quant)
+                                     for part, t in zip((left, right), conv.graph.inputs)))
+        assert np.array_equal(np.concatenate([scores, feature_map]), output_floats(conv.graph, codes)), i
+
+
 @pytest.mark.oracle
 def test_tflite_micro_gives_the_same_outputs(fan):
     oracle_runtime()
@@ -172,6 +195,14 @@ def test_streaming_and_labels_are_refused_with_several_outputs(fan):
         convert(path, x, name="fan", streaming=4)
     with pytest.raises(Exception, match="judge one output's classes; this model has 2 outputs"):
         convert(path, x, name="fan", precision="auto", max_accuracy_drop=1.0, calibration_labels=np.zeros(8))
+
+
+def test_inspect_lists_the_inputs_and_outputs(fan):
+    path, _, _ = fan
+    r = CliRunner().invoke(app, ["inspect", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "inputs: 0 'x0' [1, 2, 16], 1 'x1' [1, 2, 16]; outputs: 0 'y0' [1, 6, 16], 1 'y1' [1, 3, 16]" in r.output
+    assert "--streaming" not in r.output  # a stream takes one input
 
 
 def test_command_line_converts_and_verifies_with_npz_files(fan, tmp_path):
@@ -235,3 +266,23 @@ def test_two_input_two_output_pytorch_export_isbit_exact_everywhere(tmp_path):
     assert out.shape == (40, 5 + 64)
     ev, _ = evaluate(conv, samples, tmp_path / "again", oracle_samples=0)
     assert ev.sqnr_db > 25, ev  # both outputs follow the float model
+
+
+@pytest.mark.slow
+@pytest.mark.level
+@pytest.mark.qemu
+def test_int16_and_mixed_width_inputs_and_outputs_on_the_smallest_core(tmp_path):
+    """Odd-sized int16 inputs (90 bytes each: the runner pads every part to a word) and, from
+    --precision auto, one int8 and one int16 output side by side: bit-exact on the host and M0+."""
+    import onnx2cmsis
+
+    path = tmp_path / "fan3.onnx"
+    onnx.save(_fan_model(3, channels=3, steps=15), str(path))
+    calib, x = _samples(3, 64, 1, channels=3, steps=15), MultiSamples(tuple(_samples(3, 10, 5, channels=3, steps=15)))
+    wide = convert(path, calib, name="fan16", precision="int16")
+    mixed = convert(path, calib, name="fan_mixed", precision="auto", max_error_db=37)
+    assert [io["dtype"] for io in wide.report["inputs"]] == ["int16"] * 3
+    assert [io["dtype"] for io in mixed.report["outputs"]] == ["int8", "int16"]
+    for conv in (wide, mixed):
+        result = onnx2cmsis.verify(conv, x, targets=("host", "m0plus"), workdir=tmp_path / conv.name)
+        assert result.passed and all(r.oracle == "tflite-micro" for r in result.results), result.table()

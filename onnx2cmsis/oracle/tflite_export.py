@@ -91,7 +91,7 @@ def _count(details) -> int:
         os.close(quiet)
 
 
-def tflite_micro_arena(tflite: bytes, sample: np.ndarray) -> dict[str, int]:
+def tflite_micro_arena(tflite: bytes, sample) -> dict[str, int]:
     """TFLite-Micro's own arena figures for the model (what its users compare against).
 
     The runtime prints them to the process's stderr (file descriptor 2), so capture that descriptor.
@@ -104,8 +104,9 @@ def tflite_micro_arena(tflite: bytes, sample: np.ndarray) -> dict[str, int]:
     from tflite_micro.python.tflite_micro import runtime
 
     interp = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 20)
-    details = interp.get_input_details(0)
-    interp.set_input(np.asarray(sample, details["dtype"]).reshape(details["shape"]), 0)
+    for k, part in enumerate(sample_inputs(sample)):
+        details = interp.get_input_details(k)
+        interp.set_input(np.asarray(part, details["dtype"]).reshape(details["shape"]), k)
     interp.invoke()
     sys.stderr.flush()
     saved = os.dup(2)

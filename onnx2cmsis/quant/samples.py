@@ -83,6 +83,22 @@ def as_samples(data: Any, names: list[str], where: str) -> np.ndarray | MultiSam
     return MultiSamples(tuple(parts))
 
 
+def checked_samples(samples: np.ndarray | MultiSamples, input_shapes: list[tuple[int, ...]], names: list[str],
+                    where: str) -> np.ndarray | MultiSamples:
+    """Samples in memory shaped (N, *input shape without batch) for each input, N > 0 and the same for all."""
+    parts = samples.parts if isinstance(samples, MultiSamples) else (samples,)
+    for k, part in enumerate(parts):
+        want = tuple(input_shapes[k][1:])
+        if np.ndim(part) < 1 or tuple(np.shape(part)[1:]) != want or len(part) == 0:
+            which = "" if len(parts) == 1 else f" for input '{names[k]}'"
+            raise ConversionError(f"calibration data{which} has shape {tuple(np.shape(part))}, expected "
+                                  f"(N, {', '.join(map(str, want))})", where)
+    if len({len(p) for p in parts}) > 1:
+        raise ConversionError("calibration data holds different numbers of samples per input "
+                              f"({', '.join(str(len(p)) for p in parts)})", where)
+    return samples
+
+
 def npz_input_arrays(path: Path, names: list[str]) -> list[str]:
     """Which arrays of a .npz hold the model's inputs, in input order: the arrays named after the inputs,
     else arr_0, arr_1, ... (np.savez's names for unnamed arrays, in numeric order: arr_10 after arr_9)."""
