@@ -175,6 +175,25 @@ def test_unnamed_npz_arrays_are_inputs_in_numeric_order(tmp_path):
     assert convert(path, x, name="fan11").source == conv.source
 
 
+def test_an_input_no_layer_reads_keeps_its_place(tmp_path):
+    """An exporter's leftover input: still input 1 of the invoke, the C compiles with the strict flags
+    (no unused variable) and gives the reference's bytes."""
+    a, b = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 8]) for n in ("x", "unused"))
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [a, b],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "leftover.onnx"))
+    rng = np.random.default_rng(3)
+    conv = convert(tmp_path / "leftover.onnx", [rng.standard_normal((16, 2, 8)).astype(np.float32)] * 2,
+                   name="leftover")
+    assert "#define LEFTOVER_INPUT_COUNT 2" in conv.header and "input1 =" not in conv.source
+    built = build_conversions([conv], tmp_path / "host")["leftover"]
+    for _ in range(4):
+        x = tuple(rng.integers(-128, 128, 16).astype(np.int8) for _ in range(2))
+        assert np.array_equal(built(x), conv.reference(x))
+
+
 def test_samples_in_memory_must_match_the_inputs(fan):
     path, _, _ = fan
     x = _samples(2, 8, seed=1)

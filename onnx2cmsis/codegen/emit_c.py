@@ -105,8 +105,10 @@ def io_context(graph: Graph, windows: list[dict[str, Any] | None]) -> dict[str, 
 
     inputs = [entry(k, t, s, n) for k, (t, s, n) in
               enumerate(zip(graph.inputs, graph.model_input_shapes, graph.input_names))]
-    for entry_, window in zip(inputs, windows):
-        entry_["window"] = window
+    read = {t for n in graph.nodes for t in n.inputs}
+    for entry_, window, tensor in zip(inputs, windows, graph.inputs):
+        # an input no layer reads (an exporter's leftover) still has its place in `inputs`
+        entry_.update(window=window, read=tensor in read)
     outputs = [entry(k, t, s, n) for k, (t, s, n) in
                enumerate(zip(graph.outputs, graph.model_output_shapes, graph.output_names))]
     return {"inputs": inputs, "outputs": outputs}
