@@ -22,8 +22,8 @@ from onnx2cmsis.errors import ConversionError, OptionError
 from onnx2cmsis.evaluate import float_outputs, quantize_inputs
 from onnx2cmsis.quant.accuracy import accuracy, load_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
-from onnx2cmsis.quant.quantize import output_floats, run_reference
-from onnx2cmsis.quant.samples import MultiSamples, as_samples
+from onnx2cmsis.quant.quantize import output_floats, output_slices, run_reference
+from onnx2cmsis.quant.samples import MultiSamples, as_samples, checked_samples
 from onnx2cmsis.stream_check import host_pushes, stream_run
 from onnx2cmsis.targets import qemu
 from onnx2cmsis.targets.host import build_conversions, layer_outputs
@@ -136,7 +136,8 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
     if isinstance(data, (str, Path)):
         data = load_calibration(Path(data), g.model_input_shapes, g.input_names, what="{opt:data}")
     else:
-        data = as_samples(data, g.input_names, "{opt:data}")
+        data = checked_samples(as_samples(data, g.input_names, "{opt:data}"), g.model_input_shapes, g.input_names,
+                               "{opt:data}", what="the data")
     x = MultiSamples(tuple(np.asarray(p, np.float32) for p in data.parts)) if isinstance(data, MultiSamples) \
         else np.asarray(data, np.float32)
     if labels is not None:
@@ -199,6 +200,7 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
                 stream_bad = len(stream.ready) if ready != stream.ready else int(
                     np.sum(np.any(pushed != stream.want, axis=1)))
             got = output_floats(conv.graph, outputs).astype(np.float64).reshape(len(xq), -1)
+            first = output_slices(conv.graph)[0]  # agreement is the first output's (a classifier's scores)
             culprit = None
             if bad.any():
                 culprit = first_bad_layer(conv, xq[int(np.argmax(bad))], base / f"{target}_debug")
@@ -206,7 +208,7 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
                 target=target, samples=len(xq), bit_exact=not bad.any() and not stream_bad, mismatches=int(bad.sum()),
                 first_bad_layer=culprit,
                 max_abs_error_vs_float=float(np.max(np.abs(got - want_float.reshape(got.shape)))),
-                argmax_agreement=accuracy(got, predicted_classes(want_float.reshape(got.shape))),
+                argmax_agreement=accuracy(got[:, first], predicted_classes(want_float.reshape(got.shape)[:, first])),
                 accuracy=None if labels is None else accuracy(got, labels),
                 flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
                 arena_bytes=conv.plan.arena_bytes, instructions_per_inference=instructions,

@@ -63,3 +63,46 @@ def test_classify_recognizes_each_movement():
     crop = classify((w, c), (2, c), ident.reshape(w, c)[1:3].reshape(-1))
     assert (crop.op, crop.attrs) == ("slice1d", {"start": 1, "width": 2})
     assert classify((w, c), (w, 2), ident.reshape(w, c)[:, :2].reshape(-1)).op == "gather"
+
+
+def _layout_of(model, tmp_path) -> str:
+    import onnx
+
+    from onnx2cmsis.api import front_end
+    from onnx2cmsis.ops.registry import build_registry
+
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    return front_end(tmp_path / "m.onnx", build_registry())[1].input_layout
+
+
+@pytest.mark.parametrize("filters", [4, 5])
+def test_a_time_major_input_stays_time_major_when_a_later_map_is_transposed(tmp_path, filters):
+    """(1, W, C) -> Transpose -> Conv -> Flatten: the flatten transposes the conv's output, whose
+    columns may equal the input's (4 filters, 4 channels); only the input's own use decides."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    steps, channels = 16, 4
+    inits = [numpy_helper.from_array(rng.standard_normal((filters, channels, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((3, filters * steps)).astype(np.float32), "g")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("Conv", ["xt", "w"], ["c"], pads=[1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, steps, channels])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert _layout_of(model, tmp_path) == "time-major"
+
+
+def test_a_channel_major_input_behind_an_elementwise_op_is_channel_major(tmp_path):
+    """(1, C, W) -> Relu -> Conv: the relu decides no axis, the conv's transpose of its output does."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((5, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Conv", ["r", "w"], ["y"], pads=[1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert _layout_of(model, tmp_path) == "channel-major"

@@ -80,6 +80,7 @@ def test_the_header_has_a_macro_set_per_input_and_output_and_a_pointer_array_inv
                  "void fan_dequantize_output1(const fan_output1_t *quantized, float *output);"):
         assert line in h, line
     assert "#define FAN_INPUT_SIZE" not in h and "fan_input_t" not in h  # the one-input form is not mixed in
+    assert " * Input 1: 'x1' [1, 2, 16] int8" in h and " * Output 1: 'y1' [1, 3, 16] int8" in h
     report = conv.report
     assert "input" not in report and "output" not in report
     assert [(io["name"], io["shape"]) for io in report["inputs"]] == [("x0", [1, 2, 16]), ("x1", [1, 2, 16])]
@@ -121,6 +122,12 @@ def test_null_arrays_and_pointers_are_refused(fan):
     assert model._invoke(ctypes.addressof(ins), ctypes.addressof(outs)) == -1
     ins[1] = buffers[1].ctypes.data
     assert model._invoke(ctypes.addressof(ins), ctypes.addressof(outs)) == 0
+    with_arena = model._fn("invoke_with_arena", ctypes.c_int, [ctypes.c_void_p] * 3)
+    arena = np.zeros(256, np.int32)
+    assert with_arena(None, ctypes.addressof(ins), ctypes.addressof(outs)) == -1
+    assert with_arena(arena.ctypes.data + 1, ctypes.addressof(ins), ctypes.addressof(outs)) == -1  # misaligned
+    assert with_arena(arena.ctypes.data, None, ctypes.addressof(outs)) == -1
+    assert with_arena(arena.ctypes.data, ctypes.addressof(ins), ctypes.addressof(outs)) == 0
 
 
 def test_the_documented_usage_compiles_strictly_and_runs(fan, tmp_path):
@@ -175,6 +182,17 @@ def test_unnamed_npz_arrays_are_inputs_in_numeric_order(tmp_path):
     assert convert(path, x, name="fan11").source == conv.source
 
 
+@pytest.mark.oracle
+def test_one_input_and_two_outputs_take_the_pointer_array_form(tmp_path):
+    oracle_runtime()
+    path = tmp_path / "fan1.onnx"
+    onnx.save(_fan_model(1), str(path))
+    conv = convert(path, _samples(1, 32, seed=2)[0], name="fan1")
+    assert "#define FAN1_INPUT_COUNT 1" in conv.header and "#define FAN1_OUTPUT_COUNT 2" in conv.header
+    ev, out = evaluate(conv, _samples(1, 12, seed=3)[0], tmp_path / "host")
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0 and out.shape == (12, 96 + 48)
+
+
 def test_an_input_no_layer_reads_keeps_its_place(tmp_path):
     """An exporter's leftover input: still input 1 of the invoke, the C compiles with the strict flags
     (no unused variable) and gives the reference's bytes."""
@@ -197,14 +215,27 @@ def test_an_input_no_layer_reads_keeps_its_place(tmp_path):
 def test_samples_in_memory_must_match_the_inputs(fan):
     path, _, _ = fan
     x = _samples(2, 8, seed=1)
-    with pytest.raises(ConversionError, match=r"1 arrays for a model with 2 inputs \('x0', 'x1'\)"):
+    with pytest.raises(ConversionError, match=r"1 array for a model with 2 inputs \('x0', 'x1'\)"):
         convert(path, x[:1], name="fan")
     with pytest.raises(ConversionError, match="the samples name no input 'x1'"):
         convert(path, {"x0": x[0]}, name="fan")
     with pytest.raises(ConversionError, match=r"give one array per input"):
         convert(path, x[0], name="fan")
-    with pytest.raises(ConversionError, match=r"different numbers of samples per input \(8, 5\)"):
+    with pytest.raises(ConversionError, match=r"different numbers of samples per input \(x0: 8, x1: 5\)"):
         convert(path, [x[0], x[1][:5]], name="fan")
+
+
+def test_verify_checks_the_samples_it_is_given(fan):
+    import onnx2cmsis
+
+    _, conv, _ = fan
+    x = _samples(2, 8, seed=1)
+    with pytest.raises(ConversionError, match=r"the data holds different numbers of samples per input \(x0: 8, x1: 5\)"):
+        onnx2cmsis.verify(conv, [x[0], x[1][:5]])
+    with pytest.raises(ConversionError, match=r"the data for input 'x1' has shape \(8, 2, 15\), expected \(N, 2, 16\)"):
+        onnx2cmsis.verify(conv, [x[0], x[1][:, :, :15]])
+    with pytest.raises(Exception, match="judge one output's classes; this model has 2 outputs"):
+        onnx2cmsis.verify(conv, x, labels=np.zeros(8))
 
 
 def test_streaming_and_labels_are_refused_with_several_outputs(fan):

@@ -211,8 +211,10 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
         if any(d is None for d in declared):
             example = ",".join("LENGTH" if d is None else str(d) for d in declared)
             which = "the input" if len(model.inputs) == 1 else f"input {k} ('{name}')"
+            fix = f"give it with {{opt:input_shape={example}}}" if len(model.inputs) == 1 else \
+                "give every Keras input a fixed shape"
             raise ConversionError(f"{which} shape {['N', *declared]} has a free dimension besides the batch: the C "
-                                  f"needs a fixed window; give it with {{opt:input_shape={example}}}", where)
+                                  f"needs a fixed window; {fix}", where)
         signature.append(tf.TensorSpec((1, *declared), tf.float32, name=name))
     try:
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)

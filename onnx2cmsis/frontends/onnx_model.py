@@ -144,7 +144,7 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
         batches.add(dims[0].dim_value if dims[0].HasField("dim_value") else 0)
         dims[0].Clear()
         dims[0].dim_value = 1
-        _fix_input_dims(model_input.name, dims, input_shape, where)
+        _fix_input_dims(model_input.name, dims, input_shape, where, several=len(inputs) > 1)
     batch = max(batches)
     if batch > 1:
         _reshape_constants_to_batch_1(model, batch)
@@ -158,7 +158,7 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
     return model
 
 
-def _fix_input_dims(name: str, dims, input_shape: tuple[int, ...] | None, where: str) -> None:
+def _fix_input_dims(name: str, dims, input_shape: tuple[int, ...] | None, where: str, several: bool = False) -> None:
     """Every input dimension after the batch static: as declared, or as `input_shape` gives it."""
     declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims[1:]]
     if input_shape is not None:
@@ -177,8 +177,9 @@ def _fix_input_dims(name: str, dims, input_shape: tuple[int, ...] | None, where:
         example = ",".join(str(d) if isinstance(d, int) else "LENGTH" for d in declared)
         raise ConversionError(f"input '{name}' has {'a dynamic dimension' if len(dynamic) == 1 else 'dynamic dimensions'} "
                               f"{', '.join(repr(declared[i]) for i in dynamic)} (shape [N, "
-                              f"{', '.join(map(str, declared))}]): the C needs a fixed window; give it with "
-                              f"{{opt:input_shape={example}}}", where)
+                              f"{', '.join(map(str, declared))}]): the C needs a fixed window; "
+                              + ("export the model with static input shapes" if several else
+                                 f"give it with {{opt:input_shape={example}}}"), where)
 
 
 def _reshape_constants_to_batch_1(model: onnx.ModelProto, batch: int) -> None:

@@ -264,7 +264,8 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
         result = b.tensor(model_out.name,
                           tuple(a for a, n in enumerate(out_logical) if n > 1) or (0,) * bool(out_logical))
         if result in raws:
-            raise UnsupportedOpError(f"the model output '{model_out.name}' is its input: nothing to compute", source)
+            which = "its input" if len(raws) == 1 else f"its input {raws.index(result)}"
+            raise UnsupportedOpError(f"the model output '{model_out.name}' is {which}: nothing to compute", source)
         if result in results:  # the C writes each output into its own caller buffer
             twin = g.output[results.index(result)].name
             raise UnsupportedOpError(f"the model outputs '{twin}' and '{model_out.name}' hold the same values "
@@ -280,30 +281,40 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
         model_output_shapes=out_shapes,
         model_input_names=[i.name for i in g.input if i.name not in inits],
         model_output_names=[o.name for o in g.output],
-        input_layouts=[_input_layout(b, raw) for raw in raws],
+        input_layouts=_input_layouts(b, raws),
     )
 
 
-def _input_layout(b: GraphBuilder, raw: str) -> str:
+def _input_layouts(b: GraphBuilder, raws: list[str]) -> list[str]:
     """The IR's feature maps are (W, C): a 2-D input the builder had to transpose was (C, W). So was
-    one that first went through ops that keep its columns (a channel-major concatenation of several
-    inputs, an add) to be transposed there."""
-    shape = b.tensors[raw].shape
-    if len(shape) != 2 or min(shape) == 1:
-        return "flat"
-    columns, reached, frontier = shape[1], {raw}, [raw]
-    while frontier:
-        tensor = frontier.pop()
-        if (tensor, "transposed") in b.materialized:
-            return "channel-major"
-        for node in b.nodes:
-            if tensor in node.inputs and node.op != "transpose":
-                for out in node.outputs:
-                    kept = len(b.tensors[out].shape) == 2 and b.tensors[out].shape[1] == columns
-                    if kept and out not in reached:
-                        reached.add(out)
-                        frontier.append(out)
-    return "time-major"
+    one that first went, in the model's own layout, through nodes that decide no axis and then was
+    transposed: a concatenation of channel-major inputs along their channels, an add of two inputs,
+    an elementwise map (the requantization before a concatenation). Such a node has no constants,
+    reads only model inputs or what these nodes made of them, keeps their columns, and has several
+    inputs or an output shaped as its input (a pool or a conv decides the axes: the walk stops)."""
+    derived = {raw: {raw} for raw in raws}
+    combined = set(raws)
+    for node in b.nodes:  # in import order: producers first
+        elementwise = len(node.inputs) == 1 and all(b.tensors[o].shape == b.tensors[node.inputs[0]].shape
+                                                    for o in node.outputs)
+        if node.consts or not (len(node.inputs) > 1 or elementwise) or not set(node.inputs) <= combined:
+            continue
+        if not all(len(b.tensors[o].shape) == 2 and all(b.tensors[o].shape[1] == b.tensors[t].shape[1]
+                                                      for t in node.inputs) for o in node.outputs):
+            continue
+        combined.update(node.outputs)
+        for raw in raws:
+            if derived[raw] & set(node.inputs):
+                derived[raw].update(node.outputs)
+    layouts = []
+    for raw in raws:
+        shape = b.tensors[raw].shape
+        if len(shape) != 2 or min(shape) == 1:
+            layouts.append("flat")
+        else:
+            moved = any((t, "transposed") in b.materialized for t in derived[raw])
+            layouts.append("channel-major" if moved else "time-major")
+    return layouts
 
 
 def _constant_value(view: OnnxNodeView, where: str) -> np.ndarray:

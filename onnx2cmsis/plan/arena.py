@@ -22,7 +22,7 @@ from onnx2cmsis.plan.schedule import candidate_orders
 @dataclass(frozen=True)
 class Placement:
     storage: str  # "input", "output" or "arena"
-    offset: int = 0
+    offset: int = 0  # bytes into the arena; for the caller's buffers, which input or output (0, 1, ...)
 
 
 @dataclass

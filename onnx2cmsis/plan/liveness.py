@@ -63,8 +63,8 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int]) -> Liv
         if in_input and outputs:
             raise UnsupportedOpError("the model's output is a reshape of its input: nothing to compute")
         if len(outputs) > 1:
-            raise UnsupportedOpError(f"the model's outputs {' and '.join(str(k) for k in outputs)} are views of "
-                                     "one value (drop all but one of them from the model's outputs)")
+            raise UnsupportedOpError(f"the model's outputs {' and '.join(repr(graph.output_names[k]) for k in outputs)} "
+                                     "are views of one value (drop all but one of them from the model's outputs)")
         if in_input or outputs:
             where = ("input", graph.inputs.index(r)) if in_input else ("output", outputs[0])
             caller.update({m: where for m in members})

@@ -27,7 +27,7 @@ from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.quantize import quantize_sample, run_reference
 from onnx2cmsis.quant.rules import dequantize_tensor, int_range
-from onnx2cmsis.quant.search import OutputJudge, improves, quantized_copy
+from onnx2cmsis.quant.search import OutputJudge, improves, joined_outputs, quantized_copy
 
 MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the mean is left alone
 
@@ -43,8 +43,7 @@ def correct_biases(model: onnx.ModelProto, graph: Graph, registry: Registry, ran
     outputs = [o.name for o in model.graph.output]
     values = sorted({graph.tensors[graph.nodes[i].output].calib_name for i in targets} | set(outputs))
     floats = list(run_float(model, x, values))
-    judge = OutputJudge(graph, registry, x, np.stack([np.concatenate([f[o].reshape(-1) for o in outputs])
-                                                      for f in floats]))  # as search.float_outputs
+    judge = OutputJudge(graph, registry, x, np.stack([joined_outputs(model, f) for f in floats]))
     before = judge.sqnr_db(ranges, weights)
     biases = {i: graph.nodes[i].consts["bias"].copy() for i in targets}
     corrected = []

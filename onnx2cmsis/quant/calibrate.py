@@ -15,7 +15,7 @@ import onnx
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.quant.ranges import ValueHistogram, new_histograms
 from onnx2cmsis.quant.sample_file import SampleFile, open_samples
-from onnx2cmsis.quant.samples import MultiSamples, open_input_samples, sample_inputs
+from onnx2cmsis.quant.samples import MultiSamples, checked_samples, open_input_samples, sample_inputs
 
 
 def load_calibration(path: Path, input_shapes: list[tuple[int, ...]], names: list[str],
@@ -31,11 +31,7 @@ def load_calibration(path: Path, input_shapes: list[tuple[int, ...]], names: lis
         return _shaped(open_samples(path), input_shapes[0], what, where)
     parts = [_shaped(data, shape, f"{what} for input '{name}'", data.where)
              for data, shape, name in zip(open_input_samples(path, names), input_shapes, names)]
-    counts = {name: len(p) for name, p in zip(names, parts)}
-    if len(set(counts.values())) > 1:
-        raise ConversionError(f"{what} holds different numbers of samples per input "
-                              f"({', '.join(f'{n}: {c}' for n, c in counts.items())})", where)
-    return MultiSamples(tuple(parts))
+    return checked_samples(MultiSamples(tuple(parts)), input_shapes, names, where, what)
 
 
 def _shaped(data: SampleFile, input_shape: tuple[int, ...], what: str, where: str) -> SampleFile:

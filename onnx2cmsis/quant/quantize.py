@@ -52,15 +52,18 @@ def output_codes(graph: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([values[o].reshape(-1) for o in graph.outputs])
 
 
+def output_slices(graph: Graph) -> list[slice]:
+    """Where each output sits in output_codes' side-by-side row."""
+    ends = np.cumsum([graph.tensors[o].size for o in graph.outputs])
+    return [slice(int(end - graph.tensors[o].size), int(end)) for o, end in zip(graph.outputs, ends)]
+
+
 def output_floats(graph: Graph, codes: np.ndarray) -> np.ndarray:
     """output_codes of one sample or of (N, ...) samples, dequantized each with its output's parameters."""
     codes = np.asarray(codes)
     flat = codes.reshape(-1, codes.shape[-1])
-    parts, start = [], 0
-    for o in graph.outputs:
-        t = graph.tensors[o]
-        parts.append(dequantize_tensor(flat[:, start:start + t.size], t.quant))
-        start += t.size
+    parts = [dequantize_tensor(flat[:, where], graph.tensors[o].quant)
+             for o, where in zip(graph.outputs, output_slices(graph))]
     return np.concatenate(parts, axis=1).reshape(codes.shape)
 
 

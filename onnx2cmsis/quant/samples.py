@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx2cmsis.errors import ConversionError
+from onnx2cmsis.errors import ConversionError, count
 from onnx2cmsis.quant.sample_file import npz_arrays, open_samples
 
 Sample = np.ndarray | tuple[np.ndarray, ...]
@@ -78,24 +78,24 @@ def as_samples(data: Any, names: list[str], where: str) -> np.ndarray | MultiSam
     if len(names) == 1 and len(parts) == 1:
         return np.asarray(parts[0])
     if len(parts) != len(names):
-        raise ConversionError(f"{len(parts)} arrays for a model with {len(names)} inputs "
+        raise ConversionError(f"{count(len(parts), 'array')} for a model with {len(names)} inputs "
                               f"({', '.join(map(repr, names))})", where)
     return MultiSamples(tuple(parts))
 
 
 def checked_samples(samples: np.ndarray | MultiSamples, input_shapes: list[tuple[int, ...]], names: list[str],
-                    where: str) -> np.ndarray | MultiSamples:
+                    where: str, what: str = "calibration data") -> np.ndarray | MultiSamples:
     """Samples in memory shaped (N, *input shape without batch) for each input, N > 0 and the same for all."""
     parts = samples.parts if isinstance(samples, MultiSamples) else (samples,)
     for k, part in enumerate(parts):
         want = tuple(input_shapes[k][1:])
         if np.ndim(part) < 1 or tuple(np.shape(part)[1:]) != want or len(part) == 0:
             which = "" if len(parts) == 1 else f" for input '{names[k]}'"
-            raise ConversionError(f"calibration data{which} has shape {tuple(np.shape(part))}, expected "
+            raise ConversionError(f"{what}{which} has shape {tuple(np.shape(part))}, expected "
                                   f"(N, {', '.join(map(str, want))})", where)
     if len({len(p) for p in parts}) > 1:
-        raise ConversionError("calibration data holds different numbers of samples per input "
-                              f"({', '.join(str(len(p)) for p in parts)})", where)
+        counts = ", ".join(f"{n}: {len(p)}" for n, p in zip(names, parts))
+        raise ConversionError(f"{what} holds different numbers of samples per input ({counts})", where)
     return samples
 
 

@@ -68,7 +68,12 @@ def float_outputs(model: onnx.ModelProto, x) -> np.ndarray:
     """The float model's outputs for each sample, flattened and side by side in output order (as
     quantize.dequantized_outputs gives them): what the measured choices are judged against."""
     names = [o.name for o in model.graph.output]
-    return np.stack([np.concatenate([r[n].reshape(-1) for n in names]) for r in run_float(model, x, names)])
+    return np.stack([joined_outputs(model, r) for r in run_float(model, x, names)])
+
+
+def joined_outputs(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> np.ndarray:
+    """One sample's float outputs (from run_float), flattened and side by side in output order."""
+    return np.concatenate([values[o.name].reshape(-1) for o in model.graph.output])
 
 
 def search_indices(count: int, limit: int = SEARCH_SAMPLES) -> np.ndarray:

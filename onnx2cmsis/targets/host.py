@@ -20,6 +20,7 @@ import numpy as np
 from onnx2cmsis.cmsis_nn.fetch import cache_dir
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
+from onnx2cmsis.quant.samples import sample_inputs
 
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
 CMSIS_FLAGS = ("-O2", "-fPIC", "-w")
@@ -193,7 +194,7 @@ class HostModel:
         return y
 
     def _call_several(self, x) -> np.ndarray:
-        parts = tuple(x)
+        parts = sample_inputs(x)
         if len(parts) != len(self.inputs):
             raise ValueError(f"{len(parts)} inputs given, the model takes {len(self.inputs)}")
         xs = [np.ascontiguousarray(np.asarray(p, d).reshape(-1)) for p, (_, d) in zip(parts, self.inputs)]
