@@ -32,7 +32,7 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, run_reference
-from onnx2cmsis.quant.samples import MultiSamples, Sample, as_samples, checked_samples
+from onnx2cmsis.quant.samples import MultiSamples, Sample, checked_samples
 from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.quant.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.quant.bias_correction import correct_biases
@@ -246,8 +246,7 @@ def _calibration_samples(calibration, graph: Graph):
         samples = load_calibration(Path(calibration), graph.model_input_shapes, graph.input_names)
     else:
         where = "calibration data"
-        samples = checked_samples(as_samples(calibration, graph.input_names, where), graph.model_input_shapes,
-                                  graph.input_names, where)
+        samples = checked_samples(calibration, graph.model_input_shapes, graph.input_names, where)
     for part in samples.parts if isinstance(samples, MultiSamples) else (samples,):
         _check_finite_samples(part, where)
     return samples

@@ -46,7 +46,7 @@ def quantize_inputs(conv: Conversion, x_float):
 
 def float_outputs(conv: Conversion, x_float) -> np.ndarray:
     """The float model's outputs per sample, side by side in output order: (N, output elements)."""
-    return search_float_outputs(conv.model, x_float).reshape(len(x_float), -1)
+    return search_float_outputs(conv.model, x_float)
 
 
 def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,

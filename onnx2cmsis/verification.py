@@ -23,7 +23,7 @@ from onnx2cmsis.evaluate import float_outputs, quantize_inputs
 from onnx2cmsis.quant.accuracy import accuracy, load_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_floats, output_slices, run_reference
-from onnx2cmsis.quant.samples import MultiSamples, as_samples, checked_samples
+from onnx2cmsis.quant.samples import MultiSamples, checked_samples
 from onnx2cmsis.stream_check import host_pushes, stream_run
 from onnx2cmsis.targets import qemu
 from onnx2cmsis.targets.host import build_conversions, layer_outputs
@@ -136,8 +136,7 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
     if isinstance(data, (str, Path)):
         data = load_calibration(Path(data), g.model_input_shapes, g.input_names, what="{opt:data}")
     else:
-        data = checked_samples(as_samples(data, g.input_names, "{opt:data}"), g.model_input_shapes, g.input_names,
-                               "{opt:data}", what="the data")
+        data = checked_samples(data, g.model_input_shapes, g.input_names, "{opt:data}", what="the data")
     x = MultiSamples(tuple(np.asarray(p, np.float32) for p in data.parts)) if isinstance(data, MultiSamples) \
         else np.asarray(data, np.float32)
     if labels is not None:

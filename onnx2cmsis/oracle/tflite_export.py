@@ -11,6 +11,10 @@ graph's input and output keep the model's own shapes, joined to the rest by RESH
 
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
+
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph
@@ -60,24 +64,36 @@ def run_tflite_micro(tflite: bytes, inputs, arena_size: int = 1 << 20) -> np.nda
     outputs = _count(interp.get_output_details)
     rows = []
     for x in inputs:
-        for k, part in enumerate(sample_inputs(x)):
-            details = interp.get_input_details(k)
-            interp.set_input(np.asarray(part, details["dtype"]).reshape(details["shape"]), k)
+        _set_inputs(interp, x)
         interp.invoke()
         rows.append(np.concatenate([np.array(interp.get_output(k)).reshape(-1) for k in range(outputs)]))
     return np.stack(rows)
 
 
+def _set_inputs(interp, sample) -> None:
+    """One sample's codes into the interpreter's inputs, each in its declared shape and type."""
+    for k, part in enumerate(sample_inputs(sample)):
+        details = interp.get_input_details(k)
+        interp.set_input(np.asarray(part, details["dtype"]).reshape(details["shape"]), k)
+
+
+@contextmanager
+def _stderr_into(fd: int):
+    """File descriptor 2 (where the runtime prints) sent to `fd` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _count(details) -> int:
     """How many inputs or outputs the interpreter has (it offers no count: ask until it refuses; the
     refusal, which the runtime also prints to file descriptor 2, is kept off the terminal)."""
-    import os
-    import sys
-
-    sys.stderr.flush()
-    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 2)
-    try:
+    with open(os.devnull, "wb") as quiet, _stderr_into(quiet.fileno()):
         n = 0
         while True:
             try:
@@ -85,10 +101,6 @@ def _count(details) -> int:
             except Exception:
                 return n
             n += 1
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(quiet)
 
 
 def tflite_micro_arena(tflite: bytes, sample) -> dict[str, int]:
@@ -96,27 +108,17 @@ def tflite_micro_arena(tflite: bytes, sample) -> dict[str, int]:
 
     The runtime prints them to the process's stderr (file descriptor 2), so capture that descriptor.
     """
-    import os
     import re
-    import sys
     import tempfile
 
     from tflite_micro.python.tflite_micro import runtime
 
     interp = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 20)
-    for k, part in enumerate(sample_inputs(sample)):
-        details = interp.get_input_details(k)
-        interp.set_input(np.asarray(part, details["dtype"]).reshape(details["shape"]), k)
+    _set_inputs(interp, sample)
     interp.invoke()
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
+        with _stderr_into(capture.fileno()):
             interp.print_allocations()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
         capture.seek(0)
         text = capture.read().decode(errors="replace")
     figures = {}

@@ -40,9 +40,6 @@ class MultiSamples:
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         return zip(*self.parts)
 
-    def part_arrays(self) -> list[np.ndarray]:
-        return [np.asarray(p) for p in self.parts]
-
 
 def sample_inputs(sample: Sample) -> tuple[np.ndarray, ...]:
     """One sample as one array per model input."""
@@ -83,9 +80,11 @@ def as_samples(data: Any, names: list[str], where: str) -> np.ndarray | MultiSam
     return MultiSamples(tuple(parts))
 
 
-def checked_samples(samples: np.ndarray | MultiSamples, input_shapes: list[tuple[int, ...]], names: list[str],
+def checked_samples(data: Any, input_shapes: list[tuple[int, ...]], names: list[str],
                     where: str, what: str = "calibration data") -> np.ndarray | MultiSamples:
-    """Samples in memory shaped (N, *input shape without batch) for each input, N > 0 and the same for all."""
+    """Samples (as_samples' forms) shaped (N, *input shape without batch) for each input, N > 0 and the
+    same for all."""
+    samples = as_samples(data, names, where)
     parts = samples.parts if isinstance(samples, MultiSamples) else (samples,)
     for k, part in enumerate(parts):
         want = tuple(input_shapes[k][1:])

@@ -143,10 +143,9 @@ def as_unit(item) -> CUnit:
     g = item.graph
     ins = tuple((g.tensors[t].size, g.tensors[t].quant.bits) for t in g.inputs)
     outs = tuple((g.tensors[t].size, g.tensors[t].quant.bits) for t in g.outputs)
-    if g.single_io:
-        return CUnit(item.name, item.source, item.header, item.cmsis, ins[0][0], outs[0][0], ins[0][1], outs[0][1])
+    several = not g.single_io  # the pointer-array invoke
     return CUnit(item.name, item.source, item.header, item.cmsis, ins[0][0], outs[0][0], ins[0][1], outs[0][1],
-                 inputs=ins, outputs=outs)
+                 inputs=ins if several else (), outputs=outs if several else ())
 
 
 def stream_unit(conv) -> CUnit:
@@ -178,9 +177,7 @@ class Firmware:
     target: str
     elf: Path
     index: dict[str, int]  # model name -> position in the runner's table
-    sizes: dict[str, tuple[int, int]]  # model name -> (input bytes, output bytes)
-    parts: dict[str, tuple]  # model name -> CUnit.parts: (elements, bits) of each input and output
-    padded: dict[str, bool]  # model name -> CUnit.padded
+    units: dict[str, CUnit]  # model name -> what the runner calls (its buffers' layout: CUnit.parts)
 
 
 def _models_table(conversions: list[CUnit]) -> str:
@@ -247,8 +244,7 @@ def build_firmware(items: list, target: str, workdir: Path) -> Firmware:
           "-L", str(RUNTIME), "-Wl,--gc-sections", "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf)],
          f"linking for {target}", cwd=workdir)
     return Firmware(target, elf, {c.name: i for i, c in enumerate(conversions)},
-                    {c.name: c.io_bytes for c in conversions},
-                    {c.name: c.parts for c in conversions}, {c.name: c.padded for c in conversions})
+                    {c.name: c for c in conversions})
 
 
 def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 120.0,
@@ -265,10 +261,11 @@ def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 1
         job = bytearray()
         order = []
         for name, x in inputs.items():
-            payload = _encode(x, fw.parts[name][0], fw.padded[name])
-            if len(payload) != len(x) * fw.sizes[name][0]:
+            unit = fw.units[name]
+            payload = _encode(x, unit.parts[0], unit.padded)
+            if len(payload) != len(x) * unit.io_bytes[0]:
                 raise ValueError(f"{name}: samples of {len(payload) // max(len(x), 1)} bytes, the model takes "
-                                 f"{fw.sizes[name][0]}")
+                                 f"{unit.io_bytes[0]}")
             job += np.array([fw.index[name], len(x)], "<u4").tobytes() + payload
             order.append((name, len(x)))
         (Path(tmp) / "job.bin").write_bytes(bytes(job))
@@ -297,8 +294,9 @@ def run_firmware(fw: Firmware, inputs: dict[str, np.ndarray], timeout: float = 1
                 at += n
     out, pos = {}, 0
     for name, n in order:
-        size = fw.sizes[name][1]
-        out[name] = _decode(result[pos:pos + n * size], n, fw.parts[name][1], fw.padded[name])
+        unit = fw.units[name]
+        size = unit.io_bytes[1]
+        out[name] = _decode(result[pos:pos + n * size], n, unit.parts[1], unit.padded)
         pos += n * size
     if pos != len(result):
         raise ToolchainError(f"{fw.target}: {len(result)} result bytes, expected {pos}")
