@@ -18,7 +18,8 @@ from onnx2cmsis.cli_progress import step_progress
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 
 # Plain help: rich markup would swallow "[keras]" and add type placeholders.
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def _fail(message: str) -> None:

@@ -66,14 +66,27 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
                       *(several or (None, None)))
 
 
-def format_inspection(result: Inspection) -> str:
-    head = f"{'#':>3}  {'layer':32} {'from':28} {'kernel':36} {'output':>10} {'MACs':>9} {'weights':>8}"
-    lines = [head, "-" * len(head)]
+def _cell(text: str, width: int) -> str:
+    """Model text for a fixed-width column: printable, cut with '...' when wider (never run into the next)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_inspection(result: Inspection, max_width: int = 40) -> str:
     names = layer_names([r["name"] for r in result.layers])
-    for r, name in zip(result.layers, names, strict=True):
-        shape = "x".join(map(str, r["output_shape"]))
-        lines.append(f"{r['index']:>3}  {name[:32]:32} {r['from'][:28]:28} {r['kernel'][:36]:36} {shape:>10} "
-                     f"{r['macs'] or 0:>9,} {r['weight_bytes']:>8,}")
+    cells = [[str(r["index"]), name, r["from"], r["kernel"], "x".join(map(str, r["output_shape"])),
+              f"{r['macs'] or 0:,}", f"{r['weight_bytes']:,}"] for r, name in zip(result.layers, names, strict=True)]
+    header = ["#", "layer", "from", "kernel", "output", "MACs", "weights"]
+    right = (True, False, False, False, True, True, True)
+    # each column as wide as its widest cell (model text capped), two spaces apart
+    widths = [min(max([len(h)] + [len(c[k]) for c in cells]), max_width) for k, h in enumerate(header)]
+
+    def row(values: list[str]) -> str:
+        return "  ".join(_cell(v, w).rjust(w) if r else _cell(v, w).ljust(w)
+                         for v, w, r in zip(values, widths, right)).rstrip()
+
+    head = row(header)
+    lines = [head, "-" * len(head), *(row(c) for c in cells)]
     lines.append(f"{len(result.layers)} layers, {result.macs:,} MACs; flash for weights {result.weights_bytes:,} B, "
                  f"arena {result.arena_bytes:,} B (live-set bound {result.arena_lower_bound_bytes:,} B); "
                  f"CMSIS-NN API level {result.cmsis_api}; int8, dense layers per tensor")

@@ -98,7 +98,10 @@ CASES: dict[str, tuple[Callable[[Path], tuple[str, str, list[str]]], str]] = {
                                                                     GOOD_CALIB).astype(np.float32)), []),
                         "calibration sample 3 holds NaN or Inf"),
     "calibration_wrong_shape": (lambda t: (_conv(t, W), _calib(t, np.zeros((8, 16, 2), np.float32)), []),
-                                "calibration data has shape (8, 16, 2), expected (N, 2, 16)"),
+                                "calibration data has shape (8, 16, 2), expected (N, 2, 16): each sample is the "
+                                "model's input transposed; give np.swapaxes(x, 1, 2)"),
+    "calibration_other_shape": (lambda t: (_conv(t, W), _calib(t, np.zeros((8, 2, 15), np.float32)), []),
+                                "calibration data has shape (8, 2, 15), expected (N, 2, 16)"),
     "calibration_strings": (lambda t: (_conv(t, W), _calib(t, np.array([["a", "b"]])), []), "dtype <U1"),
     "calibration_empty": (lambda t: (_conv(t, W), _calib(t, np.zeros((0, 2, 16), np.float32)), []),
                           "calibration data has shape (0, 2, 16)"),

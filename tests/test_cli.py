@@ -173,7 +173,8 @@ def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
 def test_verify_names_data_of_the_wrong_shape_as_data(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((2, 128, 3), np.float32))  # (W, C): the ONNX model takes (C, W)
     r = run_cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(tmp_path / "x.npy"))
-    assert r.returncode == 1 and "x.npy: --data has shape (2, 128, 3), expected (N, 3, 128)" in r.stderr, r.stderr
+    assert r.returncode == 1 and "x.npy: --data has shape (2, 128, 3), expected (N, 3, 128): each sample is the " \
+        "model's input transposed" in r.stderr, r.stderr
 
 
 def _dynamic_time_model(path: Path) -> None:
@@ -234,6 +235,15 @@ def test_help_shows_an_example_and_plain_placeholders(command):
         assert "[required]" in r.stdout.split("Arguments:")[1].split("Options:")[0]
     if command == ["convert"]:
         assert usage.endswith("MODEL [NAME] [OUTDIR]") and "[keras]" in r.stdout
+
+
+
+@pytest.mark.parametrize("command", [[], ["convert"], ["cmsis-nn", "fetch"]])
+def test_dash_h_is_help_too(command):
+    """`onnx2cmsis -h` was refused as an unknown option while --help worked."""
+    short, long = run_cli(*command, "-h"), run_cli(*command, "--help")
+    assert short.returncode == long.returncode == 0, short.stderr
+    assert short.stdout == long.stdout and short.stdout.startswith("Usage: onnx2cmsis")
 
 
 def test_a_terminal_sees_each_step_finish_with_its_duration(tmp_path):

@@ -98,3 +98,11 @@ def test_tree_hash_sees_one_changed_byte(tmp_path):
     before = tree_hash(tmp_path)
     (tmp_path / "Source/b.c").write_text("y")
     assert tree_hash(tmp_path) != before
+
+
+def test_fetch_offline_names_the_way_without_network(empty_cache):
+    # port 9 (discard) on loopback: refused at once, as an offline machine's download would fail
+    r = cli("cmsis-nn", "fetch", "--from", "http://127.0.0.1:9/CMSIS-NN-v7.0.0.tar.gz", cache=empty_cache)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot read CMSIS-NN from http://127.0.0.1:9/" in r.stderr
+    assert "cmsis-nn fetch --from FILE.tar.gz" in r.stderr

@@ -18,9 +18,11 @@ SVG_WIDTH, SVG_HEIGHT, MARGIN = 760, 280, 48
 
 
 def md_cell(text: object) -> str:
-    """Text safe inside a Markdown table cell: one line, no column breaks, no HTML."""
+    """Text safe inside a Markdown table cell: one line, no column breaks, no HTML tag or entity.
+    Backslash escapes (CommonMark) keep the raw file readable: `int8 -> int16` stays as written,
+    where `&gt;` would show in every editor."""
     s = " ".join(str(text).split())
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace("&", "\\&")
 
 
 def auto_precision_headline(auto: dict[str, Any]) -> str:

@@ -59,7 +59,8 @@ class Mean1DHandler(OpHandler):
         steps, channels = graph.tensors[node.inputs[0]].shape
         out_min, out_max = int_range(graph.tensors[node.output].quant.bits)
         return KernelCall(template="mean1d.c.j2", kernel="own loop", context={
-            "w_in": steps, "c": channels, "out_min": out_min, "out_max": out_max, **node.qparams})
+            "w_in": steps, "c": channels, "out_min": out_min, "out_max": out_max,
+            "in_zero_point": graph.tensors[node.inputs[0]].quant.zero_point, **node.qparams})
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb = ex.fb

@@ -15,7 +15,7 @@ import onnx
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.quant.ranges import ValueHistogram, new_histograms
 from onnx2cmsis.quant.sample_file import SampleFile, open_samples
-from onnx2cmsis.quant.samples import MultiSamples, checked_samples, open_input_samples, sample_inputs
+from onnx2cmsis.quant.samples import MultiSamples, checked_samples, open_input_samples, sample_inputs, wrong_shape
 
 
 def load_calibration(path: Path, input_shapes: list[tuple[int, ...]], names: list[str],
@@ -41,9 +41,7 @@ def _shaped(data: SampleFile, input_shape: tuple[int, ...], what: str, where: st
     if one_sample or batch_axis:
         data = data.reshaped(sample)
     if data.shape[1:] != sample or len(data) == 0:
-        raise ConversionError(
-            f"{what} has shape {data.shape}, expected (N, {', '.join(map(str, sample))})", where
-        )
+        raise wrong_shape(what, data.shape, sample, where)
     return data
 
 

@@ -80,6 +80,14 @@ def as_samples(data: Any, names: list[str], where: str) -> np.ndarray | MultiSam
     return MultiSamples(tuple(parts))
 
 
+def wrong_shape(what: str, got: tuple[int, ...], want: tuple[int, ...], where: str) -> ConversionError:
+    """The error for samples of the wrong shape; names the usual slip, (N, W, C) samples for a (C, W)
+    model or the other way round."""
+    hint = (": each sample is the model's input transposed; give np.swapaxes(x, 1, 2)"
+            if len(want) == 2 and tuple(got[1:]) == want[::-1] and want[0] != want[1] else "")
+    return ConversionError(f"{what} has shape {tuple(got)}, expected (N, {', '.join(map(str, want))}){hint}", where)
+
+
 def checked_samples(data: Any, input_shapes: list[tuple[int, ...]], names: list[str],
                     where: str, what: str = "calibration data") -> np.ndarray | MultiSamples:
     """Samples (as_samples' forms) shaped (N, *input shape without batch) for each input, N > 0 and the
@@ -90,8 +98,7 @@ def checked_samples(data: Any, input_shapes: list[tuple[int, ...]], names: list[
         want = tuple(input_shapes[k][1:])
         if np.ndim(part) < 1 or tuple(np.shape(part)[1:]) != want or len(part) == 0:
             which = "" if len(parts) == 1 else f" for input '{names[k]}'"
-            raise ConversionError(f"{what}{which} has shape {tuple(np.shape(part))}, expected "
-                                  f"(N, {', '.join(map(str, want))})", where)
+            raise wrong_shape(f"{what}{which}", tuple(np.shape(part)), want, where)
     if len({len(p) for p in parts}) > 1:
         counts = ", ".join(f"{n}: {len(p)}" for n, p in zip(names, parts))
         raise ConversionError(f"{what} holds different numbers of samples per input ({counts})", where)
