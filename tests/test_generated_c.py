@@ -264,5 +264,5 @@ def test_the_keras_example_header_reads_well(tmp_path):
     module("keras", 'pip install -e ".[keras]"')
     keras_example = EXAMPLE.parent / "vibration_keras"
     conv = convert(keras_example / "vibration_cnn.h5", keras_example / "calibration.npy")
-    assert " *    0 l00_conv1d_1_convolution             Conv+Add+Relu -> arm_convolve_s8\n" in conv.header
+    assert " *    0 l00_conv1d                           Conv+Add+Relu -> arm_convolve_s8\n" in conv.header
     assert "_functional_" not in conv.source and ":  */" not in conv.source  # no scope in names, no empty comments

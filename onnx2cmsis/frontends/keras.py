@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError
-from onnx2cmsis.frontends.onnx_model import normalize, short_error
+from onnx2cmsis.frontends.onnx_model import LAYER_OF_NODE, normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
 CONTAINERS = {"Functional", "Sequential", "Model"}
@@ -196,13 +196,14 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
     where = str(path)
     model = load_keras_model(path)
     tf, tf2onnx, keras = _import_keras()
+    input_names = _input_names([i.name for i in model.inputs])
+    layer_names = _mark_layers(model)
     functional = keras.Model(model.inputs, model.outputs)  # a Keras 3 Sequential does not export otherwise
     if input_shape is not None and len(model.inputs) > 1:
         raise OptionError(f"{{opt:input_shape}} fixes the input of a one-input model; this one has "
                           f"{len(model.inputs)}: give the Keras inputs fixed shapes")
     signature = []
-    for k, (declared, name) in enumerate(zip((tuple(i.shape[1:]) for i in model.inputs),
-                                             _input_names([i.name for i in model.inputs]))):
+    for k, (declared, name) in enumerate(zip((tuple(i.shape[1:]) for i in model.inputs), input_names)):
         if input_shape is not None:
             if len(input_shape) != len(declared) or any(d is not None and d != g for d, g in zip(declared, input_shape)):
                 raise OptionError(f"{{opt:input_shape={','.join(map(str, input_shape))}}} does not fit the Keras "
@@ -220,7 +221,70 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
     except Exception as exc:
         raise ConversionError(f"tf2onnx cannot export the model ({short_error(exc)})", where) from exc
+    _unmark(proto, layer_names)
     return proto
+
+
+# Keras names a layer's ops after the layer's name scope, which TensorFlow makes unique by adding _1,
+# _2, ... (the ops of layer `conv1d` come out as `functional_1/conv1d_1/convolution`, the name of the
+# next layer): a name in the ONNX graph cannot be traced back to its layer. Each layer is therefore
+# traced under a marker holding its index, which `_unmark` turns back into the Keras name.
+MARKER = "onnx2cmsisL{}Z"
+MARKER_RE = re.compile(r"onnx2cmsisL(\d+)Z(?:_\d+)?")
+
+
+def _mark_layers(model: Any) -> list[str]:
+    """Give every layer (nested models' too, not the inputs) the marker of its index; the original
+    names, by index. The model is a private copy (load_keras_model), never used afterwards."""
+    names: list[str] = []
+
+    def walk(container: Any) -> None:
+        for layer in container.layers:
+            if type(layer).__name__ == "InputLayer":
+                continue
+            names.append(layer.name)
+            layer.name = MARKER.format(len(names) - 1)
+            if hasattr(layer, "layers"):
+                walk(layer)
+
+    walk(model)
+    return names
+
+
+def _unmark(proto: onnx.ModelProto, names: list[str]) -> None:
+    """Markers back to Keras layer names in every node and value name (kept unique), and the layer
+    each node belongs to (its innermost marker) recorded as LAYER_OF_NODE for the importer."""
+    def plain(text: str) -> str:
+        return MARKER_RE.sub(lambda m: names[int(m.group(1))], text)
+
+    graph = proto.graph
+    values = sorted({v for n in graph.node for v in (*n.input, *n.output) if v}
+                    | {v.name for v in (*graph.output, *graph.value_info, *graph.initializer)})
+    renamed: dict[str, str] = {}
+    taken = {v for v in values if not MARKER_RE.search(v)}
+    for v in values:
+        if MARKER_RE.search(v):
+            renamed[v] = _unique(plain(v), taken)
+    layer_of: dict[str, str] = {}
+    node_names = {n.name for n in graph.node if not MARKER_RE.search(n.name)}
+    for node in graph.node:
+        marks = MARKER_RE.findall(node.name)
+        if marks:
+            node.name = _unique(plain(node.name), node_names)
+            layer_of[node.name] = names[int(marks[-1])]
+        node.input[:] = [renamed.get(v, v) for v in node.input]
+        node.output[:] = [renamed.get(v, v) for v in node.output]
+    for v in (*graph.output, *graph.value_info, *graph.initializer):
+        v.name = renamed.get(v.name, v.name)
+    proto.metadata_props.add(key=LAYER_OF_NODE, value=json.dumps(layer_of, sort_keys=True))
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, k = name, 1
+    while out in taken:
+        out, k = f"{name}_{k}", k + 1
+    taken.add(out)
+    return out
 
 
 def _input_names(keras_names: list[str]) -> list[str]:

@@ -13,6 +13,9 @@ from onnx import external_data_helper, shape_inference, version_converter
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, count
 
 MIN_OPSET = 13
+# Model metadata a frontend may write: JSON {ONNX node name: the user's name for the layer it belongs
+# to} (the Keras layer), which the importer shows in place of the node name.
+LAYER_OF_NODE = "onnx2cmsis.layer_of_node"
 
 
 def short_error(exc: BaseException) -> str:
@@ -222,3 +225,17 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
     for init in model.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
     return shapes
+
+
+def layer_of_node(model: onnx.ModelProto) -> dict[str, str]:
+    """LAYER_OF_NODE's map, or {} (an ONNX file: nodes are shown by their own names)."""
+    import json
+
+    for prop in model.metadata_props:
+        if prop.key == LAYER_OF_NODE:
+            try:
+                found = json.loads(prop.value)
+            except ValueError:
+                return {}
+            return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+    return {}

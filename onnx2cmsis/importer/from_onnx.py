@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
-from onnx2cmsis.frontends.onnx_model import value_shapes
+from onnx2cmsis.frontends.onnx_model import layer_of_node, value_shapes
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
 from onnx2cmsis.ir.layout import Binding, arrangement, classify, gather_map, layout_of
 from onnx2cmsis.ops.base import OnnxNodeView
@@ -60,6 +60,13 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self.where = source
         self.node_name = "input"
+        # which model nodes (by the names users see) moved each value's bytes (Reshape, Slice, ...): a
+        # layout step made where the value is read is named after them, not after the value
+        self.movers: dict[str, tuple[str, ...]] = {}
+        self.layout_nodes: list[tuple[Node, tuple[str, ...]]] = []
+        layer_of = layer_of_node(model)  # a Keras layer's name for each of its nodes
+        self.layer_of = layer_of
+        self.user_layers = set(layer_of.values()) if layer_of else None
 
     # --- ImportContext: shapes and constants
     def full_shape(self, value: str) -> tuple[int, ...]:
@@ -150,6 +157,10 @@ class GraphBuilder:
                 raise ConversionError(f"'{out}' came out as {list(index.shape)}, the model says {list(expected)}",
                                       self.where)
             self.bindings[out] = Binding(source, index)
+            before = [m for v in inputs for m in self.movers.get(v, ())]
+            # an exporter's own node (tf2onnx's transposes) is no layer of the user's model
+            mover = [self.node_name] if self.user_layers is None or self.node_name in self.user_layers else []
+            self.movers[out] = tuple(dict.fromkeys([*before, *mover]))
         return True
 
     # --- helpers
@@ -178,23 +189,38 @@ class GraphBuilder:
             out = self._transposed(src, value)
             if (cols, rows) != dst_shape:
                 view = self.new_tensor(dst_shape, f"{value}_view")
-                self.add_node(Node(view, "reshape", [out], [view], origin="layout"))
+                self._add_layout(Node(view, "reshape", [out], [view], origin="layout"), value)
                 out = view
         else:
             attrs = dict(move.attrs)
             if move.op == "gather":
                 attrs.update(index=src_of, shape=dst_shape)
             out = self.new_tensor(dst_shape, f"{value}_{move.op}")
-            self.add_node(Node(out, move.op, [src], [out], attrs=attrs, origin="layout"))
+            self._add_layout(Node(out, move.op, [src], [out], attrs=attrs, origin="layout"), value)
         self.materialized[key] = out
         return out
+
+    def _add_layout(self, node: Node, value: str) -> None:
+        self.add_node(node)
+        self.layout_nodes.append((node, self.movers.get(value, ())))
+
+    def name_layout_nodes(self) -> None:
+        """A layout step takes the names of the model nodes that moved its bytes and compute nothing
+        themselves (a Flatten, a Cropping1D; not the conv whose exporter-made transposes also moved
+        them), else of the last one; one without any keeps its value's name."""
+        layout = {id(node) for node, _ in self.layout_nodes}
+        computing = {node.name for node in self.nodes if id(node) not in layout}
+        for node, movers in self.layout_nodes:
+            own = [m for m in movers if m not in computing] or list(movers[-1:])
+            if own:
+                node.name = "+".join(own)
 
     def _transposed(self, src: str, value: str) -> str:
         key = (src, "transposed")
         if key not in self.materialized:
             rows, cols = self.tensors[src].shape
             out = self.new_tensor((cols, rows), f"{value}_transposed")
-            self.add_node(Node(out, "transpose", [src], [out], origin="layout"))
+            self._add_layout(Node(out, "transpose", [src], [out], origin="layout"), value)
             self.materialized[key] = out
         return self.materialized[key]
 
@@ -236,7 +262,7 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
         in_shapes.append((1, *in_logical))
 
     for proto in g.node:
-        view = OnnxNodeView(proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
+        view = OnnxNodeView(b.layer_of.get(proto.name) or proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
                             list(proto.input), list(proto.output), _attrs(proto))
         b.where = f"{source}: {view.where}"
         b.node_name = view.name
@@ -272,6 +298,7 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
                                      "(drop one of them from the model's outputs)", source)
         results.append(result)
         out_shapes.append((1, *out_logical))
+    b.name_layout_nodes()
     return Graph(
         tensors=b.tensors,
         nodes=b.nodes,

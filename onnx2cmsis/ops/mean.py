@@ -34,10 +34,11 @@ class Mean1DHandler(OpHandler):
     free_output_quant = True
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        add_global_pool(node, ctx, self.op)
+        add_global_pool(node, ctx, self.op, writes_vector=True)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        return [(1, input_shapes[0][1])]
+        # "vector": the (C,) form of the same bytes, when the model drops the time axis
+        return [(input_shapes[0][1],) if node.attrs.get("vector") else (1, input_shapes[0][1])]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         q_in = graph.tensors[node.inputs[0]].quant
@@ -53,7 +54,8 @@ class Mean1DHandler(OpHandler):
         q = node.qparams
         total = inputs[0].astype(np.int64).sum(axis=0, keepdims=True) + q["offset"]
         bits = graph.tensors[node.output].quant.bits
-        return [saturate(requantize(total, q["multiplier"], q["shift"]) + q["output_offset"], bits)]
+        out = saturate(requantize(total, q["multiplier"], q["shift"]) + q["output_offset"], bits)
+        return [out.reshape(graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         steps, channels = graph.tensors[node.inputs[0]].shape
@@ -67,5 +69,6 @@ class Mean1DHandler(OpHandler):
         axis = ex.const(np.array([2], np.int32), fb.TensorType.INT32, f"{node.output}_axis")
         opts = fb.ReducerOptionsT()
         opts.keepDims = True
-        ex.op(fb.BuiltinOperator.MEAN, [ex.activation(node.inputs[0]), axis], [ex.activation(node.output)],
+        out = ex.as_feature_map(node.output, output=True) if node.attrs.get("vector") else ex.activation(node.output)
+        ex.op(fb.BuiltinOperator.MEAN, [ex.activation(node.inputs[0]), axis], [out],
               fb.BuiltinOptions.ReducerOptions, opts)

@@ -49,8 +49,10 @@ def _reduced_axes(node: OnnxNodeView, ctx: ImportContext, rank: int) -> list[int
     return [a - 1 for a in full]
 
 
-def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
-    """A pool over the whole of time: (W, C) -> (1, C); the output keeps or drops the reduced axes."""
+def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str, writes_vector: bool = False) -> None:
+    """A pool over the whole of time: (W, C) -> (1, C); the output keeps or drops the reduced axes.
+    An op that `writes_vector` (attribute "vector") writes a (C,) output itself, so a global average
+    that drops the time axis (Keras' GlobalAveragePooling1D) stays one layer, not a pool and a view."""
     shape = ctx.logical_shape(node.inputs[0])
     reduced = _reduced_axes(node, ctx, len(shape))
     kept = [a for a in range(len(shape)) if a not in reduced]
@@ -62,11 +64,17 @@ def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
     if channel is None:
         raise UnsupportedOpError(f"{node.op_type} over every axis is not supported", node.where)
     c = shape[channel]
+    out_shape = ctx.logical_shape(node.outputs[0])
+    out_channel = next((a for a, n in enumerate(out_shape) if n > 1), 0)
+    if writes_vector and len(out_shape):
+        out = ctx.tensor(node.outputs[0], (out_channel,))
+        ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0], (time, channel))], [out],
+                          attrs={"kernel": shape[time], "stride": 1, "pad_left": 0, "out_w": 1, "vector": True},
+                          origin=node.op_type))
+        return
     pooled = ctx.new_tensor((1, c), node.outputs[0] + "_pooled", calib_name=node.outputs[0])
     ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0], (time, channel))], [pooled],
                       attrs={"kernel": shape[time], "stride": 1, "pad_left": 0, "out_w": 1}, origin=node.op_type))
-    out_shape = ctx.logical_shape(node.outputs[0])
-    out_channel = next((a for a, n in enumerate(out_shape) if n > 1), 0)
     out = ctx.tensor(node.outputs[0], (out_channel,) if len(out_shape) else ())
     ctx.add_node(Node(node.name, "reshape", [pooled], [out], origin=node.op_type))
 
@@ -118,7 +126,7 @@ class MaxPool1DHandler(OpHandler):
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type in GLOBAL_OPS:
-            add_global_pool(node, ctx, self.op)
+            add_global_pool(node, ctx, self.op, writes_vector=True)
             return
         if len(node.outputs) > 1 and node.outputs[1]:
             raise UnsupportedOpError("MaxPool with an Indices output is not supported", node.where)
@@ -126,7 +134,8 @@ class MaxPool1DHandler(OpHandler):
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         c = input_shapes[0][1]
-        return [(node.attrs["out_w"], c)]
+        # "vector": a global max whose model output drops the time axis writes (C,), the same bytes
+        return [(c,) if node.attrs.get("vector") else (node.attrs["out_w"], c)]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
@@ -137,11 +146,12 @@ class MaxPool1DHandler(OpHandler):
         bits = graph.tensors[node.output].quant.bits
         taps, valid = _window_taps(node.attrs, x.shape[0])
         windows = np.where(valid[:, :, None], x[taps], int_range(bits)[0])  # a padded tap never wins
-        return [saturate(windows.max(axis=1), bits, *node.qparams["act_range"])]
+        pooled = saturate(windows.max(axis=1), bits, *node.qparams["act_range"])
+        return [pooled.reshape(graph.tensors[node.output].shape)]
 
     def _context(self, node: Node, graph: Graph) -> dict:
-        (w_in, c), (w_out, _) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
-        a = node.attrs
+        (w_in, c), a = graph.tensors[node.inputs[0]].shape, node.attrs
+        w_out = a["out_w"]
         bits = graph.tensors[node.output].quant.bits
         return {"w_in": w_in, "c": c, "w_out": w_out, "k": a["kernel"], "stride": a["stride"], "pad": a["pad_left"],
                 "dilation": a.get("dilation", 1), "act_min": node.qparams["act_range"][0],
@@ -180,7 +190,8 @@ class MaxPool1DHandler(OpHandler):
         opts.strideW, opts.strideH = s, 1
         opts.filterWidth, opts.filterHeight = k, 1
         opts.fusedActivationFunction = ex.fused(node)
-        ex.op(fb.BuiltinOperator.MAX_POOL_2D, [src], [ex.activation(node.output)], fb.BuiltinOptions.Pool2DOptions, opts)
+        out = ex.as_feature_map(node.output, output=True) if a.get("vector") else ex.activation(node.output)
+        ex.op(fb.BuiltinOperator.MAX_POOL_2D, [src], [out], fb.BuiltinOptions.Pool2DOptions, opts)
 
 
 class AvgPool1DHandler(MaxPool1DHandler):
