@@ -75,6 +75,11 @@ def level_7_tree() -> Path:
         root = os.environ.get(variable)
         if root and detect_api(Path(root)) == LEVEL_7:
             return Path(root)
+    from onnx2cmsis.cmsis_nn.fetch import cached_tree
+
+    fetched = cached_tree(LEVEL_7.level)  # `onnx2cmsis cmsis-nn fetch` put one in the cache: use it
+    if fetched is not None:
+        return fetched
     missing("a CMSIS-NN tree of API level 7", f"set {LEVEL_7_TREE_VARIABLE} or CMSIS_NN_PATH to a CMSIS-NN v7.0.0+ "
             "checkout, or run python -m tests.run_levels, which unpacks ../shared/cmsis-nn")
 
@@ -95,3 +100,18 @@ def build_tool(name: str) -> str:
     if path is None:
         missing(name, f"apt-get install {name}")
     return path
+
+
+def cache_without_level_7(folder: Path) -> Path:
+    """An XDG_CACHE_HOME for tests that must see no fetched level-7 tree, whatever the user's cache
+    holds (getting-started fetches v7.0.0 into it): the pinned snapshot and the compiled libraries
+    (keyed by their sources' hashes) are linked from the real cache, the level-7 trees are not."""
+    from onnx2cmsis.cmsis_nn.fetch import cache_dir, fetch_snapshot
+
+    fetch_snapshot()  # into the real cache first (the suite's tree; downloaded once)
+    real = cache_dir()
+    (folder / "onnx2cmsis").mkdir(parents=True, exist_ok=True)
+    for entry in real.iterdir():
+        if not entry.name.startswith("cmsis-nn-7-") and not entry.name.startswith("tmp"):
+            (folder / "onnx2cmsis" / entry.name).symlink_to(entry)
+    return folder

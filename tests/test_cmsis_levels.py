@@ -21,7 +21,7 @@ from onnx2cmsis.ir.target import LEVEL_7, SNAPSHOT_API
 from onnx2cmsis.cmsis_nn.fetch import fetch_snapshot
 from onnx2cmsis.cmsis_nn.source import detect_api, detect_capabilities
 from onnx2cmsis.errors import ToolchainError
-from tests.needs import level_7_tree
+from tests.needs import LEVEL_7_TREE_VARIABLE, cache_without_level_7, level_7_tree
 
 pytestmark = pytest.mark.level
 
@@ -36,8 +36,12 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def no_tree_env(monkeypatch) -> dict[str, str]:
+def no_tree_env(monkeypatch, tmp_path_factory) -> dict[str, str]:
+    """No CMSIS_NN_PATH and a cache with no level-7 tree: what these tests assert must not depend on
+    what the user fetched before."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_without_level_7(tmp_path_factory.mktemp("cache"))))
     monkeypatch.delenv("CMSIS_NN_PATH", raising=False)
+    monkeypatch.delenv(LEVEL_7_TREE_VARIABLE, raising=False)
     return dict(os.environ)
 
 
@@ -229,7 +233,7 @@ def test_cli_default_json_says_level_7(tmp_path, no_tree_env):
     assert all(f"$(CMSIS_NN_PATH)/{source}" in mk for source in report["cmsis_nn"]["sources"])
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--cmsis-nn", str(fetch_snapshot()),
                 env=no_tree_env)
-    assert f"CMSIS-NN: {fetch_snapshot()} (API level 2024.01)" in r.stdout
+    assert f"CMSIS-NN: {fetch_snapshot().resolve()} (API level 2024.01)" in r.stdout
 
 
 def test_verify_builds_with_a_fetched_tree_and_refuses_a_level_without_one(tmp_path, no_tree_env):

@@ -69,3 +69,23 @@ def test_build_files_without_cmsis_nn_path_say_what_to_set(model_dir, tmp_path):
     r = subprocess.run([make, "-C", str(FIRMWARE), f"MODEL_DIR={model_dir}", f"BUILD={tmp_path}"],
                        capture_output=True, text=True, env={k: v for k, v in _env().items() if k != "CMSIS_NN_PATH"})
     assert r.returncode != 0 and "set CMSIS_NN_PATH to a CMSIS-NN tree of API level 7" in r.stderr
+
+
+def test_the_onnx_example_in_its_place_stops_with_the_command_that_fixes_it(tmp_path):
+    """Both examples are named vibration_cnn: the PyTorch one converted into the firmware's model folder
+    (README's snippet once wrote it over the Keras one in out/) must stop the build with a message
+    that says what to run, not only what is wrong."""
+    make = build_tool("make")
+    cross_compiler()
+    out = tmp_path / "out"
+    onnx_example = ROOT / "examples" / "vibration"
+    r = subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", "convert", str(onnx_example / "vibration_cnn.onnx"),
+                        "--calibration", str(onnx_example / "calibration.npy"), "--out", str(out), "-q"],
+                       capture_output=True, text=True, env={**_env(), "CMSIS_NN_PATH": ""})
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([make, "-C", str(FIRMWARE), f"MODEL_DIR={out}", f"BUILD={tmp_path / 'build'}",
+                        f"PYTHON={sys.executable}", f"CMSIS_NN_PATH={level_7_tree()}"],
+                       capture_output=True, text=True, env=_env())
+    assert r.returncode != 0, r.stdout
+    assert ("run onnx2cmsis convert examples/vibration_keras/vibration_cnn.h5 --calibration "
+            "examples/vibration_keras/calibration.npy --out out") in r.stderr, r.stderr[-2000:]

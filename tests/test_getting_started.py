@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.needs import missing, module, qemu_tools
+from tests.needs import cmsis_archive, missing, module, qemu_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,37 +34,41 @@ def runnable(block: str) -> list[str]:
     return commands
 
 
-def _level_7_cached() -> None:
-    """`cmsis-nn fetch --level 7` as written needs GitHub; CI has the source archive instead, so the
-    (test's own) cache gets the same pinned tree from it first: fetch then finds it, as it would on a
-    user's machine after the first time."""
-    from onnx2cmsis.cmsis_nn.fetch import fetch_cmsis_nn
-
-    archives = Path(os.environ.get("ONNX2CMSIS_CMSIS_ARCHIVES", ROOT.parent / "shared" / "cmsis-nn"))
-    archive = archives / "CMSIS-NN-v7.0.0.tar.gz"
-    if not archive.is_file():
-        missing("the CMSIS-NN v7.0.0 source archive", f"put it at {archive} or set ONNX2CMSIS_CMSIS_ARCHIVES")
-    fetch_cmsis_nn("7", str(archive))
+def _offline(command: str, archive: Path) -> str:
+    """`cmsis-nn fetch` as written downloads from GitHub; CI has no network but has the same pinned
+    archive, which `--from` reads instead (the same checks, the same cache folder)."""
+    if command.startswith("onnx2cmsis cmsis-nn fetch") and "--from" not in command:
+        return f"{command} --from {archive}"
+    return command
 
 
 def test_readme_and_getting_started_commands_run_as_written(tmp_path, monkeypatch):
     module("keras", 'pip install -e ".[keras]"')
-    # a cache of its own: the trees a new user fetches must not leak into the other tests' machine
+    from onnx2cmsis.cmsis_nn.fetch import fetch_snapshot
+
+    snapshot = fetch_snapshot()  # the suite's, in the real cache
+    # an empty cache of its own, as a new user has: the page must fetch CMSIS-NN before anything
+    # builds with it (it once ran verify first, which failed as written), and the trees it fetches
+    # must not leak into the other tests' machine
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     qemu_tools()
     for tool in ("make", "arm-none-eabi-gcc"):
         if shutil.which(tool) is None:
             missing(tool, "apt-get install make gcc-arm-none-eabi")
-    _level_7_cached()
+    archive = cmsis_archive("CMSIS-NN-v7.0.0.tar.gz")
     readme = sh_blocks(ROOT / "README.md")[:2]  # the two set-up commands
     guide = sh_blocks(ROOT / "docs" / "getting-started.md")
-    commands = [c for block in readme + guide for c in runnable(block)]
+    commands = [_offline(c, archive) for block in readme + guide for c in runnable(block)]
+    fetch = next(i for i, c in enumerate(commands) if c.startswith("onnx2cmsis cmsis-nn fetch"))
+    assert not any(c.startswith(("onnx2cmsis verify", "make ")) for c in commands[:fetch]), \
+        "the page builds before it fetches CMSIS-NN"
     assert any(c.startswith("mkdir -p out && onnx2cmsis convert") for c in commands)
     assert sum(c.startswith("onnx2cmsis ") for c in commands) >= 5
     work = tmp_path / "work"
     shutil.copytree(ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("build", "__pycache__"))
     # as a new user runs them: no CMSIS_NN_PATH (the suite's tree), so convert emits for the default level
-    env = {k: v for k, v in os.environ.items() if k != "CMSIS_NN_PATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CMSIS_NN_PATH", "ONNX2CMSIS_LEVEL7_CMSIS_NN")}
+    assert not (tmp_path / "cache").exists()
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable)
     for command in commands:
         proc = subprocess.run(["bash", "-c", f"set -e; {command}"], cwd=work, env=env, capture_output=True,
@@ -73,6 +77,14 @@ def test_readme_and_getting_started_commands_run_as_written(tmp_path, monkeypatc
         if command.startswith("make -C examples/firmware"):
             said = proc.stdout + proc.stderr  # semihosting prints on the host's stderr
             assert "class 2 (misalignment), expected 2" in said, said
+    # a user who followed the page has v7.0.0 in the cache; the quick tests must still pass there (the
+    # suite's snapshot is linked in, so nothing is downloaded again)
+    (tmp_path / "cache" / "onnx2cmsis" / snapshot.name).symlink_to(snapshot)
+    quick = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                            "tests/test_cmsis_levels.py", "-k", "default_json or default_is_level_7"],
+                           cwd=ROOT, env={**env, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+                           capture_output=True, text=True, timeout=600)
+    assert quick.returncode == 0 and "2 passed" in quick.stdout, quick.stdout[-3000:] + quick.stderr[-2000:]
     for out in ("out", "out16"):
         assert (work / out / "vibration_cnn.c").is_file() and (work / out / "vibration_cnn.md").is_file()
     assert "typedef int16_t vibration_cnn_input_t;" in (work / "out16" / "vibration_cnn.h").read_text()

@@ -19,6 +19,7 @@ from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tf
 from onnx2cmsis.quant.rules import activation_quant, quantize_tensor
 from onnx2cmsis.targets.host import build_conversions
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+from tests.keras_models import input_window, keras_fixtures
 from tests.needs import module, oracle_runtime, qemu_tools
 from tests.onnx_builders import _model
 from tests.zoo import make_op_zoo
@@ -135,13 +136,13 @@ def _whole_models(folder: Path) -> list:
     example = ROOT / "examples" / "vibration"
     convs = [convert(example / "vibration_cnn.onnx", example / "calibration.npy", name="s16_vibration",
                      precision="int16")]
-    keras = module("keras", 'pip install -e ".[keras]"')
+    module("keras", 'pip install -e ".[keras]"')
     keras_example = ROOT / "examples" / "vibration_keras"
     convs.append(convert(keras_example / "vibration_cnn.h5", keras_example / "calibration.npy",
                          name="s16_vibration_keras", precision="int16"))
     rng = np.random.default_rng(16)
-    for path in sorted((ROOT / "tests" / "keras_models").glob("*.h5")):
-        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+    for path in keras_fixtures():
+        steps, channels = input_window(path)
         calib = rng.standard_normal((64, steps, channels)).astype(np.float32)
         convs.append(convert(path, calib, name=f"s16_{path.stem}", precision="int16"))
     return convs

@@ -23,6 +23,7 @@ from onnx2cmsis.quant.rules import dequantize_tensor
 from onnx2cmsis.quant.search import float_outputs, search_samples
 from onnx2cmsis.targets.host import build_conversions
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+from tests.keras_models import input_window, keras_fixtures
 from tests.needs import module, oracle_runtime, qemu_tools
 from tests.test_cli import run_cli
 from tests.zoo import make_op_zoo
@@ -54,10 +55,10 @@ def _random_mixes(monkeypatch, folder: Path, per_family: int, seed: int) -> list
     convs = make_op_zoo(folder, per_family=per_family, seed=seed, prefix="mix_", precision="auto", max_error_db=0.0)
     convs.append(convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", name="mix_vibration",
                          precision="auto", max_error_db=0.0))
-    keras = module("keras", 'pip install -e ".[keras]"')
+    module("keras", 'pip install -e ".[keras]"')
     rng = np.random.default_rng(seed)
-    for path in sorted((ROOT / "tests" / "keras_models").glob("*.h5")):
-        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+    for path in keras_fixtures():
+        steps, channels = input_window(path)
         convs.append(convert(path, rng.standard_normal((64, steps, channels)).astype(np.float32),
                              name=f"mix_{path.stem}", precision="auto", max_error_db=0.0))
     return convs

@@ -16,6 +16,7 @@ import pytest
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.targets.qemu import TARGETS, DoesNotFit, build_firmware, run_firmware
+from tests.keras_models import input_window, keras_fixtures
 from tests.needs import module, qemu_tools
 from tests.zoo import make_op_zoo
 
@@ -23,6 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 6
 PER_FAMILY = int(os.environ.get("ONNX2CMSIS_QEMU_PER_FAMILY", "50"))
+# models too big for a board even alone (the micro:bit has 16 KB of RAM), by name
+MAY_NOT_FIT: dict[str, set[str]] = {}
 
 
 def _with_inputs(convs: list, seed: int) -> tuple[list, dict[str, np.ndarray]]:
@@ -85,11 +88,11 @@ def _whole_models(folder: Path) -> list:
     for name in EXPORTS:
         path, shape = export_torch(name, folder)
         convs.append(convert(path, rng.standard_normal((64, *shape)).astype(np.float32), name=f"torch_{name}"))
-    keras = module("keras", 'pip install -e ".[keras]"')
+    module("keras", 'pip install -e ".[keras]"')
     keras_example = ROOT / "examples" / "vibration_keras"
     convs.append(convert(keras_example / "vibration_cnn.h5", keras_example / "calibration.npy", name="vibration_keras"))
-    for path in sorted((ROOT / "tests" / "keras_models").glob("*.h5")):
-        steps, channels = keras.models.load_model(path, compile=False).inputs[0].shape[1:]
+    for path in keras_fixtures():
+        steps, channels = input_window(path)
         calib = rng.standard_normal((64, steps, channels)).astype(np.float32)
         convs.append(convert(path, calib, name=f"keras_{path.stem}"))
     return convs
@@ -128,4 +131,8 @@ def _run_bit_exact(convs: list, inputs: dict[str, np.ndarray], target: str, tmp_
             checked += 1
     print(f"{target}: {checked} models x {SAMPLES} inputs bit-exact on QEMU {TARGETS[target].machine}"
           + (f"; did not fit: {skipped}" if skipped else ""))
-    assert checked >= len(convs) - len(skipped) and checked >= 0.9 * len(convs)
+    assert checked + len(skipped) == len(convs)
+    # each model that fits the board is checked; the ones that cannot (tried alone) are named here, so
+    # a model that stops fitting fails instead of shrinking what is checked
+    unexpected = sorted(set(skipped) - MAY_NOT_FIT.get(target, set()))
+    assert not unexpected, f"{target}: {unexpected} do not fit QEMU {TARGETS[target].machine} even alone"

@@ -9,10 +9,10 @@
 #include "vibration_cnn.h"
 
 #if !defined(VIBRATION_CNN_INPUT_TIME_MAJOR) || !VIBRATION_CNN_INPUT_TIME_MAJOR
-#error "sample.h is time-major (steps x channels), as the Keras model takes it"
+#error "out/vibration_cnn.h is not the Keras example's (time-major) model: run onnx2cmsis convert examples/vibration_keras/vibration_cnn.h5 --calibration examples/vibration_keras/calibration.npy --out out"
 #endif
 #if VIBRATION_CNN_INPUT_STEPS != SAMPLE_STEPS || VIBRATION_CNN_INPUT_CHANNELS != SAMPLE_CHANNELS
-#error "sample.h does not match the model's input window"
+#error "sample.h does not match the model's input window: convert the Keras example into out/ (onnx2cmsis convert examples/vibration_keras/vibration_cnn.h5 --calibration examples/vibration_keras/calibration.npy --out out) or remake sample.h with make_sample.py"
 #endif
 
 static const char *const class_names[] = {"normal", "imbalance", "misalignment", "bearing"};
