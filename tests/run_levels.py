@@ -42,6 +42,9 @@ ARCHIVES = {
     "main": ("CMSIS-NN-main-99f736a6.tar.gz", "980b897f5e6e5ff9eef29a741c7732ba40b02a7355f3a3c2212986859838bad4",
              "CMSIS-NN-main-99f736a6"),
 }
+# Every core (pytest-xdist, the [test] extra); tests that share a module fixture stay on one worker
+# (tests/conftest.py groups them), so each sweep or zoo is still built once.
+PARALLEL = ["-n", "auto", "--dist", "loadgroup"]
 SUMMARY_RE = re.compile(r"^=+ (.*\d+ (?:passed|failed|error|errors|skipped|deselected).*) in ([\d.]+)s", re.M)
 
 
@@ -69,7 +72,7 @@ def run_pytest(run: Run, level_7: Path | None, archives: Path, extra: list[str])
     env = {**os.environ, "CMSIS_NN_PATH": str(run.tree), ARCHIVES_VARIABLE: str(archives)}
     if level_7 is not None:
         env[LEVEL_7_TREE_VARIABLE] = str(level_7)
-    cmd = [sys.executable, "-m", "pytest", *(["-m", run.selection] if run.selection else []), *extra]
+    cmd = [sys.executable, "-m", "pytest", *(["-m", run.selection] if run.selection else []), *PARALLEL, *extra]
     print(f"\n##### {run.label}: CMSIS_NN_PATH={run.tree} python -m pytest {' '.join(cmd[3:])}", flush=True)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -69,6 +69,7 @@ def test_original_positional_form(tmp_path):
     assert (tmp_path / "vib.c").is_file() and "vib_invoke" in (tmp_path / "vib.h").read_text()
 
 
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 def test_output_is_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -206,6 +207,7 @@ def test_dynamic_time_axis_is_fixed_with_input_shape(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 def test_quiet_and_verbose(tmp_path):
     plain = run_cli("convert", str(MODEL), "-c", str(CALIB), "-o", str(tmp_path / "a"))
     assert plain.returncode == 0 and "onnx2cmsis: calibrating" not in plain.stderr  # not a terminal: no steps

@@ -80,7 +80,7 @@ def test_readme_and_getting_started_commands_run_as_written(tmp_path, monkeypatc
     # a user who followed the page has v7.0.0 in the cache; the quick tests must still pass there (the
     # suite's snapshot is linked in, so nothing is downloaded again)
     (tmp_path / "cache" / "onnx2cmsis" / snapshot.name).symlink_to(snapshot)
-    quick = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+    quick = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             "tests/test_cmsis_levels.py", "-k", "default_json or default_is_level_7"],
                            cwd=ROOT, env={**env, "XDG_CACHE_HOME": str(tmp_path / "cache")},
                            capture_output=True, text=True, timeout=600)

@@ -79,7 +79,7 @@ def test_the_readme_python_block_runs_as_written(tmp_path, monkeypatch):
     check = scope["check"]
     assert [r.target for r in check.results] == ["host"] and check.results[0].bit_exact
     assert check.results[0].oracle == "tflite-micro" and check.results[0].accuracy >= 0.85
-    assert (tmp_path / "out" / "vibration_cnn.c").is_file()
+    assert (tmp_path / "out_onnx" / "vibration_cnn.c").is_file()
 
 
 def test_verify_api_refuses_an_unknown_target_by_its_parameter_name():

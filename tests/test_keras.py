@@ -183,6 +183,7 @@ def test_bundled_keras_example_keeps_its_accuracy(tmp_path):
     assert agreement >= 0.99 and int8_acc >= float_acc - 0.02
 
 
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 def test_cli_converts_the_keras_example_deterministically_and_quietly(tmp_path):
     example = Path(__file__).parent.parent / "examples" / "vibration_keras"
     outputs = []

@@ -91,6 +91,7 @@ def test_option_pairs_are_checked():
         convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", max_error_db=40.0)
 
 
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 def test_requantize_steps_sit_where_the_width_changes(mixes):
     _, convs, _ = mixes
     changes = 0
