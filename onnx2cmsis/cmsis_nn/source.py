@@ -9,6 +9,8 @@ the snapshot is level "2024.01", v7.0.0 and later (main) level "7"; v6.0.0, whic
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import re
@@ -28,8 +30,10 @@ SHIPPED_INDEX = {SNAPSHOT_API.level: ("index-2024.01.json", "the PyPI snapshot o
                  LEVEL_7.level: ("index-7.json", "CMSIS-NN v7.0.0")}
 
 
+@functools.lru_cache(maxsize=8)
 def index_of(root: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """function -> the source file defining it, and source file -> the functions it calls."""
+    """function -> the source file defining it, and source file -> the functions it calls (read once
+    per tree and process: every conversion with a tree asks; callers do not modify the result)."""
     defines: dict[str, str] = {}
     calls: dict[str, list[str]] = {}
     for path in sorted((root / "Source").rglob("*.c")):

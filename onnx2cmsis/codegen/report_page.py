@@ -52,7 +52,7 @@ def render_report_page(name: str, report: dict[str, Any], plan: MemoryPlan, outp
     """(NAME.md, NAME_memory.svg). `outputs`: each layer's output tensor, in execution order; `views`:
     tensor -> the tensor whose buffer it shares."""
     env = template_environment()
-    env.filters["md"] = md_cell
+    env.filters.setdefault("md", md_cell)
     steps = max(len(report["layers"]), 1)
     arena = max(plan.arena_bytes, 1)
     live = [0] * steps
