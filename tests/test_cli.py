@@ -18,6 +18,11 @@ MODEL = ROOT / "examples" / "vibration" / "vibration_cnn.onnx"
 CALIB = ROOT / "examples" / "vibration" / "calibration.npy"
 
 
+# For tests of the command's plumbing (files, folders, argument forms), not of quantization: the
+# searches that measure candidates on the samples are what makes the example's conversion take seconds.
+FAST = ("--dense-weights", "per-tensor", "--no-bias-correction")
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -50,7 +55,7 @@ def test_convert_writes_c_h_json(tmp_path):
 @pytest.mark.parametrize("umask", [0o077, 0o002])
 def test_written_files_follow_the_users_umask(tmp_path, umask):
     r = subprocess.run([sys.executable, "-m", "onnx2cmsis.cli", "convert", str(MODEL), "-c", str(CALIB), "--out",
-                        str(tmp_path)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                        str(tmp_path), *FAST], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        preexec_fn=lambda: os.umask(umask))
     assert r.returncode == 0, r.stderr
     assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~umask}
@@ -58,13 +63,13 @@ def test_written_files_follow_the_users_umask(tmp_path, umask):
 
 def test_a_missing_output_folder_is_created(tmp_path):
     out = tmp_path / "does" / "not" / "exist"
-    r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(out))
+    r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(out), *FAST)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.md", "vibration_cnn.mk", "vibration_cnn_memory.svg"]
 
 
 def test_original_positional_form(tmp_path):
-    r = run_cli("convert", str(MODEL), "vib", str(tmp_path), "--calibration", str(CALIB))
+    r = run_cli("convert", str(MODEL), "vib", str(tmp_path), "--calibration", str(CALIB), *FAST)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "vib.c").is_file() and "vib_invoke" in (tmp_path / "vib.h").read_text()
 
@@ -153,6 +158,7 @@ def test_usage_errors_are_one_line_with_exit_2(args, expect, tmp_path):
 
 @pytest.mark.parametrize("level, kernel", [("7", "arm_fully_connected_per_channel_s8"),
                                            ("2024.01", "arm_convolve_1x1_s8_fast")])
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
     """--dense-weights per-channel: one scale per output feature; the per-channel CMSIS-NN kernel at
     level 7, the equivalent 1x1 convolution at 2024.01."""
@@ -243,11 +249,16 @@ def test_help_shows_an_example_and_plain_placeholders(command):
 @pytest.mark.parametrize("command", [[], ["convert"], ["cmsis-nn", "fetch"]])
 def test_dash_h_is_help_too(command):
     """`onnx2cmsis -h` was refused as an unknown option while --help worked."""
-    short, long = run_cli(*command, "-h"), run_cli(*command, "--help")
-    assert short.returncode == long.returncode == 0, short.stderr
-    assert short.stdout == long.stdout and short.stdout.startswith("Usage: onnx2cmsis")
+    from typer.testing import CliRunner
+
+    from onnx2cmsis.cli import app
+
+    short, long = (CliRunner().invoke(app, [*command, flag], prog_name="onnx2cmsis") for flag in ("-h", "--help"))
+    assert short.exit_code == long.exit_code == 0, short.output
+    assert short.output == long.output and short.output.startswith("Usage: onnx2cmsis")
 
 
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 def test_a_terminal_sees_each_step_finish_with_its_duration(tmp_path):
     """On a terminal (stderr a pty) a spinner runs and every finished step stays as a line with its
     duration; the result on stdout is what a pipe gets."""

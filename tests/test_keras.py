@@ -19,7 +19,13 @@ from onnx2cmsis.quant.rules import dequantize_tensor
 from tests.keras_models.data import signals
 from tests.needs import module
 
-keras = module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+
+
+@pytest.fixture(autouse=True)
+def keras():
+    """The [keras] extra, imported when a test here first runs, not when pytest collects this file:
+    TensorFlow takes seconds to import, and a worker that runs no Keras test should not pay it."""
+    return module("keras", 'the [keras] extra: pip install -e ".[keras]"')
 pytestmark = pytest.mark.keras
 
 MODELS = Path(__file__).parent / "keras_models"
@@ -73,6 +79,7 @@ def test_original_tool_model_is_five_kernels(folder, tmp_path):
     assert [n.op for n in conv.graph.nodes] == ["conv1d", "maxpool1d", "conv1d", "upsample1d", "conv1d"]
 
 
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 @pytest.mark.torch
 def test_keras_and_pytorch_give_the_same_canonical_ops(tmp_path):
     torch = module("torch", 'pip install -e ".[test]"')
@@ -98,7 +105,7 @@ def test_keras_and_pytorch_give_the_same_canonical_ops(tmp_path):
     assert torch_ops[1:-1] == keras_ops
 
 
-def test_lambda_layer_is_refused_and_its_code_never_runs(tmp_path):
+def test_lambda_layer_is_refused_and_its_code_never_runs(keras, tmp_path):
     marker = tmp_path / "lambda_ran"
     inputs = keras.Input((16, 2))
     def scale_and_leave_a_trace(t):
@@ -115,7 +122,7 @@ def test_lambda_layer_is_refused_and_its_code_never_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_unsupported_layer_names_layer_class_and_the_supported_list(tmp_path):
+def test_unsupported_layer_names_layer_class_and_the_supported_list(keras, tmp_path):
     inputs = keras.Input((16, 2))
     path = tmp_path / "lstm.h5"
     keras.Model(inputs, keras.layers.LSTM(4, name="my_lstm")(inputs)).save(path)
@@ -123,7 +130,7 @@ def test_unsupported_layer_names_layer_class_and_the_supported_list(tmp_path):
         convert(path, np.zeros((4, 16, 2), np.float32), name="m")
 
 
-def test_unsupported_activation_is_named(tmp_path):
+def test_unsupported_activation_is_named(keras, tmp_path):
     inputs = keras.Input((16, 2))
     path = tmp_path / "gelu.h5"
     keras.Model(inputs, keras.layers.Conv1D(4, 3, activation="gelu", name="c")(inputs)).save(path)
@@ -165,7 +172,7 @@ def test_without_the_keras_extra_the_error_says_what_to_install(tmp_path, missin
 
 
 @pytest.mark.slow
-def test_bundled_keras_example_keeps_its_accuracy(tmp_path):
+def test_bundled_keras_example_keeps_its_accuracy(keras, tmp_path):
     example = Path(__file__).parent.parent / "examples" / "vibration_keras"
     sys.path.insert(0, str(example.parent / "vibration"))
     from data import make_dataset

@@ -217,6 +217,7 @@ def test_accuracy_budget_options_are_checked(options, expect):
         convert(EXAMPLE / "vibration_cnn.onnx", calibration, **options)
 
 
+@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
 def test_cli_accuracy_budget_reads_labels_and_names_its_flags(tmp_path):
     """--calibration-labels makes --max-error an accuracy drop; mistakes name the flags (exit 2 for
     options that do not go together)."""

@@ -79,7 +79,7 @@ def _mean_error(graph: Graph, registry: Registry, ranges: dict[str, tuple[float,
     ceiling = min(hi if hi is not None else np.inf, (high - q.zero_point - 1) * q.scale)
     total, count = np.zeros(channels), np.zeros(channels)
     for sample, values in zip(x, floats):
-        ints = run_reference(g, registry, quantize_sample(g, sample), keep_all=True)[t.name]
+        ints = run_reference(g, registry, quantize_sample(g, sample), upto=index)[t.name]  # nothing after it
         got = dequantize_tensor(ints, q).astype(np.float64).reshape(-1, channels)
         want = np.empty(t.size)
         want[t.calib_index] = np.asarray(values[t.calib_name], np.float64).reshape(-1)

@@ -33,17 +33,19 @@ def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[flo
         registry.for_op(node.op).quantize(node, graph, ranges)
 
 
-def run_reference(graph: Graph, registry: Registry, x: Sample, keep_all: bool = False) -> dict[str, np.ndarray]:
+def run_reference(graph: Graph, registry: Registry, x: Sample, keep_all: bool = False,
+                  upto: int | None = None) -> dict[str, np.ndarray]:
     """The integer reference: the inputs' codes (int8 or int16) in the model's layout (one array, or a
-    tuple with one per input) -> every (or each output) tensor."""
+    tuple with one per input) -> every (or each output) tensor. With `upto`, only the nodes up to that
+    index run (the nodes are in execution order) and every tensor they made is returned."""
     values = {name: np.asarray(part, graph.tensors[name].quant.dtype).reshape(graph.tensors[name].shape)
               for name, part in zip(graph.inputs, sample_inputs(x), strict=True)}
-    for node in graph.nodes:
+    for node in graph.nodes if upto is None else graph.nodes[:upto + 1]:
         outs = registry.for_op(node.op).reference(node, graph, [values[t] for t in node.inputs])
         for name, arr in zip(node.outputs, outs, strict=True):  # a handler returns one array per output
             assert arr.shape == graph.tensors[name].shape, (node.name, arr.shape, graph.tensors[name].shape)
             values[name] = arr
-    return values if keep_all else {o: values[o] for o in graph.outputs}
+    return values if keep_all or upto is not None else {o: values[o] for o in graph.outputs}
 
 
 def output_codes(graph: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
