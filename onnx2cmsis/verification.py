@@ -49,6 +49,8 @@ class TargetResult:
     stack_bytes: int | None  # measured on QEMU: painted-stack high-water mark of NAME_invoke, largest over samples
     oracle: str
     skipped: str | None = None
+    # with labels: the float model's accuracy (ONNX Runtime) on the same samples, beside the C's
+    float_accuracy: float | None = None
     # a streaming conversion: its pushes, those whose output differs from invoke on the window, the
     # instructions of a push after the first whole window (median; QEMU), the state bytes
     stream_pushes: int | None = None
@@ -209,6 +211,7 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
                 max_abs_error_vs_float=float(np.max(np.abs(got - want_float.reshape(got.shape)))),
                 argmax_agreement=accuracy(got[:, first], predicted_classes(want_float.reshape(got.shape)[:, first])),
                 accuracy=None if labels is None else accuracy(got, labels),
+                float_accuracy=None if labels is None else accuracy(want_float.reshape(got.shape), labels),
                 flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
                 arena_bytes=conv.plan.arena_bytes, instructions_per_inference=instructions,
                 stack_bytes=stack, oracle=oracle_name,
@@ -229,7 +232,7 @@ def _skipped(conv: Conversion, target: str, oracle: str, samples: int, why: str)
 
 def format_table(results: list[TargetResult]) -> str:
     head = (f"{'target':<8}{'samples':>8}{'bit-exact':>10}{'mismatch':>9}{'max|err|':>10}{'argmax':>8}"
-            f"{'accuracy':>9}{'flash':>8}{'weights':>8}{'RAM':>7}{'arena':>7}{'stack':>7}{'instr/inf':>10}  oracle")
+            f"{'accuracy':>9}{'float acc':>10}{'flash':>8}{'weights':>8}{'RAM':>7}{'arena':>7}{'stack':>7}{'instr/inf':>10}  oracle")
     lines = [head, "-" * len(head)]
     for r in results:
         if r.skipped:
@@ -237,8 +240,9 @@ def format_table(results: list[TargetResult]) -> str:
             continue
         fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
         acc = "-" if r.accuracy is None else f"{r.accuracy:.3f}"
+        float_acc = "-" if r.float_accuracy is None else f"{r.float_accuracy:.3f}"
         lines.append(f"{r.target:<8}{r.samples:>8}{'yes' if r.bit_exact else 'NO':>10}{r.mismatches:>9}"
-                     f"{r.max_abs_error_vs_float:>10.4f}{r.argmax_agreement:>8.3f}{acc:>9}{fmt(r.flash_bytes):>8}"
+                     f"{r.max_abs_error_vs_float:>10.4f}{r.argmax_agreement:>8.3f}{acc:>9}{float_acc:>10}{fmt(r.flash_bytes):>8}"
                      f"{r.weights_bytes:>8}{fmt(r.ram_bytes):>7}{r.arena_bytes:>7}{fmt(r.stack_bytes):>7}"
                      f"{fmt(r.instructions_per_inference):>10}  {r.oracle}")
         if r.first_bad_layer:

@@ -37,7 +37,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     module-scoped fixture of this suite (a 200-case sweep, a zoo of conversions, a built library) go
     to one worker, so each such fixture is still computed once per run; the rest spread freely.
     Tests linked through any shared fixture form one group (union-find over the fixture keys)."""
-    if not config.pluginmanager.hasplugin("xdist") or not getattr(config.option, "dist", "no") == "loadgroup":
+    # on a worker, xdist sets option.dist to "no" and option.loadgroup to whether --dist is loadgroup
+    if not getattr(config.option, "loadgroup", False):
         return
     parent: dict[str, str] = {}
 
@@ -61,4 +62,6 @@ def pytest_collection_modifyitems(config, items) -> None:
         keys_of[item] = keys
     for item, keys in keys_of.items():
         if keys:
-            item.add_marker(pytest.mark.xdist_group(root(keys[0]).replace("@", "_")))
+            # xdist reads the group after the last "@" only when no "]" follows it
+            group = root(keys[0]).replace("@", "_").replace("[", "(").replace("]", ")")
+            item.add_marker(pytest.mark.xdist_group(group))

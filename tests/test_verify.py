@@ -53,10 +53,11 @@ def test_verify_passes_on_the_example_and_writes_every_field(tmp_path):
         assert FIELDS <= set(row)
         assert row["bit_exact"] and row["mismatches"] == 0 and row["samples"] == 40
         assert row["oracle"] == "tflite-micro" and row["accuracy"] >= 0.85
+        assert abs(row["accuracy"] - row["float_accuracy"]) <= 0.1  # the float model's, beside the C's
         if row["target"] != "host":
             assert row["instructions_per_inference"] > 10_000 and row["flash_bytes"] > row["weights_bytes"]
             assert 64 < row["stack_bytes"] < 0x4000
-    assert "bit-exact" in r.output
+    assert "bit-exact" in r.output and "float acc" in r.output
 
 
 @pytest.mark.oracle
@@ -196,6 +197,7 @@ def test_the_examples_ship_a_labelled_test_set(tmp_path):
     assert np.array_equal(np.load(EXAMPLE.parent / "vibration_keras" / "test_y.npy"), np.load(y))
     host = __import__("json").loads(out.read_text())[0]
     assert host["samples"] == 128 and host["bit_exact"] and host["accuracy"] >= 0.9, host
+    assert host["float_accuracy"] >= 0.9 and "float acc" in r.output  # the float model's, beside the C's
 
 
 @pytest.mark.oracle
