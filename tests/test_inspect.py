@@ -88,3 +88,18 @@ def test_verify_api_refuses_an_unknown_target_by_its_parameter_name():
     conv = onnx2cmsis.convert(MODEL, CALIB)
     with pytest.raises(onnx2cmsis.ConversionError, match=r"unknown targets 'm3' \(choose from host, m0plus"):
         onnx2cmsis.verify(conv, np.zeros((1, 3, 128), np.float32), targets=["m3"])
+
+
+def test_inspect_columns_never_run_into_each_other():
+    """The "from" column of the PyTorch example (`Gemm+Relu (weights reordered for channel-last ...)`)
+    ran into the kernel column: every cell now starts where its header does."""
+    from onnx2cmsis.inspect_model import format_inspection, inspect
+
+    result = inspect(MODEL)
+    lines = format_inspection(result).splitlines()
+    head = lines[0]
+    starts = {name: head.index(name) for name in ("layer", "from", "kernel")}
+    for row, line in zip(result.layers, lines[2:2 + len(result.layers)]):
+        assert line[starts["kernel"]:].startswith(row["kernel"][:20]), line
+        assert line[starts["from"] - 2:starts["from"]] == "  " and line[starts["kernel"] - 2:starts["kernel"]] == "  "
+    assert any("..." in line for line in lines[2:])  # the long "from" text is cut, not spilled
