@@ -274,7 +274,8 @@ def _million_parameter_model(tmp: Path) -> str:
     return _save(tmp, nodes, [1, 16, 32], inits, name="million.onnx", out_shape=[1, 4], opset=13)
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_million_parameter_model_works_with_a_flash_warning(tmp_path):
     """Converts (exit 0) with one warning line about flash, and the C (1 MB of const weights) compiles
     with the strict flags and matches the reference."""

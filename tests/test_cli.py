@@ -74,7 +74,8 @@ def test_original_positional_form(tmp_path):
     assert (tmp_path / "vib.c").is_file() and "vib_invoke" in (tmp_path / "vib.h").read_text()
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_output_is_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -158,7 +159,8 @@ def test_usage_errors_are_one_line_with_exit_2(args, expect, tmp_path):
 
 @pytest.mark.parametrize("level, kernel", [("7", "arm_fully_connected_per_channel_s8"),
                                            ("2024.01", "arm_convolve_1x1_s8_fast")])
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
     """--dense-weights per-channel: one scale per output feature; the per-channel CMSIS-NN kernel at
     level 7, the equivalent 1x1 convolution at 2024.01."""
@@ -213,7 +215,8 @@ def test_dynamic_time_axis_is_fixed_with_input_shape(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_quiet_and_verbose(tmp_path):
     plain = run_cli("convert", str(MODEL), "-c", str(CALIB), "-o", str(tmp_path / "a"))
     assert plain.returncode == 0 and "onnx2cmsis: calibrating" not in plain.stderr  # not a terminal: no steps
@@ -258,7 +261,8 @@ def test_dash_h_is_help_too(command):
     assert short.output == long.output and short.output.startswith("Usage: onnx2cmsis")
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_terminal_sees_each_step_finish_with_its_duration(tmp_path):
     """On a terminal (stderr a pty) a spinner runs and every finished step stays as a line with its
     duration; the result on stdout is what a pipe gets."""

@@ -70,7 +70,8 @@ def test_the_shipped_source_lists_are_the_trees_own(empty_cache):
         assert shipped == (defines, calls), level.level
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_convert_needs_no_tree_and_downloads_nothing(empty_cache):
     for level, versions in (("7", "CMSIS-NN v7.0.0"), ("2024.01", "the PyPI snapshot")):
         conv = convert(MODEL, CALIB, cmsis_api=level)
@@ -80,7 +81,8 @@ def test_convert_needs_no_tree_and_downloads_nothing(empty_cache):
     assert not empty_cache.exists() or not any(empty_cache.iterdir())
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_verify_without_a_tree_says_how_to_get_one(empty_cache, tmp_path):
     np.save(tmp_path / "x.npy", np.load(CALIB)[:2])
     r = cli("verify", str(MODEL), "-c", str(CALIB), "-d", str(tmp_path / "x.npy"), cache=empty_cache)

@@ -237,7 +237,8 @@ def test_cli_default_json_says_level_7(tmp_path, no_tree_env):
     assert f"CMSIS-NN: {fetch_snapshot().resolve()} (API level 2024.01)" in r.stdout
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_verify_builds_with_a_fetched_tree_and_refuses_a_level_without_one(tmp_path, no_tree_env):
     data = tmp_path / "x.npy"
     np.save(data, np.load(CALIB)[:2])

@@ -212,7 +212,8 @@ def cnn_graphs(draw) -> tuple[onnx.ModelProto, tuple[int, int], list[str]]:
 MIN_ORACLE_SHARE = 0.5
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_random_graphs_are_bit_exact(tmp_path_factory):
     from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
     from tests.needs import oracle_runtime

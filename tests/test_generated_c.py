@@ -77,7 +77,8 @@ def op_zoo(tmp_path_factory):
     return make_op_zoo(tmp_path_factory.mktemp("zoo"))
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.level
 @pytest.mark.parametrize("cpu", sorted(CORTEX_M))
 def test_every_op_template_cross_compiles_warning_free(op_zoo, tmp_path, cpu):

@@ -52,7 +52,8 @@ def test_unknown_precision_is_an_option_error(tmp_path):
                 precision="int4")
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_int16_c_types_and_report():
     conv = convert(ROOT / "examples/vibration/vibration_cnn.onnx", ROOT / "examples/vibration/calibration.npy",
                    precision="int16")
@@ -192,7 +193,8 @@ def test_int16_models_and_zoo_bit_exact_on_qemu(int16_models, int16_zoo, target,
     assert not bad, f"{target}: {bad[:5]} differ from the reference"
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_cli_converts_int16_and_writes_the_16x8_tflite(tmp_path):
     oracle_runtime()
     from tests.test_cli import run_cli

@@ -79,7 +79,8 @@ def test_original_tool_model_is_five_kernels(folder, tmp_path):
     assert [n.op for n in conv.graph.nodes] == ["conv1d", "maxpool1d", "conv1d", "upsample1d", "conv1d"]
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.torch
 def test_keras_and_pytorch_give_the_same_canonical_ops(tmp_path):
     torch = module("torch", 'pip install -e ".[test]"')
@@ -190,7 +191,8 @@ def test_bundled_keras_example_keeps_its_accuracy(keras, tmp_path):
     assert agreement >= 0.99 and int8_acc >= float_acc - 0.02
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_cli_converts_the_keras_example_deterministically_and_quietly(tmp_path):
     example = Path(__file__).parent.parent / "examples" / "vibration_keras"
     outputs = []

@@ -91,7 +91,8 @@ def test_option_pairs_are_checked():
         convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy", max_error_db=40.0)
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_requantize_steps_sit_where_the_width_changes(mixes):
     _, convs, _ = mixes
     changes = 0
@@ -217,7 +218,8 @@ def test_accuracy_budget_options_are_checked(options, expect):
         convert(EXAMPLE / "vibration_cnn.onnx", calibration, **options)
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_cli_accuracy_budget_reads_labels_and_names_its_flags(tmp_path):
     """--calibration-labels makes --max-error an accuracy drop; mistakes name the flags (exit 2 for
     options that do not go together)."""

@@ -105,7 +105,8 @@ def bounds_by_brute_force(conv) -> tuple[int, int]:
     return min(bounds), max(bounds)
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_every_node_order_of_a_branchy_model_gives_one_c_at_the_smallest_arena(tmp_path):
     model = branchy_model()
     calib = np.random.default_rng(1).standard_normal((32, 4, 64)).astype(np.float32)

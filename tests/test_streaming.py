@@ -83,7 +83,8 @@ def test_stream_equals_invoke_on_the_last_window_pytorch_layout(hop, tmp_path):
     _check_host(conv, hop, seed=hop, tmp=tmp_path)
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("precision, parts", [("int8", 8), ("int16", 8), ("int8", 3)])
 def test_stream_equals_invoke_keras_layouts_and_heads(precision, parts, tmp_path):
     """Keras (W, C) models: 'same', 'valid' and causal padding, strides, dilation, pools, upsampling,

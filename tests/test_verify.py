@@ -129,7 +129,8 @@ def test_stack_high_water_mark_sees_what_invoke_uses(tmp_path):
     assert 64 < used[0] < 2048 and used[2048] >= used[0] + 2048 - 64, used
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.oracle
 def test_convert_tflite_has_the_c_interface_and_runs_the_same(tmp_path):
     """--tflite: the flatbuffer's input/output are exactly NAME_invoke's bytes, and tflite-micro on it
@@ -152,7 +153,8 @@ def test_convert_tflite_has_the_c_interface_and_runs_the_same(tmp_path):
     assert interp.get_input_details(0)["dtype"] == np.int8
 
 
-@pytest.mark.slow  # in the full run; the quick subset stays under two minutes
+@pytest.mark.slow
+@pytest.mark.heavy
 def test_layer_accuracy_follows_each_layer_through_the_layout_change(tmp_path):
     """The example's input is (C, W) and the IR computes in (W, C): each layer's int8 output is matched
     to its float value through the importer's index map. A wrong map would read noise (~0 dB)."""
