@@ -5,6 +5,7 @@ External data is only read from inside the model's own folder; old opsets are up
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -229,8 +230,6 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
 
 def layer_of_node(model: onnx.ModelProto) -> dict[str, str]:
     """LAYER_OF_NODE's map, or {} (an ONNX file: nodes are shown by their own names)."""
-    import json
-
     for prop in model.metadata_props:
         if prop.key == LAYER_OF_NODE:
             try:
