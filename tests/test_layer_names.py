@@ -8,13 +8,13 @@ the code under test."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.inspect_model import inspect as inspect_model
+from tests.keras_models import model_config
 from tests.needs import module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +46,7 @@ COMPUTING = {"Conv1D", "SeparableConv1D", "DepthwiseConv1D", "Dense", "MaxPoolin
 
 def keras_layers(path: Path) -> dict[str, dict]:
     """name -> {"class": ..., "config": ...} from the file's model_config, without Keras."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        config = json.loads(f.attrs["model_config"])
+    config = model_config(path)
     return {layer["config"]["name"]: {"class": layer["class_name"], "config": layer["config"]}
             for layer in config["config"]["layers"] if layer["class_name"] != "InputLayer"}
 

@@ -64,9 +64,8 @@ class GraphBuilder:
         # layout step made where the value is read is named after them, not after the value
         self.movers: dict[str, tuple[str, ...]] = {}
         self.layout_nodes: list[tuple[Node, tuple[str, ...]]] = []
-        layer_of = layer_of_node(model)  # a Keras layer's name for each of its nodes
-        self.layer_of = layer_of
-        self.user_layers = set(layer_of.values()) if layer_of else None
+        self.layer_of = layer_of_node(model)  # a Keras layer's name for each of its nodes
+        self.user_layers = set(self.layer_of.values()) if self.layer_of else None
 
     # --- ImportContext: shapes and constants
     def full_shape(self, value: str) -> tuple[int, ...]:

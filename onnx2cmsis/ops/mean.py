@@ -34,7 +34,7 @@ class Mean1DHandler(OpHandler):
     free_output_quant = True
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        add_global_pool(node, ctx, self.op, writes_vector=True)
+        add_global_pool(node, ctx, self.op)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         # "vector": the (C,) form of the same bytes, when the model drops the time axis

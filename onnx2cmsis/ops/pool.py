@@ -49,10 +49,10 @@ def _reduced_axes(node: OnnxNodeView, ctx: ImportContext, rank: int) -> list[int
     return [a - 1 for a in full]
 
 
-def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str, writes_vector: bool = False) -> None:
-    """A pool over the whole of time: (W, C) -> (1, C); the output keeps or drops the reduced axes.
-    An op that `writes_vector` (attribute "vector") writes a (C,) output itself, so a global average
-    that drops the time axis (Keras' GlobalAveragePooling1D) stays one layer, not a pool and a view."""
+def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
+    """A pool over the whole of time: (W, C) -> (C,), written by the pool itself (attribute "vector"),
+    so a global average or max stays one layer, not a pool and a view; a fully reduced (scalar)
+    output is the (1, C) pool and a view."""
     shape = ctx.logical_shape(node.inputs[0])
     reduced = _reduced_axes(node, ctx, len(shape))
     kept = [a for a in range(len(shape)) if a not in reduced]
@@ -66,7 +66,7 @@ def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str, writes_vect
     c = shape[channel]
     out_shape = ctx.logical_shape(node.outputs[0])
     out_channel = next((a for a, n in enumerate(out_shape) if n > 1), 0)
-    if writes_vector and len(out_shape):
+    if len(out_shape):
         out = ctx.tensor(node.outputs[0], (out_channel,))
         ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0], (time, channel))], [out],
                           attrs={"kernel": shape[time], "stride": 1, "pad_left": 0, "out_w": 1, "vector": True},
@@ -126,7 +126,7 @@ class MaxPool1DHandler(OpHandler):
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type in GLOBAL_OPS:
-            add_global_pool(node, ctx, self.op, writes_vector=True)
+            add_global_pool(node, ctx, self.op)
             return
         if len(node.outputs) > 1 and node.outputs[1]:
             raise UnsupportedOpError("MaxPool with an Indices output is not supported", node.where)

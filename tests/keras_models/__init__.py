@@ -16,12 +16,17 @@ def keras_fixtures() -> list[Path]:
     return paths
 
 
-def input_window(path: Path) -> tuple[int, int]:
-    """(steps, channels) of a one-input .h5 model, read from its config (no TensorFlow import)."""
+def model_config(path: Path) -> dict:
+    """The .h5 file's model_config, read with h5py (neither Keras nor the code under test)."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        config = json.loads(f.attrs["model_config"])
+        return json.loads(f.attrs["model_config"])
+
+
+def input_window(path: Path) -> tuple[int, int]:
+    """(steps, channels) of a one-input .h5 model, read from its config (no TensorFlow import)."""
+    config = model_config(path)
     first = next(layer["config"] for layer in config["config"]["layers"] if layer["class_name"] == "InputLayer")
     steps, channels = (first.get("batch_shape") or first.get("batch_input_shape"))[1:]
     return int(steps), int(channels)
