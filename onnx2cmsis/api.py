@@ -31,7 +31,7 @@ from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
-from onnx2cmsis.quant.quantize import output_codes, quantize_graph, run_reference
+from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_outputs, run_reference
 from onnx2cmsis.quant.samples import MultiSamples, Sample, checked_samples
 from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.quant.auto_precision import PrecisionBudget, choose_precision
@@ -66,6 +66,11 @@ class Conversion:
         a tuple with one array per input for several): each output flattened, side by side in output
         order (quant.quantize.output_codes)."""
         return output_codes(self.graph, run_reference(self.graph, self.registry, x))
+
+    def references(self, x: np.ndarray | MultiSamples) -> np.ndarray:
+        """`reference` of N samples at once (a batch through every layer): (N, output codes), from (N,
+        input codes) or MultiSamples of such arrays for several inputs."""
+        return reference_outputs(self.graph, self.registry, x.parts if isinstance(x, MultiSamples) else (x,))
 
 
 @dataclass(frozen=True)
@@ -195,8 +200,8 @@ def convert(
     if stream is None:
         summary.update(stream=None)
     else:
-        stream_templates, stream_report = stream_parts(stream, template_environment(template_dirs), graph, registry,
-                                                       layers, plan)
+        stream_templates, stream_report = stream_parts(stream, template_environment(template_dirs), name, graph,
+                                                       registry, layers, plan)
         summary.update(stream_templates)
     source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
     functions = sorted({f for c in calls for f in c.functions})

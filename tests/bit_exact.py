@@ -24,3 +24,14 @@ def bit_exact_everywhere(conv, x, tmp_path: Path, oracle_samples: int | None = N
         fw = build_firmware([conv], target, tmp_path / target)
         assert np.array_equal(run_firmware(fw, {conv.name: xq})[conv.name], out[:qemu_samples]), target
     return out
+
+
+def batch_mismatches(conversions: list, inputs: dict[str, np.ndarray]) -> list[str]:
+    """The conversions whose reference on all their samples at once (Conversion.references, what the
+    searches and `verify` run) differs anywhere from the reference one sample at a time."""
+    bad = []
+    for c in conversions:
+        one_by_one = np.stack([c.reference(x) for x in inputs[c.name]])
+        if not np.array_equal(c.references(inputs[c.name]), one_by_one):
+            bad.append(c.name)
+    return bad

@@ -19,6 +19,7 @@ from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tf
 from onnx2cmsis.quant.rules import activation_quant, quantize_tensor
 from onnx2cmsis.targets.host import build_conversions
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+from tests.bit_exact import batch_mismatches
 from tests.keras_models import input_window, keras_fixtures
 from tests.needs import module, oracle_runtime, qemu_tools
 from tests.onnx_builders import _model
@@ -82,6 +83,8 @@ def test_int16_sweeps_c_matches_reference(int16_zoo):
     models = build_conversions(convs, folder / "build", library="int16_zoo")
     bad = [c.name for c in convs if any(not np.array_equal(models[c.name](x), c.reference(x)) for x in inputs[c.name])]
     assert not bad, f"{len(bad)}/{len(convs)} int16 cases differ from the reference: {bad[:5]}"
+    bad = batch_mismatches(convs, inputs)
+    assert not bad, f"{len(bad)}/{len(convs)} int16 cases differ between batch and single samples: {bad[:5]}"
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from onnx2cmsis.api import convert
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite
 from onnx2cmsis.targets.host import build_conversions
+from tests.bit_exact import batch_mismatches
 from tests.needs import oracle_runtime
 from tests.onnx_builders import BUILDERS
 
@@ -67,6 +68,26 @@ def test_generated_c_matches_reference(sweep):
                 bad.append(c.name)
                 break
     assert not bad, f"{len(bad)}/{len(conversions)} {op} cases differ from the reference: {bad[:5]}"
+
+
+@pytest.mark.slow
+def test_reference_on_a_batch_equals_one_sample_at_a_time(sweep):
+    op, _, conversions, inputs = sweep
+    bad = batch_mismatches(conversions, inputs)
+    assert not bad, f"{len(bad)}/{len(conversions)} {op} cases differ between batch and single samples: {bad[:5]}"
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16"])
+def test_reference_on_a_batch_equals_one_sample_at_a_time_quick(precision, tmp_path):
+    """The same on a few cases of every family, for the quick subset."""
+    from tests.zoo import make_op_zoo
+
+    convs = make_op_zoo(tmp_path, per_family=2, seed=23, prefix="b_", precision=precision)
+    info = np.iinfo(np.int8 if precision == "int8" else np.int16)
+    rng = np.random.default_rng(24)
+    inputs = {c.name: rng.integers(info.min, info.max + 1, (5, c.graph.tensors[c.graph.inputs[0]].size))
+              .astype(info.dtype) for c in convs}
+    assert len(convs) >= 24 and not batch_mismatches(convs, inputs)
 
 
 @pytest.mark.slow

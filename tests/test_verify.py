@@ -64,7 +64,7 @@ def test_verify_passes_on_the_example_and_writes_every_field(tmp_path):
 def test_a_corrupted_weight_fails_and_the_layer_is_named(tmp_path):
     conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
     layer = next(layer for layer in conv.report["layers"] if layer["op"] == "conv1d")
-    pattern = re.compile(rf"(static const int8_t {layer['identifier']}_weights\[\d+\] = {{\n    )(-?\d+)")
+    pattern = re.compile(rf"(static const int8_t {conv.name}_{layer['identifier']}_weights\[\d+\] = {{\n    )(-?\d+)")
     match = pattern.search(conv.source)
     assert match, "weights array not found"
     flipped = str(-int(match.group(2)) if int(match.group(2)) else 77)

@@ -34,6 +34,12 @@ class Layer:
     output_shape: tuple[int, ...]
     weight_bytes: int
 
+    def arrays_prefix(self, model: str) -> str:
+        """The C names of this layer's constant arrays begin with the model's name: they are static, but
+        a firmware with several models then has no two alike in its map file or debugger (and the models
+        can be built as one translation unit)."""
+        return f"{model}_{self.ident}"
+
 
 def templates_dir() -> Path:
     """Installed wheels carry the templates as package data; a source checkout has them at the top."""
@@ -164,7 +170,7 @@ def render(
         return placement_pointer(plan.tensors[tensor], element_ctype(graph, tensor), const, not graph.single_io)
 
     for layer, node in zip(layers, graph.nodes, strict=True):
-        ctx = call_context(layer.ident, layer.call, node, graph, planned,
+        ctx = call_context(layer.arrays_prefix(name), layer.call, node, graph, planned,
                            f"(arena + {plan.scratch[layer.index]})" if layer.index in plan.scratch else "NULL")
         blocks.append(render_call(env, layer.call, ctx))
         bits = _bits(graph, node.output)

@@ -36,12 +36,12 @@ class StreamSpec:
         return 4 + state_bytes(self.window * self.channels * element_bytes)
 
 
-def stream_parts(spec: StreamSpec, env: jinja2.Environment, graph: Graph, registry: Registry, layers: list[Layer],
-                 plan: MemoryPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+def stream_parts(spec: StreamSpec, env: jinja2.Environment, name: str, graph: Graph, registry: Registry,
+                 layers: list[Layer], plan: MemoryPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     """(what the templates need, NAME.json's `stream`) for a quantized, planned graph."""
     element = graph.tensors[graph.inputs[0]].nbytes // graph.tensors[graph.inputs[0]].size
     sp = plan_stream(graph, registry, spec.hop, spec.window, spec.channels)
-    code = None if sp is None else stream_code(env, graph, registry, layers, plan, sp)
+    code = None if sp is None else stream_code(env, name, graph, registry, layers, plan, sp)
     state = spec.window_state_bytes(element) if sp is None else 4 + sp.maps_bytes
     context = {"stream": spec, "stream_state_size": state, **(stream_context(code) if code else
                                                               {"stream_layers": None})}

@@ -49,8 +49,8 @@ class StreamCode:
     notes: list[str] = field(default_factory=list)  # layers recomputed whole, and why
 
 
-def stream_code(env: jinja2.Environment, graph: Graph, registry: Registry, layers: list[Layer], plan: MemoryPlan,
-                sp: StreamPlan) -> StreamCode:
+def stream_code(env: jinja2.Environment, name: str, graph: Graph, registry: Registry, layers: list[Layer],
+                plan: MemoryPlan, sp: StreamPlan) -> StreamCode:
     def state_pointer(tensor: str, column: int) -> str:
         b = sp.buffers[sp.root(tensor)]
         at = f"(st + {b.offset + column * b.row_bytes})"
@@ -74,7 +74,7 @@ def stream_code(env: jinja2.Environment, graph: Graph, registry: Registry, layer
         step = by_index.get(layer.index)
         if step is None:  # skipped: the samples arrive as its output
             continue
-        whole = render_call(env, layer.call, call_context(layer.ident, layer.call, node, graph, pointer,
+        whole = render_call(env, layer.call, call_context(layer.arrays_prefix(name), layer.call, node, graph, pointer,
                                                           scratch(layer.index)))
         changed, macs = None, layer.call.macs
         if step.streams and not step.whole:
@@ -93,7 +93,7 @@ def stream_code(env: jinja2.Environment, graph: Graph, registry: Registry, layer
                     return state_pointer(tensor, columns[tensor])
 
                 parts.append(f"    /* columns {region.start}..{region.stop - 1} */\n" + render_call(
-                    env, call, call_context(layer.ident, call, sub_node, sub_graph, sliced, scratch(layer.index))))
+                    env, call, call_context(layer.arrays_prefix(name), call, sub_node, sub_graph, sliced, scratch(layer.index))))
                 macs += call.macs
             changed = "".join(parts) if parts else None
         out.append(StreamLayer(layer.index, layer.ident, layer.name, layer.origin, layer.call.kernel, whole, changed,

@@ -60,7 +60,7 @@ class AddHandler(OpHandler):
         node.qparams = {**add_params(q1.scale, q2.scale, q_out.scale, q_out.bits),
                         "act_range": fused_activation_range(node, graph)}
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
         q1, q2 = (graph.tensors[t].quant for t in node.inputs)
         q_out = graph.tensors[node.output].quant

@@ -5,7 +5,8 @@ A handler owns everything about one op family, so a reader finds it in one place
     protobuf),
   - the shape rule: `output_shapes`,
   - quantization: `quantize` fixes output quantization and derives the integer parameters,
-  - the integer reference: `reference`, numpy that is bit-exact with the CMSIS-NN arithmetic,
+  - the integer reference: `reference` (one sample) or `reference_batch` (N at once), numpy that is
+    bit-exact with the CMSIS-NN arithmetic,
   - kernel choice and C emission: `emit` returns a `KernelCall` rendered by a template.
 """
 
@@ -227,7 +228,21 @@ class OpHandler:
                 t.quant = calibrated_quant(graph, name, ranges)
 
     def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        raise NotImplementedError
+        """One sample: each input's codes in its tensor's shape -> each output's. A handler overrides
+        this or `reference_batch`; each defaults to the other."""
+        if type(self).reference_batch is OpHandler.reference_batch:
+            raise NotImplementedError(f"the {self.op} handler has no integer reference")
+        return [out[0] for out in self.reference_batch(node, graph, [x[np.newaxis] for x in inputs])]
+
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """N samples at once: each input (N, *its shape) -> each output (N, *its shape), the same bytes as
+        `reference` on each sample. The searches run the whole graph on hundreds of samples, and
+        numpy's per-call cost, not the arithmetic, dominated them one sample at a time. Default: one
+        `reference` call per sample."""
+        if type(self).reference is OpHandler.reference:
+            raise NotImplementedError(f"the {self.op} handler has no integer reference")
+        per_sample = [self.reference(node, graph, list(sample)) for sample in zip(*inputs)]
+        return [np.stack(outs) for outs in zip(*per_sample)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         raise NotImplementedError

@@ -66,8 +66,8 @@ class ConcatHandler(OpHandler):
         assert all(graph.tensors[t].quant == q for t in node.inputs), "concat inputs were not requantized"
         graph.tensors[node.output].quant = q
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.concatenate(inputs, axis=AXIS_OF[node.attrs["kind"]])]
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.concatenate(inputs, axis=1 + AXIS_OF[node.attrs["kind"]])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         shapes = [graph.tensors[t].shape for t in node.inputs]

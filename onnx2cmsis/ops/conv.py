@@ -27,6 +27,7 @@ from onnx2cmsis.ops.base import (
 from onnx2cmsis.quant.rules import (
     check_accumulator_headroom,
     check_accumulator_headroom_s16,
+    integer_matmul,
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
@@ -196,19 +197,20 @@ class Conv1DHandler(OpHandler):
         super().quantize(node, graph, ranges)
         quantize_per_channel(node, graph)
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams
         q_in = graph.tensors[node.inputs[0]].quant
         x = inputs[0].astype(np.int64) - q_in.zero_point  # input_offset = -zp: padding contributes 0
-        w_out = self.output_shapes(node, [inputs[0].shape])[0][0]
+        n, w_in = x.shape[:2]
+        w_out = self.output_shapes(node, [inputs[0].shape[1:]])[0][0]
         k, s, d = a["kernel"], a["stride"], a["dilation"]
         pad_l = a["pad"][0]
-        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - x.shape[0])
-        xp = np.pad(x, ((pad_l, right), (0, 0)))
+        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - w_in)
+        xp = np.pad(x, ((0, 0), (pad_l, right), (0, 0)))
         taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d  # (w_out, k)
-        cols = xp[taps].reshape(w_out, -1)  # (w_out, k*c_in)
+        cols = xp[:, taps].reshape(n, w_out, -1)  # (N, w_out, k*c_in)
         wq = block_diagonal(qp["weight"], a.get("groups", 1)).astype(np.int64)
-        acc = cols @ wq.reshape(wq.shape[0], -1).T + qp["bias"].astype(np.int64)
+        acc = integer_matmul(cols, wq.reshape(wq.shape[0], -1).T) + qp["bias"].astype(np.int64)
         return [requantize_output(acc, node, graph)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:

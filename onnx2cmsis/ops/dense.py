@@ -36,6 +36,7 @@ from onnx2cmsis.ops.conv import (
 )
 from onnx2cmsis.quant.rules import (
     check_accumulator_headroom,
+    integer_matmul,
     quantize_bias,
     quantize_multiplier,
     quantize_weights,
@@ -140,12 +141,12 @@ class DenseHandler(OpHandler):
         if not wide:  # arm_fully_connected_s16 sums in 64 bits past 512 columns: no overflow at 16x8
             check_accumulator_headroom(wq, node.qparams["bias"], q_in.zero_point, sh, node.where)
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
         q_in = graph.tensors[node.inputs[0]].quant
-        x = inputs[0].reshape(-1).astype(np.int64) - q_in.zero_point
-        acc = qp["weight"].astype(np.int64) @ x + qp["bias"].astype(np.int64)
-        return [requantize_output(acc, node, graph)]
+        x = inputs[0].reshape(len(inputs[0]), -1).astype(np.int64) - q_in.zero_point
+        acc = integer_matmul(x, qp["weight"].T) + qp["bias"].astype(np.int64)
+        return [requantize_output(acc, node, graph).reshape(len(x), *graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         qp = node.qparams

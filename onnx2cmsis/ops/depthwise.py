@@ -66,19 +66,20 @@ class DepthwiseConv1DHandler(OpHandler):
         super().quantize(node, graph, ranges)
         quantize_per_channel(node, graph)  # weight (C_out, K): per output channel, as a full conv
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams
         q_in = graph.tensors[node.inputs[0]].quant
-        x = inputs[0].reshape(_feature_map(inputs[0].shape)).astype(np.int64) - q_in.zero_point
+        n, (w_in, c_in) = len(inputs[0]), _feature_map(inputs[0].shape[1:])
+        x = inputs[0].reshape(n, w_in, c_in).astype(np.int64) - q_in.zero_point
         c_out, k = qp["weight"].shape
-        mult = c_out // x.shape[1]
-        w_out = self.output_shapes(node, [x.shape])[0][0]
+        mult = c_out // c_in
+        w_out = self.output_shapes(node, [(w_in, c_in)])[0][0]
         s, d, pad_l = a["stride"], a["dilation"], a["pad"][0]
-        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - x.shape[0])
-        xp = np.pad(x, ((pad_l, right), (0, 0)))[:, np.arange(c_out) // mult]  # (W', C_out)
+        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - w_in)
+        xp = np.pad(x, ((0, 0), (pad_l, right), (0, 0)))[:, :, np.arange(c_out) // mult]  # (N, W', C_out)
         taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d
-        acc = np.einsum("tkc,ck->tc", xp[taps], qp["weight"].astype(np.int64)) + qp["bias"].astype(np.int64)
-        return [requantize_output(acc, node, graph).reshape(graph.tensors[node.output].shape)]
+        acc = np.einsum("ntkc,ck->ntc", xp[:, taps], qp["weight"].astype(np.int64)) + qp["bias"].astype(np.int64)
+        return [requantize_output(acc, node, graph).reshape(n, *graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         a, qp = node.attrs, node.qparams

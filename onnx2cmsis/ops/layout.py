@@ -28,8 +28,8 @@ class ReshapeHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return [inputs[0].reshape(graph.tensors[node.output].shape)]
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [inputs[0].reshape(len(inputs[0]), *graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         return KernelCall(template="view.c.j2", kernel="none (view)")
@@ -54,8 +54,9 @@ class TransposeHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.ascontiguousarray(inputs[0].T)]
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]  # each sample's axes reversed, as numpy's .T
+        return [np.ascontiguousarray(x.transpose(0, *range(x.ndim - 1, 0, -1)))]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         rows, cols = graph.tensors[node.inputs[0]].shape
@@ -117,9 +118,9 @@ class Pad1DHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         zp = graph.tensors[node.inputs[0]].quant.zero_point
-        return [np.pad(inputs[0], (node.attrs["pad"], (0, 0)), constant_values=zp)]
+        return [np.pad(inputs[0], ((0, 0), node.attrs["pad"], (0, 0)), constant_values=zp)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         (w_in, c), (w_out, _) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape

@@ -50,12 +50,12 @@ class Mean1DHandler(OpHandler):
         node.qparams = {"multiplier": multiplier, "shift": shift,
                         "offset": -q_in.zero_point * steps, "output_offset": q_out.zero_point}
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         q = node.qparams
-        total = inputs[0].astype(np.int64).sum(axis=0, keepdims=True) + q["offset"]
+        total = inputs[0].astype(np.int64).sum(axis=1, keepdims=True) + q["offset"]
         bits = graph.tensors[node.output].quant.bits
         out = saturate(requantize(total, q["multiplier"], q["shift"]) + q["output_offset"], bits)
-        return [out.reshape(graph.tensors[node.output].shape)]
+        return [out.reshape(len(out), *graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         steps, channels = graph.tensors[node.inputs[0]].shape

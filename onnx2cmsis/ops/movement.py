@@ -133,9 +133,9 @@ class Slice1DHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         start = node.attrs["start"]
-        return [inputs[0][start:start + node.attrs["width"]].copy()]
+        return [inputs[0][:, start:start + node.attrs["width"]].copy()]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         w, c = graph.tensors[node.inputs[0]].shape
@@ -163,8 +163,9 @@ class GatherHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return [inputs[0].reshape(-1)[node.attrs["index"]].reshape(node.attrs["shape"])]
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        x = inputs[0]
+        return [x.reshape(len(x), -1)[:, node.attrs["index"]].reshape(len(x), *node.attrs["shape"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         index = node.attrs["index"]

@@ -141,13 +141,13 @@ class MaxPool1DHandler(OpHandler):
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
         node.qparams = {"act_range": fused_activation_range(node, graph)}
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
         bits = graph.tensors[node.output].quant.bits
-        taps, valid = _window_taps(node.attrs, x.shape[0])
-        windows = np.where(valid[:, :, None], x[taps], int_range(bits)[0])  # a padded tap never wins
-        pooled = saturate(windows.max(axis=1), bits, *node.qparams["act_range"])
-        return [pooled.reshape(graph.tensors[node.output].shape)]
+        taps, valid = _window_taps(node.attrs, x.shape[1])
+        windows = np.where(valid[:, :, None], x[:, taps], int_range(bits)[0])  # a padded tap never wins
+        pooled = saturate(windows.max(axis=2), bits, *node.qparams["act_range"])
+        return [pooled.reshape(len(x), *graph.tensors[node.output].shape)]
 
     def _context(self, node: Node, graph: Graph) -> dict:
         (w_in, c), a = graph.tensors[node.inputs[0]].shape, node.attrs
@@ -219,15 +219,15 @@ class AvgPool1DHandler(MaxPool1DHandler):
             pool.inputs, a["pad_left"] = [padded], 0
         ctx.add_node(pool)
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0].astype(np.int64)
         k, s, p, out_w = (node.attrs[key] for key in ("kernel", "stride", "pad_left", "out_w"))
-        out = np.empty((out_w, x.shape[1]), np.int64)
+        out = np.empty((len(x), out_w, x.shape[2]), np.int64)
         for o in range(out_w):
-            lo, hi = max(0, o * s - p), min(x.shape[0], o * s - p + k)
-            total, count = x[lo:hi].sum(axis=0), hi - lo
+            lo, hi = max(0, o * s - p), min(x.shape[1], o * s - p + k)
+            total, count = x[:, lo:hi].sum(axis=1), hi - lo
             half = count // 2
-            out[o] = np.where(total > 0, (total + half) // count, -((half - total) // count))
+            out[:, o] = np.where(total > 0, (total + half) // count, -((half - total) // count))
         return [saturate(out, graph.tensors[node.output].quant.bits, *node.qparams["act_range"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:

@@ -67,8 +67,8 @@ class Upsample1DHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.repeat(inputs[0], node.attrs["factor"], axis=0)]
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.repeat(inputs[0], node.attrs["factor"], axis=1)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         w, c = graph.tensors[node.inputs[0]].shape

@@ -108,8 +108,8 @@ class SoftmaxHandler(OpHandler):
         mult, shift, diff_min = softmax_params(q_in.scale)
         node.qparams = {"mult": mult, "shift": shift, "diff_min": diff_min}
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        qp = node.qparams
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        qp = node.qparams  # over the last axis: the batch's samples are rows like any other
         if "exp_table" in qp:
             return [softmax_s16(inputs[0], qp["mult"], qp["shift"], qp["exp_table"], qp["reciprocal_table"])]
         return [softmax_s8(inputs[0], qp["mult"], qp["shift"], qp["diff_min"])]

@@ -175,8 +175,8 @@ class LookupTableHandler(OpHandler):
             identity = negative = requantize_multiplier(q_in, out.quant)
         node.qparams = {"identity": identity, "negative": negative, "range": int_range(out.quant.bits)}
 
-    def reference(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        if "table" in node.qparams:
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if "table" in node.qparams:  # elementwise throughout: a batch is one more axis
             return [node.qparams["table"][inputs[0].astype(np.int16) + 128]]
         qp = node.qparams
         if "scaling" in qp:

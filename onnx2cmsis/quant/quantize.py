@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.rules import activation_quant, dequantize_tensor, quantize_tensor
-from onnx2cmsis.quant.samples import Sample, sample_inputs
+from onnx2cmsis.quant.samples import MultiSamples, Sample, sample_inputs
 
 
 def calibration_values(graph: Graph) -> list[str]:
@@ -38,14 +40,37 @@ def run_reference(graph: Graph, registry: Registry, x: Sample, keep_all: bool = 
     """The integer reference: the inputs' codes (int8 or int16) in the model's layout (one array, or a
     tuple with one per input) -> every (or each output) tensor. With `upto`, only the nodes up to that
     index run (the nodes are in execution order) and every tensor they made is returned."""
-    values = {name: np.asarray(part, graph.tensors[name].quant.dtype).reshape(graph.tensors[name].shape)
-              for name, part in zip(graph.inputs, sample_inputs(x), strict=True)}
+    codes = [np.asarray(part)[np.newaxis] for part in sample_inputs(x)]
+    return {name: value[0] for name, value in run_reference_batch(graph, registry, codes, keep_all, upto).items()}
+
+
+def run_reference_batch(graph: Graph, registry: Registry, codes: Sequence[np.ndarray], keep_all: bool = False,
+                        upto: int | None = None) -> dict[str, np.ndarray]:
+    """run_reference on N samples at once: one (N, ...) array of codes per input -> (N, *shape) per tensor."""
+    n = len(codes[0])
+    values = {name: np.asarray(part, graph.tensors[name].quant.dtype).reshape(n, *graph.tensors[name].shape)
+              for name, part in zip(graph.inputs, codes, strict=True)}
     for node in graph.nodes if upto is None else graph.nodes[:upto + 1]:
-        outs = registry.for_op(node.op).reference(node, graph, [values[t] for t in node.inputs])
+        outs = registry.for_op(node.op).reference_batch(node, graph, [values[t] for t in node.inputs])
         for name, arr in zip(node.outputs, outs, strict=True):  # a handler returns one array per output
-            assert arr.shape == graph.tensors[name].shape, (node.name, arr.shape, graph.tensors[name].shape)
+            assert arr.shape == (n, *graph.tensors[name].shape), (node.name, arr.shape, graph.tensors[name].shape)
             values[name] = arr
     return values if keep_all or upto is not None else {o: values[o] for o in graph.outputs}
+
+
+def batches(graph: Graph, n: int) -> Iterator[slice]:
+    """Slices of N samples, each small enough that the reference's largest temporary (a conv's
+    im2col, int64) stays within tens of MB."""
+    largest = max(t.size for t in graph.tensors.values())
+    step = max(1, min(256, (1 << 20) // max(largest, 1)))
+    return (slice(start, min(start + step, n)) for start in range(0, n, step))
+
+
+def quantize_samples(graph: Graph, x: np.ndarray | MultiSamples) -> list[np.ndarray]:
+    """N float samples' codes, one (N, ...) array per input, each with its input's parameters."""
+    parts = x.parts if isinstance(x, MultiSamples) else (x,)
+    return [quantize_tensor(np.asarray(part), graph.tensors[name].quant)
+            for name, part in zip(graph.inputs, parts, strict=True)]
 
 
 def output_codes(graph: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -76,10 +101,19 @@ def quantize_sample(graph: Graph, sample: Sample) -> Sample:
     return codes if isinstance(sample, tuple) else codes[0]
 
 
-def dequantized_outputs(graph: Graph, registry: Registry, x) -> np.ndarray:
+def reference_outputs(graph: Graph, registry: Registry, codes: Sequence[np.ndarray]) -> np.ndarray:
+    """N samples' input codes (one (N, ...) array per input) -> their output_codes rows, (N, output size)."""
+    rows = []
+    for part in batches(graph, len(codes[0])):
+        values = run_reference_batch(graph, registry, [np.asarray(c)[part] for c in codes])
+        rows.append(np.concatenate([values[o].reshape(len(values[o]), -1) for o in graph.outputs], axis=1))
+    return np.concatenate(rows)
+
+
+def dequantized_outputs(graph: Graph, registry: Registry, x: np.ndarray | MultiSamples) -> np.ndarray:
     """The quantized graph on float samples, as its float outputs: quantize each sample with the
     inputs' parameters, run the integer reference, dequantize the outputs. (N, output size) (several
     outputs side by side, in output order), float64: what every accuracy measurement of a candidate
     quantization compares with the float model."""
-    codes = [output_codes(graph, run_reference(graph, registry, quantize_sample(graph, s))) for s in x]
-    return output_floats(graph, np.stack(codes)).astype(np.float64)
+    codes = reference_outputs(graph, registry, quantize_samples(graph, x))
+    return output_floats(graph, codes).astype(np.float64)

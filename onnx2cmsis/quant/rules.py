@@ -228,6 +228,17 @@ def saturate_int8(x: np.ndarray, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.n
     return np.clip(x, lo, hi).astype(np.int8)
 
 
+def integer_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w of integer arrays, exactly, as int64. numpy's integer matmul has no BLAS and was most of a
+    conversion's time; float64 holds every integer below 2^53 exactly, and no partial sum of a
+    product row can exceed K * max|x| * max|w|, so below that bound the float product is exact
+    whatever order BLAS adds in."""
+    bound = float(np.abs(x).max(initial=0)) * float(np.abs(w).max(initial=0)) * x.shape[-1]
+    if bound >= 2.0**53:
+        return x.astype(np.int64) @ w.astype(np.int64)
+    return (x.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
+
+
 def saturate(x: np.ndarray, bits: int, lo: int | None = None, hi: int | None = None) -> np.ndarray:
     """Clamp to [lo, hi] (default: the type's range) and store as int8 or int16."""
     tlo, thi = int_range(bits)

@@ -28,7 +28,7 @@ from onnx2cmsis.cmsis_nn.fetch import cache_dir
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
 from onnx2cmsis.quant.samples import MultiSamples
-from onnx2cmsis.targets.host import STRICT_FLAGS, cmsis_static_library
+from onnx2cmsis.targets.host import STRICT_FLAGS, cmsis_static_library, one_translation_unit
 
 RUNTIME = Path(__file__).resolve().parent / "cortex_m"
 CROSS_CC = "arm-none-eabi-gcc"
@@ -234,12 +234,13 @@ def build_firmware(items: list, target: str, workdir: Path) -> Firmware:
     (workdir / "models_table.h").write_text(_models_table(conversions))
     common = [*spec.cpu_flags, "-mthumb", "-O2", "-ffunction-sections", "-fdata-sections",
               "-I", str(tree.include), "-I", str(workdir), "-I", str(RUNTIME)]
-    _run([CROSS_CC, *common, *STRICT_FLAGS, "-c", *[f"{c.name}.c" for c in conversions]],
+    sources = one_translation_unit([workdir / f"{c.name}.c" for c in conversions], workdir / "all_models.c")
+    _run([CROSS_CC, *common, *STRICT_FLAGS, "-c", *[s.name for s in sources]],
          f"compiling the models for {target}", cwd=workdir)
     buffer = max(max(c.io_bytes) for c in conversions)
     elf = workdir / f"models_{target}.elf"
     _run([CROSS_CC, *common, "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-DRUNNER_BUFFER_BYTES={buffer}",
-          str(RUNTIME / "runner.c"), str(RUNTIME / "startup.c"), *[f"{c.name}.o" for c in conversions],
+          str(RUNTIME / "runner.c"), str(RUNTIME / "startup.c"), *[f"{s.stem}.o" for s in sources],
           str(cmsis_library(tree, target)), "-nostartfiles", "-T", str(RUNTIME / spec.linker_script),
           "-L", str(RUNTIME), "-Wl,--gc-sections", "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf)],
          f"linking for {target}", cwd=workdir)
