@@ -208,3 +208,18 @@ def test_cli_converts_the_keras_example_deterministically_and_quietly(tmp_path):
         outputs.append({p.name: p.read_bytes() for p in out.iterdir()})
     assert sorted(outputs[0]) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.md", "vibration_cnn.mk", "vibration_cnn_memory.svg"]
     assert outputs[0] == outputs[1]
+
+
+def test_a_model_saved_over_another_converts_as_the_new_one(tmp_path):
+    """The export is kept per process by the file's bytes (a notebook that converts one model with
+    several options pays tf2onnx once): a model saved over an earlier one under the same name, as
+    retraining does, is exported again, never answered with the earlier export."""
+    from onnx2cmsis.frontends import load_model
+
+    path = tmp_path / "model.h5"
+    seen = []
+    for name in ("conv_zoo", "dense_heads", "conv_zoo"):
+        path.write_bytes((MODELS / f"{name}.h5").read_bytes())
+        seen.append([n.op_type for n in load_model(path).graph.node])  # (tf2onnx numbers names per process)
+    fresh = [n.op_type for n in load_model(MODELS / "dense_heads.h5").graph.node]
+    assert seen[0] == seen[2] and seen[1] != seen[0] and seen[1] == fresh

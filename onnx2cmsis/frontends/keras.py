@@ -8,6 +8,8 @@ tf2onnx are the `[keras]` extra and are imported only here, only when a Keras fi
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -303,4 +305,16 @@ def _input_names(keras_names: list[str]) -> list[str]:
 
 
 def load_keras(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
-    return normalize(keras_to_onnx(path, input_shape), str(path))
+    if not path.is_file():
+        raise ConversionError("file not found", str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return onnx.load_from_string(_exported(str(path), digest, input_shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _exported(path: str, digest: str, input_shape: tuple[int, ...] | None) -> bytes:
+    """The normalized ONNX of one file's bytes (`digest`), serialized: tf2onnx's export is most of a
+    Keras conversion, and a script or notebook that converts one model with several options, or
+    `inspect` then `convert`, pays it once per process. Bytes, so that every caller parses its
+    own copy; a failure is not kept, so a bad file is refused (and checked) every time."""
+    return normalize(keras_to_onnx(Path(path), input_shape), path).SerializeToString()
