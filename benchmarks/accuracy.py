@@ -36,7 +36,7 @@ from catalog import CALIBRATION_SEED, MODELS, TEST_SEED  # noqa: E402
 
 from onnx2cmsis.api import convert  # noqa: E402
 from onnx2cmsis.evaluate import quantize_inputs  # noqa: E402
-from onnx2cmsis.quant.rules import dequantize_tensor  # noqa: E402
+from onnx2cmsis.arith.rules import dequantize_tensor  # noqa: E402
 from onnx2cmsis.targets.host import build_conversions  # noqa: E402
 
 

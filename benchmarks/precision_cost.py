@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.accuracy import cases  # noqa: E402
 from onnx2cmsis.api import convert  # noqa: E402
 from onnx2cmsis.evaluate import float_outputs  # noqa: E402
-from onnx2cmsis.quant.rules import dequantize_tensor  # noqa: E402
+from onnx2cmsis.arith.rules import dequantize_tensor  # noqa: E402
 from onnx2cmsis.verification import verify  # noqa: E402
 
 TARGETS = ["host", "m4", "m55"]

@@ -29,7 +29,7 @@ from functools import partial  # noqa: E402
 from onnx2cmsis.api import convert as _convert  # noqa: E402
 from onnx2cmsis.evaluate import evaluate, quantize_inputs  # noqa: E402
 from onnx2cmsis.oracle.tflite_export import export_tflite, tflite_micro_arena  # noqa: E402
-from onnx2cmsis.quant.samples import MultiSamples  # noqa: E402
+from onnx2cmsis.data.samples import MultiSamples  # noqa: E402
 
 
 # Built with $CMSIS_NN_PATH's tree at its level, else with the snapshot (the tree this tool can fetch).

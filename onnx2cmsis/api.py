@@ -32,13 +32,13 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_outputs, run_reference
-from onnx2cmsis.quant.samples import MultiSamples, Sample, checked_samples
+from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples
 from onnx2cmsis.quant.accuracy import load_labels
-from onnx2cmsis.quant.auto_precision import PrecisionBudget, choose_precision
-from onnx2cmsis.quant.bias_correction import correct_biases
+from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
+from onnx2cmsis.tuning.bias_correction import correct_biases
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
-from onnx2cmsis.quant.rules import PRECISIONS
-from onnx2cmsis.quant.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
+from onnx2cmsis.arith.rules import PRECISIONS
+from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
 from onnx2cmsis.report import build_report, header_summary, input_window
 
 
@@ -121,12 +121,12 @@ def convert(
     is a warning in report["warnings"], not an error: the C is still right. dense_weights:
     "auto" (per layer, measured), "per-tensor" or "per-channel" (one weight scale per output feature, as
     TFLite 2.21 writes it). calibration_method: quant/ranges.py. bias_correction: fold each conv/dense
-    layer's mean output error on the calibration samples into its bias (quant/bias_correction.py).
+    layer's mean output error on the calibration samples into its bias (tuning/bias_correction.py).
     precision: "int8", "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto":
     per layer, the cheapest mix (arena, then instructions, then flash) whose output SQNR on the
     calibration samples is at least `max_error_db` dB, or, given `calibration_labels` (each calibration
     sample's class: .npy or array), whose accuracy is at most `max_accuracy_drop` percentage points
-    below the float model's on the same samples (quant/auto_precision.py). input_shape: the
+    below the float model's on the same samples (tuning/auto_precision.py). input_shape: the
     model input's shape without the batch, to fix a dynamic (e.g. time) dimension. streaming: HOP, to add
     NAME_stream_push (one output every HOP time steps, codegen/stream.py). progress: called with
     a short phrase as each step starts (what the command line shows on a terminal)."""
@@ -245,7 +245,7 @@ def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree) -> tuple[Memory
 
 def _calibration_samples(calibration, graph: Graph):
     """The samples (in memory, or a file read a block at a time), checked to be finite: an array for a
-    one-input model, MultiSamples for several (quant/samples.py)."""
+    one-input model, MultiSamples for several (data/samples.py)."""
     if isinstance(calibration, (str, Path)):
         where = str(calibration)
         samples = load_calibration(Path(calibration), graph.model_input_shapes, graph.input_names)

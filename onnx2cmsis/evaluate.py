@@ -13,9 +13,9 @@ import numpy as np
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.quantize import batches, output_floats, output_slices, quantize_sample, run_reference_batch
-from onnx2cmsis.quant.rules import dequantize_tensor
-from onnx2cmsis.quant.samples import MultiSamples, sample_inputs
-from onnx2cmsis.quant.search import float_outputs as search_float_outputs
+from onnx2cmsis.arith.rules import dequantize_tensor
+from onnx2cmsis.data.samples import MultiSamples, sample_inputs
+from onnx2cmsis.tuning.search import float_outputs as search_float_outputs
 from onnx2cmsis.targets.host import build_conversions
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.errors import ConversionError
-from onnx2cmsis.quant import sample_file
+from onnx2cmsis.data import sample_file
 from onnx2cmsis.quant.calibrate import load_calibration
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Range selection (quant/ranges.py) and the choices measured on the output (quant/search.py)."""
+"""Range selection (quant/ranges.py) and the choices measured on the output (tuning/search.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from onnx2cmsis.quant.ranges import (
     percentile_range,
     quantization_mse,
 )
-from onnx2cmsis.quant.rules import activation_quant, dequantize_tensor, quantize_tensor
+from onnx2cmsis.arith.rules import activation_quant, dequantize_tensor, quantize_tensor
 
 
 def histogram_of(values: np.ndarray) -> ValueHistogram:

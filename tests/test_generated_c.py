@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+from onnx2cmsis.arith.rules import dequantize_tensor, quantize_tensor
 from onnx2cmsis.targets.host import build_conversions, one_translation_unit
 from tests.needs import cross_compiler, module
 

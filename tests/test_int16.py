@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import OptionError
 from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
-from onnx2cmsis.quant.rules import activation_quant, quantize_tensor
+from onnx2cmsis.arith.rules import activation_quant, quantize_tensor
 from onnx2cmsis.targets.host import build_conversions
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from tests.bit_exact import batch_mismatches

@@ -15,7 +15,7 @@ from onnx2cmsis.api import convert
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.evaluate import evaluate
 from onnx2cmsis.frontends.keras import load_keras_model
-from onnx2cmsis.quant.rules import dequantize_tensor
+from onnx2cmsis.arith.rules import dequantize_tensor
 from tests.keras_models.data import signals
 from tests.needs import module
 

@@ -8,30 +8,42 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "onnx2cmsis"
 
-# Lowest first. A module belongs to the layer of its longest listed prefix.
-LAYERS: list[set[str]] = [
-    {"onnx2cmsis", "onnx2cmsis.errors"},  # the version string, the error types
-    {"onnx2cmsis.ir"},  # the canonical IR and the target description it carries
-    {"onnx2cmsis.quant.rules", "onnx2cmsis.quant.fixedpoint", "onnx2cmsis.quant.lut16",
-     "onnx2cmsis.quant.sigmoid16", "onnx2cmsis.quant.sample_file", "onnx2cmsis.quant.samples",
-     "onnx2cmsis.codegen.naming"},  # arithmetic and text helpers
-    {"onnx2cmsis.ops", "onnx2cmsis.frontends", "onnx2cmsis.cmsis_nn", "onnx2cmsis.oracle"},
-    {"onnx2cmsis.importer", "onnx2cmsis.passes", "onnx2cmsis.quant", "onnx2cmsis.plan", "onnx2cmsis.targets"},
-    {"onnx2cmsis.codegen"},
-    {"onnx2cmsis.api", "onnx2cmsis.report"},
-    {"onnx2cmsis.evaluate", "onnx2cmsis.verification", "onnx2cmsis.inspect_model", "onnx2cmsis.stream_check"},
-    {"onnx2cmsis.cli", "onnx2cmsis.cli_options", "onnx2cmsis.cli_progress"},
+# Lowest first, one package (or top-level module) per layer: an import between two of them must point
+# down this list; modules of one package import each other freely. A module belongs to the entry of
+# its longest listed prefix.
+LAYERS: list[str] = [
+    "onnx2cmsis",  # the version string; the API names it loads on first use (no import statement)
+    "onnx2cmsis.errors",  # the error types
+    "onnx2cmsis.ir",  # the canonical IR and the target description it carries
+    "onnx2cmsis.arith",  # integer arithmetic bit-exact with CMSIS-NN: rules, fixed point, 16x8 tables
+    "onnx2cmsis.data",  # calibration and test samples, in memory and in files
+    "onnx2cmsis.frontends",  # a model file -> ONNX
+    "onnx2cmsis.cmsis_nn",  # finding, fetching and describing CMSIS-NN trees
+    "onnx2cmsis.ops",  # the op handlers and their table
+    "onnx2cmsis.importer",  # ONNX -> canonical IR
+    "onnx2cmsis.passes",  # graph rewrites
+    "onnx2cmsis.plan",  # execution order, arena, streaming state
+    "onnx2cmsis.quant",  # calibration ranges, quantizing the graph, the integer reference run
+    "onnx2cmsis.tuning",  # searches that run the whole quantized graph: method, weights, bias, precision
+    "onnx2cmsis.oracle",  # the TFLite form of a quantized graph, tflite-micro
+    "onnx2cmsis.targets",  # building and running C: host, QEMU
+    "onnx2cmsis.codegen",  # C, headers and build files from templates
+    "onnx2cmsis.report",  # NAME.json / NAME.md
+    "onnx2cmsis.api",  # the pipeline: convert
+    "onnx2cmsis.stream_check",
+    "onnx2cmsis.evaluate",
+    "onnx2cmsis.verification",
+    "onnx2cmsis.inspect_model",
+    "onnx2cmsis.cli_options",
+    "onnx2cmsis.cli_progress",
+    "onnx2cmsis.cli",
 ]
 
 
 def layer_of(module: str) -> int:
-    best, layer = "", -1
-    for i, prefixes in enumerate(LAYERS):
-        for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > len(best):
-                best, layer = p, i
-    assert layer >= 0, f"{module} is in no layer: add it to LAYERS"
-    return layer
+    matches = [(len(p), i) for i, p in enumerate(LAYERS) if module == p or module.startswith(p + ".")]
+    assert matches, f"{module} is in no layer: add its package to LAYERS"
+    return max(matches)[1]
 
 
 def module_imports() -> dict[str, set[str]]:
@@ -49,11 +61,20 @@ def module_imports() -> dict[str, set[str]]:
     return found
 
 
+def wrong_way(imports: dict[str, set[str]]) -> list[str]:
+    """Every import from one listed package into another that is not below it."""
+    return [f"{module} ({LAYERS[layer_of(module)]}) imports {dep} ({LAYERS[layer_of(dep)]}, not below it)"
+            for module, deps in imports.items() for dep in sorted(deps)
+            if layer_of(dep) != layer_of(module) and layer_of(dep) > layer_of(module)]
+
+
 def test_every_import_points_down():
-    upward = [f"{module} (layer {layer_of(module)}) imports {dep} (layer {layer_of(dep)})"
-              for module, deps in module_imports().items() for dep in sorted(deps)
-              if layer_of(dep) > layer_of(module)]
-    assert not upward, "\n".join(upward)
+    assert not wrong_way(module_imports()), "\n".join(wrong_way(module_imports()))
+
+
+def test_every_package_is_listed_once():
+    packages = {m if m in LAYERS else ".".join(m.split(".")[:2]) for m in module_imports()}
+    assert packages == set(LAYERS) and len(LAYERS) == len(set(LAYERS)), packages ^ set(LAYERS)
 
 
 def test_the_ir_imports_only_itself_and_the_errors():
@@ -71,3 +92,17 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     imports = module_imports()
     assert imports == {"onnx2cmsis.ir.bad": {"onnx2cmsis.ops.registry"}}
     assert layer_of("onnx2cmsis.ops.registry") > layer_of("onnx2cmsis.ir.bad")
+
+
+def test_the_check_sees_a_cycle_between_packages(tmp_path, monkeypatch):
+    """The cycle the handlers once had (ops used quant's rules, quant ran the handlers): a handler that
+    imports the quantizer again is caught, naming both ends."""
+    fake = tmp_path / "onnx2cmsis"
+    (fake / "ops").mkdir(parents=True)
+    (fake / "quant").mkdir()
+    (fake / "ops" / "bad.py").write_text("from onnx2cmsis.quant.quantize import run_reference\n")
+    (fake / "quant" / "quantize.py").write_text("from onnx2cmsis.ops.registry import Registry\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", fake)
+    found = wrong_way(module_imports())
+    assert found == ["onnx2cmsis.ops.bad (onnx2cmsis.ops) imports onnx2cmsis.quant.quantize "
+                     "(onnx2cmsis.quant, not below it)"], found

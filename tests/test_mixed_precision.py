@@ -19,8 +19,8 @@ from onnx2cmsis.errors import ConversionError, OptionError
 from onnx2cmsis.evaluate import quantize_inputs
 from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
 from onnx2cmsis.quant.precision import apply_precision
-from onnx2cmsis.quant.rules import dequantize_tensor
-from onnx2cmsis.quant.search import float_outputs, search_samples
+from onnx2cmsis.arith.rules import dequantize_tensor
+from onnx2cmsis.tuning.search import float_outputs, search_samples
 from onnx2cmsis.targets.host import build_conversions
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from tests.keras_models import input_window, keras_fixtures

@@ -15,7 +15,7 @@ import pytest
 
 from onnx2cmsis.api import Conversion, convert
 from onnx2cmsis.evaluate import Evaluation, evaluate
-from onnx2cmsis.quant.rules import dequantize_tensor
+from onnx2cmsis.arith.rules import dequantize_tensor
 from tests.needs import module
 from tests.torch_models import EXPORTS, export_torch
 

@@ -22,9 +22,9 @@ from onnx2cmsis.api import convert
 from onnx2cmsis.cli import app
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.evaluate import evaluate, float_outputs, quantize_inputs
-from onnx2cmsis.quant.samples import MultiSamples
+from onnx2cmsis.data.samples import MultiSamples
 from onnx2cmsis.quant.quantize import output_floats
-from onnx2cmsis.quant.rules import quantize_tensor
+from onnx2cmsis.arith.rules import quantize_tensor
 from onnx2cmsis.targets.host import build_conversions, build_shared_library
 from tests.bit_exact import bit_exact_everywhere
 from tests.needs import module, oracle_runtime

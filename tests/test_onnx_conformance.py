@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.quant.rules import dequantize_tensor, quantize_tensor
+from onnx2cmsis.arith.rules import dequantize_tensor, quantize_tensor
 from onnx2cmsis.targets.host import build_conversions
 
 CASES = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "pytorch-converted"

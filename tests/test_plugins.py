@@ -67,7 +67,7 @@ def test_a_plugin_without_int16_is_refused_at_int16_by_name(tmp_path):
 
 
 def test_table_matches_the_float_function_within_half_a_step():
-    from onnx2cmsis.quant.rules import QuantParams
+    from onnx2cmsis.arith.rules import QuantParams
 
     q_in = QuantParams(0.05, 3)
     table = plugin.hardsigmoid_table(q_in, 0.2, 0.5).astype(np.float64)

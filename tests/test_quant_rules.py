@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnx2cmsis.ops.softmax import softmax_params
-from onnx2cmsis.quant.rules import (
+from onnx2cmsis.arith.rules import (
     activation_quant,
     activation_range,
     divide_by_power_of_two,

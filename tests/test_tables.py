@@ -7,7 +7,7 @@ import pytest
 
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
 from onnx2cmsis.ops.table import SIGMOID_QUANT, TANH_QUANT, leaky_relu_table, sigmoid_table, tanh_table
-from onnx2cmsis.quant.rules import QuantParams, activation_quant
+from onnx2cmsis.arith.rules import QuantParams, activation_quant
 from tests.needs import oracle_runtime
 
 pytestmark = pytest.mark.oracle

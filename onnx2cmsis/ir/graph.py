@@ -45,13 +45,13 @@ class QuantOptions:
 
     # "per-tensor": one weight scale per dense layer; "per-channel": one per output feature, as TFLite
     # 2.21's converter writes FULLY_CONNECTED; "auto": per layer, whichever gives the smaller output
-    # error on the calibration set (quant/search.py writes the choice to node.attrs["weights"]).
+    # error on the calibration set (tuning/search.py writes the choice to node.attrs["weights"]).
     dense_weights: str = "auto"
     # How each value's float range is chosen from the calibration samples (quant/ranges.py).
     calibration_method: str = "minmax"
     # The activations' width: "int8" (TFLite int8) or "int16" (TFLite 16x8: int16 activations with
     # zero point 0, int8 weights, int64 biases), or "auto" (per layer: Tensor.bits, chosen by
-    # quant/auto_precision.py). Weights are int8 either way.
+    # tuning/auto_precision.py). Weights are int8 either way.
     precision: str = "int8"
 
     @property

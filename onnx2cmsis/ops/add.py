@@ -20,7 +20,7 @@ from onnx2cmsis.ops.base import (
     elementwise_io,
     fused_activation_range,
 )
-from onnx2cmsis.quant.rules import quantize_multiplier, requantize, saturate
+from onnx2cmsis.arith.rules import quantize_multiplier, requantize, saturate
 
 LEFT_SHIFT = {8: 20, 16: 15}  # headroom bits by activation width, as TFLite-Micro's Prepare sets them
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.quant.rules import QuantParams, activation_quant, activation_range
+from onnx2cmsis.arith.rules import QuantParams, activation_quant, activation_range
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from onnx2cmsis.ops.base import (
     int_attr_list,
     spatial_1d,
 )
-from onnx2cmsis.quant.rules import (
+from onnx2cmsis.arith.rules import (
     check_accumulator_headroom,
     check_accumulator_headroom_s16,
     integer_matmul,

@@ -34,7 +34,7 @@ from onnx2cmsis.ops.conv import (
     quantize_per_channel,
     requantize_output,
 )
-from onnx2cmsis.quant.rules import (
+from onnx2cmsis.arith.rules import (
     check_accumulator_headroom,
     integer_matmul,
     quantize_bias,

@@ -16,7 +16,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
 from onnx2cmsis.ops.pool import add_global_pool
-from onnx2cmsis.quant.rules import int_range, quantize_multiplier, requantize, saturate
+from onnx2cmsis.arith.rules import int_range, quantize_multiplier, requantize, saturate
 
 
 def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from onnx2cmsis.ops.base import (
     int_attr_list,
     spatial_1d,
 )
-from onnx2cmsis.quant.rules import int_range, saturate
+from onnx2cmsis.arith.rules import int_range, saturate
 
 GLOBAL_OPS = ("GlobalMaxPool", "ReduceMax")
 

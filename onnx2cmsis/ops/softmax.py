@@ -1,9 +1,9 @@
 """Softmax -> arm_softmax_s8. Output quantization is fixed by TFLite: scale 1/256, zero point -128.
 
 The reference re-implements CMSIS-NN's fixed-point algorithm (gemmlowp exp on negative values,
-a Newton-Raphson reciprocal: quant/fixedpoint.py) with numpy integer arrays.
+a Newton-Raphson reciprocal: arith/fixedpoint.py) with numpy integer arrays.
 
-At 16x8: arm_softmax_s16 with TFLite's two 513-entry int16 tables (exp and 1 / (1 + x), quant/lut16.py),
+At 16x8: arm_softmax_s16 with TFLite's two 513-entry int16 tables (exp and 1 / (1 + x), arith/lut16.py),
 output scale 1/32768, zero point 0.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
-from onnx2cmsis.quant.lut16 import lookup, softmax_tables
-from onnx2cmsis.quant.fixedpoint import exp_on_negative_values, one_over_one_plus_x
-from onnx2cmsis.quant.rules import (
+from onnx2cmsis.arith.lut16 import lookup, softmax_tables
+from onnx2cmsis.arith.fixedpoint import exp_on_negative_values, one_over_one_plus_x
+from onnx2cmsis.arith.rules import (
     QuantParams,
     divide_by_power_of_two,
     doubling_high_mult,

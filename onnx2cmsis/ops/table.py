@@ -2,13 +2,13 @@
 
 CMSIS-NN has no int8 tanh/sigmoid; TFLite-Micro runs reference integer kernels. An int8 -> int8
 function has only 256 inputs, so the table is computed at conversion time by the very integer
-algorithm TFLite-Micro runs (gemmlowp fixed point: quant/fixedpoint.py) and the C is one indexed load
+algorithm TFLite-Micro runs (gemmlowp fixed point: arith/fixedpoint.py) and the C is one indexed load
 per element: exact by construction, and fast.
 
 At int16 a table would take 128 KiB: LeakyRelu, requantize and the clamp are then an own loop with
 TFLite-Micro's arithmetic (`elementwise_loop.c.j2`, also the requantize between int8 and int16 of a
 mixed-precision model), Tanh and Sigmoid TFLite's 16x8 algorithm with its
-interpolated sigmoid table (quant/sigmoid16.py, `sigmoid_s16.c.j2`).
+interpolated sigmoid table (arith/sigmoid16.py, `sigmoid_s16.c.j2`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from onnx2cmsis.ops.base import (
     calibrated_quant,
     elementwise_io,
 )
-from onnx2cmsis.quant.sigmoid16 import SIGMOID_TABLE, input_scaling, sigmoid_s16, tanh_s16
-from onnx2cmsis.quant.fixedpoint import logistic_q0, tanh_q0
-from onnx2cmsis.quant.rules import (
+from onnx2cmsis.arith.sigmoid16 import SIGMOID_TABLE, input_scaling, sigmoid_s16, tanh_s16
+from onnx2cmsis.arith.fixedpoint import logistic_q0, tanh_q0
+from onnx2cmsis.arith.rules import (
     QuantParams,
     activation_range,
     divide_by_power_of_two,

@@ -20,7 +20,7 @@ import numpy as np
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.oracle.tflite_writer import Exporter, NotExportable, tflite_shape
-from onnx2cmsis.quant.samples import sample_inputs
+from onnx2cmsis.data.samples import sample_inputs
 
 __all__ = ["NotExportable", "export_tflite", "run_tflite_micro", "tflite_micro_arena", "tflite_shape"]
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from onnx2cmsis.errors import ConversionError, NotExportable
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.quant.rules import QuantParams
+from onnx2cmsis.arith.rules import QuantParams
 
 
 def _modules() -> tuple[Any, Any]:

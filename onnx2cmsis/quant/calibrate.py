@@ -1,6 +1,6 @@
 """Calibration: run the float model in ONNX Runtime and record every value's min/max.
 
-Samples are read from disk a block at a time (quant/sample_file.py), so a large calibration set
+Samples are read from disk a block at a time (data/sample_file.py), so a large calibration set
 costs no more memory than one block and the running min/max.
 """
 
@@ -14,15 +14,15 @@ import onnx
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.quant.ranges import ValueHistogram, new_histograms
-from onnx2cmsis.quant.sample_file import SampleFile, open_samples
-from onnx2cmsis.quant.samples import MultiSamples, checked_samples, open_input_samples, sample_inputs, wrong_shape
+from onnx2cmsis.data.sample_file import SampleFile, open_samples
+from onnx2cmsis.data.samples import MultiSamples, checked_samples, open_input_samples, sample_inputs, wrong_shape
 
 
 def load_calibration(path: Path, input_shapes: list[tuple[int, ...]], names: list[str],
                      what: str = "calibration data") -> SampleFile | MultiSamples:
     """The samples of a .npy/.npz, read from disk a block at a time (a file of any size costs a few MiB
     of memory): for one input an (N, *input_shape[1:]) SampleFile; for several, MultiSamples of one
-    such array per input from a .npz (by input name, or arr_0, arr_1, ...; quant/samples.py). A
+    such array per input from a .npz (by input name, or arr_0, arr_1, ...; data/samples.py). A
     single sample without the N axis, and an (N, 1, ...) batch axis, are accepted."""
     where = str(path)
     if not path.is_file():

@@ -9,8 +9,8 @@ import numpy as np
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.rules import activation_quant, dequantize_tensor, quantize_tensor
-from onnx2cmsis.quant.samples import MultiSamples, Sample, sample_inputs
+from onnx2cmsis.arith.rules import activation_quant, dequantize_tensor, quantize_tensor
+from onnx2cmsis.data.samples import MultiSamples, Sample, sample_inputs
 
 
 def calibration_values(graph: Graph) -> list[str]:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx2cmsis.quant.rules import activation_quant
+from onnx2cmsis.arith.rules import activation_quant
 
-CALIBRATION_METHODS = ("minmax", "percentile", "mse", "output")  # output: quant/search.py
+CALIBRATION_METHODS = ("minmax", "percentile", "mse", "output")  # output: tuning/search.py
 HISTOGRAM_BINS = 2048
 PERCENTILE_TAIL = 1e-4
 _MSE_GRID = np.geomspace(0.01, 1.0, 48)  # each end tried at these fractions of its extreme

@@ -20,7 +20,7 @@ import numpy as np
 from onnx2cmsis.cmsis_nn.fetch import cache_dir
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
-from onnx2cmsis.quant.samples import sample_inputs
+from onnx2cmsis.data.samples import sample_inputs
 
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
 CMSIS_FLAGS = ("-O2", "-fPIC", "-w")

@@ -27,7 +27,7 @@ import numpy as np
 from onnx2cmsis.cmsis_nn.fetch import cache_dir
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
-from onnx2cmsis.quant.samples import MultiSamples
+from onnx2cmsis.data.samples import MultiSamples
 from onnx2cmsis.targets.host import STRICT_FLAGS, cmsis_static_library, one_translation_unit
 
 RUNTIME = Path(__file__).resolve().parent / "cortex_m"

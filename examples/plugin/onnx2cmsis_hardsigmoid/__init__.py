@@ -13,7 +13,7 @@ import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, elementwise_io
-from onnx2cmsis.quant.rules import QuantParams, round_half_away
+from onnx2cmsis.arith.rules import QuantParams, round_half_away
 
 OUTPUT_QUANT = QuantParams(1.0 / 256.0, -128)
 

@@ -34,7 +34,7 @@ from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.accuracy import accuracy
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
-from onnx2cmsis.quant.search import sqnr_db
+from onnx2cmsis.tuning.search import sqnr_db
 
 # Relative instructions, roughly as QEMU counts them on Cortex-M4 (benchmarks/precision_cost.py): the
 # s16 kernels multiply-accumulate nearly as fast as the s8 ones (the same SMLAD); a requantize step

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.quant.rules import INT32_MAX, INT32_MIN, divide_by_power_of_two, doubling_high_mult, wrap32
+from onnx2cmsis.arith.rules import INT32_MAX, INT32_MIN, divide_by_power_of_two, doubling_high_mult, wrap32
 
 _EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308), (2, 39332535), (3, 720401),
                (4, 242))  # exp(-2^e) in Q0.31

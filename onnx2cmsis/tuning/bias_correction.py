@@ -10,7 +10,7 @@ Where the node clamps (a fused ReLU), only the positions inside the clamp's line
 the output error is the pre-activation error the bias shift acts on.
 
 The corrections are kept only when, all together, they raise the model's output SQNR on both halves
-of the samples (the rule of quant/search.py): a mean shift is not always what the layers after it
+of the samples (the rule of tuning/search.py): a mean shift is not always what the layers after it
 need (a global max pool picks extremes, not means), and on one test model the corrections raised
 the SQNR on one half of the samples, lowered it on the other and flipped more decisions. Judging
 each layer's correction alone was tried and measured worse: small per-layer gains on 200 samples
@@ -26,8 +26,8 @@ from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.quantize import batches, quantize_samples, run_reference_batch
-from onnx2cmsis.quant.rules import dequantize_tensor, int_range
-from onnx2cmsis.quant.search import OutputJudge, improves, joined_outputs, quantized_copy
+from onnx2cmsis.arith.rules import dequantize_tensor, int_range
+from onnx2cmsis.tuning.search import OutputJudge, improves, joined_outputs, quantized_copy
 
 MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the mean is left alone
 

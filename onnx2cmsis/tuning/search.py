@@ -24,7 +24,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import collect_histograms, collect_ranges, run_float
-from onnx2cmsis.quant.samples import stacked
+from onnx2cmsis.data.samples import stacked
 from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, quantize_graph
 from onnx2cmsis.quant.ranges import ValueHistogram, choose_ranges, mse_range, percentile_range
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.quant.rules import round_half_away
+from onnx2cmsis.arith.rules import round_half_away
 
 SIGMOID_TABLE = np.array([
     32768, 33451, 34133, 34813, 35493, 36169, 36843, 37513, 38180, 38841, 39498, 40149,

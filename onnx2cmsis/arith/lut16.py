@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnx2cmsis.quant.rules import round_half_away
+from onnx2cmsis.arith.rules import round_half_away
 
 STEPS = 512
 _F = np.float32

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnx2cmsis.errors import ConversionError, count
-from onnx2cmsis.quant.sample_file import npz_arrays, open_samples
+from onnx2cmsis.data.sample_file import npz_arrays, open_samples
 
 Sample = np.ndarray | tuple[np.ndarray, ...]
 
