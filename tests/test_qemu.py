@@ -3,7 +3,8 @@ Cortex-M0 (Armv6-M), M4 and M7 (DSP) and M55 (MVE), run on QEMU, compared byte f
 integer reference (which the sweeps tie to tflite-micro).
 
 CI runs 50 random models per sweep family (600 op models); ONNX2CMSIS_QEMU_PER_FAMILY=200 runs
-the full sweeps (2,400 op models) on every target (about 13 minutes on 2 cores). The whole models and
+the full sweeps (2,400 op models) on every target (about 13 minutes on 2 cores when every model was
+compiled alone; an image's models are now one translation unit). The whole models and
 the MVE-rule convs carry the `level` marker: CI runs them against every CMSIS-NN tree."""
 
 from __future__ import annotations
