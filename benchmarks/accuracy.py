@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "models"))
 from catalog import CALIBRATION_SEED, MODELS, TEST_SEED  # noqa: E402
 
 from onnx2cmsis.api import convert  # noqa: E402
-from onnx2cmsis.evaluate import quantize_inputs  # noqa: E402
+from onnx2cmsis.drivers.evaluate import quantize_inputs  # noqa: E402
 from onnx2cmsis.arith.rules import dequantize_tensor  # noqa: E402
 from onnx2cmsis.targets.host import build_conversions  # noqa: E402
 

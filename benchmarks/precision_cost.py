@@ -28,15 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import cases  # noqa: E402
 from onnx2cmsis.api import convert  # noqa: E402
-from onnx2cmsis.evaluate import float_outputs  # noqa: E402
+from onnx2cmsis.drivers.evaluate import float_outputs  # noqa: E402
 from onnx2cmsis.arith.rules import dequantize_tensor  # noqa: E402
-from onnx2cmsis.verification import verify  # noqa: E402
+from onnx2cmsis.drivers.verification import verify  # noqa: E402
 
 TARGETS = ["host", "m4", "m55"]
 
 
 def sqnr_db(conv, x: np.ndarray) -> float:
-    from onnx2cmsis.evaluate import quantize_inputs
+    from onnx2cmsis.drivers.evaluate import quantize_inputs
 
     want = float_outputs(conv, x).astype(np.float64)
     got = np.stack([dequantize_tensor(conv.reference(s), conv.graph.tensors[conv.graph.outputs[0]].quant)

@@ -27,7 +27,7 @@ from data import make_dataset  # noqa: E402
 from functools import partial  # noqa: E402
 
 from onnx2cmsis.api import convert as _convert  # noqa: E402
-from onnx2cmsis.evaluate import evaluate, quantize_inputs  # noqa: E402
+from onnx2cmsis.drivers.evaluate import evaluate, quantize_inputs  # noqa: E402
 from onnx2cmsis.oracle.tflite_export import export_tflite, tflite_micro_arena  # noqa: E402
 from onnx2cmsis.data.samples import MultiSamples  # noqa: E402
 

@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import cases  # noqa: E402
 from onnx2cmsis.api import convert, front_end  # noqa: E402
-from onnx2cmsis.evaluate import quantize_inputs  # noqa: E402
+from onnx2cmsis.drivers.evaluate import quantize_inputs  # noqa: E402
 from onnx2cmsis.ops.registry import build_registry  # noqa: E402
 from onnx2cmsis.plan.stream import hop_multiple  # noqa: E402
-from onnx2cmsis.stream_check import stream_run  # noqa: E402
+from onnx2cmsis.drivers.stream_check import stream_run  # noqa: E402
 from onnx2cmsis.targets.host import build_conversions  # noqa: E402
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware, stream_unit  # noqa: E402
 

@@ -17,9 +17,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"convert": "onnx2cmsis.api", "write_outputs": "onnx2cmsis.api", "Conversion": "onnx2cmsis.api",
-        "Budget": "onnx2cmsis.api", "verify": "onnx2cmsis.verification", "Verification": "onnx2cmsis.verification",
-        "TargetResult": "onnx2cmsis.verification", "inspect": "onnx2cmsis.inspect_model",
-        "Inspection": "onnx2cmsis.inspect_model", "ConversionError": "onnx2cmsis.errors"}
+        "Budget": "onnx2cmsis.api", "verify": "onnx2cmsis.drivers.verification", "Verification": "onnx2cmsis.drivers.verification",
+        "TargetResult": "onnx2cmsis.drivers.verification", "inspect": "onnx2cmsis.drivers.inspect_model",
+        "Inspection": "onnx2cmsis.drivers.inspect_model", "ConversionError": "onnx2cmsis.errors"}
 
 __all__ = ["__version__", *_API]
 

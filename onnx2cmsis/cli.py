@@ -213,8 +213,8 @@ def inspect_command(
     """
     import json
 
-    from onnx2cmsis.inspect_model import format_inspection
-    from onnx2cmsis.inspect_model import inspect as run_inspect
+    from onnx2cmsis.drivers.inspect_model import format_inspection
+    from onnx2cmsis.drivers.inspect_model import inspect as run_inspect
     from onnx2cmsis.ops.registry import build_registry
 
     with _reported(model, "inspect", debug):
@@ -285,9 +285,9 @@ def verify(
 
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.ops.registry import build_registry
-    from onnx2cmsis.evaluate import layer_accuracy
-    from onnx2cmsis.verification import TARGET_NAMES, format_layer_table, format_table
-    from onnx2cmsis.verification import verify as run_verify
+    from onnx2cmsis.drivers.evaluate import layer_accuracy
+    from onnx2cmsis.drivers.verification import TARGET_NAMES, format_layer_table, format_table
+    from onnx2cmsis.drivers.verification import verify as run_verify
 
     targets = list(TARGET_NAMES) if target == "all" else [t.strip() for t in target.split(",")]
     unknown = [t for t in targets if t not in TARGET_NAMES]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnx2cmsis.evaluate import evaluate, quantize_inputs
+from onnx2cmsis.drivers.evaluate import evaluate, quantize_inputs
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from tests.needs import qemu_tools
 

@@ -93,7 +93,7 @@ def test_verify_api_refuses_an_unknown_target_by_its_parameter_name():
 def test_inspect_columns_never_run_into_each_other():
     """The "from" column of the PyTorch example (`Gemm+Relu (weights reordered for channel-last ...)`)
     ran into the kernel column: every cell now starts where its header does."""
-    from onnx2cmsis.inspect_model import format_inspection, inspect
+    from onnx2cmsis.drivers.inspect_model import format_inspection, inspect
 
     result = inspect(MODEL)
     lines = format_inspection(result).splitlines()

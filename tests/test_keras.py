@@ -13,7 +13,7 @@ import pytest
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
-from onnx2cmsis.evaluate import evaluate
+from onnx2cmsis.drivers.evaluate import evaluate
 from onnx2cmsis.frontends.keras import load_keras_model
 from onnx2cmsis.arith.rules import dequantize_tensor
 from tests.keras_models.data import signals

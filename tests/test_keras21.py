@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.evaluate import float_outputs
+from onnx2cmsis.drivers.evaluate import float_outputs
 from onnx2cmsis.frontends.keras import modern_sequential
 from tests.keras_models.data import signals
 from tests.keras_models.make_keras21 import FUNCTIONAL_STEPS, LAYERS, beats

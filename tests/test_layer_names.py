@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.inspect_model import inspect as inspect_model
+from onnx2cmsis.drivers.inspect_model import inspect as inspect_model
 from tests.keras_models import model_config
 from tests.needs import module
 

@@ -30,10 +30,7 @@ LAYERS: list[str] = [
     "onnx2cmsis.codegen",  # C, headers and build files from templates
     "onnx2cmsis.report",  # NAME.json / NAME.md
     "onnx2cmsis.api",  # the pipeline: convert
-    "onnx2cmsis.stream_check",
-    "onnx2cmsis.evaluate",
-    "onnx2cmsis.verification",
-    "onnx2cmsis.inspect_model",
+    "onnx2cmsis.drivers",  # verify (verification, evaluate, stream_check) and inspect (inspect_model)
     "onnx2cmsis.cli_options",
     "onnx2cmsis.cli_progress",
     "onnx2cmsis.cli",

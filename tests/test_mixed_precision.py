@@ -16,7 +16,7 @@ import pytest
 import onnx2cmsis.api as api
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import ConversionError, OptionError
-from onnx2cmsis.evaluate import quantize_inputs
+from onnx2cmsis.drivers.evaluate import quantize_inputs
 from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
 from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.arith.rules import dequantize_tensor

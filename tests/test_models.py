@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import Conversion, convert
-from onnx2cmsis.evaluate import Evaluation, evaluate
+from onnx2cmsis.drivers.evaluate import Evaluation, evaluate
 from onnx2cmsis.arith.rules import dequantize_tensor
 from tests.needs import module
 from tests.torch_models import EXPORTS, export_torch

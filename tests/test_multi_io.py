@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from onnx2cmsis.api import convert
 from onnx2cmsis.cli import app
 from onnx2cmsis.errors import ConversionError
-from onnx2cmsis.evaluate import evaluate, float_outputs, quantize_inputs
+from onnx2cmsis.drivers.evaluate import evaluate, float_outputs, quantize_inputs
 from onnx2cmsis.data.samples import MultiSamples
 from onnx2cmsis.quant.quantize import output_floats
 from onnx2cmsis.arith.rules import quantize_tensor

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.evaluate import evaluate
+from onnx2cmsis.drivers.evaluate import evaluate
 from tests.onnx_builders import _model
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from onnx2cmsis.api import convert
 from onnx2cmsis.cli import app
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
-from onnx2cmsis.evaluate import evaluate
+from onnx2cmsis.drivers.evaluate import evaluate
 from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.registry import build_registry
 from tests.needs import module

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from onnx2cmsis.api import convert
 from onnx2cmsis.cli import app
 from onnx2cmsis.targets.qemu import missing_tools
-from onnx2cmsis.verification import verify
+from onnx2cmsis.drivers.verification import verify
 from tests.needs import in_ci, oracle_runtime, qemu_tools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_convert_tflite_has_the_c_interface_and_runs_the_same(tmp_path):
 def test_layer_accuracy_follows_each_layer_through_the_layout_change(tmp_path):
     """The example's input is (C, W) and the IR computes in (W, C): each layer's int8 output is matched
     to its float value through the importer's index map. A wrong map would read noise (~0 dB)."""
-    from onnx2cmsis.evaluate import layer_accuracy
+    from onnx2cmsis.drivers.evaluate import layer_accuracy
 
     conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
     x, _ = _data(tmp_path, 32)
@@ -175,7 +175,7 @@ def test_layer_accuracy_counts_what_the_calibration_range_clips():
     """Data three times louder than the calibration samples: the first layer's outputs overflow its
     calibrated range (counted against the float values, independently of the int8 run); the
     calibration samples themselves never do."""
-    from onnx2cmsis.evaluate import layer_accuracy
+    from onnx2cmsis.drivers.evaluate import layer_accuracy
 
     conv = convert(EXAMPLE / "vibration_cnn.onnx", EXAMPLE / "calibration.npy")
     calib = np.load(EXAMPLE / "calibration.npy")[:16]

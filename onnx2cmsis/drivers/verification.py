@@ -19,12 +19,12 @@ import numpy as np
 
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.errors import ConversionError, OptionError
-from onnx2cmsis.evaluate import float_outputs, quantize_inputs
+from onnx2cmsis.drivers.evaluate import float_outputs, quantize_inputs
 from onnx2cmsis.quant.accuracy import accuracy, load_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_floats, output_slices, run_reference
 from onnx2cmsis.data.samples import MultiSamples, checked_samples
-from onnx2cmsis.stream_check import host_pushes, stream_run
+from onnx2cmsis.drivers.stream_check import host_pushes, stream_run
 from onnx2cmsis.targets import qemu
 from onnx2cmsis.targets.host import build_conversions, layer_outputs
 
