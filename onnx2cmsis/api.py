@@ -32,7 +32,7 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_outputs, run_reference
-from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples
+from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input_arrays
 from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.tuning.bias_correction import correct_biases
@@ -70,7 +70,7 @@ class Conversion:
     def references(self, x: np.ndarray | MultiSamples) -> np.ndarray:
         """`reference` of N samples at once (a batch through every layer): (N, output codes), from (N,
         input codes) or MultiSamples of such arrays for several inputs."""
-        return reference_outputs(self.graph, self.registry, x.parts if isinstance(x, MultiSamples) else (x,))
+        return reference_outputs(self.graph, self.registry, input_arrays(x))
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ def _calibration_samples(calibration, graph: Graph):
     else:
         where = "calibration data"
         samples = checked_samples(calibration, graph.model_input_shapes, graph.input_names, where)
-    for part in samples.parts if isinstance(samples, MultiSamples) else (samples,):
+    for part in input_arrays(samples):
         _check_finite_samples(part, where)
     return samples
 

@@ -46,6 +46,11 @@ def sample_inputs(sample: Sample) -> tuple[np.ndarray, ...]:
     return tuple(sample) if isinstance(sample, tuple) else (sample,)
 
 
+def input_arrays(samples: Any) -> tuple[Any, ...]:
+    """N samples as one (N, ...) array per model input: MultiSamples' parts, or the one array."""
+    return samples.parts if isinstance(samples, MultiSamples) else (samples,)
+
+
 def stacked(samples: Sequence[Sample], dtype=np.float32) -> np.ndarray | MultiSamples:
     """A list of samples as one array (one input) or MultiSamples (several)."""
     if samples and isinstance(samples[0], tuple):
@@ -93,7 +98,7 @@ def checked_samples(data: Any, input_shapes: list[tuple[int, ...]], names: list[
     """Samples (as_samples' forms) shaped (N, *input shape without batch) for each input, N > 0 and the
     same for all."""
     samples = as_samples(data, names, where)
-    parts = samples.parts if isinstance(samples, MultiSamples) else (samples,)
+    parts = input_arrays(samples)
     for k, part in enumerate(parts):
         want = tuple(input_shapes[k][1:])
         if np.ndim(part) < 1 or tuple(np.shape(part)[1:]) != want or len(part) == 0:

@@ -12,9 +12,9 @@ import numpy as np
 
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import batches, output_floats, output_slices, quantize_sample, run_reference_batch
+from onnx2cmsis.quant.quantize import output_floats, output_slices, quantize_sample, reference_by_sample
 from onnx2cmsis.arith.rules import dequantize_tensor
-from onnx2cmsis.data.samples import MultiSamples, sample_inputs
+from onnx2cmsis.data.samples import MultiSamples, input_arrays, sample_inputs
 from onnx2cmsis.tuning.search import float_outputs as search_float_outputs
 from onnx2cmsis.targets.host import build_conversions
 
@@ -119,23 +119,19 @@ def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]
     saturated = {t.name: 0 for _, _, t in layers}
     counted = dict(saturated)
     xq = quantize_inputs(conv, x_float)
-    parts = xq.parts if isinstance(xq, MultiSamples) else (xq,)
-    float_values = iter(run_float(conv.model, x_float, values))
-    for batch in batches(graph, len(xq)):
-        every = run_reference_batch(graph, conv.registry, [p[batch] for p in parts], keep_all=True)
-        for k in range(batch.stop - batch.start):
-            floats = next(float_values)
-            for _, _, t in layers:
-                want = np.asarray(floats[t.calib_name], np.float64).reshape(-1)
-                got = dequantize_tensor(every[t.name][k].reshape(-1)[t.calib_index], t.quant).astype(np.float64)
-                signal[t.name] += float(np.sum(want ** 2))
-                noise[t.name] += float(np.sum((got - want) ** 2))
-                worst[t.name] = max(worst[t.name], float(np.max(np.abs(got - want))) / float(t.quant.scale))
-                q = t.quant
-                top = (1 << (q.bits - 1)) - 1
-                lowest, highest = (-top - 2 - q.zero_point) * q.scale, (top + 1 - q.zero_point) * q.scale
-                saturated[t.name] += int(np.sum((want < lowest) | (want > highest)))
-                counted[t.name] += want.size
+    ints = reference_by_sample(graph, conv.registry, input_arrays(xq), keep_all=True)
+    for every, floats in zip(ints, run_float(conv.model, x_float, values), strict=True):
+        for _, _, t in layers:
+            want = np.asarray(floats[t.calib_name], np.float64).reshape(-1)
+            got = dequantize_tensor(every[t.name].reshape(-1)[t.calib_index], t.quant).astype(np.float64)
+            signal[t.name] += float(np.sum(want ** 2))
+            noise[t.name] += float(np.sum((got - want) ** 2))
+            worst[t.name] = max(worst[t.name], float(np.max(np.abs(got - want))) / float(t.quant.scale))
+            q = t.quant
+            top = (1 << (q.bits - 1)) - 1
+            lowest, highest = (-top - 2 - q.zero_point) * q.scale, (top + 1 - q.zero_point) * q.scale
+            saturated[t.name] += int(np.sum((want < lowest) | (want > highest)))
+            counted[t.name] += want.size
     return [LayerAccuracy(i, n.name, n.op, n.origin,
                           float(10 * np.log10(signal[t.name] / noise[t.name])) if noise[t.name] > 0 else float("inf"),
                           worst[t.name], saturated[t.name], counted[t.name])

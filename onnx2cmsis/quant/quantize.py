@@ -10,7 +10,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.arith.rules import activation_quant, dequantize_tensor, quantize_tensor
-from onnx2cmsis.data.samples import MultiSamples, Sample, sample_inputs
+from onnx2cmsis.data.samples import MultiSamples, Sample, input_arrays, sample_inputs
 
 
 def calibration_values(graph: Graph) -> list[str]:
@@ -66,11 +66,20 @@ def batches(graph: Graph, n: int) -> Iterator[slice]:
     return (slice(start, min(start + step, n)) for start in range(0, n, step))
 
 
+def reference_by_sample(graph: Graph, registry: Registry, codes: Sequence[np.ndarray], keep_all: bool = False,
+                        upto: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """run_reference of each of N samples in turn (one (N, ...) array of codes per input), computed a
+    slice of `batches` at a time."""
+    for part in batches(graph, len(codes[0])):
+        values = run_reference_batch(graph, registry, [np.asarray(c)[part] for c in codes], keep_all, upto)
+        for k in range(part.stop - part.start):
+            yield {name: value[k] for name, value in values.items()}
+
+
 def quantize_samples(graph: Graph, x: np.ndarray | MultiSamples) -> list[np.ndarray]:
     """N float samples' codes, one (N, ...) array per input, each with its input's parameters."""
-    parts = x.parts if isinstance(x, MultiSamples) else (x,)
     return [quantize_tensor(np.asarray(part), graph.tensors[name].quant)
-            for name, part in zip(graph.inputs, parts, strict=True)]
+            for name, part in zip(graph.inputs, input_arrays(x), strict=True)]
 
 
 def output_codes(graph: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -103,11 +112,7 @@ def quantize_sample(graph: Graph, sample: Sample) -> Sample:
 
 def reference_outputs(graph: Graph, registry: Registry, codes: Sequence[np.ndarray]) -> np.ndarray:
     """N samples' input codes (one (N, ...) array per input) -> their output_codes rows, (N, output size)."""
-    rows = []
-    for part in batches(graph, len(codes[0])):
-        values = run_reference_batch(graph, registry, [np.asarray(c)[part] for c in codes])
-        rows.append(np.concatenate([values[o].reshape(len(values[o]), -1) for o in graph.outputs], axis=1))
-    return np.concatenate(rows)
+    return np.stack([output_codes(graph, values) for values in reference_by_sample(graph, registry, codes)])
 
 
 def dequantized_outputs(graph: Graph, registry: Registry, x: np.ndarray | MultiSamples) -> np.ndarray:

@@ -25,7 +25,7 @@ import onnx
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import batches, quantize_samples, run_reference_batch
+from onnx2cmsis.quant.quantize import quantize_samples, reference_by_sample
 from onnx2cmsis.arith.rules import dequantize_tensor, int_range
 from onnx2cmsis.tuning.search import OutputJudge, improves, joined_outputs, quantized_copy
 
@@ -78,10 +78,9 @@ def _mean_error(graph: Graph, registry: Registry, ranges: dict[str, tuple[float,
     floor = max(lo if lo is not None else -np.inf, (low - q.zero_point + 1) * q.scale)
     ceiling = min(hi if hi is not None else np.inf, (high - q.zero_point - 1) * q.scale)
     total, count = np.zeros(channels), np.zeros(channels)
-    ints = np.concatenate([run_reference_batch(g, registry, quantize_samples(g, x[part]), upto=index)[t.name]
-                           for part in batches(g, len(x))])  # nothing after the node runs
+    ints = reference_by_sample(g, registry, quantize_samples(g, x), upto=index)  # nothing after the node runs
     for sample_ints, values in zip(ints, floats, strict=True):
-        got = dequantize_tensor(sample_ints, q).astype(np.float64).reshape(-1, channels)
+        got = dequantize_tensor(sample_ints[t.name], q).astype(np.float64).reshape(-1, channels)
         want = np.empty(t.size)
         want[t.calib_index] = np.asarray(values[t.calib_name], np.float64).reshape(-1)
         want = want.reshape(-1, channels)
