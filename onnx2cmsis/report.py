@@ -10,6 +10,7 @@ from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.codegen.emit_c import Layer
 from onnx2cmsis.codegen.report_page import auto_precision_headline
 from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.base import VIEW_KERNEL
 from onnx2cmsis.ops.registry import Registry, handler_name
 from onnx2cmsis.plan.arena import MemoryPlan
 
@@ -118,12 +119,13 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
 def auto_precision_lines(auto: dict, layers: list[dict]) -> str:
     """What --precision auto chose and why: the budget, the three measurements, each layer's width and
     the SQNR it would lose at int8."""
-    wide = sum(1 for layer in layers if layer["bits"] == 16 and layer["op"] != "reshape")
-    lines = [f"precision auto: {wide} of {sum(1 for layer in layers if layer['op'] != 'reshape')} layers int16, "
+    real = [layer for layer in layers if layer["kernel"] != VIEW_KERNEL]
+    wide = sum(1 for layer in real if layer["bits"] == 16)
+    lines = [f"precision auto: {wide} of {len(real)} layers int16, "
              + auto_precision_headline(auto)]
     lines += [f"  {layer['index']:3d} {layer['op']:<10s} int{layer['bits']:<3d}" +
               (f" int8 loses {layer['int8_loss_db']:.2f} dB" if "int8_loss_db" in layer else "") +
-              f"  {layer['name']}" for layer in layers if layer["op"] != "reshape"]
+              f"  {layer['name']}" for layer in real]
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.ir.layout import Binding, arrangement, classify, gather_map, layout_of
+from onnx2cmsis.ir.layout import Binding, MovementKind, arrangement, classify, gather_map, layout_of
 from tests.onnx_builders import layout_case
 
 EXPECTED = {
@@ -50,19 +50,19 @@ def test_arrangement_round_trips_through_layout_of(shape, axes):
     assert sorted(index.reshape(-1).tolist()) == list(range(int(np.prod(shape))))
     assert layout_of(Binding("t", index), physical) == axes
     dst, src_of = gather_map(Binding("t", index), axes)
-    assert dst == physical and classify(physical, dst, src_of).op == "same"
+    assert dst == physical and classify(physical, dst, src_of).kind is MovementKind.SAME
 
 
 def test_classify_recognizes_each_movement():
     w, c = 5, 3
     ident = np.arange(w * c)
-    assert classify((w, c), (w * c,), ident).op == "reshape"
-    assert classify((w, c), (c, w), ident.reshape(w, c).T.reshape(-1)).op == "transpose"
+    assert classify((w, c), (w * c,), ident).kind is MovementKind.VIEW
+    assert classify((w, c), (c, w), ident.reshape(w, c).T.reshape(-1)).kind is MovementKind.TRANSPOSE
     up = classify((w, c), (2 * w, c), np.repeat(ident.reshape(w, c), 2, axis=0).reshape(-1))
-    assert (up.op, up.attrs) == ("upsample1d", {"factor": 2})
+    assert (up.kind, up.attrs) == (MovementKind.UPSAMPLE, {"factor": 2})
     crop = classify((w, c), (2, c), ident.reshape(w, c)[1:3].reshape(-1))
-    assert (crop.op, crop.attrs) == ("slice1d", {"start": 1, "width": 2})
-    assert classify((w, c), (w, 2), ident.reshape(w, c)[:, :2].reshape(-1)).op == "gather"
+    assert (crop.kind, crop.attrs) == (MovementKind.CROP, {"start": 1, "width": 2})
+    assert classify((w, c), (w, 2), ident.reshape(w, c)[:, :2].reshape(-1)).kind is MovementKind.GATHER
 
 
 def _layout_of(model, tmp_path) -> str:

@@ -1,5 +1,6 @@
 """Layers depend downward only: a module imports its own layer and those below, never above (the IR
-imports nothing but itself and the errors). Read from the sources' import statements."""
+imports nothing but itself and the errors); and no module outside the handlers and the importer names
+an IR op key. Read from the sources' import statements and string literals."""
 
 from __future__ import annotations
 
@@ -103,3 +104,51 @@ def test_the_check_sees_a_cycle_between_packages(tmp_path, monkeypatch):
     found = wrong_way(module_imports())
     assert found == ["onnx2cmsis.ops.bad (onnx2cmsis.ops) imports onnx2cmsis.quant.quantize "
                      "(onnx2cmsis.quant, not below it)"], found
+
+
+# The packages that may name IR op keys: the handlers (each owns its key) and the importer (which
+# picks the op a model node or a layout change becomes). Frontends write ONNX, whose op types and
+# Keras's layer vocabulary ("softmax") are not IR keys. Everything else asks a handler (its role,
+# capabilities, lowering), so a plugin op takes part like a built-in one.
+MAY_NAME_OPS = ("onnx2cmsis.ops", "onnx2cmsis.importer", "onnx2cmsis.frontends")
+
+
+def op_key_literals(keys: set[str]) -> list[str]:
+    """Every string literal equal to an IR op key in a module outside MAY_NAME_OPS (docstrings aside)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if any(module == p or module.startswith(p + ".") for p in MAY_NAME_OPS):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{module}:{n.lineno} names op '{n.value}'" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in keys
+                  and id(n) not in docstrings]
+    return found
+
+
+def _op_keys() -> set[str]:
+    from onnx2cmsis.ops.registry import build_registry
+
+    return set(build_registry(plugins=False).by_op)
+
+
+def test_no_op_key_literal_outside_the_handlers_and_the_importer():
+    found = op_key_literals(_op_keys())
+    assert not found, "\n".join(found)
+
+
+def test_the_check_sees_an_op_key_literal(tmp_path, monkeypatch):
+    """The check can fail: a pass that tests a node's op by name (as passes/canonical.py once did for
+    the requantize) is caught; the handlers' own modules may name their keys."""
+    fake = tmp_path / "onnx2cmsis"
+    (fake / "passes").mkdir(parents=True)
+    (fake / "ops").mkdir()
+    (fake / "passes" / "bad.py").write_text('"""Folds a requantize."""\n\n'
+                                            'def is_requantize(node):\n    return node.op == "requantize"\n')
+    (fake / "ops" / "requantize.py").write_text('OP = "requantize"\n')
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", fake)
+    assert op_key_literals(_op_keys()) == ["onnx2cmsis.passes.bad:4 names op 'requantize'"]

@@ -18,6 +18,7 @@ from tests.onnx_builders import _model
 
 plugin = module("onnx2cmsis_hardsigmoid", "pip install -e examples/plugin")
 SPEC = "onnx2cmsis_hardsigmoid:HardSigmoidHandler"
+LOWERED = "onnx2cmsis_hardsigmoid.lowered:HardSigmoidLowering"
 
 
 class ClaimsRelu(OpHandler):
@@ -27,19 +28,20 @@ class ClaimsRelu(OpHandler):
     onnx_ops = ("Relu",)
 
 
-def _hardsigmoid_model(tmp_path):
+def _hardsigmoid_model(tmp_path, after_conv: bool = True):
+    """Conv -> HardSigmoid -> Conv (or, without the first conv, HardSigmoid on the model input)."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array((rng.standard_normal((6, 3, 3)) / 2).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array((rng.standard_normal((4, 6, 1)) / 2).astype(np.float32), "w2")
+    w2 = numpy_helper.from_array((rng.standard_normal((4, 6 if after_conv else 3, 1)) / 2).astype(np.float32), "w2")
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3], pads=[1, 1]),
-             helper.make_node("HardSigmoid", ["c"], ["h"], alpha=0.25, beta=0.4, name="gate"),
-             helper.make_node("Conv", ["h", "w2"], ["y"], kernel_shape=[1])]
+             helper.make_node("HardSigmoid", ["c" if after_conv else "x", ], ["h"], alpha=0.25, beta=0.4, name="gate"),
+             helper.make_node("Conv", ["h", "w2"], ["y"], kernel_shape=[1])][0 if after_conv else 1:]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     path = tmp_path / "hs.onnx"
     import onnx
 
-    onnx.save(_model(nodes, [x], [y], [w1, w2]), str(path))
+    onnx.save(_model(nodes, [x], [y], [w1, w2] if after_conv else [w2]), str(path))
     return path, rng.standard_normal((128, 3, 32)).astype(np.float32) * 2
 
 
@@ -52,6 +54,24 @@ def test_installed_plugin_converts_bit_exact_and_is_named_in_the_report(tmp_path
     assert "hs_table" in conv.source or "_table[" in conv.source
     ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=0)  # TFLite has no HARD_SIGMOID
     assert ev.mismatches_vs_reference == 0
+    assert ev.sqnr_db >= 30.0, ev
+
+
+@pytest.mark.parametrize("after_conv", [True, False], ids=["after_a_conv", "on_the_input"])
+def test_a_plugin_op_that_lowers_into_built_ins_takes_their_rewrites_and_their_oracle(tmp_path, after_conv):
+    """The example's second handler has no kernel: `lower` makes HardSigmoid an affine and a clamp. After
+    a conv both fold into it (no layer left of the op); on the model input they become a 1-tap
+    depthwise conv with the clamp fused. Either way the C equals the reference (TFLite has no fused
+    [0, 1] clamp, so tflite-micro cannot run this graph)."""
+    path, calib = _hardsigmoid_model(tmp_path, after_conv)
+    conv = convert(path, calib, name="hs_lowered", registry=build_registry(plugins=False, extra=(LOWERED,)))
+    layers = conv.report["layers"]
+    assert "lower hardsigmoid_lowered" in conv.report["rewrites"]
+    assert not {"hardsigmoid_lowered", "affine", "clip", "lut"} & {layer["op"] for layer in layers}, layers
+    gate = [layer for layer in layers if "HardSigmoid" in layer["from"]]
+    assert len(gate) == 1 and gate[0]["op"] == ("conv1d" if after_conv else "dwconv1d"), layers
+    ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=0)
+    assert ev.mismatches_vs_reference == 0, ev
     assert ev.sqnr_db >= 30.0, ev
 
 

@@ -18,9 +18,13 @@ from onnx import numpy_helper
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.frontends.onnx_model import layer_of_node, value_shapes
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
-from onnx2cmsis.ir.layout import Binding, arrangement, classify, gather_map, layout_of
+from onnx2cmsis.ir.layout import Binding, MovementKind, arrangement, classify, gather_map, layout_of
 from onnx2cmsis.ops.base import OnnxNodeView
 from onnx2cmsis.ops.registry import Registry
+
+# The IR op that makes each kind of layout change (a transpose has its own path: a pair may cancel).
+MOVEMENT_OPS = {MovementKind.VIEW: "reshape", MovementKind.UPSAMPLE: "upsample1d", MovementKind.CROP: "slice1d",
+                MovementKind.GATHER: "gather"}
 
 
 def default_axes(rank: int, where: str) -> tuple[int, ...]:
@@ -175,15 +179,15 @@ class GraphBuilder:
             return self.materialized[key]
         move = classify(self.tensors[src].shape, dst_shape, src_of)
         src_shape = self.tensors[src].shape
-        if move.op == "gather" and len(src_shape) == 2 and min(src_shape) > 1:
+        if move.kind is MovementKind.GATHER and len(src_shape) == 2 and min(src_shape) > 1:
             # e.g. an upsampling or crop of a (C, W) model input: a transpose, then the cheap op
             rows, cols = src_shape
-            if classify((cols, rows), dst_shape, (src_of % cols) * rows + src_of // cols).op != "gather":
+            if classify((cols, rows), dst_shape, (src_of % cols) * rows + src_of // cols).kind is not MovementKind.GATHER:
                 index = (binding.index % cols) * rows + binding.index // cols
                 return self._materialize(Binding(self._transposed(src, value), index), full_axes, value)
-        if move.op == "same":
+        if move.kind is MovementKind.SAME:
             out = src
-        elif move.op == "transpose":
+        elif move.kind is MovementKind.TRANSPOSE:
             rows, cols = self.tensors[src].shape
             out = self._transposed(src, value)
             if (cols, rows) != dst_shape:
@@ -192,10 +196,11 @@ class GraphBuilder:
                 out = view
         else:
             attrs = dict(move.attrs)
-            if move.op == "gather":
+            if move.kind is MovementKind.GATHER:
                 attrs.update(index=src_of, shape=dst_shape)
-            out = self.new_tensor(dst_shape, f"{value}_{move.op}")
-            self._add_layout(Node(out, move.op, [src], [out], attrs=attrs, origin="layout"), value)
+            op = MOVEMENT_OPS[move.kind]
+            out = self.new_tensor(dst_shape, f"{value}_{op}")
+            self._add_layout(Node(out, op, [src], [out], attrs=attrs, origin="layout"), value)
         self.materialized[key] = out
         return out
 

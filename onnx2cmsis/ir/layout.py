@@ -15,6 +15,7 @@ along time, or (for anything else) a general gather through an index table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from itertools import permutations
 
 import numpy as np
@@ -64,11 +65,21 @@ def layout_of(binding: Binding, src_shape: tuple[int, ...]) -> tuple[int, ...] |
     return None
 
 
+class MovementKind(Enum):
+    """What producing a destination layout from a source tensor takes, cheapest first (the importer
+    picks the IR op for each)."""
+
+    SAME = "the tensor itself"
+    VIEW = "the same bytes under another shape"
+    TRANSPOSE = "a 2-D transpose"
+    UPSAMPLE = "each time step repeated `factor` times"
+    CROP = "`width` consecutive time steps from `start`"
+    GATHER = "any other byte map: an index table"
+
+
 @dataclass(frozen=True)
 class Movement:
-    """The IR op that produces a destination layout from a source tensor."""
-
-    op: str  # "same", "reshape", "transpose", "upsample1d", "slice1d", "gather"
+    kind: MovementKind
     attrs: dict
 
 
@@ -76,17 +87,17 @@ def classify(src_shape: tuple[int, ...], dst_shape: tuple[int, ...], src_of: np.
     n_src, n_dst = int(np.prod(src_shape)), int(np.prod(dst_shape))
     ident = np.arange(n_src, dtype=np.int64)
     if n_src == n_dst and np.array_equal(src_of, ident):
-        return Movement("same" if src_shape == dst_shape else "reshape", {})
+        return Movement(MovementKind.SAME if src_shape == dst_shape else MovementKind.VIEW, {})
     if len(src_shape) == 2 and n_src == n_dst:
         if np.array_equal(src_of, ident.reshape(src_shape).T.reshape(-1)):
-            return Movement("transpose", {})
+            return Movement(MovementKind.TRANSPOSE, {})
     if len(src_shape) == 2 and len(dst_shape) == 2 and src_shape[1] == dst_shape[1]:
         w, c = src_shape
         w2 = dst_shape[0]
         steps = np.arange(w2)
         if w2 % w == 0 and np.array_equal(src_of, ((steps // (w2 // w))[:, None] * c + np.arange(c)).reshape(-1)):
-            return Movement("upsample1d", {"factor": w2 // w})
+            return Movement(MovementKind.UPSAMPLE, {"factor": w2 // w})
         start = int(src_of[0]) // c if src_of.size else 0
         if w2 < w and np.array_equal(src_of, ((start + steps)[:, None] * c + np.arange(c)).reshape(-1)):
-            return Movement("slice1d", {"start": start, "width": w2})
-    return Movement("gather", {})
+            return Movement(MovementKind.CROP, {"start": start, "width": w2})
+    return Movement(MovementKind.GATHER, {})

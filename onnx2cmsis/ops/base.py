@@ -7,7 +7,9 @@ A handler owns everything about one op family, so a reader finds it in one place
   - quantization: `quantize` fixes output quantization and derives the integer parameters,
   - the integer reference: `reference` (one sample) or `reference_batch` (N at once), numpy that is
     bit-exact with the CMSIS-NN arithmetic,
-  - kernel choice and C emission: `emit` returns a `KernelCall` rendered by a template.
+  - kernel choice and C emission: `emit` returns a `KernelCall` rendered by a template,
+  - its place in the passes: `role` (what the rewrites may absorb it as: ops/roles.py), the
+    capabilities below (what it may absorb), and `lower` (the nodes it becomes when it cannot stay).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.roles import Role
 from onnx2cmsis.arith.rules import QuantParams, activation_quant, activation_range
 
 
@@ -122,6 +125,9 @@ class CArray:
     weights: bool = True  # counts as weight bytes in the report
 
 
+VIEW_KERNEL = "none (view)"  # a KernelCall's kernel when the node is a view: no code, no arena
+
+
 @dataclass
 class KernelCall:
     """How one node becomes C: a template under templates/ops/ and what it needs."""
@@ -184,6 +190,18 @@ class OpHandler:
     # The activation widths its quantize/reference/emit handle: 8 (int8), 16 (TFLite 16x8). A model
     # converted at a width one of its nodes' handlers lacks is refused, naming every such node.
     activation_bits: tuple[int, ...] = (8,)
+
+    def role(self, node: Node) -> Role | None:
+        """What the node is to the rewrites (a clamp, a per-channel affine, a zero pad, a requantize, a
+        transpose: ops/roles.py), so they can fold it into its neighbours; None: none of these."""
+        return None
+
+    def lower(self, node: Node, graph: Graph) -> list[Node] | None:
+        """The nodes this node becomes (in order; new intermediate tensors added to `graph.tensors`,
+        each with the calibrated value whose range it takes), asked once no rewrite can absorb it:
+        an affine becomes a 1-tap depthwise conv, a lone clamp a table, a plugin's compound op the
+        built-in ops it is made of (which the rewrites may then fold further). None: it stays."""
+        return None
 
     def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
         """Its output's time columns as a function of its inputs' (all (W, C) feature maps), or None

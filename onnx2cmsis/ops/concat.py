@@ -1,9 +1,7 @@
 """Concat along channels or time -> an own copy loop.
 
 TFLite-Micro's int8 CONCATENATION requires every input to share the output's quantization. The importer
-puts a requantize table before each input, calibrated on the concat's output range; a pass then lets a
-producer whose output quantization is free (conv, dense, add) write in that quantization directly, and
-a requantize whose input already has it becomes a view. What remains is an exact int8 -> int8 table.
+puts a requantize (ops/requantize.py) before each input, calibrated on the concat's output range.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.requantize import requantize_node
 from onnx2cmsis.ops.base import (ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, TimeGeometry,
                                   calibrated_quant)
 
@@ -50,7 +49,7 @@ class ConcatHandler(OpHandler):
         for v in node.inputs:
             src = ctx.tensor(v, axes)
             rq = ctx.new_tensor(ctx.physical_shape(src), f"{v}_for_concat", calib_name=node.outputs[0])
-            ctx.add_node(Node(node.name, "lut", [src], [rq], attrs={"fn": "requantize"}, origin="Concat requantize"))
+            ctx.add_node(requantize_node(node.name, src, rq, origin="Concat requantize"))
             requantized.append(rq)
         ctx.add_node(Node(node.name, self.op, requantized, [ctx.tensor(node.outputs[0], axes)], attrs={"kind": kind},
                           origin=node.op_type))

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import replace
+
 from onnx2cmsis.errors import UnsupportedOpError
-from onnx2cmsis.ir.graph import Node
+from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, OpHandler, elementwise_io
+from onnx2cmsis.ops.depthwise import DepthwiseConv1DHandler
+from onnx2cmsis.ops.roles import ChannelAffine, Clamp, Role
+from onnx2cmsis.ops.table import LookupTableHandler
 
 
 class ClipHandler(OpHandler):
@@ -39,6 +44,12 @@ class ClipHandler(OpHandler):
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [input_shapes[0]]
 
+    def role(self, node: Node) -> Role | None:
+        return Clamp(*node.attrs["act"])
+
+    def lower(self, node: Node, graph: Graph) -> list[Node] | None:
+        """No producer took it as its activation: a clamp table in its input's quantization."""
+        return [replace(node, op=LookupTableHandler.op, attrs={**node.attrs, "fn": "clamp"})]
 
 
 class AffineHandler(OpHandler):
@@ -51,6 +62,17 @@ class AffineHandler(OpHandler):
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
         node.consts = {"scale": node.consts["scale"] * scale, "shift": node.consts["shift"] * scale + shift}
         return True
+
+    def role(self, node: Node) -> Role | None:
+        return ChannelAffine(node.consts["scale"], node.consts["shift"])
+
+    def lower(self, node: Node, graph: Graph) -> list[Node] | None:
+        """No producer could fold it: a 1-tap depthwise convolution, which is exact."""
+        return [Node(node.name, DepthwiseConv1DHandler.op, list(node.inputs), list(node.outputs),
+                     attrs={"kernel": 1, "stride": 1, "dilation": 1, "pad": (0, 0)},
+                     consts={"weight": node.consts["scale"].astype(np.float32).reshape(-1, 1),
+                             "bias": node.consts["shift"].astype(np.float32).reshape(-1)},
+                     origin=node.origin + " as depthwise 1x1")]
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type == "BatchNormalization":

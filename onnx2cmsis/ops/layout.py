@@ -13,7 +13,8 @@ import numpy as np
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, TimeGeometry
+from onnx2cmsis.ops.base import VIEW_KERNEL, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, TimeGeometry
+from onnx2cmsis.ops.roles import Role, Transpose, ZeroPad
 
 
 class ReshapeHandler(OpHandler):
@@ -32,13 +33,19 @@ class ReshapeHandler(OpHandler):
         return [inputs[0].reshape(len(inputs[0]), *graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
-        return KernelCall(template="view.c.j2", kernel="none (view)")
+        return KernelCall(template="view.c.j2", kernel=VIEW_KERNEL)
 
     def aliases_input(self, node: Node) -> bool:
         return True
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         ex.reshape(ex.activation(node.inputs[0]), ex.activation(node.output))
+
+
+def become_view(node: Node) -> None:
+    """The node moves no byte any more: its output is its input's bytes under the output's shape."""
+    node.op = ReshapeHandler.op
+    node.attrs, node.consts, node.qparams = {}, {}, {}
 
 
 class TransposeHandler(OpHandler):
@@ -57,6 +64,9 @@ class TransposeHandler(OpHandler):
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]  # each sample's axes reversed, as numpy's .T
         return [np.ascontiguousarray(x.transpose(0, *range(x.ndim - 1, 0, -1)))]
+
+    def role(self, node: Node) -> Role | None:
+        return Transpose()
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         rows, cols = graph.tensors[node.inputs[0]].shape
@@ -78,6 +88,9 @@ class Pad1DHandler(OpHandler):
 
     def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
         return replace(node, attrs={**node.attrs, "pad": (pad_left, pad_right)})
+
+    def role(self, node: Node) -> Role | None:
+        return ZeroPad(*node.attrs["pad"])
 
     op = "pad1d"
     activation_bits = (8, 16)

@@ -27,6 +27,7 @@ from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
 from onnx2cmsis.ops.mean import Mean1DHandler
 from onnx2cmsis.ops.movement import GatherHandler, MovementHandler, Slice1DHandler
 from onnx2cmsis.ops.pool import AvgPool1DHandler, MaxPool1DHandler
+from onnx2cmsis.ops.requantize import RequantizeHandler
 from onnx2cmsis.ops.resize import Upsample1DHandler
 from onnx2cmsis.ops.softmax import SoftmaxHandler
 from onnx2cmsis.ops.table import LookupTableHandler
@@ -40,6 +41,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     DenseHandler,
     SoftmaxHandler,
     LookupTableHandler,
+    RequantizeHandler,
     ClipHandler,
     AffineHandler,
     AddHandler,

@@ -1,14 +1,15 @@
-"""Elementwise int8 functions as 256-entry lookup tables: Tanh, Sigmoid, LeakyRelu, standalone Relu/Clip.
+"""Elementwise functions as 256-entry lookup tables: Tanh, Sigmoid, LeakyRelu, standalone Relu/Clip.
 
 CMSIS-NN has no int8 tanh/sigmoid; TFLite-Micro runs reference integer kernels. An int8 -> int8
 function has only 256 inputs, so the table is computed at conversion time by the very integer
 algorithm TFLite-Micro runs (gemmlowp fixed point: arith/fixedpoint.py) and the C is one indexed load
 per element: exact by construction, and fast.
 
-At int16 a table would take 128 KiB: LeakyRelu, requantize and the clamp are then an own loop with
-TFLite-Micro's arithmetic (`elementwise_loop.c.j2`, also the requantize between int8 and int16 of a
-mixed-precision model), Tanh and Sigmoid TFLite's 16x8 algorithm with its
-interpolated sigmoid table (arith/sigmoid16.py, `sigmoid_s16.c.j2`).
+At int16 a table would take 128 KiB: LeakyRelu and the clamp are then an own loop with
+TFLite-Micro's arithmetic (`elementwise_loop.c.j2`), Tanh and Sigmoid TFLite's 16x8 algorithm with its
+interpolated sigmoid table (arith/sigmoid16.py, `sigmoid_s16.c.j2`). Each function is one
+`TableFunction` below: its output quantization, its int8 table, its 16-bit kernel, its TFLite
+operator; the handler only dispatches (ops/elementwise_kernels.py holds the kernels' reference and C).
 """
 
 from __future__ import annotations
@@ -17,10 +18,22 @@ import math
 
 import numpy as np
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onnx2cmsis.arith.fixedpoint import logistic_q0, tanh_q0
+from onnx2cmsis.arith.rules import (
+    QuantParams,
+    activation_range,
+    divide_by_power_of_two,
+    int_range,
+    quantize_multiplier,
+    requantize,
+)
+from onnx2cmsis.arith.sigmoid16 import input_scaling
 from onnx2cmsis.errors import NotExportable
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
-    CArray,
     ImportContext,
     KernelCall,
     OnnxNodeView,
@@ -30,17 +43,8 @@ from onnx2cmsis.ops.base import (
     calibrated_quant,
     elementwise_io,
 )
-from onnx2cmsis.arith.sigmoid16 import SIGMOID_TABLE, input_scaling, sigmoid_s16, tanh_s16
-from onnx2cmsis.arith.fixedpoint import logistic_q0, tanh_q0
-from onnx2cmsis.arith.rules import (
-    QuantParams,
-    activation_range,
-    divide_by_power_of_two,
-    quantize_multiplier,
-    int_range,
-    requantize,
-    saturate,
-)
+from onnx2cmsis.ops.elementwise_kernels import CodeTable, ElementwiseKernel, RequantizeLoop, SigmoidS16, run_kernel
+
 TANH_QUANT = QuantParams(1.0 / 128.0, 0)
 SIGMOID_QUANT = QuantParams(1.0 / 256.0, -128)
 UNIT_QUANT_S16 = QuantParams(1.0 / 32768.0, 0, 16)  # TFLite's 16x8 tanh and logistic outputs
@@ -81,11 +85,6 @@ def leaky_relu_multipliers(q_in: QuantParams, q_out: QuantParams,
     return quantize_multiplier(float(s_in / s_out)), quantize_multiplier(float(s_in * a / s_out))
 
 
-def requantize_multiplier(q_in: QuantParams, q_out: QuantParams) -> tuple[int, int]:
-    """TFLite-Micro QUANTIZE's (its Requantize) multiplier: the ratio of the scales widened to double."""
-    return quantize_multiplier(float(q_in.scale) / float(q_out.scale))
-
-
 def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.ndarray:
     """TFLite-Micro LEAKY_RELU for all 256 int8 codes."""
     (m_id, sh_id), (m_alpha, sh_alpha) = leaky_relu_multipliers(q_in, q_out, alpha)
@@ -95,17 +94,75 @@ def leaky_relu_table(q_in: QuantParams, q_out: QuantParams, alpha: float) -> np.
     return np.clip(q_out.zero_point + np.where(x >= 0, pos, neg), -128, 127).astype(np.int8)
 
 
-def requantize_table(q_in: QuantParams, q_out: QuantParams) -> np.ndarray:
-    """TFLite-Micro QUANTIZE int8 -> int8 for all 256 codes."""
-    m, sh = requantize_multiplier(q_in, q_out)
-    x = np.arange(-128, 128, dtype=np.int64) - q_in.zero_point
-    return np.clip(requantize(x, m, sh) + q_out.zero_point, -128, 127).astype(np.int8)
-
-
 def clamp_table(q: QuantParams, lo: float | None, hi: float | None) -> np.ndarray:
     """Relu/Clip in the input's own quantization (what TFLite-Micro's RELU/RELU6 compute then)."""
     amin, amax = activation_range(q, lo, hi)
     return np.clip(np.arange(-128, 128), amin, amax).astype(np.int8)
+
+
+
+
+@dataclass(frozen=True)
+class TableFunction:
+    """One elementwise function: how its output is quantized, and its kernel at 8 and at 16 bits."""
+
+    # the output quantization from (node, input quantization, graph, ranges)
+    output_quant: Callable[[Node, QuantParams, Graph, dict[str, tuple[float, float]]], QuantParams]
+    int8_table: Callable[[Node, QuantParams, QuantParams], np.ndarray]
+    int16_kernel: Callable[[Node, QuantParams, QuantParams], ElementwiseKernel]
+    # its TFLite operator: (schema module, node) -> (BuiltinOperator, options type, options)
+    tflite: Callable[[object, Node], tuple[int, int, object]]
+
+
+def _calibrated(node: Node, q_in: QuantParams, graph: Graph, ranges: dict[str, tuple[float, float]]) -> QuantParams:
+    return calibrated_quant(graph, node.output, ranges)
+
+
+def _fixed(quant8: QuantParams, quant16: QuantParams):
+    return lambda node, q_in, graph, ranges: quant16 if q_in.bits == 16 else quant8
+
+
+def _sigmoid_s16(fn: str) -> Callable[[Node, QuantParams, QuantParams], ElementwiseKernel]:
+    return lambda node, q_in, q_out: SigmoidS16(fn, *input_scaling(q_in.scale, fn))
+
+
+def _leaky_relu_s16(node: Node, q_in: QuantParams, q_out: QuantParams) -> ElementwiseKernel:
+    identity, negative = leaky_relu_multipliers(q_in, q_out, node.attrs["alpha"])  # as the int8 tables round them
+    return RequantizeLoop("leaky_relu", int_range(q_out.bits), identity, negative)
+
+
+def _plain(code: str):
+    return lambda fb, node: (getattr(fb.BuiltinOperator, code), 0, None)
+
+
+def _leaky_relu_tflite(fb, node: Node) -> tuple[int, int, object]:
+    opts = fb.LeakyReluOptionsT()
+    opts.alpha = node.attrs["alpha"]
+    return fb.BuiltinOperator.LEAKY_RELU, fb.BuiltinOptions.LeakyReluOptions, opts
+
+
+def _clamp_tflite(fb, node: Node) -> tuple[int, int, object]:
+    codes = {(0.0, None): "RELU", (0.0, 6.0): "RELU6"}  # TFLite-Micro has no RELU_N1_TO_1 kernel
+    lo, hi = node.attrs["act"]
+    key = (None if lo is None else float(lo), None if hi is None else float(hi))
+    if key not in codes:
+        raise NotExportable(f"clip range [{lo}, {hi}] has no TFLite operator", node.name)
+    return getattr(fb.BuiltinOperator, codes[key]), 0, None
+
+
+FUNCTIONS: dict[str, TableFunction] = {
+    "tanh": TableFunction(_fixed(TANH_QUANT, UNIT_QUANT_S16), lambda node, q_in, q_out: tanh_table(q_in),
+                          _sigmoid_s16("tanh"), _plain("TANH")),
+    "sigmoid": TableFunction(_fixed(SIGMOID_QUANT, UNIT_QUANT_S16), lambda node, q_in, q_out: sigmoid_table(q_in),
+                             _sigmoid_s16("sigmoid"), _plain("LOGISTIC")),
+    "leaky_relu": TableFunction(_calibrated, lambda node, q_in, q_out: leaky_relu_table(q_in, q_out, node.attrs["alpha"]),
+                                _leaky_relu_s16, _leaky_relu_tflite),
+    # a Relu/Clip that could not be fused keeps the input's quantization
+    "clamp": TableFunction(lambda node, q_in, graph, ranges: q_in,
+                           lambda node, q_in, q_out: clamp_table(q_in, *node.attrs["act"]),
+                           lambda node, q_in, q_out: RequantizeLoop("clamp", activation_range(q_in, *node.attrs["act"])),
+                           _clamp_tflite),
+}
 
 
 class LookupTableHandler(OpHandler):
@@ -128,111 +185,21 @@ class LookupTableHandler(OpHandler):
         return [input_shapes[0]]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        function = FUNCTIONS[node.attrs["fn"]]
         q_in = graph.tensors[node.inputs[0]].quant
         out = graph.tensors[node.output]
-        fn = node.attrs["fn"]
-        if fn == "requantize":
-            out.quant = calibrated_quant(graph, node.output, ranges)
-            if out.quant == q_in:  # already in the wanted quantization: the bytes can stay where they are
-                node.op = "reshape"
-                return
-        if q_in.bits == 16 or out.bits == 16:
-            self._quantize_s16(node, graph, ranges)
-            return
-        if fn == "tanh":
-            out.quant, table = TANH_QUANT, tanh_table(q_in)
-        elif fn == "sigmoid":
-            out.quant, table = SIGMOID_QUANT, sigmoid_table(q_in)
-        elif fn == "requantize":
-            table = requantize_table(q_in, out.quant)
-        elif fn == "leaky_relu":
-            out.quant = calibrated_quant(graph, node.output, ranges)
-            table = leaky_relu_table(q_in, out.quant, node.attrs["alpha"])
-        else:  # "clamp": a Relu/Clip that could not be fused keeps the input's quantization
-            out.quant = q_in
-            table = clamp_table(q_in, *node.attrs["act"])
-        node.qparams = {"table": table}
-
-    def _quantize_s16(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-        """int16 -> int16 (and a requantize between int8 and int16, TFLite's QUANTIZE) as multipliers for
-        the own loop: y = requantize(x - zp_in) + zp_out on each side of 0 (one multiplier for both
-        unless LeakyRelu), clamped to `range`."""
-        q_in = graph.tensors[node.inputs[0]].quant
-        out = graph.tensors[node.output]
-        fn = node.attrs["fn"]
-        if fn in ("tanh", "sigmoid"):
-            out.quant = UNIT_QUANT_S16
-            node.qparams = {"scaling": input_scaling(q_in.scale, fn)}
-            return
-        if fn == "clamp":
-            out.quant = q_in
-            node.qparams = {"identity": None, "range": activation_range(q_in, *node.attrs["act"])}
-            return
-        out.quant = calibrated_quant(graph, node.output, ranges)
-        if fn == "leaky_relu":  # rounded as the int8 tables round them
-            identity, negative = leaky_relu_multipliers(q_in, out.quant, node.attrs["alpha"])
+        out.quant = function.output_quant(node, q_in, graph, ranges)
+        if q_in.bits == 16 or out.quant.bits == 16:
+            node.qparams = {"kernel": function.int16_kernel(node, q_in, out.quant)}
         else:
-            identity = negative = requantize_multiplier(q_in, out.quant)
-        node.qparams = {"identity": identity, "negative": negative, "range": int_range(out.quant.bits)}
+            node.qparams = {"kernel": CodeTable(node.attrs["fn"], function.int8_table(node, q_in, out.quant))}
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        if "table" in node.qparams:  # elementwise throughout: a batch is one more axis
-            return [node.qparams["table"][inputs[0].astype(np.int16) + 128]]
-        qp = node.qparams
-        if "scaling" in qp:
-            fn = tanh_s16 if node.attrs["fn"] == "tanh" else sigmoid_s16
-            return [fn(inputs[0], *qp["scaling"])]
-        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
-        x = inputs[0].astype(np.int64) - q_in.zero_point
-        if qp["identity"] is not None:
-            (m_id, sh_id), (m_neg, sh_neg) = qp["identity"], qp["negative"]
-            neg = requantize(x, abs(m_neg), sh_neg) * (-1 if m_neg < 0 else 1)
-            x = np.where(x >= 0, requantize(x, m_id, sh_id), neg)
-        return [saturate(x + q_out.zero_point, q_out.bits, *qp["range"])]
+        return [run_kernel(node, graph, inputs[0])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
-        if "scaling" in node.qparams:
-            multiplier, shift = node.qparams["scaling"]
-            return KernelCall(
-                template="sigmoid_s16.c.j2", kernel="own loop (interpolated table)",
-                context={"size": graph.tensors[node.output].size, "fn": node.attrs["fn"], "multiplier": multiplier,
-                         "shift": shift, "rounding": (1 << (shift - 1)) if shift else 0},
-                arrays=[CArray("sigmoid", "uint16_t", SIGMOID_TABLE, "sigmoid(i / 24) in Q0.16 (TFLite's)")])
-        if "table" not in node.qparams:
-            qp = node.qparams
-            context = {"size": graph.tensors[node.output].size, "fn": node.attrs["fn"], "act_min": qp["range"][0],
-                       "act_max": qp["range"][1], "identity": qp["identity"],
-                       "in_offset": -graph.tensors[node.inputs[0]].quant.zero_point,
-                       "out_offset": graph.tensors[node.output].quant.zero_point}
-            if qp["identity"] is not None:
-                m_neg, sh_neg = qp["negative"]
-                context.update(negative=(abs(m_neg), sh_neg), negate=m_neg < 0)
-            return KernelCall(template="elementwise_loop.c.j2", kernel="own loop", context=context)
-        return KernelCall(
-            template="lut.c.j2",
-            kernel="own loop (256-entry table)",
-            context={"size": graph.tensors[node.output].size, "fn": node.attrs["fn"]},
-            arrays=[CArray("table", "int8_t", node.qparams["table"], f"{node.attrs['fn']}: output code for input code - 128")],
-        )
+        return node.qparams["kernel"].call(node, graph)
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
-        fb, fn = ex.fb, node.attrs["fn"]
-        io = ([ex.activation(node.inputs[0])], [ex.activation(node.output)])
-        if fn == "tanh":
-            ex.op(fb.BuiltinOperator.TANH, *io)
-        elif fn == "sigmoid":
-            ex.op(fb.BuiltinOperator.LOGISTIC, *io)
-        elif fn == "leaky_relu":
-            opts = fb.LeakyReluOptionsT()
-            opts.alpha = node.attrs["alpha"]
-            ex.op(fb.BuiltinOperator.LEAKY_RELU, *io, fb.BuiltinOptions.LeakyReluOptions, opts)
-        elif fn == "requantize":
-            ex.op(fb.BuiltinOperator.QUANTIZE, *io)
-        else:
-            # TFLite-Micro has no RELU_N1_TO_1 kernel
-            codes = {(0.0, None): fb.BuiltinOperator.RELU, (0.0, 6.0): fb.BuiltinOperator.RELU6}
-            lo, hi = node.attrs["act"]
-            key = (None if lo is None else float(lo), None if hi is None else float(hi))
-            if key not in codes:
-                raise NotExportable(f"clip range [{lo}, {hi}] has no TFLite operator", node.name)
-            ex.op(codes[key], *io)
+        code, options_type, options = FUNCTIONS[node.attrs["fn"]].tflite(ex.fb, node)
+        ex.op(code, [ex.activation(node.inputs[0])], [ex.activation(node.output)], options_type, options)

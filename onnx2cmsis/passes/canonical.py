@@ -1,20 +1,23 @@
 """IR -> IR rewrites, each a small named function returning whether it changed the graph.
 
-`run_passes` applies the ordered list until nothing changes, then checks every shape rule. Which
-nodes may absorb an activation, a per-channel affine, a zero pad or a requantize is what their
-handlers declare (OpHandler.fuses_activation, .folds_affine, .absorbs_zero_pad, .free_output_quant),
-so a plugin op takes part by declaring the same; the passes name only the ops they rewrite away.
+`run_passes` applies the ordered list until nothing changes, lowers what is left standing, and checks
+every shape rule. No pass names an op: what a node is to them (a clamp, an affine, a zero pad, a
+requantize, a transpose) is its handler's `role`; which nodes may absorb one is what their handlers
+declare (OpHandler.fuses_activation, .folds_affine, .absorbs_zero_pad, .free_output_quant); what a
+node becomes when nothing absorbed it is its handler's `lower`. A plugin op takes part in all of it by
+declaring the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.layout import become_view
 from onnx2cmsis.ops.registry import Registry
+from onnx2cmsis.ops.roles import ChannelAffine, Clamp, Requantize, Role, Transpose, ZeroPad
 
 Pass = Callable[[Graph, Registry], bool]
 
@@ -33,15 +36,20 @@ def _absorb(graph: Graph, producer: Node, node: Node) -> None:
     graph.nodes.remove(node)
 
 
+def _role(graph_node: Node, registry: Registry) -> Role | None:
+    return registry.for_op(graph_node.op).role(graph_node)
+
+
 def fold_affine(graph: Graph, registry: Registry) -> bool:
     """scale*x+shift after a producer that folds it (no fused activation yet) becomes its constants."""
     for node in graph.nodes:
-        if node.op != "affine":
+        affine = _role(node, registry)
+        if not isinstance(affine, ChannelAffine):
             continue
         p = _sole_producer(graph, node.inputs[0], registry, "folds_affine")
         if p is None or "act" in p.attrs:
             continue
-        if not registry.for_op(p.op).fold_affine(p, node.consts["scale"], node.consts["shift"]):
+        if not registry.for_op(p.op).fold_affine(p, affine.scale, affine.shift):
             continue
         p.origin += "+" + node.origin
         _absorb(graph, p, node)
@@ -55,11 +63,12 @@ def fold_pad_into_conv(graph: Graph, registry: Registry) -> bool:
         if not registry.for_op(node.op).absorbs_zero_pad:
             continue
         p = graph.producer(node.inputs[0])
-        if p is None or p.op != "pad1d" or len(graph.consumers(node.inputs[0])) != 1 \
+        pad = None if p is None else _role(p, registry)
+        if not isinstance(pad, ZeroPad) or len(graph.consumers(node.inputs[0])) != 1 \
                 or graph.is_boundary(node.inputs[0]):
             continue
-        (a, b), (c, d) = node.attrs["pad"], p.attrs["pad"]
-        node.attrs["pad"] = (a + c, b + d)
+        a, b = node.attrs["pad"]
+        node.attrs["pad"] = (a + pad.left, b + pad.right)
         node.inputs = list(p.inputs)
         node.origin = "Pad+" + node.origin
         graph.nodes.remove(p)
@@ -70,7 +79,7 @@ def fold_pad_into_conv(graph: Graph, registry: Registry) -> bool:
 def fold_requantize_into_producer(graph: Graph, registry: Registry) -> bool:
     """A producer whose output range is free writes directly in the quantization a requantize asks for."""
     for node in graph.nodes:
-        if node.op != "lut" or node.attrs.get("fn") != "requantize":
+        if not isinstance(_role(node, registry), Requantize):
             continue
         p = _sole_producer(graph, node.inputs[0], registry, "free_output_quant")
         if p is None:
@@ -83,15 +92,15 @@ def fold_requantize_into_producer(graph: Graph, registry: Registry) -> bool:
 
 def fuse_activation(graph: Graph, registry: Registry) -> bool:
     for node in graph.nodes:
-        if node.op != "clip":
+        clamp = _role(node, registry)
+        if not isinstance(clamp, Clamp):
             continue
         p = _sole_producer(graph, node.inputs[0], registry, "fuses_activation")
         if p is None:
             continue
-        lo, hi = node.attrs["act"]
         old_lo, old_hi = p.attrs.get("act", (None, None))
-        lo = lo if old_lo is None else (old_lo if lo is None else max(lo, old_lo))
-        hi = hi if old_hi is None else (old_hi if hi is None else min(hi, old_hi))
+        lo = clamp.lo if old_lo is None else (old_lo if clamp.lo is None else max(clamp.lo, old_lo))
+        hi = clamp.hi if old_hi is None else (old_hi if clamp.hi is None else min(clamp.hi, old_hi))
         p.attrs["act"] = (lo, hi)
         p.origin += "+" + node.origin
         _absorb(graph, p, node)
@@ -99,24 +108,28 @@ def fuse_activation(graph: Graph, registry: Registry) -> bool:
     return False
 
 
+def _is_transpose(node: Node, registry: Registry) -> bool:
+    return isinstance(_role(node, registry), Transpose)
+
+
 def drop_identity_transposes(graph: Graph, registry: Registry) -> bool:
     """A transpose with a dimension of 1 moves no byte: it is a view."""
     for node in graph.nodes:
-        if node.op == "transpose" and min(graph.tensors[node.inputs[0]].shape) == 1:
-            node.op = "reshape"
+        if _is_transpose(node, registry) and min(graph.tensors[node.inputs[0]].shape) == 1:
+            become_view(node)
             return True
     return False
 
 
 def cancel_transpose_pairs(graph: Graph, registry: Registry) -> bool:
     for node in graph.nodes:
-        if node.op != "transpose":
+        if not _is_transpose(node, registry):
             continue
         p = graph.producer(node.inputs[0])
-        if p is None or p.op != "transpose" or len(graph.consumers(node.inputs[0])) != 1 \
+        if p is None or not _is_transpose(p, registry) or len(graph.consumers(node.inputs[0])) != 1 \
                 or graph.is_boundary(node.inputs[0]):
             continue
-        p.op = "reshape"  # two transposes are the identity: a view of the original bytes
+        become_view(p)  # two transposes are the identity: a view of the original bytes
         p.outputs = list(node.outputs)
         graph.nodes.remove(node)
         return True
@@ -127,50 +140,28 @@ def fold_transpose_into_dense(graph: Graph, registry: Registry) -> bool:
     """transpose (a,b)->(b,a), views, then a layer that can read its input transposed (a dense layer
     permutes its weights): no bytes move."""
     for node in graph.nodes:
-        if node.op != "transpose" or graph.is_boundary(node.output):
+        if not _is_transpose(node, registry) or graph.is_boundary(node.output):
             continue
         cur = node.output
         while True:
             users = graph.consumers(cur)
             if len(users) != 1 or graph.is_boundary(cur):
                 break
-            if users[0].op == "reshape":
+            reader = registry.for_op(users[0].op)
+            if reader.aliases_input(users[0]):
                 cur = users[0].output
                 continue
-            if registry.for_op(users[0].op).reads_transposed_input:
+            if reader.reads_transposed_input:
                 a, b = graph.tensors[node.inputs[0]].shape
-                registry.for_op(users[0].op).read_input_transposed(users[0], a, b)
-                node.op = "reshape"  # the bytes stay channel-last: the view keeps the input's shape
+                reader.read_input_transposed(users[0], a, b)
+                become_view(node)  # the bytes stay channel-last: the view keeps the input's shape
                 graph.tensors[node.output].shape = graph.tensors[node.inputs[0]].shape
                 return True
             break
     return False
 
 
-def standalone_affine_to_depthwise(graph: Graph, registry: Registry) -> bool:
-    """A per-channel scale/shift no producer could absorb is a 1-tap depthwise convolution (exact)."""
-    for node in graph.nodes:
-        if node.op == "affine":
-            node.op = "dwconv1d"
-            node.attrs = {"kernel": 1, "stride": 1, "dilation": 1, "pad": (0, 0)}
-            node.consts = {"weight": node.consts["scale"].astype(np.float32).reshape(-1, 1),
-                           "bias": node.consts["shift"].astype(np.float32).reshape(-1)}
-            node.origin += " as depthwise 1x1"
-            return True
-    return False
-
-
-def standalone_activation_to_table(graph: Graph, registry: Registry) -> bool:
-    """A Relu/Clip no producer could absorb becomes a clamp table in its input's quantization."""
-    for node in graph.nodes:
-        if node.op == "clip":
-            node.op = "lut"
-            node.attrs["fn"] = "clamp"
-            return True
-    return False
-
-
-PASSES: tuple[Pass, ...] = (
+REWRITES: tuple[Pass, ...] = (
     fold_affine,
     fold_pad_into_conv,
     fuse_activation,
@@ -181,28 +172,38 @@ PASSES: tuple[Pass, ...] = (
 )
 
 
-# Stages run in order, each to its fixed point: an affine op left standing once the rewrites are done
-# becomes a depthwise conv, which may then absorb an activation; only activations still standing
-# after that become tables.
-STAGES: tuple[tuple[Pass, ...], ...] = (
-    PASSES,
-    (standalone_affine_to_depthwise,),
-    PASSES,
-    (standalone_activation_to_table,),
-)
+def lower_one(graph: Graph, registry: Registry) -> str | None:
+    """The first node (in graph order) whose handler lowers it is replaced by the nodes it becomes;
+    returns what the report calls it ("lower affine"), None when no node lowers."""
+    for i, node in enumerate(graph.nodes):
+        lowered = registry.for_op(node.op).lower(node, graph)
+        if lowered is None:
+            continue
+        unknown = sorted({n.op for n in lowered} - set(registry.by_op))
+        if unknown:
+            raise ConversionError(f"internal: lowering gives ops no handler has: {', '.join(unknown)}", node.where)
+        graph.nodes[i:i + 1] = lowered
+        return f"lower {node.op}"
+    return None
 
 
 def run_passes(graph: Graph, registry: Registry) -> list[str]:
-    """Apply the rewrites to a fixed point, then the lowerings; returns the log (for the report)."""
+    """Apply the rewrites to a fixed point; then lower one node that none absorbed and rewrite again
+    (what it became may absorb, or be absorbed), until no node lowers. Returns the log (for the
+    report): each rewrite that fired and each lowering."""
     log: list[str] = []
-    for passes in STAGES:
+    while True:
         changed = True
         while changed:
             changed = False
-            for p in passes:
+            for p in REWRITES:
                 while p(graph, registry):
                     log.append(p.__name__)
                     changed = True
+        lowering = lower_one(graph, registry)
+        if lowering is None:
+            break
+        log.append(lowering)
     graph.remove_unused_tensors()
     check_shapes(graph, registry)
     return log

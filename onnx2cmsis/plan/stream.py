@@ -25,6 +25,7 @@ from fractions import Fraction
 from math import ceil, lcm
 
 from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ops.roles import Transpose
 from onnx2cmsis.ops.base import TimeGeometry
 from onnx2cmsis.ops.registry import Registry
 
@@ -107,7 +108,8 @@ def _stream_input(graph: Graph, registry: Registry, window: int, channels: int) 
     readers = [i for i, n in enumerate(graph.nodes) if source in n.inputs]
     if len(readers) == 1:
         node = graph.nodes[readers[0]]
-        moves = node.op == "transpose" or registry.for_op(node.op).aliases_input(node)
+        handler = registry.for_op(node.op)
+        moves = isinstance(handler.role(node), Transpose) or handler.aliases_input(node)
         if moves and graph.tensors[node.output].shape == (window, channels):
             return node.output, {readers[0]}
     return None

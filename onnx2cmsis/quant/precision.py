@@ -10,6 +10,7 @@ input type follows the first segment and the output type the last.
 from __future__ import annotations
 
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
+from onnx2cmsis.ops.requantize import requantize_node
 
 
 def apply_precision(graph: Graph, bits: list[int]) -> list[Node]:
@@ -57,6 +58,5 @@ def _requantize(graph: Graph, nodes: list[Node], reader: Node, src: str, from_bi
     graph.tensors[name] = Tensor(name, t.shape, calib_name=_range_of(graph, nodes, src), calib_index=t.calib_index,
                                  bits=to_bits)
     # named after the value it converts (once per tensor and width), not after the first reader
-    nodes.append(Node(name, "lut", [src], [name], attrs={"fn": "requantize"},
-                      origin=f"requantize int{from_bits} -> int{to_bits}"))
+    nodes.append(requantize_node(name, src, name, origin=f"requantize int{from_bits} -> int{to_bits}"))
     return name
