@@ -14,6 +14,7 @@ import numpy as np
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.window import Window
 from onnx2cmsis.ops.registry import Registry
 
 Pass = Callable[[Graph, Registry], bool]
@@ -58,8 +59,7 @@ def fold_pad_into_conv(graph: Graph, registry: Registry) -> bool:
         if p is None or p.op != "pad1d" or len(graph.consumers(node.inputs[0])) != 1 \
                 or graph.is_boundary(node.inputs[0]):
             continue
-        (a, b), (c, d) = node.attrs["pad"], p.attrs["pad"]
-        node.attrs["pad"] = (a + c, b + d)
+        registry.for_op(node.op).absorb_zero_pad(node, *p.attrs["pad"])
         node.inputs = list(p.inputs)
         node.origin = "Pad+" + node.origin
         graph.nodes.remove(p)
@@ -152,7 +152,7 @@ def standalone_affine_to_depthwise(graph: Graph, registry: Registry) -> bool:
     for node in graph.nodes:
         if node.op == "affine":
             node.op = "dwconv1d"
-            node.attrs = {"kernel": 1, "stride": 1, "dilation": 1, "pad": (0, 0)}
+            node.attrs = {"window": Window()}
             node.consts = {"weight": node.consts["scale"].astype(np.float32).reshape(-1, 1),
                            "bias": node.consts["shift"].astype(np.float32).reshape(-1)}
             node.origin += " as depthwise 1x1"
