@@ -97,7 +97,7 @@ def test_pad_folds_into_the_following_conv(tmp_path):
     calib = rng.standard_normal((32, 2, 30)).astype(np.float32)
     conv = _convert(tmp_path, model, calib)
     convs = [n for n in conv.graph.nodes if n.op == "conv1d"]
-    assert len(convs) == 1 and convs[0].attrs["pad"] == (2, 0)
+    assert len(convs) == 1 and convs[0].attrs["window"].pad == (2, 0)
     assert "pad1d" not in [n.op for n in conv.graph.nodes]
     ev, _ = evaluate(conv, calib, tmp_path / "build", oracle_samples=None)
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0

@@ -107,7 +107,7 @@ class TfliteContext(Protocol):
         """The tensor as [1, 1, W, C] (a vector is reshaped to/from [1, 1, 1, F])."""
 
     def padded(self, src: Any, node: Node) -> Any:
-        """src with node.attrs["pad"] applied by PAD (the input zero point: CMSIS-NN's skipped taps)."""
+        """src with the node's window padding applied by PAD (the input zero point: CMSIS-NN's skipped taps)."""
 
     def fused(self, node: Node) -> int:
         """TFLite's fused activation code for node.attrs["act"] (NotExportable if it has none)."""
@@ -176,7 +176,7 @@ class OpHandler:
     free_output_quant: bool = False
     # A following per-channel scale/shift folds into it: see fold_affine.
     folds_affine: bool = False
-    # A preceding zero padding along time folds into its own padding (node.attrs["pad"]).
+    # A preceding zero padding along time folds into its own padding: see absorb_zero_pad.
     absorbs_zero_pad: bool = False
 
     # The weight granularities its quantize can apply (from node.attrs["weights"] via
@@ -221,6 +221,11 @@ class OpHandler:
         """Fold y * scale[c] + shift[c] (per output channel) into the node's constants; False when this
         node cannot (e.g. a shape mismatch). Only asked when folds_affine is set."""
         return False
+
+    def absorb_zero_pad(self, node: Node, left: int, right: int) -> None:
+        """Take `left`/`right` zero columns a removed Pad added before the node's input into its own
+        padding. Only asked when absorbs_zero_pad is set."""
+        raise NotImplementedError
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         """Write the op as TFLite-Micro operators with the same arithmetic, so the tflite-micro runtime

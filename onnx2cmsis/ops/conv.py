@@ -3,13 +3,12 @@ at 16x8 (int16 activations) arm_convolve_wrapper_s16 with int64 biases."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.window import Window
 from onnx2cmsis.ops.base import (
     CArray,
     ImportContext,
@@ -17,7 +16,6 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     OpHandler,
     TfliteContext,
-    TimeGeometry,
     check_uint16,
     explicit_pads,
     fused_activation_range,
@@ -36,6 +34,7 @@ from onnx2cmsis.arith.rules import (
     saturate,
     symmetric_weight_scales,
 )
+from onnx2cmsis.ops.windowed import WindowedOp, window_columns, window_of
 
 
 def conv_scratch_bytes(kernel: int, in_ch: int, api: CmsisApi) -> int:
@@ -117,13 +116,24 @@ def fold_affine_into_weights(node: Node, scale: np.ndarray, shift: np.ndarray) -
     return True
 
 
+class WeightedOp(OpHandler):
+    """A handler whose nodes hold weights (output channel first) and a bias in node.consts: a
+    following per-channel scale/shift folds into them."""
+
+    folds_affine = True
+
+    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+        return fold_affine_into_weights(node, scale, shift)
+
+
 def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]]:
     """What every per-channel conv call (full or depthwise) passes alike: stride/dilation/pad,
     offsets and activation range for the template, and the bias/multiplier/shift arrays."""
     a, qp = node.attrs, node.qparams
     q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
-    context = {  # a dense layer (one step) has no stride, dilation or padding
-        "stride": a.get("stride", 1), "dilation": a.get("dilation", 1), "pad": a.get("pad", (0, 0))[0],
+    window = a.get("window", Window())  # a dense layer (one step) has no stride, dilation or padding
+    context = {
+        "stride": window.stride, "dilation": window.dilation, "pad": window.pad_left,
         "input_offset": -q_in.zero_point, "output_offset": q_out.zero_point,
         "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
     }
@@ -136,21 +146,11 @@ def per_channel_call_parts(node: Node, graph: Graph) -> tuple[dict, list[CArray]
     return context, arrays
 
 
-class Conv1DHandler(OpHandler):
+class Conv1DHandler(WindowedOp, WeightedOp):
     op = "conv1d"
     activation_bits = (8, 16)
     onnx_ops = ("Conv",)
-    fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
-
-    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
-        a = node.attrs
-        return TimeGeometry(a["kernel"], a["stride"], a["dilation"], a["pad"][0])
-
-    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
-        return replace(node, attrs={**node.attrs, "pad": (pad_left, pad_right)})
-
-    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
-        return fold_affine_into_weights(node, scale, shift)
+    fuses_activation = free_output_quant = absorbs_zero_pad = True
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         w = ctx.const(node.inputs[1])
@@ -178,8 +178,7 @@ class Conv1DHandler(OpHandler):
                 "dwconv1d" if depthwise else self.op,
                 [ctx.tensor(node.inputs[0], axes)],
                 [ctx.tensor(node.outputs[0], axes)],
-                attrs={"kernel": k, "stride": stride, "dilation": dilation, "pad": (pad_l, pad_r),
-                       **({"groups": group} if grouped else {})},
+                attrs={"window": Window(k, stride, dilation, pad_l, pad_r), **({"groups": group} if grouped else {})},
                 consts={"weight": np.ascontiguousarray(weight[:, :, 0] if depthwise else weight, np.float32),
                         "bias": bias},
                 origin=f"{node.op_type} group={group}" if grouped else node.op_type,
@@ -188,10 +187,7 @@ class Conv1DHandler(OpHandler):
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         w_in, _ = input_shapes[0]
-        a = node.attrs
-        eff_k = (a["kernel"] - 1) * a["dilation"] + 1
-        w_out = (w_in + a["pad"][0] + a["pad"][1] - eff_k) // a["stride"] + 1
-        return [(w_out, node.consts["weight"].shape[0])]
+        return [(window_of(node).out_width(w_in), node.consts["weight"].shape[0])]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
@@ -202,22 +198,18 @@ class Conv1DHandler(OpHandler):
         q_in = graph.tensors[node.inputs[0]].quant
         x = inputs[0].astype(np.int64) - q_in.zero_point  # input_offset = -zp: padding contributes 0
         n, w_in = x.shape[:2]
-        w_out = self.output_shapes(node, [inputs[0].shape[1:]])[0][0]
-        k, s, d = a["kernel"], a["stride"], a["dilation"]
-        pad_l = a["pad"][0]
-        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - w_in)
-        xp = np.pad(x, ((0, 0), (pad_l, right), (0, 0)))
-        taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d  # (w_out, k)
-        cols = xp[:, taps].reshape(n, w_out, -1)  # (N, w_out, k*c_in)
+        w_out = window_of(node).out_width(w_in)
+        cols = window_columns(x, window_of(node), w_out).reshape(n, w_out, -1)  # (N, w_out, k*c_in)
         wq = block_diagonal(qp["weight"], a.get("groups", 1)).astype(np.int64)
         acc = integer_matmul(cols, wq.reshape(wq.shape[0], -1).T) + qp["bias"].astype(np.int64)
         return [requantize_output(acc, node, graph)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
-        a, qp = node.attrs, node.qparams
+        a, qp, window = node.attrs, node.qparams, window_of(node)
         (w_in, c_in), (w_out, c_out) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
         where = node.where
-        check_uint16(where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=a["kernel"], pad=a["pad"][0])
+        check_uint16(where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=window.kernel,
+                     pad=window.pad_left)
         # A grouped conv runs natively where arm_convolve_s8 takes filter channels = C_in / groups;
         # otherwise it is the block-diagonal full conv, which adds only exact zeros at `groups` times
         # the weights and MACs. Same bytes out either way.
@@ -227,26 +219,25 @@ class Conv1DHandler(OpHandler):
         native_groups = groups > 1 and graph.cmsis_api.conv_native_groups
         weight = qp["weight"] if native_groups else block_diagonal(qp["weight"], groups)
         filter_c = weight.shape[2]
-        pointwise = (a["kernel"] == 1 and a["pad"] == (0, 0) and a["stride"] == 1 and a["dilation"] == 1
-                     and not native_groups)
+        pointwise = window.pointwise and not native_groups
         kernel = "arm_convolve_1x1_s8_fast" if pointwise else "arm_convolve_s8"
-        scratch = 0 if pointwise else conv_scratch_bytes(a["kernel"], c_in, graph.cmsis_api)
+        scratch = 0 if pointwise else conv_scratch_bytes(window.kernel, c_in, graph.cmsis_api)
         common, arrays = per_channel_call_parts(node, graph)
         return KernelCall(
             template="conv1d.c.j2",
             kernel=kernel,
             context={
-                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "filter_c": filter_c,
+                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": window.kernel, "filter_c": filter_c,
                 **common, "scratch_bytes": scratch, "upscale_arg": graph.cmsis_api.conv_upscale_dims,
             },
             arrays=[
-                CArray("weights", "int8_t", weight, f"[{c_out}][1][{a['kernel']}][{filter_c}] per-channel int8"
+                CArray("weights", "int8_t", weight, f"[{c_out}][1][{window.kernel}][{filter_c}] per-channel int8"
                        + (f", {groups} groups" if native_groups else " (block-diagonal)" if groups > 1 else "")),
                 *arrays,
             ],
             functions=[kernel] + ([] if pointwise else ["arm_convolve_s8_get_buffer_size"]),
             scratch_bytes=scratch,
-            macs=w_out * c_out * a["kernel"] * filter_c,
+            macs=w_out * c_out * window.kernel * filter_c,
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
@@ -259,7 +250,7 @@ def export_conv2d(ex: TfliteContext, node: Node, src, weight: np.ndarray, dst) -
     """CONV_2D of (C_out, K, C_in) per-channel weights with node's bias, stride, dilation and fused
     activation (int32 bias at int8, int64 at 16x8): the TFLite form of a conv (and of a per-channel
     dense layer over one step)."""
-    fb, qp, a = ex.fb, node.qparams, node.attrs
+    fb, qp, window = ex.fb, node.qparams, node.attrs.get("window", Window())
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
     c_out = weight.shape[0]
     wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * c_out, axis=0)
@@ -271,8 +262,8 @@ def export_conv2d(ex: TfliteContext, node: Node, src, weight: np.ndarray, dst) -
     bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
     opts = fb.Conv2DOptionsT()
     opts.padding = fb.Padding.VALID
-    opts.strideW, opts.strideH = a.get("stride", 1), 1
-    opts.dilationWFactor, opts.dilationHFactor = a.get("dilation", 1), 1
+    opts.strideW, opts.strideH = window.stride, 1
+    opts.dilationWFactor, opts.dilationHFactor = window.dilation, 1
     opts.fusedActivationFunction = ex.fused(node)
     ex.op(fb.BuiltinOperator.CONV_2D, [src, weights, bias], [dst], fb.BuiltinOptions.Conv2DOptions, opts)
 
@@ -280,9 +271,9 @@ def export_conv2d(ex: TfliteContext, node: Node, src, weight: np.ndarray, dst) -
 def conv_s16_call(node: Node, graph: Graph, weight: np.ndarray, w_in: int, w_out: int) -> KernelCall:
     """arm_convolve_wrapper_s16 for (C_out, K, C_in) weights: per-channel int8 weights, int64 bias. Its
     bias argument is a cmsis_nn_bias_data at level 7 and a plain int64_t pointer before."""
-    a = node.attrs
     c_out, k, c_in = weight.shape
-    check_uint16(node.where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=k, pad=a.get("pad", (0, 0))[0])
+    check_uint16(node.where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=k,
+                 pad=node.attrs.get("window", Window()).pad_left)
     scratch = conv_s16_scratch_bytes(k, c_in, graph.cmsis_api)
     common, arrays = per_channel_call_parts(node, graph)
     return KernelCall(

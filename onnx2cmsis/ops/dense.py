@@ -17,19 +17,19 @@ import numpy as np
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import WEIGHT_GRANULARITIES, Graph, Node
+from onnx2cmsis.ir.window import Window
 from onnx2cmsis.ops.base import (
     CArray,
     ImportContext,
     KernelCall,
     OnnxNodeView,
-    OpHandler,
     TfliteContext,
     check_uint16,
     fused_activation_range,
 )
 from onnx2cmsis.ops.conv import (
+    WeightedOp,
     export_conv2d,
-    fold_affine_into_weights,
     per_channel_call_parts,
     quantize_per_channel,
     requantize_output,
@@ -55,15 +55,12 @@ def mve_kernel_sums(weight: np.ndarray, bias: np.ndarray, input_offset: int, api
     return ((sums + 2**31) % 2**32 - 2**31).astype(np.int32)
 
 
-class DenseHandler(OpHandler):
+class DenseHandler(WeightedOp):
     op = "dense"
     activation_bits = (8, 16)
     onnx_ops = ("Gemm", "MatMul")
-    fuses_activation = free_output_quant = folds_affine = reads_transposed_input = True
+    fuses_activation = free_output_quant = reads_transposed_input = True
     weight_granularities = WEIGHT_GRANULARITIES
-
-    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
-        return fold_affine_into_weights(node, scale, shift)
 
     def read_input_transposed(self, node: Node, rows: int, cols: int) -> None:
         w = node.consts["weight"]
@@ -99,7 +96,7 @@ class DenseHandler(OpHandler):
             batched = len(full) == 3
             ctx.add_node(Node(node.name, "conv1d", [ctx.tensor(node.inputs[0], (0, 1), batched)],
                               [ctx.tensor(node.outputs[0], (0, 1), batched)],
-                              attrs={"kernel": 1, "stride": 1, "dilation": 1, "pad": (0, 0)},
+                              attrs={"window": Window()},
                               consts={"weight": np.ascontiguousarray(b.T[:, None, :], np.float32),
                                       "bias": bias.astype(np.float32)},
                               origin=f"{node.op_type} per time step"))

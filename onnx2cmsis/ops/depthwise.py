@@ -7,18 +7,17 @@ with a 1-tap kernel: exact in both CMSIS-NN and TFLite-Micro.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, KernelCall, OpHandler, TfliteContext, TimeGeometry, check_uint16
+from onnx2cmsis.ops.base import CArray, KernelCall, TfliteContext, check_uint16
 from onnx2cmsis.ops.conv import (
-    fold_affine_into_weights,
+    WeightedOp,
     per_channel_call_parts,
     quantize_per_channel,
     requantize_output,
 )
+from onnx2cmsis.ops.windowed import WindowedOp, window_columns, window_of
 
 def dw_scratch_bytes(kernel: int, channels: int) -> int:
     """arm_depthwise_conv_s8_opt_get_buffer_size of a DSP build (int16 copies of the input columns).
@@ -39,26 +38,14 @@ def _feature_map(shape: tuple[int, ...]) -> tuple[int, int]:
     return (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
 
 
-class DepthwiseConv1DHandler(OpHandler):
+class DepthwiseConv1DHandler(WindowedOp, WeightedOp):
     op = "dwconv1d"  # imported by ops/conv.py (a Conv with group == C_in) and by the affine lowering
     activation_bits = (8, 16)
-    fuses_activation = free_output_quant = folds_affine = absorbs_zero_pad = True
-
-    def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
-        a = node.attrs
-        return TimeGeometry(a["kernel"], a["stride"], a["dilation"], a["pad"][0])
-
-    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
-        return replace(node, attrs={**node.attrs, "pad": (pad_left, pad_right)})
-
-    def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
-        return fold_affine_into_weights(node, scale, shift)
+    fuses_activation = free_output_quant = absorbs_zero_pad = True
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         w_in, _ = _feature_map(input_shapes[0])
-        a = node.attrs
-        eff_k = (a["kernel"] - 1) * a["dilation"] + 1
-        w_out = (w_in + a["pad"][0] + a["pad"][1] - eff_k) // a["stride"] + 1
+        w_out = window_of(node).out_width(w_in)
         c_out = node.consts["weight"].shape[0]
         return [(c_out,) if len(input_shapes[0]) == 1 else (w_out, c_out)]
 
@@ -67,49 +54,46 @@ class DepthwiseConv1DHandler(OpHandler):
         quantize_per_channel(node, graph)  # weight (C_out, K): per output channel, as a full conv
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        a, qp = node.attrs, node.qparams
+        qp = node.qparams
         q_in = graph.tensors[node.inputs[0]].quant
         n, (w_in, c_in) = len(inputs[0]), _feature_map(inputs[0].shape[1:])
         x = inputs[0].reshape(n, w_in, c_in).astype(np.int64) - q_in.zero_point
-        c_out, k = qp["weight"].shape
+        c_out = qp["weight"].shape[0]
+        w_out = window_of(node).out_width(w_in)
         mult = c_out // c_in
-        w_out = self.output_shapes(node, [(w_in, c_in)])[0][0]
-        s, d, pad_l = a["stride"], a["dilation"], a["pad"][0]
-        right = max(0, (w_out - 1) * s + (k - 1) * d + 1 - pad_l - w_in)
-        xp = np.pad(x, ((0, 0), (pad_l, right), (0, 0)))[:, :, np.arange(c_out) // mult]  # (N, W', C_out)
-        taps = (np.arange(w_out) * s)[:, None] + np.arange(k)[None, :] * d
-        acc = np.einsum("ntkc,ck->ntc", xp[:, taps], qp["weight"].astype(np.int64)) + qp["bias"].astype(np.int64)
+        cols = window_columns(x, window_of(node), w_out)[..., np.arange(c_out) // mult]  # (N, w_out, K, C_out)
+        acc = np.einsum("ntkc,ck->ntc", cols, qp["weight"].astype(np.int64)) + qp["bias"].astype(np.int64)
         return [requantize_output(acc, node, graph).reshape(n, *graph.tensors[node.output].shape)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
-        a, qp = node.attrs, node.qparams
+        qp, window = node.qparams, window_of(node)
         (w_in, c_in) = _feature_map(graph.tensors[node.inputs[0]].shape)
         (w_out, c_out) = _feature_map(graph.tensors[node.output].shape)
-        check_uint16(node.where, width=w_in, channels=c_out, kernel=a["kernel"],
-                     pad=a["pad"][0])
+        check_uint16(node.where, width=w_in, channels=c_out, kernel=window.kernel, pad=window.pad_left)
         mult = c_out // c_in
         common, arrays = per_channel_call_parts(node, graph)
         weights = CArray("weights", "int8_t", np.ascontiguousarray(qp["weight"].T),
-                         f"[1][{a['kernel']}][{c_out}] per-channel int8")
-        macs = w_out * c_out * a["kernel"]
+                         f"[1][{window.kernel}][{c_out}] per-channel int8")
+        macs = w_out * c_out * window.kernel
         if graph.tensors[node.inputs[0]].quant.bits == 16:
             # the wrapper's own choice (USE_FAST_DW_CONV_S16_FUNCTION), the same at every level
-            scratch = dw_s16_scratch_bytes(a["kernel"], c_in, mult == 1 and a["dilation"] == 1 and a["kernel"] < 512)
+            fast_s16 = mult == 1 and window.dilation == 1 and window.kernel < 512
+            scratch = dw_s16_scratch_bytes(window.kernel, c_in, fast_s16)
             return KernelCall(
                 template="dwconv1d_s16.c.j2", kernel="arm_depthwise_conv_wrapper_s16",
-                context={"w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "mult": mult,
+                context={"w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": window.kernel, "mult": mult,
                          **common, "scratch_bytes": scratch},
                 arrays=[weights, *arrays],
                 functions=["arm_depthwise_conv_wrapper_s16", "arm_depthwise_conv_wrapper_s16_get_buffer_size"],
                 scratch_bytes=scratch, macs=macs)
-        fast = mult == 1 and a["dilation"] == 1
+        fast = mult == 1 and window.dilation == 1
         kernel = "arm_depthwise_conv_s8_opt" if fast else "arm_depthwise_conv_s8"
-        scratch = dw_scratch_bytes(a["kernel"], c_in) if fast else 0
+        scratch = dw_scratch_bytes(window.kernel, c_in) if fast else 0
         return KernelCall(
             template="dwconv1d.c.j2",
             kernel=kernel,
             context={
-                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"], "mult": mult,
+                "w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": window.kernel, "mult": mult,
                 **common, "scratch_bytes": scratch, "fast": fast,
             },
             arrays=[weights, *arrays],
@@ -119,7 +103,7 @@ class DepthwiseConv1DHandler(OpHandler):
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
-        fb, qp, a = ex.fb, node.qparams, node.attrs
+        fb, qp, window = ex.fb, node.qparams, window_of(node)
         src = ex.as_feature_map(node.inputs[0])
         c_in = src.shape[3]
         src = ex.padded(src, node)
@@ -135,8 +119,8 @@ class DepthwiseConv1DHandler(OpHandler):
         bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
         opts = fb.DepthwiseConv2DOptionsT()
         opts.padding = fb.Padding.VALID
-        opts.strideW, opts.strideH = a["stride"], 1
-        opts.dilationWFactor, opts.dilationHFactor = a["dilation"], 1
+        opts.strideW, opts.strideH = window.stride, 1
+        opts.dilationWFactor, opts.dilationHFactor = window.dilation, 1
         opts.depthMultiplier = c_out // c_in
         opts.fusedActivationFunction = ex.fused(node)
         ex.op(fb.BuiltinOperator.DEPTHWISE_CONV_2D, [src, weights, bias], [ex.as_feature_map(node.output, True)],

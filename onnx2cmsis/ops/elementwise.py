@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.window import Window
 from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, OpHandler, elementwise_io
 from onnx2cmsis.ops.depthwise import DepthwiseConv1DHandler
 from onnx2cmsis.ops.roles import ChannelAffine, Clamp, Role
@@ -69,7 +70,7 @@ class AffineHandler(OpHandler):
     def lower(self, node: Node, graph: Graph) -> list[Node] | None:
         """No producer could fold it: a 1-tap depthwise convolution, which is exact."""
         return [Node(node.name, DepthwiseConv1DHandler.op, list(node.inputs), list(node.outputs),
-                     attrs={"kernel": 1, "stride": 1, "dilation": 1, "pad": (0, 0)},
+                     attrs={"window": Window()},
                      consts={"weight": node.consts["scale"].astype(np.float32).reshape(-1, 1),
                              "bias": node.consts["shift"].astype(np.float32).reshape(-1)},
                      origin=node.origin + " as depthwise 1x1")]

@@ -13,11 +13,11 @@ import numpy as np
 
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.window import Window
 from onnx2cmsis.ops.base import (
     ImportContext,
     KernelCall,
     OnnxNodeView,
-    OpHandler,
     TfliteContext,
     TimeGeometry,
     check_uint16,
@@ -27,6 +27,7 @@ from onnx2cmsis.ops.base import (
     spatial_1d,
 )
 from onnx2cmsis.arith.rules import int_range, saturate
+from onnx2cmsis.ops.windowed import WindowedOp, window_of
 
 GLOBAL_OPS = ("GlobalMaxPool", "ReduceMax")
 
@@ -69,26 +70,28 @@ def add_global_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> None:
     if len(out_shape):
         out = ctx.tensor(node.outputs[0], (out_channel,))
         ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0], (time, channel))], [out],
-                          attrs={"kernel": shape[time], "stride": 1, "pad_left": 0, "out_w": 1, "vector": True},
+                          attrs={"window": Window(shape[time]), "vector": True},
                           origin=node.op_type))
         return
     pooled = ctx.new_tensor((1, c), node.outputs[0] + "_pooled", calib_name=node.outputs[0])
     ctx.add_node(Node(node.name, op, [ctx.tensor(node.inputs[0], (time, channel))], [pooled],
-                      attrs={"kernel": shape[time], "stride": 1, "pad_left": 0, "out_w": 1}, origin=node.op_type))
+                      attrs={"window": Window(shape[time])}, origin=node.op_type))
     out = ctx.tensor(node.outputs[0], (out_channel,) if len(out_shape) else ())
     ctx.add_node(Node(node.name, "reshape", [pooled], [out], origin=node.op_type))
 
 
-def _window_taps(attrs: dict, w_in: int) -> tuple[np.ndarray, np.ndarray]:
+def _window_taps(window: Window, w_in: int) -> tuple[np.ndarray, np.ndarray]:
     """Input index of every tap of every window, clipped into range, and which taps are real."""
-    starts = np.arange(attrs["out_w"]) * attrs["stride"] - attrs["pad_left"]
-    taps = starts[:, None] + np.arange(attrs["kernel"])[None, :] * attrs.get("dilation", 1)
+    taps = window.taps(window.out_width(w_in))
     valid = (taps >= 0) & (taps < w_in)
     return np.clip(taps, 0, w_in - 1), valid
 
 
 def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Node, int, int]:
-    """Node, right padding and input width for MaxPool / AveragePool with their attributes."""
+    """Node, the model's right padding and input width for MaxPool / AveragePool with their attributes.
+
+    The window's own right padding is what the model's output width reaches: with ceil_mode more than
+    the model's pads, with a last window ending inside the input none."""
     node, axes = spatial_1d(node, ctx, [int(k) for k in node.attr("kernel_shape", [1])])
     w_in = ctx.logical_shape(node.inputs[0])[axes[0]]
     (k,) = int_attr_list(node, "kernel_shape", [1], 1)
@@ -98,31 +101,31 @@ def _windowed_pool(node: OnnxNodeView, ctx: ImportContext, op: str) -> tuple[Nod
         raise UnsupportedOpError(f"{node.op_type} with dilation {dilation} is not supported", node.where)
     pad_l, pad_r = explicit_pads(node, w_in, k, stride, dilation)
     out_w = ctx.logical_shape(node.outputs[0])[axes[0]]
-    attrs = {"kernel": k, "stride": stride, "pad_left": pad_l, "out_w": out_w, "dilation": dilation}
-    if not _window_taps(attrs, w_in)[1].any(axis=1).all():
+    window = Window(k, stride, dilation, pad_l)
+    window = replace(window, pad_right=window.right_pad_for(w_in, out_w))
+    if window.out_width(w_in) != out_w:
+        raise UnsupportedOpError(f"{node.op_type} declares {out_w} output columns, fewer than its pads give",
+                                 node.where)
+    if not _window_taps(window, w_in)[1].any(axis=1).all():
         # ceil_mode can declare a last window that starts in the padding: ONNX shape inference keeps
         # it, ONNX Runtime and PyTorch drop it. With no agreed meaning, refuse rather than pick one.
         raise UnsupportedOpError(f"{node.op_type} has an output window that covers only padding (ceil_mode: ONNX "
                                  "keeps it, ONNX Runtime drops it; export with ceil_mode=0 or other padding)",
                                  node.where)
-    return Node(node.name, op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)], attrs=attrs,
-                origin=node.op_type), pad_r, w_in
+    return Node(node.name, op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)],
+                attrs={"window": window}, origin=node.op_type), pad_r, w_in
 
 
-class MaxPool1DHandler(OpHandler):
+class MaxPool1DHandler(WindowedOp):
     op = "maxpool1d"
     activation_bits = (8, 16)
     onnx_ops = ("MaxPool", "GlobalMaxPool", "ReduceMax")
     fuses_activation = True  # a clamp in the (shared) input/output quantization
 
     def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
-        a = node.attrs
-        if a["out_w"] == 1:
+        if window_of(node).out_width(graph.tensors[node.inputs[0]].shape[0]) == 1:
             return None  # a global pool: the head of a stream
-        return TimeGeometry(a["kernel"], a["stride"], a.get("dilation", 1), a["pad_left"])
-
-    def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
-        return replace(node, attrs={**node.attrs, "pad_left": pad_left, "out_w": out_w})
+        return super().time_geometry(node, graph)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         if node.op_type in GLOBAL_OPS:
@@ -135,7 +138,7 @@ class MaxPool1DHandler(OpHandler):
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         c = input_shapes[0][1]
         # "vector": a global max whose model output drops the time axis writes (C,), the same bytes
-        return [(c,) if node.attrs.get("vector") else (node.attrs["out_w"], c)]
+        return [(c,) if node.attrs.get("vector") else (window_of(node).out_width(input_shapes[0][0]), c)]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         graph.tensors[node.output].quant = graph.tensors[node.inputs[0]].quant
@@ -144,17 +147,16 @@ class MaxPool1DHandler(OpHandler):
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0]
         bits = graph.tensors[node.output].quant.bits
-        taps, valid = _window_taps(node.attrs, x.shape[1])
+        taps, valid = _window_taps(window_of(node), x.shape[1])
         windows = np.where(valid[:, :, None], x[:, taps], int_range(bits)[0])  # a padded tap never wins
         pooled = saturate(windows.max(axis=2), bits, *node.qparams["act_range"])
         return [pooled.reshape(len(x), *graph.tensors[node.output].shape)]
 
     def _context(self, node: Node, graph: Graph) -> dict:
-        (w_in, c), a = graph.tensors[node.inputs[0]].shape, node.attrs
-        w_out = a["out_w"]
+        (w_in, c), window = graph.tensors[node.inputs[0]].shape, window_of(node)
         bits = graph.tensors[node.output].quant.bits
-        return {"w_in": w_in, "c": c, "w_out": w_out, "k": a["kernel"], "stride": a["stride"], "pad": a["pad_left"],
-                "dilation": a.get("dilation", 1), "act_min": node.qparams["act_range"][0],
+        return {"w_in": w_in, "c": c, "w_out": window.out_width(w_in), "k": window.kernel, "stride": window.stride,
+                "pad": window.pad_left, "dilation": window.dilation, "act_min": node.qparams["act_range"][0],
                 "act_max": node.qparams["act_range"][1], "type_min": int_range(bits)[0], "s": f"s{bits}"}
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
@@ -166,13 +168,13 @@ class MaxPool1DHandler(OpHandler):
         return KernelCall(template="maxpool1d.c.j2", kernel=kernel, context=ctx, functions=[kernel])
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
-        fb, a = ex.fb, node.attrs
+        fb, window = ex.fb, window_of(node)
         w_in, c = ex.graph.tensors[node.inputs[0]].shape
-        k, s, p, out_w = a["kernel"], a["stride"], a["pad_left"], a["out_w"]
-        if a.get("dilation", 1) != 1:
+        k, s, p = window.kernel, window.stride, window.pad_left
+        if window.dilation != 1:
             raise NotExportable("TFLite's MAX_POOL_2D has no dilation", node.name)
         src = ex.activation(node.inputs[0])
-        pad_r = max(0, (out_w - 1) * s + k - w_in - p)
+        pad_r = window.right_pad_for(w_in, window.out_width(w_in))
         if p or pad_r:
             # PADV2 with the lowest code then VALID: a padded tap never wins the max, as CMSIS-NN skips it.
             q = ex.graph.tensors[node.inputs[0]].quant
@@ -190,7 +192,7 @@ class MaxPool1DHandler(OpHandler):
         opts.strideW, opts.strideH = s, 1
         opts.filterWidth, opts.filterHeight = k, 1
         opts.fusedActivationFunction = ex.fused(node)
-        out = ex.as_feature_map(node.output, output=True) if a.get("vector") else ex.activation(node.output)
+        out = ex.as_feature_map(node.output, output=True) if node.attrs.get("vector") else ex.activation(node.output)
         ex.op(fb.BuiltinOperator.MAX_POOL_2D, [src], [out], fb.BuiltinOptions.Pool2DOptions, opts)
 
 
@@ -206,22 +208,23 @@ class AvgPool1DHandler(MaxPool1DHandler):
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         pool, pad_r, w_in = _windowed_pool(node, ctx, self.op)
-        a = pool.attrs
-        if int(node.attr("count_include_pad", 0)) and (a["pad_left"] or pad_r):
-            k, s = a["kernel"], a["stride"]
-            if (w_in + a["pad_left"] + pad_r - k) // s + 1 != a["out_w"]:
+        window = window_of(pool)
+        if int(node.attr("count_include_pad", 0)) and (window.pad_left or pad_r):
+            padded_w = w_in + window.pad_left + pad_r
+            if window.sliced(0, 0).out_width(padded_w) != window.out_width(w_in):
                 raise UnsupportedOpError("AveragePool with count_include_pad=1 and ceil_mode windows past the "
                                          "padding is not supported", node.where)
             c = ctx.physical_shape(pool.inputs[0])[1]
-            padded = ctx.new_tensor((w_in + a["pad_left"] + pad_r, c), node.outputs[0] + "_padded")
-            ctx.add_node(Node(node.name, "pad1d", list(pool.inputs), [padded], attrs={"pad": (a["pad_left"], pad_r)},
+            padded = ctx.new_tensor((padded_w, c), node.outputs[0] + "_padded")
+            ctx.add_node(Node(node.name, "pad1d", list(pool.inputs), [padded], attrs={"pad": (window.pad_left, pad_r)},
                               origin="AveragePool count_include_pad"))
-            pool.inputs, a["pad_left"] = [padded], 0
+            pool.inputs, pool.attrs["window"] = [padded], window.sliced(0, 0)  # the zeros are real columns now
         ctx.add_node(pool)
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         x = inputs[0].astype(np.int64)
-        k, s, p, out_w = (node.attrs[key] for key in ("kernel", "stride", "pad_left", "out_w"))
+        window = window_of(node)
+        k, s, p, out_w = window.kernel, window.stride, window.pad_left, window.out_width(x.shape[1])
         out = np.empty((len(x), out_w, x.shape[2]), np.int64)
         for o in range(out_w):
             lo, hi = max(0, o * s - p), min(x.shape[1], o * s - p + k)
@@ -239,9 +242,9 @@ class AvgPool1DHandler(MaxPool1DHandler):
                           functions=[kernel, f"{kernel}_get_buffer_size"], scratch_bytes=ctx["scratch_bytes"])
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
-        fb, a = ex.fb, node.attrs
+        fb, window = ex.fb, window_of(node)
         w_in = ex.graph.tensors[node.inputs[0]].shape[0]
-        k, s, p, out_w = a["kernel"], a["stride"], a["pad_left"], a["out_w"]
+        k, s, p, out_w = window.kernel, window.stride, window.pad_left, window.out_width(w_in)
         if p == 0 and out_w == (w_in - k) // s + 1:
             padding = fb.Padding.VALID
         elif out_w == -(-w_in // s) and p == max((out_w - 1) * s + k - w_in, 0) // 2:

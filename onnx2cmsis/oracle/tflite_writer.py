@@ -85,9 +85,9 @@ class Exporter:
         return fm
 
     def padded(self, src: Any, node: Node) -> Any:
-        """A conv's input with node.attrs["pad"] applied by PAD, for a VALID conv after it. PAD fills
-        with the input zero point: the same as CMSIS-NN skipping the tap."""
-        pad_l, pad_r = node.attrs["pad"]
+        """A conv's input with its window's padding applied by PAD, for a VALID conv after it. PAD
+        fills with the input zero point: the same as CMSIS-NN skipping the tap."""
+        pad_l, pad_r = node.attrs["window"].pad
         if not (pad_l or pad_r):
             return src
         _, _, w_in, c = src.shape

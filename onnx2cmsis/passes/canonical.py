@@ -67,8 +67,7 @@ def fold_pad_into_conv(graph: Graph, registry: Registry) -> bool:
         if not isinstance(pad, ZeroPad) or len(graph.consumers(node.inputs[0])) != 1 \
                 or graph.is_boundary(node.inputs[0]):
             continue
-        a, b = node.attrs["pad"]
-        node.attrs["pad"] = (a + pad.left, b + pad.right)
+        registry.for_op(node.op).absorb_zero_pad(node, pad.left, pad.right)
         node.inputs = list(p.inputs)
         node.origin = "Pad+" + node.origin
         graph.nodes.remove(p)
