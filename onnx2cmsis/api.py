@@ -17,29 +17,28 @@ import onnx
 from onnx2cmsis.cmsis_nn.source import CmsisTree, locate_cmsis_nn
 from onnx2cmsis.codegen.build_files import render_build_files
 from onnx2cmsis.codegen.emit_c import Layer, make_layers, render, template_environment
-from onnx2cmsis.codegen.naming import c_identifier, is_c_identifier
+from onnx2cmsis.codegen.naming import c_identifier
 from onnx2cmsis.codegen.report_page import render_report_page
 from onnx2cmsis.codegen.stream import stream_parts, stream_spec
+from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input_arrays
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
 from onnx2cmsis.ir.check import check_graph
-from onnx2cmsis.ir.graph import DENSE_WEIGHTS, Graph, QuantOptions
-from onnx2cmsis.ir.target import DEFAULT_API
-from onnx2cmsis.ops.base import KernelCall
+from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.options import Budget, ConvertOptions
 from onnx2cmsis.ops.registry import Registry, build_registry
 from onnx2cmsis.passes.canonical import run_passes
-from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
+from onnx2cmsis.plan.arena import MemoryPlan, Step, plan_memory
+from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_outputs, run_reference
-from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input_arrays
-from onnx2cmsis.quant.accuracy import load_labels
+from onnx2cmsis.report import build_report, header_summary, input_window
 from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.tuning.bias_correction import correct_biases
-from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
-from onnx2cmsis.arith.rules import PRECISIONS
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
-from onnx2cmsis.report import build_report, header_summary, input_window
+
+__all__ = ["Budget", "Conversion", "ConvertOptions", "convert", "front_end", "back_end", "write_outputs"]
 
 
 @dataclass
@@ -73,152 +72,162 @@ class Conversion:
         return reference_outputs(self.graph, self.registry, input_arrays(x))
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What the target part offers. The defaults flag models that fit few Cortex-M parts: 512 KiB of
-    flash for the weights alone (code and CMSIS-NN add 5-30 KB) and 128 KiB of RAM for the arena."""
-
-    flash_bytes: int = 512 * 1024
-    ram_bytes: int = 128 * 1024
-
-    def check(self, weights_bytes: int, arena_bytes: int) -> list[str]:
-        warnings = []
-        if weights_bytes > self.flash_bytes:
-            warnings.append(f"the weights take {weights_bytes:,} B of flash, more than the {self.flash_bytes:,} B "
-                            f"budget (set your part's with {{opt:flash_bytes}})")
-        if arena_bytes > self.ram_bytes:
-            warnings.append(f"the arena takes {arena_bytes:,} B of RAM, more than the {self.ram_bytes:,} B "
-                            f"budget (set your part's with {{opt:ram_bytes}})")
-        return warnings
-
-
 def default_name(model_path: Path) -> str:
     return c_identifier(model_path.stem, fallback="model", max_len=40)
 
 
-def convert(
-    model_path: Path | str,
-    calibration: Path | str | np.ndarray | list[np.ndarray] | dict[str, np.ndarray] | MultiSamples,
-    name: str | None = None,
-    cmsis_nn: str | os.PathLike[str] | None = None,
-    registry: Registry | None = None,
-    cmsis_api: str | None = None,
-    default_api: str | None = DEFAULT_API.level,
-    budget: Budget | None = None,
-    dense_weights: str = "auto",
-    calibration_method: str = "minmax",
-    bias_correction: bool = True,
-    precision: str = "int8",
-    max_error_db: float | None = None,
-    max_accuracy_drop: float | None = None,
-    calibration_labels: Path | str | np.ndarray | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    streaming: int | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> Conversion:
-    """cmsis_nn/cmsis_api: the CMSIS-NN tree and API level to emit for (see locate_cmsis_nn);
-    default_api=None (as verify needs) takes a fetched tree, level 7 first. Exceeding `budget`
-    is a warning in report["warnings"], not an error: the C is still right. dense_weights:
-    "auto" (per layer, measured), "per-tensor" or "per-channel" (one weight scale per output feature, as
-    TFLite 2.21 writes it). calibration_method: quant/ranges.py. bias_correction: fold each conv/dense
-    layer's mean output error on the calibration samples into its bias (tuning/bias_correction.py).
-    precision: "int8", "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto":
-    per layer, the cheapest mix (arena, then instructions, then flash) whose output SQNR on the
-    calibration samples is at least `max_error_db` dB, or, given `calibration_labels` (each calibration
-    sample's class: .npy or array), whose accuracy is at most `max_accuracy_drop` percentage points
-    below the float model's on the same samples (tuning/auto_precision.py). input_shape: the
-    model input's shape without the batch, to fix a dynamic (e.g. time) dimension. streaming: HOP, to add
-    NAME_stream_push (one output every HOP time steps, codegen/stream.py). progress: called with
-    a short phrase as each step starts (what the command line shows on a terminal)."""
-    model_path = Path(model_path)
-    name = name or default_name(model_path)
-    if not is_c_identifier(name):
-        raise OptionError(f"{{opt:name}} {name!r} is not a valid C identifier")
-    if calibration_method not in CALIBRATION_METHODS:
-        raise OptionError(f"{{opt:calibration_method}} {calibration_method!r} is not one of "
-                              f"{', '.join(CALIBRATION_METHODS)}")
-    if precision not in (*PRECISIONS, "auto"):
-        raise OptionError(f"{{opt:precision}} {precision!r} is not one of {', '.join(PRECISIONS)}, auto")
-    if max_error_db is not None and max_accuracy_drop is not None:
-        raise OptionError("give one budget: {opt:max_error_db} (output SQNR) or {opt:max_accuracy_drop} (with "
-                          "{opt:calibration_labels})")
-    if (precision == "auto") != (max_error_db is not None or max_accuracy_drop is not None):
-        raise OptionError("{opt:precision=auto} and {opt:max_error_db} go together: the budget (the output "
-                          "SQNR in dB on the calibration samples) is what auto chooses the widths for")
-    if (max_accuracy_drop is not None) != (calibration_labels is not None):
-        raise OptionError("{opt:calibration_labels} and {opt:max_accuracy_drop} go together: the accuracy budget "
-                          "of {opt:precision=auto} needs each calibration sample's class")
-    if dense_weights not in DENSE_WEIGHTS:
-        raise OptionError(f"{{opt:dense_weights}} {dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}")
-    registry = registry or build_registry()
-    cmsis = locate_cmsis_nn(cmsis_nn, cmsis_api, default_api)
+Calibration = Path | str | np.ndarray | list[np.ndarray] | dict[str, np.ndarray] | MultiSamples
 
+
+def convert(model_path: Path | str, calibration: Calibration | None = None, options: ConvertOptions | None = None, *,
+            registry: Registry | None = None, progress: Callable[[str], None] | None = None,
+            **settings: Any) -> Conversion:
+    """MODEL + calibration samples -> the C, its report and its build files, in memory (write_outputs
+    writes them). The settings are ConvertOptions' fields, as an object (`options`) or as keyword
+    arguments (which replace the object's): name; cmsis_nn/cmsis_api, the CMSIS-NN tree and API level
+    to emit for (see locate_cmsis_nn); default_api=None (as verify needs) takes a fetched tree, level 7
+    first; budget (exceeding it is a warning in report["warnings"], not an error: the C is still
+    right); dense_weights: "auto" (per layer, measured), "per-tensor" or "per-channel" (one weight
+    scale per output feature, as TFLite 2.21 writes it); calibration_method: quant/ranges.py;
+    bias_correction: fold each conv/dense layer's mean output error on the calibration samples into
+    its bias (tuning/bias_correction.py); precision: "int8", "int16" (TFLite 16x8: int16 activations,
+    int8 weights, int64 biases), or "auto": per layer, the cheapest mix (arena, then instructions, then
+    flash) whose output SQNR on the calibration samples is at least `max_error_db` dB, or, given
+    `calibration_labels` (each calibration sample's class: .npy or array), whose accuracy is at most
+    `max_accuracy_drop` percentage points below the float model's on the same samples
+    (tuning/auto_precision.py); input_shape: the model input's shape without the batch, to fix a
+    dynamic (e.g. time) dimension; streaming: HOP, to add NAME_stream_push (one output every HOP time
+    steps, codegen/stream.py); plugins/allow_override: handlers to load besides the installed ones
+    (or give a whole `registry`). progress: called with a short phrase as each step starts (what the
+    command line shows on a terminal).
+
+    The stages, each its own function below: read the model (front_end), read the samples, quantize
+    (calibrate, choose widths, correct biases), schedule and emit (back_end), render the files."""
+    opts = (options or ConvertOptions()).with_settings(settings).checked()
+    model_path = Path(model_path)
+    name = opts.name or default_name(model_path)
+    registry = registry or build_registry(extra=opts.plugins, allow_override=opts.allow_override)
+    cmsis = locate_cmsis_nn(opts.cmsis_nn, opts.cmsis_api, opts.default_api)
     step = progress or (lambda _: None)
     step(f"reading {model_path.name}")
-    model, graph, rewrites = front_end(model_path, registry, input_shape)
-    stream = stream_spec(streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
+    model, graph, rewrites = front_end(model_path, registry, opts.input_shape)
+    stream = stream_spec(opts.streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
+    data = read_samples(calibration, graph, opts)
+    tuning = quantize(model, graph, registry, data, opts, cmsis, step, str(model_path))
+    step("planning the arena and writing the C")
+    plan, schedule = back_end(graph, registry, cmsis)
+    return render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites), data,
+                        tuning, stream, opts)
+
+
+@dataclass
+class SampleData:
+    """The calibration samples, checked, and what the searches are judged on."""
+
+    samples: Any  # an array (or a file read a block at a time) for one input, MultiSamples for several
+    labels: np.ndarray | None  # each calibration sample's class (--precision auto's accuracy budget)
+    chosen: np.ndarray  # the indices of the samples the measured choices use
+    search: Any  # those samples
+
+
+def read_samples(calibration: Calibration | None, graph: Graph, opts: ConvertOptions) -> SampleData:
+    """The calibration samples (and labels) checked against the model before any long step."""
+    if calibration is None:
+        raise OptionError("{opt:calibration} samples are needed: the model is float, and its int8 ranges come "
+                          "from running it on them")
     samples = _calibration_samples(calibration, graph)
-    if calibration_labels is not None and len(graph.outputs) > 1:
+    if opts.calibration_labels is not None and len(graph.outputs) > 1:
         raise OptionError(f"{{opt:calibration_labels}} judge one output's classes; this model has "
                           f"{len(graph.outputs)} outputs (budget it with {{opt:max_error_db}})")
-    labels = None if calibration_labels is None else load_labels(calibration_labels, len(samples),
-                                                                    "calibration labels")  # checked early
-    graph.quant_options = QuantOptions(dense_weights=dense_weights, calibration_method=calibration_method,
-                                       precision=precision)
-    chosen_samples = search_indices(len(samples))
-    x = search_samples(samples)  # what the measured choices are judged on (chosen_samples)
-    step(f"calibrating on {len(samples)} samples ({calibration_method}"
-         + (", choosing dense weight scales" if dense_weights == "auto" else "") + ")")
-    calibration_result = calibrate(model, graph, registry, samples, x, calibration_method, dense_weights)
-    apply_weights(graph, calibration_result.weights)  # on the nodes from here on: indices may shift below
-    chosen = None
-    if precision == "auto":
-        budget_text = f"{max_error_db:g} dB" if max_accuracy_drop is None else \
-            f"at most {max_accuracy_drop:g} points of accuracy lost"
-        step(f"choosing each layer's width for {budget_text}")
-        try:
-            target = PrecisionBudget(min_sqnr_db=None if max_error_db is None else float(max_error_db))
-            if max_accuracy_drop is not None and labels is not None:
-                target = PrecisionBudget(max_accuracy_drop=float(max_accuracy_drop), labels=labels[chosen_samples])
-            chosen = choose_precision(graph, registry, calibration_result.ranges, x, float_outputs(model, x),
-                                      target, cmsis.api)
-        except ConversionError as exc:
-            raise ConversionError(exc.message, exc.where or str(model_path)) from None
-    if bias_correction:
-        step("correcting biases")
-    corrected = len(correct_biases(model, graph, registry, calibration_result.ranges, {}, x)) \
-        if bias_correction else None
-    quantize_graph(graph, registry, calibration_result.ranges)
-    check_graph(graph, "quantization", quantized=True)
-    step("planning the arena and writing the C")
-    plan, calls, layers = back_end(graph, registry, cmsis)
+    labels = None if opts.calibration_labels is None else load_labels(opts.calibration_labels, len(samples),
+                                                                        "calibration labels")
+    return SampleData(samples, labels, search_indices(len(samples)), search_samples(samples))
 
-    summary = header_summary(model_path, hashlib.sha256(model_path.read_bytes()).hexdigest(), graph, layers, cmsis)
-    template_dirs = tuple(dict.fromkeys(registry.for_op(n.op).template_dir for n in graph.nodes
-                                        if registry.for_op(n.op).template_dir is not None))
+
+@dataclass
+class Tuning:
+    """What quantizing measured and chose, for the report."""
+
+    search: dict[str, Any]  # the calibration search's summary
+    bias_corrected: int | None  # layers whose bias took their mean error (None: off)
+    auto_precision: dict[str, Any] | None  # --precision auto's budget, measurements and choice
+
+
+def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: SampleData, opts: ConvertOptions,
+             cmsis: CmsisTree, step: Callable[[str], None], where: str) -> Tuning:
+    """Ranges from the samples, then (auto) each layer's width, the bias corrections, and the integer
+    parameters: the graph leaves quantized."""
+    graph.quant_options = opts.quant_options
+    step(f"calibrating on {len(data.samples)} samples ({opts.calibration_method}"
+         + (", choosing dense weight scales" if opts.dense_weights == "auto" else "") + ")")
+    calibration = calibrate(model, graph, registry, data.samples, data.search, opts.calibration_method,
+                            opts.dense_weights)
+    apply_weights(graph, calibration.weights)  # on the nodes from here on: indices may shift below
+    chosen = None
+    if opts.precision == "auto":
+        step(f"choosing each layer's width for {opts.budget_text()}")
+        target = PrecisionBudget(min_sqnr_db=None if opts.max_error_db is None else float(opts.max_error_db))
+        if opts.max_accuracy_drop is not None and data.labels is not None:
+            target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=data.labels[data.chosen])
+        try:
+            chosen = choose_precision(graph, registry, calibration.ranges, data.search,
+                                      float_outputs(model, data.search), target, cmsis.api)
+        except ConversionError as exc:
+            raise ConversionError(exc.message, exc.where or where) from None
+    corrected = None
+    if opts.bias_correction:
+        step("correcting biases")
+        corrected = len(correct_biases(model, graph, registry, calibration.ranges, {}, data.search))
+    quantize_graph(graph, registry, calibration.ranges)
+    check_graph(graph, "quantization", quantized=True)
+    return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary())
+
+
+@dataclass
+class Emitted:
+    """A quantized, scheduled conversion before its files are rendered."""
+
+    name: str
+    model_path: Path
+    model: onnx.ModelProto
+    graph: Graph
+    registry: Registry
+    plan: MemoryPlan
+    schedule: list[Step]
+    cmsis: CmsisTree
+    rewrites: list[str]
+
+
+def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts: ConvertOptions) -> Conversion:
+    """NAME.c/.h (with the stream push), NAME.json, the build files and NAME.md + its memory map."""
+    graph, registry, name = e.graph, e.registry, e.name
+    layers = make_layers(graph, e.schedule)
+    summary = header_summary(e.model_path, hashlib.sha256(e.model_path.read_bytes()).hexdigest(), graph, layers,
+                             e.cmsis)
+    template_dirs = tuple(dict.fromkeys(registry.for_op(s.node.op).template_dir for s in e.schedule
+                                        if registry.for_op(s.node.op).template_dir is not None))
     stream_report = None
     if stream is None:
         summary.update(stream=None)
     else:
         stream_templates, stream_report = stream_parts(stream, template_environment(template_dirs), name, graph,
-                                                       registry, layers, plan)
+                                                       registry, layers, e.plan)
         summary.update(stream_templates)
-    source, header = render(name, graph, layers, plan, summary, template_dirs)  # codegen
-    functions = sorted({f for c in calls for f in c.functions})
-    report = build_report(name, summary, graph, registry, plan, layers, cmsis, functions, rewrites, len(samples),
-                          calibration_result.summary(), corrected, None if chosen is None else chosen.summary(),
+    source, header = render(name, graph, layers, e.plan, summary, template_dirs)
+    functions = sorted({f for s in e.schedule for f in s.call.functions})
+    report = build_report(name, summary, graph, registry, e.plan, layers, e.cmsis, functions, e.rewrites,
+                          len(data.samples), tuning.search, tuning.bias_corrected, tuning.auto_precision,
                           stream_report)
-    warnings = (budget or Budget()).check(summary["weights_bytes"], plan.arena_bytes)
+    warnings = opts.budget.check(summary["weights_bytes"], e.plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
-    build_files = render_build_files(name, report["cmsis_nn"]["sources"], cmsis.api)
     views: dict[str, str] = {}
-    for node in graph.nodes:
-        if registry.for_op(node.op).aliases_input(node):
-            views[node.output] = views.get(node.inputs[0], node.inputs[0])
-    markdown, svg = render_report_page(name, report, plan, [n.output for n in graph.nodes], views)
-    return Conversion(name, model_path, model, graph, registry, plan, layers, cmsis, source, header, report,
-                      build_files=build_files, pages={f"{name}.md": markdown, f"{name}_memory.svg": svg},
-                      warnings=warnings)
+    for s in e.schedule:
+        if registry.for_op(s.node.op).aliases_input(s.node):
+            views[s.node.output] = views.get(s.node.inputs[0], s.node.inputs[0])
+    markdown, svg = render_report_page(name, report, e.plan, [s.node.output for s in e.schedule], views)
+    return Conversion(name, e.model_path, e.model, graph, registry, e.plan, layers, e.cmsis, source, header, report,
+                      build_files=render_build_files(name, report["cmsis_nn"]["sources"], e.cmsis.api),
+                      pages={f"{name}.md": markdown, f"{name}_memory.svg": svg}, warnings=warnings)
 
 
 def front_end(model_path: Path, registry: Registry,
@@ -233,14 +242,15 @@ def front_end(model_path: Path, registry: Registry,
     return model, graph, rewrites
 
 
-def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree) -> tuple[MemoryPlan, list[KernelCall], list[Layer]]:
-    """A quantized graph -> kernel calls, execution order and arena, layers in that order."""
+def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree) -> tuple[MemoryPlan, list[Step]]:
+    """A quantized graph -> each node's kernel call, in the execution order the arena plan chose (the
+    graph's nodes take that order too), and the arena."""
     graph.cmsis_api = cmsis.api
-    calls = [registry.for_op(n.op).emit(n, graph) for n in graph.nodes]  # ops: kernel choice, C arrays
-    plan = plan_memory(graph, registry, [c.scratch_bytes for c in calls])  # plan: order + arena
-    calls = [calls[i] for i in plan.order]
+    steps = [Step(n, registry.for_op(n.op).emit(n, graph)) for n in graph.nodes]  # ops: kernel choice, C arrays
+    plan, schedule = plan_memory(graph, registry, steps)  # plan: order + arena
+    graph.nodes = [s.node for s in schedule]
     check_graph(graph, "scheduling", quantized=True)
-    return plan, calls, make_layers(graph, calls)
+    return plan, schedule
 
 
 def _calibration_samples(calibration, graph: Graph):

@@ -11,9 +11,8 @@ from typing import Optional
 import typer
 
 from onnx2cmsis import __version__
-from onnx2cmsis.cli_options import (BIAS_CORRECTION_OPTION, CALIBRATION_LABELS_OPTION, CALIBRATION_METHOD_OPTION,
-                                    DENSE_WEIGHTS_OPTION, FLAGS, INPUT_SHAPE_OPTION, MAX_ERROR_OPTION, PRECISION_OPTION,
-                                    QUIET_OPTION, STREAMING_OPTION, VERBOSE_OPTION, PlainHelpCommand)
+from onnx2cmsis.cli_options import (ALLOW_OVERRIDE_OPTION, FLAGS, INPUT_SHAPE_OPTION, PLUGIN_OPTION, QUIET_OPTION,
+                                    VERBOSE_OPTION, PlainHelpCommand, with_conversion_options)
 from onnx2cmsis.cli_progress import step_progress
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 
@@ -31,13 +30,6 @@ def _usage(message: str, command: str) -> None:
     """A usage error: exit 2, pointing at the command's help (as for an unknown option)."""
     typer.echo(f"onnx2cmsis: error: {message} (see onnx2cmsis {command} --help)", err=True)
     raise typer.Exit(2)
-
-
-def _budget(max_error: Optional[float], labels: Optional[Path]) -> dict:
-    """--max-error is an SQNR in dB, or with --calibration-labels an accuracy drop in points."""
-    if labels is None:
-        return {"max_error_db": max_error}
-    return {"max_accuracy_drop": max_error, "calibration_labels": labels}
 
 
 def _shape(text: Optional[str], command: str) -> Optional[tuple[int, ...]]:
@@ -102,6 +94,7 @@ def version() -> None:
 
 
 @app.command(cls=PlainHelpCommand)
+@with_conversion_options
 def convert(
     model: Path = typer.Argument(..., metavar="MODEL",
                                  help="Model file (.onnx, or Keras .h5/.keras with the [keras] extra)."),
@@ -125,17 +118,6 @@ def convert(
         help="CMSIS-NN API level to emit for: 7 (v7.0.0 and later, main; the default) or 2024.01 "
              "(the PyPI snapshot). Must match --cmsis-nn's tree if both are given."
     ),
-    precision: str = PRECISION_OPTION,
-    max_error: Optional[float] = MAX_ERROR_OPTION,
-    calibration_labels: Optional[Path] = CALIBRATION_LABELS_OPTION,
-    streaming: Optional[int] = STREAMING_OPTION,
-    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
-    dense_weights: str = DENSE_WEIGHTS_OPTION,
-    calibration_method: str = CALIBRATION_METHOD_OPTION,
-    bias_correction: bool = BIAS_CORRECTION_OPTION,
-    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
-                                     help="Op handler to load (repeatable)."),
-    allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
     flash_kb: int = typer.Option(512, "--flash-kb", min=1, metavar="KIB", help="Flash your part has for the weights (KiB): "
                                  "warn above it."),
     ram_kb: int = typer.Option(128, "--ram-kb", min=1, metavar="KIB", help="RAM your part has for the arena (KiB): warn above it."),
@@ -144,6 +126,7 @@ def convert(
     quiet: bool = QUIET_OPTION,
     verbose: bool = VERBOSE_OPTION,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    conversion: Optional[dict] = None,
 ) -> None:
     """Write NAME.c, NAME.h, NAME.json, NAME.mk, NAME.cmake and the NAME.md report for MODEL.
 
@@ -152,9 +135,9 @@ def convert(
       onnx2cmsis convert examples/vibration_keras/vibration_cnn.h5 \\
           --calibration examples/vibration_keras/calibration.npy --out out
     """
-    from onnx2cmsis.api import Budget, write_outputs
+    from onnx2cmsis.api import write_outputs
     from onnx2cmsis.api import convert as run_convert
-    from onnx2cmsis.ops.registry import build_registry
+    from onnx2cmsis.options import Budget, ConvertOptions
     from onnx2cmsis.report import auto_precision_lines, stream_line
 
     if name and name_arg and name != name_arg:
@@ -165,13 +148,9 @@ def convert(
         _usage("Missing option '--calibration' / '-c': CALIB.npy, samples to choose the int8 ranges from",
                "convert")
     with _reported(model, "convert", debug), step_progress(quiet, verbose) as progress:
-        registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
-        result = run_convert(model, calibration, name=name or name_arg, cmsis_nn=cmsis_nn, registry=registry,
-                             cmsis_api=cmsis_api, budget=Budget(flash_kb * 1024, ram_kb * 1024),
-                             dense_weights=dense_weights, calibration_method=calibration_method,
-                             bias_correction=bias_correction, precision=precision,
-                             **_budget(max_error, calibration_labels),
-                             input_shape=_shape(input_shape, "convert"), streaming=streaming, progress=progress)
+        options = ConvertOptions(name=name or name_arg, cmsis_nn=cmsis_nn, cmsis_api=cmsis_api,
+                                 budget=Budget(flash_kb * 1024, ram_kb * 1024), **(conversion or {}))
+        result = run_convert(model, calibration, options, progress=progress)
         written = write_outputs(result, out or outdir_arg or Path.cwd(), tflite=tflite)
     r = result.report
     for warning in result.warnings:
@@ -199,9 +178,8 @@ def inspect_command(
                                             help="CMSIS-NN API level: 7 (the default) or 2024.01."),
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the table as JSON."),
-    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
-                                     help="Op handler to load (repeatable)."),
-    allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
+    plugin: list[str] = PLUGIN_OPTION,
+    allow_override: bool = ALLOW_OVERRIDE_OPTION,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Show what MODEL converts to, before any calibration: each layer's kernel, shapes, MACs and
@@ -238,6 +216,7 @@ def _cmsis_line(cmsis) -> str:
 
 
 @app.command(cls=PlainHelpCommand)
+@with_conversion_options
 def verify(
     model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
     calibration: Path = typer.Option(..., "--calibration", "-c", metavar="CALIB.npy",
@@ -253,25 +232,15 @@ def verify(
     layers: bool = typer.Option(False, "--layers", help="Also print each layer's integer accuracy vs the float "
                                 "model (SQNR, max error in LSB) over the first 64 samples."),
     name: Optional[str] = typer.Option(None, "--name", "-n", metavar="NAME", help="C identifier prefix."),
-    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE:CLASS",
-                                     help="Op handler to load (repeatable)."),
-    allow_override: bool = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers."),
     cmsis_nn: Optional[Path] = typer.Option(None, "--cmsis-nn", envvar="CMSIS_NN_PATH", metavar="PATH",
                                             help="CMSIS-NN tree to build with (default: the pinned PyPI snapshot)."),
     cmsis_api: Optional[str] = typer.Option(
         None, "--cmsis-nn-api", metavar="LEVEL",
         help="API level (7 or 2024.01); refused unless it is the level of the tree verify builds with."),
-    precision: str = PRECISION_OPTION,
-    max_error: Optional[float] = MAX_ERROR_OPTION,
-    calibration_labels: Optional[Path] = CALIBRATION_LABELS_OPTION,
-    streaming: Optional[int] = STREAMING_OPTION,
-    input_shape: Optional[str] = INPUT_SHAPE_OPTION,
-    dense_weights: str = DENSE_WEIGHTS_OPTION,
-    calibration_method: str = CALIBRATION_METHOD_OPTION,
-    bias_correction: bool = BIAS_CORRECTION_OPTION,
     quiet: bool = QUIET_OPTION,
     verbose: bool = VERBOSE_OPTION,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    conversion: Optional[dict] = None,
 ) -> None:
     """Convert MODEL, run DATA on each target, compare byte for byte with tflite-micro; exit 0 only
     when every target that ran is bit-exact.
@@ -284,8 +253,8 @@ def verify(
     import json
 
     from onnx2cmsis.api import convert as run_convert
-    from onnx2cmsis.ops.registry import build_registry
     from onnx2cmsis.drivers.evaluate import layer_accuracy
+    from onnx2cmsis.options import ConvertOptions
     from onnx2cmsis.drivers.verification import TARGET_NAMES, format_layer_table, format_table
     from onnx2cmsis.drivers.verification import verify as run_verify
 
@@ -294,14 +263,10 @@ def verify(
     if unknown:
         _usage(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)} or all)", "verify")
     with _reported(model, "verify", debug), step_progress(quiet, verbose) as progress:
-        registry = build_registry(extra=tuple(plugin), allow_override=allow_override)
         # verify builds what it converts, so it needs a tree: a fetched one, level 7 first.
-        conv = run_convert(model, calibration, name=name, cmsis_nn=cmsis_nn, registry=registry,
-                           cmsis_api=cmsis_api, default_api=None, dense_weights=dense_weights,
-                           calibration_method=calibration_method, bias_correction=bias_correction,
-                           precision=precision, **_budget(max_error, calibration_labels),
-                           input_shape=_shape(input_shape, "verify"), streaming=streaming,
-                           progress=progress)
+        options = ConvertOptions(name=name, cmsis_nn=cmsis_nn, cmsis_api=cmsis_api, default_api=None,
+                                 **(conversion or {}))
+        conv = run_convert(model, calibration, options, progress=progress)
         found = run_verify(conv, data, targets, labels=labels, progress=progress)
         results = found.results
         per_layer = layer_accuracy(conv, found.samples[:64]) if layers else None

@@ -1,14 +1,23 @@
-"""The options `convert` and `verify` share, and help text as click writes it: declarations only."""
+"""The options `convert` and `verify` share, and help text as click writes it: declarations only.
+
+The quantization and plugin options both commands take are declared once (`SHARED`) and added to each
+command by `with_conversion_options`, which hands the command their values as the settings of one
+ConvertOptions (onnx2cmsis/options.py, where they are validated for the API and the CLI alike).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 from typer.core import TyperCommand
 
 # The library's setting names (errors.py) as this command line spells them.
-FLAGS = {"name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
+FLAGS = {"calibration": "--calibration", "name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
          "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
@@ -56,6 +65,53 @@ STREAMING_OPTION = typer.Option(
     None, "--streaming", metavar="HOP",
     help="Also write NAME_stream_push: push HOP time steps at a time, get the model's output on the last "
          "window each time (docs/c-interface.md).")
+
+PLUGIN_OPTION = typer.Option([], "--plugin", metavar="MODULE:CLASS", help="Op handler to load (repeatable).")
+ALLOW_OVERRIDE_OPTION = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers.")
+
+# (parameter, type, declaration): what `with_conversion_options` adds to convert and verify, in help order.
+SHARED: tuple[tuple[str, Any, Any], ...] = (
+    ("precision", str, PRECISION_OPTION),
+    ("max_error", Optional[float], MAX_ERROR_OPTION),
+    ("calibration_labels", Optional[Path], CALIBRATION_LABELS_OPTION),
+    ("streaming", Optional[int], STREAMING_OPTION),
+    ("input_shape", Optional[str], INPUT_SHAPE_OPTION),
+    ("dense_weights", str, DENSE_WEIGHTS_OPTION),
+    ("calibration_method", str, CALIBRATION_METHOD_OPTION),
+    ("bias_correction", bool, BIAS_CORRECTION_OPTION),
+    ("plugin", list[str], PLUGIN_OPTION),
+    ("allow_override", bool, ALLOW_OVERRIDE_OPTION),
+)
+
+
+def conversion_settings(precision: str, max_error: Optional[float], calibration_labels: Optional[Path],
+                        streaming: Optional[int], input_shape: Optional[str], dense_weights: str,
+                        calibration_method: str, bias_correction: bool, plugin: list[str],
+                        allow_override: bool) -> dict[str, Any]:
+    """The shared options' values as ConvertOptions settings: --max-error is an SQNR in dB, or with
+    --calibration-labels an accuracy drop in points; --input-shape 3,128 is text until checked."""
+    budget = {"max_error_db": max_error} if calibration_labels is None else \
+        {"max_accuracy_drop": max_error, "calibration_labels": calibration_labels}
+    return {"precision": precision, **budget, "streaming": streaming, "input_shape": input_shape,
+            "dense_weights": dense_weights, "calibration_method": calibration_method,
+            "bias_correction": bias_correction, "plugins": tuple(plugin), "allow_override": allow_override}
+
+
+def with_conversion_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command(..., conversion: dict)` as a command that takes the SHARED options after its own and
+    passes their values as `conversion` (ConvertOptions settings, see conversion_settings)."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "conversion"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=declared, annotation=kind)
+              for name, kind, declared in SHARED]
+    names = [name for name, _, _ in SHARED]
+
+    @functools.wraps(command)
+    def with_shared(**values: Any) -> None:
+        command(conversion=conversion_settings(**{n: values.pop(n) for n in names}), **values)
+
+    with_shared.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+    return with_shared
+
 
 class PlainHelpCommand(TyperCommand):
     """Arguments in usage and help as their metavar says (MODEL [NAME]), without typer's {MODEL}

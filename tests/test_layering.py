@@ -30,6 +30,7 @@ LAYERS: list[str] = [
     "onnx2cmsis.targets",  # building and running C: host, QEMU
     "onnx2cmsis.codegen",  # C, headers and build files from templates
     "onnx2cmsis.report",  # NAME.json / NAME.md
+    "onnx2cmsis.options",  # the settings of a conversion, validated (ConvertOptions, Budget)
     "onnx2cmsis.api",  # the pipeline: convert
     "onnx2cmsis.drivers",  # verify (verification, evaluate, stream_check) and inspect (inspect_model)
     "onnx2cmsis.cli_options",

@@ -17,7 +17,7 @@ from onnx2cmsis import __version__
 from onnx2cmsis.codegen.naming import c_comment, c_identifier, layer_names
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import KernelCall
-from onnx2cmsis.plan.arena import MemoryPlan, Placement
+from onnx2cmsis.plan.arena import MemoryPlan, Placement, Step
 
 
 @dataclass
@@ -76,10 +76,11 @@ def format_values(values: np.ndarray, per_line: int = 16) -> str:
     return ",\n".join("    " + ln for ln in lines)
 
 
-def make_layers(graph: Graph, calls: list[KernelCall]) -> list[Layer]:
+def make_layers(graph: Graph, schedule: list[Step]) -> list[Layer]:
+    """One Layer per step of the schedule, in its order (the C's layer numbers)."""
     layers = []
-    short = layer_names([node.name for node in graph.nodes])
-    for i, (node, call) in enumerate(zip(graph.nodes, calls, strict=True)):
+    short = layer_names([s.node.name for s in schedule])
+    for i, (node, call) in enumerate((s.node, s.call) for s in schedule):
         layers.append(
             Layer(
                 index=i,

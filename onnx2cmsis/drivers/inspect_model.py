@@ -16,6 +16,7 @@ from typing import Any
 
 from onnx2cmsis.api import back_end, front_end
 from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
+from onnx2cmsis.codegen.emit_c import make_layers
 from onnx2cmsis.codegen.naming import layer_names
 from onnx2cmsis.ir.graph import QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
@@ -56,7 +57,8 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
                                                                        window["channels"])
     graph.quant_options = QuantOptions(dense_weights="per-tensor")
     quantize_graph(graph, registry, {v: PLACEHOLDER_RANGE for v in calibration_values(graph)})
-    plan, _, layers = back_end(graph, registry, cmsis)
+    plan, schedule = back_end(graph, registry, cmsis)
+    layers = make_layers(graph, schedule)
     rows = layer_entries(graph, registry, layers)
     several = None if graph.single_io else (
         [f"{k} '{n}' {list(s)}" for k, (n, s) in enumerate(zip(graph.input_names, graph.model_input_shapes))],

@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import KernelCall
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.plan.liveness import Liveness, liveness
 from onnx2cmsis.plan.schedule import candidate_orders
@@ -56,12 +57,22 @@ class MemoryPlan:
     buffers: list[Buffer] = field(default_factory=list)
 
 
-def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> MemoryPlan:
-    """Choose the execution order and place every buffer. Reorders graph.nodes into the chosen order
-    (plan.order says where each came from, so the caller can reorder what it keeps per node); node
-    indices in the plan refer to the new order."""
+@dataclass(frozen=True)
+class Step:
+    """One node of the schedule and the kernel call it became."""
+
+    node: Node
+    call: KernelCall
+
+
+def plan_memory(graph: Graph, registry: Registry, steps: list[Step]) -> tuple[MemoryPlan, list[Step]]:
+    """Choose the execution order of `steps` (graph.nodes' and their calls, in graph order) and place
+    every buffer: the plan, and the steps in the chosen order (node indices in the plan refer to it).
+    The graph is not changed; the caller reorders its nodes if it keeps them as the schedule."""
+    assert len(steps) == len(graph.nodes) and all(s.node is n for s, n in zip(steps, graph.nodes)), \
+        "one step per graph node, in graph order"
     aliases = [registry.for_op(n.op).aliases_input(n) for n in graph.nodes]
-    live = liveness(graph, aliases, scratch_sizes)
+    live = liveness(graph, aliases, [s.call.scratch_bytes for s in steps])
     search = candidate_orders(graph, live)
     best: tuple[tuple[int, int, int], list[Buffer], int] | None = None
     for i, order in enumerate(search.orders):
@@ -72,7 +83,6 @@ def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> M
     assert best is not None
     (_, bound, chosen), buffers, arena = best
     order = search.orders[chosen]
-    graph.nodes[:] = [graph.nodes[i] for i in order.nodes]
     placements = {t: Placement(storage, index) for t, (storage, index) in live.caller.items()}
     for b in buffers:
         if not b.key.startswith("#scratch"):
@@ -81,7 +91,7 @@ def plan_memory(graph: Graph, registry: Registry, scratch_sizes: list[int]) -> M
     scratch = {int(b.key[len("#scratch"):]): b.offset for b in buffers if b.key.startswith("#scratch")}
     info = ScheduleInfo(order.method, search.exact, min(o.bound for o in search.orders), len(search.orders),
                         search.states)
-    return MemoryPlan(arena, bound, placements, info, order.nodes, scratch, buffers)
+    return MemoryPlan(arena, bound, placements, info, order.nodes, scratch, buffers), [steps[i] for i in order.nodes]
 
 
 def _buffers(live: Liveness, order: tuple[int, ...]) -> list[Buffer]:

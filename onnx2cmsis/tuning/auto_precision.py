@@ -30,7 +30,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.plan.arena import MemoryPlan, plan_memory
+from onnx2cmsis.plan.arena import MemoryPlan, Step, plan_memory
 from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.accuracy import accuracy
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
@@ -132,7 +132,7 @@ class _Measure:
                            for b in [g.tensors[n.output].quant.bits])
         instructions += sum(COST_PER_CONVERTED_VALUE * g.tensors[n.output].size for n in steps)
         weights = sum(a.values.nbytes for c in calls for a in c.arrays if a.weights and a.guard is None)
-        plan = plan_memory(g, self.registry, [c.scratch_bytes for c in calls])
+        plan, _ = plan_memory(g, self.registry, [Step(n, c) for n, c in zip(g.nodes, calls)])
         return Candidate(bits, sqnr_db(got, self.want), plan.arena_bytes, int(instructions), weights,
                          None if self.labels is None else accuracy(got, self.labels), self._peak_units(g, plan))
 
