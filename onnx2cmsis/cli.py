@@ -286,7 +286,8 @@ def verify(
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.ops.registry import build_registry
     from onnx2cmsis.drivers.evaluate import layer_accuracy
-    from onnx2cmsis.drivers.verification import TARGET_NAMES, format_layer_table, format_table
+    from onnx2cmsis.drivers.verification import format_layer_table, format_table
+    from onnx2cmsis.targets.catalog import TARGET_NAMES
     from onnx2cmsis.drivers.verification import verify as run_verify
 
     targets = list(TARGET_NAMES) if target == "all" else [t.strip() for t in target.split(",")]
