@@ -221,7 +221,7 @@ def inspect_command(
         result = run_inspect(model, cmsis_api=cmsis_api,
                              registry=build_registry(extra=tuple(plugin), allow_override=allow_override),
                              input_shape=_shape(input_shape, "inspect"))
-    typer.echo(format_inspection(result))
+    typer.echo(format_inspection(result, flags=FLAGS))
     if json_out is not None:
         data = {k: v for k, v in vars(result).items() if k != "model_path"}
         json_out.write_text(json.dumps({"model": str(result.model_path), **data}, indent=2) + "\n")
