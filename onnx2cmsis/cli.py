@@ -199,7 +199,7 @@ def inspect_command(
         result = run_inspect(model, cmsis_api=cmsis_api,
                              registry=build_registry(extra=tuple(plugin), allow_override=allow_override),
                              input_shape=_shape(input_shape, "inspect"))
-    typer.echo(format_inspection(result))
+    typer.echo(format_inspection(result, flags=FLAGS))
     if json_out is not None:
         data = {k: v for k, v in vars(result).items() if k != "model_path"}
         json_out.write_text(json.dumps({"model": str(result.model_path), **data}, indent=2) + "\n")
@@ -254,8 +254,9 @@ def verify(
 
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.drivers.evaluate import layer_accuracy
+    from onnx2cmsis.drivers.verification import format_layer_table, format_table
     from onnx2cmsis.options import ConvertOptions
-    from onnx2cmsis.drivers.verification import TARGET_NAMES, format_layer_table, format_table
+    from onnx2cmsis.targets.catalog import TARGET_NAMES
     from onnx2cmsis.drivers.verification import verify as run_verify
 
     targets = list(TARGET_NAMES) if target == "all" else [t.strip() for t in target.split(",")]

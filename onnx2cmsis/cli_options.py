@@ -23,7 +23,7 @@ FLAGS = {"calibration": "--calibration", "name": "--name", "cmsis_nn": "--cmsis-
          "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
          "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels",
          "max_accuracy_drop": "--max-error", "calibration_labels": "--calibration-labels",
-         "streaming": "--streaming"}
+         "streaming": "--streaming", "source": "onnx2cmsis cmsis-nn fetch --from"}
 
 # The quantization choices convert and verify share.
 PRECISION_OPTION = typer.Option(

@@ -110,3 +110,5 @@ def test_fetch_offline_names_the_way_without_network(empty_cache):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot read CMSIS-NN from http://127.0.0.1:9/" in r.stderr
     assert "cmsis-nn fetch --from FILE.tar.gz" in r.stderr
+    with pytest.raises(ToolchainError, match="give it with `source='FILE.tar.gz'`"):  # the API's own parameter
+        fetch_cmsis_nn(source="http://127.0.0.1:9/CMSIS-NN-v7.0.0.tar.gz")

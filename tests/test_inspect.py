@@ -33,6 +33,12 @@ def test_inspect_cli_prints_the_table(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "arm_convolve_s8" in r.stdout and "flash for weights 4,968 B, arena 1,536 B" in r.stdout
     assert "--streaming HOP: a multiple of 8" in r.stdout
+    from onnx2cmsis.drivers.inspect_model import format_inspection, inspect
+
+    # the library names the API's parameter; only the CLI knows the flag
+    api_text = format_inspection(inspect(MODEL))
+    assert "streaming='HOP': a multiple of 8" in api_text
+    assert not any("--" in line for line in api_text.splitlines()[2:])  # line 1 is the rule under the header
     assert (tmp_path / "i.json").is_file()
 
 

@@ -234,5 +234,10 @@ def test_s16_convolution_that_could_overflow_its_32_bit_sum_is_refused(tmp_path)
     calib = np.random.default_rng(0).standard_normal((16, 200, 8)).astype(np.float32)
     convert(path, calib, name="wide8")  # int8 is fine: its int32 sum has room
     with pytest.raises(ConversionError, match=r"node 'wide_conv' .*int32 partial sum of output channel 0 can "
-                                              r"overflow at int16.*sum\|w\| 76200"):
+                                              r"overflow at int16.*sum\|w\| 76200") as refused:
         convert(path, calib, name="wide16", precision="int16")
+    # the way out as the API's parameter; the command line spells the same message with its flag
+    from onnx2cmsis.cli_options import FLAGS
+
+    assert str(refused.value).endswith("use precision='int8'")
+    assert refused.value.render(FLAGS).endswith("use --precision int8")

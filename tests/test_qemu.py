@@ -16,6 +16,11 @@ import numpy as np
 import pytest
 
 from onnx2cmsis.api import convert
+from onnx2cmsis.drivers.stream_check import stream_run
+from onnx2cmsis.drivers.verification import verify
+from onnx2cmsis.errors import OptionError
+from onnx2cmsis.targets.catalog import TARGET_NAMES, target_named
+from onnx2cmsis.targets.interface import Built, Target
 from onnx2cmsis.targets.qemu import TARGETS, DoesNotFit, build_firmware, run_firmware
 from tests.keras_models import input_window, keras_fixtures
 from tests.needs import module, qemu_tools
@@ -137,3 +142,56 @@ def _run_bit_exact(convs: list, inputs: dict[str, np.ndarray], target: str, tmp_
     # a model that stops fitting fails instead of shrinking what is checked
     unexpected = sorted(set(skipped) - MAY_NOT_FIT.get(target, set()))
     assert not unexpected, f"{target}: {unexpected} do not fit QEMU {TARGETS[target].machine} even alone"
+
+
+def test_every_target_name_gives_one_interface_and_host_and_a_board_agree_through_it(tmp_path):
+    """verify drives every target through targets.interface alone: each name gives a Target, and the
+    host and a board, built and run by the same calls, give the same bytes (invoke and every push);
+    the board measures what the host cannot, and the host says None rather than a guess."""
+    qemu_tools()
+    assert TARGET_NAMES == ("host", *TARGETS)
+    assert all(isinstance(target_named(name), Target) and target_named(name).name == name for name in TARGET_NAMES)
+    with pytest.raises(OptionError, match="unknown targets 'm3'"):
+        target_named("m3")
+    example = ROOT / "examples" / "vibration"
+    conv = convert(example / "vibration_cnn.onnx", example / "calibration.npy", streaming=16)
+    xq = np.random.default_rng(3).integers(-128, 128, (4, conv.graph.tensors[conv.graph.inputs[0]].size), np.int8)
+    stream = stream_run(conv, xq, min_outputs=6)
+    ran = {}
+    for name in ("host", "m0plus"):
+        built = target_named(name).build(conv, tmp_path / name, stream=True)
+        assert isinstance(built, Built)
+        ran[name] = built.run(xq, stream.pushes())
+    host, board = ran["host"], ran["m0plus"]
+    assert np.array_equal(host.outputs, np.stack([conv.reference(x) for x in xq]))
+    assert np.array_equal(board.outputs, host.outputs)
+    ready = [k for k, status in enumerate(board.push_statuses) if status == 1]
+    assert board.push_statuses == host.push_statuses and ready == stream.ready
+    assert np.array_equal(board.pushed, stream.want) and np.array_equal(host.pushed, stream.want)
+    assert host.counts == type(host.counts)()  # every figure None
+    counts = board.counts
+    assert counts.instructions.shape == counts.stack_bytes.shape == (len(xq),)
+    assert counts.push_instructions.shape == (len(stream.pushes()),)
+    assert np.all(counts.instructions > 10_000) and np.all(counts.stack_bytes > 64)
+    assert counts.flash_bytes > conv.report["weights_bytes"] and counts.ram_bytes >= conv.plan.arena_bytes
+
+
+def test_a_model_too_big_for_a_board_is_skipped_there_and_says_which(tmp_path):
+    """310 KB of weights cannot fit the micro:bit's 256 KB of flash: the target raises DoesNotFit,
+    which verify reports as that board's skip (not a failure of the run)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.onnx_builders import _model
+    import onnx
+
+    qemu_tools()
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array((rng.standard_normal((1200, 256)) / 30).astype(np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1200])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    onnx.save(_model([helper.make_node("Gemm", ["x", "w"], ["y"])], [x], [y], [w]), str(tmp_path / "big.onnx"))
+    conv = convert(tmp_path / "big.onnx", rng.standard_normal((16, 1200)).astype(np.float32), name="big")
+    with pytest.raises(DoesNotFit):
+        target_named("m0plus").build(conv, tmp_path / "direct")
+    (result,) = verify(conv, rng.standard_normal((2, 1200)).astype(np.float32), ["m0plus"], workdir=tmp_path).results
+    assert result.skipped == "does not fit microbit's memory" and not result.bit_exact

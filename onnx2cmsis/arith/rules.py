@@ -138,7 +138,7 @@ def check_accumulator_headroom_s16(weight: np.ndarray, where: str) -> None:
         raise ConversionError(
             f"the int32 partial sum of output channel {c} can overflow at int16: worst case {float(worst[c]):.3g} "
             f"(fan-in {weight[c].size}, sum|w| {int(rows[c])}); CMSIS-NN's s16 convolution sums in 32 bits. "
-            "Split the layer or lower its fan-in, or use --precision int8", where)
+            "Split the layer or lower its fan-in, or use {opt:precision=int8}", where)
 
 
 def reduce_multiplier(multiplier: np.ndarray | int) -> np.ndarray:

@@ -112,7 +112,7 @@ def _fetch_level_7(source: str) -> Path:
         except (OSError, ValueError) as exc:
             # offline (a firewall, no DNS) is the usual cause: say how to go on without the network
             hint = ("; without network access, download the archive elsewhere and give it with "
-                    "`onnx2cmsis cmsis-nn fetch --from FILE.tar.gz`" if "://" in source else "")
+                    "`{opt:source=FILE.tar.gz}`" if "://" in source else "")
             raise ToolchainError(f"cannot read CMSIS-NN from {source} ({exc}){hint}") from exc
         staging = Path(tmp) / "unpacked"
         try:

@@ -10,6 +10,7 @@ per channel for some, which adds their per-feature multipliers and shifts).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from onnx2cmsis.api import back_end, front_end
 from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
 from onnx2cmsis.codegen.emit_c import make_layers
 from onnx2cmsis.codegen.naming import layer_names
+from onnx2cmsis.errors import render_options
 from onnx2cmsis.ir.graph import QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.ops.registry import Registry, build_registry
@@ -74,7 +76,9 @@ def _cell(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def format_inspection(result: Inspection, max_width: int = 40) -> str:
+def format_inspection(result: Inspection, max_width: int = 40, flags: Mapping[str, str] | None = None) -> str:
+    """The table and its summary lines; a setting it names is spelled by `flags` (the CLI's) or, without
+    them, as the API's parameter (errors.render_options)."""
     names = layer_names([r["name"] for r in result.layers])
     cells = [[str(r["index"]), name, r["from"], r["kernel"], "x".join(map(str, r["output_shape"])),
               f"{r['macs'] or 0:,}", f"{r['weight_bytes']:,}"] for r, name in zip(result.layers, names, strict=True)]
@@ -96,6 +100,7 @@ def format_inspection(result: Inspection, max_width: int = 40) -> str:
         printable = lambda text: "".join(ch if ch.isprintable() else "?" for ch in text)  # noqa: E731 - model text
         lines.append(f"inputs: {printable(', '.join(result.inputs))}; outputs: {printable(', '.join(result.outputs))}")
     if result.stream_hop_multiple is not None:
-        lines.append(f"--streaming HOP: a multiple of {result.stream_hop_multiple}"
+        # only this line is rendered: model text in the table could hold an {opt:...} of its own
+        lines.append(render_options("{opt:streaming=HOP}", flags) + f": a multiple of {result.stream_hop_multiple}"
                      + (f" ({result.stream_hop_reason})" if result.stream_hop_reason else ""))
     return "\n".join(lines)

@@ -45,14 +45,3 @@ def stream_run(conv: Conversion, xq: np.ndarray, min_outputs: int = 50) -> Strea
     ready, windows = stream_windows(conv, stream)
     return StreamRun(stream, hop, ready, windows, np.stack([conv.reference(w) for w in windows]))
 
-
-def host_pushes(model, run: StreamRun) -> tuple[list[int], np.ndarray]:
-    """Statuses of every push and the outputs of those that reported one (a HostModel)."""
-    model.stream_reset()
-    statuses, outputs = [], []
-    for samples in run.pushes():
-        status, out = model.stream_push(samples)
-        statuses.append(status)
-        if status == 1:
-            outputs.append(out)
-    return statuses, np.stack(outputs) if outputs else np.zeros((0, run.want.shape[1]), run.want.dtype)

@@ -9,7 +9,6 @@ from the reference.
 from __future__ import annotations
 
 import platform
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -24,11 +23,10 @@ from onnx2cmsis.quant.accuracy import accuracy, load_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_floats, output_slices, run_reference
 from onnx2cmsis.data.samples import MultiSamples, checked_samples
-from onnx2cmsis.drivers.stream_check import host_pushes, stream_run
-from onnx2cmsis.targets import qemu
-from onnx2cmsis.targets.host import build_conversions, layer_outputs
-
-TARGET_NAMES = ("host", *qemu.TARGETS)
+from onnx2cmsis.drivers.stream_check import StreamRun, stream_run
+from onnx2cmsis.targets.catalog import target_named
+from onnx2cmsis.targets.host import layer_outputs
+from onnx2cmsis.targets.interface import DoesNotFit, Ran, Target
 
 
 @dataclass
@@ -91,20 +89,6 @@ def first_bad_layer(conv: Conversion, x: np.ndarray, workdir: Path) -> str:
     return "none on the host (every layer matches there)"
 
 
-def _image_sizes(elf: Path) -> tuple[int, int]:
-    out = subprocess.run(["arm-none-eabi-size", "-A", "-d", str(elf)], capture_output=True, text=True,
-                         check=True).stdout
-    sections = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
-            sections[parts[0]] = int(parts[1])
-    flash = sum(v for k, v in sections.items() if k in (".isr_vector", ".text", ".rodata", ".ARM.exidx",
-                                                         ".init_array", ".fini_array", ".data"))
-    ram = sections.get(".data", 0) + sections.get(".bss", 0)
-    return flash, ram
-
-
 @dataclass
 class Verification:
     """What `verify` found: one TargetResult per target, in the order asked."""
@@ -131,9 +115,7 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
     tflite-micro's. `labels` (one class per sample) adds accuracy. `progress` is called with a short
     phrase as each step starts. A model too big for a board is reported as skipped there; a missing
     cross-compiler or QEMU raises a ToolchainError that says what to install."""
-    unknown = [t for t in targets if t not in TARGET_NAMES]
-    if unknown:
-        raise OptionError(f"unknown {{opt:targets}} {unknown[0]!r} (choose from {', '.join(TARGET_NAMES)})")
+    chosen = [target_named(name) for name in targets]  # an unknown name fails here, before any work
     g = conversion.graph
     if isinstance(data, (str, Path)):
         data = load_calibration(Path(data), g.model_input_shapes, g.input_names, what="{opt:data}")
@@ -145,10 +127,10 @@ def verify(conversion: Conversion, data: np.ndarray | str | Path, targets: Seque
         if len(g.outputs) > 1:
             raise OptionError(f"{{opt:labels}} judge one output's classes; this model has {len(g.outputs)} outputs")
         labels = load_labels(labels, len(x))
-    return Verification(conversion, _run_targets(conversion, x, list(targets), labels, workdir, progress), x)
+    return Verification(conversion, _run_targets(conversion, x, chosen, labels, workdir, progress), x)
 
 
-def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labels: np.ndarray | None,
+def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[Target], labels: np.ndarray | None,
                  workdir: Path | None, progress: Callable[[str], None] | None) -> list[TargetResult]:
     step = progress or (lambda _: None)
     xq = quantize_inputs(conv, x_float)
@@ -159,66 +141,65 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[str], labe
         bad = int(np.argmax(np.any(oracle != reference, axis=1)))
         raise ConversionError(f"the integer reference differs from tflite-micro on sample {bad}: a converter bug, "
                               "please report it")
-    expected = reference if oracle is None else oracle
-    stream = stream_run(conv, xq) if conv.report.get("stream") else None
-    want_float = float_outputs(conv, x_float).astype(np.float64)
+    checks = _Checks(reference if oracle is None else oracle, oracle_name,
+                     stream_run(conv, xq) if conv.report.get("stream") else None,
+                     float_outputs(conv, x_float).astype(np.float64), labels)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         base = workdir or Path(tmp)
         for target in targets:
-            flash = ram = instructions = stack = None
+            step(f"{target.name}: {target.building}")
             try:
-                step(f"{target}: building" + ("" if target == "host" else f" (and CMSIS-NN, once per tree) for "
-                                                        f"{qemu.TARGETS[target].machine}, running on QEMU"))
-                pushed = per_push = None
-                if target == "host":
-                    model = build_conversions([conv], base / "host")[conv.name]
-                    outputs = np.stack([model(x) for x in xq])
-                    if stream is not None:
-                        statuses, pushed = host_pushes(model, stream)
-                else:
-                    unit = None if stream is None else qemu.stream_unit(conv)
-                    fw = qemu.build_firmware([conv] + ([unit] if unit else []), target, base / target)
-                    counts: dict[str, np.ndarray] = {}
-                    depth: dict[str, np.ndarray] = {}
-                    jobs = {conv.name: xq, **({unit.name: stream.pushes()} if unit else {})}
-                    ran = qemu.run_firmware(fw, jobs, instructions=counts, stack=depth)
-                    outputs = ran[conv.name]
-                    if unit is not None:
-                        statuses, pushed = list(ran[unit.name][:, 0]), ran[unit.name][stream.ready, 1:]
-                        per_push = int(np.median(counts[unit.name][stream.ready[1:] or stream.ready]))
-                    instructions = int(counts[conv.name].max())
-                    stack = int(depth[conv.name].max())
-                    flash, ram = _image_sizes(fw.elf)
-            except qemu.DoesNotFit:
-                results.append(_skipped(conv, target, oracle_name, len(xq),
-                                        f"does not fit {qemu.TARGETS[target].machine}'s memory"))
+                built = target.build(conv, base / target.name, stream=checks.stream is not None)
+                ran = built.run(xq, None if checks.stream is None else checks.stream.pushes())
+            except DoesNotFit:
+                results.append(_skipped(conv, target.name, oracle_name, len(xq),
+                                        f"does not fit {target.machine}'s memory"))
                 continue
-            bad = np.any(outputs != expected, axis=1)
-            stream_bad = None
-            if stream is not None:
-                ready = [k for k, status in enumerate(statuses) if status == 1]
-                stream_bad = len(stream.ready) if ready != stream.ready else int(
-                    np.sum(np.any(pushed != stream.want, axis=1)))
-            got = output_floats(conv.graph, outputs).astype(np.float64).reshape(len(xq), -1)
-            first = output_slices(conv.graph)[0]  # agreement is the first output's (a classifier's scores)
-            culprit = None
-            if bad.any():
-                culprit = first_bad_layer(conv, xq[int(np.argmax(bad))], base / f"{target}_debug")
-            results.append(TargetResult(
-                target=target, samples=len(xq), bit_exact=not bad.any() and not stream_bad, mismatches=int(bad.sum()),
-                first_bad_layer=culprit,
-                max_abs_error_vs_float=float(np.max(np.abs(got - want_float.reshape(got.shape)))),
-                argmax_agreement=accuracy(got[:, first], predicted_classes(want_float.reshape(got.shape)[:, first])),
-                accuracy=None if labels is None else accuracy(got, labels),
-                float_accuracy=None if labels is None else accuracy(want_float.reshape(got.shape), labels),
-                flash_bytes=flash, weights_bytes=conv.report["weights_bytes"], ram_bytes=ram,
-                arena_bytes=conv.plan.arena_bytes, instructions_per_inference=instructions,
-                stack_bytes=stack, oracle=oracle_name,
-                **({} if stream is None else {"stream_pushes": len(stream.pushes()), "stream_mismatches": stream_bad,
-                                              "instructions_per_push": per_push,
-                                              "stream_state_bytes": conv.report["stream"]["state_bytes"]})))
+            results.append(_judged(conv, target.name, xq, ran, checks, base))
     return results
+
+
+@dataclass
+class _Checks:
+    """What every target's run is held to."""
+
+    expected: np.ndarray  # the oracle's output codes (the reference's without one)
+    oracle: str
+    stream: StreamRun | None
+    want_float: np.ndarray  # the float model's outputs
+    labels: np.ndarray | None
+
+
+def _judged(conv: Conversion, target: str, xq: np.ndarray, ran: Ran, checks: _Checks, base: Path) -> TargetResult:
+    outputs, counts, stream = ran.outputs, ran.counts, checks.stream
+    bad = np.any(outputs != checks.expected, axis=1)
+    stream_bad = per_push = None
+    if stream is not None:
+        ready = [k for k, status in enumerate(ran.push_statuses) if status == 1]
+        stream_bad = len(stream.ready) if ready != stream.ready else int(
+            np.sum(np.any(ran.pushed != stream.want, axis=1)))
+        if counts.push_instructions is not None:  # a push after the first whole window: the steady cost
+            per_push = int(np.median(counts.push_instructions[stream.ready[1:] or stream.ready]))
+    got = output_floats(conv.graph, outputs).astype(np.float64).reshape(len(xq), -1)
+    want_float = checks.want_float.reshape(got.shape)
+    first = output_slices(conv.graph)[0]  # agreement is the first output's (a classifier's scores)
+    culprit = None
+    if bad.any():
+        culprit = first_bad_layer(conv, xq[int(np.argmax(bad))], base / f"{target}_debug")
+    largest = lambda per_sample: None if per_sample is None else int(per_sample.max())  # noqa: E731
+    return TargetResult(
+        target=target, samples=len(xq), bit_exact=not bad.any() and not stream_bad, mismatches=int(bad.sum()),
+        first_bad_layer=culprit, max_abs_error_vs_float=float(np.max(np.abs(got - want_float))),
+        argmax_agreement=accuracy(got[:, first], predicted_classes(want_float[:, first])),
+        accuracy=None if checks.labels is None else accuracy(got, checks.labels),
+        float_accuracy=None if checks.labels is None else accuracy(want_float, checks.labels),
+        flash_bytes=counts.flash_bytes, weights_bytes=conv.report["weights_bytes"], ram_bytes=counts.ram_bytes,
+        arena_bytes=conv.plan.arena_bytes, instructions_per_inference=largest(counts.instructions),
+        stack_bytes=largest(counts.stack_bytes), oracle=checks.oracle,
+        **({} if stream is None else {"stream_pushes": len(stream.pushes()), "stream_mismatches": stream_bad,
+                                      "instructions_per_push": per_push,
+                                      "stream_state_bytes": conv.report["stream"]["state_bytes"]}))
 
 
 def _skipped(conv: Conversion, target: str, oracle: str, samples: int, why: str) -> TargetResult:

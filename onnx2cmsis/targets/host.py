@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from onnx2cmsis.cmsis_nn.fetch import cache_dir
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
 from onnx2cmsis.data.samples import sample_inputs
+from onnx2cmsis.targets.interface import Counts, Ran
 
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
 CMSIS_FLAGS = ("-O2", "-fPIC", "-w")
@@ -239,6 +241,39 @@ def build_conversions(conversions: list, workdir: Path, library: str = "models")
     c_files = one_translation_unit(c_files, workdir / f"{library}_all_models.c")
     so = build_shared_library(c_files, [workdir], trees.pop(), workdir / f"lib{library}.so")
     return {c.name: HostModel.of(so, c) for c in conversions}
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """The host as a target (targets.interface.Target): gcc and ctypes; it measures no instructions,
+    stack or image sizes (those are the Cortex-M boards')."""
+
+    name: str = "host"
+    machine: str = "the host"
+    building: str = "building"
+
+    def build(self, conv, workdir: Path, stream: bool = False) -> HostBuilt:
+        # the library carries NAME_stream_push whenever the conversion streams: nothing more to build
+        return HostBuilt(build_conversions([conv], workdir)[conv.name])
+
+
+@dataclass(frozen=True)
+class HostBuilt:
+    model: HostModel
+
+    def run(self, samples, pushes: np.ndarray | None = None) -> Ran:
+        outputs = np.stack([self.model(x) for x in samples])
+        if pushes is None:
+            return Ran(outputs, Counts())
+        self.model.stream_reset()
+        statuses, pushed = [], []
+        for hop in pushes:
+            status, out = self.model.stream_push(hop)
+            statuses.append(status)
+            if status == 1:
+                pushed.append(out)
+        empty = np.zeros((0, self.model.output_size), self.model.output_dtype)
+        return Ran(outputs, Counts(), statuses, np.stack(pushed) if pushed else empty)
 
 
 HOOK_SOURCE = """/* Debug build: every layer's output goes to a callback the host sets (its bytes, its element width). */

@@ -29,6 +29,7 @@ from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.errors import ToolchainError
 from onnx2cmsis.data.samples import MultiSamples
 from onnx2cmsis.targets.host import STRICT_FLAGS, cmsis_static_library, one_translation_unit
+from onnx2cmsis.targets.interface import Counts, DoesNotFit, Ran
 
 RUNTIME = Path(__file__).resolve().parent / "cortex_m"
 CROSS_CC = "arm-none-eabi-gcc"
@@ -48,10 +49,6 @@ TARGETS: dict[str, CortexM] = {
     "m7": CortexM(("-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"), "mps2-an500", "mps2-an500.ld"),
     "m55": CortexM(("-mcpu=cortex-m55", "-mfloat-abi=hard"), "mps3-an547", "mps3-an547.ld"),
 }
-
-
-class DoesNotFit(ToolchainError):
-    """The models do not fit the board's flash or RAM (e.g. the micro:bit's 16 KB)."""
 
 
 def missing_tools() -> list[str]:
@@ -331,3 +328,63 @@ def _decode(raw: bytes, n: int, parts: tuple[tuple[int, int], ...], padded: bool
         columns.append(part.astype(f"int{wide}"))
         at += _part_bytes(elements, bits, padded)
     return np.concatenate(columns, axis=1)
+
+
+def image_sizes(elf: Path) -> tuple[int, int]:
+    """(flash, RAM) bytes of a firmware image: code + constants + initialised data's copy, and
+    data + bss."""
+    out = subprocess.run(["arm-none-eabi-size", "-A", "-d", str(elf)], capture_output=True, text=True,
+                         check=True).stdout
+    sections = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
+            sections[parts[0]] = int(parts[1])
+    flash = sum(v for k, v in sections.items() if k in (".isr_vector", ".text", ".rodata", ".ARM.exidx",
+                                                         ".init_array", ".fini_array", ".data"))
+    ram = sections.get(".data", 0) + sections.get(".bss", 0)
+    return flash, ram
+
+
+@dataclass(frozen=True)
+class QemuTarget:
+    """A Cortex-M board on QEMU as a target (targets.interface.Target): every run also counts each
+    inference's instructions and stack, and the image's flash and RAM."""
+
+    name: str  # a key of TARGETS
+
+    @property
+    def machine(self) -> str:
+        return TARGETS[self.name].machine
+
+    @property
+    def building(self) -> str:
+        return f"building (and CMSIS-NN, once per tree) for {self.machine}, running on QEMU"
+
+    def build(self, conv, workdir: Path, stream: bool = False) -> QemuBuilt:
+        # the stream push is a second runner 'model' of the same image: its instructions count per push
+        unit = stream_unit(conv) if stream else None
+        fw = build_firmware([conv] + ([unit] if unit else []), self.name, workdir)
+        return QemuBuilt(fw, conv.name, None if unit is None else unit.name)
+
+
+@dataclass(frozen=True)
+class QemuBuilt:
+    firmware: Firmware
+    model: str  # the conversion's name in the image
+    push: str | None  # the stream push's, when built with one
+
+    def run(self, samples, pushes: np.ndarray | None = None) -> Ran:
+        if (pushes is None) != (self.push is None):
+            raise ValueError("pushes go to a build made with stream=True, and such a build takes them")
+        instructions: dict[str, np.ndarray] = {}
+        depth: dict[str, np.ndarray] = {}
+        jobs = {self.model: samples, **({} if pushes is None else {self.push: pushes})}
+        ran = run_firmware(self.firmware, jobs, instructions=instructions, stack=depth)
+        flash, ram = image_sizes(self.firmware.elf)
+        counts = Counts(instructions[self.model], depth[self.model],
+                        None if self.push is None else instructions[self.push], flash, ram)
+        if self.push is None:
+            return Ran(ran[self.model], counts)
+        statuses = ran[self.push][:, 0]  # the push unit's first output element is its status
+        return Ran(ran[self.model], counts, list(statuses), ran[self.push][statuses == 1, 1:])
