@@ -254,54 +254,11 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
     b = GraphBuilder(model, source, registry)
     g = model.graph
     inits = {i.name for i in g.initializer}
-    raws: list[str] = []
-    in_shapes: list[tuple[int, ...]] = []
-    for model_in in (i for i in g.input if i.name not in inits):  # numbered in the graph's order
-        in_logical = b.logical_shape(model_in.name)
-        raw_shape = in_logical if len(in_logical) <= 2 else tuple(n for n in in_logical if n > 1) or (1,)
-        raw = b.new_tensor(raw_shape or (1,), model_in.name, calib_name=model_in.name)
-        b.bindings[model_in.name] = Binding(raw, np.arange(int(np.prod(in_logical))).reshape((1, *in_logical)))
-        b.tensors[raw].calib_index = b.bindings[model_in.name].index.reshape(-1)
-        raws.append(raw)
-        in_shapes.append((1, *in_logical))
-
+    raws, in_shapes = _bind_inputs(b, [i for i in g.input if i.name not in inits])  # numbered in the graph's order
     for proto in g.node:
-        view = OnnxNodeView(b.layer_of.get(proto.name) or proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
-                            list(proto.input), list(proto.output), _attrs(proto))
-        b.where = f"{source}: {view.where}"
-        b.node_name = view.name
-        if proto.domain not in ("", "ai.onnx"):
-            raise UnsupportedOpError(f"operator {proto.domain}.{proto.op_type} is not supported", b.where)
-        if proto.op_type == "Constant":
-            b.consts[proto.output[0]] = _constant_value(view, b.where)
-            b.shapes[proto.output[0]] = b.consts[proto.output[0]].shape
-            continue
-        try:
-            registry.for_onnx(proto.op_type, b.where).from_onnx(view, b)
-        except ConversionError as exc:  # handlers name the node; the message also names the file
-            exc.where = b.where if not exc.where or exc.where == view.where else exc.where
-            if not exc.where.startswith(source):
-                exc.where = f"{source}: {exc.where}"
-            raise
-
+        _import_node(b, proto, registry, source)
     b.where, b.node_name = source, "output"
-    results: list[str] = []
-    out_shapes: list[tuple[int, ...]] = []
-    for model_out in g.output:
-        out_logical = b.logical_shape(model_out.name)
-        if model_out.name not in b.bindings:
-            raise ConversionError(f"the model output '{model_out.name}' is a constant", source)
-        result = b.tensor(model_out.name,
-                          tuple(a for a, n in enumerate(out_logical) if n > 1) or (0,) * bool(out_logical))
-        if result in raws:
-            which = "its input" if len(raws) == 1 else f"its input {raws.index(result)}"
-            raise UnsupportedOpError(f"the model output '{model_out.name}' is {which}: nothing to compute", source)
-        if result in results:  # the C writes each output into its own caller buffer
-            twin = g.output[results.index(result)].name
-            raise UnsupportedOpError(f"the model outputs '{twin}' and '{model_out.name}' hold the same values "
-                                     "(drop one of them from the model's outputs)", source)
-        results.append(result)
-        out_shapes.append((1, *out_logical))
+    results, out_shapes = _bind_outputs(b, list(g.output), raws, source)
     b.name_layout_nodes()
     return Graph(
         tensors=b.tensors,
@@ -314,6 +271,66 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
         model_output_names=[o.name for o in g.output],
         input_layouts=_input_layouts(b, raws),
     )
+
+
+def _bind_inputs(b: GraphBuilder, inputs: list[onnx.ValueInfoProto]) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Each model input as an IR tensor in its own byte order (unit axes dropped), and its shape."""
+    raws: list[str] = []
+    in_shapes: list[tuple[int, ...]] = []
+    for model_in in inputs:
+        in_logical = b.logical_shape(model_in.name)
+        raw_shape = in_logical if len(in_logical) <= 2 else tuple(n for n in in_logical if n > 1) or (1,)
+        raw = b.new_tensor(raw_shape or (1,), model_in.name, calib_name=model_in.name)
+        b.bindings[model_in.name] = Binding(raw, np.arange(int(np.prod(in_logical))).reshape((1, *in_logical)))
+        b.tensors[raw].calib_index = b.bindings[model_in.name].index.reshape(-1)
+        raws.append(raw)
+        in_shapes.append((1, *in_logical))
+    return raws, in_shapes
+
+
+def _import_node(b: GraphBuilder, proto: onnx.NodeProto, registry: Registry, source: str) -> None:
+    """One model node through its handler (a Constant is just recorded); errors name the file too."""
+    view = OnnxNodeView(b.layer_of.get(proto.name) or proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
+                        list(proto.input), list(proto.output), _attrs(proto))
+    b.where = f"{source}: {view.where}"
+    b.node_name = view.name
+    if proto.domain not in ("", "ai.onnx"):
+        raise UnsupportedOpError(f"operator {proto.domain}.{proto.op_type} is not supported", b.where)
+    if proto.op_type == "Constant":
+        b.consts[proto.output[0]] = _constant_value(view, b.where)
+        b.shapes[proto.output[0]] = b.consts[proto.output[0]].shape
+        return
+    try:
+        registry.for_onnx(proto.op_type, b.where).from_onnx(view, b)
+    except ConversionError as exc:  # handlers name the node; the message also names the file
+        exc.where = b.where if not exc.where or exc.where == view.where else exc.where
+        if not exc.where.startswith(source):
+            exc.where = f"{source}: {exc.where}"
+        raise
+
+
+def _bind_outputs(b: GraphBuilder, outputs: list[onnx.ValueInfoProto], raws: list[str],
+                  source: str) -> tuple[list[str], list[tuple[int, ...]]]:
+    """The IR tensor of each model output (in its own byte order), and its shape; an output that is a
+    constant, an input or another output's twin is refused by name."""
+    results: list[str] = []
+    out_shapes: list[tuple[int, ...]] = []
+    for model_out in outputs:
+        out_logical = b.logical_shape(model_out.name)
+        if model_out.name not in b.bindings:
+            raise ConversionError(f"the model output '{model_out.name}' is a constant", source)
+        result = b.tensor(model_out.name,
+                          tuple(a for a, n in enumerate(out_logical) if n > 1) or (0,) * bool(out_logical))
+        if result in raws:
+            which = "its input" if len(raws) == 1 else f"its input {raws.index(result)}"
+            raise UnsupportedOpError(f"the model output '{model_out.name}' is {which}: nothing to compute", source)
+        if result in results:  # the C writes each output into its own caller buffer
+            twin = outputs[results.index(result)].name
+            raise UnsupportedOpError(f"the model outputs '{twin}' and '{model_out.name}' hold the same values "
+                                     "(drop one of them from the model's outputs)", source)
+        results.append(result)
+        out_shapes.append((1, *out_logical))
+    return results, out_shapes
 
 
 def _input_layouts(b: GraphBuilder, raws: list[str]) -> list[str]:

@@ -193,20 +193,8 @@ def plan_stream(graph: Graph, registry: Registry, hop: int, window: int, channel
             continue
         w_out, c_out = out.shape
         h_out = int(hop / out_stride)
-        step = StreamStep(i, geometry)
-        a_out, b_out = _changed(geometry, [graph.tensors[r].shape[0] for r in roots], [edges[r] for r in roots],
-                                w_out, h_out)
-        if a_out + b_out >= w_out:
-            step.whole = True
-        else:
-            ranges = [(0, a_out)] if a_out else []
-            ranges.append((w_out - b_out, w_out))
-            for j0, j1 in ranges:
-                region = _region(geometry, j0, j1, [graph.tensors[r].shape[0] for r in roots])
-                if region is None:
-                    step.whole, step.regions = True, []
-                    break
-                step.regions.append(region)
+        step, (a_out, b_out) = _streamed_step(i, geometry, [graph.tensors[r].shape[0] for r in roots],
+                                              [edges[r] for r in roots], w_out, h_out)
         buffers[node.output] = StreamBuffer(node.output, w_out, c_out, out.nbytes // out.size, used, h_out)
         used += state_bytes(out.nbytes)
         time_maps.add(node.output)
@@ -214,6 +202,26 @@ def plan_stream(graph: Graph, registry: Registry, hop: int, window: int, channel
         edges[node.output] = (a_out, b_out)
         steps.append(step)
     return StreamPlan(hop, window, source, skipped, buffers, aliases, steps, head_reason)
+
+
+def _streamed_step(index: int, geometry: TimeGeometry, widths: list[int], edges: list[tuple[int, int]], w_out: int,
+                   h_out: int) -> tuple[StreamStep, tuple[int, int]]:
+    """A time-local layer's step (the output regions a push recomputes, or whole) and its output's
+    changed columns at the left and right."""
+    step = StreamStep(index, geometry)
+    a_out, b_out = _changed(geometry, widths, edges, w_out, h_out)
+    if a_out + b_out >= w_out:
+        step.whole = True
+        return step, (a_out, b_out)
+    ranges = [(0, a_out)] if a_out else []
+    ranges.append((w_out - b_out, w_out))
+    for j0, j1 in ranges:
+        region = _region(geometry, j0, j1, widths)
+        if region is None:
+            step.whole, step.regions = True, []
+            break
+        step.regions.append(region)
+    return step, (a_out, b_out)
 
 
 def _changed(g: TimeGeometry, widths: list[int], edges: list[tuple[int, int]], w_out: int,
