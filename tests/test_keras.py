@@ -223,3 +223,20 @@ def test_a_model_saved_over_another_converts_as_the_new_one(tmp_path):
         seen.append([n.op_type for n in load_model(path).graph.node])  # (tf2onnx numbers names per process)
     fresh = [n.op_type for n in load_model(MODELS / "dense_heads.h5").graph.node]
     assert seen[0] == seen[2] and seen[1] != seen[0] and seen[1] == fresh
+
+
+def test_the_same_model_exports_to_the_same_names_whatever_was_exported_before():
+    """tf2onnx numbers the ops it inserts from a process-wide counter: exported after other models, the
+    same file once gave other node names, in the C's comments and NAME.json. The frontend numbers
+    them by rank, so a notebook converting several models gets the names a fresh process gets."""
+    import tf2onnx.utils
+
+    from onnx2cmsis.frontends.keras import keras_to_onnx
+
+    path = MODELS / "separable_residual.h5"
+    first = keras_to_onnx(path)
+    tf2onnx.utils.INTERNAL_NAME += 1000  # as if many exports had run in between
+    again = keras_to_onnx(path)
+    names = [(n.name, tuple(n.input), tuple(n.output)) for n in first.graph.node]
+    assert any("__" in name for name, _, _ in names), "the fixture has tf2onnx-inserted ops"
+    assert names == [(n.name, tuple(n.input), tuple(n.output)) for n in again.graph.node]

@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError
-from onnx2cmsis.frontends.onnx_model import LAYER_OF_NODE, normalize, short_error
+from onnx2cmsis.frontends.onnx_model import LAYER_OF_NODE, canonical_node_order, normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
 CONTAINERS = {"Functional", "Sequential", "Model"}
@@ -223,8 +223,46 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
     except Exception as exc:
         raise ConversionError(f"tf2onnx cannot export the model ({short_error(exc)})", where) from exc
+    _renumber_internal_names(proto)
     _unmark(proto, layer_names)
     return proto
+
+
+# tf2onnx names the ops and constants it inserts `<scope>__<n>` (`__<n>__<m>` for a folded one) from a
+# process-wide counter, and its constant folding draws those numbers in a varying order, so the same
+# model exported twice in one process got other names, which reach the C's comments and NAME.json.
+# Each such name becomes `<scope>__<k>`, k counting the names of that scope in order of first use along
+# the canonical node order (itself taken with the counters left out): the same graph always gets the
+# same names. Done before the Keras names come back, so no user-chosen name is touched.
+INTERNAL_RE = re.compile(r"__\d+")
+OUTPUT_INDEX_RE = re.compile(r":\d+$")
+
+
+def _renumber_internal_names(proto: onnx.ModelProto) -> None:
+    graph = proto.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # a subgraph's names refer to the outer graph's: left as exported
+    canonical_node_order(proto, name_key=lambda name: INTERNAL_RE.sub("", name))
+    holders = [*graph.input, *graph.output, *graph.value_info, *graph.initializer]
+    new: dict[str, str] = {}
+    per_scope: dict[str, int] = {}
+    for text in [t for n in graph.node for t in (*n.input, *n.output, n.name)] + [v.name for v in holders]:
+        token = OUTPUT_INDEX_RE.sub("", text)
+        if token not in new and INTERNAL_RE.search(token):
+            scope = INTERNAL_RE.sub("", token)
+            per_scope[scope] = per_scope.get(scope, 0) + 1
+            new[token] = f"{scope}__{per_scope[scope]}"
+
+    def renamed(text: str) -> str:
+        token = OUTPUT_INDEX_RE.sub("", text)
+        return new[token] + text[len(token):] if token in new else text
+
+    for node in graph.node:
+        node.name = renamed(node.name)
+        node.input[:] = [renamed(v) for v in node.input]
+        node.output[:] = [renamed(v) for v in node.output]
+    for value in holders:
+        value.name = renamed(value.name)
 
 
 # Keras names a layer's ops after the layer's name scope, which TensorFlow makes unique by adding _1,

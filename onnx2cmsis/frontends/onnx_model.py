@@ -5,6 +5,8 @@ External data is only read from inside the model's own folder; old opsets are up
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 from pathlib import Path
 
@@ -78,11 +80,12 @@ def _upgrade_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         raise ConversionError(f"cannot upgrade opset {_default_opset(model)} to {MIN_OPSET} ({short_error(exc)})", where)
 
 
-def canonical_node_order(model: onnx.ModelProto) -> None:
+def canonical_node_order(model: onnx.ModelProto, name_key: Callable[[str], str] = str) -> None:
     """Put the nodes in a topological order that does not depend on the order the exporter wrote them
     in (tf2onnx writes parallel branches in a varying order): among the nodes whose inputs are ready,
     the one whose output names come first. Output names are unique in a valid graph, so the same model
-    always gives the same order, and with it the same IR names and the same C."""
+    always gives the same order, and with it the same IR names and the same C. `name_key`: what of a
+    name to order by first (the Keras frontend leaves out tf2onnx's counters)."""
     import heapq
 
     nodes = list(model.graph.node)
@@ -94,7 +97,8 @@ def canonical_node_order(model: onnx.ModelProto) -> None:
             readers.setdefault(d, []).append(i)
 
     def key(i: int) -> tuple:
-        return (tuple(nodes[i].output), nodes[i].op_type, nodes[i].name)
+        return (tuple(name_key(v) for v in nodes[i].output), nodes[i].op_type, tuple(name_key(v) for v in nodes[i].input),
+                tuple(nodes[i].output), nodes[i].name)
 
     ready = [(key(i), i) for i, deps in enumerate(waiting) if not deps]
     heapq.heapify(ready)
