@@ -5,6 +5,8 @@ The Python API, importable from here (loaded on first use, so `import onnx2cmsis
     import onnx2cmsis
     info = onnx2cmsis.inspect("model.h5")                  # layers, kernels, flash and RAM, no samples
     conv = onnx2cmsis.convert("model.h5", "calib.npy")     # -> Conversion (source, header, report)
+    opts = onnx2cmsis.ConvertOptions(precision="int16", streaming=8)  # every setting, checked at once
+    conv16 = onnx2cmsis.convert("model.h5", "calib.npy", opts)       # (or as keyword arguments)
     onnx2cmsis.write_outputs(conv, Path("out"))            # NAME.c/.h/.json/.mk/.cmake/.md, atomically
     check = onnx2cmsis.verify(conv, "test_x.npy", targets=["host", "m4"])  # -> Verification
     assert check.passed                                    # bit-exact with tflite-micro on every target
@@ -17,7 +19,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"convert": "onnx2cmsis.api", "write_outputs": "onnx2cmsis.api", "Conversion": "onnx2cmsis.api",
-        "Budget": "onnx2cmsis.api", "verify": "onnx2cmsis.drivers.verification", "Verification": "onnx2cmsis.drivers.verification",
+        "Budget": "onnx2cmsis.options", "ConvertOptions": "onnx2cmsis.options", "verify": "onnx2cmsis.drivers.verification", "Verification": "onnx2cmsis.drivers.verification",
         "TargetResult": "onnx2cmsis.drivers.verification", "inspect": "onnx2cmsis.drivers.inspect_model",
         "Inspection": "onnx2cmsis.drivers.inspect_model", "ConversionError": "onnx2cmsis.errors"}
 
