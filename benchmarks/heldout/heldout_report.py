@@ -1,0 +1,84 @@
+"""Tables and summary lines for run.py's rows (one dict per model, as written to its JSON)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOSS_MARGIN_DB = 0.2  # "ours worse than TFLite" below this many dB, as issue 29 counts it
+PAIRS = (("int8", "ours_int8", "tflite_int8"), ("int16", "ours_int16", "tflite_int16"))
+
+
+def _ok(cell: dict | None) -> bool:
+    return cell is not None and "sqnr_db" in cell
+
+
+def _diff(row: dict, ours: str, theirs: str) -> float | None:
+    return row[ours]["sqnr_db"] - row[theirs]["sqnr_db"] if _ok(row[ours]) and _ok(row[theirs]) else None
+
+
+def _task_score(cell: dict) -> str:
+    return f"{cell['accuracy']:.3f}" if "accuracy" in cell else f"{cell['mse']:.4f}"
+
+
+def _sqnr(cell: dict) -> str:
+    if not _ok(cell):
+        return "fails"
+    star = " *" if cell.get("runtime", "tflite-micro") != "tflite-micro" else ""
+    return f"{cell['sqnr_db']:.2f} ({cell['sqnr_db_trim']:.2f}){star}"
+
+
+def _errors_diff(row: dict, ours: str, theirs: str) -> str:
+    if "errors" not in row["float"] or not (_ok(row[ours]) and _ok(row[theirs])):
+        return "-"
+    return f"{row[ours]['errors'] - row[theirs]['errors']:+d}"
+
+
+def print_row(row: dict) -> None:
+    d8, d16 = _diff(row, "ours_int8", "tflite_int8"), _diff(row, "ours_int16", "tflite_int16")
+    fmt = lambda d: "  n/a " if d is None else f"{d:+6.2f}"  # noqa: E731
+    print(f"{row['model']:30s} {row['half']:8s} float {_task_score(row['float'])}  "
+          f"int8 ours {_sqnr(row['ours_int8'])} tfl {_sqnr(row['tflite_int8'])} d {fmt(d8)}  "
+          f"int16 ours {_sqnr(row['ours_int16'])} tfl {_sqnr(row['tflite_int16'])} d {fmt(d16)}  "
+          f"recipe {_sqnr(row['ours_tflite_recipe'])}  ({row['seconds']} s)", flush=True)
+
+
+def markdown(rows: list[dict]) -> str:
+    """One row per model: SQNR vs float in dB (in brackets: without each side's 3 worst test
+    samples), ours minus TFLite, accuracy or MSE on the labels/targets, and errors ours - TFLite."""
+    head = ["model", "half", "task", "cal", "float acc/MSE", "ours int8", "TFLite int8", "int8 ours-TFLite",
+            "ours int16", "TFLite 16x8", "int16 ours-TFLite", "ours, TFLite recipe",
+            "acc/MSE ours8 / TFL8 / ours16 / TFL16", "errors ours8-TFL8", "errors ours16-TFL16"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        scores = " / ".join(_task_score(r[c]) if _ok(r[c]) else "-"
+                            for c in ("ours_int8", "tflite_int8", "ours_int16", "tflite_int16"))
+        diffs = [_diff(r, o, t) for _, o, t in PAIRS]
+        d = ["-" if x is None else f"{x:+.2f}" for x in diffs]
+        lines.append("| " + " | ".join([
+            r["model"], r["half"], r["task"], str(r["calibration_samples"]), _task_score(r["float"]),
+            _sqnr(r["ours_int8"]), _sqnr(r["tflite_int8"]), d[0],
+            _sqnr(r["ours_int16"]), _sqnr(r["tflite_int16"]), d[1], _sqnr(r["ours_tflite_recipe"]),
+            scores, _errors_diff(r, "ours_int8", "tflite_int8"), _errors_diff(r, "ours_int16", "tflite_int16"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    """Per half and overall: median and worst of ours - TFLite (dB), and how many models lose by
+    more than LOSS_MARGIN_DB, for int8 and int16 (models where TFLite fails are left out)."""
+    out = []
+    for half in ("dev", "heldback", "all"):
+        sel = [r for r in rows if half == "all" or r["half"] == half]
+        if not sel:
+            continue
+        parts = []
+        for label, ours, theirs in PAIRS + (("recipe-vs-TFLite int8", "ours_tflite_recipe", "tflite_int8"),):
+            d = np.array([x for x in (_diff(r, ours, theirs) for r in sel) if x is not None])
+            if len(d) == 0:
+                parts.append(f"{label}: no comparable models")
+                continue
+            losses = int(np.sum(d < -LOSS_MARGIN_DB))
+            parts.append(f"{label}: median {np.median(d):+.2f} dB, worst {d.min():+.2f} dB, "
+                         f"ours < TFLite - {LOSS_MARGIN_DB} dB on {losses}/{len(d)}")
+        out.append(f"- {half} ({len(sel)} models): " + "; ".join(parts))
+    return "\n".join(out)
