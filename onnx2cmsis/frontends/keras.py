@@ -242,18 +242,20 @@ def _renumber_internal_names(proto: onnx.ModelProto) -> None:
     graph = proto.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return  # a subgraph's names refer to the outer graph's: left as exported
-    canonical_node_order(proto, name_key=lambda name: INTERNAL_RE.sub("", name))
-    holders = [*graph.input, *graph.output, *graph.value_info, *graph.initializer]
+    constants = _constants_by_content(graph)
+    canonical_node_order(proto, name_key=lambda name: constants.get(name) or INTERNAL_RE.sub("", name))
     new: dict[str, str] = {}
     per_scope: dict[str, int] = {}
-    for text in [t for n in graph.node for t in (*n.input, *n.output, n.name)] + [v.name for v in holders]:
+    for text in [t for n in graph.node for t in (*n.input, *n.output, n.name)] + [v.name for v in graph.output]:
         token = OUTPUT_INDEX_RE.sub("", text)
-        if token not in new and INTERNAL_RE.search(token):
+        if text not in constants and token not in new and INTERNAL_RE.search(token):
             scope = INTERNAL_RE.sub("", token)
             per_scope[scope] = per_scope.get(scope, 0) + 1
             new[token] = f"{scope}__{per_scope[scope]}"
 
     def renamed(text: str) -> str:
+        if text in constants:
+            return constants[text]
         token = OUTPUT_INDEX_RE.sub("", text)
         return new[token] + text[len(token):] if token in new else text
 
@@ -261,8 +263,27 @@ def _renumber_internal_names(proto: onnx.ModelProto) -> None:
         node.name = renamed(node.name)
         node.input[:] = [renamed(v) for v in node.input]
         node.output[:] = [renamed(v) for v in node.output]
-    for value in holders:
+    for value in (*graph.input, *graph.output, *graph.value_info):
         value.name = renamed(value.name)
+    kept: dict[str, onnx.TensorProto] = {}
+    for init in graph.initializer:
+        init.name = renamed(init.name)
+        kept.setdefault(init.name, init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept[name] for name in sorted(kept))
+
+
+def _constants_by_content(graph: onnx.GraphProto) -> dict[str, str]:
+    """Each initializer tf2onnx named (`__<n>`) -> `const_<digest of its type, shape and bytes>`: which
+    of two equal constants survives its folding, and so the name (axes_const__7 or const_fold_opt__9),
+    varies; named by content, equal constants become one."""
+    named = {}
+    for init in graph.initializer:
+        if INTERNAL_RE.search(init.name):
+            digest = hashlib.sha256(f"{init.data_type}:{list(init.dims)}:".encode()
+                                    + onnx.numpy_helper.to_array(init).tobytes()).hexdigest()[:12]
+            named[init.name] = f"const_{digest}"
+    return named
 
 
 # Keras names a layer's ops after the layer's name scope, which TensorFlow makes unique by adding _1,
