@@ -18,7 +18,7 @@ from onnx2cmsis.plan.arena import MemoryPlan
 def input_window(graph: Graph, k: int = 0) -> dict[str, Any]:
     """Model input k as a window of steps x channels, and in which order its values are stored
     (None for an input without a time axis, e.g. a feature vector)."""
-    shape = graph.model_input_shapes[k][1:]
+    shape = _without_unit_axes(graph.model_input_shapes[k][1:])
     layout = graph.input_layouts[k] if graph.input_layouts else "flat"
     if len(shape) != 2:
         return {"input_layout": "flat", "input_window": None}
@@ -31,6 +31,15 @@ def input_window(graph: Graph, k: int = 0) -> dict[str, Any]:
     time_major = layout != "channel-major"
     text = "time-major (W, C): input[t * C + c]" if time_major else "channel-major (C, W): input[c * W + t]"
     return {"input_layout": text, "input_window": {"steps": steps, "channels": channels, "time_major": time_major}}
+
+
+def _without_unit_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A 1D model written with 2-D layers takes (C, 1, T) or (T, 1, C): the same bytes as (C, T) or
+    (T, C), so the same window. (A 2-D shape stays as it is: (1, T) is one channel.)"""
+    if len(shape) <= 2:
+        return tuple(shape)
+    kept = tuple(n for n in shape if n > 1)
+    return (1,) * (2 - len(kept)) + kept if len(kept) < 2 else kept
 
 
 def header_summary(model_path: Path, sha: str, graph: Graph, layers: list[Layer], cmsis: CmsisTree) -> dict[str, Any]:
