@@ -87,3 +87,117 @@ def test_a_window_that_spans_both_axes_is_refused_naming_the_node_and_shapes(tmp
         convert(tmp_path / "2d.onnx", rng.standard_normal((8, C, 4, T)).astype(np.float32))
     message = str(caught.value)
     assert "really_2d" in message and "[3, 4, 64]" in message and "[3, 3]" in message, message
+
+
+# --- Keras: (T, 1, C) and (1, T, C) models of 2-D layers
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?f?")
+
+
+def _assert_same_c(got: str, want: str) -> None:
+    """The same code, and the same numbers but for float rounding: ONNX Runtime computes the 2-D
+    form's convolutions in another order, so a calibrated range (hence a scale, a requantization
+    multiplier, a bias) may differ in its last bits; int8 weights, shapes and calls do not."""
+    assert NUMBER.sub("#", got) == NUMBER.sub("#", want)
+    pairs = list(zip(NUMBER.findall(got), NUMBER.findall(want), strict=True))
+    close = [abs(float(a.rstrip("f")) - float(b.rstrip("f"))) <= max(1.0, 1e-5 * abs(float(b.rstrip("f"))))
+             for a, b in pairs]
+    assert all(close), [p for p, ok in zip(pairs, close) if not ok][:5]
+    assert sum(a != b for a, b in pairs) <= len(pairs) // 20  # rounding, not another quantization
+
+
+def _unnamed(conv, text: str) -> str:
+    """The C without comments and with each layer's identifier (from its model name, which tf2onnx
+    spells differently for the two forms: a 1x1 Conv2D fused with its BatchNorm is named after the
+    BatchNorm) replaced by its index."""
+    text = _code(text)
+    for layer in sorted(conv.report["layers"], key=lambda entry: -len(entry["identifier"])):
+        text = re.sub(rf"\b{conv.name}_{re.escape(layer['identifier'])}_", f"{conv.name}_L{layer['index']}_", text)
+    return text
+
+
+def _keras():
+    from tests.needs import module
+
+    return module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+
+
+def _wake_word_pair(keras, tmp_path, unit_axis: int) -> tuple:
+    """A streaming wake-word benchmark's shape of model: DepthwiseConv2D (k, 1), k = 3, 5, 10, 15
+    (valid), each followed by a 1x1 Conv2D, BatchNorm, ReLU and Dropout, then Flatten and Dense;
+    and its native 1D twin with the same weights and layer names (so the C may match byte for byte)."""
+    L = keras.layers
+    steps, channels = 49, 10
+    keras.utils.set_random_seed(3)
+    i2 = keras.Input((steps, 1, channels) if unit_axis == 1 else (1, steps, channels))
+    i1 = keras.Input((steps, channels))
+    x2, x1 = i2, i1
+    for k in (3, 5, 10, 15):
+        dw2 = L.DepthwiseConv2D((k, 1) if unit_axis == 1 else (1, k), name=f"dw{k}")
+        pw2 = L.Conv2D(16, 1, name=f"pw{k}")
+        bn2 = L.BatchNormalization(name=f"bn{k}")
+        x2 = L.Dropout(0.1, name=f"drop{k}")(L.ReLU(name=f"relu{k}")(bn2(pw2(dw2(x2)))))
+        dw1, pw1, bn1 = L.DepthwiseConv1D(k, name=f"dw{k}"), L.Conv1D(16, 1, name=f"pw{k}"), \
+            L.BatchNormalization(name=f"bn{k}")
+        x1 = L.Dropout(0.1, name=f"drop{k}")(L.ReLU(name=f"relu{k}")(bn1(pw1(dw1(x1)))))
+        kernel, bias = dw2.get_weights()
+        dw1.set_weights([kernel[:, 0] if unit_axis == 1 else kernel[0], bias])
+        kernel, bias = pw2.get_weights()
+        pw1.set_weights([kernel[0], bias])
+        stats = [np.random.default_rng(k).uniform(0.5, 1.5, 16).astype(np.float32) for _ in range(4)]
+        bn2.set_weights(stats)
+        bn1.set_weights(stats)
+    head2, head1 = L.Dense(4, activation="softmax", name="head"), L.Dense(4, activation="softmax", name="head")
+    y2, y1 = head2(L.Flatten(name="flat")(x2)), head1(L.Flatten(name="flat")(x1))
+    head1.set_weights(head2.get_weights())
+    m2, m1 = keras.Model(i2, y2, name="kws"), keras.Model(i1, y1, name="kws")
+    m2.save(tmp_path / "kws_2d.h5")
+    m1.save(tmp_path / "kws_1d.h5")
+    x = np.random.default_rng(4).standard_normal((64, steps, channels)).astype(np.float32)
+    x2d = x[:, :, None, :] if unit_axis == 1 else x[:, None, :, :]
+    assert np.allclose(m2.predict(x2d, verbose=0), m1.predict(x, verbose=0), atol=1e-6)  # truly twins
+    return tmp_path / "kws_2d.h5", x2d, tmp_path / "kws_1d.h5", x
+
+
+@pytest.mark.keras
+@pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.parametrize("unit_axis", [1, 0], ids=["T_1_C", "1_T_C"])
+def test_a_keras_model_of_2d_layers_over_a_unit_axis_gives_the_native_1d_models_c(tmp_path, unit_axis):
+    keras = _keras()
+    two_d, x2d, one_d, x = _wake_word_pair(keras, tmp_path, unit_axis)
+    conv2, conv1 = convert(two_d, x2d, name="kws"), convert(one_d, x, name="kws")
+    _assert_same_c(_unnamed(conv2, conv2.source), _unnamed(conv1, conv1.source))  # calls, constants, arena
+    _assert_same_c(_unnamed(conv2, conv2.header), _unnamed(conv1, conv1.header))
+    assert conv2.report["arena_bytes"] == conv1.report["arena_bytes"]
+    assert "#define KWS_INPUT_STEPS 49" in conv2.header and "#define KWS_INPUT_CHANNELS 10" in conv2.header
+
+
+@pytest.mark.keras
+def test_keras_2d_layers_that_span_the_unit_axis_are_refused_all_at_once(tmp_path):
+    keras = _keras()
+    L = keras.layers
+    i = keras.Input((32, 1, 4))
+    x = L.Conv2D(8, (3, 1), name="fine")(i)
+    x = L.Conv2D(8, (3, 3), padding="same", name="square")(x)
+    x = L.MaxPooling2D((2, 2), padding="same", name="pool22")(x)
+    x = L.ZeroPadding2D(((0, 0), (1, 1)), name="pad_w")(x)
+    model = keras.Model(i, L.Dense(2)(L.Flatten()(x)))
+    model.save(tmp_path / "really_2d.h5")
+    with pytest.raises(UnsupportedOpError) as caught:
+        convert(tmp_path / "really_2d.h5", np.zeros((4, 32, 1, 4), np.float32))
+    message = str(caught.value)
+    for name, why in (("square", "kernel_size [3, 3]"), ("pool22", "pool_size [2, 2]"), ("pad_w", "padding")):
+        assert f"layer '{name}'" in message and why in message, message
+    assert "'fine'" not in message and "[32, 1, 4]" in message and "\n" not in message
+
+
+@pytest.mark.keras
+def test_a_keras_model_with_a_2d_input_is_refused_naming_its_2d_layers(tmp_path):
+    keras = _keras()
+    L = keras.layers
+    i = keras.Input((8, 8, 1))
+    model = keras.Model(i, L.Dense(2)(L.Flatten()(L.Conv2D(4, (3, 1), name="image_conv")(i))))
+    model.save(tmp_path / "image.h5")
+    with pytest.raises(UnsupportedOpError, match=r"layer 'image_conv' \(Conv2D\) is 2-D: the input \[\[8, 8, 1\]\]"):
+        convert(tmp_path / "image.h5", np.zeros((4, 8, 8, 1), np.float32))

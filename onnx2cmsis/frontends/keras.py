@@ -27,11 +27,17 @@ from onnx2cmsis.frontends.onnx_model import LAYER_OF_NODE, canonical_node_order,
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
 CONTAINERS = {"Functional", "Sequential", "Model"}
+# 2-D layers, taken when the model is 1D written over a unit axis: an input (T, 1, C) or (1, T, C) and
+# every kernel, stride, dilation, pool, pad, crop and upsampling 1 (or 0) along that axis.
+TWO_D_LAYERS = {
+    "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D", "UpSampling2D",
+}
 SUPPORTED_LAYERS = {
     "InputLayer", "Conv1D", "SeparableConv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D",
     "GlobalMaxPooling1D", "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "Dense",
     "Flatten", "Reshape", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "BatchNormalization",
-    "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate",
+    "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", *TWO_D_LAYERS,
 }
 SUPPORTED_ACTIVATIONS = {"linear", "relu", "relu6", "tanh", "sigmoid", "softmax", "leaky_relu", None}
 KERAS_EXTRA_HINT = "reading Keras files needs the [keras] extra: pip install 'onnx2cmsis[keras]'"
@@ -112,6 +118,56 @@ def check_layers(config: dict[str, Any], where: str) -> None:
         if cls == "Conv1D" and int(cfg.get("groups", 1)) != 1:
             raise UnsupportedOpError(f"layer '{name}' (Conv1D) has groups={cfg['groups']}: tf2onnx cannot export "
                                      "grouped Keras convolutions (a PyTorch/ONNX grouped Conv converts)", where)
+    problems = two_d_problems(_layers(config))
+    if problems:
+        raise UnsupportedOpError("; ".join(problems), where)
+
+
+def two_d_problems(layers: list[dict[str, Any]]) -> list[str]:
+    """Every 2-D layer that is not 1D along the model input's unit axis, each naming what makes it 2-D
+    (empty when the model has no 2-D layer, or all are 1D in disguise)."""
+    two_d = [layer for layer in layers if layer.get("class_name") in TWO_D_LAYERS]
+    if not two_d:
+        return []
+    shapes = [tuple(cfg.get("batch_shape") or cfg.get("batch_input_shape") or ())[1:]
+              for layer in layers if layer.get("class_name") == "InputLayer" for cfg in [layer.get("config", {})]]
+    units = {next((a for a in (0, 1) if s[a] == 1), None) for s in shapes if len(s) == 3}
+    if len(units) != 1 or None in units:
+        spatial = [list(s) for s in shapes if len(s) == 3]
+        return [f"layer '{layer['config'].get('name', '?')}' ({layer['class_name']}) is 2-D: the input "
+                f"{spatial or shapes} has no spatial axis of size 1 (only 1D models written with 2-D layers, "
+                "(T, 1, C) or (1, T, C), are supported)" for layer in two_d]
+    unit = units.pop()
+    return [p for p in (_two_d_problem(layer, unit, shapes) for layer in two_d) if p]
+
+
+def _pair(value: Any) -> tuple[Any, Any]:
+    """Keras's int-or-pair arguments as a pair."""
+    if isinstance(value, (list, tuple)):
+        return tuple(value) if len(value) == 2 else (value[0], value[0])
+    return value, value
+
+
+def _two_d_problem(layer: dict[str, Any], unit: int, shapes: list[tuple]) -> str | None:
+    cls, cfg = layer["class_name"], layer.get("config", {})
+    if cfg.get("data_format") == "channels_first":
+        return f"layer '{cfg.get('name', '?')}' ({cls}) is channels_first: only channels_last 2-D layers are supported"
+    keys = {"Conv2D": ("kernel_size", "strides", "dilation_rate"), "DepthwiseConv2D": ("kernel_size", "strides",
+            "dilation_rate"), "SeparableConv2D": ("kernel_size", "strides", "dilation_rate"),
+            "MaxPooling2D": ("pool_size", "strides"), "AveragePooling2D": ("pool_size", "strides"),
+            "UpSampling2D": ("size",)}.get(cls, ())
+    wrong = [f"{key} {list(_pair(cfg[key]))}" for key in keys
+             if cfg.get(key) is not None and _pair(cfg[key])[unit] != 1]
+    if cls in ("ZeroPadding2D", "Cropping2D"):
+        key = "padding" if cls == "ZeroPadding2D" else "cropping"
+        along = _pair(cfg.get(key, 0))[unit]
+        if any(_pair(along)):
+            wrong.append(f"{key} {along} along it")
+    if not wrong:
+        return None
+    axis = "second" if unit == 1 else "first"
+    return (f"layer '{cfg.get('name', '?')}' ({cls}) is 2-D: {', '.join(wrong)} along the {axis} spatial axis, "
+            f"which has size 1 in the input {[list(s) for s in shapes if len(s) == 3][0]}")
 
 
 def _import_keras() -> tuple[Any, Any, Any]:
