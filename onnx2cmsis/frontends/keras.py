@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -23,7 +22,8 @@ from typing import Any
 import onnx
 
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError
-from onnx2cmsis.frontends.onnx_model import LAYER_OF_NODE, canonical_node_order, normalize, short_error
+from onnx2cmsis.frontends.keras_names import mark_layers, onnx_input_names, renumber_internal_names, unmark
+from onnx2cmsis.frontends.onnx_model import normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
 CONTAINERS = {"Functional", "Sequential", "Model"}
@@ -254,8 +254,8 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
     where = str(path)
     model = load_keras_model(path)
     tf, tf2onnx, keras = _import_keras()
-    input_names = _input_names([i.name for i in model.inputs])
-    layer_names = _mark_layers(model)
+    input_names = onnx_input_names([i.name for i in model.inputs])
+    layer_names = mark_layers(model)
     functional = keras.Model(model.inputs, model.outputs)  # a Keras 3 Sequential does not export otherwise
     if input_shape is not None and len(model.inputs) > 1:
         raise OptionError(f"{{opt:input_shape}} fixes the input of a one-input model; this one has "
@@ -279,144 +279,9 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
     except Exception as exc:
         raise ConversionError(f"tf2onnx cannot export the model ({short_error(exc)})", where) from exc
-    _renumber_internal_names(proto)
-    _unmark(proto, layer_names)
+    renumber_internal_names(proto)
+    unmark(proto, layer_names)
     return proto
-
-
-# tf2onnx names the ops and constants it inserts `<scope>__<n>` (`__<n>__<m>` for a folded one) from a
-# process-wide counter, and its constant folding draws those numbers in a varying order, so the same
-# model exported twice in one process got other names, which reach the C's comments and NAME.json.
-# Each such name becomes `<scope>__<k>`, k counting the names of that scope in order of first use along
-# the canonical node order (itself taken with the counters left out): the same graph always gets the
-# same names. Done before the Keras names come back, so no user-chosen name is touched.
-INTERNAL_RE = re.compile(r"__\d+")
-OUTPUT_INDEX_RE = re.compile(r":\d+$")
-
-
-def _renumber_internal_names(proto: onnx.ModelProto) -> None:
-    graph = proto.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return  # a subgraph's names refer to the outer graph's: left as exported
-    constants = _constants_by_content(graph)
-    canonical_node_order(proto, name_key=lambda name: constants.get(name) or INTERNAL_RE.sub("", name))
-    new: dict[str, str] = {}
-    per_scope: dict[str, int] = {}
-    for text in [t for n in graph.node for t in (*n.input, *n.output, n.name)] + [v.name for v in graph.output]:
-        token = OUTPUT_INDEX_RE.sub("", text)
-        if text not in constants and token not in new and INTERNAL_RE.search(token):
-            scope = INTERNAL_RE.sub("", token)
-            per_scope[scope] = per_scope.get(scope, 0) + 1
-            new[token] = f"{scope}__{per_scope[scope]}"
-
-    def renamed(text: str) -> str:
-        if text in constants:
-            return constants[text]
-        token = OUTPUT_INDEX_RE.sub("", text)
-        return new[token] + text[len(token):] if token in new else text
-
-    for node in graph.node:
-        node.name = renamed(node.name)
-        node.input[:] = [renamed(v) for v in node.input]
-        node.output[:] = [renamed(v) for v in node.output]
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        value.name = renamed(value.name)
-    kept: dict[str, onnx.TensorProto] = {}
-    for init in graph.initializer:
-        init.name = renamed(init.name)
-        kept.setdefault(init.name, init)
-    del graph.initializer[:]
-    graph.initializer.extend(kept[name] for name in sorted(kept))
-
-
-def _constants_by_content(graph: onnx.GraphProto) -> dict[str, str]:
-    """Each initializer tf2onnx named (`__<n>`) -> `const_<digest of its type, shape and bytes>`: which
-    of two equal constants survives its folding, and so the name (axes_const__7 or const_fold_opt__9),
-    varies; named by content, equal constants become one."""
-    named = {}
-    for init in graph.initializer:
-        if INTERNAL_RE.search(init.name):
-            digest = hashlib.sha256(f"{init.data_type}:{list(init.dims)}:".encode()
-                                    + onnx.numpy_helper.to_array(init).tobytes()).hexdigest()[:12]
-            named[init.name] = f"const_{digest}"
-    return named
-
-
-# Keras names a layer's ops after the layer's name scope, which TensorFlow makes unique by adding _1,
-# _2, ... (the ops of layer `conv1d` come out as `functional_1/conv1d_1/convolution`, the name of the
-# next layer): a name in the ONNX graph cannot be traced back to its layer. Each layer is therefore
-# traced under a marker holding its index, which `_unmark` turns back into the Keras name.
-MARKER = "onnx2cmsisL{}Z"
-MARKER_RE = re.compile(r"onnx2cmsisL(\d+)Z(?:_\d+)?")
-
-
-def _mark_layers(model: Any) -> list[str]:
-    """Give every layer (nested models' too, not the inputs) the marker of its index; the original
-    names, by index. The model is a private copy (load_keras_model), never used afterwards."""
-    names: list[str] = []
-
-    def walk(container: Any) -> None:
-        for layer in container.layers:
-            if type(layer).__name__ == "InputLayer":
-                continue
-            names.append(layer.name)
-            layer.name = MARKER.format(len(names) - 1)
-            if hasattr(layer, "layers"):
-                walk(layer)
-
-    walk(model)
-    return names
-
-
-def _unmark(proto: onnx.ModelProto, names: list[str]) -> None:
-    """Markers back to Keras layer names in every node and value name (kept unique), and the layer
-    each node belongs to (its innermost marker) recorded as LAYER_OF_NODE for the importer."""
-    def plain(text: str) -> str:
-        return MARKER_RE.sub(lambda m: names[int(m.group(1))], text)
-
-    graph = proto.graph
-    values = sorted({v for n in graph.node for v in (*n.input, *n.output) if v}
-                    | {v.name for v in (*graph.output, *graph.value_info, *graph.initializer)})
-    renamed: dict[str, str] = {}
-    taken = {v for v in values if not MARKER_RE.search(v)}
-    for v in values:
-        if MARKER_RE.search(v):
-            renamed[v] = _unique(plain(v), taken)
-    layer_of: dict[str, str] = {}
-    node_names = {n.name for n in graph.node if not MARKER_RE.search(n.name)}
-    for node in graph.node:
-        marks = MARKER_RE.findall(node.name)
-        if marks:
-            node.name = _unique(plain(node.name), node_names)
-            layer_of[node.name] = names[int(marks[-1])]
-        node.input[:] = [renamed.get(v, v) for v in node.input]
-        node.output[:] = [renamed.get(v, v) for v in node.output]
-    for v in (*graph.output, *graph.value_info, *graph.initializer):
-        v.name = renamed.get(v.name, v.name)
-    proto.metadata_props.add(key=LAYER_OF_NODE, value=json.dumps(layer_of, sort_keys=True))
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    out, k = name, 1
-    while out in taken:
-        out, k = f"{name}_{k}", k + 1
-    taken.add(out)
-    return out
-
-
-def _input_names(keras_names: list[str]) -> list[str]:
-    """The ONNX input names: "input" for a one-input model (as it always was), else each Keras input's
-    name reduced to [A-Za-z0-9_] and made unique ("input_K" where nothing is left), in Keras' order."""
-    if len(keras_names) == 1:
-        return ["input"]
-    names: list[str] = []
-    for k, raw in enumerate(keras_names):
-        base = re.sub(r"[^A-Za-z0-9_]", "_", str(raw or "")).strip("_") or f"input_{k}"
-        name, i = base, 1
-        while name in names:
-            name, i = f"{base}_{i}", i + 1
-        names.append(name)
-    return names
 
 
 def load_keras(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
