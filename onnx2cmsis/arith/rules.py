@@ -117,12 +117,17 @@ def check_accumulator_headroom(weight: np.ndarray, bias: np.ndarray, input_zero_
     x_max = max(abs(INT8_MIN - input_zero_point), abs(INT8_MAX - input_zero_point))
     left = np.broadcast_to(np.maximum(np.asarray(shift, np.int64), 0), rows.shape)
     worst = (np.abs(bias.astype(np.int64)) + x_max * rows) << left
-    if np.any(worst > INT32_MAX):
-        c = int(np.argmax(worst))
+    c = _overflowing_row(worst)
+    if c is not None:
         raise ConversionError(
             f"the int32 accumulator of output channel {c} can overflow: worst case {float(worst[c]):.3g} "
             f"(fan-in {weight[c].size}, sum|w| {int(rows[c])}, requantization left shift {int(left[c])}); "
             "CMSIS-NN would wrap silently. Split the layer or lower its fan-in", where)
+
+
+def _overflowing_row(worst: np.ndarray) -> int | None:
+    """The output channel whose worst-case sum passes INT32_MAX by the most (None: none does)."""
+    return int(np.argmax(worst)) if np.any(worst > INT32_MAX) else None
 
 
 def check_accumulator_headroom_s16(weight: np.ndarray, where: str) -> None:
@@ -133,8 +138,8 @@ def check_accumulator_headroom_s16(weight: np.ndarray, where: str) -> None:
     input, 32768 * sum|w_c| must fit an int32 (sum|w_c| <= 65535)."""
     rows = _abs_row_sums(weight)
     worst = -INT16_MIN * rows
-    if np.any(worst > INT32_MAX):
-        c = int(np.argmax(worst))
+    c = _overflowing_row(worst)
+    if c is not None:
         raise ConversionError(
             f"the int32 partial sum of output channel {c} can overflow at int16: worst case {float(worst[c]):.3g} "
             f"(fan-in {weight[c].size}, sum|w| {int(rows[c])}); CMSIS-NN's s16 convolution sums in 32 bits. "
