@@ -43,5 +43,5 @@ def stream_run(conv: Conversion, xq: np.ndarray, min_outputs: int = 50) -> Strea
     need = window - window % hop + hop * min_outputs
     stream = np.concatenate(steps * -(-need // (window * len(steps))))[:need]
     ready, windows = stream_windows(conv, stream)
-    return StreamRun(stream, hop, ready, windows, np.stack([conv.reference(w) for w in windows]))
+    return StreamRun(stream, hop, ready, windows, conv.references(windows))
 

@@ -135,7 +135,7 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[Target], l
     step = progress or (lambda _: None)
     xq = quantize_inputs(conv, x_float)
     step(f"running {len(xq)} samples in the integer reference and tflite-micro")
-    reference = np.stack([conv.reference(x) for x in xq])
+    reference = conv.references(xq)
     oracle, oracle_name = oracle_outputs(conv, xq)
     if oracle is not None and not np.array_equal(oracle, reference):
         bad = int(np.argmax(np.any(oracle != reference, axis=1)))
