@@ -15,11 +15,10 @@ operator; the handler only dispatches (ops/elementwise_kernels.py holds the kern
 from __future__ import annotations
 
 import math
-
-import numpy as np
-
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from onnx2cmsis.arith.fixedpoint import logistic_q0, tanh_q0
 from onnx2cmsis.arith.rules import (
@@ -98,8 +97,6 @@ def clamp_table(q: QuantParams, lo: float | None, hi: float | None) -> np.ndarra
     """Relu/Clip in the input's own quantization (what TFLite-Micro's RELU/RELU6 compute then)."""
     amin, amax = activation_range(q, lo, hi)
     return np.clip(np.arange(-128, 128), amin, amax).astype(np.int8)
-
-
 
 
 @dataclass(frozen=True)
