@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.layout import become_view
@@ -22,12 +21,18 @@ from onnx2cmsis.ops.roles import ChannelAffine, Clamp, Requantize, Role, Transpo
 Pass = Callable[[Graph, Registry], bool]
 
 
+def _private_producer(graph: Graph, tensor: str) -> Node | None:
+    """The producer of `tensor` when one node reads it and it is no model input or output: a rewrite
+    may then merge the two."""
+    if len(graph.consumers(tensor)) != 1 or graph.is_boundary(tensor):
+        return None
+    return graph.producer(tensor)
+
+
 def _sole_producer(graph: Graph, tensor: str, registry: Registry, capability: str) -> Node | None:
     """The producer of `tensor` if its handler declares `capability` and nothing else reads the tensor."""
-    p = graph.producer(tensor)
-    if p is None or len(graph.consumers(tensor)) != 1 or graph.is_boundary(tensor):
-        return None
-    return p if getattr(registry.for_op(p.op), capability) else None
+    p = _private_producer(graph, tensor)
+    return p if p is not None and getattr(registry.for_op(p.op), capability) else None
 
 
 def _absorb(graph: Graph, producer: Node, node: Node) -> None:
@@ -36,8 +41,8 @@ def _absorb(graph: Graph, producer: Node, node: Node) -> None:
     graph.nodes.remove(node)
 
 
-def _role(graph_node: Node, registry: Registry) -> Role | None:
-    return registry.for_op(graph_node.op).role(graph_node)
+def _role(node: Node, registry: Registry) -> Role | None:
+    return registry.for_op(node.op).role(node)
 
 
 def fold_affine(graph: Graph, registry: Registry) -> bool:
@@ -62,10 +67,9 @@ def fold_pad_into_conv(graph: Graph, registry: Registry) -> bool:
     for node in graph.nodes:
         if not registry.for_op(node.op).absorbs_zero_pad:
             continue
-        p = graph.producer(node.inputs[0])
+        p = _private_producer(graph, node.inputs[0])
         pad = None if p is None else _role(p, registry)
-        if not isinstance(pad, ZeroPad) or len(graph.consumers(node.inputs[0])) != 1 \
-                or graph.is_boundary(node.inputs[0]):
+        if not isinstance(pad, ZeroPad):
             continue
         registry.for_op(node.op).absorb_zero_pad(node, pad.left, pad.right)
         node.inputs = list(p.inputs)
@@ -124,9 +128,8 @@ def cancel_transpose_pairs(graph: Graph, registry: Registry) -> bool:
     for node in graph.nodes:
         if not _is_transpose(node, registry):
             continue
-        p = graph.producer(node.inputs[0])
-        if p is None or not _is_transpose(p, registry) or len(graph.consumers(node.inputs[0])) != 1 \
-                or graph.is_boundary(node.inputs[0]):
+        p = _private_producer(graph, node.inputs[0])
+        if p is None or not _is_transpose(p, registry):
             continue
         become_view(p)  # two transposes are the identity: a view of the original bytes
         p.outputs = list(node.outputs)
