@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx2cmsis.arith.rules import activation_quant
+from onnx2cmsis.arith.rules import round_half_away
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse", "output")  # output: tuning/search.py
 HISTOGRAM_BINS = 2048
@@ -64,20 +64,59 @@ def percentile_range(h: ValueHistogram, tail: float = PERCENTILE_TAIL) -> tuple[
 def quantization_mse(h: ValueHistogram, lo: float, hi: float) -> float:
     """Expected squared error of quantizing the histogram's values over [lo, hi] (after the widening to
     contain 0 that activation_quant applies)."""
-    q = activation_quant(lo, hi)
-    low, high = (-128 - q.zero_point) * q.scale, (127 - q.zero_point) * q.scale
-    v = h.centers
+    return float(_quantization_mses(h.counts, h.centers, np.array([lo]), np.array([hi]))[0])
+
+
+def _grid_quant(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """activation_quant's scale, and the float edges of its int8 range, for many ranges at once (the
+    same float64 steps, its f32 scale included, so the numbers are the same)."""
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    hi = np.where(hi - lo < 1e-6, lo + 1.0, hi)
+    scale = ((hi - lo) / 255.0).astype(np.float32).astype(np.float64)
+    zero_point = np.clip(round_half_away(-128 - lo / scale), -128, 127)
+    return scale, (-128 - zero_point) * scale, (127 - zero_point) * scale
+
+
+def _quantization_mses(counts: np.ndarray, centers: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """quantization_mse for several ranges, term by term as it is defined."""
+    scale, low, high = _grid_quant(lo, hi)
+    low, high, v = low[:, None], high[:, None], centers[None, :]
     outside = np.where(v < low, low - v, np.where(v > high, v - high, 0.0))
     inside = (v >= low) & (v <= high)
-    return float(np.sum(h.counts * (outside**2 + inside * q.scale**2 / 12.0)))
+    return np.sum(counts * (outside**2 + inside * (scale**2 / 12.0)[:, None]), axis=1)
+
+
+def _approximate_mses(h: ValueHistogram, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """quantization_mse for many ranges from prefix sums of the histogram's moments (a few operations
+    per range instead of one per bin; equal up to rounding, in units of the histogram's width)."""
+    centers = h.centers
+    mid, width = (h.lo + h.hi) / 2, h.hi - h.lo
+    u = (centers - mid) / width
+    c = h.counts.astype(np.float64)
+    count, first, second = (np.concatenate([[0.0], np.cumsum(t)]) for t in (c, c * u, c * u * u))
+    scale, low, high = _grid_quant(lo, hi)
+    i = np.searchsorted(centers, low, side="left")  # bins [0, i) lie below the range
+    j = np.searchsorted(centers, high, side="right")  # bins [j, n) above it
+    ul, uh = (low - mid) / width, (high - mid) / width
+    below = ul**2 * count[i] - 2 * ul * first[i] + second[i]
+    above = (second[-1] - second[j]) - 2 * uh * (first[-1] - first[j]) + uh**2 * (count[-1] - count[j])
+    return width**2 * np.maximum(below + above, 0.0) + scale**2 / 12.0 * (count[j] - count[i])
+
+
+_EXACT_CHECKS = 8  # the best candidates by the prefix sums, compared term by term
 
 
 def mse_range(h: ValueHistogram) -> tuple[float, float]:
     if h.hi <= h.lo:
         return h.lo, h.hi
-    candidates = [(h.lo * a, h.hi * b) for a in _MSE_GRID for b in _MSE_GRID]
-    errors = [quantization_mse(h, lo, hi) for lo, hi in candidates]
-    return candidates[int(np.argmin(errors))]
+    lo = np.repeat(h.lo * _MSE_GRID, len(_MSE_GRID))
+    hi = np.tile(h.hi * _MSE_GRID, len(_MSE_GRID))
+    # 2304 candidates by prefix sums, then the few best exactly: the range an exhaustive term-by-term
+    # search picks (the first of equal errors), at a fraction of its time
+    top = np.argsort(_approximate_mses(h, lo, hi), kind="stable")[:_EXACT_CHECKS]
+    exact = _quantization_mses(h.counts, h.centers, lo[top], hi[top])
+    best = min(range(len(top)), key=lambda k: (exact[k], top[k]))
+    return float(lo[top[best]]), float(hi[top[best]])
 
 
 RANGE_CHOOSERS: dict[str, Callable[[ValueHistogram], tuple[float, float]]] = {
