@@ -91,10 +91,21 @@ def collect_histograms(model: onnx.ModelProto, samples: Iterable[np.ndarray],
                        extremes: dict[str, tuple[float, float]]) -> dict[str, ValueHistogram]:
     """A second pass over the samples: each value's histogram over its [min, max] (quant/ranges.py)."""
     histograms = new_histograms(extremes)
-    for outs in run_float(model, samples, list(extremes)):
+    pending: dict[str, list[np.ndarray]] = {v: [] for v in extremes}
+    for k, outs in enumerate(run_float(model, samples, list(extremes))):
         for v, arr in outs.items():
-            histograms[v].add(arr)
+            pending[v].append(arr.reshape(-1))
+        if k % RANGE_BLOCK == RANGE_BLOCK - 1:  # one histogram call per value per block (the counts add up)
+            _add_block(histograms, pending)
+    _add_block(histograms, pending)
     return histograms
+
+
+def _add_block(histograms: dict[str, ValueHistogram], pending: dict[str, list[np.ndarray]]) -> None:
+    for v, arrays in pending.items():
+        if arrays:
+            histograms[v].add(np.concatenate(arrays))
+            arrays.clear()
 
 
 RANGE_BLOCK = 64  # samples per min/max reduction
