@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_ou
 from onnx2cmsis.report import build_report, header_summary, input_window
 from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.tuning.bias_correction import correct_biases
+from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
 
 __all__ = ["Budget", "Conversion", "ConvertOptions", "convert", "front_end", "back_end", "write_outputs"]
@@ -151,17 +152,26 @@ class Tuning:
     search: dict[str, Any]  # the calibration search's summary
     bias_corrected: int | None  # layers whose bias took their mean error (None: off)
     auto_precision: dict[str, Any] | None  # --precision auto's budget, measurements and choice
+    recipe: dict[str, Any]  # the quantization recipe chosen and what each candidate measured
 
 
 def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: SampleData, opts: ConvertOptions,
              cmsis: CmsisTree, step: Callable[[str], None], where: str) -> Tuning:
-    """Ranges from the samples, then (auto) each layer's width, the bias corrections, and the integer
-    parameters: the graph leaves quantized."""
+    """The recipe (chosen on held-out folds), ranges from the samples, then (auto) each layer's width,
+    the bias corrections, and the integer parameters: the graph leaves quantized."""
     graph.quant_options = opts.quant_options
-    step(f"calibrating on {len(data.samples)} samples ({opts.calibration_method}"
-         + (", choosing dense weight scales" if opts.dense_weights == "auto" else "") + ")")
-    calibration = calibrate(model, graph, registry, data.samples, data.search, opts.calibration_method,
-                            opts.dense_weights)
+    candidates = candidate_recipes(opts.calibration_method, opts.dense_weights, opts.bias_correction)
+    if len(candidates) > 1:
+        step(f"choosing the quantization recipe on {min(len(data.search), CHOICE_SAMPLES)} samples and held-out "
+             "folds of them")
+    recipe = choose_recipe(model, graph, registry, data.search, candidates)
+    chosen_recipe = recipe.chosen
+    graph.quant_options = replace(opts.quant_options, calibration_method=chosen_recipe.calibration_method,
+                                  dense_weights=chosen_recipe.dense_weights)
+    step(f"calibrating on {len(data.samples)} samples ({chosen_recipe.calibration_method}"
+         + (", choosing dense weight scales" if chosen_recipe.dense_weights == "auto" else "") + ")")
+    calibration = calibrate(model, graph, registry, data.samples, data.search, chosen_recipe.calibration_method,
+                            chosen_recipe.dense_weights)
     apply_weights(graph, calibration.weights)  # on the nodes from here on: indices may shift below
     chosen = None
     if opts.precision == "auto":
@@ -175,12 +185,12 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None
     corrected = None
-    if opts.bias_correction:
+    if chosen_recipe.bias_correction:
         step("correcting biases")
         corrected = len(correct_biases(model, graph, registry, calibration.ranges, {}, data.search))
     quantize_graph(graph, registry, calibration.ranges)
     check_graph(graph, "quantization", quantized=True)
-    return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary())
+    return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary(), recipe.summary())
 
 
 @dataclass
@@ -217,7 +227,7 @@ def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts
     functions = sorted({f for s in e.schedule for f in s.call.functions})
     report = build_report(name, summary, graph, registry, e.plan, layers, e.cmsis, functions, e.rewrites,
                           len(data.samples), tuning.search, tuning.bias_corrected, tuning.auto_precision,
-                          stream_report)
+                          stream_report, tuning.recipe)
     warnings = opts.budget.check(summary["weights_bytes"], e.plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
     views: dict[str, str] = {}

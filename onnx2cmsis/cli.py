@@ -138,7 +138,7 @@ def convert(
     from onnx2cmsis.api import write_outputs
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.options import Budget, ConvertOptions
-    from onnx2cmsis.report import auto_precision_lines, stream_line
+    from onnx2cmsis.report import auto_precision_lines, recipe_line, stream_line
 
     if name and name_arg and name != name_arg:
         _usage(f"two names given: {name_arg!r} and --name {name!r}", "convert")
@@ -163,6 +163,7 @@ def convert(
         f"arena {r['arena_bytes']} B (live-set bound {r['arena_lower_bound_bytes']} B; smallest {best} "
         f"{r['arena_smallest_bound_bytes']} B), weights {r['weights_bytes']} B"
     )
+    typer.echo(recipe_line(r["quantization"]["recipe"]))
     auto = r["quantization"]["auto_precision"]
     if auto is not None:
         typer.echo(auto_precision_lines(auto, r["layers"]))

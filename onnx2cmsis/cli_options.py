@@ -52,14 +52,16 @@ DENSE_WEIGHTS_OPTION = typer.Option(
     help="Dense layer weight scales: one per layer, one per output feature (as TFLite 2.21 writes them), "
          "or auto: per layer, whichever gives the smaller output error on the calibration samples.")
 CALIBRATION_METHOD_OPTION = typer.Option(
-    "minmax", "--calibration-method", metavar="minmax|percentile|mse|output",
-    help="How each value's range is chosen: the extremes seen, clipped at 1e-4 tails, the "
-         "MSE-optimal clip, or per value whichever gives the smaller output error (slower; see "
-         "docs/benchmarks.md).")
+    "auto", "--calibration-method", metavar="auto|minmax|percentile|mse|output",
+    help="How each value's range is chosen: auto (minmax or mse, chosen with the dense weights and bias "
+         "correction on calibration samples held out from the fit, TFLite's recipe unless another beats "
+         "it there), the extremes seen, clipped at 1e-4 tails, the MSE-optimal clip, or per value "
+         "whichever gives the smaller output error (slower; see docs/benchmarks.md).")
 BIAS_CORRECTION_OPTION = typer.Option(
     True, "--bias-correction/--no-bias-correction",
-    help="Fold each conv/dense layer's mean output error on the calibration samples into its bias, "
-         "when that helps the output on the calibration samples (see docs/benchmarks.md).")
+    help="Allow folding each conv/dense layer's mean output error on the calibration samples into its "
+         "bias, when that helps the output on the calibration samples and on held-out ones (see "
+         "docs/benchmarks.md).")
 
 STREAMING_OPTION = typer.Option(
     None, "--streaming", metavar="HOP",

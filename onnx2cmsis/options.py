@@ -62,7 +62,7 @@ class ConvertOptions:
     default_api: str | None = DEFAULT_API.level  # None: a fetched tree decides (what verify needs)
     budget: Budget = field(default_factory=Budget)
     dense_weights: str = "auto"
-    calibration_method: str = "minmax"
+    calibration_method: str = "auto"  # auto: chosen with the recipe on held-out folds (tuning/recipe.py)
     bias_correction: bool = True
     precision: str = "int8"
     max_error_db: float | None = None
@@ -93,8 +93,8 @@ class ConvertOptions:
         return [
             None if self.name is None or is_c_identifier(self.name) else
             f"{{opt:name}} {self.name!r} is not a valid C identifier",
-            None if self.calibration_method in CALIBRATION_METHODS else
-            f"{{opt:calibration_method}} {self.calibration_method!r} is not one of {', '.join(CALIBRATION_METHODS)}",
+            None if self.calibration_method in (*CALIBRATION_METHODS, "auto") else
+            f"{{opt:calibration_method}} {self.calibration_method!r} is not one of {', '.join(CALIBRATION_METHODS)}, auto",
             None if self.precision in (*PRECISIONS, "auto") else
             f"{{opt:precision}} {self.precision!r} is not one of {', '.join(PRECISIONS)}, auto",
             None if self.dense_weights in DENSE_WEIGHTS else

@@ -8,7 +8,7 @@ from typing import Any
 from onnx2cmsis import __version__
 from onnx2cmsis.cmsis_nn.source import CmsisTree
 from onnx2cmsis.codegen.emit_c import Layer
-from onnx2cmsis.codegen.report_page import auto_precision_headline
+from onnx2cmsis.codegen.report_page import auto_precision_headline, recipe_text
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.base import VIEW_KERNEL
 from onnx2cmsis.ops.registry import Registry, handler_name
@@ -86,7 +86,7 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
                  layers: list[Layer], cmsis: CmsisTree, functions: list[str], rewrites: list[str],
                  samples: int, search: dict[str, Any] | None = None,
                  bias_corrected: int | None = None, auto_precision: dict[str, Any] | None = None,
-                 stream: dict[str, Any] | None = None) -> dict[str, Any]:
+                 stream: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """NAME.json (see docs/c-interface.md), without the budget warnings the caller adds."""
     return {
         "tool": "onnx2cmsis",
@@ -117,6 +117,8 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "quantization": {"precision": graph.quant_options.precision,
                          "dense_weights": graph.quant_options.dense_weights,
                          "calibration_method": graph.quant_options.calibration_method,
+                         # the recipe (ranges, dense weights, bias correction) chosen on held-out folds
+                         "recipe": recipe,
                          "search": search,
                          # None: off; else how many layers' biases took their mean int8 error
                          "bias_corrected_layers": bias_corrected,
@@ -136,6 +138,11 @@ def auto_precision_lines(auto: dict, layers: list[dict]) -> str:
               (f" int8 loses {layer['int8_loss_db']:.2f} dB" if "int8_loss_db" in layer else "") +
               f"  {layer['name']}" for layer in real]
     return "\n".join(lines)
+
+
+def recipe_line(recipe: dict[str, Any]) -> str:
+    """The quantization recipe chosen, and why (tuning/recipe.py)."""
+    return f"recipe: {recipe_text(recipe)}"
 
 
 def stream_line(stream: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx2cmsis.api import convert
+from onnx2cmsis.api import convert, front_end
+from onnx2cmsis.ops.registry import build_registry
+from onnx2cmsis.tuning.recipe import Recipe, fitted
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.ranges import (
     HISTOGRAM_BINS,
@@ -50,6 +52,21 @@ def test_mse_range_finds_the_known_laplace_optimum():
     assert 8.5 < hi < 11.0 and -11.0 < lo < -8.5
 
 
+@pytest.mark.parametrize("kind", ["normal", "relu", "heavy_tail", "tiny_negative", "offset"])
+def test_mse_range_is_the_exhaustive_searchs_choice(kind):
+    """mse_range ranks the grid by prefix sums and checks the best few term by term: it must pick
+    what scoring every candidate term by term picks (the first of equal errors)."""
+    rng = np.random.default_rng(len(kind))
+    values = {"normal": rng.standard_normal(20_000), "relu": np.maximum(rng.laplace(size=20_000), 0),
+              "heavy_tail": rng.standard_t(3, 20_000) * 7 + 3, "tiny_negative": -np.abs(rng.standard_normal(20_000)) * 1e-3,
+              "offset": rng.standard_normal(20_000) * 0.01 + 2e4}[kind]
+    h = histogram_of(values)
+    grid = np.geomspace(0.01, 1.0, 48)
+    candidates = [(h.lo * a, h.hi * b) for a in grid for b in grid]
+    errors = [quantization_mse(h, lo, hi) for lo, hi in candidates]
+    assert mse_range(h) == candidates[int(np.argmin(errors))]
+
+
 def _gemm_model(weight: np.ndarray) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[0]])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
@@ -64,18 +81,18 @@ def _gemm_model(weight: np.ndarray) -> onnx.ModelProto:
 @pytest.mark.parametrize("row_gain, expect", [(100.0, "per-channel"), (1.0, "per-tensor")])
 def test_auto_dense_weights_take_per_channel_only_where_it_measures_better(tmp_path, row_gain, expect):
     """One output feature with 100x larger weights: per tensor, the others get a few int8 levels;
-    per channel fixes it. With all rows alike the scales are the same and per-tensor stays."""
+    per channel fixes it. With all rows alike the scales are the same and per-tensor stays. (The
+    search itself, as the recipe (minmax, auto, no bias correction) runs it: tuning/recipe.py.)"""
     rng = np.random.default_rng(3)
     w = np.sign(rng.standard_normal((24, 6))).astype(np.float32) * rng.uniform(0.5, 1.0, (24, 6)).astype(np.float32)
     w[:, 0] *= row_gain
     path = tmp_path / "dense.onnx"
     onnx.save(_gemm_model(w), path)
     calib = rng.standard_normal((64, 24)).astype(np.float32)
-    conv = convert(path, calib)
-    dense = [layer for layer in conv.report["layers"] if layer["op"] == "dense"]
-    assert [layer["weights"] for layer in dense] == [expect]
-    search = conv.report["quantization"]["search"]
-    assert search["samples"] == 64 and search["final_sqnr_db"] >= search["start_sqnr_db"]
+    registry = build_registry(plugins=False)
+    model, graph, _ = front_end(path, registry)
+    g = fitted(model, graph, registry, Recipe("minmax", "auto", False), calib)
+    assert [n.attrs.get("weights") or g.quant_options.weights_of(n) for n in g.nodes if n.op == "dense"] == [expect]
 
 
 def _conv_model(rng: np.random.Generator) -> onnx.ModelProto:

@@ -171,8 +171,12 @@ def test_dense_weights_per_channel_on_request(tmp_path, level, kernel):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "vibration_cnn.json").read_text())
     q = report["quantization"]
-    assert (q["dense_weights"], q["calibration_method"], q["search"]) == ("per-channel", "minmax", None)
-    assert 0 <= q["bias_corrected_layers"] <= 5  # of the example's three convs and two dense layers
+    assert (q["dense_weights"], q["search"]) == ("per-channel", None)
+    assert {c["dense_weights"] for c in q["recipe"]["candidates"]} == {"per-channel"}  # pinned in every one
+    chosen = q["recipe"]["chosen"]
+    assert q["calibration_method"] == chosen["calibration_method"]
+    assert q["bias_corrected_layers"] is None if not chosen["bias_correction"] else \
+        0 <= q["bias_corrected_layers"] <= 5  # of the example's three convs and two dense layers
     dense = [layer for layer in report["layers"] if layer["op"] == "dense"]
     assert [(layer["kernel"], layer["weights"]) for layer in dense] == [(kernel, "per-channel")] * 2
     r = run_cli("convert", str(MODEL), "-c", str(CALIB), "--out", str(tmp_path), "--dense-weights", "per-row")

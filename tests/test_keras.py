@@ -62,9 +62,9 @@ def test_keras_model_matches_keras_predict(name, saved_with, tmp_path):
           f"argmax {argmax:.3f}; arena {ev.arena_bytes} B (bound {ev.arena_lower_bound_bytes}), "
           f"weights {ev.weights_bytes} B")
     if name in CLASSIFIERS:
-        # separable_residual (keras3) is a 25 dB model: near-tie windows flip (6 of 500 with per-channel
-        # dense, which --dense-weights auto picks for its 0.3 dB more; 5 with per-tensor).
-        assert argmax >= 0.985 and sqnr >= 20.0
+        # separable_residual (keras3) is a 25 dB model: near-tie windows flip (9 of 500 with the recipe
+        # chosen on held-out folds, 24.7 dB; 6 with the earlier default, 25.0 dB; 5 with per-tensor dense).
+        assert argmax >= 0.98 and sqnr >= 20.0
     else:
         assert sqnr >= 30.0
 
@@ -203,8 +203,9 @@ def test_cli_converts_the_keras_example_deterministically_and_quietly(tmp_path):
                             "--calibration", str(example / "calibration.npy"), "--out", str(out)],
                            capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
-        lines = r.stdout.strip().splitlines()  # what was written; which CMSIS-NN it is for and where from
-        assert r.stderr == "" and len(lines) == 2 and lines[1].startswith("CMSIS-NN: "), (r.stdout, r.stderr)
+        lines = r.stdout.strip().splitlines()  # what was written; the recipe; which CMSIS-NN it is for and where from
+        assert r.stderr == "" and len(lines) == 3 and lines[1].startswith("recipe: ") and \
+            lines[2].startswith("CMSIS-NN: "), (r.stdout, r.stderr)
         outputs.append({p.name: p.read_bytes() for p in out.iterdir()})
     assert sorted(outputs[0]) == ["vibration_cnn.c", "vibration_cnn.cmake", "vibration_cnn.h", "vibration_cnn.json", "vibration_cnn.md", "vibration_cnn.mk", "vibration_cnn_memory.svg"]
     assert outputs[0] == outputs[1]

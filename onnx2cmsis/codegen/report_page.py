@@ -25,6 +25,14 @@ def md_cell(text: object) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace("&", "\\&")
 
 
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """The quantization recipe chosen, and why (tuning/recipe.py's summary)."""
+    chosen = recipe["chosen"]
+    what = (f"{chosen['calibration_method']} ranges, {chosen['dense_weights']} dense weights, "
+            + ("bias correction" if chosen["bias_correction"] else "no bias correction"))
+    return f"{what}: {recipe['reason']}"
+
+
 def auto_precision_headline(auto: dict[str, Any]) -> str:
     """--precision auto's budget and what the choice, all-int8 and all-int16 measured on the
     calibration samples (NAME.json's quantization.auto_precision), in one sentence."""
@@ -71,6 +79,7 @@ def render_report_page(name: str, report: dict[str, Any], plan: MemoryPlan, outp
                "where": [_where(plan, t, views, "inputs" in report) for t in outputs], "total_macs": sum(l["macs"] for l in report["layers"]),
                "auto_precision": (None if report["quantization"]["auto_precision"] is None
                                   else auto_precision_headline(report["quantization"]["auto_precision"])),
+               "recipe": recipe_text(report["quantization"]["recipe"]),
                "boxes": boxes, "line": line, "width": SVG_WIDTH, "height": SVG_HEIGHT, "margin": MARGIN,
                "arena_y": MARGIN + plan.arena_bytes * sy, "steps": steps, "sx": sx}
     return env.get_template("report.md.j2").render(context), env.get_template("memory.svg.j2").render(context)

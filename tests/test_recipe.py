@@ -1,0 +1,119 @@
+"""The quantization recipe chosen on held-out folds (tuning/recipe.py): TFLite's recipe stays unless
+another beats it on samples that did not fit it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert, front_end
+from onnx2cmsis.quant.quantize import dequantized_outputs
+from onnx2cmsis.tuning.bias_correction import _kept_share
+from onnx2cmsis.tuning.recipe import (
+    MARGIN_DB,
+    TFLITE_RECIPE,
+    Recipe,
+    Score,
+    candidate_recipes,
+    fitted,
+    pick,
+)
+from onnx2cmsis.tuning.search import float_outputs
+
+OWN = Recipe("minmax", "auto", True)
+MSE = Recipe("mse", "per-channel", True)
+
+
+def test_a_recipe_that_wins_only_in_sample_is_not_chosen():
+    scores = {TFLITE_RECIPE: Score(30.0, 28.0), OWN: Score(33.0, 27.5)}
+    chosen, reason = pick([TFLITE_RECIPE, OWN], scores)
+    assert chosen == TFLITE_RECIPE and "held-out" in reason
+
+
+def test_a_recipe_that_wins_only_held_out_is_not_chosen():
+    scores = {TFLITE_RECIPE: Score(30.0, 28.0), OWN: Score(29.9, 29.0)}
+    assert pick([TFLITE_RECIPE, OWN], scores)[0] == TFLITE_RECIPE
+
+
+def test_a_held_out_gain_below_the_margin_is_not_enough():
+    scores = {TFLITE_RECIPE: Score(30.0, 28.0), OWN: Score(31.0, 28.0 + MARGIN_DB / 2)}
+    assert pick([TFLITE_RECIPE, OWN], scores)[0] == TFLITE_RECIPE
+
+
+def test_the_best_in_sample_challenger_is_the_one_checked_held_out():
+    scores = {TFLITE_RECIPE: Score(30.0, 28.0), OWN: Score(32.0, 29.0), MSE: Score(30.5, None)}
+    chosen, reason = pick([TFLITE_RECIPE, OWN, MSE], scores)
+    assert chosen == OWN and reason.startswith("+1.00 dB")
+    scores[OWN] = Score(32.0, 28.1)  # the best in-sample does not hold up: nothing else is tried
+    assert pick([TFLITE_RECIPE, OWN, MSE], scores)[0] == TFLITE_RECIPE
+
+
+def test_options_pin_their_part_of_every_candidate():
+    assert candidate_recipes("auto", "auto", True)[0] == TFLITE_RECIPE
+    assert set(candidate_recipes("auto", "auto", True)) == {TFLITE_RECIPE, OWN, MSE}
+    assert candidate_recipes("minmax", "per-channel", False) == [TFLITE_RECIPE]
+    assert candidate_recipes("mse", "auto", False) == [Recipe("mse", "per-channel", False), Recipe("mse", "auto", False)]
+    assert all(not r.bias_correction for r in candidate_recipes("auto", "auto", False))
+
+
+def _gemm(path, rng: np.random.Generator) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = (rng.standard_normal((24, 4)) * 0.3).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "dense", [x], [y],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def _sqnr(got: np.ndarray, want: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2)))
+
+
+def test_bias_correction_that_fits_the_calibration_samples_loses_on_new_ones_and_is_not_chosen(tmp_path):
+    """A dense layer on zero-mean noise: its mean output error over 32 calibration samples is those
+    samples' noise, not a bias. Correcting it raises the SQNR on those samples and lowers it on
+    2000 new ones from the same process; the held-out folds see the same and TFLite's recipe stays."""
+    rng = np.random.default_rng(2)
+    path = tmp_path / "dense.onnx"
+    _gemm(path, rng)
+    calib = rng.standard_normal((32, 24)).astype(np.float32)
+    fresh = rng.standard_normal((2000, 24)).astype(np.float32)
+    conv = convert(path, calib, calibration_method="minmax", dense_weights="per-channel")
+    recipe = conv.report["quantization"]["recipe"]
+    scores = {c["bias_correction"]: c for c in recipe["candidates"]}
+    assert scores[True]["calibration_sqnr_db"] > scores[False]["calibration_sqnr_db"]  # it fits them
+    assert scores[True]["heldout_sqnr_db"] < scores[False]["heldout_sqnr_db"] + MARGIN_DB
+    assert recipe["chosen"] == TFLITE_RECIPE.describe()
+    assert conv.report["quantization"]["bias_corrected_layers"] is None
+    # and on data neither saw, the rejected recipe is indeed the worse one
+    model, graph, _ = front_end(path, conv.registry)
+    want = float_outputs(model, fresh).reshape(len(fresh), -1).astype(np.float64)
+    got = {r: dequantized_outputs(fitted(model, graph, conv.registry, r, calib), conv.registry,
+                                  fresh).reshape(len(fresh), -1)
+           for r in (TFLITE_RECIPE, Recipe("minmax", "per-channel", True))}
+    assert _sqnr(got[Recipe("minmax", "per-channel", True)], want) < _sqnr(got[TFLITE_RECIPE], want)
+
+
+def test_too_few_samples_keep_tflites_recipe(tmp_path):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "dense.onnx"
+    _gemm(path, rng)
+    conv = convert(path, rng.standard_normal((8, 24)).astype(np.float32))
+    recipe = conv.report["quantization"]["recipe"]
+    assert recipe["chosen"] == TFLITE_RECIPE.describe() and recipe["folds"] is None
+    assert "too few" in recipe["reason"]
+
+
+def test_bias_correction_keeps_a_mean_the_samples_agree_on_and_drops_one_they_do_not():
+    """_kept_share: a channel off by 0.5 in every sample (spread 0.1) keeps almost all of its
+    correction; a channel whose samples scatter around 0 (spread 1.0, overall mean 0.05 of 40
+    samples: a standard error of about 0.16) keeps none of it."""
+    rng = np.random.default_rng(9)
+    per_sample = np.stack([0.5 + 0.1 * rng.standard_normal(40), rng.standard_normal(40)], axis=1)
+    per_sample[:, 1] += 0.05 - per_sample[:, 1].mean()
+    counts = np.full((40, 2), 100)
+    share = _kept_share(per_sample.mean(axis=0), per_sample, counts)
+    assert share[0] > 0.99 and share[1] == 0.0
