@@ -33,6 +33,19 @@ def _errors_diff(row: dict, ours: str, theirs: str) -> str:
     return f"{row[ours]['errors'] - row[theirs]['errors']:+d}"
 
 
+RECIPES = {("minmax", "per-channel", False): "TFLite's", ("minmax", "auto", True): "measured",
+           ("mse", "per-channel", True): "mse"}
+
+
+def _recipe(cell: dict) -> str:
+    """The quantization recipe our conversion chose (tuning/recipe.py), by its short name."""
+    chosen = (cell.get("recipe") or {}).get("chosen")
+    if not chosen:
+        return "-"
+    key = (chosen["calibration_method"], chosen["dense_weights"], chosen["bias_correction"])
+    return RECIPES.get(key, "/".join(str(k) for k in key))
+
+
 def print_row(row: dict) -> None:
     d8, d16 = _diff(row, "ours_int8", "tflite_int8"), _diff(row, "ours_int16", "tflite_int16")
     fmt = lambda d: "  n/a " if d is None else f"{d:+6.2f}"  # noqa: E731
@@ -46,7 +59,7 @@ def markdown(rows: list[dict]) -> str:
     """One row per model: SQNR vs float in dB (in brackets: without each side's 3 worst test
     samples), ours minus TFLite, accuracy or MSE on the labels/targets, and errors ours - TFLite."""
     head = ["model", "half", "task", "cal", "float acc/MSE", "ours int8", "TFLite int8", "int8 ours-TFLite",
-            "ours int16", "TFLite 16x8", "int16 ours-TFLite", "ours, TFLite recipe",
+            "ours int16", "TFLite 16x8", "int16 ours-TFLite", "ours, TFLite recipe", "recipe int8 / int16",
             "acc/MSE ours8 / TFL8 / ours16 / TFL16", "errors ours8-TFL8", "errors ours16-TFL16"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -58,9 +71,22 @@ def markdown(rows: list[dict]) -> str:
             r["model"], r["half"], r["task"], str(r["calibration_samples"]), _task_score(r["float"]),
             _sqnr(r["ours_int8"]), _sqnr(r["tflite_int8"]), d[0],
             _sqnr(r["ours_int16"]), _sqnr(r["tflite_int16"]), d[1], _sqnr(r["ours_tflite_recipe"]),
+            f"{_recipe(r['ours_int8'])} / {_recipe(r['ours_int16'])}",
             scores, _errors_diff(r, "ours_int8", "tflite_int8"), _errors_diff(r, "ours_int16", "tflite_int16"),
         ]) + " |")
     return "\n".join(lines)
+
+
+def _errors_summary(rows: list[dict]) -> str:
+    """Issue 29's error goal at int8: ours <= TFLite's + max(1, 0.5% of the test samples) on every
+    classifier, and the median difference <= 0."""
+    d = [(r["ours_int8"]["errors"] - r["tflite_int8"]["errors"], max(1, int(0.005 * r["test_samples"])))
+         for r in rows if "errors" in r["float"] and _ok(r["ours_int8"]) and _ok(r["tflite_int8"])]
+    if not d:
+        return "errors: no classifiers"
+    over = sum(1 for x, allowed in d if x > allowed)
+    return (f"int8 errors ours-TFLite: median {np.median([x for x, _ in d]):+.1f}, worst {max(x for x, _ in d):+d}, "
+            f"over the allowance on {over}/{len(d)}")
 
 
 def summary(rows: list[dict]) -> str:
@@ -80,5 +106,6 @@ def summary(rows: list[dict]) -> str:
             losses = int(np.sum(d < -LOSS_MARGIN_DB))
             parts.append(f"{label}: median {np.median(d):+.2f} dB, worst {d.min():+.2f} dB, "
                          f"ours < TFLite - {LOSS_MARGIN_DB} dB on {losses}/{len(d)}")
+        parts.append(_errors_summary(sel))
         out.append(f"- {half} ({len(sel)} models): " + "; ".join(parts))
     return "\n".join(out)

@@ -94,7 +94,7 @@ def run_ours(entry, path: Path, case: Case, want: np.ndarray, y: np.ndarray) -> 
             xq = quantize_inputs(conv, case.x_test)
             raw = np.stack([built[conv.name](s) for s in xq])
             got = dequantize_tensor(raw, conv.graph.tensors[conv.graph.outputs[0]].quant)
-            out[col] = measure(got, want, case, y)
+            out[col] = {**measure(got, want, case, y), "recipe": conv.report["quantization"]["recipe"]}
     return out
 
 

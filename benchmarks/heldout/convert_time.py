@@ -1,0 +1,78 @@
+"""Our pipeline's time on the held-out benchmark's 25 models, this checkout against another (issue
+29: the recipe choice must not make conversion much slower). Each model is converted once to cache
+its Keras export, then timed converting with its calibration samples and default options; each
+checkout runs in its own process, one after the other.
+
+    python benchmarks/heldout/convert_time.py --before PATH/TO/OTHER/CHECKOUT [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def _time_models(root: Path) -> dict[str, float]:
+    """In this process: seconds per model for the checkout at `root` (imported first on the path)."""
+    sys.path.insert(0, str(root))
+    sys.path.insert(0, str(HERE))
+    import catalog  # the catalog of this checkout: the models and samples are the same in both
+
+    from onnx2cmsis.api import convert
+
+    seconds = {}
+    for name, entry in catalog.MODELS.items():
+        path = HERE / "models" / f"{name}.h5"
+        calibration = entry.calibration_set()
+        convert(path, calibration[:4], name="m", default_api=None)  # the Keras export, cached per process
+        start = time.perf_counter()
+        convert(path, calibration, name="m", default_api=None)
+        seconds[name] = time.perf_counter() - start
+    return seconds
+
+
+def _run(root: Path) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, __file__, "--child", str(root), "--json", out.name], check=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stderr=subprocess.DEVNULL)
+        return json.loads(Path(out.name).read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, help="the other checkout (e.g. a git worktree of the previous commit)")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "heldout_convert_time.json")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        args.json.write_text(json.dumps(_time_models(args.child)))
+        return
+    after = _run(ROOT)
+    before = _run(args.before) if args.before else None
+    ratios = [after[m] / before[m] for m in after] if before else []
+    for m in after:
+        line = f"{m:<30} now {after[m]:6.2f} s"
+        print(line + (f"  before {before[m]:6.2f} s  x{after[m] / before[m]:.2f}" if before else ""))
+    summary = {"median_s": float(np.median(list(after.values()))), "total_s": float(sum(after.values()))}
+    if before:
+        summary.update(before_median_s=float(np.median(list(before.values()))),
+                       before_total_s=float(sum(before.values())), median_ratio=float(np.median(ratios)),
+                       max_ratio=float(max(ratios)))
+    print(json.dumps(summary))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"now": after, "before": before, **summary}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
