@@ -88,10 +88,11 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     arguments (which replace the object's): name; cmsis_nn/cmsis_api, the CMSIS-NN tree and API level
     to emit for (see locate_cmsis_nn); default_api=None (as verify needs) takes a fetched tree, level 7
     first; budget (exceeding it is a warning in report["warnings"], not an error: the C is still
-    right); dense_weights: "auto" (per layer, measured), "per-tensor" or "per-channel" (one weight
-    scale per output feature, as TFLite 2.21 writes it); calibration_method: quant/ranges.py;
-    bias_correction: fold each conv/dense layer's mean output error on the calibration samples into
-    its bias (tuning/bias_correction.py); precision: "int8", "int16" (TFLite 16x8: int16 activations,
+    right); dense_weights: "auto" (left to the recipe, tuning/recipe.py, whose measured candidate
+    chooses per layer), "per-tensor" or "per-channel" (one weight scale per output feature, as TFLite
+    2.21 writes it); calibration_method: "auto" (left to the recipe) or one of quant/ranges.py's;
+    bias_correction: allow folding each conv/dense layer's mean output error on the calibration
+    samples into its bias (tuning/bias_correction.py; the recipe decides); precision: "int8", "int16" (TFLite 16x8: int16 activations,
     int8 weights, int64 biases), or "auto": per layer, the cheapest mix (arena, then instructions, then
     flash) whose output SQNR on the calibration samples is at least `max_error_db` dB, or, given
     `calibration_labels` (each calibration sample's class: .npy or array), whose accuracy is at most
