@@ -3,12 +3,12 @@ converter part ways, layer by layer and sample by sample.
 
 For each Keras layer (Dropout and Flatten aside: they move no numbers), the model is cut after it and
 both tools convert the cut model with the catalog's calibration samples: ours with the recipe the
-whole model got (so every cut is quantized the same way; `--recipe` picks another), TFLite's
+whole model got (so every cut is quantized the same way; `--recipe` forces a candidate), TFLite's
 full-integer converter run in tflite-micro. On the first SAMPLES test samples, each cut's dequantized
 output is compared with the float cut model: SQNR (dB), SQNR without each side's 3 worst samples,
 and the share of samples on which ours is closer to float than TFLite's.
 
-    python benchmarks/heldout/attribute.py MODEL [--samples 200] [--recipe default|tflite]
+    python benchmarks/heldout/attribute.py MODEL [--samples 200] [--recipe default|tflite|measured|mse]
         [--json benchmarks/out/attribution_MODEL.json]
 """
 
@@ -39,7 +39,9 @@ from onnx2cmsis.drivers.evaluate import quantize_inputs  # noqa: E402
 
 SKIPPED = ("Dropout", "Flatten", "InputLayer")
 TRIM = 3
-TFLITE_RECIPE = {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False}
+RECIPES = {"tflite": {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False},
+           "measured": {"calibration_method": "minmax", "dense_weights": "auto", "bias_correction": True},
+           "mse": {"calibration_method": "mse", "dense_weights": "per-channel", "bias_correction": True}}
 
 
 def _sqnr(got: np.ndarray, want: np.ndarray, trim: int = 0) -> float:
@@ -63,7 +65,7 @@ def attribute(name: str, samples: int, recipe: str) -> dict:
     x = entry.test_set()[0][:samples]
     whole = convert(HERE / "models" / f"{name}.h5", calibration, name="whole", default_api=None)
     chosen = whole.report["quantization"]["recipe"]["chosen"]
-    settings = TFLITE_RECIPE if recipe == "tflite" else chosen
+    settings = RECIPES.get(recipe, chosen)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for layer in model.layers:
@@ -93,8 +95,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", choices=sorted(heldout.MODELS))
     ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--recipe", choices=("default", "tflite"), default="default",
-                    help="ours with the recipe the whole model got (default) or TFLite's forced")
+    ap.add_argument("--recipe", choices=("default", *RECIPES), default="default",
+                    help="ours with the recipe the whole model got (default) or one of the candidates forced")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     result = attribute(args.model, args.samples, args.recipe)
