@@ -92,8 +92,8 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     chooses per layer), "per-tensor" or "per-channel" (one weight scale per output feature, as TFLite
     2.21 writes it); calibration_method: "auto" (left to the recipe) or one of quant/ranges.py's;
     bias_correction: allow folding each conv/dense layer's mean output error on the calibration
-    samples into its bias (tuning/bias_correction.py; the recipe decides); precision: "int8", "int16" (TFLite 16x8: int16 activations,
-    int8 weights, int64 biases), or "auto": per layer, the cheapest mix (arena, then instructions, then
+    samples into its bias (tuning/bias_correction.py; the recipe decides); precision: "int8",
+    "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto": per layer, the cheapest mix (arena, then instructions, then
     flash) whose output SQNR on the calibration samples is at least `max_error_db` dB, or, given
     `calibration_labels` (each calibration sample's class: .npy or array), whose accuracy is at most
     `max_accuracy_drop` percentage points below the float model's on the same samples
