@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from onnx2cmsis.errors import ConversionError
-from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.arith.rules import activation_quant, dequantize_tensor, quantize_tensor
 from onnx2cmsis.data.samples import MultiSamples, Sample, input_arrays, sample_inputs
@@ -51,11 +51,17 @@ def run_reference_batch(graph: Graph, registry: Registry, codes: Sequence[np.nda
     values = {name: np.asarray(part, graph.tensors[name].quant.dtype).reshape(n, *graph.tensors[name].shape)
               for name, part in zip(graph.inputs, codes, strict=True)}
     for node in graph.nodes if upto is None else graph.nodes[:upto + 1]:
-        outs = registry.for_op(node.op).reference_batch(node, graph, [values[t] for t in node.inputs])
-        for name, arr in zip(node.outputs, outs, strict=True):  # a handler returns one array per output
-            assert arr.shape == (n, *graph.tensors[name].shape), (node.name, arr.shape, graph.tensors[name].shape)
-            values[name] = arr
+        run_node_batch(graph, registry, node, values)
     return values if keep_all or upto is not None else {o: values[o] for o in graph.outputs}
+
+
+def run_node_batch(graph: Graph, registry: Registry, node: Node, values: dict[str, np.ndarray]) -> None:
+    """One node of the integer reference on a batch: its outputs from its inputs in `values`, into `values`."""
+    outs = registry.for_op(node.op).reference_batch(node, graph, [values[t] for t in node.inputs])
+    n = len(next(iter(values.values())))  # every value holds the same batch
+    for name, arr in zip(node.outputs, outs, strict=True):  # a handler returns one array per output
+        assert arr.shape == (n, *graph.tensors[name].shape), (node.name, arr.shape, graph.tensors[name].shape)
+        values[name] = arr
 
 
 def batches(graph: Graph, n: int) -> Iterator[slice]:

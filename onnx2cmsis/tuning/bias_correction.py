@@ -28,7 +28,7 @@ import onnx
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import batches, quantize_samples
+from onnx2cmsis.quant.quantize import batches, quantize_samples, run_node_batch
 from onnx2cmsis.arith.rules import dequantize_tensor, int_range
 from onnx2cmsis.tuning.search import OutputJudge, improves, joined_outputs, quantized_copy
 
@@ -66,15 +66,16 @@ def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tup
     quantizing the whole graph again for each target would give.)"""
     g = quantized_copy(graph, registry, ranges, weights)
     codes = quantize_samples(g, x)
-    parts = list(batches(g, len(codes[0])))
-    values = {name: [np.asarray(c)[part].reshape(part.stop - part.start, *g.tensors[name].shape) for part in parts]
-              for name, c in zip(g.inputs, codes, strict=True)}
+    # one dict of values per slice of samples (batches keeps each slice's temporaries small)
+    parts = [{name: np.asarray(c)[part].reshape(part.stop - part.start, *g.tensors[name].shape)
+              for name, c in zip(g.inputs, codes, strict=True)} for part in batches(g, len(codes[0]))]
     corrected = []
     for index, node in enumerate(g.nodes):
-        _run_node(g, registry, node, values, len(parts))
+        for values in parts:
+            run_node_batch(g, registry, node, values)
         if index not in targets:
             continue
-        shift = _mean_error(g, node, np.concatenate(values[node.output]), floats)
+        shift = _mean_error(g, node, np.concatenate([values[node.output] for values in parts]), floats)
         original = graph.nodes[index]
         if shift is None or not np.any(shift):
             continue
@@ -82,16 +83,10 @@ def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tup
         if handler.fold_affine(original, np.ones_like(original.consts["bias"]), -shift.astype(np.float32)):
             node.consts = {k: v.copy() for k, v in original.consts.items()}
             handler.quantize(node, g, ranges)
-            _run_node(g, registry, node, values, len(parts))
+            for values in parts:
+                run_node_batch(g, registry, node, values)
             corrected.append(index)
     return corrected
-
-
-def _run_node(graph: Graph, registry: Registry, node, values: dict[str, list[np.ndarray]], count: int) -> None:
-    handler = registry.for_op(node.op)
-    outs = [handler.reference_batch(node, graph, [values[t][k] for t in node.inputs]) for k in range(count)]
-    for j, name in enumerate(node.outputs):
-        values[name] = [o[j] for o in outs]
 
 
 def _comparable(graph: Graph, tensor: str) -> bool:
@@ -110,23 +105,22 @@ def _mean_error(graph: Graph, node, output: np.ndarray, floats: list[dict[str, n
     low, high = int_range(q.bits)
     floor = max(lo if lo is not None else -np.inf, (low - q.zero_point + 1) * q.scale)
     ceiling = min(hi if hi is not None else np.inf, (high - q.zero_point - 1) * q.scale)
-    total, count = np.zeros(channels), np.zeros(channels)
-    sample_means, sample_counts = [], []  # per sample and channel: the mean error and how many positions
+    sums, counts = [], []  # per sample and channel: the summed error and how many positions
     for sample_ints, values in zip(output, floats, strict=True):
         got = dequantize_tensor(sample_ints, q).astype(np.float64).reshape(-1, channels)
         want = np.empty(t.size)
         want[t.calib_index] = np.asarray(values[t.calib_name], np.float64).reshape(-1)
         want = want.reshape(-1, channels)
         linear = (want > floor) & (want < ceiling)
-        errors = np.where(linear, got - want, 0.0).sum(axis=0)
-        total += errors
-        count += linear.sum(axis=0)
-        sample_means.append(errors / np.maximum(linear.sum(axis=0), 1))
-        sample_counts.append(linear.sum(axis=0))
+        sums.append(np.where(linear, got - want, 0.0).sum(axis=0))
+        counts.append(linear.sum(axis=0))
+    sums, counts = np.array(sums), np.array(counts)
+    count = counts.sum(axis=0)
     if not count.any():
         return None
-    mean = total / np.maximum(count, 1)
-    return np.where(count >= MIN_POSITIONS, mean * _kept_share(mean, np.array(sample_means), np.array(sample_counts)), 0.0)
+    mean = sums.sum(axis=0) / np.maximum(count, 1)
+    kept = _kept_share(mean, sums / np.maximum(counts, 1), counts)
+    return np.where(count >= MIN_POSITIONS, mean * kept, 0.0)
 
 
 def _kept_share(mean: np.ndarray, sample_means: np.ndarray, sample_counts: np.ndarray) -> np.ndarray:
