@@ -91,54 +91,44 @@ def collect_histograms(model: onnx.ModelProto, samples: Iterable[np.ndarray],
                        extremes: dict[str, tuple[float, float]]) -> dict[str, ValueHistogram]:
     """A second pass over the samples: each value's histogram over its [min, max] (quant/ranges.py)."""
     histograms = new_histograms(extremes)
-    pending: dict[str, list[np.ndarray]] = {v: [] for v in extremes}
-    for k, outs in enumerate(run_float(model, samples, list(extremes))):
-        for v, arr in outs.items():
-            pending[v].append(arr.reshape(-1))
-        if k % RANGE_BLOCK == RANGE_BLOCK - 1:  # one histogram call per value per block (the counts add up)
-            _add_block(histograms, pending)
-    _add_block(histograms, pending)
+    for block in value_blocks(model, samples, list(extremes)):
+        for v, arrays in block.items():  # one histogram call per value per block (the counts add up)
+            histograms[v].add(np.concatenate([a.reshape(-1) for a in arrays]))
     return histograms
 
 
-def _add_block(histograms: dict[str, ValueHistogram], pending: dict[str, list[np.ndarray]]) -> None:
-    for v, arrays in pending.items():
-        if arrays:
-            histograms[v].add(np.concatenate(arrays))
-            arrays.clear()
+RANGE_BLOCK = 64  # samples per reduction
 
 
-RANGE_BLOCK = 64  # samples per min/max reduction
+def value_blocks(model: onnx.ModelProto, samples: Iterable[np.ndarray],
+                 values: list[str]) -> Iterator[dict[str, list[np.ndarray]]]:
+    """run_float's values RANGE_BLOCK samples at a time: {value: one array per sample of the block}. A
+    reduction per block, not per sample: one per value per sample was most of a 10^5-sample
+    calibration."""
+    pending: dict[str, list[np.ndarray]] = {v: [] for v in values}
+    for k, outs in enumerate(run_float(model, samples, values)):
+        for v, arr in outs.items():
+            pending[v].append(arr)
+        if k % RANGE_BLOCK == RANGE_BLOCK - 1:
+            yield pending
+            pending = {v: [] for v in values}
+    if any(pending.values()):
+        yield pending
 
 
 def collect_ranges(model: onnx.ModelProto, samples: Iterable[np.ndarray], values: list[str]) -> dict[str, tuple[float, float]]:
     lo = {v: np.inf for v in values}
     hi = {v: -np.inf for v in values}
-    pending: dict[str, list[np.ndarray]] = {v: [] for v in values}
-
-    def take(v: str, arrays: list[np.ndarray]) -> None:
-        for arr in arrays:
-            if arr.size:
-                lo[v] = min(lo[v], float(np.min(arr)))
-                hi[v] = max(hi[v], float(np.max(arr)))
-
-    def flush() -> None:
-        # A block of samples per reduction: one min and max per value per sample was most of a
-        # 10^5-sample calibration. A block holding a NaN goes sample by sample, as it always did.
-        for v, arrays in pending.items():
-            block = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.empty(0)
-            if block.size and not np.isnan(block_lo := float(np.min(block))):
-                lo[v], hi[v] = min(lo[v], block_lo), max(hi[v], float(np.max(block)))
-            else:
-                take(v, arrays)
-            arrays.clear()
-
-    for k, outs in enumerate(run_float(model, samples, values)):
-        for v, arr in outs.items():
-            pending[v].append(arr)
-        if k % RANGE_BLOCK == RANGE_BLOCK - 1:
-            flush()
-    flush()
+    for block in value_blocks(model, samples, values):
+        for v, arrays in block.items():
+            flat = np.concatenate([a.reshape(-1) for a in arrays])
+            if flat.size and not np.isnan(block_lo := float(np.min(flat))):
+                lo[v], hi[v] = min(lo[v], block_lo), max(hi[v], float(np.max(flat)))
+                continue
+            for arr in arrays:  # a block holding a NaN goes sample by sample, as it always did
+                if arr.size:
+                    lo[v] = min(lo[v], float(np.min(arr)))
+                    hi[v] = max(hi[v], float(np.max(arr)))
     bad = [v for v in values if not (np.isfinite(lo[v]) and np.isfinite(hi[v]))]
     if bad:
         raise ConversionError(f"calibration produced non-finite values in '{bad[0]}' (NaN/Inf in data or weights?)")
