@@ -34,7 +34,7 @@ from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
 from onnx2cmsis.tuning.bias_correction import correct_biases
-from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices
+from onnx2cmsis.tuning.search import apply_weights, calibrate, energy_sqnr_db, float_outputs, search_indices
 
 FOLDS = 3
 MARGIN_DB = 0.2  # what a recipe must gain over the incumbent on held-out samples to be chosen
@@ -173,4 +173,4 @@ def _subset(x, indices: np.ndarray):
 
 
 def _sqnr(signal: np.ndarray, noise: np.ndarray) -> float:
-    return float(10 * np.log10(max(float(np.sum(signal)), 1e-30) / max(float(np.sum(noise)), 1e-30)))
+    return energy_sqnr_db(float(np.sum(signal)), float(np.sum(noise)))
