@@ -377,3 +377,15 @@ def layout_case(rng: np.random.Generator, i: int) -> Case:
 BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
             "pad": pad_case, "add": add_case, "upsample": upsample_case,
             "concat": concat_case, "depthwise": depthwise_case, "layout": layout_case}
+
+
+def gemm_model(weight: np.ndarray) -> onnx.ModelProto:
+    """x (1, F_in) -> Gemm with `weight` (F_in, F_out) and a zero bias -> y."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "dense", [x], [y],
+                              [numpy_helper.from_array(weight, "w"),
+                               numpy_helper.from_array(np.zeros(weight.shape[1], np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

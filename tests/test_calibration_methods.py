@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx2cmsis.api import convert, front_end
 from onnx2cmsis.ops.registry import build_registry
 from onnx2cmsis.tuning.recipe import Recipe, fitted
+from tests.onnx_builders import gemm_model
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.ranges import (
     HISTOGRAM_BINS,
@@ -67,17 +68,6 @@ def test_mse_range_is_the_exhaustive_searchs_choice(kind):
     assert mse_range(h) == candidates[int(np.argmin(errors))]
 
 
-def _gemm_model(weight: np.ndarray) -> onnx.ModelProto:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[0]])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "dense", [x], [y],
-                              [numpy_helper.from_array(weight, "w"),
-                               numpy_helper.from_array(np.zeros(weight.shape[1], np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 @pytest.mark.parametrize("row_gain, expect", [(100.0, "per-channel"), (1.0, "per-tensor")])
 def test_auto_dense_weights_take_per_channel_only_where_it_measures_better(tmp_path, row_gain, expect):
     """One output feature with 100x larger weights: per tensor, the others get a few int8 levels;
@@ -87,7 +77,7 @@ def test_auto_dense_weights_take_per_channel_only_where_it_measures_better(tmp_p
     w = np.sign(rng.standard_normal((24, 6))).astype(np.float32) * rng.uniform(0.5, 1.0, (24, 6)).astype(np.float32)
     w[:, 0] *= row_gain
     path = tmp_path / "dense.onnx"
-    onnx.save(_gemm_model(w), path)
+    onnx.save(gemm_model(w), path)
     calib = rng.standard_normal((64, 24)).astype(np.float32)
     registry = build_registry(plugins=False)
     model, graph, _ = front_end(path, registry)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert, front_end
 from onnx2cmsis.quant.quantize import dequantized_outputs
@@ -20,6 +19,7 @@ from onnx2cmsis.tuning.recipe import (
     pick,
 )
 from onnx2cmsis.tuning.search import float_outputs
+from tests.onnx_builders import gemm_model
 
 OWN = Recipe("minmax", "auto", True)
 MSE = Recipe("mse", "per-channel", True)
@@ -58,14 +58,7 @@ def test_options_pin_their_part_of_every_candidate():
 
 
 def _gemm(path, rng: np.random.Generator) -> None:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    w = (rng.standard_normal((24, 4)) * 0.3).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "dense", [x], [y],
-                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
+    onnx.save(gemm_model((rng.standard_normal((24, 4)) * 0.3).astype(np.float32)), path)
 
 
 def _sqnr(got: np.ndarray, want: np.ndarray) -> float:

@@ -36,12 +36,11 @@ from run import heldout, run_tflite, tflite_quantized  # noqa: E402  (run.py loa
 from onnx2cmsis.api import convert  # noqa: E402
 from onnx2cmsis.arith.rules import dequantize_tensor  # noqa: E402
 from onnx2cmsis.drivers.evaluate import quantize_inputs  # noqa: E402
+from onnx2cmsis.tuning.recipe import OWN_RECIPES, TFLITE_RECIPE  # noqa: E402
 
 SKIPPED = ("Dropout", "Flatten", "InputLayer")
 TRIM = 3
-RECIPES = {"tflite": {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False},
-           "measured": {"calibration_method": "minmax", "dense_weights": "auto", "bias_correction": True},
-           "mse": {"calibration_method": "mse", "dense_weights": "per-channel", "bias_correction": True}}
+RECIPES = {name: recipe.describe() for name, recipe in zip(("tflite", "measured", "mse"), (TFLITE_RECIPE, *OWN_RECIPES))}
 
 
 def _sqnr(got: np.ndarray, want: np.ndarray, trim: int = 0) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx2cmsis.tuning.recipe import OWN_RECIPES, TFLITE_RECIPE
+
 LOSS_MARGIN_DB = 0.2  # "ours worse than TFLite" below this many dB, as issue 29 counts it
 PAIRS = (("int8", "ours_int8", "tflite_int8"), ("int16", "ours_int16", "tflite_int16"))
 
@@ -33,8 +35,8 @@ def _errors_diff(row: dict, ours: str, theirs: str) -> str:
     return f"{row[ours]['errors'] - row[theirs]['errors']:+d}"
 
 
-RECIPES = {("minmax", "per-channel", False): "TFLite's", ("minmax", "auto", True): "measured",
-           ("mse", "per-channel", True): "mse"}
+RECIPES = {(r.calibration_method, r.dense_weights, r.bias_correction): name
+           for name, r in zip(("TFLite's", "measured", "mse"), (TFLITE_RECIPE, *OWN_RECIPES))}
 
 
 def _recipe(cell: dict) -> str:
