@@ -7,6 +7,7 @@ import numpy as np
 from onnx2cmsis.tuning.recipe import OWN_RECIPES, TFLITE_RECIPE
 
 LOSS_MARGIN_DB = 0.2  # "ours worse than TFLite" below this many dB, as issue 29 counts it
+AUTO_SLACK_DB = 1.0  # --precision auto: the test-set SQNR may fall this far below its budget (issue 29)
 PAIRS = (("int8", "ours_int8", "tflite_int8"), ("int16", "ours_int16", "tflite_int16"))
 
 
@@ -91,6 +92,44 @@ def _errors_summary(rows: list[dict]) -> str:
             f"over the allowance on {over}/{len(d)}")
 
 
+def auto_cells(row: dict) -> tuple[str, str, str, str]:
+    """--precision auto's budget, test-set SQNR, arena and the two uniform arenas' mean."""
+    cell = row.get("ours_auto")
+    if not cell:
+        return "-", "-", "-", "-"
+    mean_arena = (row["ours_int8"]["arena_bytes"] + row["ours_int16"]["arena_bytes"]) / 2
+    if "fails" in cell:
+        return f"{cell['budget_db']:.2f}", "fails", "-", f"{mean_arena:.0f}"
+    expected = (cell.get("auto_precision") or {}).get("chosen", {}).get("heldout_sqnr_db")
+    sqnr = f"{cell['sqnr_db']:.2f}" + ("" if expected is None else f" (expected {expected:.2f})")
+    return f"{cell['budget_db']:.2f}", sqnr, str(cell["arena_bytes"]), f"{mean_arena:.0f}"
+
+
+def _auto_summary(rows: list[dict]) -> str:
+    """Issue 29's auto goal: test SQNR >= budget - AUTO_SLACK_DB and arena <= the mean of all-int8's
+    and all-int16's, on every model."""
+    cells = [(r, r["ours_auto"]) for r in rows if r.get("ours_auto")]
+    if not cells:
+        return "auto: not run"
+    ran = [(r, c) for r, c in cells if "fails" not in c]
+    short = [c["sqnr_db"] - c["budget_db"] for _, c in ran]
+    sqnr_ok = sum(1 for d in short if d >= -AUTO_SLACK_DB)
+    arena_ok = sum(1 for r, c in ran
+                   if c["arena_bytes"] <= (r["ours_int8"]["arena_bytes"] + r["ours_int16"]["arena_bytes"]) / 2)
+    return (f"auto: test SQNR >= budget - {AUTO_SLACK_DB:g} dB on {sqnr_ok}/{len(cells)} (worst "
+            f"{min(short, default=float('nan')):+.2f} dB, {len(cells) - len(ran)} refused), "
+            f"arena <= the uniform mean on {arena_ok}/{len(cells)}")
+
+
+def auto_markdown(rows: list[dict]) -> str:
+    """One row per model: --precision auto against its budget and the uniform arenas."""
+    lines = ["| model | half | budget dB | auto test SQNR dB | auto arena B | mean of int8/int16 arenas B |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join([r["model"], r["half"], *auto_cells(r)]) + " |")
+    return "\n".join(lines)
+
+
 def summary(rows: list[dict]) -> str:
     """Per half and overall: median and worst of ours - TFLite (dB), and how many models lose by
     more than LOSS_MARGIN_DB, for int8 and int16 (models where TFLite fails are left out)."""
@@ -109,5 +148,6 @@ def summary(rows: list[dict]) -> str:
             parts.append(f"{label}: median {np.median(d):+.2f} dB, worst {d.min():+.2f} dB, "
                          f"ours < TFLite - {LOSS_MARGIN_DB} dB on {losses}/{len(d)}")
         parts.append(_errors_summary(sel))
+        parts.append(_auto_summary(sel))
         out.append(f"- {half} ({len(sel)} models): " + "; ".join(parts))
     return "\n".join(out)

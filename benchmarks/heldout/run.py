@@ -1,11 +1,12 @@
 """The held-out benchmark (issue 29): onnx2cmsis against TensorFlow's TFLite converter on models the
 repository was never tuned on (catalog.py; trained by make_models.py).
 
-Per model, with the catalog's calibration samples and test set, five quantized versions are scored
+Per model, with the catalog's calibration samples and test set, six quantized versions are scored
 against the float Keras model: ours int8 (defaults), TFLite full int8 (run in tflite-micro), ours
 int16, TFLite 16x8 (where it converts and runs), and ours int8 with TFLite's recipe forced
-(min/max calibration, per-channel dense weights, no bias correction). Ours runs as generated C
-built for the host. Prints a table; writes JSON and, with --markdown, the table for the docs.
+(min/max calibration, per-channel dense weights, no bias correction), and ours with `--precision
+auto` and a budget halfway between ours int8's and int16's test-set SQNR (run_auto). Ours runs as
+generated C built for the host. Prints a table; writes JSON and, with --markdown, the table for the docs.
 
     python benchmarks/heldout/run.py [--half dev|heldback|all] [--models a,b]
         [--json benchmarks/out/heldout.json] [--markdown FILE]
@@ -87,6 +88,27 @@ def measure(got: np.ndarray, want: np.ndarray, case: Case, targets: np.ndarray) 
 def run_ours(entry, path: Path, case: Case, want: np.ndarray, y: np.ndarray) -> dict:
     convs = {col: convert(path, case.calibration, name=f"m{k}", default_api=None, **settings)
              for k, (col, settings) in enumerate(OURS.items())}
+    out = _scored(convs, case, want, y)
+    out["ours_auto"] = run_auto(path, case, want, y, out)
+    return out
+
+
+def run_auto(path: Path, case: Case, want: np.ndarray, y: np.ndarray, out: dict) -> dict:
+    """Issue 29's `--precision auto` goal: the budget is the mean of all-int8's and all-int16's SQNR
+    on the test set (set after measuring them, so unknown to the conversion, which sees only the
+    calibration samples); the test-set SQNR should stay within AUTO_SLACK_DB of it and the arena at
+    most the mean of the two uniform arenas."""
+    budget = round((out["ours_int8"]["sqnr_db"] + out["ours_int16"]["sqnr_db"]) / 2, 2)
+    try:
+        conv = convert(path, case.calibration, name="mauto", default_api=None, precision="auto", max_error_db=budget)
+    except Exception as exc:  # e.g. no per-layer precision reaches the budget on the calibration samples
+        return {"budget_db": budget, "fails": str(exc).splitlines()[0][:160]}
+    cell = _scored({"ours_auto": conv}, case, want, y)["ours_auto"]
+    return {**cell, "budget_db": budget, "auto_precision": conv.report["quantization"]["auto_precision"]}
+
+
+def _scored(convs: dict, case: Case, want: np.ndarray, y: np.ndarray) -> dict:
+    """Each conversion built for the host, run on the test set and measured, with its arena."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         built = build_conversions(list(convs.values()), Path(tmp))
@@ -94,7 +116,8 @@ def run_ours(entry, path: Path, case: Case, want: np.ndarray, y: np.ndarray) -> 
             xq = quantize_inputs(conv, case.x_test)
             raw = np.stack([built[conv.name](s) for s in xq])
             got = dequantize_tensor(raw, conv.graph.tensors[conv.graph.outputs[0]].quant)
-            out[col] = {**measure(got, want, case, y), "recipe": conv.report["quantization"]["recipe"]}
+            out[col] = {**measure(got, want, case, y), "recipe": conv.report["quantization"]["recipe"],
+                        "arena_bytes": conv.plan.arena_bytes}
     return out
 
 
@@ -133,7 +156,7 @@ def run_model(entry) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(HERE))
-    from heldout_report import markdown, print_row, summary
+    from heldout_report import auto_markdown, markdown, print_row, summary
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--half", choices=("dev", "heldback", "all"), default="all")
@@ -146,7 +169,7 @@ def main() -> None:
     for entry in heldout.select(args.half, args.models.split(",") if args.models else None):
         rows.append(run_model(entry))
         print_row(rows[-1])
-    text = markdown(rows) + "\n\n" + summary(rows)
+    text = markdown(rows) + "\n\n" + auto_markdown(rows) + "\n\n" + summary(rows)
     print(text)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"half": args.half, "rows": rows}, indent=2) + "\n")
