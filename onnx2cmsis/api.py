@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_ou
 from onnx2cmsis.report import build_report, header_summary, input_window
 from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.tuning.bias_correction import correct_biases
-from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe
+from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, widths_heldout
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
 
 __all__ = ["Budget", "Conversion", "ConvertOptions", "convert", "front_end", "back_end", "write_outputs"]
@@ -171,6 +172,7 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
                                   dense_weights=chosen_recipe.dense_weights)
     step(f"calibrating on {len(data.samples)} samples ({chosen_recipe.calibration_method}"
          + (", choosing dense weight scales" if chosen_recipe.dense_weights == "auto" else "") + ")")
+    before_widths = copy.deepcopy(graph) if opts.precision == "auto" else None  # what folds are fitted from
     calibration = calibrate(model, graph, registry, data.samples, data.search, chosen_recipe.calibration_method,
                             chosen_recipe.dense_weights)
     apply_weights(graph, calibration.weights)  # on the nodes from here on: indices may shift below
@@ -178,11 +180,14 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     if opts.precision == "auto":
         step(f"choosing each layer's width for {opts.budget_text()}")
         target = PrecisionBudget(min_sqnr_db=None if opts.max_error_db is None else float(opts.max_error_db))
+        labels = None
         if opts.max_accuracy_drop is not None and data.labels is not None:
-            target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=data.labels[data.chosen])
+            labels = data.labels[data.chosen]
+            target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=labels)
+        heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels)
         try:
             chosen = choose_precision(graph, registry, calibration.ranges, data.search,
-                                      float_outputs(model, data.search), target, cmsis.api)
+                                      float_outputs(model, data.search), target, cmsis.api, heldout)
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None
     corrected = None

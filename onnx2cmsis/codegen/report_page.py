@@ -44,8 +44,19 @@ def auto_precision_headline(auto: dict[str, Any]) -> str:
         return f"{figure}, arena {f['arena_bytes']} B"
     budget = (f"at most {auto['max_accuracy_drop']:g} points of accuracy lost from the float model's "
               f"{100 * auto['float_accuracy']:.2f}%" if by_accuracy else f"{auto['min_sqnr_db']:g} dB")
+    chosen = auto["chosen"]
+    held = ""
+    if chosen.get("heldout_sqnr_db") is not None:
+        accuracy = chosen.get("heldout_accuracy")
+        held = (f"; expected on samples the ranges did not see: {chosen['heldout_sqnr_db']:.2f} dB"
+                + ("" if accuracy is None else f", {100 * accuracy:.2f}%")
+                + f" ({chosen['heldout_samples']} samples, cross-validated"
+                + (f"; in-sample target raised {auto['raised_by_db']:.2f} dB to meet it" if auto.get("raised_by_db") else "")
+                + ")")
+        if not by_accuracy and chosen["heldout_sqnr_db"] < auto["min_sqnr_db"]:
+            held += ", below the budget even so"
     return (f"{fig('chosen')} for a budget of {budget} (all int8: {fig('int8')}; all int16: {fig('int16')}; "
-            "on the calibration samples)")
+            f"on the calibration samples){held}")
 
 
 def _where(plan: MemoryPlan, tensor: str, groups: dict[str, str], several: bool) -> str:

@@ -32,7 +32,10 @@ from onnx2cmsis.data.samples import stacked
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
+from onnx2cmsis.quant.accuracy import accuracy
+from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
+from onnx2cmsis.tuning.auto_precision import HeldoutCheck, HeldoutFigures
 from onnx2cmsis.tuning.bias_correction import correct_biases
 from onnx2cmsis.tuning.search import apply_weights, calibrate, energy_sqnr_db, float_outputs, search_indices
 
@@ -98,10 +101,16 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+def choice_samples(x):
+    """The search samples the recipe (and --precision auto's held-out check) is measured on: at most
+    CHOICE_SAMPLES of them, spread evenly."""
+    return _subset(x, search_indices(len(x), CHOICE_SAMPLES))
+
+
 def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, candidates: list[Recipe]) -> RecipeChoice:
     """The candidate (candidate_recipes) to quantize `graph` with, measured on the search samples `x`:
     the incumbent (the first) unless another beats it in-sample and, by MARGIN_DB, held out."""
-    x = _subset(x, search_indices(len(x), CHOICE_SAMPLES))
+    x = choice_samples(x)
     incumbent, n = candidates[0], len(x)
     if len(candidates) == 1:
         return RecipeChoice(incumbent, "the only recipe the options leave open", {}, n)
@@ -109,13 +118,15 @@ def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, c
         return RecipeChoice(incumbent, f"{n} calibration samples are too few to hold any out "
                             f"(at least {MIN_SAMPLES}): {incumbent.text()}", {}, n)
     want = float_outputs(model, x).reshape(n, -1).astype(np.float64)
-    in_sample = {r: _sqnr(*_errors(model, graph, registry, r, x, want, np.arange(n), np.arange(n))) for r in candidates}
+    every = np.arange(n)
+    in_sample = {r: output_sqnr_db(_fitted_outputs(model, graph, registry, r, x, every, every), want)
+                 for r in candidates}
     # the best in-sample challenger, if it is at least the incumbent's: only it can be chosen, so only
     # it and the incumbent are fitted on the folds
     challenger = max(candidates[1:], key=lambda r: in_sample[r])
     held_out = [incumbent, challenger] if in_sample[challenger] >= in_sample[incumbent] else []
-    scores = {r: Score(in_sample[r], _heldout_sqnr(model, graph, registry, r, x, want) if r in held_out else None)
-              for r in candidates}
+    scores = {r: Score(in_sample[r], output_sqnr_db(heldout_outputs(model, graph, registry, r, x), want)
+                       if r in held_out else None) for r in candidates}
     chosen, reason = pick(candidates, scores)
     return RecipeChoice(chosen, reason, scores, n)
 
@@ -135,42 +146,72 @@ def pick(candidates: list[Recipe], scores: dict[Recipe, Score]) -> tuple[Recipe,
                         f"({scores[challenger].calibration_sqnr_db - base.calibration_sqnr_db:+.2f} dB in-sample)")
 
 
-def fitted(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x) -> Graph:
-    """A quantized copy of `graph`: `recipe` applied with what the samples `x` alone give."""
+def fitted(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
+           bits: list[int] | None = None) -> Graph:
+    """A quantized copy of `graph`: `recipe` applied with what the samples `x` alone give, each node
+    at the width `bits` gives it (quant/precision.py; None: the options' precision)."""
     g = copy.deepcopy(graph)
     g.quant_options = replace(g.quant_options, calibration_method=recipe.calibration_method,
                               dense_weights=recipe.dense_weights)
     found = calibrate(model, g, registry, x, x, recipe.calibration_method, recipe.dense_weights)
     apply_weights(g, found.weights)
+    if bits is not None:
+        apply_precision(g, bits)
     if recipe.bias_correction:
         correct_biases(model, g, registry, found.ranges, {}, x)
     quantize_graph(g, registry, found.ranges)
     return g
 
 
-def _errors(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x, want: np.ndarray,
-            fit: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per test sample: the float output's energy and the squared error of `recipe` fitted on `fit`."""
-    try:
-        g = fitted(model, graph, registry, recipe, _subset(x, fit))
-    except ConversionError:  # e.g. a range whose requantization cannot be represented
-        return np.sum(want[test] ** 2, axis=1), np.full(len(test), np.inf)
-    got = dequantized_outputs(g, registry, _subset(x, test)).reshape(len(test), -1)
-    return np.sum(want[test] ** 2, axis=1), np.sum((got - want[test]) ** 2, axis=1)
-
-
-def _heldout_sqnr(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
-                  want: np.ndarray) -> float:
-    """Each fold scored by the recipe fitted on the others; the pooled SQNR over all samples."""
+def heldout_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
+                    bits: list[int] | None = None) -> np.ndarray | None:
+    """Each sample's dequantized output (flattened) from `recipe` (at widths `bits`) fitted on the
+    FOLDS - 1 folds that do not hold it: what samples the fit did not see get. None: a fold's fit
+    cannot be quantized."""
     n = len(x)
-    parts = [_errors(model, graph, registry, recipe, x, want, np.setdiff1d(np.arange(n), test), test)
-             for test in (np.arange(k, n, FOLDS) for k in range(FOLDS))]
-    return _sqnr(np.concatenate([s for s, _ in parts]), np.concatenate([e for _, e in parts]))
+    got = None
+    for test in (np.arange(k, n, FOLDS) for k in range(FOLDS)):
+        part = _fitted_outputs(model, graph, registry, recipe, x, np.setdiff1d(np.arange(n), test), test, bits)
+        if part is None:
+            return None
+        got = np.empty((n, part.shape[1])) if got is None else got
+        got[test] = part
+    return got
+
+
+def widths_heldout(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
+                   labels: np.ndarray | None) -> HeldoutCheck | None:
+    """--precision auto's held-out check (tuning/auto_precision.py): a width assignment's SQNR (and
+    accuracy on `labels`, the classes of the search samples `x`) on the search samples, each from the
+    recipe fitted without its own fold (all of them, not CHOICE_SAMPLES: folds fitted on fewer samples
+    than the final ranges see clip more, and would ask for more int16 than the model needs).
+    `graph`: as calibrate found it, before any width. None: too few samples."""
+    if len(x) < MIN_SAMPLES:
+        return None
+    want = float_outputs(model, x).reshape(len(x), -1).astype(np.float64)
+
+    def check(bits: list[int]) -> HeldoutFigures:
+        got = heldout_outputs(model, graph, registry, recipe, x, bits)
+        return HeldoutFigures(output_sqnr_db(got, want),
+                              None if labels is None or got is None else accuracy(got, labels), len(x))
+    return check
+
+
+def _fitted_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
+                    fit: np.ndarray, test: np.ndarray, bits: list[int] | None = None) -> np.ndarray | None:
+    """The outputs on the samples `test` of `recipe` fitted on the samples `fit` (None: it cannot be
+    quantized, e.g. a range whose requantization cannot be represented)."""
+    try:
+        g = fitted(model, graph, registry, recipe, _subset(x, fit), bits)
+    except ConversionError:
+        return None
+    return dequantized_outputs(g, registry, _subset(x, test)).reshape(len(test), -1).astype(np.float64)
+
+
+def output_sqnr_db(got: np.ndarray | None, want: np.ndarray) -> float:
+    """The pooled output SQNR over all samples (-inf where the fit failed)."""
+    return -np.inf if got is None else energy_sqnr_db(float(np.sum(want**2)), float(np.sum((got - want) ** 2)))
 
 
 def _subset(x, indices: np.ndarray):
     return stacked([x[int(i)] for i in indices])
-
-
-def _sqnr(signal: np.ndarray, noise: np.ndarray) -> float:
-    return energy_sqnr_db(float(np.sum(signal)), float(np.sum(noise)))
