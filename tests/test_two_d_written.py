@@ -52,15 +52,41 @@ def _model(tmp_path, form: str) -> str:
     return str(path)
 
 
+def _pad_resize_model(tmp_path, form: str) -> str:
+    """Pad (2 before, 3 after, along time) > Conv(k5) > Relu > Resize (nearest, x2 along time) >
+    GlobalAveragePool: a decoder's shape of graph, the same weights in each form."""
+    w = (np.random.default_rng(1).standard_normal((F, C, 5)) / 3).astype(np.float32)
+    kernel = {"1d": w, "unit_h": w[:, :, None, :], "unit_w": w[:, :, :, None]}[form]
+    along_time = {"1d": lambda a, b: [b], "unit_h": lambda a, b: [a, b], "unit_w": lambda a, b: [b, a]}[form]
+    pads = [0, 0, *along_time(0, 2), 0, 0, *along_time(0, 3)]
+    scales = [1.0, 1.0, *along_time(1.0, 2.0)]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
+             helper.make_node("Conv", ["p", "w"], ["c"], kernel_shape=list(kernel.shape[2:])),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Resize", ["r", "", "scales"], ["u"], mode="nearest"),
+             helper.make_node("GlobalAveragePool", ["u"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(pads, np.int64), "pads"), numpy_helper.from_array(kernel, "w"),
+             numpy_helper.from_array(np.array(scales, np.float32), "scales")]
+    graph = helper.make_graph(nodes, form, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *FORMS[form]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / f"{form}_pad_resize.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
 def _code(text: str) -> str:
     """The C without its comments (which name the model file and its input shape)."""
     return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
 
-@pytest.mark.parametrize("settings", [{}, {"precision": "int16"}, {"streaming": 4}], ids=["int8", "int16", "stream"])
-def test_a_model_written_over_a_unit_axis_gives_the_native_1d_models_c(tmp_path, settings):
+@pytest.mark.parametrize("build, settings", [(_model, {}), (_model, {"precision": "int16"}), (_model, {"streaming": 4}),
+                                             (_pad_resize_model, {}), (_pad_resize_model, {"precision": "int16"})],
+                         ids=["int8", "int16", "stream", "pad_resize_int8", "pad_resize_int16"])
+def test_a_model_written_over_a_unit_axis_gives_the_native_1d_models_c(tmp_path, build, settings):
     samples = np.random.default_rng(8).standard_normal((64, C, T)).astype(np.float32)
-    convs = {form: convert(_model(tmp_path, form), samples.reshape(64, *shape), name="m", **settings)
+    convs = {form: convert(build(tmp_path, form), samples.reshape(64, *shape), name="m", **settings)
              for form, shape in FORMS.items()}
     native = convs["1d"]
     for form in ("unit_h", "unit_w"):
@@ -201,3 +227,50 @@ def test_a_keras_model_with_a_2d_input_is_refused_naming_its_2d_layers(tmp_path)
     model.save(tmp_path / "image.h5")
     with pytest.raises(UnsupportedOpError, match=r"layer 'image_conv' \(Conv2D\) is 2-D: the input \[\[8, 8, 1\]\]"):
         convert(tmp_path / "image.h5", np.zeros((4, 8, 8, 1), np.float32))
+
+
+@pytest.mark.keras
+def test_a_keras_1d_model_that_reshapes_to_2d_layers_and_back_gives_the_native_c(tmp_path):
+    """(T, C) -> Reshape (T, 1, C) -> Conv2D (5, 1) -> MaxPooling2D (2, 1) -> Reshape (T', F) -> Conv1D
+    -> Reshape (1, T'', F) -> Conv2D (1, 3) -> GlobalAveragePooling2D -> Dense: the unit axis is where
+    each Reshape puts it; the C is its native 1D twin's (same weights)."""
+    keras = _keras()
+    L = keras.layers
+    steps, channels = 40, 3
+    keras.utils.set_random_seed(5)
+    i2, i1 = keras.Input((steps, channels)), keras.Input((steps, channels))
+    a2, a1 = L.Conv2D(8, (5, 1), activation="relu", name="a"), L.Conv1D(8, 5, activation="relu", name="a")
+    b2, b1 = L.Conv1D(8, 3, activation="relu", name="b"), L.Conv1D(8, 3, activation="relu", name="b")
+    c2, c1 = L.Conv2D(4, (1, 3), name="c"), L.Conv1D(4, 3, name="c")
+    d2, d1 = L.Dense(3, activation="softmax", name="d"), L.Dense(3, activation="softmax", name="d")
+    x2 = L.MaxPooling2D((2, 1), name="pool")(a2(L.Reshape((steps, 1, channels), name="to_2d")(i2)))
+    x2 = L.Reshape((1, 16, 8), name="to_2d_again")(b2(L.Reshape((18, 8), name="to_1d")(x2)))
+    y2 = d2(L.GlobalAveragePooling2D(name="gap")(c2(x2)))
+    y1 = d1(L.GlobalAveragePooling1D(name="gap")(c1(b1(L.MaxPooling1D(2, name="pool")(a1(i1))))))
+    for two, one in ((a2, a1), (c2, c1)):
+        kernel, bias = two.get_weights()
+        one.set_weights([kernel.reshape(-1, *kernel.shape[2:]), bias])
+    b1.set_weights(b2.get_weights())
+    d1.set_weights(d2.get_weights())
+    m2, m1 = keras.Model(i2, y2, name="rs"), keras.Model(i1, y1, name="rs")
+    x = np.random.default_rng(6).standard_normal((48, steps, channels)).astype(np.float32)
+    assert np.allclose(m2.predict(x, verbose=0), m1.predict(x, verbose=0), atol=1e-6)  # truly twins
+    m2.save(tmp_path / "rs_2d.h5")
+    m1.save(tmp_path / "rs_1d.h5")
+    conv2, conv1 = convert(tmp_path / "rs_2d.h5", x, name="rs"), convert(tmp_path / "rs_1d.h5", x, name="rs")
+    assert [layer["kernel"] for layer in conv2.report["layers"]] == [layer["kernel"] for layer in conv1.report["layers"]]
+    _assert_same_c(_unnamed(conv2, conv2.source), _unnamed(conv1, conv1.source))
+    assert conv2.report["arena_bytes"] == conv1.report["arena_bytes"]
+
+
+@pytest.mark.keras
+def test_a_keras_reshape_to_a_really_2d_map_is_refused_naming_the_reshape(tmp_path):
+    keras = _keras()
+    L = keras.layers
+    i = keras.Input((40, 3))
+    x = L.Conv2D(4, (3, 1), name="conv_on_2d")(L.Reshape((20, 2, 3), name="fold")(i))
+    keras.Model(i, L.Dense(2)(L.Flatten()(x))).save(tmp_path / "fold.h5")
+    with pytest.raises(UnsupportedOpError) as caught:
+        convert(tmp_path / "fold.h5", np.zeros((4, 40, 3), np.float32))
+    message = str(caught.value)
+    assert "layer 'conv_on_2d' (Conv2D) is 2-D" in message and "Reshape 'fold'" in message and "[20, 2, 3]" in message

@@ -124,21 +124,72 @@ def check_layers(config: dict[str, Any], where: str) -> None:
 
 
 def two_d_problems(layers: list[dict[str, Any]]) -> list[str]:
-    """Every 2-D layer that is not 1D along the model input's unit axis, each naming what makes it 2-D
-    (empty when the model has no 2-D layer, or all are 1D in disguise)."""
+    """Every 2-D layer that is not 1D along its input's unit axis, each naming what makes it 2-D (empty
+    when the model has no 2-D layer, or all are 1D in disguise). The unit axis is where the 4-D map was
+    made: a model input (T, 1, C) or (1, T, C), or a Reshape to such a shape (a 1D model that reshapes
+    its (T, C) map for 2-D layers and back); the layers in between keep it at size 1 or are refused."""
     two_d = [layer for layer in layers if layer.get("class_name") in TWO_D_LAYERS]
     if not two_d:
         return []
-    shapes = [tuple(cfg.get("batch_shape") or cfg.get("batch_input_shape") or ())[1:]
-              for layer in layers if layer.get("class_name") == "InputLayer" for cfg in [layer.get("config", {})]]
-    units = {next((a for a in (0, 1) if s[a] == 1), None) for s in shapes if len(s) == 3}
-    if len(units) != 1 or None in units:
-        spatial = [list(s) for s in shapes if len(s) == 3]
-        return [f"layer '{layer['config'].get('name', '?')}' ({layer['class_name']}) is 2-D: the input "
-                f"{spatial or shapes} has no spatial axis of size 1 (only 1D models written with 2-D layers, "
-                "(T, 1, C) or (1, T, C), are supported)" for layer in two_d]
-    unit = units.pop()
-    return [p for p in (_two_d_problem(layer, unit, shapes) for layer in two_d) if p]
+    origin = _map_origins(layers)
+    problems = []
+    for layer in two_d:
+        inbound, cfg = _inbound(layer, layers), layer.get("config", {})
+        first = tuple(cfg.get("batch_shape") or cfg.get("batch_input_shape") or ())[1:]  # a Keras 2 Sequential's
+        what, shape = origin.get(inbound[0], ("the input", ())) if inbound else ("the input", first)
+        unit = next((a for a in (0, 1) if len(shape) == 3 and shape[a] == 1), None)
+        if unit is None:
+            problems.append(f"layer '{layer['config'].get('name', '?')}' ({layer['class_name']}) is 2-D: {what} "
+                            f"{[list(shape)] if what == 'the input' else list(shape)} has no spatial axis of size 1 "
+                            "(only 1D models written with 2-D layers, (T, 1, C) or (1, T, C), are supported)")
+        else:
+            problems.append(_two_d_problem(layer, unit, what, shape))
+    return [p for p in problems if p]
+
+
+def _map_origins(layers: list[dict[str, Any]]) -> dict[str, tuple[str, tuple]]:
+    """Per layer name: where its output's shape was set (a model input or a Reshape: its description
+    and shape without the batch), passed on through the layers that keep a map's rank."""
+    origin: dict[str, tuple[str, tuple]] = {}
+    for layer in layers:
+        cls, cfg = layer.get("class_name"), layer.get("config", {})
+        name = cfg.get("name", "?")
+        if cls == "InputLayer":
+            origin[name] = ("the input", tuple(cfg.get("batch_shape") or cfg.get("batch_input_shape") or ())[1:])
+        elif cls == "Reshape":
+            origin[name] = (f"the output of Reshape '{name}'", tuple(cfg.get("target_shape") or ()))
+        elif cls not in ("Flatten", "Dense", "GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+            inbound = _inbound(layer, layers)
+            if inbound and inbound[0] in origin:
+                origin[name] = origin[inbound[0]]
+    return origin
+
+
+def _inbound(layer: dict[str, Any], layers: list[dict[str, Any]]) -> list[str]:
+    """The names of the layers feeding `layer`: from its inbound nodes (Keras 3 keras_history, Keras 2
+    [name, node, tensor, kwargs] lists), else (a Sequential) the layer before it."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            history = value.get("config", {}).get("keras_history") if isinstance(value.get("config"), dict) else None
+            if history:
+                found.append(str(history[0]))
+                return
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):
+                found.append(value[0])
+                return
+            for item in value:
+                walk(item)
+
+    walk(layer.get("inbound_nodes") or [])
+    if found:
+        return found
+    index = next(i for i, candidate in enumerate(layers) if candidate is layer)
+    return [layers[index - 1].get("config", {}).get("name", "?")] if index > 0 else []
 
 
 def _pair(value: Any) -> tuple[Any, Any]:
@@ -148,7 +199,7 @@ def _pair(value: Any) -> tuple[Any, Any]:
     return value, value
 
 
-def _two_d_problem(layer: dict[str, Any], unit: int, shapes: list[tuple]) -> str | None:
+def _two_d_problem(layer: dict[str, Any], unit: int, what: str, shape: tuple) -> str | None:
     cls, cfg = layer["class_name"], layer.get("config", {})
     if cfg.get("data_format") == "channels_first":
         return f"layer '{cfg.get('name', '?')}' ({cls}) is channels_first: only channels_last 2-D layers are supported"
@@ -167,7 +218,7 @@ def _two_d_problem(layer: dict[str, Any], unit: int, shapes: list[tuple]) -> str
         return None
     axis = "second" if unit == 1 else "first"
     return (f"layer '{cfg.get('name', '?')}' ({cls}) is 2-D: {', '.join(wrong)} along the {axis} spatial axis, "
-            f"which has size 1 in the input {[list(s) for s in shapes if len(s) == 3][0]}")
+            f"which has size 1 in {what} {list(shape)}")
 
 
 def _import_keras() -> tuple[Any, Any, Any]:

@@ -43,10 +43,12 @@ class Upsample1DHandler(OpHandler):
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         l_in, l_out = ctx.logical_shape(node.inputs[0]), ctx.logical_shape(node.outputs[0])
         scaled = [a for a in range(len(l_in)) if l_in[a] != l_out[a]] if len(l_in) == len(l_out) else []
-        if len(l_in) != 2 or len(scaled) != 1 or l_out[scaled[0]] % l_in[scaled[0]]:
+        # (C, W), or (C, H, W) with a unit spatial axis left as it is: a 1D model written in 2-D
+        one_d = len(l_in) == 2 or (len(l_in) == 3 and len(scaled) == 1 and scaled[0] > 0 and l_in[3 - scaled[0]] == 1)
+        if not one_d or len(scaled) != 1 or l_out[scaled[0]] % l_in[scaled[0]]:
             raise UnsupportedOpError(f"only integer upsampling along time is supported ({l_in} -> {l_out})", node.where)
         time = scaled[0]
-        axes = (time, 1 - time)
+        axes = (time, 1 - time) if len(l_in) == 2 else (time, 0)
         mode = node.attr("mode", "nearest")
         coord = node.attr("coordinate_transformation_mode", "half_pixel" if node.op_type == "Resize" else "asymmetric")
         nearest = node.attr("nearest_mode", "round_prefer_floor" if node.op_type == "Resize" else "floor")
