@@ -1,14 +1,15 @@
 """What `--streaming HOP` saves, measured: instructions per push against per full-window invoke on
 QEMU Cortex-M4, next to the MACs the conversion predicts, with the stream state and the arena.
 
-Each model (the trained benchmark models, the bundled examples, the Keras fixtures) is converted at
+Each model (the trained benchmark models, the bundled examples, the Keras fixtures, and a wake-word
+model written with 2-D layers over (T, 1, C)) is converted at
 HOP = WINDOW / 8 rounded down to a multiple of its time strides (WINDOW / 4 too with --hops 4,8), its
 held-out windows are laid end to end as one stream, and every push's output is checked against invoke
 on the same window (byte for byte) before any figure is kept. "predicted" scales the measured invoke by MACs per push / MACs per invoke; the
 push's other work (moving the stored maps, the head) is what the measured/predicted ratio shows.
 Built with $CMSIS_NN_PATH's tree at its level, else the fetched snapshot. Prints a table, writes JSON.
 
-    python benchmarks/streaming.py [--hops 8] [--pushes 40] [--json benchmarks/out/streaming.json]
+    python benchmarks/streaming.py [--hops 8] [--pushes 40] [--only NAME ...] [--json benchmarks/out/streaming.json]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +66,37 @@ def measure(conv, x: np.ndarray, pushes: int, workdir: Path) -> dict:
             "arena_bytes": conv.plan.arena_bytes, "pushes_checked": len(ready)}
 
 
-def run(hops: list[int], pushes: int) -> list[dict]:
+@dataclass
+class StreamCase:
+    name: str
+    path: Path
+    calibration: np.ndarray
+    x_test: np.ndarray  # in the model's own input layout
+    window: int
+    channels: int
+
+
+def stream_cases() -> list[StreamCase]:
+    """benchmarks/accuracy.py's models, then issue 30's wake-word model written with 2-D layers over
+    (T, 1, C) (tests/two_d_models, trained on four tones in noise)."""
+    out = [StreamCase(c.name, c.path, c.calibration, c.x_test, c.x_test.shape[1], c.x_test.shape[2])
+           for c in cases(64, 200)]
+    from tests.two_d_models import make_two_d
+
+    x = make_two_d.keras_data("kws_t1c", 264, seed=4)[0]
+    steps, channels = make_two_d.KWS
+    out.append(StreamCase("kws_t1c_2d", ROOT / "tests" / "two_d_models" / "kws_t1c.h5", x[:64], x[64:], steps, channels))
+    return out
+
+
+def run(hops: list[int], pushes: int, only: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in cases(64, 200):
-            window = case.x_test.shape[1]
+        for case in [c for c in stream_cases() if not only or c.name in only]:
+            window = case.window
             registry = build_registry()
             _, graph, _ = front_end(case.path, registry)
-            multiple, _ = hop_multiple(graph, registry, window, case.x_test.shape[2])
+            multiple, _ = hop_multiple(graph, registry, window, case.channels)
             for parts in hops:
                 hop = max(multiple, window // parts // multiple * multiple)  # a multiple of the time strides
                 conv = convert(case.path, case.calibration, name=f"{case.name}_w{parts}", default_api=None,
@@ -103,9 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hops", default="8", help="WINDOW / HOP values, comma-separated (default 8)")
     parser.add_argument("--pushes", type=int, default=40)
+    parser.add_argument("--only", nargs="*", help="model names (default: all)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "streaming.json")
     args = parser.parse_args()
-    rows = run([int(h) for h in args.hops.split(",")], args.pushes)
+    rows = run([int(h) for h in args.hops.split(",")], args.pushes, args.only)
     print()
     print(markdown(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -274,3 +274,65 @@ def test_a_keras_reshape_to_a_really_2d_map_is_refused_naming_the_reshape(tmp_pa
         convert(tmp_path / "fold.h5", np.zeros((4, 40, 3), np.float32))
     message = str(caught.value)
     assert "layer 'conv_on_2d' (Conv2D) is 2-D" in message and "Reshape 'fold'" in message and "[20, 2, 3]" in message
+
+
+# --- trained models written in 2-D (tests/two_d_models/make_two_d.py): the issue's must-show
+
+
+def _trained(name: str):
+    """(model file, calibration samples, test samples) of a fixture in tests/two_d_models."""
+    from tests.two_d_models import make_two_d
+
+    x = make_two_d.torch_data(96, seed=3)[0] if name == "torch_unit_h" else make_two_d.keras_data(name, 96, seed=3)[0]
+    return make_two_d.HERE / f"{name}{'.onnx' if name == 'torch_unit_h' else '.h5'}", x[:64], x[64:]
+
+
+@pytest.mark.keras
+@pytest.mark.torch
+@pytest.mark.qemu
+@pytest.mark.oracle
+@pytest.mark.level
+@pytest.mark.parametrize("name", ["kws_t1c", "conv_1tc", "torch_unit_h"])
+def test_trained_models_written_in_2d_are_bit_exact_on_the_host_and_qemu(name, tmp_path):
+    """A wake-word model over (T, 1, C), a Conv2D/MaxPooling2D model over (1, T, C) (Keras) and a
+    PyTorch Conv2d (1, k) model over (N, C, 1, T), trained: at int8 and int16, C == reference ==
+    tflite-micro on the host and the same bytes on QEMU M4 and M55."""
+    from tests.bit_exact import bit_exact_everywhere
+
+    if name != "torch_unit_h":
+        _keras()
+    path, calibration, x = _trained(name)
+    for precision in ("int8", "int16"):
+        conv = convert(path, calibration, name=f"{name}_{precision}", precision=precision)
+        assert conv.report["input"]["dtype"] == precision
+        assert all(layer["op"] != "conv2d" for layer in conv.report["layers"])  # the native 1D layers
+        bit_exact_everywhere(conv, x, tmp_path / precision, qemu_samples=4)
+
+
+@pytest.mark.keras
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_the_trained_wake_word_model_streams_exactly_on_the_host_and_qemu(tmp_path):
+    """kws_t1c, pushed 4 steps at a time: every push's output equals an invoke on the last 49 steps,
+    on the host (with invokes in between) and on QEMU M4 and M55."""
+    from onnx2cmsis.targets.host import build_conversions
+    from onnx2cmsis.targets.qemu import build_firmware, run_firmware, stream_unit
+    from tests.needs import qemu_tools
+    from tests.test_streaming import _check_host, _stream, _windows
+
+    _keras()
+    path, calibration, _ = _trained("kws_t1c")
+    conv = convert(path, calibration, name="kws_stream", streaming=4)
+    assert conv.report["stream"]["window"] == 49 and conv.report["stream"]["time_major"]
+    _check_host(conv, 4, seed=12, tmp=tmp_path / "host")
+    qemu_tools()
+    host = build_conversions([conv], tmp_path / "invoke")[conv.name]
+    stream = _stream(conv, 4, seed=13)
+    ready, windows = _windows(conv, stream, 4)
+    want = np.stack([host(w) for w in windows])
+    unit = stream_unit(conv)
+    for target in ("m4", "m55"):
+        fw = build_firmware([conv, unit], target, tmp_path / target)
+        out = run_firmware(fw, {unit.name: stream.reshape(-1, unit.input_size)}, timeout=300)[unit.name]
+        assert list(out[:, 0]) == [1 if k in ready else 0 for k in range(len(out))], target
+        assert np.array_equal(out[ready, 1:], want), target
