@@ -54,6 +54,16 @@ def supported_layers() -> str:
         if cls.time_geometry is not OpHandler.time_geometry:
             caps.append("streams (time-local: only changed columns per push)")
         lines.append(f"| `{h.op}` | {onnx_ops} | {widths} | {', '.join(caps) or '-'} | {_summary(cls)} |")
+    from onnx2cmsis.frontends.keras import TWO_D_LAYERS
+
+    lines += ["", "## 1D models written with 2-D layers", "",
+              "ONNX Conv (depthwise too), MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad and Resize over",
+              "`(N, C, 1, T)` or `(N, C, T, 1)`, and the Keras layers " + ", ".join(sorted(TWO_D_LAYERS)),
+              "(with BatchNormalization, activations, Dropout, Flatten and Reshape) over `(T, 1, C)` or `(1, T, C)` maps",
+              "(the model's input, or a Reshape of a `(T, C)` map), are the 1D layers above when every kernel, stride,",
+              "dilation, pool, pad, crop and upsampling is 1 (or 0) along the unit axis: the C, constants and arena",
+              "are the native 1D model's (`tests/test_two_d_written.py`). A layer that is really 2-D is refused, naming",
+              "it and what makes it 2-D, every such layer at once."]
     return "\n".join(lines) + "\n"
 
 

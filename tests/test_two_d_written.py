@@ -82,8 +82,9 @@ def _code(text: str) -> str:
 
 
 @pytest.mark.parametrize("build, settings", [(_model, {}), (_model, {"precision": "int16"}), (_model, {"streaming": 4}),
+                                             (_model, {"precision": "auto", "max_error_db": 36.0}),
                                              (_pad_resize_model, {}), (_pad_resize_model, {"precision": "int16"})],
-                         ids=["int8", "int16", "stream", "pad_resize_int8", "pad_resize_int16"])
+                         ids=["int8", "int16", "stream", "auto", "pad_resize_int8", "pad_resize_int16"])
 def test_a_model_written_over_a_unit_axis_gives_the_native_1d_models_c(tmp_path, build, settings):
     samples = np.random.default_rng(8).standard_normal((64, C, T)).astype(np.float32)
     convs = {form: convert(build(tmp_path, form), samples.reshape(64, *shape), name="m", **settings)
