@@ -57,7 +57,7 @@ def supported_layers() -> str:
     from onnx2cmsis.frontends.keras import TWO_D_LAYERS
 
     lines += ["", "## 1D models written with 2-D layers", "",
-              "ONNX Conv (depthwise too), MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad and Resize over",
+              "ONNX Conv (depthwise too), ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad and Resize over",
               "`(N, C, 1, T)` or `(N, C, T, 1)`, and the Keras layers " + ", ".join(sorted(TWO_D_LAYERS)),
               "(with BatchNormalization, activations, Dropout, Flatten and Reshape) over `(T, 1, C)` or `(1, T, C)` maps",
               "(the model's input, or a Reshape of a `(T, C)` map), are the 1D layers above when every kernel, stride,",

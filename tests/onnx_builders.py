@@ -374,7 +374,37 @@ def layout_case(rng: np.random.Generator, i: int) -> Case:
     return _case(f"layout{i}", nodes, [1, c, w], inits, _calibration(rng, (c, w)), {"kind": kind})
 
 
-BUILDERS = {"conv": conv_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
+def conv_transpose_case(rng: np.random.Generator, i: int) -> Case:
+    """ConvTranspose: kernel shorter than, equal to and longer than the stride, explicit pads (a begin
+    pad makes the TFLite form a TRANSPOSE_CONV + SLICE), output_padding, auto_pad, channel counts
+    around 16, then nothing, Relu or Clip(0, 6) (fused)."""
+    c_in, c_out = int(rng.choice([1, 3, 8, 15, 16, 17, 24])), int(rng.choice([1, 4, 16, 17]))
+    k, stride = int(rng.integers(1, 7)), int(rng.integers(1, 5))
+    attrs = {"kernel_shape": [k], "strides": [stride]}
+    mode = str(rng.choice(["explicit", "explicit", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    out_pad = int(rng.integers(0, stride)) if rng.random() < 0.5 else 0
+    if out_pad:
+        attrs["output_padding"] = [out_pad]
+    pads = [0, 0]
+    if mode == "explicit":
+        pads = attrs["pads"] = [int(rng.integers(0, k)), int(rng.integers(0, k))]
+    else:
+        attrs["auto_pad"] = mode
+    # at least one output column: stride * (w - 1) + output_padding + k - pads >= 1
+    w = int(rng.integers(max(1, -(-(sum(pads) - k - out_pad + 1) // stride) + 1), 24))
+    weight = (rng.standard_normal((c_in, c_out, k)) / np.sqrt(c_in * max(1, k // stride))).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    inputs = ["x", "w"]
+    if rng.random() < 0.8:
+        inits.append(numpy_helper.from_array((rng.standard_normal(c_out) * 0.3).astype(np.float32), "b"))
+        inputs.append("b")
+    nodes = [helper.make_node("ConvTranspose", inputs, ["convtr"], **attrs)]
+    act = _activation(rng, nodes, inits, "convtr", "y")
+    return _case(f"convtr{i}", nodes, [1, c_in, w], inits, _calibration(rng, (c_in, w)),
+                 {"mode": mode, "act": act, "k": k, "stride": stride, "output_padding": out_pad})
+
+
+BUILDERS = {"conv": conv_case, "conv_transpose": conv_transpose_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
             "pad": pad_case, "add": add_case, "upsample": upsample_case,
             "concat": concat_case, "depthwise": depthwise_case, "layout": layout_case}
 

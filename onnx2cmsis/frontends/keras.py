@@ -34,7 +34,7 @@ TWO_D_LAYERS = {
     "GlobalMaxPooling2D", "ZeroPadding2D", "Cropping2D", "UpSampling2D",
 }
 SUPPORTED_LAYERS = {
-    "InputLayer", "Conv1D", "SeparableConv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D",
+    "InputLayer", "Conv1D", "Conv1DTranspose", "SeparableConv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D",
     "GlobalMaxPooling1D", "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "Dense",
     "Flatten", "Reshape", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "BatchNormalization",
     "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", *TWO_D_LAYERS,

@@ -20,6 +20,7 @@ from onnx2cmsis.ops.add import AddHandler
 from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.concat import ConcatHandler
 from onnx2cmsis.ops.conv import Conv1DHandler
+from onnx2cmsis.ops.conv_transpose import ConvTranspose1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
 from onnx2cmsis.ops.depthwise import DepthwiseConv1DHandler
 from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
@@ -34,6 +35,7 @@ from onnx2cmsis.ops.table import LookupTableHandler
 
 BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     Conv1DHandler,
+    ConvTranspose1DHandler,
     DepthwiseConv1DHandler,
     MaxPool1DHandler,
     AvgPool1DHandler,

@@ -1,0 +1,151 @@
+"""Transposed Conv1D (ONNX ConvTranspose on (N, C, W), or over a unit axis) -> an own exact loop with
+TFLite TRANSPOSE_CONV's arithmetic: per-channel int8 weights, int32 bias (int64 at 16x8).
+
+Input column i adds x[i] * w[k] to output column i * stride + k - crop, for every tap k: the full
+output is (W_in - 1) * stride + K columns, the first `crop` (ONNX's begin pad) and whatever lies
+past the model's output width (its end pad, less output_padding) are dropped. The loop gathers per
+output column the taps that reach it, in the same int32 (int64 at 16x8) sums TFLite-Micro's
+reference kernel scatters, so the bytes are the same. Its TFLite form is a VALID TRANSPOSE_CONV whose
+`output_shape` carries the width, followed by a SLICE where the begin pad is not zero.
+CMSIS-NN's arm_transpose_conv_s8 is not called yet (issue 31: its scratch sizing and level
+differences come next); NAME.md names the loop as an own loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import (
+    CArray,
+    ImportContext,
+    KernelCall,
+    OnnxNodeView,
+    TfliteContext,
+    int_attr_list,
+    spatial_1d,
+)
+from onnx2cmsis.ops.conv import WeightedOp, per_channel_call_parts, quantize_per_channel, requantize_output
+from onnx2cmsis.arith.rules import reduce_multiplier
+
+
+class ConvTranspose1DHandler(WeightedOp):
+    op = "convtr1d"
+    activation_bits = (8, 16)
+    onnx_ops = ("ConvTranspose",)
+    fuses_activation = free_output_quant = True
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        w = ctx.const(node.inputs[1])
+        if w is None:
+            raise UnsupportedOpError("transposed convolution weights must be constant", node.where)
+        in_shape = ctx.logical_shape(node.inputs[0])
+        two_d = len(in_shape) == 3
+        output_padding = int_attr_list(node, "output_padding", [0] * (2 if two_d else 1), 2 if two_d else 1)
+        view, axes = spatial_1d(node, ctx, list(w.shape[2:]))
+        if two_d and output_padding[2 - axes[0]] != 0:  # the unit axis: H when time is W, and back
+            raise UnsupportedOpError(f"output_padding {output_padding} along the unit axis: a 2-D transposed "
+                                     "convolution", node.where)
+        group = int(node.attr("group", 1))
+        (dilation,) = int_attr_list(view, "dilations", [1], 1)
+        if group != 1 or dilation != 1:
+            raise UnsupportedOpError(f"transposed convolution with group={group}, dilation={dilation}: only "
+                                     "group 1 and dilation 1 are supported", node.where)
+        c_in, w_in = in_shape[0], in_shape[axes[0]]
+        c_out, k = w.shape[1], int(np.prod(w.shape[2:]))
+        if w.shape[0] != c_in:
+            raise ConversionError(f"weights of shape {list(w.shape)} do not fit {c_in} input channels", node.where)
+        (stride,) = int_attr_list(view, "strides", [1], 1)
+        w_out = ctx.logical_shape(node.outputs[0])[axes[0]]
+        crop = self._begin_pad(view, w_in, w_out, k, stride, sum(output_padding))
+        bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        bias = np.zeros(c_out, np.float32) if bias is None else bias.reshape(c_out).astype(np.float32)
+        weight = w.reshape(c_in, c_out, k).transpose(1, 2, 0)  # (C_out, K, C_in)
+        ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)],
+                          attrs={"kernel": k, "stride": stride, "crop": crop, "width": w_out},
+                          consts={"weight": np.ascontiguousarray(weight, np.float32), "bias": bias},
+                          origin=node.op_type))
+
+    @staticmethod
+    def _begin_pad(node: OnnxNodeView, w_in: int, w_out: int, k: int, stride: int, output_padding: int) -> int:
+        """ONNX's begin pad: explicit, or from auto_pad / output_shape (the end gets the odd column
+        under SAME_UPPER and NOTSET, the beginning under SAME_LOWER)."""
+        auto_pad = node.attr("auto_pad", "NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        total = stride * (w_in - 1) + output_padding + k - w_out
+        if auto_pad == "VALID":
+            return 0
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER") or node.attr("output_shape", None) is not None:
+            return total - total // 2 if auto_pad == "SAME_LOWER" else total // 2
+        pads = int_attr_list(node, "pads", [0, 0], 2)
+        if min(pads) < 0:
+            raise UnsupportedOpError(f"negative pads {pads} are not supported", node.where)
+        return pads[0]
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [(node.attrs["width"], node.consts["weight"].shape[0])]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        super().quantize(node, graph, ranges)
+        quantize_per_channel(node, graph)
+
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        a, qp = node.attrs, node.qparams
+        x = inputs[0].astype(np.int64) - graph.tensors[node.inputs[0]].quant.zero_point
+        n, w_in, _ = x.shape
+        stride, k, crop, width = a["stride"], a["kernel"], a["crop"], a["width"]
+        wq = qp["weight"].astype(np.int64)  # (C_out, K, C_in)
+        full = np.zeros((n, max((w_in - 1) * stride + k, crop + width), wq.shape[0]), np.int64)
+        for tap in range(k):  # input column i reaches output column i * stride + tap
+            full[:, tap:tap + (w_in - 1) * stride + 1:stride] += x @ wq[:, tap, :].T
+        acc = full[:, crop:crop + width] + qp["bias"].astype(np.int64)
+        return [requantize_output(acc, node, graph)]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        a, qp = node.attrs, node.qparams
+        (w_in, c_in), (w_out, c_out) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
+        wide = graph.tensors[node.inputs[0]].quant.bits == 16
+        common, arrays = per_channel_call_parts(node, graph)
+        if wide:  # arm_nn_requantize_s64 takes the 16-bit reduced multiplier
+            arrays = [arr if arr.suffix != "multiplier" else
+                      CArray("multiplier", "int32_t", reduce_multiplier(qp["multiplier"]), "per-channel reduced multiplier")
+                      for arr in arrays]
+        return KernelCall(
+            template="convtr1d.c.j2",
+            kernel="own loop",
+            context={"w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"],
+                     "stride_": a["stride"], "crop": a["crop"], "wide": wide, **common},
+            arrays=[CArray("weights", "int8_t", qp["weight"], f"[{c_out}][{a['kernel']}][{c_in}] per-channel int8"),
+                    *arrays],
+            macs=w_in * a["kernel"] * c_in * c_out,
+        )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, qp, a = ex.fb, node.qparams, node.attrs
+        s_in = ex.graph.tensors[node.inputs[0]].quant.scale
+        weight = qp["weight"]
+        c_out, k, c_in = weight.shape
+        wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * c_out, axis=0)
+        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
+                                zero_points=[0] * c_out, axis=0)
+        weights = ex.const(weight.reshape(c_out, 1, k, c_in), fb.TensorType.INT8, f"{node.output}_w", wq)
+        wide = qp["bias"].dtype == np.int64
+        bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
+        full_width = a["crop"] + a["width"]
+        shape = ex.const(np.array([1, 1, full_width, c_out], np.int32), fb.TensorType.INT32, f"{node.output}_shape")
+        dst = ex.activation(node.output)
+        if a["crop"]:
+            dst = ex.me.Tensor(shape=[1, 1, full_width, c_out], dtype=dst.dtype, quantization=dst.quantization,
+                               name=f"{node.output}_uncropped")
+        opts = fb.TransposeConvOptionsT()
+        opts.padding = fb.Padding.VALID
+        opts.strideW, opts.strideH = a["stride"], 1
+        opts.fusedActivationFunction = ex.fused(node)
+        ex.op(fb.BuiltinOperator.TRANSPOSE_CONV, [shape, weights, ex.activation(node.inputs[0]), bias], [dst],
+              fb.BuiltinOptions.TransposeConvOptions, opts)
+        if a["crop"]:
+            begin = ex.const(np.array([0, 0, a["crop"], 0], np.int32), fb.TensorType.INT32, f"{node.output}_begin")
+            size = ex.const(np.array([1, 1, a["width"], c_out], np.int32), fb.TensorType.INT32, f"{node.output}_size")
+            ex.op(fb.BuiltinOperator.SLICE, [dst, begin, size], [ex.activation(node.output)],
+                  fb.BuiltinOptions.SliceOptions, fb.SliceOptionsT())

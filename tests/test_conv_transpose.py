@@ -1,0 +1,132 @@
+"""Transposed convolutions (issue 31, first part): ONNX ConvTranspose and Keras Conv1DTranspose as an
+own exact loop with TFLite TRANSPOSE_CONV's arithmetic. The op sweep (test_op_sweeps.py, family
+conv_transpose) checks C == reference == tflite-micro on 200 random cases; here: whole exported
+models (PyTorch's two exporters, Keras), the 2-D-written form, streaming, and the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.quant.quantize import dequantized_outputs
+from onnx2cmsis.tuning.search import float_outputs
+from tests.bit_exact import bit_exact_everywhere
+from tests.needs import module
+
+
+def _save(tmp_path, name: str, nodes: list, shape: list[int], inits: list) -> str:
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _sqnr(conv, x) -> float:
+    want = float_outputs(conv.model, x).reshape(len(x), -1)
+    got = dequantized_outputs(conv.graph, conv.registry, x).reshape(len(x), -1)
+    return float(10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2)))
+
+
+@pytest.mark.parametrize("form", ["1d", "unit_h"])
+def test_a_decoder_step_is_exact_and_close_to_float_in_both_forms(tmp_path, form):
+    """k3, stride 2, pads [1, 1], output_padding 1 (PyTorch's doubling step): the C of the (N, C, 1, T)
+    form is the (N, C, T) form's, and both stay close to ONNX Runtime's float output."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((6, 4, 3)) / 3).astype(np.float32)
+    b = (rng.standard_normal(4) / 10).astype(np.float32)
+    convs, samples = {}, rng.standard_normal((48, 6, 20)).astype(np.float32)
+    for f in ("1d", form):
+        attrs = ({"kernel_shape": [3], "strides": [2], "pads": [1, 1], "output_padding": [1]} if f == "1d" else
+                 {"kernel_shape": [1, 3], "strides": [1, 2], "pads": [0, 1, 0, 1], "output_padding": [0, 1]})
+        kernel = w if f == "1d" else w[:, :, None, :]
+        shape = [1, 6, 20] if f == "1d" else [1, 6, 1, 20]
+        path = _save(tmp_path, f, [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)], shape,
+                     [numpy_helper.from_array(kernel, "w"), numpy_helper.from_array(b, "b")])
+        x = samples.reshape(48, *shape[1:])
+        convs[f] = convert(path, x[:32], name="dec")
+        assert [layer["op"] for layer in convs[f].report["layers"]][1] == "convtr1d"
+        assert convs[f].graph.tensors[convs[f].graph.outputs[0]].size == 4 * 40
+        assert _sqnr(convs[f], x[32:]) > 30.0
+    from tests.test_two_d_written import _code
+
+    assert _code(convs[form].source) == _code(convs["1d"].source)  # comments name the file and its shape
+    assert convs[form].report["arena_bytes"] == convs["1d"].report["arena_bytes"]
+
+
+@pytest.mark.torch
+@pytest.mark.qemu
+@pytest.mark.oracle
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_a_pytorch_autoencoder_is_bit_exact_on_the_host_and_qemu(tmp_path, exporter):
+    """Conv1d stride 2 twice, then ConvTranspose1d (k3, stride 2, padding 1, output_padding 1) and
+    (k5, stride 2, padding 2, output_padding 1): int8 and int16, C == reference == tflite-micro on
+    the host, the same bytes on QEMU M4 and M55, and within 30 dB of the float model."""
+    torch = module("torch", 'pip install -e ".[test]"')
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 8, 5, stride=2, padding=2), nn.ReLU(), nn.Conv1d(8, 16, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.ConvTranspose1d(16, 8, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+                          nn.ConvTranspose1d(8, 3, 5, stride=2, padding=2, output_padding=1)).eval()
+    path = tmp_path / f"ae_{exporter}.onnx"
+    example = (torch.randn(1, 3, 64),)
+    if exporter == "legacy":
+        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=13)
+    else:
+        torch.onnx.export(model, example, str(path), dynamo=True, external_data=False)
+    x = np.random.default_rng(1).standard_normal((48, 3, 64)).astype(np.float32)
+    for precision in ("int8", "int16"):
+        conv = convert(path, x[:32], name=f"ae_{exporter}_{precision}", precision=precision)
+        ops = [layer["op"] for layer in conv.report["layers"]]
+        assert ops.count("convtr1d") == 2 and "lut" not in ops  # the ReLU fused into the transposed conv
+        bit_exact_everywhere(conv, x[32:], tmp_path / precision, qemu_samples=4)
+        assert _sqnr(conv, x[32:]) > 30.0
+
+
+@pytest.mark.keras
+def test_keras_conv1d_transpose_same_and_valid_are_exact(tmp_path):
+    keras = module("keras", 'pip install -e ".[keras]"')
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    i = keras.Input((32, 3))
+    x = L.Conv1D(8, 3, strides=2, padding="same", activation="relu")(i)
+    x = L.Conv1DTranspose(6, 4, strides=2, padding="same", activation="relu", name="up_same")(x)
+    x = L.Conv1DTranspose(4, 3, strides=2, padding="valid", name="up_valid")(x)
+    keras.Model(i, L.Conv1D(2, 3, padding="same")(x)).save(tmp_path / "unet_step.h5")
+    x = np.random.default_rng(2).standard_normal((48, 32, 3)).astype(np.float32)
+    conv = convert(tmp_path / "unet_step.h5", x[:32], name="unet_step")
+    assert [layer["op"] for layer in conv.report["layers"]] == ["conv1d", "convtr1d", "convtr1d", "conv1d"]
+    bit_exact_everywhere(conv, x[32:], tmp_path, qemu_samples=2)
+    assert _sqnr(conv, x[32:]) > 30.0
+
+
+def test_a_transposed_conv_starts_a_streams_head_and_the_stream_is_exact(tmp_path):
+    from tests.test_streaming import _check_host
+
+    rng = np.random.default_rng(4)
+    w1 = (rng.standard_normal((6, 4, 3)) / 3).astype(np.float32)
+    w2 = (rng.standard_normal((6, 6, 4)) / 4).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ConvTranspose", ["r", "w2"], ["y"], kernel_shape=[4], strides=[2], pads=[1, 1])]
+    path = _save(tmp_path, "stream", nodes, [1, 4, 32], [numpy_helper.from_array(w1, "w1"),
+                                                         numpy_helper.from_array(w2, "w2")])
+    conv = convert(path, rng.standard_normal((32, 4, 32)).astype(np.float32), name="tr_stream", streaming=8)
+    assert "convtr1d) starts the head" in conv.report["stream"]["head"]
+    _check_host(conv, 8, seed=5, tmp=tmp_path / "host")
+
+
+@pytest.mark.parametrize("attrs, why", [({"group": 2}, "group=2"), ({"dilations": [2]}, "dilation=2")])
+def test_grouped_and_dilated_transposed_convs_are_refused_naming_the_node(tmp_path, attrs, why):
+    groups = attrs.get("group", 1)
+    w = np.ones((4, 6 // groups, 3), np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[3], strides=[2], name="up", **attrs)
+    path = _save(tmp_path, "refused", [node], [1, 4, 16], [numpy_helper.from_array(w, "w")])
+    with pytest.raises(UnsupportedOpError, match=rf"'up'.*{why}"):
+        convert(path, np.zeros((4, 4, 16), np.float32))
