@@ -14,6 +14,7 @@ import onnx
 from onnx import external_data_helper, shape_inference, version_converter
 
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, count
+from onnx2cmsis.frontends.shape_folding import fold_shape_subgraphs
 
 MIN_OPSET = 13
 # Model metadata a frontend may write: JSON {ONNX node name: the user's name for the layer it belongs
@@ -40,10 +41,12 @@ def load_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.Mo
 
 def normalize(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
     """What every model goes through, whichever frontend made it: opset upgrade, canonical node order,
-    batch 1, static shapes inferred. `input_shape` (without the batch) fixes dynamic dimensions."""
+    batch 1, static shapes inferred, shape computations folded (frontends/shape_folding.py).
+    `input_shape` (without the batch) fixes dynamic dimensions."""
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
-    return fix_batch_and_infer_shapes(_upgrade_opset(model, where), where, input_shape)
+    model = fix_batch_and_infer_shapes(_upgrade_opset(model, where), where, input_shape)
+    return fold_shape_subgraphs(model, where)
 
 
 def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: str) -> None:
