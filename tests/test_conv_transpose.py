@@ -130,3 +130,35 @@ def test_grouped_and_dilated_transposed_convs_are_refused_naming_the_node(tmp_pa
     path = _save(tmp_path, "refused", [node], [1, 4, 16], [numpy_helper.from_array(w, "w")])
     with pytest.raises(UnsupportedOpError, match=rf"'up'.*{why}"):
         convert(path, np.zeros((4, 4, 16), np.float32))
+
+
+@pytest.mark.qemu
+@pytest.mark.oracle
+@pytest.mark.level
+def test_each_kernel_path_is_taken_where_it_is_exact_and_is_bit_exact_on_the_host_and_qemu(tmp_path):
+    """Level 7: more than 16 input channels at stride <= 2 -> arm_convolve_s8 over the upscaled input
+    with the filter reversed in flash; an output inside arm_transpose_conv_s8's row buffer -> that
+    kernel (kernel shorter than the stride here, where its own size function falls short); an output
+    past the buffer (output_padding beyond the last tap) -> the own loop. Level 2024.01: the own loop
+    throughout. Each C == reference == tflite-micro on the host and the same on QEMU M4 and M55."""
+    cases = [  # (c_in, c_out, k, stride, pads, output_padding, kernel at level 7)
+        (24, 8, 4, 2, [1, 1], 0, "arm_convolve_s8"),
+        (20, 6, 3, 1, [1, 1], 0, "arm_convolve_s8"),
+        (8, 6, 2, 3, [0, 0], 0, "arm_transpose_conv_s8"),
+        (6, 4, 5, 2, [3, 1], 1, "arm_transpose_conv_s8"),
+        (6, 4, 3, 2, [0, 0], 1, "own loop"),
+    ]
+    rng = np.random.default_rng(7)
+    for i, (c_in, c_out, k, stride, pads, out_pad, kernel) in enumerate(cases):
+        w = (rng.standard_normal((c_in, c_out, k)) / np.sqrt(c_in)).astype(np.float32)
+        b = (rng.standard_normal(c_out) / 10).astype(np.float32)
+        attrs = {"kernel_shape": [k], "strides": [stride], "pads": pads, **({"output_padding": [out_pad]} if out_pad else {})}
+        path = _save(tmp_path, f"path{i}", [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)],
+                     [1, c_in, 12], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        x = rng.standard_normal((40, c_in, 12)).astype(np.float32)
+        conv = convert(path, x[:32], name=f"path{i}")
+        used = next(layer["kernel"] for layer in conv.report["layers"] if layer["op"] == "convtr1d")
+        level_7 = conv.report["cmsis_nn"]["capabilities"]["transpose_conv_wrapper"]
+        assert used == (kernel if level_7 else "own loop"), (i, used)
+        bit_exact_everywhere(conv, x[32:], tmp_path / f"p{i}", qemu_samples=3)
+        assert _sqnr(conv, x[32:]) > 20.0  # the float model's numbers (a misplaced column gives about 0 dB)

@@ -1,14 +1,24 @@
-"""Transposed Conv1D (ONNX ConvTranspose on (N, C, W), or over a unit axis) -> an own exact loop with
-TFLite TRANSPOSE_CONV's arithmetic: per-channel int8 weights, int32 bias (int64 at 16x8).
+"""Transposed Conv1D (ONNX ConvTranspose on (N, C, W), or over a unit axis) -> arm_convolve_s8 over the
+upscaled input with the filter reversed in flash, or arm_transpose_conv_s8, else an own exact loop;
+per-channel int8 weights, int32 bias (int64 at 16x8), TFLite TRANSPOSE_CONV's arithmetic.
 
 Input column i adds x[i] * w[k] to output column i * stride + k - crop, for every tap k: the full
 output is (W_in - 1) * stride + K columns, the first `crop` (ONNX's begin pad) and whatever lies
-past the model's output width (its end pad, less output_padding) are dropped. The loop gathers per
-output column the taps that reach it, in the same int32 (int64 at 16x8) sums TFLite-Micro's
-reference kernel scatters, so the bytes are the same. Its TFLite form is a VALID TRANSPOSE_CONV whose
-`output_shape` carries the width, followed by a SLICE where the begin pad is not zero.
-CMSIS-NN's arm_transpose_conv_s8 is not called yet (issue 31: its scratch sizing and level
-differences come next); NAME.md names the loop as an own loop.
+past the model's output width (its end pad, less output_padding) are dropped. Which code runs
+(level 7, int8; facts from the v7.0.0 and main trees, the same for a 1-row input):
+- more than 16 input channels and stride <= 2 (where arm_transpose_conv_wrapper_s8 would reverse
+  the filter into RAM on every call): arm_convolve_s8 over the input upscaled by the stride
+  (`upscale_dims`), stride 1, padding K - 1 - crop, with the filter reversed along K once, at
+  conversion, in flash;
+- else, when the output lies within the kernel's row buffer (crop + W_out <= (W_in - 1) * stride +
+  max(K, stride); past it the kernel reads columns it never wrote): arm_transpose_conv_s8, its
+  scratch computed here (arm_transpose_conv_s8_get_buffer_size takes max(K, the H stride) and falls
+  short when K < stride);
+- else, at int16 and at level 2024.01 (whose arm_transpose_conv_s8 is another algorithm with
+  another scratch contract): an own loop that gathers per output column the taps TFLite-Micro's
+  reference kernel scatters, in the same int32 (int64 at 16x8) sums.
+The TFLite form is a VALID TRANSPOSE_CONV whose `output_shape` carries the width, followed by a
+SLICE where the begin pad is not zero.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
     CArray,
+    check_uint16,
     ImportContext,
     KernelCall,
     OnnxNodeView,
@@ -26,8 +37,30 @@ from onnx2cmsis.ops.base import (
     int_attr_list,
     spatial_1d,
 )
-from onnx2cmsis.ops.conv import WeightedOp, per_channel_call_parts, quantize_per_channel, requantize_output
+from onnx2cmsis.ops.conv import (
+    WeightedOp,
+    conv_scratch_bytes,
+    per_channel_call_parts,
+    quantize_per_channel,
+    requantize_output,
+)
 from onnx2cmsis.arith.rules import reduce_multiplier
+
+
+REVERSE_CONV_MIN_CHANNELS = 17  # REVERSE_TCOL_EFFICIENT_THRESHOLD (16) + 1: where the wrapper reverses the filter
+
+
+def transposed_conv_path(graph: Graph, w_in: int, c_in: int, w_out: int, k: int, stride: int, crop: int,
+                         wide: bool) -> str:
+    """"reverse" (arm_convolve_s8 upscaled, the filter reversed in flash), "transpose"
+    (arm_transpose_conv_s8) or "loop" (the own loop): see the module docstring."""
+    if wide or not graph.cmsis_api.transpose_conv_wrapper:
+        return "loop"
+    if c_in >= REVERSE_CONV_MIN_CHANNELS and stride <= 2 and crop <= k - 1 and graph.cmsis_api.conv_upscale_dims:
+        return "reverse"
+    if crop + w_out <= (w_in - 1) * stride + max(k, stride):
+        return "transpose"
+    return "loop"
 
 
 class ConvTranspose1DHandler(WeightedOp):
@@ -105,21 +138,39 @@ class ConvTranspose1DHandler(WeightedOp):
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         a, qp = node.attrs, node.qparams
         (w_in, c_in), (w_out, c_out) = graph.tensors[node.inputs[0]].shape, graph.tensors[node.output].shape
+        k, stride, crop = a["kernel"], a["stride"], a["crop"]
         wide = graph.tensors[node.inputs[0]].quant.bits == 16
         common, arrays = per_channel_call_parts(node, graph)
+        macs = w_in * k * c_in * c_out
+        context = {"w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": k, "stride_": stride,
+                   "crop": crop, "wide": wide, **common}
+        weights = CArray("weights", "int8_t", qp["weight"], f"[{c_out}][{k}][{c_in}] per-channel int8")
+        path = transposed_conv_path(graph, w_in, c_in, w_out, k, stride, crop, wide)
+        if path == "reverse":
+            check_uint16(node.where, width=w_in * stride, in_channels=c_in, out_channels=c_out, kernel=k,
+                         pad=k - 1 - crop)
+            scratch = conv_scratch_bytes(k, c_in, graph.cmsis_api)
+            reversed_weights = np.ascontiguousarray(qp["weight"][:, ::-1, :])
+            return KernelCall(
+                template="convtr1d_reverse.c.j2", kernel="arm_convolve_s8",
+                context={**context, "scratch_bytes": scratch, "pad": k - 1 - crop},
+                arrays=[CArray("weights", "int8_t", reversed_weights,
+                               f"[{c_out}][1][{k}][{c_in}] per-channel int8, reversed along the kernel"), *arrays],
+                functions=["arm_convolve_s8", "arm_convolve_s8_get_buffer_size"], scratch_bytes=scratch,
+                macs=w_in * stride * k * c_in * c_out)  # the upscaled columns' zeros are multiplied too
+        if path == "transpose":
+            check_uint16(node.where, width=w_in, in_channels=c_in, out_channels=c_out, kernel=k, pad=crop)
+            scratch = ((w_in - 1) * stride + max(k, stride)) * c_out * 4
+            return KernelCall(
+                template="convtr1d_cmsis.c.j2", kernel="arm_transpose_conv_s8",
+                context={**context, "scratch_bytes": scratch}, arrays=[weights, *arrays],
+                functions=["arm_transpose_conv_s8"], scratch_bytes=scratch, macs=macs)
         if wide:  # arm_nn_requantize_s64 takes the 16-bit reduced multiplier
             arrays = [arr if arr.suffix != "multiplier" else
                       CArray("multiplier", "int32_t", reduce_multiplier(qp["multiplier"]), "per-channel reduced multiplier")
                       for arr in arrays]
-        return KernelCall(
-            template="convtr1d.c.j2",
-            kernel="own loop",
-            context={"w_in": w_in, "c_in": c_in, "w_out": w_out, "c_out": c_out, "k": a["kernel"],
-                     "stride_": a["stride"], "crop": a["crop"], "wide": wide, **common},
-            arrays=[CArray("weights", "int8_t", qp["weight"], f"[{c_out}][{a['kernel']}][{c_in}] per-channel int8"),
-                    *arrays],
-            macs=w_in * a["kernel"] * c_in * c_out,
-        )
+        return KernelCall(template="convtr1d.c.j2", kernel="own loop", context=context, arrays=[weights, *arrays],
+                          macs=macs)
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb, qp, a = ex.fb, node.qparams, node.attrs
