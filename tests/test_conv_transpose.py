@@ -60,6 +60,7 @@ def test_a_decoder_step_is_exact_and_close_to_float_in_both_forms(tmp_path, form
     assert convs[form].report["arena_bytes"] == convs["1d"].report["arena_bytes"]
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.qemu
 @pytest.mark.oracle
@@ -89,6 +90,7 @@ def test_a_pytorch_autoencoder_is_bit_exact_on_the_host_and_qemu(tmp_path, expor
         assert _sqnr(conv, x[32:]) > 30.0
 
 
+@pytest.mark.slow
 @pytest.mark.keras
 def test_keras_conv1d_transpose_same_and_valid_are_exact(tmp_path):
     keras = module("keras", 'pip install -e ".[keras]"')

@@ -67,6 +67,7 @@ def test_a_foldable_op_on_activations_is_not_folded_and_is_named(tmp_path):
         convert(tmp_path / "floor.onnx", np.zeros((4, 2, 8), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_a_pytorch_unet_that_pads_from_sizes_converts_from_the_torchscript_exporter(tmp_path):
     """The U-Net up step (ConvTranspose1d, then F.pad by the size difference to the skip, concat):

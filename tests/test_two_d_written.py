@@ -230,6 +230,7 @@ def test_a_keras_model_with_a_2d_input_is_refused_naming_its_2d_layers(tmp_path)
         convert(tmp_path / "image.h5", np.zeros((4, 8, 8, 1), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.keras
 def test_a_keras_1d_model_that_reshapes_to_2d_layers_and_back_gives_the_native_c(tmp_path):
     """(T, C) -> Reshape (T, 1, C) -> Conv2D (5, 1) -> MaxPooling2D (2, 1) -> Reshape (T', F) -> Conv1D
@@ -292,12 +293,13 @@ def _trained(name: str):
 @pytest.mark.torch
 @pytest.mark.qemu
 @pytest.mark.oracle
-@pytest.mark.level
 @pytest.mark.parametrize("name", ["kws_t1c", "conv_1tc", "torch_unit_h"])
 def test_trained_models_written_in_2d_are_bit_exact_on_the_host_and_qemu(name, tmp_path):
     """A wake-word model over (T, 1, C), a Conv2D/MaxPooling2D model over (1, T, C) (Keras) and a
     PyTorch Conv2d (1, k) model over (N, C, 1, T), trained: at int8 and int16, C == reference ==
-    tflite-micro on the host and the same bytes on QEMU M4 and M55."""
+    tflite-micro on the host and the same bytes on QEMU M4 and M55. A quick test: it runs at both
+    levels the tool emits for (7 with v7.0.0, and 2024.01); their C is the native 1D models', whose
+    kernels the level tests also check on main."""
     from tests.bit_exact import bit_exact_everywhere
 
     if name != "torch_unit_h":
