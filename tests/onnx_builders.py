@@ -26,6 +26,17 @@ class Case:
         return path
 
 
+def save_one_input_model(path: Path, nodes: list, shape: list[int], inits: list) -> str:
+    """x (float, `shape`) -> nodes -> y (shape left to inference), opset 13, saved at `path`."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, path.stem, [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
 def _model(nodes: list, inputs: list, outputs: list, inits: list) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "case", inputs, outputs, initializer=inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

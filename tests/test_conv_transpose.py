@@ -1,14 +1,14 @@
-"""Transposed convolutions (issue 31, first part): ONNX ConvTranspose and Keras Conv1DTranspose as an
-own exact loop with TFLite TRANSPOSE_CONV's arithmetic. The op sweep (test_op_sweeps.py, family
-conv_transpose) checks C == reference == tflite-micro on 200 random cases; here: whole exported
-models (PyTorch's two exporters, Keras), the 2-D-written form, streaming, and the refusals."""
+"""Transposed convolutions (issue 31): ONNX ConvTranspose and Keras Conv1DTranspose with TFLite
+TRANSPOSE_CONV's arithmetic (ops/conv_transpose.py: two CMSIS-NN paths at level 7, an own loop
+elsewhere). The op sweep (test_op_sweeps.py, family conv_transpose) checks C == reference ==
+tflite-micro on 200 random cases; here: each kernel path at every level, whole exported models
+(PyTorch's two exporters, Keras), the 2-D-written form, streaming, and the refusals."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import UnsupportedOpError
@@ -16,16 +16,11 @@ from onnx2cmsis.quant.quantize import dequantized_outputs
 from onnx2cmsis.tuning.search import float_outputs
 from tests.bit_exact import bit_exact_everywhere
 from tests.needs import module
+from tests.onnx_builders import save_one_input_model
 
 
 def _save(tmp_path, name: str, nodes: list, shape: list[int], inits: list) -> str:
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(model, str(path))
-    return str(path)
+    return save_one_input_model(tmp_path / f"{name}.onnx", nodes, shape, inits)
 
 
 def _sqnr(conv, x) -> float:
@@ -134,6 +129,7 @@ def test_grouped_and_dilated_transposed_convs_are_refused_naming_the_node(tmp_pa
         convert(path, np.zeros((4, 4, 16), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
 @pytest.mark.level

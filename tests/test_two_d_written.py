@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import UnsupportedOpError
+from tests.onnx_builders import save_one_input_model
 
 C, T, F = 3, 64, 8
 FORMS = {"1d": (C, T), "unit_h": (C, 1, T), "unit_w": (C, T, 1)}
@@ -43,13 +44,7 @@ def _model(tmp_path, form: str) -> str:
              helper.make_node("GlobalAveragePool", ["p2"], ["y"])]
     inits = [numpy_helper.from_array(kernel(w1), "w1"), numpy_helper.from_array(b1, "b1"),
              numpy_helper.from_array(kernel(w2), "w2")]
-    graph = helper.make_graph(nodes, form, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *FORMS[form]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / f"{form}.onnx"
-    onnx.save(model, str(path))
-    return str(path)
+    return save_one_input_model(tmp_path / f"{form}.onnx", nodes, [1, *FORMS[form]], inits)
 
 
 def _pad_resize_model(tmp_path, form: str) -> str:
@@ -67,13 +62,7 @@ def _pad_resize_model(tmp_path, form: str) -> str:
              helper.make_node("GlobalAveragePool", ["u"], ["y"])]
     inits = [numpy_helper.from_array(np.array(pads, np.int64), "pads"), numpy_helper.from_array(kernel, "w"),
              numpy_helper.from_array(np.array(scales, np.float32), "scales")]
-    graph = helper.make_graph(nodes, form, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *FORMS[form]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / f"{form}_pad_resize.onnx"
-    onnx.save(model, str(path))
-    return str(path)
+    return save_one_input_model(tmp_path / f"{form}_pad_resize.onnx", nodes, [1, *FORMS[form]], inits)
 
 
 def _code(text: str) -> str:
@@ -289,6 +278,8 @@ def _trained(name: str):
     return make_two_d.HERE / f"{name}{'.onnx' if name == 'torch_unit_h' else '.h5'}", x[:64], x[64:]
 
 
+@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.keras
 @pytest.mark.torch
 @pytest.mark.qemu
@@ -297,7 +288,7 @@ def _trained(name: str):
 def test_trained_models_written_in_2d_are_bit_exact_on_the_host_and_qemu(name, tmp_path):
     """A wake-word model over (T, 1, C), a Conv2D/MaxPooling2D model over (1, T, C) (Keras) and a
     PyTorch Conv2d (1, k) model over (N, C, 1, T), trained: at int8 and int16, C == reference ==
-    tflite-micro on the host and the same bytes on QEMU M4 and M55. A quick test: it runs at both
+    tflite-micro on the host and the same bytes on QEMU M4 and M55. Marked heavy: it runs at both
     levels the tool emits for (7 with v7.0.0, and 2024.01); their C is the native 1D models', whose
     kernels the level tests also check on main."""
     from tests.bit_exact import bit_exact_everywhere
