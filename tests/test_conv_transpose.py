@@ -160,3 +160,17 @@ def test_each_kernel_path_is_taken_where_it_is_exact_and_is_bit_exact_on_the_hos
         assert used == (kernel if level_7 else "own loop"), (i, used)
         bit_exact_everywhere(conv, x[32:], tmp_path / f"p{i}", qemu_samples=3)
         assert _sqnr(conv, x[32:]) > 20.0  # the float model's numbers (a misplaced column gives about 0 dB)
+
+
+@pytest.mark.parametrize("width", [30, 31, 32])
+def test_output_shape_places_the_odd_padding_column_as_onnx_says(tmp_path, width):
+    """With `output_shape`, ONNX puts the odd column of padding at the beginning (SAME_UPPER aside):
+    one column off and the output no longer tracks ONNX Runtime's."""
+    rng = np.random.default_rng(width)
+    w = (rng.standard_normal((4, 5, 4)) / 2).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[4], strides=[2], output_shape=[width])
+    path = _save(tmp_path, f"shape{width}", [node], [1, 4, 16], [numpy_helper.from_array(w, "w")])
+    x = rng.standard_normal((40, 4, 16)).astype(np.float32)
+    conv = convert(path, x[:32], name="shaped")
+    assert conv.graph.tensors[conv.graph.outputs[0]].size == 5 * width
+    assert _sqnr(conv, x[32:]) > 30.0

@@ -102,15 +102,15 @@ class ConvTranspose1DHandler(WeightedOp):
 
     @staticmethod
     def _begin_pad(node: OnnxNodeView, w_in: int, w_out: int, k: int, stride: int, output_padding: int) -> int:
-        """ONNX's begin pad: explicit, or from auto_pad / output_shape (the end gets the odd column
-        under SAME_UPPER and NOTSET, the beginning under SAME_LOWER)."""
+        """ONNX's begin pad: explicit, or from auto_pad / output_shape (the odd column goes to the end
+        under SAME_UPPER, to the beginning under SAME_LOWER and with output_shape, as ONNX says)."""
         auto_pad = node.attr("auto_pad", "NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         total = stride * (w_in - 1) + output_padding + k - w_out
         if auto_pad == "VALID":
             return 0
         if auto_pad in ("SAME_UPPER", "SAME_LOWER") or node.attr("output_shape", None) is not None:
-            return total - total // 2 if auto_pad == "SAME_LOWER" else total // 2
+            return total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
         pads = int_attr_list(node, "pads", [0, 0], 2)
         if min(pads) < 0:
             raise UnsupportedOpError(f"negative pads {pads} are not supported", node.where)
