@@ -193,7 +193,7 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     corrected = None
     if chosen_recipe.bias_correction:
         step("correcting biases")
-        corrected = len(correct_biases(model, graph, registry, calibration.ranges, {}, data.search))
+        corrected = len(correct_biases(model, graph, registry, calibration.ranges, data.search))
     quantize_graph(graph, registry, calibration.ranges)
     check_graph(graph, "quantization", quantized=True)
     return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary(), recipe.summary())

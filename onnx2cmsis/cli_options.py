@@ -60,8 +60,8 @@ CALIBRATION_METHOD_OPTION = typer.Option(
 BIAS_CORRECTION_OPTION = typer.Option(
     True, "--bias-correction/--no-bias-correction",
     help="Allow folding each conv/dense layer's mean output error on the calibration samples into its "
-         "bias, when that helps the output on the calibration samples and on held-out ones (see "
-         "docs/benchmarks.md).")
+         "bias, in the recipes that do it (chosen only when they beat TFLite's recipe on calibration "
+         "samples held out from the fit; see docs/quantization.md).")
 
 STREAMING_OPTION = typer.Option(
     None, "--streaming", metavar="HOP",

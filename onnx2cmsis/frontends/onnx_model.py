@@ -46,7 +46,7 @@ def normalize(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] |
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
     model = fix_batch_and_infer_shapes(_upgrade_opset(model, where), where, input_shape)
-    return fold_shape_subgraphs(model, where)
+    return fold_shape_subgraphs(model, where, value_shapes(model))
 
 
 def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: str) -> None:

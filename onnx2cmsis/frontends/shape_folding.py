@@ -30,11 +30,12 @@ FOLDABLE = frozenset({
 MAX_FOLDED_ELEMENTS = 4096  # larger results (weights computed from weights) stay for the importer
 
 
-def fold_shape_subgraphs(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+def fold_shape_subgraphs(model: onnx.ModelProto, where: str,
+                         shapes: dict[str, tuple[int, ...] | None]) -> onnx.ModelProto:
     """The model with every foldable node computed (see the module docstring); shapes inferred again
-    when anything was folded."""
+    when anything was folded. `shapes`: each value's static shape, None where a dimension is unknown
+    (frontends/onnx_model.py's value_shapes)."""
     known = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    shapes = _static_shapes(model)
     kept, folded = [], []
     for node in model.graph.node:
         values = _fold(node, known, shapes)
@@ -65,7 +66,7 @@ def fold_shape_subgraphs(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         raise ConversionError(f"shape inference failed after folding the shape computations ({exc})", where) from exc
 
 
-def _fold(node: onnx.NodeProto, known: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> dict | None:
+def _fold(node: onnx.NodeProto, known: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...] | None]) -> dict | None:
     """The node's outputs when it folds, else None."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in FOLDABLE:
         return None
@@ -91,10 +92,10 @@ def _fold(node: onnx.NodeProto, known: dict[str, np.ndarray], shapes: dict[str, 
     return dict(zip(node.output, outputs, strict=True))
 
 
-def _result_size(node: onnx.NodeProto, known: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> int:
+def _result_size(node: onnx.NodeProto, known: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...] | None]) -> int:
     """An upper bound on the node's largest output, from shape inference or its inputs' values (a
     model asking ConstantOfShape or Range for 10^9 elements is not evaluated)."""
-    if node.output[0] in shapes:
+    if shapes.get(node.output[0]) is not None:
         return int(np.prod(shapes[node.output[0]]))
     values = [np.asarray(known[name]) for name in node.input if name]
     if node.op_type == "ConstantOfShape":
@@ -131,12 +132,3 @@ def _constant(node: onnx.NodeProto) -> np.ndarray | None:
         if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
             return np.asarray(helper.get_attribute_value(attr))
     return None
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
-        if dims is not None and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
-    return shapes

@@ -250,7 +250,20 @@ def export_conv2d(ex: TfliteContext, node: Node, src, weight: np.ndarray, dst) -
     """CONV_2D of (C_out, K, C_in) per-channel weights with node's bias, stride, dilation and fused
     activation (int32 bias at int8, int64 at 16x8): the TFLite form of a conv (and of a per-channel
     dense layer over one step)."""
-    fb, qp, window = ex.fb, node.qparams, node.attrs.get("window", Window())
+    fb, window = ex.fb, node.attrs.get("window", Window())
+    weights, bias = per_channel_tflite_constants(ex, node, weight)
+    opts = fb.Conv2DOptionsT()
+    opts.padding = fb.Padding.VALID
+    opts.strideW, opts.strideH = window.stride, 1
+    opts.dilationWFactor, opts.dilationHFactor = window.dilation, 1
+    opts.fusedActivationFunction = ex.fused(node)
+    ex.op(fb.BuiltinOperator.CONV_2D, [src, weights, bias], [dst], fb.BuiltinOptions.Conv2DOptions, opts)
+
+
+def per_channel_tflite_constants(ex: TfliteContext, node: Node, weight: np.ndarray) -> tuple:
+    """The TFLite filter [C_out, 1, K, C_in] of (C_out, K, C_in) per-channel int8 weights, and the bias
+    (int32 at int8, int64 at 16x8) on scales s_in * s_w[c]: what CONV_2D and TRANSPOSE_CONV both take."""
+    fb, qp = ex.fb, node.qparams
     s_in = ex.graph.tensors[node.inputs[0]].quant.scale
     c_out = weight.shape[0]
     wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * c_out, axis=0)
@@ -260,12 +273,7 @@ def export_conv2d(ex: TfliteContext, node: Node, src, weight: np.ndarray, dst) -
                        f"{node.output}_w", wq)
     wide = qp["bias"].dtype == np.int64
     bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
-    opts = fb.Conv2DOptionsT()
-    opts.padding = fb.Padding.VALID
-    opts.strideW, opts.strideH = window.stride, 1
-    opts.dilationWFactor, opts.dilationHFactor = window.dilation, 1
-    opts.fusedActivationFunction = ex.fused(node)
-    ex.op(fb.BuiltinOperator.CONV_2D, [src, weights, bias], [dst], fb.BuiltinOptions.Conv2DOptions, opts)
+    return weights, bias
 
 
 def conv_s16_call(node: Node, graph: Graph, weight: np.ndarray, w_in: int, w_out: int) -> KernelCall:

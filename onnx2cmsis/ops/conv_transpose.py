@@ -41,6 +41,7 @@ from onnx2cmsis.ops.conv import (
     WeightedOp,
     conv_scratch_bytes,
     per_channel_call_parts,
+    per_channel_tflite_constants,
     quantize_per_channel,
     requantize_output,
 )
@@ -173,16 +174,9 @@ class ConvTranspose1DHandler(WeightedOp):
                           macs=macs)
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
-        fb, qp, a = ex.fb, node.qparams, node.attrs
-        s_in = ex.graph.tensors[node.inputs[0]].quant.scale
-        weight = qp["weight"]
-        c_out, k, c_in = weight.shape
-        wq = ex.me.Quantization(scales=[float(s) for s in qp["weight_scales"]], zero_points=[0] * c_out, axis=0)
-        bq = ex.me.Quantization(scales=[float(np.float32(s_in) * np.float64(s)) for s in qp["weight_scales"]],
-                                zero_points=[0] * c_out, axis=0)
-        weights = ex.const(weight.reshape(c_out, 1, k, c_in), fb.TensorType.INT8, f"{node.output}_w", wq)
-        wide = qp["bias"].dtype == np.int64
-        bias = ex.const(qp["bias"], fb.TensorType.INT64 if wide else fb.TensorType.INT32, f"{node.output}_b", bq)
+        fb, a = ex.fb, node.attrs
+        c_out = node.qparams["weight"].shape[0]
+        weights, bias = per_channel_tflite_constants(ex, node, node.qparams["weight"])
         full_width = a["crop"] + a["width"]
         shape = ex.const(np.array([1, 1, full_width, c_out], np.int32), fb.TensorType.INT32, f"{node.output}_shape")
         dst = ex.activation(node.output)

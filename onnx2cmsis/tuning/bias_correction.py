@@ -36,7 +36,7 @@ MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the
 
 
 def correct_biases(model: onnx.ModelProto, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
-                   weights: dict[int, str], x: np.ndarray) -> list[int]:
+                   x: np.ndarray) -> list[int]:
     """Fold each correctable node's mean output error into its bias (graph.nodes[i].consts); returns
     the indices of the nodes corrected."""
     targets = [i for i, n in enumerate(graph.nodes)
@@ -45,17 +45,17 @@ def correct_biases(model: onnx.ModelProto, graph: Graph, registry: Registry, ran
         return []
     values = sorted({graph.tensors[graph.nodes[i].output].calib_name for i in targets})
     floats = list(run_float(model, x, values))
-    return _correct_in_one_pass(graph, registry, ranges, weights, x, floats, set(targets))
+    return _correct_in_one_pass(graph, registry, ranges, x, floats, set(targets))
 
 
-def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
-                         weights: dict[int, str], x, floats: list[dict[str, np.ndarray]], targets: set[int]) -> list[int]:
+def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x,
+                         floats: list[dict[str, np.ndarray]], targets: set[int]) -> list[int]:
     """The integer reference run node by node over all samples on one quantized copy: at each target
     its mean error is measured with every upstream correction in place, folded into the float bias
     (of `graph` and of the copy), the node quantized again and run again before the nodes after it.
     (A node's quantization reads its own constants and the fixed ranges only, so this is what
     quantizing the whole graph again for each target would give.)"""
-    g = quantized_copy(graph, registry, ranges, weights)
+    g = quantized_copy(graph, registry, ranges, {})  # the weight choices are on the nodes already
     codes = quantize_samples(g, x)
     # one dict of values per slice of samples (batches keeps each slice's temporaries small)
     parts = [{name: np.asarray(c)[part].reshape(part.stop - part.start, *g.tensors[name].shape)

@@ -37,7 +37,7 @@ from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
 from onnx2cmsis.tuning.auto_precision import HeldoutCheck, HeldoutFigures
 from onnx2cmsis.tuning.bias_correction import correct_biases
-from onnx2cmsis.tuning.search import apply_weights, calibrate, energy_sqnr_db, float_outputs, search_indices
+from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_samples, sqnr_db
 
 FOLDS = 3
 MARGIN_DB = 0.2  # what a recipe must gain over the incumbent on held-out samples to be chosen
@@ -101,16 +101,10 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def choice_samples(x):
-    """The search samples the recipe (and --precision auto's held-out check) is measured on: at most
-    CHOICE_SAMPLES of them, spread evenly."""
-    return _subset(x, search_indices(len(x), CHOICE_SAMPLES))
-
-
 def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, candidates: list[Recipe]) -> RecipeChoice:
     """The candidate (candidate_recipes) to quantize `graph` with, measured on the search samples `x`:
     the incumbent (the first) unless another beats it in-sample and, by MARGIN_DB, held out."""
-    x = choice_samples(x)
+    x = search_samples(x, CHOICE_SAMPLES)
     incumbent, n = candidates[0], len(x)
     if len(candidates) == 1:
         return RecipeChoice(incumbent, "the only recipe the options leave open", {}, n)
@@ -158,7 +152,7 @@ def fitted(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Rec
     if bits is not None:
         apply_precision(g, bits)
     if recipe.bias_correction:
-        correct_biases(model, g, registry, found.ranges, {}, x)
+        correct_biases(model, g, registry, found.ranges, x)
     quantize_graph(g, registry, found.ranges)
     return g
 
@@ -210,7 +204,7 @@ def _fitted_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, re
 
 def output_sqnr_db(got: np.ndarray | None, want: np.ndarray) -> float:
     """The pooled output SQNR over all samples (-inf where the fit failed)."""
-    return -np.inf if got is None else energy_sqnr_db(float(np.sum(want**2)), float(np.sum((got - want) ** 2)))
+    return -np.inf if got is None else sqnr_db(got, want)
 
 
 def _subset(x, indices: np.ndarray):

@@ -111,12 +111,8 @@ class OutputJudge:
 
 def sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
     """10 log10(signal / noise) of `got` against `want`, in dB."""
-    return energy_sqnr_db(float(np.sum(want**2)), float(np.sum((got - want) ** 2)))
-
-
-def energy_sqnr_db(signal: float, noise: float) -> float:
-    """10 log10(signal / noise) in dB, from the summed energies (each at least 1e-30)."""
-    return float(10 * np.log10(max(signal, 1e-30) / max(noise, 1e-30)))
+    noise = max(float(np.sum((got - want) ** 2)), 1e-30)
+    return float(10 * np.log10(max(float(np.sum(want**2)), 1e-30) / noise))
 
 
 def search(graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray,
