@@ -9,8 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 17
-
+from tests.onnx_models import make_model
 
 @dataclass
 class Case:
@@ -26,25 +25,6 @@ class Case:
         return path
 
 
-def save_one_input_model(path: Path, nodes: list, shape: list[int], inits: list) -> str:
-    """x (float, `shape`) -> nodes -> y (shape left to inference), opset 13, saved at `path`."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes, path.stem, [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return str(path)
-
-
-def _model(nodes: list, inputs: list, outputs: list, inits: list) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "case", inputs, outputs, initializer=inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    m.ir_version = 8
-
-    return m
-
-
 # What the sweeps check (C == reference == oracle) does not depend on the quantization recipe, and
 # choosing it (tuning/recipe.py: up to 15 fits on held-out folds) on random weights and noise says
 # nothing: the sweeps pin one. The recipe choice has its own tests (test_recipe.py) and every
@@ -56,7 +36,7 @@ def _case(name: str, nodes: list, shape: list[int], inits: list, calibration: np
     """A one-input model x -> ... -> y (y's shape left to inference)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return Case(name, _model(nodes, [x], [y], inits), calibration, params, dict(PINNED_RECIPE))
+    return Case(name, make_model(nodes, [x], [y], inits), calibration, params, dict(PINNED_RECIPE))
 
 
 def _calibration(rng: np.random.Generator, shape: tuple[int, ...], n: int = 32) -> np.ndarray:
@@ -418,15 +398,3 @@ def conv_transpose_case(rng: np.random.Generator, i: int) -> Case:
 BUILDERS = {"conv": conv_case, "conv_transpose": conv_transpose_case, "maxpool": maxpool_case, "dense": dense_case, "softmax": softmax_case, "table": table_case, "avgpool": avgpool_case,
             "pad": pad_case, "add": add_case, "upsample": upsample_case,
             "concat": concat_case, "depthwise": depthwise_case, "layout": layout_case}
-
-
-def gemm_model(weight: np.ndarray) -> onnx.ModelProto:
-    """x (1, F_in) -> Gemm with `weight` (F_in, F_out) and a zero bias -> y."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[0]])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "dense", [x], [y],
-                              [numpy_helper.from_array(weight, "w"),
-                               numpy_helper.from_array(np.zeros(weight.shape[1], np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model

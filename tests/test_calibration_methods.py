@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx2cmsis.api import convert, front_end
 from onnx2cmsis.ops.registry import build_registry
 from onnx2cmsis.tuning.recipe import Recipe, fitted
-from tests.onnx_builders import gemm_model
+from tests.onnx_models import gemm_model
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.ranges import (
     HISTOGRAM_BINS,

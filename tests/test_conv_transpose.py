@@ -16,7 +16,7 @@ from onnx2cmsis.quant.quantize import dequantized_outputs
 from onnx2cmsis.tuning.search import float_outputs
 from tests.bit_exact import bit_exact_everywhere
 from tests.needs import module
-from tests.onnx_builders import save_one_input_model
+from tests.onnx_models import save_one_input_model
 
 
 def _save(tmp_path, name: str, nodes: list, shape: list[int], inits: list) -> str:

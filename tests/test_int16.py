@@ -22,7 +22,7 @@ from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from tests.bit_exact import batch_mismatches
 from tests.keras_models import input_window, keras_fixtures
 from tests.needs import module, oracle_runtime, qemu_tools
-from tests.onnx_builders import _model
+from tests.onnx_models import make_model
 from tests.zoo import make_op_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def _elementwise_model(op: str, folder: Path, scale: float) -> object:
     path = folder / f"{op}_{scale:g}.onnx"
     import onnx
 
-    onnx.save(_model([helper.make_node(op, ["x"], ["y"])], [x], [y], []), str(path))
+    onnx.save(make_model([helper.make_node(op, ["x"], ["y"])], [x], [y], []), str(path))
     calib = np.full((1, 256, 256), scale * 32767, np.float32)
     return convert(path, calib, name=f"{op.lower()}_{len(folder.name)}_{int(scale * 1e6)}", precision="int16")
 
@@ -230,7 +230,7 @@ def test_s16_convolution_that_could_overflow_its_32_bit_sum_is_refused(tmp_path)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 200, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     path = tmp_path / "wide.onnx"
-    onnx.save(_model([node], [x], [y], [w]), str(path))
+    onnx.save(make_model([node], [x], [y], [w]), str(path))
     calib = np.random.default_rng(0).standard_normal((16, 200, 8)).astype(np.float32)
     convert(path, calib, name="wide8")  # int8 is fine: its int32 sum has room
     with pytest.raises(ConversionError, match=r"node 'wide_conv' .*int32 partial sum of output channel 0 can "

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.drivers.evaluate import evaluate
-from tests.onnx_builders import _model
+from tests.onnx_models import make_model
 
 
 def _conv_then(tail: list, c_in: int = 3, c_out: int = 6, w: int = 40, seed: int = 0, extra_inits=()):
@@ -18,7 +18,7 @@ def _conv_then(tail: list, c_in: int = 3, c_out: int = 6, w: int = 40, seed: int
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["t0"], kernel_shape=[3], pads=[1, 1]), *tail]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, w])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return _model(nodes, [x], [y], inits), rng.standard_normal((64, c_in, w)).astype(np.float32)
+    return make_model(nodes, [x], [y], inits), rng.standard_normal((64, c_in, w)).astype(np.float32)
 
 
 def _bn_inits(rng, c, prefix="bn"):
@@ -92,7 +92,7 @@ def test_pad_folds_into_the_following_conv(tmp_path):
              numpy_helper.from_array((rng.standard_normal((4, 2, 3)) * 0.5).astype(np.float32), "w")]
     nodes = [helper.make_node("Pad", ["x", "pads"], ["p"]),  # a Keras-style causal pad
              helper.make_node("Conv", ["p", "w"], ["y"], kernel_shape=[3], dilations=[1])]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 30])],
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 30])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     calib = rng.standard_normal((32, 2, 30)).astype(np.float32)
     conv = _convert(tmp_path, model, calib)
@@ -110,7 +110,7 @@ def test_flatten_before_dense_costs_no_copy(tmp_path):
              numpy_helper.from_array((rng.standard_normal((4 * 20, 5)) * 0.2).astype(np.float32), "d")]
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3], pads=[1, 1]),
              helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("MatMul", ["f", "d"], ["y"])]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20])],
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     calib = rng.standard_normal((32, 3, 20)).astype(np.float32)
     conv = _convert(tmp_path, model, calib)
@@ -128,7 +128,7 @@ def test_static_batch_export_with_batch_in_reshape_constants(tmp_path):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3]),
              helper.make_node("Reshape", ["c", "flat_shape"], ["f"]),
              helper.make_node("MatMul", ["f", "m"], ["y"])]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 12])],
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 12])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], inits)
     calib = rng.standard_normal((32, 2, 12)).astype(np.float32)
     conv = _convert(tmp_path, model, calib)

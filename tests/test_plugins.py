@@ -14,7 +14,7 @@ from onnx2cmsis.drivers.evaluate import evaluate
 from onnx2cmsis.ops.base import OpHandler
 from onnx2cmsis.ops.registry import build_registry
 from tests.needs import module
-from tests.onnx_builders import _model
+from tests.onnx_models import make_model
 
 plugin = module("onnx2cmsis_hardsigmoid", "pip install -e examples/plugin")
 SPEC = "onnx2cmsis_hardsigmoid:HardSigmoidHandler"
@@ -41,7 +41,7 @@ def _hardsigmoid_model(tmp_path, after_conv: bool = True):
     path = tmp_path / "hs.onnx"
     import onnx
 
-    onnx.save(_model(nodes, [x], [y], [w1, w2] if after_conv else [w2]), str(path))
+    onnx.save(make_model(nodes, [x], [y], [w1, w2] if after_conv else [w2]), str(path))
     return path, rng.standard_normal((128, 3, 32)).astype(np.float32) * 2
 
 
@@ -202,7 +202,7 @@ def test_a_plugin_op_is_checked_against_tflite_micro_through_its_own_export(tmp_
     path = tmp_path / "relu.onnx"
     import onnx
 
-    onnx.save(_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])],
+    onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])],
                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2]), str(path))
     registry = build_registry(extra=("tests.test_plugins:TableRelu",), allow_override=True)
     conv = convert(path, rng.standard_normal((64, 3, 32)).astype(np.float32), name="relu_plugin", registry=registry)

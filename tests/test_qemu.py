@@ -63,7 +63,7 @@ def _mve_rule_convs(folder: Path) -> list:
     arm_convolve_s8 directly, never the wrapper that would pick it)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from tests.onnx_builders import _model
+    from tests.onnx_models import make_model
 
     rng, convs = np.random.default_rng(9), []
     for i, (c_in, k, stride, pads) in enumerate([(4, 3, 1, [2, 0]), (8, 5, 1, [4, 0]), (4, 3, 2, [1, 1]),
@@ -75,7 +75,7 @@ def _mve_rule_convs(folder: Path) -> list:
         path = folder / f"mve_rule{i}.onnx"
         import onnx
 
-        onnx.save(_model([node], [x], [y], [w]), str(path))
+        onnx.save(make_model([node], [x], [y], [w]), str(path))
         conv = convert(path, rng.standard_normal((32, c_in, 40)).astype(np.float32), name=f"mve_rule{i}")
         assert [layer["kernel"] for layer in conv.report["layers"] if layer["op"] == "conv1d"] == ["arm_convolve_s8"]
         assert "arm_convolve_wrapper_s8" not in conv.source and "arm_convolve_1_x_n_s8" not in conv.source
@@ -181,7 +181,7 @@ def test_a_model_too_big_for_a_board_is_skipped_there_and_says_which(tmp_path):
     which verify reports as that board's skip (not a failure of the run)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from tests.onnx_builders import _model
+    from tests.onnx_models import make_model
     import onnx
 
     qemu_tools()
@@ -189,7 +189,7 @@ def test_a_model_too_big_for_a_board_is_skipped_there_and_says_which(tmp_path):
     w = numpy_helper.from_array((rng.standard_normal((1200, 256)) / 30).astype(np.float32), "w")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1200])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    onnx.save(_model([helper.make_node("Gemm", ["x", "w"], ["y"])], [x], [y], [w]), str(tmp_path / "big.onnx"))
+    onnx.save(make_model([helper.make_node("Gemm", ["x", "w"], ["y"])], [x], [y], [w]), str(tmp_path / "big.onnx"))
     conv = convert(tmp_path / "big.onnx", rng.standard_normal((16, 1200)).astype(np.float32), name="big")
     with pytest.raises(DoesNotFit):
         target_named("m0plus").build(conv, tmp_path / "direct")

@@ -19,7 +19,7 @@ from onnx2cmsis.tuning.recipe import (
     pick,
 )
 from onnx2cmsis.tuning.search import float_outputs
-from tests.onnx_builders import gemm_model
+from tests.onnx_models import gemm_model
 
 OWN = Recipe("minmax", "auto", True)
 MSE = Recipe("mse", "per-channel", True)

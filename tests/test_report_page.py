@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert, write_outputs
 from onnx2cmsis.codegen.report_page import md_cell
-from tests.onnx_builders import _model
+from tests.onnx_models import make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vibration"
@@ -46,7 +46,7 @@ def test_model_text_is_escaped(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     path = tmp_path / "n.onnx"
-    onnx.save(_model([node], [x], [y], [w]), str(path))
+    onnx.save(make_model([node], [x], [y], [w]), str(path))
     conv = convert(path, rng.standard_normal((16, 2, 16)).astype(np.float32), name="n")
     page, svg = conv.pages["n.md"], conv.pages["n_memory.svg"]
     ET.fromstring(svg)  # still well-formed XML

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
 from tests.needs import module
-from tests.onnx_builders import _model
+from tests.onnx_models import make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def branchy_model() -> onnx.ModelProto:
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return _model(nodes, [x], [y], inits)
+    return make_model(nodes, [x], [y], inits)
 
 
 def topological_orders(n: int, deps: list[set[int]]):

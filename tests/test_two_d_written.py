@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.errors import UnsupportedOpError
-from tests.onnx_builders import save_one_input_model
+from tests.onnx_models import save_one_input_model
 
 C, T, F = 3, 64, 8
 FORMS = {"1d": (C, T), "unit_h": (C, 1, T), "unit_w": (C, T, 1)}
