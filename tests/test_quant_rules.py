@@ -15,10 +15,12 @@ from onnx2cmsis.arith.rules import (
     divide_by_power_of_two,
     doubling_high_mult,
     f32,
+    integer_matmul,
     quantize_multiplier,
     quantize_tensor,
     requantize,
     round_half_away,
+    wrap32,
     QuantParams,
 )
 
@@ -82,6 +84,43 @@ def test_requantize_approximates_the_real_multiplication(acc, real):
     m, s = quantize_multiplier(real)
     got = int(requantize(np.array([acc]), m, s)[0])
     assert abs(got - acc * real) <= 1.0
+
+
+def _c_requantize(acc: int, m: int, shift: int) -> int:
+    """arm_nn_requantize in Python integers: wrap to int32 after the left shift, the doubling high
+    multiply, then the rounding right shift."""
+    x = ((acc << max(shift, 0)) + 2**31) % 2**32 - 2**31
+    return _c_divide((x * m + 2**30) >> 31, max(-shift, 0))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=6), st.integers(2**30, 2**31 - 1),
+       st.integers(-31, 8))
+def test_requantize_is_cmsis_nn_integer_arithmetic(accs, m, shift):
+    # per-channel shifts too: one channel at `shift`, the next at zero
+    got = requantize(np.array([accs, accs]).T, m, np.array([shift, 0]))
+    assert got[:, 0].tolist() == [_c_requantize(a, m, shift) for a in accs]
+    assert got[:, 1].tolist() == [_c_requantize(a, m, 0) for a in accs]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(2**62), 2**62))
+def test_wrap32_is_twos_complement(x):
+    assert int(wrap32(np.array([x]))[0]) == (x + 2**31) % 2**32 - 2**31
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3000), st.sampled_from([127, 255, 32767]), st.integers(0, 2**32 - 1))
+def test_integer_matmul_is_exact_across_its_float_paths(k, top, seed):
+    # k * top * 127 crosses float32's 2^24 (int8 layers), and with int16 values float64's 2^53 is not
+    # reached: the extremes at both ends check that no rounding slips in on either path
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-top, top + 1, size=(3, k))
+    x[0] = top
+    w = rng.integers(-127, 128, size=(k, 2))
+    w[:, 0] = 127
+    want = [[sum(int(a) * int(b) for a, b in zip(row, col)) for col in w.T] for row in x]
+    assert integer_matmul(x.astype(np.int32), w.astype(np.int8)).tolist() == want
 
 
 def test_activation_quant_contains_zero_exactly():

@@ -192,7 +192,10 @@ def activation_range(q: QuantParams, lo: float | None, hi: float | None) -> tupl
 
 def wrap32(x: np.ndarray) -> np.ndarray:
     """Two's-complement wrap of int64 values to int32 range (what the C does on overflow)."""
-    return ((x + 2**31) % 2**32) - 2**31
+    y = np.asarray(x, dtype=np.int64) + 2**31  # a mask, not %, and in place: a fifth of the time
+    y &= 0xFFFFFFFF
+    y -= 2**31
+    return y
 
 
 def doubling_high_mult(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
@@ -210,11 +213,13 @@ def divide_by_power_of_two(x: np.ndarray, exponent: np.ndarray | int) -> np.ndar
     """arm_nn_divide_by_power_of_two: rounding right shift, halves away from zero."""
     x = np.asarray(x, dtype=np.int64)
     e = np.asarray(exponent, dtype=np.int64)
-    mask = (np.int64(1) << e) - 1
-    remainder = x & mask
-    result = x >> e
-    threshold = (mask >> 1) + (result < 0)
-    return result + (remainder > threshold)
+    # CMSIS-NN adds 1 when the remainder exceeds half the divisor (half less one for negatives): the
+    # same as adding half (half less one) before the arithmetic shift. In place on one new array:
+    # five times faster than a temporary per step, and most of the integer reference's time before.
+    y = x + (((np.int64(1) << e) - 1) >> 1)
+    y += (x >= 0) & (e > 0)
+    y >>= e
+    return y
 
 
 def requantize(acc: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
@@ -223,9 +228,11 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray 
     shift = np.asarray(shift, dtype=np.int64)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
-    scaled = wrap32(acc * (np.int64(1) << left))
+    scaled = wrap32(acc << left if left.any() else acc)
     # no_sat variant: floor((x*M + 2^30) / 2^31); equal to the saturating one for M > 0.
-    hi = (scaled * np.asarray(multiplier, dtype=np.int64) + (1 << 30)) >> 31
+    hi = scaled * np.asarray(multiplier, dtype=np.int64)
+    hi += 1 << 30
+    hi >>= 31
     return divide_by_power_of_two(hi, right)
 
 
@@ -235,13 +242,15 @@ def saturate_int8(x: np.ndarray, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.n
 
 def integer_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x @ w of integer arrays, exactly, as int64. numpy's integer matmul has no BLAS and was most of a
-    conversion's time; float64 holds every integer below 2^53 exactly, and no partial sum of a
-    product row can exceed K * max|x| * max|w|, so below that bound the float product is exact
-    whatever order BLAS adds in."""
+    conversion's time. A float holds every integer below 2^24 (float32) or 2^53 (float64) exactly,
+    and no partial sum of a product row can exceed K * max|x| * max|w|, so below that bound the float
+    product is exact whatever order BLAS adds in; int8 layers with K below about 500 take float32,
+    at half float64's time and memory."""
     bound = float(np.abs(x).max(initial=0)) * float(np.abs(w).max(initial=0)) * x.shape[-1]
     if bound >= 2.0**53:
         return x.astype(np.int64) @ w.astype(np.int64)
-    return (x.astype(np.float64) @ w.astype(np.float64)).astype(np.int64)
+    exact = np.float32 if bound < 2.0**24 else np.float64
+    return (x.astype(exact) @ w.astype(exact)).astype(np.int64)
 
 
 def saturate(x: np.ndarray, bits: int, lo: int | None = None, hi: int | None = None) -> np.ndarray:

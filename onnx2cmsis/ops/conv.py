@@ -196,7 +196,8 @@ class Conv1DHandler(WindowedOp, WeightedOp):
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams
         q_in = graph.tensors[node.inputs[0]].quant
-        x = inputs[0].astype(np.int64) - q_in.zero_point  # input_offset = -zp: padding contributes 0
+        # input_offset = -zp: padding contributes 0 (int32 holds x - zp; the im2col below is 4x an input)
+        x = inputs[0].astype(np.int32) - np.int32(q_in.zero_point)
         n, w_in = x.shape[:2]
         w_out = window_of(node).out_width(w_in)
         cols = window_columns(x, window_of(node), w_out).reshape(n, w_out, -1)  # (N, w_out, k*c_in)
