@@ -37,7 +37,7 @@ from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_ou
 from onnx2cmsis.report import build_report, header_summary, input_window
 from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.tuning.bias_correction import correct_biases
-from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, widths_heldout
+from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, recorded_values, widths_heldout
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
 
 __all__ = ["Budget", "Conversion", "ConvertOptions", "convert", "front_end", "back_end", "write_outputs"]
@@ -166,7 +166,12 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     if len(candidates) > 1:
         step(f"choosing the quantization recipe on {min(len(data.search), CHOICE_SAMPLES)} samples and held-out "
              "folds of them")
-    recipe = choose_recipe(model, graph, registry, data.search, candidates)
+    # the search samples' float values, run once: the recipe's fits, the ranges when the search
+    # samples are all there are (up to SEARCH_SAMPLES), the widths' folds and bias correction read them
+    reads = (len(candidates) > 1 or candidates[0].bias_correction or opts.precision == "auto"
+             or len(data.samples) == len(data.search))
+    recorded = recorded_values(model, graph, data.search) if reads else None
+    recipe = choose_recipe(model, graph, registry, data.search, candidates, recorded)
     chosen_recipe = recipe.chosen
     graph.quant_options = replace(opts.quant_options, calibration_method=chosen_recipe.calibration_method,
                                   dense_weights=chosen_recipe.dense_weights)
@@ -174,7 +179,7 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
          + (", choosing dense weight scales" if chosen_recipe.dense_weights == "auto" else "") + ")")
     before_widths = copy.deepcopy(graph) if opts.precision == "auto" else None  # what folds are fitted from
     calibration = calibrate(model, graph, registry, data.samples, data.search, chosen_recipe.calibration_method,
-                            chosen_recipe.dense_weights)
+                            chosen_recipe.dense_weights, recorded if len(data.samples) == len(data.search) else None)
     apply_weights(graph, calibration.weights)  # on the nodes from here on: indices may shift below
     chosen = None
     if opts.precision == "auto":
@@ -184,16 +189,16 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
         if opts.max_accuracy_drop is not None and data.labels is not None:
             labels = data.labels[data.chosen]
             target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=labels)
-        heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels)
+        heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels, recorded)
         try:
             chosen = choose_precision(graph, registry, calibration.ranges, data.search,
-                                      float_outputs(model, data.search), target, cmsis.api, heldout)
+                                      float_outputs(model, data.search, recorded), target, cmsis.api, heldout)
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None
     corrected = None
     if chosen_recipe.bias_correction:
         step("correcting biases")
-        corrected = len(correct_biases(model, graph, registry, calibration.ranges, data.search))
+        corrected = len(correct_biases(model, graph, registry, calibration.ranges, data.search, recorded))
     quantize_graph(graph, registry, calibration.ranges)
     check_graph(graph, "quantization", quantized=True)
     return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary(), recipe.summary())

@@ -9,17 +9,24 @@ import onnx
 from onnx2cmsis.api import convert, front_end
 from onnx2cmsis.quant.quantize import dequantized_outputs
 from onnx2cmsis.tuning.bias_correction import _kept_share
+from onnx2cmsis.data.samples import stacked
+from onnx2cmsis.quant.calibrate import record_floats
 from onnx2cmsis.tuning.recipe import (
+    FOLDS,
     MARGIN_DB,
     TFLITE_RECIPE,
     Recipe,
     Score,
     candidate_recipes,
+    _fitted_outputs,
+    recorded_values,
     fitted,
     pick,
 )
 from onnx2cmsis.tuning.search import float_outputs
-from tests.onnx_models import gemm_model
+from onnx import helper, numpy_helper
+
+from tests.onnx_models import gemm_model, save_one_input_model
 
 OWN = Recipe("minmax", "auto", True)
 MSE = Recipe("mse", "per-channel", True)
@@ -110,3 +117,33 @@ def test_bias_correction_keeps_a_mean_the_samples_agree_on_and_drops_one_they_do
     counts = np.full((40, 2), 100)
     share = _kept_share(per_sample.mean(axis=0), per_sample, counts)
     assert share[0] > 0.99 and share[1] == 0.0
+
+
+def test_a_fold_fit_from_recorded_floats_scores_what_a_fit_from_scratch_gives(tmp_path):
+    """The choice's shortcuts (the float values run once for all fits, a weight trial rerunning only
+    the graph's tail, the held-out samples scored in bias correction's own pass) change no number: a
+    fold's outputs equal those of the same recipe fitted on that fold's samples alone and run again."""
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 5)) * 0.4).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.2).astype(np.float32), "b1"),
+             numpy_helper.from_array((rng.standard_normal((8, 4)) * 0.5).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.full(4, 0.1, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["y"])]
+    path = tmp_path / "small.onnx"
+    save_one_input_model(path, nodes, [1, 3, 40], inits)
+    x = (rng.standard_normal((30, 3, 40)) + 0.3).astype(np.float32)
+    conv = convert(path, x[:4])
+    model, graph, _ = front_end(path, conv.registry)
+    recorded = recorded_values(model, graph, x)
+    assert recorded is not None and record_floats(model, x, ["y"], budget=10) is None  # over budget: not kept
+    test = np.arange(1, len(x), FOLDS)
+    fit = np.setdiff1d(np.arange(len(x)), test)
+    for recipe in (TFLITE_RECIPE, OWN, MSE):
+        quick = _fitted_outputs(model, graph, conv.registry, recipe, x, fit, test, None, recorded)
+        plain = dequantized_outputs(fitted(model, graph, conv.registry, recipe, stacked([x[i] for i in fit])),
+                                    conv.registry, x[test]).reshape(len(test), -1)
+        assert np.array_equal(quick, plain), recipe

@@ -7,6 +7,7 @@ costs no more memory than one block and the running min/max.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,83 @@ def run_float(model: onnx.ModelProto, samples: Iterable[np.ndarray], outputs: li
         yield dict(zip(names, res))
 
 
+RECORD_BYTES = 128 << 20  # a recording larger than this is not kept: the values are computed again instead
+
+
+@dataclass(frozen=True)
+class RecordedFloats:
+    """The float model's values on a fixed list of samples, one {value name: array} per sample, run
+    once, with each value's per-sample min and max. The recipe choice fits up to nine quantizations
+    on subsets of the same few samples; running ONNX Runtime for each fit (ranges, histograms, bias
+    correction, outputs) was a fifth of a conversion's time."""
+
+    per_sample: tuple[dict[str, np.ndarray], ...]
+    lows: dict[str, np.ndarray]  # value name -> (samples,) minima
+    highs: dict[str, np.ndarray]
+    _stacked: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)  # a memo
+
+    def __len__(self) -> int:
+        return len(self.per_sample)
+
+    def subset(self, indices: Iterable[int]) -> RecordedFloats:
+        rows = np.asarray(list(indices), dtype=np.int64)
+        return RecordedFloats(tuple(self.per_sample[int(i)] for i in rows),
+                              {v: a[rows] for v, a in self.lows.items()}, {v: a[rows] for v, a in self.highs.items()})
+
+    def holds(self, names: Iterable[str]) -> bool:
+        return not self.per_sample or all(n in self.per_sample[0] for n in names)
+
+    def stacked(self, name: str) -> np.ndarray:
+        """One value over every sample, (samples, *shape), float64 (made once: each fit reads it)."""
+        if name not in self._stacked:
+            self._stacked[name] = np.stack([np.asarray(s[name], np.float64) for s in self.per_sample])
+        return self._stacked[name]
+
+    def extremes(self, names: list[str]) -> dict[str, tuple[float, float]] | None:
+        """Each value's min and max over the samples (None where a sample's are not finite: the
+        sample-by-sample path decides what that means)."""
+        if not self.holds(names) or not all(np.isfinite(self.lows[v]).all() and np.isfinite(self.highs[v]).all()
+                                            for v in names):
+            return None
+        return {v: (float(self.lows[v].min(initial=np.inf)), float(self.highs[v].max(initial=-np.inf)))
+                for v in names}
+
+
+def record_floats(model: onnx.ModelProto, samples: Iterable[np.ndarray], names: list[str],
+                  budget: int = RECORD_BYTES) -> RecordedFloats | None:
+    """run_float's values of `names` for every sample, kept (None once they would exceed `budget` bytes)."""
+    kept, size = [], 0
+    for values in run_float(model, samples, names):
+        size += sum(v.nbytes for v in values.values())
+        if size > budget:
+            return None
+        kept.append(values)
+    def per_value(reduce) -> dict[str, np.ndarray]:
+        return {v: np.array([float(reduce(s[v])) if s[v].size else np.nan for s in kept]) for v in names}
+    return RecordedFloats(tuple(kept), per_value(np.min), per_value(np.max))
+
+
+def float_values(model: onnx.ModelProto, samples: Iterable[np.ndarray], names: list[str],
+                 recorded: RecordedFloats | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """run_float, read from `recorded` (the same samples' values) when it holds every name."""
+    if recorded is None or not recorded.holds(names):
+        yield from run_float(model, samples, names)
+        return
+    for values in recorded.per_sample:
+        yield {n: values[n] for n in names}
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
 
 
 def collect_histograms(model: onnx.ModelProto, samples: Iterable[np.ndarray],
-                       extremes: dict[str, tuple[float, float]]) -> dict[str, ValueHistogram]:
+                       extremes: dict[str, tuple[float, float]],
+                       recorded: RecordedFloats | None = None) -> dict[str, ValueHistogram]:
     """A second pass over the samples: each value's histogram over its [min, max] (quant/ranges.py)."""
     histograms = new_histograms(extremes)
-    for block in value_blocks(model, samples, list(extremes)):
+    for block in value_blocks(model, samples, list(extremes), recorded):
         for v, arrays in block.items():  # one histogram call per value per block (the counts add up)
             histograms[v].add(np.concatenate([a.reshape(-1) for a in arrays]))
     return histograms
@@ -100,13 +168,13 @@ def collect_histograms(model: onnx.ModelProto, samples: Iterable[np.ndarray],
 RANGE_BLOCK = 64  # samples per reduction
 
 
-def value_blocks(model: onnx.ModelProto, samples: Iterable[np.ndarray],
-                 values: list[str]) -> Iterator[dict[str, list[np.ndarray]]]:
+def value_blocks(model: onnx.ModelProto, samples: Iterable[np.ndarray], values: list[str],
+                 recorded: RecordedFloats | None = None) -> Iterator[dict[str, list[np.ndarray]]]:
     """run_float's values RANGE_BLOCK samples at a time: {value: one array per sample of the block}. A
     reduction per block, not per sample: one per value per sample was most of a 10^5-sample
     calibration."""
     pending: dict[str, list[np.ndarray]] = {v: [] for v in values}
-    for k, outs in enumerate(run_float(model, samples, values)):
+    for k, outs in enumerate(float_values(model, samples, values, recorded)):
         for v, arr in outs.items():
             pending[v].append(arr)
         if k % RANGE_BLOCK == RANGE_BLOCK - 1:
@@ -116,10 +184,14 @@ def value_blocks(model: onnx.ModelProto, samples: Iterable[np.ndarray],
         yield pending
 
 
-def collect_ranges(model: onnx.ModelProto, samples: Iterable[np.ndarray], values: list[str]) -> dict[str, tuple[float, float]]:
+def collect_ranges(model: onnx.ModelProto, samples: Iterable[np.ndarray], values: list[str],
+                   recorded: RecordedFloats | None = None) -> dict[str, tuple[float, float]]:
+    found = None if recorded is None else recorded.extremes(values)
+    if found is not None:
+        return found
     lo = {v: np.inf for v in values}
     hi = {v: -np.inf for v in values}
-    for block in value_blocks(model, samples, values):
+    for block in value_blocks(model, samples, values, recorded):
         for v, arrays in block.items():
             flat = np.concatenate([a.reshape(-1) for a in arrays])
             if flat.size and not np.isnan(block_lo := float(np.min(flat))):

@@ -82,6 +82,32 @@ def reference_by_sample(graph: Graph, registry: Registry, codes: Sequence[np.nda
             yield {name: value[k] for name, value in values.items()}
 
 
+def batch_values(graph: Graph, registry: Registry, codes: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Every tensor of the integer reference on N samples' input codes, one dict per slice of
+    `batches`: what rerun_from starts from."""
+    return [run_reference_batch(graph, registry, [np.asarray(c)[part] for c in codes], keep_all=True)
+            for part in batches(graph, len(codes[0]))]
+
+
+def rerun_from(graph: Graph, registry: Registry, parts: list[dict[str, np.ndarray]],
+               start: int) -> list[dict[str, np.ndarray]]:
+    """batch_values of `graph` when it differs from the graph that made `parts` only in the nodes from
+    index `start` on: the nodes before it are not run again (`parts` is left as it is)."""
+    rerun = []
+    for values in parts:
+        values = dict(values)
+        for node in graph.nodes[start:]:
+            run_node_batch(graph, registry, node, values)
+        rerun.append(values)
+    return rerun
+
+
+def batch_outputs(graph: Graph, parts: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """The output_codes rows of batch_values' samples, (N, output size)."""
+    return np.concatenate([np.concatenate([v[o].reshape(len(v[o]), -1) for o in graph.outputs], axis=1)
+                           for v in parts])
+
+
 def quantize_samples(graph: Graph, x: np.ndarray | MultiSamples) -> list[np.ndarray]:
     """N float samples' codes, one (N, ...) array per input, each with its input's parameters."""
     return [quantize_tensor(np.asarray(part), graph.tensors[name].quant)

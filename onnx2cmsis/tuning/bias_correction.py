@@ -27,8 +27,8 @@ import onnx
 
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import batches, quantize_samples, run_node_batch
+from onnx2cmsis.quant.calibrate import RecordedFloats, float_values
+from onnx2cmsis.quant.quantize import batch_outputs, batches, quantize_samples, run_node_batch
 from onnx2cmsis.arith.rules import dequantize_tensor, int_range
 from onnx2cmsis.tuning.search import quantized_copy
 
@@ -36,25 +36,42 @@ MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the
 
 
 def correct_biases(model: onnx.ModelProto, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
-                   x: np.ndarray) -> list[int]:
+                   x: np.ndarray, recorded: RecordedFloats | None = None) -> list[int]:
     """Fold each correctable node's mean output error into its bias (graph.nodes[i].consts); returns
-    the indices of the nodes corrected."""
+    the indices of the nodes corrected. `recorded`: the float values of `x`, if already run."""
+    return corrected_run(model, graph, registry, ranges, x, recorded)[0]
+
+
+def corrected_run(model: onnx.ModelProto, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
+                  x: np.ndarray, recorded: RecordedFloats | None = None,
+                  rows: np.ndarray | None = None) -> tuple[list[int], np.ndarray | None]:
+    """correct_biases with the errors measured on the samples `rows` of `x` alone (None: all), and
+    the output_codes rows of every sample of `x` from the corrected graph (None: nothing to correct):
+    the recipe choice scores the samples a fit did not see in the same pass."""
     targets = [i for i, n in enumerate(graph.nodes)
                if registry.for_op(n.op).folds_affine and "bias" in n.consts and _comparable(graph, n.output)]
     if not targets:
-        return []
+        return [], None
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
     values = sorted({graph.tensors[graph.nodes[i].output].calib_name for i in targets})
-    floats = list(run_float(model, x, values))
-    return _correct_in_one_pass(graph, registry, ranges, x, floats, set(targets))
+    if recorded is not None and recorded.holds(values):
+        floats = {v: recorded.stacked(v)[rows] for v in values}
+    else:
+        found = list(float_values(model, x, values))
+        floats = {v: np.stack([np.asarray(found[int(i)][v], np.float64) for i in rows]) for v in values}
+    return _correct_in_one_pass(graph, registry, ranges, x, floats, set(targets), rows)
 
 
 def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x,
-                         floats: list[dict[str, np.ndarray]], targets: set[int]) -> list[int]:
+                         floats: dict[str, np.ndarray], targets: set[int],
+                         rows: np.ndarray) -> tuple[list[int], np.ndarray]:
     """The integer reference run node by node over all samples on one quantized copy: at each target
-    its mean error is measured with every upstream correction in place, folded into the float bias
-    (of `graph` and of the copy), the node quantized again and run again before the nodes after it.
-    (A node's quantization reads its own constants and the fixed ranges only, so this is what
-    quantizing the whole graph again for each target would give.)"""
+    its mean error is measured on the samples `rows` (their float values: `floats`, value name ->
+    (rows, *shape)) with every upstream correction in place, folded into the float bias (of `graph`
+    and of the copy), the node quantized again and run again before the nodes after it. (A node's
+    quantization reads its own constants and the fixed ranges only, so this is what quantizing the
+    whole graph again for each target would give.) Returns the nodes corrected and every sample's
+    output codes."""
     g = quantized_copy(graph, registry, ranges, {})  # the weight choices are on the nodes already
     codes = quantize_samples(g, x)
     # one dict of values per slice of samples (batches keeps each slice's temporaries small)
@@ -66,7 +83,8 @@ def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tup
             run_node_batch(g, registry, node, values)
         if index not in targets:
             continue
-        shift = _mean_error(g, node, np.concatenate([values[node.output] for values in parts]), floats)
+        output = np.concatenate([values[node.output] for values in parts])
+        shift = _mean_error(g, node, output[rows], floats)
         original = graph.nodes[index]
         if shift is None or not np.any(shift):
             continue
@@ -77,7 +95,7 @@ def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tup
             for values in parts:
                 run_node_batch(g, registry, node, values)
             corrected.append(index)
-    return corrected
+    return corrected, batch_outputs(g, parts)
 
 
 def _comparable(graph: Graph, tensor: str) -> bool:
@@ -85,7 +103,7 @@ def _comparable(graph: Graph, tensor: str) -> bool:
     return bool(t.calib_name) and t.calib_index is not None and len(t.calib_index) == t.size
 
 
-def _mean_error(graph: Graph, node, output: np.ndarray, floats: list[dict[str, np.ndarray]]) -> np.ndarray | None:
+def _mean_error(graph: Graph, node, output: np.ndarray, floats: dict[str, np.ndarray]) -> np.ndarray | None:
     """Each channel's mean error of the node's int8 output (all samples) against float, where the
     output moves with the bias, shrunk by _kept_share (None: no such position)."""
     t = graph.tensors[node.output]
@@ -96,16 +114,16 @@ def _mean_error(graph: Graph, node, output: np.ndarray, floats: list[dict[str, n
     low, high = int_range(q.bits)
     floor = max(lo if lo is not None else -np.inf, (low - q.zero_point + 1) * q.scale)
     ceiling = min(hi if hi is not None else np.inf, (high - q.zero_point - 1) * q.scale)
-    sums, counts = [], []  # per sample and channel: the summed error and how many positions
-    for sample_ints, values in zip(output, floats, strict=True):
-        got = dequantize_tensor(sample_ints, q).astype(np.float64).reshape(-1, channels)
-        want = np.empty(t.size)
-        want[t.calib_index] = np.asarray(values[t.calib_name], np.float64).reshape(-1)
-        want = want.reshape(-1, channels)
-        linear = (want > floor) & (want < ceiling)
-        sums.append(np.where(linear, got - want, 0.0).sum(axis=0))
-        counts.append(linear.sum(axis=0))
-    sums, counts = np.array(sums), np.array(counts)
+    n = len(output)
+    # all samples at once: (samples, positions, channels)
+    got = dequantize_tensor(output, q).astype(np.float64).reshape(n, -1, channels)
+    want = np.empty((n, t.size))
+    want[:, t.calib_index] = floats[t.calib_name].reshape(n, -1)
+    want = want.reshape(n, -1, channels)
+    linear = (want > floor) & (want < ceiling)
+    # per sample and channel: the summed error and how many positions
+    sums = np.where(linear, got - want, 0.0).sum(axis=1)
+    counts = linear.sum(axis=1)
     count = counts.sum(axis=0)
     if not count.any():
         return None

@@ -33,11 +33,12 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.accuracy import accuracy
+from onnx2cmsis.quant.calibrate import RecordedFloats, record_floats
 from onnx2cmsis.quant.precision import apply_precision
-from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
+from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, output_floats, quantize_graph
 from onnx2cmsis.tuning.auto_precision import HeldoutCheck, HeldoutFigures
-from onnx2cmsis.tuning.bias_correction import correct_biases
-from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_samples, sqnr_db
+from onnx2cmsis.tuning.bias_correction import corrected_run
+from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, sqnr_db
 
 FOLDS = 3
 MARGIN_DB = 0.2  # what a recipe must gain over the incumbent on held-out samples to be chosen
@@ -101,25 +102,30 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, candidates: list[Recipe]) -> RecipeChoice:
+def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, candidates: list[Recipe],
+                  recorded: RecordedFloats | None = None) -> RecipeChoice:
     """The candidate (candidate_recipes) to quantize `graph` with, measured on the search samples `x`:
-    the incumbent (the first) unless another beats it in-sample and, by MARGIN_DB, held out."""
-    x = search_samples(x, CHOICE_SAMPLES)
+    the incumbent (the first) unless another beats it in-sample and, by MARGIN_DB, held out.
+    `recorded`: the float values of `x` (recorded_values), if already run."""
+    chosen = search_indices(len(x), CHOICE_SAMPLES)
+    recorded = None if recorded is None else recorded.subset(chosen)
+    x = stacked([x[int(i)] for i in chosen])
     incumbent, n = candidates[0], len(x)
     if len(candidates) == 1:
         return RecipeChoice(incumbent, "the only recipe the options leave open", {}, n)
     if n < MIN_SAMPLES:
         return RecipeChoice(incumbent, f"{n} calibration samples are too few to hold any out "
                             f"(at least {MIN_SAMPLES}): {incumbent.text()}", {}, n)
-    want = float_outputs(model, x).reshape(n, -1).astype(np.float64)
+    recorded = recorded_values(model, graph, x) if recorded is None else recorded
+    want = float_outputs(model, x, recorded).reshape(n, -1).astype(np.float64)
     every = np.arange(n)
-    in_sample = {r: output_sqnr_db(_fitted_outputs(model, graph, registry, r, x, every, every), want)
+    in_sample = {r: output_sqnr_db(_fitted_outputs(model, graph, registry, r, x, every, every, None, recorded), want)
                  for r in candidates}
     # the best in-sample challenger, if it is at least the incumbent's: only it can be chosen, so only
     # it and the incumbent are fitted on the folds
     challenger = max(candidates[1:], key=lambda r: in_sample[r])
     held_out = [incumbent, challenger] if in_sample[challenger] >= in_sample[incumbent] else []
-    scores = {r: Score(in_sample[r], output_sqnr_db(heldout_outputs(model, graph, registry, r, x), want)
+    scores = {r: Score(in_sample[r], output_sqnr_db(heldout_outputs(model, graph, registry, r, x, None, recorded), want)
                        if r in held_out else None) for r in candidates}
     chosen, reason = pick(candidates, scores)
     return RecipeChoice(chosen, reason, scores, n)
@@ -141,31 +147,42 @@ def pick(candidates: list[Recipe], scores: dict[Recipe, Score]) -> tuple[Recipe,
 
 
 def fitted(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
-           bits: list[int] | None = None) -> Graph:
+           bits: list[int] | None = None, recorded: RecordedFloats | None = None) -> Graph:
     """A quantized copy of `graph`: `recipe` applied with what the samples `x` alone give, each node
-    at the width `bits` gives it (quant/precision.py; None: the options' precision)."""
+    at the width `bits` gives it (quant/precision.py; None: the options' precision). `recorded`: the
+    float values of `x`, if already run."""
+    return _fit(model, graph, registry, recipe, x, np.arange(len(x)), bits, recorded)[0]
+
+
+def _fit(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x, fit: np.ndarray,
+         bits: list[int] | None, recorded: RecordedFloats | None) -> tuple[Graph, np.ndarray | None]:
+    """fitted on the samples `fit` of `x`, and the output_codes rows of every sample of `x` where
+    bias correction's pass made them (None: run them)."""
     g = copy.deepcopy(graph)
     g.quant_options = replace(g.quant_options, calibration_method=recipe.calibration_method,
                               dense_weights=recipe.dense_weights)
-    found = calibrate(model, g, registry, x, x, recipe.calibration_method, recipe.dense_weights)
+    fit_x, fit_recorded = _subset(x, fit), None if recorded is None else recorded.subset(fit)
+    found = calibrate(model, g, registry, fit_x, fit_x, recipe.calibration_method, recipe.dense_weights, fit_recorded)
     apply_weights(g, found.weights)
     if bits is not None:
         apply_precision(g, bits)
+    codes = None
     if recipe.bias_correction:
-        correct_biases(model, g, registry, found.ranges, x)
+        codes = corrected_run(model, g, registry, found.ranges, x, recorded, fit)[1]
     quantize_graph(g, registry, found.ranges)
-    return g
+    return g, codes
 
 
 def heldout_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
-                    bits: list[int] | None = None) -> np.ndarray | None:
+                    bits: list[int] | None = None, recorded: RecordedFloats | None = None) -> np.ndarray | None:
     """Each sample's dequantized output (flattened) from `recipe` (at widths `bits`) fitted on the
     FOLDS - 1 folds that do not hold it: what samples the fit did not see get. None: a fold's fit
     cannot be quantized."""
     n = len(x)
     got = None
     for test in (np.arange(k, n, FOLDS) for k in range(FOLDS)):
-        part = _fitted_outputs(model, graph, registry, recipe, x, np.setdiff1d(np.arange(n), test), test, bits)
+        part = _fitted_outputs(model, graph, registry, recipe, x, np.setdiff1d(np.arange(n), test), test, bits,
+                               recorded)
         if part is None:
             return None
         got = np.empty((n, part.shape[1])) if got is None else got
@@ -174,32 +191,44 @@ def heldout_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, re
 
 
 def widths_heldout(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
-                   labels: np.ndarray | None) -> HeldoutCheck | None:
+                   labels: np.ndarray | None, recorded: RecordedFloats | None = None) -> HeldoutCheck | None:
     """--precision auto's held-out check (tuning/auto_precision.py): a width assignment's SQNR (and
     accuracy on `labels`, the classes of the search samples `x`) on the search samples, each from the
     recipe fitted without its own fold (all of them, not CHOICE_SAMPLES: folds fitted on fewer samples
     than the final ranges see clip more, and would ask for more int16 than the model needs).
-    `graph`: as calibrate found it, before any width. None: too few samples."""
+    `graph`: as calibrate found it, before any width; `recorded`: the float values of `x`, if already
+    run. None: too few samples."""
     if len(x) < MIN_SAMPLES:
         return None
-    want = float_outputs(model, x).reshape(len(x), -1).astype(np.float64)
+    recorded = recorded_values(model, graph, x) if recorded is None else recorded
+    want = float_outputs(model, x, recorded).reshape(len(x), -1).astype(np.float64)
 
     def check(bits: list[int]) -> HeldoutFigures:
-        got = heldout_outputs(model, graph, registry, recipe, x, bits)
+        got = heldout_outputs(model, graph, registry, recipe, x, bits, recorded)
         return HeldoutFigures(output_sqnr_db(got, want),
                               None if labels is None or got is None else accuracy(got, labels), len(x))
     return check
 
 
 def _fitted_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
-                    fit: np.ndarray, test: np.ndarray, bits: list[int] | None = None) -> np.ndarray | None:
+                    fit: np.ndarray, test: np.ndarray, bits: list[int] | None = None,
+                    recorded: RecordedFloats | None = None) -> np.ndarray | None:
     """The outputs on the samples `test` of `recipe` fitted on the samples `fit` (None: it cannot be
-    quantized, e.g. a range whose requantization cannot be represented)."""
+    quantized, e.g. a range whose requantization cannot be represented). `recorded`: the float values
+    of `x`, if already run."""
     try:
-        g = fitted(model, graph, registry, recipe, _subset(x, fit), bits)
+        g, codes = _fit(model, graph, registry, recipe, x, fit, bits, recorded)
     except ConversionError:
         return None
+    if codes is not None:
+        return output_floats(g, codes[test]).astype(np.float64)
     return dequantized_outputs(g, registry, _subset(x, test)).reshape(len(test), -1).astype(np.float64)
+
+
+def recorded_values(model: onnx.ModelProto, graph: Graph, x) -> RecordedFloats | None:
+    """Every value the fits (and a conversion's own calibration) read from the float model, on the
+    samples `x`, run once (None: more than calibrate.RECORD_BYTES)."""
+    return record_floats(model, x, calibration_values(graph) + [o.name for o in model.graph.output])
 
 
 def output_sqnr_db(got: np.ndarray | None, want: np.ndarray) -> float:

@@ -23,9 +23,10 @@ import onnx
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.calibrate import collect_histograms, collect_ranges, run_float
+from onnx2cmsis.quant.calibrate import RecordedFloats, collect_histograms, collect_ranges, float_values
 from onnx2cmsis.data.samples import stacked
-from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, quantize_graph
+from onnx2cmsis.quant.quantize import (batch_outputs, batch_values, calibration_values, dequantized_outputs,
+                                      output_floats, quantize_graph, quantize_samples, rerun_from)
 from onnx2cmsis.quant.ranges import ValueHistogram, choose_ranges, mse_range, percentile_range
 
 SEARCH_SAMPLES = 256
@@ -64,11 +65,12 @@ def quantized_copy(graph: Graph, registry: Registry, ranges: dict[str, tuple[flo
     return g
 
 
-def float_outputs(model: onnx.ModelProto, x) -> np.ndarray:
+def float_outputs(model: onnx.ModelProto, x, recorded: RecordedFloats | None = None) -> np.ndarray:
     """The float model's outputs for each sample, flattened and side by side in output order (as
-    quantize.dequantized_outputs gives them): what the measured choices are judged against."""
+    quantize.dequantized_outputs gives them): what the measured choices are judged against.
+    `recorded`: the values of `x`, if already run."""
     names = [o.name for o in model.graph.output]
-    return np.stack([joined_outputs(model, r) for r in run_float(model, x, names)])
+    return np.stack([joined_outputs(model, r) for r in float_values(model, x, names, recorded)])
 
 
 def joined_outputs(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -99,14 +101,33 @@ class OutputJudge:
         self.graph, self.registry, self.x = graph, registry, x
         self.want = want.reshape(len(want), -1).astype(np.float64)
 
-    def sqnr_db(self, ranges: dict[str, tuple[float, float]], weights: dict[int, str]) -> np.ndarray:
+    def measured(self, ranges: dict[str, tuple[float, float]], weights: dict[int, str], start: int = 0,
+                 parts: list[dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list | None]:
+        """The SQNR on both halves and every tensor's values (quantize.batch_values; None where they
+        are too large to keep). With `parts`, the values of choices that differ from these only in
+        the nodes from index `start` on: the nodes before it are not run again (a dense layer's
+        weight granularity changes that layer alone, and it is mostly at the end)."""
         try:
             g = quantized_copy(self.graph, self.registry, ranges, weights)
         except ConversionError:
-            return np.full(2, -np.inf)  # e.g. a range whose requantization cannot be represented
-        got = dequantized_outputs(g, self.registry, self.x)
+            return np.full(2, -np.inf), None  # e.g. a range whose requantization cannot be represented
+        if parts is not None:
+            parts = rerun_from(g, self.registry, parts, start)
+        elif _kept_bytes(g, len(self.x)) <= KEPT_VALUES_BYTES:
+            parts = batch_values(g, self.registry, quantize_samples(g, self.x))
+        if parts is None:
+            got = dequantized_outputs(g, self.registry, self.x)
+        else:
+            got = output_floats(g, batch_outputs(g, parts)).astype(np.float64)
         halves = (slice(0, None, 2), slice(1, None, 2))
-        return np.array([sqnr_db(got[h], self.want[h]) for h in halves])
+        return np.array([sqnr_db(got[h], self.want[h]) for h in halves]), parts
+
+
+KEPT_VALUES_BYTES = 64 << 20  # the judge keeps every tensor's values below this, to rerun only a graph's tail
+
+
+def _kept_bytes(graph: Graph, samples: int) -> int:
+    return samples * sum(t.size * (8 if t.quant is None else t.quant.bits // 8) for t in graph.tensors.values())
 
 
 def sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
@@ -121,22 +142,23 @@ def search(graph: Graph, registry: Registry, x: np.ndarray, want: np.ndarray,
     """Greedy choices (see the module docstring). `histograms` None: ranges stay min/max."""
     judge = OutputJudge(graph, registry, x, want)
     ranges, weights = dict(extremes), {}
-    best = start = judge.sqnr_db(ranges, weights)
+    best, parts = judge.measured(ranges, weights)
+    start = best
     if histograms is not None:
         for value in _graph_order(graph, histograms):
             for candidate in range_candidates(histograms[value])[1:]:
                 trial = {**ranges, value: candidate}
-                score = judge.sqnr_db(trial, weights)
+                score, trial_parts = judge.measured(trial, weights)
                 if improves(score, best):
-                    ranges, best = trial, score
+                    ranges, best, parts = trial, score, trial_parts
     if choose_weights:
         for index, node in enumerate(graph.nodes):
             start_with = graph.quant_options.weights_of(node)
             for choice in [g for g in registry.for_op(node.op).weight_granularities if g != start_with]:
                 trial_w = {**weights, index: choice}
-                score = judge.sqnr_db(ranges, trial_w)
+                score, trial_parts = judge.measured(ranges, trial_w, index, parts)
                 if improves(score, best):
-                    weights, best = trial_w, score
+                    weights, best, parts = trial_w, score, trial_parts
     return SearchResult(ranges, weights, float(np.mean(start)), float(np.mean(best)), len(x))
 
 
@@ -155,19 +177,20 @@ def _graph_order(graph: Graph, histograms: dict[str, ValueHistogram]) -> list[st
 
 
 def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples, x: np.ndarray, method: str,
-              dense_weights: str) -> SearchResult:
+              dense_weights: str, recorded: RecordedFloats | None = None) -> SearchResult:
     """The ranges (and per-node weight choices) to quantize `graph` with, for a calibration method
     (minmax, percentile, mse, output) and the dense-weights option (auto searches per layer); `x`:
-    search_samples(samples), what the choices are measured on."""
+    search_samples(samples), what the choices are measured on. `recorded`: the float values of
+    `samples` when they are `x` (the recipe choice's fits), else None."""
     values = calibration_values(graph)
-    extremes = collect_ranges(model, samples, values)
-    histograms = collect_histograms(model, samples, extremes) if method != "minmax" else None
+    extremes = collect_ranges(model, samples, values, recorded)
+    histograms = collect_histograms(model, samples, extremes, recorded) if method != "minmax" else None
     if method not in ("minmax", "output"):
         extremes = choose_ranges(histograms, method)
     choices = dense_weights == "auto" and any(len(registry.for_op(n.op).weight_granularities) > 1
                                               for n in graph.nodes)
     if method != "output" and not choices:
         return SearchResult(extremes)
-    want = float_outputs(model, x)
+    want = float_outputs(model, x, recorded)
     return search(graph, registry, x, want, extremes, histograms if method == "output" else None,
                   choose_weights=choices)
