@@ -1,10 +1,13 @@
 """Transposed convolutions (issue 31): ONNX ConvTranspose and Keras Conv1DTranspose with TFLite
 TRANSPOSE_CONV's arithmetic (ops/conv_transpose.py: two CMSIS-NN paths at level 7, an own loop
 elsewhere). The op sweep (test_op_sweeps.py, family conv_transpose) checks C == reference ==
-tflite-micro on 200 random cases; here: each kernel path at every level, whole exported models
-(PyTorch's two exporters, Keras), the 2-D-written form, streaming, and the refusals."""
+tflite-micro on 200 random cases; here: each kernel path at every level, trained denoisers
+(tests/decoder_models: PyTorch's two exporters, a Keras U-Net with skips), the 2-D-written form,
+streaming, and the refusals."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from onnx2cmsis.tuning.search import float_outputs
 from tests.bit_exact import bit_exact_everywhere
 from tests.needs import module
 from tests.onnx_models import save_one_input_model
+
+FIXTURES = Path(__file__).resolve().parent / "decoder_models"
 
 
 def _save(tmp_path, name: str, nodes: list, shape: list[int], inits: list) -> str:
@@ -55,34 +60,63 @@ def test_a_decoder_step_is_exact_and_close_to_float_in_both_forms(tmp_path, form
     assert convs[form].report["arena_bytes"] == convs["1d"].report["arena_bytes"]
 
 
+def _denoising_checked(conv, x: np.ndarray, clean: np.ndarray, tmp_path, qemu_samples: int) -> tuple[float, float]:
+    """C == reference == tflite-micro on the host for 16 samples and on QEMU M4 and M55 for a few; on
+    all of `x`, the reference (the C's bytes) removes as much noise as the float model does. Returns
+    (SQNR against the float model, dB of noise removed by the float model less by ours)."""
+    from tests.decoder_models.make_decoders import snr_db
+
+    bit_exact_everywhere(conv, x[:16], tmp_path, qemu_samples=qemu_samples)
+    want = float_outputs(conv.model, x).reshape(clean.shape)
+    got = dequantized_outputs(conv.graph, conv.registry, x).reshape(clean.shape)
+    assert snr_db(want, clean) > snr_db(x, clean) + 5.0  # the float model denoises: trained, not random
+    return snr_db(got, want), snr_db(want, clean) - snr_db(got, clean)
+
+
 @pytest.mark.slow
-@pytest.mark.torch
 @pytest.mark.qemu
 @pytest.mark.oracle
+@pytest.mark.level
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-def test_a_pytorch_autoencoder_is_bit_exact_on_the_host_and_qemu(tmp_path, exporter):
-    """Conv1d stride 2 twice, then ConvTranspose1d (k3, stride 2, padding 1, output_padding 1) and
-    (k5, stride 2, padding 2, output_padding 1): int8 and int16, C == reference == tflite-micro on
-    the host, the same bytes on QEMU M4 and M55, and within 30 dB of the float model."""
-    torch = module("torch", 'pip install -e ".[test]"')
-    nn = torch.nn
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(3, 8, 5, stride=2, padding=2), nn.ReLU(), nn.Conv1d(8, 16, 3, stride=2, padding=1),
-                          nn.ReLU(), nn.ConvTranspose1d(16, 8, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
-                          nn.ConvTranspose1d(8, 3, 5, stride=2, padding=2, output_padding=1)).eval()
-    path = tmp_path / f"ae_{exporter}.onnx"
-    example = (torch.randn(1, 3, 64),)
-    if exporter == "legacy":
-        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=13)
-    else:
-        torch.onnx.export(model, example, str(path), dynamo=True, external_data=False)
-    x = np.random.default_rng(1).standard_normal((48, 3, 64)).astype(np.float32)
-    for precision in ("int8", "int16"):
-        conv = convert(path, x[:32], name=f"ae_{exporter}_{precision}", precision=precision)
+def test_a_trained_pytorch_denoiser_is_bit_exact_and_removes_the_noise_the_float_model_does(tmp_path, exporter):
+    """tests/decoder_models: Conv1d stride 2 twice, then ConvTranspose1d (k3, stride 2, padding 1,
+    output_padding 1) and (k5, stride 2, padding 2, output_padding 1), trained to denoise, exported
+    by each of PyTorch's exporters. int8 and int16: bit-exact everywhere, and on 200 held-out samples
+    within 0.1 dB of the float model's noise removal (about 6 dB)."""
+    from tests.decoder_models.make_decoders import channel_major, denoising
+
+    noisy, clean = (channel_major(a) for a in denoising(48 + 200, seed=3))
+    for precision, floor_db in (("int8", 32.0), ("int16", 38.0)):
+        conv = convert(FIXTURES / f"torch_ae_{exporter}.onnx", noisy[:48], name=f"ae_{exporter}_{precision}",
+                       precision=precision)
+        layers = conv.report["layers"]
+        assert [layer["op"] for layer in layers].count("convtr1d") == 2
+        assert "lut" not in [layer["op"] for layer in layers]  # each ReLU fused into its conv
+        if precision == "int8" and conv.report["cmsis_nn"]["capabilities"]["transpose_conv_wrapper"]:
+            # level 7: 32 input channels at stride 2 -> the filter reversed in flash; 16 -> the wrapper
+            assert [layer["kernel"] for layer in layers if layer["op"] == "convtr1d"] == [
+                "arm_convolve_s8", "arm_transpose_conv_s8"]
+        sqnr, lost = _denoising_checked(conv, noisy[48:], clean[48:], tmp_path / precision, qemu_samples=3)
+        assert sqnr > floor_db and lost < 0.1, (precision, sqnr, lost)
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+@pytest.mark.qemu
+@pytest.mark.oracle
+def test_a_trained_keras_unet_with_skip_concatenations_is_bit_exact_and_denoises(tmp_path):
+    """tests/decoder_models/keras_unet.h5: two Conv1DTranspose (k4, stride 2, same) each concatenated
+    with the encoder's map of its width. int8 and int16 as above."""
+    from tests.decoder_models.make_decoders import denoising
+
+    module("keras", 'pip install -e ".[keras]"')
+    noisy, clean = denoising(48 + 200, seed=3)
+    for precision, floor_db in (("int8", 32.0), ("int16", 38.0)):
+        conv = convert(FIXTURES / "keras_unet.h5", noisy[:48], name=f"unet_{precision}", precision=precision)
         ops = [layer["op"] for layer in conv.report["layers"]]
-        assert ops.count("convtr1d") == 2 and "lut" not in ops  # the ReLU fused into the transposed conv
-        bit_exact_everywhere(conv, x[32:], tmp_path / precision, qemu_samples=4)
-        assert _sqnr(conv, x[32:]) > 30.0
+        assert ops.count("convtr1d") == 2 and ops.count("concat") == 2
+        sqnr, lost = _denoising_checked(conv, noisy[48:], clean[48:], tmp_path / precision, qemu_samples=2)
+        assert sqnr > floor_db and lost < 0.1, (precision, sqnr, lost)
 
 
 @pytest.mark.slow
