@@ -104,6 +104,7 @@ def test_a_trained_pytorch_denoiser_is_bit_exact_and_removes_the_noise_the_float
 @pytest.mark.keras
 @pytest.mark.qemu
 @pytest.mark.oracle
+@pytest.mark.level
 def test_a_trained_keras_unet_with_skip_concatenations_is_bit_exact_and_denoises(tmp_path):
     """tests/decoder_models/keras_unet.h5: two Conv1DTranspose (k4, stride 2, same) each concatenated
     with the encoder's map of its width. int8 and int16 as above."""
