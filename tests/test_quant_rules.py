@@ -123,6 +123,14 @@ def test_integer_matmul_is_exact_across_its_float_paths(k, top, seed):
     assert integer_matmul(x.astype(np.int32), w.astype(np.int8)).tolist() == want
 
 
+def test_integer_matmul_bounds_a_narrow_types_minimum_by_its_true_magnitude():
+    # abs(int8 -128) wraps to -128 in numpy: a bound read from it would take float32 for a sum
+    # (17,881,601, odd, above 2^24) that float32 cannot hold
+    x = np.array([[-128] * 1100 + [1]], np.int8)
+    w = np.array([[-127] * 1100 + [1]], np.int8).T
+    assert integer_matmul(x, w).tolist() == [[128 * 127 * 1100 + 1]]
+
+
 def test_activation_quant_contains_zero_exactly():
     q = activation_quant(0.5, 3.0)  # widened to [0, 3]
     assert q.zero_point == -128

@@ -120,9 +120,10 @@ def test_bias_correction_keeps_a_mean_the_samples_agree_on_and_drops_one_they_do
 
 
 def test_a_fold_fit_from_recorded_floats_scores_what_a_fit_from_scratch_gives(tmp_path):
-    """The choice's shortcuts (the float values run once for all fits, a weight trial rerunning only
-    the graph's tail, the held-out samples scored in bias correction's own pass) change no number: a
-    fold's outputs equal those of the same recipe fitted on that fold's samples alone and run again."""
+    """Two of the choice's shortcuts (the float values run once for all fits; the held-out samples
+    scored in bias correction's own pass, its errors measured on the fit's rows) change no number: a
+    fold's outputs equal those of the same recipe fitted on that fold's samples alone and run again.
+    (The third, a weight trial rerunning only the graph's tail, has its own test below.)"""
     rng = np.random.default_rng(11)
     inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 5)) * 0.4).astype(np.float32), "w1"),
              numpy_helper.from_array((rng.standard_normal(8) * 0.2).astype(np.float32), "b1"),
@@ -147,3 +148,39 @@ def test_a_fold_fit_from_recorded_floats_scores_what_a_fit_from_scratch_gives(tm
         plain = dequantized_outputs(fitted(model, graph, conv.registry, recipe, stacked([x[i] for i in fit])),
                                     conv.registry, x[test]).reshape(len(test), -1)
         assert np.array_equal(quick, plain), recipe
+
+
+def test_a_weight_trial_rerun_from_its_layer_scores_what_a_whole_run_does(tmp_path):
+    """The dense-weights search reruns only the graph from the layer whose granularity it tries, on
+    the values of the choice it stands on (search.OutputJudge.measured): the same SQNR and the same
+    values of every tensor as running the whole graph, for a dense layer in the middle of the graph."""
+    from onnx2cmsis.tuning.search import OutputJudge, calibrate
+
+    rng = np.random.default_rng(12)
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 2, 3)) * 0.5).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((6 * 16, 10)) * 0.2).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.standard_normal(10) * 0.1).astype(np.float32), "b2"),
+             numpy_helper.from_array((rng.standard_normal((10, 3)) * 0.4).astype(np.float32), "w3"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "b3")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("Gemm", ["t", "w3", "b3"], ["y"])]
+    path = tmp_path / "middle.onnx"
+    save_one_input_model(path, nodes, [1, 2, 16], inits)
+    x = rng.standard_normal((24, 2, 16)).astype(np.float32)
+    conv = convert(path, x[:4])
+    model, graph, _ = front_end(path, conv.registry)
+    ranges = calibrate(model, graph, conv.registry, x, x, "minmax", "per-tensor").ranges
+    judge = OutputJudge(graph, conv.registry, x, float_outputs(model, x))
+    base, parts = judge.measured(ranges, {})
+    dense = [i for i, n in enumerate(graph.nodes) if n.op == "dense"]
+    assert len(dense) == 2 and dense[0] < len(graph.nodes) - 2  # one in the middle: a tail after it
+    for index in dense:
+        trial = {index: "per-channel"}
+        quick, quick_parts = judge.measured(ranges, trial, index, parts)
+        whole, whole_parts = judge.measured(ranges, trial)
+        assert np.array_equal(quick, whole) and not np.array_equal(quick, base)
+        assert all(np.array_equal(q[t], w[t]) for q, w in zip(quick_parts, whole_parts) for t in w)

@@ -5,8 +5,8 @@ checkout runs in its own process, one after the other.
 
     python benchmarks/heldout/convert_time.py --before PATH/TO/OTHER/CHECKOUT [--repeat 3] [--json FILE]
 
-With --repeat N the two checkouts are timed N times in turn (this one, the other, this one, ...) and
-each model's fastest time kept: a 0.3 s conversion varies by 10-15% between runs minutes apart on a
+With --repeat N the two checkouts are timed in N rounds, each round both in turn (which goes first
+alternates), and each model's fastest time kept: a 0.3 s conversion varies by 10-15% between runs minutes apart on a
 shared machine, and alternating spreads that drift over both sides.
 """
 
@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
-def _time_models(root: Path, repeat: int) -> dict[str, float]:
+def _time_models(root: Path) -> dict[str, float]:
     """In this process: seconds per model for the checkout at `root` (imported first on the path)."""
     sys.path.insert(0, str(root))
     sys.path.insert(0, str(HERE))
@@ -40,19 +40,15 @@ def _time_models(root: Path, repeat: int) -> dict[str, float]:
         path = HERE / "models" / f"{name}.h5"
         calibration = entry.calibration_set()
         convert(path, calibration[:4], name="m", default_api=None)  # the Keras export, cached per process
-        runs = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            convert(path, calibration, name="m", default_api=None)
-            runs.append(time.perf_counter() - start)
-        seconds[name] = min(runs)
+        start = time.perf_counter()
+        convert(path, calibration, name="m", default_api=None)
+        seconds[name] = time.perf_counter() - start
     return seconds
 
 
-def _run(root: Path, repeat: int) -> dict[str, float]:
+def _run(root: Path) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, __file__, "--child", str(root), "--repeat", str(repeat), "--json", out.name],
-                       check=True,
+        subprocess.run([sys.executable, __file__, "--child", str(root), "--json", out.name], check=True,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stderr=subprocess.DEVNULL)
         return json.loads(Path(out.name).read_text())
 
@@ -65,16 +61,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", type=Path, help="the other checkout (e.g. a git worktree of the previous commit)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "out" / "heldout_convert_time.json")
-    ap.add_argument("--repeat", type=int, default=1, help="conversions per model; the fastest is kept")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (each checkout once per round); the fastest is kept")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        args.json.write_text(json.dumps(_time_models(args.child, args.repeat)))
+        args.json.write_text(json.dumps(_time_models(args.child)))
         return
     after, before = None, None
-    for _ in range(args.repeat):
-        after = _fastest(after, _run(ROOT, 1))
-        before = _fastest(before, _run(args.before, 1)) if args.before else None
+    for round_ in range(max(args.repeat, 1)):
+        if args.before and round_ % 2:  # alternate which checkout goes first
+            before = _fastest(before, _run(args.before))
+            after = _fastest(after, _run(ROOT))
+            continue
+        after = _fastest(after, _run(ROOT))
+        before = _fastest(before, _run(args.before)) if args.before else None
     ratios = [after[m] / before[m] for m in after] if before else []
     for m in after:
         line = f"{m:<30} now {after[m]:6.2f} s"

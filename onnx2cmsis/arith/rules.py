@@ -246,11 +246,16 @@ def integer_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     and no partial sum of a product row can exceed K * max|x| * max|w|, so below that bound the float
     product is exact whatever order BLAS adds in; int8 layers with K below about 500 take float32,
     at half float64's time and memory."""
-    bound = float(np.abs(x).max(initial=0)) * float(np.abs(w).max(initial=0)) * x.shape[-1]
+    bound = _magnitude(x) * _magnitude(w) * x.shape[-1]
     if bound >= 2.0**53:
         return x.astype(np.int64) @ w.astype(np.int64)
     exact = np.float32 if bound < 2.0**24 else np.float64
     return (x.astype(exact) @ w.astype(exact)).astype(np.int64)
+
+
+def _magnitude(a: np.ndarray) -> float:
+    """max |a| as a Python number: np.abs wraps at a narrow type's minimum (abs(int8 -128) == -128)."""
+    return float(max(-int(a.min(initial=0)), int(a.max(initial=0))))
 
 
 def saturate(x: np.ndarray, bits: int, lo: int | None = None, hi: int | None = None) -> np.ndarray:

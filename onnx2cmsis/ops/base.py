@@ -261,7 +261,8 @@ class OpHandler:
         """N samples at once: each input (N, *its shape) -> each output (N, *its shape), the same bytes as
         `reference` on each sample. The searches run the whole graph on hundreds of samples, and
         numpy's per-call cost, not the arithmetic, dominated them one sample at a time. Default: one
-        `reference` call per sample."""
+        `reference` call per sample. Never write into the input arrays: the searches keep every
+        tensor of a run and rerun only a graph's tail on them (quantize.rerun_from)."""
         if type(self).reference is OpHandler.reference:
             raise NotImplementedError(f"the {self.op} handler has no integer reference")
         per_sample = [self.reference(node, graph, list(sample)) for sample in zip(*inputs)]

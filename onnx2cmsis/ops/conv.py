@@ -196,7 +196,8 @@ class Conv1DHandler(WindowedOp, WeightedOp):
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams
         q_in = graph.tensors[node.inputs[0]].quant
-        # input_offset = -zp: padding contributes 0 (int32 holds x - zp; the im2col below is 4x an input)
+        # input_offset = -zp: padding contributes 0. int32 holds x - zp, and the im2col below (K / stride
+        # copies of the input) is half its int64 size
         x = inputs[0].astype(np.int32) - np.int32(q_in.zero_point)
         n, w_in = x.shape[:2]
         w_out = window_of(node).out_width(w_in)

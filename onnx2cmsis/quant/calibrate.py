@@ -83,10 +83,12 @@ def run_float(model: onnx.ModelProto, samples: Iterable[np.ndarray], outputs: li
         yield dict(zip(names, res))
 
 
-RECORD_BYTES = 128 << 20  # a recording larger than this is not kept: the values are computed again instead
+# A recording larger than this is not kept: the values are computed again instead. (The float64 stacks
+# bias correction reads from it, RecordedFloats.stacked, add up to twice the values they stack.)
+RECORD_BYTES = 128 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RecordedFloats:
     """The float model's values on a fixed list of samples, one {value name: array} per sample, run
     once, with each value's per-sample min and max. The recipe choice fits up to nine quantizations

@@ -104,7 +104,7 @@ def _comparable(graph: Graph, tensor: str) -> bool:
 
 
 def _mean_error(graph: Graph, node, output: np.ndarray, floats: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Each channel's mean error of the node's int8 output (all samples) against float, where the
+    """Each channel's mean error of the node's int8 output (the samples given) against float, where the
     output moves with the bias, shrunk by _kept_share (None: no such position)."""
     t = graph.tensors[node.output]
     q = t.quant
