@@ -22,6 +22,8 @@ away +3.3 dB because one half moved by -0.07 dB; without it the benchmark's int8
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
@@ -35,23 +37,33 @@ from onnx2cmsis.tuning.search import quantized_copy
 MIN_POSITIONS = 16  # per channel: fewer linear-range outputs than this, and the mean is left alone
 
 
+@dataclass
+class CorrectedRun:
+    """What corrected_run leaves besides the corrected biases in the graph."""
+
+    corrected: list[int]  # the indices of the nodes corrected
+    codes: np.ndarray | None  # every sample's output_codes row from the corrected graph (None: no target)
+    # the graph quantized with the corrections, as quantize_graph would leave it (None: no target)
+    quantized: Graph | None
+
+
 def correct_biases(model: onnx.ModelProto, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
                    x: np.ndarray, recorded: RecordedFloats | None = None) -> list[int]:
     """Fold each correctable node's mean output error into its bias (graph.nodes[i].consts); returns
     the indices of the nodes corrected. `recorded`: the float values of `x`, if already run."""
-    return corrected_run(model, graph, registry, ranges, x, recorded)[0]
+    return corrected_run(model, graph, registry, ranges, x, recorded).corrected
 
 
 def corrected_run(model: onnx.ModelProto, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
                   x: np.ndarray, recorded: RecordedFloats | None = None,
-                  rows: np.ndarray | None = None) -> tuple[list[int], np.ndarray | None]:
-    """correct_biases with the errors measured on the samples `rows` of `x` alone (None: all), and
-    the output_codes rows of every sample of `x` from the corrected graph (None: nothing to correct):
-    the recipe choice scores the samples a fit did not see in the same pass."""
+                  rows: np.ndarray | None = None) -> CorrectedRun:
+    """correct_biases with the errors measured on the samples `rows` of `x` alone (None: all), with
+    the output codes of every sample of `x` and the quantized copy the pass ran: the recipe choice
+    scores the samples a fit did not see in the same pass, without quantizing the graph again."""
     targets = [i for i, n in enumerate(graph.nodes)
                if registry.for_op(n.op).folds_affine and "bias" in n.consts and _comparable(graph, n.output)]
     if not targets:
-        return [], None
+        return CorrectedRun([], None, None)
     rows = np.arange(len(x)) if rows is None else np.asarray(rows)
     values = sorted({graph.tensors[graph.nodes[i].output].calib_name for i in targets})
     if recorded is not None and recorded.holds(values):
@@ -64,14 +76,13 @@ def corrected_run(model: onnx.ModelProto, graph: Graph, registry: Registry, rang
 
 def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x,
                          floats: dict[str, np.ndarray], targets: set[int],
-                         rows: np.ndarray) -> tuple[list[int], np.ndarray]:
+                         rows: np.ndarray) -> CorrectedRun:
     """The integer reference run node by node over all samples on one quantized copy: at each target
     its mean error is measured on the samples `rows` (their float values: `floats`, value name ->
     (rows, *shape)) with every upstream correction in place, folded into the float bias (of `graph`
     and of the copy), the node quantized again and run again before the nodes after it. (A node's
     quantization reads its own constants and the fixed ranges only, so this is what quantizing the
-    whole graph again for each target would give.) Returns the nodes corrected and every sample's
-    output codes."""
+    whole graph again for each target would give.)"""
     g = quantized_copy(graph, registry, ranges, {})  # the weight choices are on the nodes already
     codes = quantize_samples(g, x)
     # one dict of values per slice of samples (batches keeps each slice's temporaries small)
@@ -95,7 +106,7 @@ def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tup
             for values in parts:
                 run_node_batch(g, registry, node, values)
             corrected.append(index)
-    return corrected, batch_outputs(g, parts)
+    return CorrectedRun(corrected, batch_outputs(g, parts), g)
 
 
 def _comparable(graph: Graph, tensor: str) -> bool:

@@ -166,11 +166,12 @@ def _fit(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recip
     apply_weights(g, found.weights)
     if bits is not None:
         apply_precision(g, bits)
-    codes = None
     if recipe.bias_correction:
-        codes = corrected_run(model, g, registry, found.ranges, x, recorded, fit)[1]
+        run = corrected_run(model, g, registry, found.ranges, x, recorded, fit)
+        if run.quantized is not None:
+            return run.quantized, run.codes
     quantize_graph(g, registry, found.ranges)
-    return g, codes
+    return g, None
 
 
 def heldout_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
