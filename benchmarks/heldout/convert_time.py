@@ -67,14 +67,12 @@ def main() -> None:
     if args.child:
         args.json.write_text(json.dumps(_time_models(args.child)))
         return
-    after, before = None, None
+    checkouts = {"now": ROOT, **({"before": args.before} if args.before else {})}
+    kept: dict[str, dict[str, float] | None] = {"now": None, "before": None}
     for round_ in range(max(args.repeat, 1)):
-        if args.before and round_ % 2:  # alternate which checkout goes first
-            before = _fastest(before, _run(args.before))
-            after = _fastest(after, _run(ROOT))
-            continue
-        after = _fastest(after, _run(ROOT))
-        before = _fastest(before, _run(args.before)) if args.before else None
+        for key in list(checkouts)[:: -1 if round_ % 2 else 1]:  # which checkout goes first alternates
+            kept[key] = _fastest(kept[key], _run(checkouts[key]))
+    after, before = kept["now"], kept["before"]
     ratios = [after[m] / before[m] for m in after] if before else []
     for m in after:
         line = f"{m:<30} now {after[m]:6.2f} s"

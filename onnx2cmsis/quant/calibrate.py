@@ -100,9 +100,6 @@ class RecordedFloats:
     highs: dict[str, np.ndarray]
     _stacked: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)  # a memo
 
-    def __len__(self) -> int:
-        return len(self.per_sample)
-
     def subset(self, indices: Iterable[int]) -> RecordedFloats:
         rows = np.asarray(list(indices), dtype=np.int64)
         return RecordedFloats(tuple(self.per_sample[int(i)] for i in rows),
@@ -128,7 +125,7 @@ class RecordedFloats:
 
 
 def record_floats(model: onnx.ModelProto, samples: Iterable[np.ndarray], names: list[str],
-                  budget: int = RECORD_BYTES) -> RecordedFloats | None:
+                  budget: float = RECORD_BYTES) -> RecordedFloats | None:
     """run_float's values of `names` for every sample, kept (None once they would exceed `budget` bytes)."""
     kept, size = [], 0
     for values in run_float(model, samples, names):
@@ -136,6 +133,7 @@ def record_floats(model: onnx.ModelProto, samples: Iterable[np.ndarray], names: 
         if size > budget:
             return None
         kept.append(values)
+
     def per_value(reduce) -> dict[str, np.ndarray]:
         return {v: np.array([float(reduce(s[v])) if s[v].size else np.nan for s in kept]) for v in names}
     return RecordedFloats(tuple(kept), per_value(np.min), per_value(np.max))

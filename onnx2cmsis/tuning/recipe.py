@@ -109,7 +109,7 @@ def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, c
     `recorded`: the float values of `x` (recorded_values), if already run."""
     chosen = search_indices(len(x), CHOICE_SAMPLES)
     recorded = None if recorded is None else recorded.subset(chosen)
-    x = stacked([x[int(i)] for i in chosen])
+    x = _subset(x, chosen)
     incumbent, n = candidates[0], len(x)
     if len(candidates) == 1:
         return RecipeChoice(incumbent, "the only recipe the options leave open", {}, n)
