@@ -25,6 +25,7 @@ from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
+from onnx2cmsis.importer.qdq import split_qdq
 from onnx2cmsis.ir.check import check_graph
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.options import Budget, ConvertOptions
@@ -33,6 +34,7 @@ from onnx2cmsis.passes.canonical import run_passes
 from onnx2cmsis.plan.arena import MemoryPlan, Step, plan_memory
 from onnx2cmsis.quant.accuracy import load_labels
 from onnx2cmsis.quant.calibrate import load_calibration
+from onnx2cmsis.quant.from_file import file_recipe, quantize_from_file
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_outputs, run_reference
 from onnx2cmsis.report import build_report, header_summary, input_window
 from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
@@ -127,7 +129,9 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
 class SampleData:
     """The calibration samples, checked, and what the searches are judged on."""
 
-    samples: Any  # an array (or a file read a block at a time) for one input, MultiSamples for several
+    # an array (or a file read a block at a time) for one input, MultiSamples for several; None: a
+    # quantized model's file gave every value's quantization, and none were given
+    samples: Any
     labels: np.ndarray | None  # each calibration sample's class (--precision auto's accuracy budget)
     chosen: np.ndarray  # the indices of the samples the measured choices use
     search: Any  # those samples
@@ -135,6 +139,8 @@ class SampleData:
 
 def read_samples(calibration: Calibration | None, graph: Graph, opts: ConvertOptions) -> SampleData:
     """The calibration samples (and labels) checked against the model before any long step."""
+    if calibration is None and graph.file_quant is not None:
+        return SampleData(None, None, np.arange(0), None)  # the file gives the quantization
     if calibration is None:
         raise OptionError("{opt:calibration} samples are needed: the model is float, and its int8 ranges come "
                           "from running it on them")
@@ -160,7 +166,12 @@ class Tuning:
 def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: SampleData, opts: ConvertOptions,
              cmsis: CmsisTree, step: Callable[[str], None], where: str) -> Tuning:
     """The recipe (chosen on held-out folds), ranges from the samples, then (auto) each layer's width,
-    the bias corrections, and the integer parameters: the graph leaves quantized."""
+    the bias corrections, and the integer parameters: the graph leaves quantized. A quantized model
+    file's graph takes its file's quantization instead (quant/from_file.py)."""
+    if graph.file_quant is not None:
+        search = quantize_from_file(model, graph, registry, data.samples, opts, step, where)
+        check_graph(graph, "quantization", quantized=True)
+        return Tuning(search, None, None, file_recipe(graph))
     graph.quant_options = opts.quant_options
     candidates = candidate_recipes(opts.calibration_method, opts.dense_weights, opts.bias_correction)
     if len(candidates) > 1:
@@ -237,7 +248,7 @@ def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts
     source, header = render(name, graph, layers, e.plan, summary, template_dirs)
     functions = sorted({f for s in e.schedule for f in s.call.functions})
     report = build_report(name, summary, graph, registry, e.plan, layers, e.cmsis, functions, e.rewrites,
-                          len(data.samples), tuning.search, tuning.bias_corrected, tuning.auto_precision,
+                          0 if data.samples is None else len(data.samples), tuning.search, tuning.bias_corrected, tuning.auto_precision,
                           stream_report, tuning.recipe)
     warnings = opts.budget.check(summary["weights_bytes"], e.plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
@@ -255,7 +266,8 @@ def front_end(model_path: Path, registry: Registry,
               input_shape: tuple[int, ...] | None = None) -> tuple[onnx.ModelProto, Graph, list[str]]:
     """File -> static batch-1 ONNX -> canonical IR -> after the passes (and the rewrites that fired)."""
     model = load_model(model_path, input_shape)  # frontends: file -> static, batch-1 ONNX
-    graph = import_onnx(model, registry, str(model_path))  # importer: ONNX -> canonical IR
+    model, file_quant = split_qdq(model, str(model_path))  # a quantized model's float graph + its quantization
+    graph = import_onnx(model, registry, str(model_path), file_quant)  # importer: ONNX -> canonical IR
     check_graph(graph, "import")
     _check_finite_constants(graph, str(model_path))
     rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower

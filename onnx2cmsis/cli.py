@@ -103,7 +103,8 @@ def convert(
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", "-c", metavar="CALIB.npy",
         help=".npy/.npz of N samples shaped like the input (without batch); for several inputs a .npz "
-             "with one array per input, by input name (or arr_0, arr_1, ...).  [required]"
+             "with one array per input, by input name (or arr_0, arr_1, ...). Required for a float model; a "
+             "quantized (QDQ) model brings its own quantization."
     ),
     name: Optional[str] = typer.Option(None, "--name", "-n", metavar="NAME",
                                        help="C identifier prefix (default: model file stem)."),
@@ -144,9 +145,6 @@ def convert(
         _usage(f"two names given: {name_arg!r} and --name {name!r}", "convert")
     if out and outdir_arg and out != outdir_arg:
         _usage(f"two output folders given: {outdir_arg} and --out {out}", "convert")
-    if calibration is None:
-        _usage("Missing option '--calibration' / '-c': CALIB.npy, samples to choose the int8 ranges from",
-               "convert")
     with _reported(model, "convert", debug), step_progress(quiet, verbose) as progress:
         options = ConvertOptions(name=name or name_arg, cmsis_nn=cmsis_nn, cmsis_api=cmsis_api,
                                  budget=Budget(flash_kb * 1024, ram_kb * 1024), **(conversion or {}))

@@ -143,7 +143,7 @@ def test_bad_input_gives_one_line_and_no_files(tmp_path, case, expect):
     (["convert", str(MODEL), "-c", str(CALIB), "--flash-kb", "0"], "Invalid value for '--flash-kb'"),
     (["verify", str(MODEL)], "Missing option '--calibration'"),
     # found by the command itself or the library, still usage errors
-    (["convert", str(MODEL)], "Missing option '--calibration' / '-c'"),
+    (["convert", str(MODEL)], "--calibration samples are needed: the model is float"),
     (["convert", str(MODEL), "-c", str(CALIB), "--cmsis-nn-api", "6"], "--cmsis-nn-api '6' is not one of 2024.01, 7"),
     (["convert", str(MODEL), "-c", str(CALIB), "--name", "9lives"], "--name '9lives' is not a valid C identifier"),
     (["convert", str(MODEL), "-c", str(CALIB), "--calibration-method", "kl"], "--calibration-method 'kl' is not one"),

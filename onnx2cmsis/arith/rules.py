@@ -84,12 +84,14 @@ def symmetric_weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:
     return scales.astype(np.float32)
 
 
-def quantize_weights(w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
+def quantize_weights(w: np.ndarray, scales: np.ndarray, axis: int | None, lowest: int = -127) -> np.ndarray:
+    """int8 weights in [lowest, 127]: TFLite's symmetric range, or -128 too where a model file's own
+    codes (a QDQ model's, multiplied out to floats) are recovered."""
     shape = [1] * w.ndim
     if axis is not None:
         shape[axis] = -1
     s = scales.astype(np.float64).reshape(shape)
-    return np.clip(round_half_away(w.astype(np.float64) / s), -127, 127).astype(np.int8)
+    return np.clip(round_half_away(w.astype(np.float64) / s), lowest, 127).astype(np.int8)
 
 
 def quantize_bias(b: np.ndarray, input_scale: float, weight_scales: np.ndarray, where: str,

@@ -28,6 +28,8 @@ def md_cell(text: object) -> str:
 def recipe_text(recipe: dict[str, Any]) -> str:
     """The quantization recipe chosen, and why (tuning/recipe.py's summary)."""
     chosen = recipe["chosen"]
+    if chosen is None:  # nothing chosen: the model file's own quantization
+        return recipe["reason"]
     what = (f"{chosen['calibration_method']} ranges, {chosen['dense_weights']} dense weights, "
             + ("bias correction" if chosen["bias_correction"] else "no bias correction"))
     return f"{what}: {recipe['reason']}"

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.frontends.onnx_model import layer_of_node, value_shapes
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
+from onnx2cmsis.ir.tensor import ConstQuant, FileQuantization
 from onnx2cmsis.ir.layout import Binding, MovementKind, arrangement, classify, gather_map, layout_of
 from onnx2cmsis.ops.base import OnnxNodeView
 from onnx2cmsis.ops.registry import Registry
@@ -53,8 +54,10 @@ def _attrs(node: onnx.NodeProto) -> dict:
 class GraphBuilder:
     """Implements ops.base.ImportContext for one model."""
 
-    def __init__(self, model: onnx.ModelProto, source: str, registry: Registry) -> None:
+    def __init__(self, model: onnx.ModelProto, source: str, registry: Registry,
+                 file_quant: FileQuantization | None = None) -> None:
         self.source = source
+        self.file_quant = file_quant
         self.registry = registry
         self.shapes = value_shapes(model)
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -91,6 +94,9 @@ class GraphBuilder:
     def const(self, value: str) -> np.ndarray | None:
         c = self.consts.get(value)
         return None if c is None else np.asarray(c)
+
+    def const_quant(self, value: str) -> ConstQuant | None:
+        return None if self.file_quant is None else self.file_quant.constants.get(value)
 
     # --- ImportContext: tensors in layouts
     def layout(self, value: str) -> tuple[int, ...]:
@@ -164,7 +170,17 @@ class GraphBuilder:
             # an exporter's own node (tf2onnx's transposes) is no layer of the user's model
             mover = [self.node_name] if self.user_layers is None or self.node_name in self.user_layers else []
             self.movers[out] = tuple(dict.fromkeys([*before, *mover]))
+            self._carry_file_quant(source, out)
         return True
+
+    def _carry_file_quant(self, source: str, moved: str) -> None:
+        """A moved value the file quantized, whose source tensor's value it left float (ONNX Runtime
+        quantizes after tf2onnx's Unsqueeze, not before it): the same values, so the source takes the
+        moved value's quantization."""
+        pins = None if self.file_quant is None else self.file_quant.activations
+        key = self.tensors[source].calib_name or source
+        if pins is not None and moved in pins and key not in pins:
+            pins[key] = pins[moved]
 
     # --- helpers
     def _materialize(self, binding: Binding, full_axes: tuple[int, ...], value: str) -> str:
@@ -246,12 +262,15 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[str]:
     return gaps
 
 
-def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Graph:
+def import_onnx(model: onnx.ModelProto, registry: Registry, source: str,
+                file_quant: FileQuantization | None = None) -> Graph:
+    """The canonical graph of a float model (a QDQ model's after importer.qdq.split_qdq, whose
+    quantization `file_quant` is)."""
     gaps = unsupported_nodes(model, registry)
     if len(gaps) > 1:  # all of them at once, so one round of changes to the model can fix them all
         raise UnsupportedOpError(f"{len(gaps)} nodes use operators no handler supports: {', '.join(gaps)} "
                                  f"(supported: {', '.join(sorted(registry.by_onnx_op))})", source)
-    b = GraphBuilder(model, source, registry)
+    b = GraphBuilder(model, source, registry, file_quant)
     g = model.graph
     inits = {i.name for i in g.initializer}
     raws, in_shapes = _bind_inputs(b, [i for i in g.input if i.name not in inits])  # numbered in the graph's order
@@ -270,6 +289,7 @@ def import_onnx(model: onnx.ModelProto, registry: Registry, source: str) -> Grap
         model_input_names=[i.name for i in g.input if i.name not in inits],
         model_output_names=[o.name for o in g.output],
         input_layouts=_input_layouts(b, raws),
+        file_quant=file_quant,
     )
 
 

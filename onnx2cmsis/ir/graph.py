@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from onnx2cmsis.ir.target import DEFAULT_API, CmsisApi
-from onnx2cmsis.ir.tensor import QuantParams, Tensor
+from onnx2cmsis.ir.tensor import FileQuantization, QuantParams, Tensor
 
-__all__ = ["DENSE_WEIGHTS", "WEIGHT_GRANULARITIES", "Graph", "Node", "QuantOptions", "QuantParams", "Tensor"]
+__all__ = ["DENSE_WEIGHTS", "WEIGHT_GRANULARITIES", "Graph", "Node", "QuantOptions", "QuantParams", "Tensor", "FileQuantization"]
 
 
 @dataclass
@@ -94,6 +94,10 @@ class Graph:
     # levels ask its capabilities in emit() (e.g. cmsis_api.conv_upscale_dims), never its name.
     cmsis_api: CmsisApi = DEFAULT_API
     quant_options: QuantOptions = QuantOptions()
+    # What a quantized model file (QDQ) fixed: each model value's quantization by name (a tensor
+    # takes its calib_name's instead of a calibrated range's) and the quantized constants; None for
+    # a float model.
+    file_quant: FileQuantization | None = None
 
     @property
     def input_layout(self) -> str:

@@ -55,3 +55,39 @@ class Tensor:
     def nbytes(self) -> int:
         """Bytes the tensor takes in C (elements x their width; 1 each before quantization)."""
         return self.size * (1 if self.quant is None else self.quant.bits // 8)
+
+
+@dataclass(frozen=True, eq=False)
+class ConstQuant:
+    """A quantized constant as a model file writes it (DequantizeLinear of an integer initializer):
+    real = scale * (codes - zero_point), per tensor (axis None) or per slice along `axis`."""
+
+    codes: np.ndarray  # the integers, in the model's own layout
+    scale: np.ndarray  # float32: one value, or one per slice along `axis`
+    zero_point: np.ndarray  # integers, shaped as `scale`
+    axis: int | None
+    bits: int  # of the codes' type: 8, 16 or 32
+    signed: bool
+
+
+@dataclass(frozen=True, eq=False)
+class FileWeights:
+    """A conv/dense layer's weight quantization as its model file gives it (a QDQ model): symmetric
+    int8 weights with these scales, and (when the file quantized it) the bias as int32 codes. The
+    layer's float weights are those codes times these scales, so rounding them again gives the codes
+    back whatever layout the import moved them into."""
+
+    scales: np.ndarray  # float32, one per output channel (a per-tensor scale repeated)
+    per_channel: bool  # the file gave one scale per output channel (else one for the layer)
+    bias: np.ndarray | None  # int32 codes, one per output channel
+    bias_scale: np.ndarray | None  # float32, the file's scale of those codes (per channel)
+
+
+@dataclass
+class FileQuantization:
+    """What a quantized model file (QDQ) fixes: each model value's quantization, by name, and its
+    quantized constants (weights, biases), by the name of the float value they dequantize to."""
+
+    activations: dict[str, QuantParams] = field(default_factory=dict)
+    constants: dict[str, ConstQuant] = field(default_factory=dict)
+    source: str = "QDQ"  # how the file wrote it, for the report

@@ -8,6 +8,7 @@ import numpy as np
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.tensor import FileWeights, QuantParams
 from onnx2cmsis.ir.window import Window
 from onnx2cmsis.ops.base import (
     CArray,
@@ -18,6 +19,7 @@ from onnx2cmsis.ops.base import (
     TfliteContext,
     check_uint16,
     explicit_pads,
+    file_weights,
     fused_activation_range,
     int_attr_list,
     spatial_1d,
@@ -75,13 +77,14 @@ def quantize_per_channel(node: Node, graph: Graph, headroom: bool = True) -> Non
     q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
     assert q_in is not None and q_out is not None
     w = node.consts["weight"]
-    s_w = symmetric_weight_scales(w, axis=0)
+    pinned: FileWeights | None = node.attrs.get("file_weights")
+    s_w = symmetric_weight_scales(w, axis=0) if pinned is None else pinned.scales
     mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
     where = node.where
     node.qparams = {
-        "weight": quantize_weights(w, s_w, axis=0),
+        "weight": quantize_weights(w, s_w, axis=0, lowest=-127 if pinned is None else -128),
         "weight_scales": s_w,
-        "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, where, 64 if q_in.bits == 16 else 32),
+        "bias": layer_bias(node, q_in, s_w),
         "multiplier": np.array(mults, np.int32),
         "shift": np.array(shifts, np.int32),
         "act_range": fused_activation_range(node, graph),
@@ -93,6 +96,22 @@ def quantize_per_channel(node: Node, graph: Graph, headroom: bool = True) -> Non
     else:
         check_accumulator_headroom(node.qparams["weight"], node.qparams["bias"], q_in.zero_point,
                                    node.qparams["shift"], where)
+
+
+def layer_bias(node: Node, q_in: QuantParams, s_w: np.ndarray) -> np.ndarray:
+    """The int32 bias (int64 at 16x8) at the scale the kernels add it at, s_in * s_w[c]: the model
+    file's codes where it gave them at that scale (to float32 precision, as ONNX Runtime computes
+    it), else its float bias rounded to it (a float model's, or a file's bias at another scale)."""
+    bits = 64 if q_in.bits == 16 else 32
+    pinned: FileWeights | None = node.attrs.get("file_weights")
+    if pinned is None or pinned.bias is None:
+        return quantize_bias(node.consts["bias"], q_in.scale, s_w, node.where, bits)
+    kernel_scale = np.float64(np.float32(q_in.scale)) * s_w.astype(np.float64)
+    if np.allclose(pinned.bias_scale.astype(np.float64), np.broadcast_to(kernel_scale, pinned.bias.shape),
+                   rtol=2.0**-20, atol=0.0):
+        return pinned.bias.astype(np.int32 if bits == 32 else np.int64)
+    real = pinned.bias.astype(np.float64) * pinned.bias_scale.astype(np.float64)
+    return quantize_bias(real, q_in.scale, s_w, node.where, bits)
 
 
 def requantize_output(acc: np.ndarray, node: Node, graph: Graph) -> np.ndarray:
@@ -108,8 +127,8 @@ def requantize_output(acc: np.ndarray, node: Node, graph: Graph) -> np.ndarray:
 
 def fold_affine_into_weights(node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:
     """y * scale[c] + shift[c] after a conv or dense layer, as its weights (output channel first) and bias."""
-    if scale.shape != node.consts["bias"].shape:
-        return False
+    if scale.shape != node.consts["bias"].shape or "file_weights" in node.attrs:
+        return False  # a model file's own weight codes stay as they are
     w = node.consts["weight"]
     node.consts["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
     node.consts["bias"] = (node.consts["bias"] * scale + shift).astype(np.float32)
@@ -172,13 +191,15 @@ class Conv1DHandler(WindowedOp, WeightedOp):
         bias = np.zeros(c_out, np.float32) if bias is None else bias.reshape(c_out).astype(np.float32)
         weight = w.reshape(c_out, c_in // group, k).transpose(0, 2, 1)  # (C_out, K, C_in / group)
         grouped = group > 1 and not depthwise
+        pinned = file_weights(node, ctx, 0, c_out)
         ctx.add_node(
             Node(
                 node.name,
                 "dwconv1d" if depthwise else self.op,
                 [ctx.tensor(node.inputs[0], axes)],
                 [ctx.tensor(node.outputs[0], axes)],
-                attrs={"window": Window(k, stride, dilation, pad_l, pad_r), **({"groups": group} if grouped else {})},
+                attrs={"window": Window(k, stride, dilation, pad_l, pad_r), **({"groups": group} if grouped else {}),
+                       **({"file_weights": pinned} if pinned is not None else {})},
                 consts={"weight": np.ascontiguousarray(weight[:, :, 0] if depthwise else weight, np.float32),
                         "bias": bias},
                 origin=f"{node.op_type} group={group}" if grouped else node.op_type,

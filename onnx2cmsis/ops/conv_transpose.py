@@ -38,6 +38,7 @@ from onnx2cmsis.ops.base import (
     KernelCall,
     OnnxNodeView,
     TfliteContext,
+    file_weights,
     int_attr_list,
     spatial_1d,
 )
@@ -100,8 +101,10 @@ class ConvTranspose1DHandler(WeightedOp):
         bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         bias = np.zeros(c_out, np.float32) if bias is None else bias.reshape(c_out).astype(np.float32)
         weight = w.reshape(c_in, c_out, k).transpose(1, 2, 0)  # (C_out, K, C_in)
+        pinned = file_weights(node, ctx, 1, c_out)  # the file's weights are (C_in, C_out, K)
         ctx.add_node(Node(node.name, self.op, [ctx.tensor(node.inputs[0], axes)], [ctx.tensor(node.outputs[0], axes)],
-                          attrs={"kernel": k, "stride": stride, "crop": crop, "width": w_out},
+                          attrs={"kernel": k, "stride": stride, "crop": crop, "width": w_out,
+                                 **({"file_weights": pinned} if pinned is not None else {})},
                           consts={"weight": np.ascontiguousarray(weight, np.float32), "bias": bias},
                           origin=node.op_type))
 

@@ -25,11 +25,13 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     TfliteContext,
     check_uint16,
+    file_weights,
     fused_activation_range,
 )
 from onnx2cmsis.ops.conv import (
     WeightedOp,
     export_conv2d,
+    layer_bias,
     per_channel_call_parts,
     quantize_per_channel,
     requantize_output,
@@ -37,7 +39,6 @@ from onnx2cmsis.ops.conv import (
 from onnx2cmsis.arith.rules import (
     check_accumulator_headroom,
     integer_matmul,
-    quantize_bias,
     quantize_multiplier,
     quantize_weights,
     reduce_multiplier,
@@ -91,12 +92,18 @@ class DenseHandler(WeightedOp):
             if c is None:
                 raise UnsupportedOpError("the Gemm bias must be constant", node.where)
             bias = np.broadcast_to(c * float(node.attr("beta", 1.0)), (1, out_features)).reshape(-1)
+        # the file's weights are (N, K) under Gemm's transB, else (K, N); Gemm's beta rescales its float bias
+        out_axis = 0 if node.op_type == "Gemm" and node.attr("transB", 0) else 1
+        pinned = file_weights(node, ctx, out_axis, out_features, float(node.attr("alpha", 1.0)),
+                              2 if node.op_type == "Gemm" and float(node.attr("beta", 1.0)) == 1.0 else None)
+        attrs = {} if pinned is None else {"file_weights": pinned,
+                                           "weights": "per-channel" if pinned.per_channel else "per-tensor"}
         if per_step:
             # The same dense layer at every time step is a pointwise convolution (per-channel, too).
             batched = len(full) == 3
             ctx.add_node(Node(node.name, "conv1d", [ctx.tensor(node.inputs[0], (0, 1), batched)],
                               [ctx.tensor(node.outputs[0], (0, 1), batched)],
-                              attrs={"window": Window()},
+                              attrs={"window": Window(), **attrs},
                               consts={"weight": np.ascontiguousarray(b.T[:, None, :], np.float32),
                                       "bias": bias.astype(np.float32)},
                               origin=f"{node.op_type} per time step"))
@@ -107,6 +114,7 @@ class DenseHandler(WeightedOp):
                 self.op,
                 [ctx.tensor(node.inputs[0], (0,))],
                 [ctx.tensor(node.outputs[0], (0,))],
+                attrs=attrs,
                 consts={"weight": np.ascontiguousarray(b.T, np.float32), "bias": bias.astype(np.float32)},
                 origin=node.op_type,
             )
@@ -123,14 +131,15 @@ class DenseHandler(WeightedOp):
             return
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         w = node.consts["weight"]
-        s_w = symmetric_weight_scales(w, axis=None)
+        pinned = node.attrs.get("file_weights")
+        s_w = symmetric_weight_scales(w, axis=None) if pinned is None else pinned.scales[:1]
         m, sh = quantize_multiplier(float(q_in.scale) * float(s_w[0]) / float(q_out.scale))
-        wq = quantize_weights(w, s_w, axis=None)
+        wq = quantize_weights(w, s_w, axis=None, lowest=-127 if pinned is None else -128)
         wide = q_in.bits == 16
         node.qparams = {
             "weight": wq,
             "weight_scales": s_w,
-            "bias": quantize_bias(node.consts["bias"], q_in.scale, s_w, node.where, 64 if wide else 32),
+            "bias": layer_bias(node, q_in, s_w),
             "multiplier": m,
             "shift": sh,
             "act_range": fused_activation_range(node, graph),

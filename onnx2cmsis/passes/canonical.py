@@ -41,6 +41,16 @@ def _absorb(graph: Graph, producer: Node, node: Node) -> None:
     graph.nodes.remove(node)
 
 
+def _file_rounds_between(graph: Graph, inner: str, outer: str) -> bool:
+    """The model file (a QDQ model) quantizes `inner` and `outer` differently: merging the node making
+    `inner` with the one reading it would skip a rounding its arithmetic does (ONNX Runtime's too)."""
+    if graph.file_quant is None:
+        return False
+    pins = graph.file_quant.activations
+    a, b = (pins.get(graph.tensors[t].calib_name or t) for t in (inner, outer))
+    return a is not None and a != b
+
+
 def _role(node: Node, registry: Registry) -> Role | None:
     return registry.for_op(node.op).role(node)
 
@@ -52,7 +62,7 @@ def fold_affine(graph: Graph, registry: Registry) -> bool:
         if not isinstance(affine, ChannelAffine):
             continue
         p = _sole_producer(graph, node.inputs[0], registry, "folds_affine")
-        if p is None or "act" in p.attrs:
+        if p is None or "act" in p.attrs or _file_rounds_between(graph, node.inputs[0], node.output):
             continue
         if not registry.for_op(p.op).fold_affine(p, affine.scale, affine.shift):
             continue
@@ -85,7 +95,7 @@ def fold_requantize_into_producer(graph: Graph, registry: Registry) -> bool:
         if not isinstance(_role(node, registry), Requantize):
             continue
         p = _sole_producer(graph, node.inputs[0], registry, "free_output_quant")
-        if p is None:
+        if p is None or _file_rounds_between(graph, node.inputs[0], node.output):
             continue
         p.outputs = list(node.outputs)  # the output tensor carries the requantize's calibration range
         graph.nodes.remove(node)
@@ -99,7 +109,7 @@ def fuse_activation(graph: Graph, registry: Registry) -> bool:
         if not isinstance(clamp, Clamp):
             continue
         p = _sole_producer(graph, node.inputs[0], registry, "fuses_activation")
-        if p is None:
+        if p is None or _file_rounds_between(graph, node.inputs[0], node.output):
             continue
         old_lo, old_hi = p.attrs.get("act", (None, None))
         lo = clamp.lo if old_lo is None else (old_lo if clamp.lo is None else max(clamp.lo, old_lo))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import calibrated_quant
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.arith.rules import activation_quant, dequantize_tensor, quantize_tensor
+from onnx2cmsis.arith.rules import dequantize_tensor, quantize_tensor
 from onnx2cmsis.data.samples import MultiSamples, Sample, input_arrays, sample_inputs
 
 
@@ -18,7 +19,10 @@ def calibration_values(graph: Graph) -> list[str]:
     return sorted({t.calib_name for t in graph.tensors.values() if t.calib_name})
 
 
-def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]]) -> None:
+def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
+                   after: Callable[[Node], None] | None = None) -> None:
+    """Each input's and node's quantization in execution order (`after`, if given, sees each node once
+    its handler quantized it, and may insert nodes after it)."""
     default = graph.quant_options.activation_bits
     lacking = [(n, b) for n in graph.nodes
                if (b := graph.tensors[n.output].bits or default) not in registry.for_op(n.op).activation_bits]
@@ -29,10 +33,11 @@ def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[flo
                               + f" (convert with {{opt:precision=int8}}, or give the op a handler for "
                                 f"int{lacking[0][1]})")
     for name in graph.inputs:
-        t = graph.tensors[name]
-        t.quant = activation_quant(*ranges[t.calib_name or name], t.bits or default)
-    for node in graph.nodes:
+        graph.tensors[name].quant = calibrated_quant(graph, name, ranges)
+    for node in list(graph.nodes):
         registry.for_op(node.op).quantize(node, graph, ranges)
+        if after is not None:
+            after(node)
 
 
 def run_reference(graph: Graph, registry: Registry, x: Sample, keep_all: bool = False,

@@ -1,0 +1,193 @@
+"""Quantized (QDQ) ONNX models in (issue 32): the file's own scales and zero points, no calibration.
+
+The fixtures (tests/qdq_models/make_qdq.py) are ONNX Runtime `quantize_static` outputs of trained
+models: a PyTorch autoencoder with int8, uint8 and symmetric int16 activations, and a tf2onnx export
+of a trained Keras classifier. ONNX Runtime running the QDQ file (no graph optimization) is the
+reference of what the file means; expected parameters are read from the file itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError
+from onnx2cmsis.quant.quantize import quantize_samples
+from tests.bit_exact import bit_exact_everywhere
+from tests.decoder_models.make_decoders import channel_major, denoising
+from tests.keras_models.data import signals
+from tests.onnx_models import make_model
+
+HERE = Path(__file__).resolve().parent / "qdq_models"
+AE = {kind: HERE / f"torch_ae_{kind}.onnx" for kind in ("s8", "u8", "s16")}
+ZOO = HERE / "keras_zoo_s8.onnx"
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def _heldout(path: Path, n: int) -> np.ndarray:
+    if path == ZOO:
+        steps, channels = (d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1:])
+        return signals(n, steps, channels, seed=21)[0]  # the calibration used seed 20
+    return channel_major(denoising(n, seed=4)[0])  # the calibration used seed 3
+
+
+def _onnx_runtime_codes(path: Path, x: np.ndarray, conv) -> np.ndarray:
+    """The QDQ file run by ONNX Runtime without graph optimization (its fused integer kernels round
+    differently), its float output put back on the output's integer grid."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = np.stack([session.run(None, {name: row[np.newaxis]})[0].reshape(-1) for row in x])
+    q = conv.graph.tensors[conv.graph.outputs[0]].quant
+    return np.round(out / q.scale).astype(np.int64) + q.zero_point
+
+
+def test_a_qdq_model_converts_without_calibration_taking_the_files_parameters():
+    conv = convert(AE["s8"], name="ae")
+    init = _initializers(AE["s8"])
+    g = conv.graph
+    q_in, q_out = g.tensors[g.inputs[0]].quant, g.tensors[g.outputs[0]].quant
+    assert (q_in.scale, q_in.zero_point) == (float(init["noisy_scale"]), int(init["noisy_zero_point"]))
+    assert (q_out.scale, q_out.zero_point) == (float(init["denoised_scale"]), int(init["denoised_zero_point"]))
+    first = g.nodes[1]  # after the input's transpose: the first Conv1d, weights (C_out, K, C_in)
+    weight_names = [k for k in init if k.endswith("weight_quantized")]
+    codes = init[sorted(weight_names)[0]]
+    assert np.array_equal(first.qparams["weight"], codes.transpose(0, 2, 1))
+    assert np.array_equal(first.qparams["bias"], init[sorted(k for k in init if k.endswith("bias_quantized"))[0]])
+    r = conv.report
+    assert r["calibration_samples"] == 0
+    assert r["quantization"]["recipe"]["source"] == "QDQ"
+    assert "own quantization" in conv.pages["ae.md"]
+
+
+def test_uint8_activations_are_the_same_reals_as_int8_with_the_zero_point_128_lower():
+    s8, u8 = convert(AE["s8"], name="a"), convert(AE["u8"], name="b")
+    init = _initializers(AE["u8"])
+    assert u8.graph.tensors[u8.graph.inputs[0]].quant.zero_point == int(init["noisy_zero_point"]) - 128
+    x = _heldout(AE["s8"], 40)
+    # ONNX Runtime chose the uint8 parameters from the same ranges: the same scales, zero points 128 apart
+    assert np.array_equal(s8.references(quantize_samples(s8.graph, x)[0]),
+                          u8.references(quantize_samples(u8.graph, x)[0]))
+
+
+@pytest.mark.parametrize("kind", ["s8", "u8"])
+def test_int8_c_matches_onnx_runtime_on_held_out_data(kind):
+    conv = convert(AE[kind], name="ae")
+    x = _heldout(AE[kind], 200)
+    ours = conv.references(quantize_samples(conv.graph, x)[0]).astype(np.int64)
+    want = _onnx_runtime_codes(AE[kind], x, conv)
+    assert np.mean(np.abs(ours - want) <= 1) >= 0.99
+
+
+def test_the_tf2onnx_classifier_keeps_onnx_runtimes_classes():
+    conv = convert(ZOO, name="zoo")
+    x = _heldout(ZOO, 200)
+    ours = conv.references(quantize_samples(conv.graph, x)[0]).astype(np.int64)
+    want = _onnx_runtime_codes(ZOO, x, conv)
+    assert np.mean(ours.argmax(axis=1) == want.argmax(axis=1)) >= 0.99
+    assert np.mean(np.abs(ours - want) <= 1) >= 0.98
+    # softmax's kernel writes 1/256; the file says ONNX Runtime's 1/255: an exact requantize follows
+    assert g_ops(conv)[-2:] == ["softmax", "requantize"]
+
+
+def g_ops(conv) -> list[str]:
+    return [n.op for n in conv.graph.nodes]
+
+
+def test_int16_activations_stay_within_two_steps_of_onnx_runtime():
+    # TFLite's 16x8 kernels requantize with a 16-bit multiplier (CMSIS-NN's arm_nn_requantize_s64):
+    # a step off ONNX Runtime's float requantization on a few percent of each layer's values
+    conv = convert(AE["s16"], name="ae")
+    assert conv.graph.tensors[conv.graph.inputs[0]].quant.bits == 16
+    x = _heldout(AE["s16"], 100)
+    ours = conv.references(quantize_samples(conv.graph, x)[0]).astype(np.int64)
+    want = _onnx_runtime_codes(AE["s16"], x, conv)
+    assert np.mean(np.abs(ours - want) <= 2) >= 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.oracle
+@pytest.mark.parametrize("path", [AE["s8"], AE["u8"], AE["s16"], ZOO], ids=lambda p: p.stem)
+def test_qdq_models_are_bit_exact_on_the_host_and_qemu(tmp_path, path):
+    conv = convert(path, name="m", default_api=None)
+    bit_exact_everywhere(conv, _heldout(path, 12), tmp_path, qemu_samples=3)
+
+
+def test_settings_the_file_decides_are_refused_by_name():
+    with pytest.raises(OptionError, match="calibration_method.*fixes its own quantization"):
+        convert(AE["s8"], calibration_method="mse")
+
+
+# --- hand-written QDQ graphs: what cannot be taken as it is is refused, naming the node
+
+def _qdq_conv(tmp_path: Path, zp_type: int = TensorProto.INT8, act_zp: int = 0, weight_zp: int = 0,
+              relu_float: bool = False) -> str:
+    """x -> Q/DQ -> Conv(DQ(int8 w), DQ(int32 b)) [-> Relu unquantized] -> Q/DQ -> y."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (4, 2, 3)).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.float32(0.01), "w_s"),
+             numpy_helper.from_array(np.int8(weight_zp), "w_z"),
+             numpy_helper.from_array(np.array([10, -3, 0, 7], np.int32), "b_q"),
+             numpy_helper.from_array(np.float32(0.02 * 0.01), "b_s"),
+             numpy_helper.from_array(np.float32(0.02), "x_s"), numpy_helper.from_array(np.float32(0.05), "y_s"),
+             helper.make_tensor("x_z", zp_type, [], [act_zp]), helper.make_tensor("y_z", zp_type, [], [act_zp])]
+    last = "c_relu" if relu_float else "c"
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["x_q"], name="q_in"),
+             helper.make_node("DequantizeLinear", ["x_q", "x_s", "x_z"], ["x_d"], name="dq_in"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="dq_w"),
+             helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], name="dq_b"),
+             helper.make_node("Conv", ["x_d", "w", "b"], ["c"], name="conv", pads=[1, 1])]
+    if relu_float:
+        nodes.append(helper.make_node("Tanh", ["c"], ["c_relu"], name="tanh"))
+    nodes += [helper.make_node("QuantizeLinear", [last, "y_s", "y_z"], ["y_q"], name="q_out"),
+              helper.make_node("DequantizeLinear", ["y_q", "y_s", "y_z"], ["y"], name="dq_out")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    path = tmp_path / "qdq.onnx"
+    onnx.save(make_model(nodes, [x], [y], inits, opset=21 if zp_type == TensorProto.INT16 else 13), str(path))
+    return str(path)
+
+
+def test_a_hand_written_qdq_conv_is_exact_integer_arithmetic(tmp_path):
+    conv = convert(_qdq_conv(tmp_path), name="m")
+    node = conv.graph.nodes[-1] if conv.graph.nodes[-1].op == "conv1d" else conv.graph.nodes[1]
+    assert np.array_equal(node.qparams["bias"], [10, -3, 0, 7])
+    x = np.random.default_rng(1).standard_normal((5, 2, 16)).astype(np.float32)
+    codes = quantize_samples(conv.graph, x)[0]
+    # the integer conv by hand: (x - 0) * w + b, requantized by 0.02 * 0.01 / 0.05, rounded half away
+    w = numpy_helper.to_array(onnx.load(_qdq_conv(tmp_path)).graph.initializer[0]).astype(np.int64)
+    xc = codes.reshape(5, 16, 2).transpose(0, 2, 1).astype(np.int64) if conv.graph.input_layout == "time-major" \
+        else codes.reshape(5, 2, 16).astype(np.int64)
+    padded = np.pad(xc, ((0, 0), (0, 0), (1, 1)))
+    acc = np.stack([np.einsum("nck,ock->no", padded[:, :, t:t + 3], w) for t in range(16)], axis=2)
+    acc += np.array([10, -3, 0, 7])[None, :, None]
+    real = acc * (0.02 * 0.01 / 0.05)
+    want = np.clip(np.sign(real) * np.floor(np.abs(real) + 0.5), -128, 127)
+    assert np.array_equal(conv.references(codes).reshape(5, 4, 16), want)
+
+
+def test_asymmetric_int16_and_asymmetric_weights_are_refused_naming_the_node(tmp_path):
+    with pytest.raises(UnsupportedOpError, match="q_in.*zero point 5 .asymmetric"):
+        convert(_qdq_conv(tmp_path, TensorProto.INT16, act_zp=5))
+    with pytest.raises(UnsupportedOpError, match="node 'conv'.*zero point 3.*symmetric int8"):
+        convert(_qdq_conv(tmp_path, weight_zp=3))
+
+
+def test_a_value_the_file_leaves_float_needs_calibration_and_gets_it(tmp_path):
+    path = _qdq_conv(tmp_path, relu_float=True)  # the conv's output goes into the tanh unquantized
+    with pytest.raises(ConversionError, match="leaves 1 value.*'c'.*calibration"):
+        convert(path)
+    samples = np.random.default_rng(2).standard_normal((20, 2, 16)).astype(np.float32)
+    conv = convert(path, samples)
+    assert conv.report["calibration_samples"] == 20
