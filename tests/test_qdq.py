@@ -191,3 +191,26 @@ def test_a_value_the_file_leaves_float_needs_calibration_and_gets_it(tmp_path):
     samples = np.random.default_rng(2).standard_normal((20, 2, 16)).astype(np.float32)
     conv = convert(path, samples)
     assert conv.report["calibration_samples"] == 20
+
+
+def test_a_tanh_between_pairs_is_one_table_in_the_files_output_quantization(tmp_path):
+    """Not TFLite's fixed 1/128 then a requantize: the table maps each code through the float tanh
+    straight to the file's output scale, as ONNX Runtime computes it."""
+    inits = [numpy_helper.from_array(np.float32(0.03), "x_s"), numpy_helper.from_array(np.int8(-5), "x_z"),
+             numpy_helper.from_array(np.float32(0.0071), "y_s"), numpy_helper.from_array(np.int8(3), "y_z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "x_s", "x_z"], ["x_d"]),
+             helper.make_node("Tanh", ["x_d"], ["t"], name="tanh"),
+             helper.make_node("QuantizeLinear", ["t", "y_s", "y_z"], ["t_q"]),
+             helper.make_node("DequantizeLinear", ["t_q", "y_s", "y_z"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    path = tmp_path / "tanh.onnx"
+    onnx.save(make_model(nodes, [x], [y], inits, opset=13), str(path))
+    conv = convert(path, name="m")
+    assert g_ops(conv) == ["lut"]
+    codes = np.arange(-128, 128, dtype=np.int8)[np.newaxis]
+    import math
+    want = [min(127, max(-128, int(math.copysign(math.floor(abs(math.tanh(0.03 * (c + 5)) / 0.0071) + 0.5),
+                                                 math.tanh(0.03 * (c + 5)))) + 3)) for c in range(-128, 128)]
+    assert conv.references(codes)[0].tolist() == want

@@ -281,13 +281,22 @@ class OpHandler:
         return False
 
 
+def file_quant_of(graph: Graph, tensor: str) -> QuantParams | None:
+    """The quantization a quantized model's file gives the model value a tensor stands for, else None."""
+    if graph.file_quant is None or tensor not in graph.tensors:
+        return None
+    t = graph.tensors[tensor]
+    return graph.file_quant.activations.get(t.calib_name or t.name)
+
+
 def calibrated_quant(graph: Graph, tensor: str, ranges: dict[str, tuple[float, float]]) -> QuantParams:
     """The quantization of the model value a tensor stands for: the model file's (a QDQ model), else
     TFLite's choice for its calibrated range."""
+    pinned = file_quant_of(graph, tensor)
+    if pinned is not None:
+        return pinned
     t = graph.tensors[tensor]
     key = t.calib_name or t.name
-    if graph.file_quant is not None and key in graph.file_quant.activations:
-        return graph.file_quant.activations[key]
     if key not in ranges:
         raise KeyError(f"no calibration range for tensor '{key}'")
     lo, hi = ranges[key]

@@ -26,6 +26,7 @@ from onnx2cmsis.arith.rules import (
     activation_range,
     divide_by_power_of_two,
     int_range,
+    round_half_away,
     quantize_multiplier,
     requantize,
 )
@@ -41,6 +42,7 @@ from onnx2cmsis.ops.base import (
     TimeGeometry,
     calibrated_quant,
     elementwise_io,
+    file_quant_of,
 )
 from onnx2cmsis.ops.elementwise_kernels import CodeTable, ElementwiseKernel, RequantizeLoop, SigmoidS16, run_kernel
 
@@ -74,6 +76,48 @@ def tanh_table(q_in: QuantParams) -> np.ndarray:
 
 def sigmoid_table(q_in: QuantParams) -> np.ndarray:
     return _fixed_point_table(q_in, logistic_q0, 23, -128)  # output scale 1/256, zero point -128
+
+
+def _float_tanh(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x.astype(np.float64)).astype(np.float32)  # std::tanh on a float (one rounding)
+
+
+def _float_logistic(x: np.ndarray) -> np.ndarray:
+    """TFLite's float LOGISTIC (reference_ops::Logistic): its cutoffs, then float32 steps."""
+    e = np.exp(-x.astype(np.float64)).astype(np.float32)
+    inside = (np.float32(1.0) / (np.float32(1.0) + e)).astype(np.float32)
+    low = np.exp(x.astype(np.float64)).astype(np.float32)
+    return np.where(x > np.float32(16.619047164916992188), np.float32(1.0), np.where(x < np.float32(-9.0), low, inside))
+
+
+@dataclass(frozen=True)
+class FloatFunction:
+    """A function TFLite runs at int8 with a fixed output quantization, and also in float."""
+
+    evaluate: Callable[[np.ndarray], np.ndarray]  # float32 -> float32, as TFLite's float kernel
+    tflite: str  # its TFLite operator
+    quant8: QuantParams  # TFLite's int8 output quantization, which the integer table writes
+
+
+FLOAT_FUNCTIONS = {"tanh": FloatFunction(_float_tanh, "TANH", TANH_QUANT),
+                   "sigmoid": FloatFunction(_float_logistic, "LOGISTIC", SIGMOID_QUANT)}
+
+
+def through_float(fn: str, q_out: QuantParams) -> bool:
+    """The int8 function writes a quantization other than TFLite's fixed one (a model file's)."""
+    return fn in FLOAT_FUNCTIONS and q_out.bits == 8 and q_out != FLOAT_FUNCTIONS[fn].quant8
+
+
+def float_table(fn: str, q_in: QuantParams, q_out: QuantParams) -> np.ndarray:
+    """An int8 table through the float function, for an output scale the model file fixed (a QDQ
+    model: what ONNX Runtime computes, and TFLite-Micro's DEQUANTIZE -> float op -> QUANTIZE):
+    dequantize as TFLite does (double product, rounded to float), the float function, then quantize
+    (float division, halves away from zero)."""
+    codes = np.arange(-128, 128, dtype=np.int64)
+    x = (np.float64(np.float32(q_in.scale)) * (codes - q_in.zero_point)).astype(np.float32)
+    y = FLOAT_FUNCTIONS[fn].evaluate(x)
+    q = round_half_away((y / np.float32(q_out.scale)).astype(np.float32)) + q_out.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
 
 
 def leaky_relu_multipliers(q_in: QuantParams, q_out: QuantParams,
@@ -116,7 +160,18 @@ def _calibrated(node: Node, q_in: QuantParams, graph: Graph, ranges: dict[str, t
 
 
 def _fixed(quant8: QuantParams, quant16: QuantParams):
-    return lambda node, q_in, graph, ranges: quant16 if q_in.bits == 16 else quant8
+    """TFLite's fixed output quantization, or at int8 the one a quantized model's file gives the
+    output (the table is then computed through the float function: float_table)."""
+    def choose(node: Node, q_in: QuantParams, graph: Graph, ranges: dict[str, tuple[float, float]]) -> QuantParams:
+        pinned = file_quant_of(graph, node.output)
+        if q_in.bits == 8 and pinned is not None and pinned.bits == 8:
+            return pinned
+        return quant16 if q_in.bits == 16 else quant8
+    return choose
+
+
+def _table(fn: str, integer_table: Callable[[QuantParams], np.ndarray]):
+    return lambda node, q_in, q_out: float_table(fn, q_in, q_out) if through_float(fn, q_out) else integer_table(q_in)
 
 
 def _sigmoid_s16(fn: str) -> Callable[[Node, QuantParams, QuantParams], ElementwiseKernel]:
@@ -148,9 +203,9 @@ def _clamp_tflite(fb, node: Node) -> tuple[int, int, object]:
 
 
 FUNCTIONS: dict[str, TableFunction] = {
-    "tanh": TableFunction(_fixed(TANH_QUANT, UNIT_QUANT_S16), lambda node, q_in, q_out: tanh_table(q_in),
+    "tanh": TableFunction(_fixed(TANH_QUANT, UNIT_QUANT_S16), _table("tanh", tanh_table),
                           _sigmoid_s16("tanh"), _plain("TANH")),
-    "sigmoid": TableFunction(_fixed(SIGMOID_QUANT, UNIT_QUANT_S16), lambda node, q_in, q_out: sigmoid_table(q_in),
+    "sigmoid": TableFunction(_fixed(SIGMOID_QUANT, UNIT_QUANT_S16), _table("sigmoid", sigmoid_table),
                              _sigmoid_s16("sigmoid"), _plain("LOGISTIC")),
     "leaky_relu": TableFunction(_calibrated, lambda node, q_in, q_out: leaky_relu_table(q_in, q_out, node.attrs["alpha"]),
                                 _leaky_relu_s16, _leaky_relu_tflite),
@@ -198,5 +253,20 @@ class LookupTableHandler(OpHandler):
         return node.qparams["kernel"].call(node, graph)
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fn = node.attrs["fn"]
+        if through_float(fn, ex.graph.tensors[node.output].quant):
+            self._export_through_float(ex, node, FLOAT_FUNCTIONS[fn].tflite)
+            return
         code, options_type, options = FUNCTIONS[node.attrs["fn"]].tflite(ex.fb, node)
         ex.op(code, [ex.activation(node.inputs[0])], [ex.activation(node.output)], options_type, options)
+
+    @staticmethod
+    def _export_through_float(ex: TfliteContext, node: Node, code: str) -> None:
+        """float_table's arithmetic as TFLite-Micro runs it: DEQUANTIZE, the float op, QUANTIZE."""
+        shape = list(ex.activation(node.inputs[0]).shape)
+        a, b = (ex.me.Tensor(shape=shape, dtype=ex.fb.TensorType.FLOAT32, name=f"{node.output}_{k}")
+                for k in ("float_in", "float_out"))
+        ex.op(ex.fb.BuiltinOperator.DEQUANTIZE, [ex.activation(node.inputs[0])], [a])
+        ex.op(getattr(ex.fb.BuiltinOperator, code), [a], [b])
+        ex.op(ex.fb.BuiltinOperator.QUANTIZE, [b], [ex.activation(node.output)])
+
