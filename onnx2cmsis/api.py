@@ -25,7 +25,7 @@ from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import load_model
 from onnx2cmsis.importer.from_onnx import import_onnx
-from onnx2cmsis.importer.qdq import split_qdq
+from onnx2cmsis.importer.qdq import saturating_float_model, split_qdq
 from onnx2cmsis.ir.check import check_graph
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.options import Budget, ConvertOptions
@@ -63,6 +63,9 @@ class Conversion:
     # budget warnings with settings as {opt:...} markers (errors.render_options); the report has them
     # spelled as the API's parameters
     warnings: list[str] = field(default_factory=list)
+    # a model quantized already (QDQ): the file as read (static, batch 1), what ONNX Runtime runs to
+    # check the C against (`model` is then its float graph without the Q/DQ pairs); else None
+    file_model: onnx.ModelProto | None = None
 
     def reference(self, x: Sample) -> np.ndarray:
         """The integer reference's output codes for one sample's input codes (model layout, flattened;
@@ -121,8 +124,11 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     tuning = quantize(model, graph, registry, data, opts, cmsis, step, str(model_path))
     step("planning the arena and writing the C")
     plan, schedule = back_end(graph, registry, cmsis)
-    return render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites), data,
-                        tuning, stream, opts)
+    conversion = render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites),
+                              data, tuning, stream, opts)
+    if graph.file_quant is not None:
+        conversion.file_model = load_model(model_path, opts.input_shape)
+    return conversion
 
 
 @dataclass
@@ -268,6 +274,8 @@ def front_end(model_path: Path, registry: Registry,
     model = load_model(model_path, input_shape)  # frontends: file -> static, batch-1 ONNX
     model, file_quant = split_qdq(model, str(model_path))  # a quantized model's float graph + its quantization
     graph = import_onnx(model, registry, str(model_path), file_quant)  # importer: ONNX -> canonical IR
+    if file_quant is not None:  # the float reference: the file's model without rounding, saturating as it does
+        model = saturating_float_model(model, file_quant)
     check_graph(graph, "import")
     _check_finite_constants(graph, str(model_path))
     rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower

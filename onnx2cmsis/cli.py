@@ -218,8 +218,9 @@ def _cmsis_line(cmsis) -> str:
 @with_conversion_options
 def verify(
     model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
-    calibration: Path = typer.Option(..., "--calibration", "-c", metavar="CALIB.npy",
-                                     help="The calibration samples convert uses."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", "-c", metavar="CALIB.npy",
+                                               help="The calibration samples convert uses (none for a quantized "
+                                                    "(QDQ) model)."),
     data: Path = typer.Option(..., "--data", "-d", metavar="X.npy",
                               help=".npy/.npz of samples to run, shaped like the input (several inputs: "
                                    "as --calibration)."),

@@ -141,7 +141,7 @@ def test_bad_input_gives_one_line_and_no_files(tmp_path, case, expect):
     (["convert", "--no-such-option"], "No such option: --no-such-option"),
     (["convert"], "Missing argument 'MODEL'"),
     (["convert", str(MODEL), "-c", str(CALIB), "--flash-kb", "0"], "Invalid value for '--flash-kb'"),
-    (["verify", str(MODEL)], "Missing option '--calibration'"),
+    (["verify", str(MODEL), "-d", str(CALIB)], "--calibration samples are needed: the model is float"),
     # found by the command itself or the library, still usage errors
     (["convert", str(MODEL)], "--calibration samples are needed: the model is float"),
     (["convert", str(MODEL), "-c", str(CALIB), "--cmsis-nn-api", "6"], "--cmsis-nn-api '6' is not one of 2024.01, 7"),

@@ -214,3 +214,33 @@ def test_a_tanh_between_pairs_is_one_table_in_the_files_output_quantization(tmp_
     want = [min(127, max(-128, int(math.copysign(math.floor(abs(math.tanh(0.03 * (c + 5)) / 0.0071) + 0.5),
                                                  math.tanh(0.03 * (c + 5)))) + 3)) for c in range(-128, 128)]
     assert conv.references(codes)[0].tolist() == want
+
+
+def test_the_float_reference_is_the_files_model_with_its_dropped_relus_back():
+    """ONNX Runtime drops a Relu whose Q/DQ pair clips at zero already; without the clipping the float
+    graph between the pairs would be another model (this one's float outputs were 5.7 off)."""
+    from onnx2cmsis.drivers.evaluate import file_model_codes, float_outputs
+    from onnx2cmsis.quant.quantize import output_floats
+
+    conv = convert(AE["s8"], name="ae")
+    x = _heldout(AE["s8"], 30)
+    file_floats = output_floats(conv.graph, file_model_codes(conv, x))
+    step = conv.graph.tensors[conv.graph.outputs[0]].quant.scale
+    assert np.max(np.abs(float_outputs(conv, x) - file_floats)) <= 4 * step
+
+
+@pytest.mark.oracle
+def test_verify_needs_no_calibration_and_compares_with_onnx_runtime_on_the_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnx2cmsis.cli import app
+
+    np.save(tmp_path / "x.npy", _heldout(AE["s8"], 20))
+    result = CliRunner().invoke(app, ["verify", str(AE["s8"]), "-d", str(tmp_path / "x.npy"), "-t", "host",
+                                      "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "vs ONNX Runtime running the quantized file" in result.output
+    (host,) = __import__("json").loads((tmp_path / "r.json").read_text())
+    assert host["bit_exact"] and host["oracle"] == "tflite-micro"
+    assert host["file_within_one_step"] >= 0.99 and host["file_argmax_agreement"] is not None
+    assert host["max_abs_error_vs_float"] < 0.1  # the float reference clips as the file does

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import output_floats, output_slices, quantize_sample, reference_by_sample
+from onnx2cmsis.quant.quantize import output_floats, output_grid_codes, output_slices, quantize_sample, reference_by_sample
 from onnx2cmsis.arith.rules import dequantize_tensor
 from onnx2cmsis.data.samples import MultiSamples, input_arrays, sample_inputs
 from onnx2cmsis.tuning.search import float_outputs as search_float_outputs
@@ -47,6 +47,12 @@ def quantize_inputs(conv: Conversion, x_float):
 def float_outputs(conv: Conversion, x_float) -> np.ndarray:
     """The float model's outputs per sample, side by side in output order: (N, output elements)."""
     return search_float_outputs(conv.model, x_float)
+
+
+def file_model_codes(conv: Conversion, x_float) -> np.ndarray:
+    """A quantized model file's outputs per sample as ONNX Runtime computes them (graph optimization
+    off: its fused integer kernels round differently), on the C's output grid: (N, output elements)."""
+    return output_grid_codes(conv.graph, search_float_outputs(conv.file_model, x_float))
 
 
 def evaluate(conv: Conversion, x_float: np.ndarray, workdir: Path,

@@ -18,7 +18,7 @@ import numpy as np
 
 from onnx2cmsis.api import Conversion
 from onnx2cmsis.errors import ConversionError, OptionError
-from onnx2cmsis.drivers.evaluate import float_outputs, quantize_inputs
+from onnx2cmsis.drivers.evaluate import file_model_codes, float_outputs, quantize_inputs
 from onnx2cmsis.quant.accuracy import accuracy, load_labels, predicted_classes
 from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.quantize import output_floats, output_slices, run_reference
@@ -55,6 +55,12 @@ class TargetResult:
     stream_mismatches: int | None = None
     instructions_per_push: int | None = None
     stream_state_bytes: int | None = None
+    # a model quantized already (QDQ): how its outputs compare with ONNX Runtime running the file
+    # (graph optimization off): the share of output elements within one step of its, the largest
+    # difference in steps, and the share of samples with the same argmax (first output)
+    file_within_one_step: float | None = None
+    file_max_steps: int | None = None
+    file_argmax_agreement: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -141,9 +147,13 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[Target], l
         bad = int(np.argmax(np.any(oracle != reference, axis=1)))
         raise ConversionError(f"the integer reference differs from tflite-micro on sample {bad}: a converter bug, "
                               "please report it")
+    file_codes = None
+    if conv.file_model is not None:
+        step(f"running {len(xq)} samples of the quantized model file in ONNX Runtime")
+        file_codes = file_model_codes(conv, x_float)
     checks = _Checks(reference if oracle is None else oracle, oracle_name,
                      stream_run(conv, xq) if conv.report.get("stream") else None,
-                     float_outputs(conv, x_float).astype(np.float64), labels)
+                     float_outputs(conv, x_float).astype(np.float64), labels, file_codes)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         base = workdir or Path(tmp)
@@ -169,6 +179,7 @@ class _Checks:
     stream: StreamRun | None
     want_float: np.ndarray  # the float model's outputs
     labels: np.ndarray | None
+    file_codes: np.ndarray | None  # ONNX Runtime's outputs of a quantized model file, on the output grid
 
 
 def _judged(conv: Conversion, target: str, xq: np.ndarray, ran: Ran, checks: _Checks, base: Path) -> TargetResult:
@@ -188,6 +199,12 @@ def _judged(conv: Conversion, target: str, xq: np.ndarray, ran: Ran, checks: _Ch
     if bad.any():
         culprit = first_bad_layer(conv, xq[int(np.argmax(bad))], base / f"{target}_debug")
     largest = lambda per_sample: None if per_sample is None else int(per_sample.max())  # noqa: E731
+    file_figures = {}
+    if checks.file_codes is not None:
+        steps = np.abs(outputs.astype(np.int64) - checks.file_codes)
+        file_figures = {"file_within_one_step": float(np.mean(steps <= 1)), "file_max_steps": int(steps.max()),
+                        "file_argmax_agreement": float(np.mean(outputs[:, first].argmax(axis=1)
+                                                               == checks.file_codes[:, first].argmax(axis=1)))}
     return TargetResult(
         target=target, samples=len(xq), bit_exact=not bad.any() and not stream_bad, mismatches=int(bad.sum()),
         first_bad_layer=culprit, max_abs_error_vs_float=float(np.max(np.abs(got - want_float))),
@@ -199,7 +216,8 @@ def _judged(conv: Conversion, target: str, xq: np.ndarray, ran: Ran, checks: _Ch
         stack_bytes=largest(counts.stack_bytes), oracle=checks.oracle,
         **({} if stream is None else {"stream_pushes": len(stream.pushes()), "stream_mismatches": stream_bad,
                                       "instructions_per_push": per_push,
-                                      "stream_state_bytes": conv.report["stream"]["state_bytes"]}))
+                                      "stream_state_bytes": conv.report["stream"]["state_bytes"]}),
+        **file_figures)
 
 
 def _skipped(conv: Conversion, target: str, oracle: str, samples: int, why: str) -> TargetResult:
@@ -230,6 +248,10 @@ def format_table(results: list[TargetResult]) -> str:
             lines.append(f"{'':<8}first bad layer: {r.first_bad_layer}")
         if r.stream_pushes is not None:
             lines.append(f"{'':<8}{_stream_summary(r)}")
+        if r.file_within_one_step is not None:
+            lines.append(f"{'':<8}vs ONNX Runtime running the quantized file: {100 * r.file_within_one_step:.2f}% of "
+                         f"output values within one step (largest {r.file_max_steps}), same argmax on "
+                         f"{100 * r.file_argmax_agreement:.1f}% of samples")
     return "\n".join(lines)
 
 

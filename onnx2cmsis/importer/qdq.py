@@ -221,3 +221,50 @@ def _float_model(model: onnx.ModelProto, fq: FileQuantization, alias: dict[str, 
     del out.graph.value_info[:]
     out.graph.value_info.extend(values)
     return out
+
+
+def saturating_float_model(model: onnx.ModelProto, fq: FileQuantization) -> onnx.ModelProto:
+    """The float model the quantized file describes, without its rounding: split_qdq's float graph
+    with each quantized value clipped to the range its integers hold. A quantizer drops a Relu whose
+    Q/DQ pair clips at zero already (ONNX Runtime does), so without the clips the float graph would
+    not be the file's model. This is the float reference; the importer reads split_qdq's graph, whose
+    quantization clips by itself."""
+    g = model.graph
+    inputs = {i.name for i in g.input}
+    clips: list[onnx.NodeProto] = []
+    bounds: list[onnx.TensorProto] = []
+    rename: dict[str, str] = {}
+    for k, (value, q) in enumerate(sorted(fq.activations.items())):
+        lo, hi = (-(1 << (q.bits - 1)), (1 << (q.bits - 1)) - 1)
+        names = (f"{value}__file_min", f"{value}__file_max")
+        bounds += [numpy_helper.from_array(np.float32(q.scale * (lo - q.zero_point)), names[0]),
+                   numpy_helper.from_array(np.float32(q.scale * (hi - q.zero_point)), names[1])]
+        if value in inputs:  # the input keeps its name: its readers read the clipped copy
+            rename[value] = f"{value}__clipped"
+            clips.append(helper.make_node("Clip", [value, *names], [rename[value]], name=f"clip_{k}"))
+        else:  # the producer writes a new name, and the clip the value's own (the calibration's)
+            rename[value] = f"{value}__unclipped"
+            clips.append(helper.make_node("Clip", [rename[value], *names], [value], name=f"clip_{k}"))
+    nodes = []
+    for n in g.node:
+        m = onnx.NodeProto()
+        m.CopyFrom(n)
+        for i, v in enumerate(m.input):
+            if v in rename and v in inputs:
+                m.input[i] = rename[v]
+        for i, v in enumerate(m.output):
+            if v in rename:
+                m.output[i] = rename[v]
+        nodes.append(m)
+    produced_by = {o: i for i, n in enumerate(nodes) for o in n.output}
+    ordered = list(nodes)
+    for clip in reversed(clips):  # each right after what it reads (inputs first)
+        at = produced_by.get(clip.input[0], -1)
+        ordered.insert(at + 1, clip)
+        produced_by = {o: i for i, n in enumerate(ordered) for o in n.output}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
+    out.graph.initializer.extend(bounds)
+    return out

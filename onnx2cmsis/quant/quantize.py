@@ -140,6 +140,15 @@ def output_floats(graph: Graph, codes: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=1).reshape(codes.shape)
 
 
+def output_grid_codes(graph: Graph, floats: np.ndarray) -> np.ndarray:
+    """(N, output elements) floats (side by side as output_codes) on each output's integer grid:
+    round(real / scale) + zero point, unclamped; exact for a quantized model's dequantized outputs."""
+    floats = np.asarray(floats, np.float64).reshape(len(floats), -1)
+    parts = [np.round(floats[:, where] / graph.tensors[o].quant.scale) + graph.tensors[o].quant.zero_point
+             for o, where in zip(graph.outputs, output_slices(graph))]
+    return np.concatenate(parts, axis=1).astype(np.int64)
+
+
 def quantize_sample(graph: Graph, sample: Sample) -> Sample:
     """A float sample's codes, with each input's own parameters (a tuple for several inputs)."""
     codes = tuple(quantize_tensor(part, graph.tensors[name].quant)
