@@ -25,6 +25,7 @@ from tests.onnx_models import make_model
 HERE = Path(__file__).resolve().parent / "qdq_models"
 AE = {kind: HERE / f"torch_ae_{kind}.onnx" for kind in ("s8", "u8", "s16")}
 ZOO = HERE / "keras_zoo_s8.onnx"
+QAT = HERE / "torch_qat.onnx"
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
@@ -32,6 +33,8 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 def _heldout(path: Path, n: int) -> np.ndarray:
+    if path == QAT:
+        return np.ascontiguousarray(signals(n, 64, 3, seed=11)[0].transpose(0, 2, 1))  # held out in training
     if path == ZOO:
         steps, channels = (d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1:])
         return signals(n, steps, channels, seed=21)[0]  # the calibration used seed 20
@@ -100,6 +103,21 @@ def test_the_tf2onnx_classifier_keeps_onnx_runtimes_classes():
     assert g_ops(conv)[-2:] == ["softmax", "requantize"]
 
 
+def test_a_pytorch_qat_export_keeps_its_trained_weight_codes_and_classes():
+    """torch's exporter writes FakeQuantize as Q/DQ of the float weights ([-128, 127]: -128 occurs)."""
+    conv = convert(QAT, name="qat")
+    init = _initializers(QAT)
+    w, s = init["conv1.weight"].astype(np.float32), init["w1.scale"].astype(np.float32)
+    codes = np.clip(np.rint(w / s[:, None, None]), -128, 127)  # QuantizeLinear: halves to even, zero point 0
+    assert np.array_equal(conv.graph.nodes[1].qparams["weight"], codes.transpose(0, 2, 1))
+    assert min(int(n.qparams["weight"].min()) for n in conv.graph.nodes if "weight" in n.qparams) == -128
+    x = _heldout(QAT, 300)
+    ours = conv.references(quantize_samples(conv.graph, x)[0]).astype(np.int64)
+    want = _onnx_runtime_codes(QAT, x, conv)
+    assert np.mean(np.abs(ours - want) <= 1) >= 0.99
+    assert np.mean(ours.argmax(axis=1) == want.argmax(axis=1)) >= 0.99
+
+
 def g_ops(conv) -> list[str]:
     return [n.op for n in conv.graph.nodes]
 
@@ -118,7 +136,7 @@ def test_int16_activations_stay_within_two_steps_of_onnx_runtime():
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
-@pytest.mark.parametrize("path", [AE["s8"], AE["u8"], AE["s16"], ZOO], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [AE["s8"], AE["u8"], AE["s16"], ZOO, QAT], ids=lambda p: p.stem)
 def test_qdq_models_are_bit_exact_on_the_host_and_qemu(tmp_path, path):
     conv = convert(path, name="m", default_api=None)
     bit_exact_everywhere(conv, _heldout(path, 12), tmp_path, qemu_samples=3)

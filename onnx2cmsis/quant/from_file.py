@@ -14,6 +14,7 @@ Every tensor standing for a value the file quantized takes the file's scale and 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.ops.requantize import requantize_node
 from onnx2cmsis.ops.roles import Transpose
 from onnx2cmsis.quant.calibrate import collect_ranges
-from onnx2cmsis.quant.quantize import calibration_values, quantize_graph
+from onnx2cmsis.quant.quantize import quantize_graph
 
 FILE_METHOD = "file"  # QuantOptions.calibration_method of a graph quantized from its file
 
@@ -60,8 +61,7 @@ def quantize_from_file(model: onnx.ModelProto, graph: Graph, registry: Registry,
         pin = pins.get(t.calib_name or t.name)
         if pin is not None:
             t.bits = pin.bits
-    missing = [v for v in dict.fromkeys([*(graph.tensors[i].calib_name or i for i in graph.inputs),
-                                         *calibration_values(graph)]) if v not in pins]
+    missing = _ranges_asked(graph, registry)
     ranges: dict[str, tuple[float, float]] = {}
     if missing:
         if samples is None:
@@ -71,6 +71,32 @@ def quantize_from_file(model: onnx.ModelProto, graph: Graph, registry: Registry,
         step(f"calibrating the {len(missing)} value(s) the model file leaves float")
         ranges = collect_ranges(model, samples, missing)
     quantize_graph(graph, registry, ranges, after=lambda node: _requantize_to_file(graph, registry, node, ranges))
+
+
+class _RecordingRanges(dict):
+    """Calibrated ranges for a dry run: every value has one, (-1, 1), and each asked for is noted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> tuple[float, float]:
+        if key not in self.asked:
+            self.asked.append(key)
+        return (-1.0, 1.0)
+
+
+def _ranges_asked(graph: Graph, registry: Registry) -> list[str]:
+    """The values whose calibrated range quantizing the graph with its file's parameters asks for, in
+    execution order: those the file leaves float and no handler derives from its inputs (a max pool's
+    output has its input's parameters, whatever the file says of it)."""
+    trial = copy.deepcopy(graph)
+    ranges = _RecordingRanges()
+    quantize_graph(trial, registry, ranges, after=lambda node: _requantize_to_file(trial, registry, node, ranges))
+    return ranges.asked
 
 
 def _borrow_readers_quantization(graph: Graph, registry: Registry) -> None:
