@@ -262,3 +262,31 @@ def test_verify_needs_no_calibration_and_compares_with_onnx_runtime_on_the_file(
     assert host["bit_exact"] and host["oracle"] == "tflite-micro"
     assert host["file_within_one_step"] >= 0.99 and host["file_argmax_agreement"] is not None
     assert host["max_abs_error_vs_float"] < 0.1  # the float reference clips as the file does
+
+
+def test_onnx_runtimes_own_16_bit_pairs_are_refused_saying_how_to_write_standard_ones(tmp_path):
+    """quantize_static with UseQDQContribOps writes pairs in the com.microsoft domain (not read yet)."""
+    contrib = onnx.load(_qdq_conv(tmp_path, TensorProto.INT16))
+    for node in contrib.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.domain = "com.microsoft"
+    contrib.opset_import.extend([helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(contrib, str(tmp_path / "contrib.onnx"))
+    with pytest.raises(UnsupportedOpError, match="com.microsoft.*without it .16-bit pairs then come as the standard"):
+        convert(tmp_path / "contrib.onnx")
+
+
+def test_a_qoperator_model_is_refused_naming_the_integer_op(tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rows = iter([{"noisy": row[np.newaxis]} for row in _heldout(AE["s8"], 8)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(rows, None)
+
+    out = tmp_path / "qop.onnx"
+    quantize_static(str(HERE.parent / "decoder_models" / "torch_ae_legacy.onnx"), str(out), Reader(),
+                    quant_format=QuantFormat.QOperator)
+    with pytest.raises(UnsupportedOpError, match=r"\(QLinearConv\) reads its integer output"):
+        convert(out)

@@ -145,8 +145,12 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
             node.name = f"{node.name}_{k}"
         seen.add(node.name)
         if node.domain not in ("", "ai.onnx"):
+            hint = (": ONNX Runtime writes these with UseQDQContribOps; quantize without it (16-bit pairs then "
+                    "come as the standard ops at opset 21)"
+                    if node.domain == "com.microsoft" and node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                    else "")
             raise UnsupportedOpError(f"node '{node.name}' ({node.domain}.{node.op_type}): operator from domain "
-                                     f"'{node.domain}' is not supported", where)
+                                     f"'{node.domain}' is not supported{hint}", where)
     batches = set()
     for model_input in inputs:
         dims = model_input.type.tensor_type.shape.dim
