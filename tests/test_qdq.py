@@ -290,3 +290,15 @@ def test_a_qoperator_model_is_refused_naming_the_integer_op(tmp_path):
                     quant_format=QuantFormat.QOperator)
     with pytest.raises(UnsupportedOpError, match=r"\(QLinearConv\) reads its integer output"):
         convert(out)
+
+
+@pytest.mark.parametrize("path", [ZOO, AE["s16"]], ids=lambda p: p.stem)
+def test_inspect_shows_what_the_file_converts_to(path):
+    """The file fixes widths, weight granularities and requantizes: inspect counts those, not int8 per
+    tensor, and its arena and weights are convert's."""
+    from onnx2cmsis.drivers.inspect_model import format_inspection, inspect
+
+    found, conv = inspect(path), convert(path, name="m")
+    assert (found.arena_bytes, found.weights_bytes) == (conv.plan.arena_bytes, conv.report["weights_bytes"])
+    assert [r["kernel"] for r in found.layers] == [r["kernel"] for r in conv.report["layers"]]
+    assert "the model file's own quantization (QDQ" in format_inspection(found)

@@ -23,6 +23,7 @@ from onnx2cmsis.errors import render_options
 from onnx2cmsis.ir.graph import QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.ops.registry import Registry, build_registry
+from onnx2cmsis.quant.from_file import prepare_file_widths, quantize_with_file
 from onnx2cmsis.quant.quantize import calibration_values, quantize_graph
 from onnx2cmsis.plan.stream import hop_multiple
 from onnx2cmsis.report import input_window, layer_entries
@@ -45,11 +46,13 @@ class Inspection:
     # a model with several inputs or outputs: each as "k 'name' [shape]", in the model's order
     inputs: list[str] | None = None
     outputs: list[str] | None = None
+    quantization: str = "int8, dense layers per tensor"  # what the counts assume
 
 
 def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Registry | None = None,
             input_shape: tuple[int, ...] | None = None) -> Inspection:
-    """The layers, kernels and memory of MODEL as convert would emit them (int8, dense per tensor)."""
+    """The layers, kernels and memory of MODEL as convert would emit them (int8, dense per tensor; a
+    quantized model as its file says)."""
     model_path = Path(model_path)
     registry = registry or build_registry()
     cmsis = locate_cmsis_nn(None, cmsis_api, DEFAULT_API.level)
@@ -57,8 +60,15 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
     window = input_window(graph)["input_window"] if graph.single_io else None  # streams take one input
     multiple, why = (None, None) if window is None else hop_multiple(graph, registry, window["steps"],
                                                                        window["channels"])
-    graph.quant_options = QuantOptions(dense_weights="per-tensor")
-    quantize_graph(graph, registry, {v: PLACEHOLDER_RANGE for v in calibration_values(graph)})
+    placeholders = {v: PLACEHOLDER_RANGE for v in calibration_values(graph)}
+    if graph.file_quant is None:
+        graph.quant_options = QuantOptions(dense_weights="per-tensor")
+        quantize_graph(graph, registry, placeholders)
+        quantization = "int8, dense layers per tensor"
+    else:  # a quantized model: its file's widths, weight granularities and requantizes are known already
+        prepare_file_widths(graph, registry)
+        quantize_with_file(graph, registry, placeholders)
+        quantization = f"the model file's own quantization ({graph.file_quant.source}, {graph.quant_options.precision})"
     plan, schedule = back_end(graph, registry, cmsis)
     layers = make_layers(graph, schedule)
     rows = layer_entries(graph, registry, layers)
@@ -67,7 +77,7 @@ def inspect(model_path: Path | str, cmsis_api: str | None = None, registry: Regi
         [f"{k} '{n}' {list(s)}" for k, (n, s) in enumerate(zip(graph.output_names, graph.model_output_shapes))])
     return Inspection(model_path, cmsis.api.level, rows, sum(r["weight_bytes"] for r in rows), plan.arena_bytes,
                       plan.lower_bound, sum(r["macs"] or 0 for r in rows), multiple, why,
-                      *(several or (None, None)))
+                      *(several or (None, None)), quantization=quantization)
 
 
 def _cell(text: str, width: int) -> str:
@@ -95,7 +105,7 @@ def format_inspection(result: Inspection, max_width: int = 40, flags: Mapping[st
     lines = [head, "-" * len(head), *(row(c) for c in cells)]
     lines.append(f"{len(result.layers)} layers, {result.macs:,} MACs; flash for weights {result.weights_bytes:,} B, "
                  f"arena {result.arena_bytes:,} B (live-set bound {result.arena_lower_bound_bytes:,} B); "
-                 f"CMSIS-NN API level {result.cmsis_api}; int8, dense layers per tensor")
+                 f"CMSIS-NN API level {result.cmsis_api}; {result.quantization}")
     if result.inputs:
         printable = lambda text: "".join(ch if ch.isprintable() else "?" for ch in text)  # noqa: E731 - model text
         lines.append(f"inputs: {printable(', '.join(result.inputs))}; outputs: {printable(', '.join(result.outputs))}")

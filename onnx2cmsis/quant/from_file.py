@@ -54,13 +54,7 @@ def quantize_from_file(model: onnx.ModelProto, graph: Graph, registry: Registry,
     if conflicts:
         raise OptionError(f"{', '.join(conflicts)}: the model file is quantized (Q/DQ) and fixes its own "
                           "quantization; convert it without these settings")
-    graph.quant_options = QuantOptions(calibration_method=FILE_METHOD,
-                                       precision="int16" if widths == {16} else "int8")
-    _borrow_readers_quantization(graph, registry)
-    for t in graph.tensors.values():
-        pin = pins.get(t.calib_name or t.name)
-        if pin is not None:
-            t.bits = pin.bits
+    prepare_file_widths(graph, registry)
     missing = _ranges_asked(graph, registry)
     ranges: dict[str, tuple[float, float]] = {}
     if missing:
@@ -70,6 +64,25 @@ def quantize_from_file(model: onnx.ModelProto, graph: Graph, registry: Registry,
                                   "{opt:calibration} samples for their ranges, or quantize them in the model", where)
         step(f"calibrating the {len(missing)} value(s) the model file leaves float")
         ranges = collect_ranges(model, samples, missing)
+    quantize_with_file(graph, registry, ranges)
+
+
+def prepare_file_widths(graph: Graph, registry: Registry) -> None:
+    """Before quantizing with the file: each tensor's width from the file's parameters (16 bits where
+    it gives int16), the rest the file's common width, and the quantization of values a move carries."""
+    pins = graph.file_quant.activations
+    widths = {p.bits for p in pins.values()}
+    graph.quant_options = QuantOptions(calibration_method=FILE_METHOD, precision="int16" if widths == {16} else "int8")
+    _borrow_readers_quantization(graph, registry)
+    for t in graph.tensors.values():
+        pin = pins.get(t.calib_name or t.name)
+        if pin is not None:
+            t.bits = pin.bits
+
+
+def quantize_with_file(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]]) -> None:
+    """quantize_graph with the file's parameters (after prepare_file_widths), a requantize to the file's
+    after each kernel that fixes other ones; `ranges` for the values it leaves float."""
     quantize_graph(graph, registry, ranges, after=lambda node: _requantize_to_file(graph, registry, node, ranges))
 
 
@@ -95,7 +108,7 @@ def _ranges_asked(graph: Graph, registry: Registry) -> list[str]:
     output has its input's parameters, whatever the file says of it)."""
     trial = copy.deepcopy(graph)
     ranges = _RecordingRanges()
-    quantize_graph(trial, registry, ranges, after=lambda node: _requantize_to_file(trial, registry, node, ranges))
+    quantize_with_file(trial, registry, ranges)
     return ranges.asked
 
 
