@@ -167,6 +167,7 @@ class Tuning:
     bias_corrected: int | None  # layers whose bias took their mean error (None: off)
     auto_precision: dict[str, Any] | None  # --precision auto's budget, measurements and choice
     recipe: dict[str, Any]  # the quantization recipe chosen and what each candidate measured
+    samples_used: int | None = None  # how many calibration samples set ranges (None: all that were given)
 
 
 def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: SampleData, opts: ConvertOptions,
@@ -175,9 +176,10 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     the bias corrections, and the integer parameters: the graph leaves quantized. A quantized model
     file's graph takes its file's quantization instead (quant/from_file.py)."""
     if graph.file_quant is not None:
-        search = quantize_from_file(model, graph, registry, data.samples, opts, step, where)
+        calibrated = quantize_from_file(model, graph, registry, data.samples, opts, step, where)
         check_graph(graph, "quantization", quantized=True)
-        return Tuning(search, None, None, file_recipe(graph))
+        return Tuning(None, None, None, file_recipe(graph, calibrated),
+                      samples_used=len(data.samples) if calibrated else 0)
     graph.quant_options = opts.quant_options
     candidates = candidate_recipes(opts.calibration_method, opts.dense_weights, opts.bias_correction)
     if len(candidates) > 1:
@@ -254,7 +256,7 @@ def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts
     source, header = render(name, graph, layers, e.plan, summary, template_dirs)
     functions = sorted({f for s in e.schedule for f in s.call.functions})
     report = build_report(name, summary, graph, registry, e.plan, layers, e.cmsis, functions, e.rewrites,
-                          0 if data.samples is None else len(data.samples), tuning.search, tuning.bias_corrected, tuning.auto_precision,
+                          len(data.samples) if tuning.samples_used is None else tuning.samples_used, tuning.search, tuning.bias_corrected, tuning.auto_precision,
                           stream_report, tuning.recipe)
     warnings = opts.budget.check(summary["weights_bytes"], e.plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]

@@ -209,6 +209,9 @@ def test_a_value_the_file_leaves_float_needs_calibration_and_gets_it(tmp_path):
     samples = np.random.default_rng(2).standard_normal((20, 2, 16)).astype(np.float32)
     conv = convert(path, samples)
     assert conv.report["calibration_samples"] == 20
+    assert conv.report["quantization"]["recipe"]["calibrated_values"] == ["c"]
+    # samples given to a model whose file quantizes everything set nothing: the report says none were used
+    assert convert(_qdq_conv(tmp_path), samples).report["calibration_samples"] == 0
 
 
 def test_a_tanh_between_pairs_is_one_table_in_the_files_output_quantization(tmp_path):

@@ -45,9 +45,9 @@ def option_conflicts(opts: Any, file_bits: set[int]) -> list[str]:
 
 
 def quantize_from_file(model: onnx.ModelProto, graph: Graph, registry: Registry, samples: Any, opts: Any,
-                       step: Callable[[str], None], where: str) -> None:
+                       step: Callable[[str], None], where: str) -> list[str]:
     """Quantize `graph` (with graph.file_quant) as its file says; `samples` (or None) calibrate only the
-    values the file leaves float."""
+    values the file leaves float. Returns those values (calibrated on the samples)."""
     pins = graph.file_quant.activations
     widths = {p.bits for p in pins.values()}
     conflicts = option_conflicts(opts, widths)
@@ -65,6 +65,7 @@ def quantize_from_file(model: onnx.ModelProto, graph: Graph, registry: Registry,
         step(f"calibrating the {len(missing)} value(s) the model file leaves float")
         ranges = collect_ranges(model, samples, missing)
     quantize_with_file(graph, registry, ranges)
+    return missing
 
 
 def prepare_file_widths(graph: Graph, registry: Registry) -> None:
@@ -148,12 +149,16 @@ def _requantize_to_file(graph: Graph, registry: Registry, node: Node, ranges: di
         graph.nodes.insert(graph.nodes.index(node) + 1, fix)
 
 
-def file_recipe(graph: Graph) -> dict[str, Any]:
-    """NAME.json's quantization.recipe for a graph quantized from its file."""
+def file_recipe(graph: Graph, calibrated: list[str]) -> dict[str, Any]:
+    """NAME.json's quantization.recipe for a graph quantized from its file (`calibrated`: the values the
+    file left float, calibrated on the samples)."""
     fq = graph.file_quant
     layers = sum(1 for n in graph.nodes if "file_weights" in n.attrs)
     pinned = sum(1 for t in graph.tensors.values() if (t.calib_name or t.name) in fq.activations)
+    rest = (f"; {len(calibrated)} value(s) it leaves float calibrated on the samples" if calibrated
+            else ", no calibration")
     return {"chosen": None, "source": fq.source,
             "reason": f"the model file's own quantization ({fq.source}): the scales and zero points of "
-                      f"{len(fq.activations)} values and the weights of {layers} layers, no calibration",
-            "file_values": len(fq.activations), "file_tensors": pinned, "file_weight_layers": layers}
+                      f"{len(fq.activations)} values and the weights of {layers} layers{rest}",
+            "file_values": len(fq.activations), "file_tensors": pinned, "file_weight_layers": layers,
+            "calibrated_values": calibrated}
