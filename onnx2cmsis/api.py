@@ -23,9 +23,9 @@ from onnx2cmsis.codegen.report_page import render_report_page
 from onnx2cmsis.codegen.stream import stream_parts, stream_spec
 from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input_arrays
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
-from onnx2cmsis.frontends import load_model
+from onnx2cmsis.frontends import read_model
 from onnx2cmsis.importer.from_onnx import import_onnx
-from onnx2cmsis.importer.qdq import saturating_float_model, split_qdq
+from onnx2cmsis.frontends.qdq import saturating_float_model
 from onnx2cmsis.ir.check import check_graph
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.options import Budget, ConvertOptions
@@ -127,7 +127,7 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     conversion = render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites),
                               data, tuning, stream, opts)
     if graph.file_quant is not None:
-        conversion.file_model = load_model(model_path, opts.input_shape)
+        conversion.file_model = read_model(model_path, opts.input_shape).file_model
     return conversion
 
 
@@ -273,8 +273,8 @@ def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts
 def front_end(model_path: Path, registry: Registry,
               input_shape: tuple[int, ...] | None = None) -> tuple[onnx.ModelProto, Graph, list[str]]:
     """File -> static batch-1 ONNX -> canonical IR -> after the passes (and the rewrites that fired)."""
-    model = load_model(model_path, input_shape)  # frontends: file -> static, batch-1 ONNX
-    model, file_quant = split_qdq(model, str(model_path))  # a quantized model's float graph + its quantization
+    loaded = read_model(model_path, input_shape)  # frontends: file -> static, batch-1 float ONNX (+ a
+    model, file_quant = loaded.model, loaded.file_quant  # quantized file's own quantization)
     graph = import_onnx(model, registry, str(model_path), file_quant)  # importer: ONNX -> canonical IR
     if file_quant is not None:  # the float reference: the file's model without rounding, saturating as it does
         model = saturating_float_model(model, file_quant)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import sys
 
+from dataclasses import dataclass
+
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -20,7 +22,9 @@ import onnx
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.frontends.keras import load_keras
-from onnx2cmsis.frontends.onnx_model import load_onnx, normalize
+from onnx2cmsis.frontends.onnx_model import load_onnx, normalize, read_onnx
+from onnx2cmsis.frontends.qdq import split_qdq
+from onnx2cmsis.ir.tensor import FileQuantization
 
 Loader = Callable[[Path], onnx.ModelProto]
 LOADERS: dict[str, Loader] = {
@@ -53,18 +57,44 @@ def loaders() -> dict[str, Loader]:
     return table
 
 
+@dataclass
+class LoadedModel:
+    """A model file as the importer takes it."""
+
+    model: onnx.ModelProto  # static, batch 1, float (a quantized file's float graph between its pairs)
+    file_quant: FileQuantization | None = None  # a quantized (QDQ) file's own quantization (frontends/qdq.py)
+    file_model: onnx.ModelProto | None = None  # that file as read: what ONNX Runtime runs to check against
+
+
 def load_model(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
-    """`input_shape`: the input's shape without the batch, for a model whose time axis is dynamic."""
+    """The static, batch-1, float ONNX of a model file (read_model's `model`)."""
+    return read_model(path, input_shape).model
+
+
+def read_model(path: Path, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """`input_shape`: the input's shape without the batch, for a model whose time axis is dynamic. A
+    quantized (QDQ) ONNX model, or a plugin's, is split into its float graph and its quantization
+    before normalization (shape inference cannot see through ONNX Runtime's com.microsoft pairs)."""
     table = loaders()
     loader = table.get(path.suffix.lower())
     if loader is None:
         raise ConversionError(
             f"unknown model type '{path.suffix}' (supported: {', '.join(sorted(table))})", str(path)
         )
+    if path.suffix.lower() == ".onnx" and LOADERS.get(".onnx") is loader:
+        return _split(read_onnx(path), str(path), input_shape)
     if LOADERS.get(path.suffix.lower()) is loader:
-        return loader(path, input_shape)  # the built-in loaders normalize as they load
+        return LoadedModel(loader(path, input_shape))  # the built-in loaders normalize as they load
     model = loader(path)
     if not isinstance(model, onnx.ModelProto):
         raise ConversionError(f"the frontend plugin for '{path.suffix}' returned {type(model).__name__}, "
                               "not an onnx.ModelProto", str(path))
-    return normalize(model, str(path), input_shape)
+    return _split(model, str(path), input_shape)
+
+
+def _split(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    if not model.graph.node:
+        raise ConversionError("not an ONNX model (the graph has no nodes)", where)
+    float_model, file_quant = split_qdq(model, where)
+    return LoadedModel(normalize(float_model, where, input_shape), file_quant,
+                       None if file_quant is None else model)

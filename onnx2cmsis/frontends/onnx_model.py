@@ -28,6 +28,11 @@ def short_error(exc: BaseException) -> str:
 
 
 def load_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
+    return normalize(read_onnx(path), str(path), input_shape)
+
+
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """The file as it is (external data read from its own folder only), before normalize."""
     where = str(path)
     if not path.is_file():
         raise ConversionError("file not found", where)
@@ -36,7 +41,7 @@ def load_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onnx.Mo
     except Exception as exc:  # protobuf raises several unrelated types for garbage
         raise ConversionError(f"not a readable ONNX model ({short_error(exc)})", where) from exc
     _load_confined_external_data(model, path.parent.resolve(), where)
-    return normalize(model, where, input_shape)
+    return model
 
 
 def normalize(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
@@ -145,12 +150,8 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
             node.name = f"{node.name}_{k}"
         seen.add(node.name)
         if node.domain not in ("", "ai.onnx"):
-            hint = (": ONNX Runtime writes these with UseQDQContribOps; quantize without it (16-bit pairs then "
-                    "come as the standard ops at opset 21)"
-                    if node.domain == "com.microsoft" and node.op_type in ("QuantizeLinear", "DequantizeLinear")
-                    else "")
             raise UnsupportedOpError(f"node '{node.name}' ({node.domain}.{node.op_type}): operator from domain "
-                                     f"'{node.domain}' is not supported{hint}", where)
+                                     f"'{node.domain}' is not supported", where)
     batches = set()
     for model_input in inputs:
         dims = model_input.type.tensor_type.shape.dim

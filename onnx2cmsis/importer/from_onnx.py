@@ -264,7 +264,7 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[str]:
 
 def import_onnx(model: onnx.ModelProto, registry: Registry, source: str,
                 file_quant: FileQuantization | None = None) -> Graph:
-    """The canonical graph of a float model (a QDQ model's after importer.qdq.split_qdq, whose
+    """The canonical graph of a float model (a QDQ model's after frontends.qdq.split_qdq, whose
     quantization `file_quant` is)."""
     gaps = unsupported_nodes(model, registry)
     if len(gaps) > 1:  # all of them at once, so one round of changes to the model can fix them all

@@ -1,4 +1,4 @@
-"""Quantize a graph with its model file's own quantization (a QDQ model: importer/qdq.py).
+"""Quantize a graph with its model file's own quantization (a QDQ model: frontends/qdq.py).
 
 Every tensor standing for a value the file quantized takes the file's scale and zero point
 (ops.base.calibrated_quant), every conv/dense layer its weight scales and bias codes

@@ -108,12 +108,16 @@ class _Pair:
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializers, Constant nodes and Identity copies of them (torch's exporter shares one zero point
+    between pairs through Identity nodes): the split runs before normalization folds anything."""
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for n in graph.node:
+    for n in graph.node:  # exporters write producers first
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             for a in n.attribute:
                 if a.name == "value":
                     consts[n.output[0]] = numpy_helper.to_array(a.t)
+        elif n.op_type == "Identity" and n.domain in ("", "ai.onnx") and n.input[0] in consts:
+            consts[n.output[0]] = consts[n.input[0]]
     return consts
 
 
