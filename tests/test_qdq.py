@@ -150,14 +150,14 @@ def test_settings_the_file_decides_are_refused_by_name():
 # --- hand-written QDQ graphs: what cannot be taken as it is is refused, naming the node
 
 def _qdq_conv(tmp_path: Path, zp_type: int = TensorProto.INT8, act_zp: int = 0, weight_zp: int = 0,
-              relu_float: bool = False) -> str:
+              relu_float: bool = False, bias: tuple[int, ...] = (10, -3, 0, 7), bias_scale: float = 0.02 * 0.01) -> str:
     """x -> Q/DQ -> Conv(DQ(int8 w), DQ(int32 b)) [-> Relu unquantized] -> Q/DQ -> y."""
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, (4, 2, 3)).astype(np.int8)
     inits = [numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.float32(0.01), "w_s"),
              numpy_helper.from_array(np.int8(weight_zp), "w_z"),
-             numpy_helper.from_array(np.array([10, -3, 0, 7], np.int32), "b_q"),
-             numpy_helper.from_array(np.float32(0.02 * 0.01), "b_s"),
+             numpy_helper.from_array(np.array(bias, np.int32), "b_q"),
+             numpy_helper.from_array(np.float32(bias_scale), "b_s"),
              numpy_helper.from_array(np.float32(0.02), "x_s"), numpy_helper.from_array(np.float32(0.05), "y_s"),
              helper.make_tensor("x_z", zp_type, [], [act_zp]), helper.make_tensor("y_z", zp_type, [], [act_zp])]
     last = "c_relu" if relu_float else "c"
@@ -317,3 +317,67 @@ def test_inspect_shows_what_the_file_converts_to(path):
     assert (found.arena_bytes, found.weights_bytes) == (conv.plan.arena_bytes, conv.report["weights_bytes"])
     assert [r["kernel"] for r in found.layers] == [r["kernel"] for r in conv.report["layers"]]
     assert "the model file's own quantization (QDQ" in format_inspection(found)
+
+
+def _conv_node(conv):
+    return next(n for n in conv.graph.nodes if n.op == "conv1d")
+
+
+def test_bias_codes_are_the_files_at_the_kernels_scale_and_rounded_to_it_otherwise(tmp_path):
+    # 2**24 + 1 has no float32: the dequantized float bias has lost the +1, the file's codes have not
+    exact = convert(_qdq_conv(tmp_path, bias=(2**24 + 1, -3, 0, 7)), name="m")
+    assert _conv_node(exact).qparams["bias"].tolist() == [2**24 + 1, -3, 0, 7]
+    # a bias at twice the kernel's scale (s_in * s_w = 0.0002): its reals rounded to the kernel's scale
+    doubled = convert(_qdq_conv(tmp_path, bias=(10, -3, 0, 7), bias_scale=0.0004), name="m")
+    assert _conv_node(doubled).qparams["bias"].tolist() == [20, -6, 0, 14]
+
+
+def test_a_float_weight_the_file_quantizes_rounds_halves_to_even_as_quantizelinear_does(tmp_path):
+    """Q(float weights) -> DQ, as torch writes QAT weights; 2.5 and -2.5 steps are ties."""
+    w = np.array([2.5, 3.5, -2.5, 0.5, 1.0, -127.5], np.float32).reshape(2, 1, 3) * np.float32(0.5)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0.5), "w_s"),
+             numpy_helper.from_array(np.int8(0), "z"), numpy_helper.from_array(np.float32(0.1), "x_s"),
+             numpy_helper.from_array(np.float32(0.2), "y_s")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "z"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "x_s"], ["x_d"]),  # no zero point: the Q's int8
+             helper.make_node("QuantizeLinear", ["w", "w_s", "z"], ["w_q"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "z"], ["w_d"]),
+             helper.make_node("Conv", ["x_d", "w_d"], ["c"], name="conv"),
+             helper.make_node("QuantizeLinear", ["c", "y_s", "z"], ["c_q"]),
+             helper.make_node("DequantizeLinear", ["c_q", "y_s", "z"], ["y"])]
+    path = tmp_path / "qat.onnx"
+    onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits, opset=13), str(path))
+    weight = _conv_node(convert(path, name="m")).qparams["weight"]
+    assert weight.reshape(2, 3).tolist() == [[2, 4, -2], [0, 1, -128]]
+
+
+def test_outputs_that_cannot_take_their_values_name_get_a_clear_error(tmp_path):
+    def model(outputs: list[str], nodes_after: list) -> Path:
+        inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"]),
+                 helper.make_node("DequantizeLinear", ["x_q", "s", "z"], ["x_d"]),
+                 helper.make_node("Relu", ["x_d"], ["r"]), *nodes_after]
+        path = tmp_path / f"{len(outputs)}_{len(nodes_after)}.onnx"
+        onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8])],
+                             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits,
+                             opset=13), str(path))
+        return path
+
+    pair = [helper.make_node("QuantizeLinear", ["r", "s", "z"], ["r_q"]),
+            helper.make_node("DequantizeLinear", ["r_q", "s", "z"], ["y1"]),
+            helper.make_node("DequantizeLinear", ["r_q", "s", "z"], ["y2"])]
+    with pytest.raises(UnsupportedOpError, match="outputs 'y1' and 'y2' hold the same values"):
+        convert(model(["y1", "y2"], pair))
+    with pytest.raises(UnsupportedOpError, match="the model output 'x_d' is its input"):
+        convert(model(["x_d"], []))
+
+
+def test_weights_an_old_export_also_lists_as_inputs_are_no_inputs(tmp_path):
+    """torch's keep_initializers_as_inputs (the default of old exports) lists every initializer as an
+    input too: the split replaces the quantized weights, and their input entries go with them."""
+    m = onnx.load(_qdq_conv(tmp_path))
+    m.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in m.graph.initializer)
+    onnx.save(m, str(tmp_path / "listed.onnx"))
+    conv = convert(tmp_path / "listed.onnx", name="m")
+    assert len(conv.graph.inputs) == 1

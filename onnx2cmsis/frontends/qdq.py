@@ -43,7 +43,8 @@ def _name(node: onnx.NodeProto, index: int) -> str:
 class _Pair:
     """One Q or DQ node's parameters: scale (float32), zero point and code type, axis."""
 
-    def __init__(self, node: onnx.NodeProto, consts: dict[str, np.ndarray], where: str) -> None:
+    def __init__(self, node: onnx.NodeProto, consts: dict[str, np.ndarray], where: str,
+                 codes_type: np.dtype | None = None) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("block_size", 0):
             raise ValueError(f"{where}: blocked quantization (block_size {attrs['block_size']}) is not supported")
@@ -55,6 +56,8 @@ class _Pair:
             self.zero_point = np.asarray(consts[node.input[2]])
         elif node.op_type == "DequantizeLinear" and node.input[0] in consts:
             self.zero_point = np.zeros((), consts[node.input[0]].dtype)
+        elif node.op_type == "DequantizeLinear" and codes_type is not None:  # its input's type: the Q's
+            self.zero_point = np.zeros((), codes_type)
         else:  # ONNX: no zero point means uint8 codes (opset 21's output_dtype aside)
             dtype = attrs.get("output_dtype", 0)
             self.zero_point = np.zeros((), helper.tensor_dtype_to_np_dtype(dtype) if dtype else np.uint8)
@@ -66,9 +69,14 @@ class _Pair:
         self.axis = int(attrs.get("axis", 1)) if self.scale.size > 1 else None
         self.bits, self.offset = _INT_TYPES[self.zero_point.dtype]
 
-    def same_as(self, other: _Pair) -> bool:
-        return (self.zero_point.dtype == other.zero_point.dtype and self.axis == other.axis
-                and np.array_equal(self.scale, other.scale) and np.array_equal(self.zero_point, other.zero_point))
+    def same_as(self, other: _Pair, rank: int | None) -> bool:
+        """The same parameters (axes compared modulo `rank` where it is known)."""
+        axes = (self.axis, other.axis)
+        if rank and None not in axes:
+            axes = (axes[0] % rank, axes[1] % rank)
+        return (self.zero_point.dtype == other.zero_point.dtype and axes[0] == axes[1]
+                and np.array_equal(self.scale, other.scale)
+                and np.array_equal(self.zero_point.reshape(-1), other.zero_point.reshape(-1)))
 
     def activation(self, where: str) -> QuantParams:
         """These parameters as an activation's (per tensor, TFLite's signed codes)."""
@@ -151,17 +159,19 @@ def split_qdq(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, Fil
                                 "DequantizeLinear pairs are supported")
             continue
         try:
-            dq = _Pair(n, consts, where)
             x = n.input[0]
             q = producer.get(x)
             if x in consts:  # a quantized constant: weights, biases
+                dq = _Pair(n, consts, where)
                 floats[n.output[0]], fq.constants[n.output[0]] = dq.constant(np.asarray(consts[x]))
                 continue
             if q is None or not is_qdq(q) or q.op_type != "QuantizeLinear":
                 raise ValueError(f"{where}: it reads '{x}', neither a constant nor a QuantizeLinear's output")
             qwhere = _name(q, index[id(q)])
             qp = _Pair(q, consts, qwhere)
-            if not qp.same_as(dq):
+            dq = _Pair(n, consts, where, qp.zero_point.dtype)
+            rank = np.ndim(consts[q.input[0]]) if q.input[0] in consts else None
+            if not qp.same_as(dq, rank):
                 raise ValueError(f"{qwhere} and {where} quantize with different parameters")
             if q.input[0] in consts:  # a float constant the file quantizes (what QAT exports write)
                 codes = qp.quantized(np.asarray(consts[q.input[0]]))
@@ -193,11 +203,19 @@ def _float_model(model: onnx.ModelProto, fq: FileQuantization, alias: dict[str, 
         while alias[k] in alias:
             alias[k] = alias[alias[k]]
     rename: dict[str, str] = {}
+    copies: list[tuple[str, str]] = []  # (value, output) for an output that cannot take over its value's name
+    boundary = {i.name for i in g.input} | {o.name for o in g.output}
     for out in g.output:
         value = alias.get(out.name)
-        if value is not None and value not in rename and value not in {i.name for i in g.input}:
+        if value is None:
+            continue
+        if value not in rename and value not in boundary:
             rename[value] = out.name  # the producer writes the output's name, and readers read it
             fq.activations[out.name] = fq.activations.pop(value)
+        else:  # a second output of one value, a model input or output dequantized: a copy (the importer
+            copies.append((value, out.name))  # names what it makes of them)
+            fq.activations[out.name] = fq.activations[rename.get(value, value)] if value in rename \
+                else fq.activations[value]
     resolve = {**{k: rename.get(v, v) for k, v in alias.items()}, **rename}
     nodes = []
     for n in g.node:
@@ -210,6 +228,8 @@ def _float_model(model: onnx.ModelProto, fq: FileQuantization, alias: dict[str, 
         m.ClearField("output")
         m.output.extend(rename.get(v, v) for v in n.output)
         nodes.append(m)
+    nodes += [helper.make_node("Identity", [rename.get(value, value)], [name], name=f"{name}__copy")
+              for value, name in copies]
     used = {v for n in nodes for v in n.input} | {o.name for o in g.output}
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -220,6 +240,10 @@ def _float_model(model: onnx.ModelProto, fq: FileQuantization, alias: dict[str, 
     out.graph.initializer.extend(kept)
     out.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in sorted(floats.items()) if k in used)
     fq.constants = {k: v for k, v in fq.constants.items() if k in used}
+    dropped = {i.name for i in g.initializer} - {i.name for i in out.graph.initializer}
+    inputs = [i for i in g.input if i.name not in dropped]  # old exports list initializers as inputs too
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
     known = {v for n in nodes for v in n.output} | used
     values = [v for v in g.value_info if v.name in known and v.name not in rename]
     del out.graph.value_info[:]

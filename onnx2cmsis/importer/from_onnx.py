@@ -170,16 +170,20 @@ class GraphBuilder:
             # an exporter's own node (tf2onnx's transposes) is no layer of the user's model
             mover = [self.node_name] if self.user_layers is None or self.node_name in self.user_layers else []
             self.movers[out] = tuple(dict.fromkeys([*before, *mover]))
-            self._carry_file_quant(source, out)
+            self._carry_file_quant(source, out, index)
         return True
 
-    def _carry_file_quant(self, source: str, moved: str) -> None:
+    def _carry_file_quant(self, source: str, moved: str, index: np.ndarray) -> None:
         """A moved value the file quantized, whose source tensor's value it left float (ONNX Runtime
-        quantizes after tf2onnx's Unsqueeze, not before it): the same values, so the source takes the
-        moved value's quantization."""
+        quantizes after tf2onnx's Unsqueeze, not before it): when the move keeps every source element
+        exactly once (a reshape, a transpose; not a slice, a split or a tile), the same values, so
+        the source takes the moved value's quantization."""
         pins = None if self.file_quant is None else self.file_quant.activations
         key = self.tensors[source].calib_name or source
-        if pins is not None and moved in pins and key not in pins:
+        if pins is None or moved not in pins or key in pins:
+            return
+        size = self.tensors[source].size
+        if index.size == size and np.unique(index).size == size:
             pins[key] = pins[moved]
 
     # --- helpers

@@ -385,6 +385,9 @@ def file_weights(node: OnnxNodeView, ctx: ImportContext, out_axis: int, c_out: i
     wq = ctx.const_quant(node.inputs[1])
     if wq is None:
         return None
+    if weight_factor <= 0:
+        raise UnsupportedOpError(f"quantized weights scaled by {weight_factor} (Gemm alpha): only a positive "
+                                 "factor keeps the file's codes", node.where)
     if wq.bits != 8 or not wq.signed or np.any(wq.zero_point != 0):
         zps = sorted({int(z) for z in wq.zero_point.reshape(-1)})[:3]
         raise UnsupportedOpError(f"weights quantized as {'' if wq.signed else 'u'}int{wq.bits} with zero point "

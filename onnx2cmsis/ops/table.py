@@ -110,9 +110,9 @@ def through_float(fn: str, q_out: QuantParams) -> bool:
 
 def float_table(fn: str, q_in: QuantParams, q_out: QuantParams) -> np.ndarray:
     """An int8 table through the float function, for an output scale the model file fixed (a QDQ
-    model: what ONNX Runtime computes, and TFLite-Micro's DEQUANTIZE -> float op -> QUANTIZE):
-    dequantize as TFLite does (double product, rounded to float), the float function, then quantize
-    (float division, halves away from zero)."""
+    model), as TFLite-Micro's DEQUANTIZE -> float op -> QUANTIZE computes it: dequantize (double
+    product, rounded to float), the float function, then quantize (float division, halves away from
+    zero, where ONNX Runtime rounds them to even: the two differ only on exact ties)."""
     codes = np.arange(-128, 128, dtype=np.int64)
     x = (np.float64(np.float32(q_in.scale)) * (codes - q_in.zero_point)).astype(np.float32)
     y = FLOAT_FUNCTIONS[fn].evaluate(x)
