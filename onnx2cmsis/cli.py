@@ -97,7 +97,8 @@ def version() -> None:
 @with_conversion_options
 def convert(
     model: Path = typer.Argument(..., metavar="MODEL",
-                                 help="Model file (.onnx, or Keras .h5/.keras with the [keras] extra)."),
+                                 help="Model file (.onnx, .tflite with the [tflite] extra, or Keras .h5/.keras with "
+                                      "the [keras] extra)."),
     name_arg: Optional[str] = typer.Argument(None, metavar="[NAME]", help="C name (the original tool's form)."),
     outdir_arg: Optional[Path] = typer.Argument(None, metavar="[OUTDIR]", help="Output folder (original form)."),
     calibration: Optional[Path] = typer.Option(
@@ -172,7 +173,7 @@ def convert(
 
 @app.command("inspect", cls=PlainHelpCommand)
 def inspect_command(
-    model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .tflite, .h5, .keras)."),
     cmsis_api: Optional[str] = typer.Option(None, "--cmsis-nn-api", metavar="LEVEL",
                                             help="CMSIS-NN API level: 7 (the default) or 2024.01."),
     input_shape: Optional[str] = INPUT_SHAPE_OPTION,
@@ -217,7 +218,7 @@ def _cmsis_line(cmsis) -> str:
 @app.command(cls=PlainHelpCommand)
 @with_conversion_options
 def verify(
-    model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .h5, .keras)."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Model file (.onnx, .tflite, .h5, .keras)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", "-c", metavar="CALIB.npy",
                                                help="The calibration samples convert uses (none for a quantized "
                                                     "(QDQ) model)."),

@@ -71,8 +71,10 @@ CASES: dict[str, tuple[Callable[[Path], tuple[str, str, list[str]]], str]] = {
     "text_as_onnx": (lambda t: ((t / "x.onnx").write_text("hello, I am not a model\n") and str(t / "x.onnx"),
                                 str(CALIB), []), "not a readable ONNX model"),
     "missing_model": (lambda t: (str(t / "nope.onnx"), str(CALIB), []), "file not found"),
-    "unknown_suffix": (lambda t: ((t / "m.tflite").write_bytes(b"TFL3") and str(t / "m.tflite"), str(CALIB), []),
-                       "unknown model type '.tflite'"),
+    "unknown_suffix": (lambda t: ((t / "m.pb").write_bytes(b"TFL3") and str(t / "m.pb"), str(CALIB), []),
+                       "unknown model type '.pb'"),
+    "truncated_tflite": (lambda t: ((t / "m.tflite").write_bytes(b"TFL3") and str(t / "m.tflite"), str(CALIB), []),
+                         "not a readable .tflite model"),
     "empty_h5": (lambda t: ((t / "e.h5").write_bytes(b"") or str(t / "e.h5"), str(CALIB), []),
                  "not a readable Keras model"),
     "truncated_h5": (lambda t: ((t / "t.h5").write_bytes(

@@ -24,6 +24,7 @@ from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.frontends.keras import load_keras
 from onnx2cmsis.frontends.onnx_model import load_onnx, normalize, read_onnx
 from onnx2cmsis.frontends.qdq import split_qdq
+from onnx2cmsis.frontends.tflite import load_tflite
 from onnx2cmsis.ir.tensor import FileQuantization
 
 Loader = Callable[[Path], onnx.ModelProto]
@@ -32,7 +33,11 @@ LOADERS: dict[str, Loader] = {
     ".h5": load_keras,
     ".hdf5": load_keras,
     ".keras": load_keras,
+    ".tflite": load_tflite,
 }
+# the built-in formats a quantized model comes in, and what the report calls their quantization: read
+# as they are, split (frontends/qdq.py), then normalized
+RAW_READERS: dict[str, tuple[Loader, str]] = {".onnx": (read_onnx, "QDQ"), ".tflite": (load_tflite, "TFLite")}
 ENTRY_POINT_GROUP = "onnx2cmsis.frontends"
 
 
@@ -81,8 +86,9 @@ def read_model(path: Path, input_shape: tuple[int, ...] | None = None) -> Loaded
         raise ConversionError(
             f"unknown model type '{path.suffix}' (supported: {', '.join(sorted(table))})", str(path)
         )
-    if path.suffix.lower() == ".onnx" and LOADERS.get(".onnx") is loader:
-        return _split(read_onnx(path), str(path), input_shape)
+    if path.suffix.lower() in RAW_READERS and LOADERS.get(path.suffix.lower()) is loader:
+        reader, source = RAW_READERS[path.suffix.lower()]
+        return _split(reader(path), str(path), input_shape, source)
     if LOADERS.get(path.suffix.lower()) is loader:
         return LoadedModel(loader(path, input_shape))  # the built-in loaders normalize as they load
     model = loader(path)
@@ -92,9 +98,12 @@ def read_model(path: Path, input_shape: tuple[int, ...] | None = None) -> Loaded
     return _split(model, str(path), input_shape)
 
 
-def _split(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | None) -> LoadedModel:
+def _split(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | None,
+           source: str = "QDQ") -> LoadedModel:
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
     float_model, file_quant = split_qdq(model, where)
+    if file_quant is not None:
+        file_quant.source = source
     return LoadedModel(normalize(float_model, where, input_shape), file_quant,
                        None if file_quant is None else model)

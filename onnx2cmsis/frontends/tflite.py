@@ -1,0 +1,311 @@
+"""A .tflite model -> a QDQ ONNX model (issue 33): everything still flows through ONNX.
+
+Each quantized TFLite tensor becomes a QuantizeLinear/DequantizeLinear pair with the file's exact
+float32 scales and zero points; int8 weights and int32 biases become DequantizeLinear of their codes
+(per channel along TFLite's quantized dimension, moved to ONNX's output-channel axis); float tensors
+stay float. frontends/qdq.py then splits the pairs off like any quantized ONNX model, so an int8
+.tflite converts with no calibration, and the C computes what TFLite-Micro's kernels compute for the
+file. TFLite's NHWC feature maps meet ONNX's NCHW convolutions and pools through Transposes, which
+the importer resolves as layout (no copies).
+
+Read here (frontends/tflite_reader.py for the file itself): CONV_2D, DEPTHWISE_CONV_2D,
+FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, ADD, SUB, MUL, PAD, PADV2, CONCATENATION,
+RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU, HARD_SWISH,
+and QUANTIZE/DEQUANTIZE between float and integer at the edges. Any other operator is refused, every
+one at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.frontends.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
+
+OPSET = 13
+NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
+_ACTIVATIONS = {0: None, 1: ("Relu", None, None), 2: ("Clip", -1.0, 1.0), 3: ("Clip", 0.0, 6.0)}
+_ONNX_TYPES = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
+               np.dtype(np.int16): TensorProto.INT16, np.dtype(np.int32): TensorProto.INT32}
+
+
+class _Builder:
+    """The ONNX graph being written: each TFLite tensor's float value, and the nodes and constants."""
+
+    def __init__(self, model: TfliteModel) -> None:
+        self.model = model
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.readable: dict[int, str] = {}  # tensor index -> the float value its readers read
+        counts: dict[str, int] = {}
+        for t in model.tensors:
+            counts[t.name] = counts.get(t.name, 0) + 1
+        self.names = {t.index: t.name if counts[t.name] == 1 else f"{t.name}__{t.index}" for t in model.tensors}
+        self.fresh = 0
+
+    def temp(self, hint: str) -> str:
+        self.fresh += 1
+        return f"{hint}__t{self.fresh}"
+
+    def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, **attrs) -> str:
+        outputs = outputs or [self.temp(op.lower())]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(self.nodes)}", **attrs))
+        return outputs[0]
+
+    def const(self, values: np.ndarray, hint: str) -> str:
+        name = self.temp(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(values), name))
+        return name
+
+    def _params(self, t: TfliteTensor, axis: int | None) -> list[str]:
+        scale = t.scales if t.scales.size > 1 else t.scales.reshape(())
+        zp_type = np.dtype(np.int32) if t.dtype == np.int32 else t.dtype
+        zp = t.zero_points.astype(zp_type)
+        zp = zp if t.scales.size > 1 else zp.reshape(())
+        return [self.const(scale.astype(np.float32), f"{self.names[t.index]}_scale"),
+                self.const(zp, f"{self.names[t.index]}_zero_point")]
+
+    def read(self, index: int, layout: tuple[int, ...] | None = None) -> str:
+        """The float value of tensor `index` (a constant: dequantized from its codes, its per-channel
+        axis moved as `layout` moves the axes)."""
+        if index in self.readable:
+            return self.readable[index]
+        t = self.model.tensors[index]
+        if t.data is None:
+            raise UnsupportedOpError(f"tensor '{t.name}' is read before anything writes it", "")
+        data = t.data if layout is None else t.data.transpose(layout)
+        if not t.quantized or t.dtype == np.float32:
+            return self.const(data.astype(np.float32) if t.dtype == np.float32 else data, self.names[index])
+        axis = None if t.scales.size == 1 else (t.axis if layout is None else list(layout).index(t.axis))
+        codes = self.const(data, f"{self.names[index]}_codes")
+        extra = {} if axis is None else {"axis": axis}
+        return self.node("DequantizeLinear", [codes, *self._params(t, axis)], [self.temp(self.names[index])], **extra)
+
+    def write(self, index: int, raw: str) -> None:
+        """Tensor `index` is the float value `raw`: quantized, through its own Q/DQ pair."""
+        t = self.model.tensors[index]
+        name = self.names[index]
+        if not t.quantized or t.dtype == np.float32:
+            self.readable[index] = self.node("Identity", [raw], [name])
+            return
+        if t.scales.size != 1:
+            raise UnsupportedOpError(f"tensor '{t.name}' is quantized per channel: activations take one scale", "")
+        params = self._params(t, None)
+        q = self.node("QuantizeLinear", [raw, *params], [self.temp(f"{name}_q")])
+        self.readable[index] = self.node("DequantizeLinear", [q, *params], [name])
+
+    def activation(self, value: str, code: int) -> str:
+        act = _ACTIVATIONS.get(code, "unknown")
+        if act == "unknown":
+            raise UnsupportedOpError(f"fused activation {code} is not supported", "")
+        if act is None:
+            return value
+        kind, lo, hi = act
+        if kind == "Relu":
+            return self.node("Relu", [value])
+        return self.node("Clip", [value, self.const(np.float32(lo), "min"), self.const(np.float32(hi), "max")])
+
+
+def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TFLite SAME: the output is ceil(size / stride), the odd padding column at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _window_attrs(b: _Builder, op: TfliteOperator, shape: tuple[int, ...], kernel: tuple[int, int],
+                  dilation: tuple[int, int] = (1, 1)) -> dict:
+    o = op.options
+    strides = (int(o.get("StrideH", 1)), int(o.get("StrideW", 1)))
+    if int(o.get("Padding", 1)) == 0:  # SAME
+        (t, bt), (l, r) = (_same_pads(shape[1 + k], kernel[k], strides[k], dilation[k]) for k in range(2))
+        pads = [t, l, bt, r]
+    else:
+        pads = [0, 0, 0, 0]
+    return {"strides": list(strides), "pads": pads}
+
+
+def _conv(b: _Builder, op: TfliteOperator, depthwise: bool) -> None:
+    x_t, w_t = (b.model.tensors[i] for i in op.inputs[:2])
+    o = op.options
+    layout = (3, 0, 1, 2) if depthwise else (0, 3, 1, 2)  # [1, KH, KW, C*m] / OHWI -> O I H W
+    w = b.read(op.inputs[1], layout)
+    kernel = (w_t.shape[1], w_t.shape[2])
+    dilation = (int(o.get("DilationHFactor", 1)), int(o.get("DilationWFactor", 1)))
+    inputs = [b.node("Transpose", [b.read(op.inputs[0])], perm=NHWC_TO_NCHW), w]
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        inputs.append(b.read(op.inputs[2]))
+    attrs = _window_attrs(b, op, x_t.shape, kernel, dilation)
+    attrs.update(dilations=list(dilation), kernel_shape=list(kernel),
+                 group=x_t.shape[3] if depthwise else 1)
+    y = b.activation(b.node("Conv", inputs, **attrs), int(o.get("FusedActivationFunction", 0)))
+    b.write(op.outputs[0], b.node("Transpose", [y], perm=NCHW_TO_NHWC))
+
+
+def _pool(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
+    x_t = b.model.tensors[op.inputs[0]]
+    o = op.options
+    kernel = (int(o["FilterHeight"]), int(o["FilterWidth"]))
+    attrs = _window_attrs(b, op, x_t.shape, kernel)
+    attrs["kernel_shape"] = list(kernel)
+    if onnx_op == "AveragePool":
+        attrs["count_include_pad"] = 0  # TFLite averages only the taps inside
+    y = b.node(onnx_op, [b.node("Transpose", [b.read(op.inputs[0])], perm=NHWC_TO_NCHW)], **attrs)
+    y = b.activation(y, int(o.get("FusedActivationFunction", 0)))
+    b.write(op.outputs[0], b.node("Transpose", [y], perm=NCHW_TO_NHWC))
+
+
+def _fully_connected(b: _Builder, op: TfliteOperator) -> None:
+    w_t = b.model.tensors[op.inputs[1]]
+    out_t = b.model.tensors[op.outputs[0]]
+    x = b.node("Reshape", [b.read(op.inputs[0]), b.const(np.array([-1, w_t.shape[1]], np.int64), "shape")])
+    inputs = [x, b.read(op.inputs[1])]
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        inputs.append(b.read(op.inputs[2]))
+    y = b.activation(b.node("Gemm", inputs, transB=1), int(op.options.get("FusedActivationFunction", 0)))
+    b.write(op.outputs[0], b.node("Reshape", [y, b.const(np.array(out_t.shape, np.int64), "shape")]))
+
+
+def _reshape(b: _Builder, op: TfliteOperator) -> None:
+    out_t = b.model.tensors[op.outputs[0]]
+    b.write(op.outputs[0], b.node("Reshape", [b.read(op.inputs[0]), b.const(np.array(out_t.shape, np.int64), "shape")]))
+
+
+def _transpose(b: _Builder, op: TfliteOperator) -> None:
+    perm = b.model.tensors[op.inputs[1]].data
+    b.write(op.outputs[0], b.node("Transpose", [b.read(op.inputs[0])], perm=[int(p) for p in perm]))
+
+
+def _pad(b: _Builder, op: TfliteOperator) -> None:
+    pads = b.model.tensors[op.inputs[1]].data.astype(np.int64)
+    inputs = [b.read(op.inputs[0]), b.const(np.concatenate([pads[:, 0], pads[:, 1]]), "pads")]
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:  # PADV2's value, as a real number
+        value = b.model.tensors[op.inputs[2]]
+        real = (value.data.astype(np.float64) - (value.zero_points[0] if value.quantized else 0)) * \
+            (value.scales[0] if value.quantized else 1.0)
+        inputs.append(b.const(np.float32(real.reshape(-1)[0]), "pad_value"))
+    b.write(op.outputs[0], b.node("Pad", inputs, mode="constant"))
+
+
+def _elementwise(onnx_op: str) -> Callable[[_Builder, TfliteOperator], None]:
+    def translate(b: _Builder, op: TfliteOperator) -> None:
+        y = b.node(onnx_op, [b.read(i) for i in op.inputs])
+        b.write(op.outputs[0], b.activation(y, int(op.options.get("FusedActivationFunction", 0))))
+    return translate
+
+
+def _unary(onnx_op: str, **attrs) -> Callable[[_Builder, TfliteOperator], None]:
+    def translate(b: _Builder, op: TfliteOperator) -> None:
+        extra = dict(attrs)
+        if onnx_op == "LeakyRelu":
+            extra["alpha"] = float(op.options.get("Alpha", 0.2))
+        b.write(op.outputs[0], b.node(onnx_op, [b.read(op.inputs[0])], **extra))
+    return translate
+
+
+def _relu6(b: _Builder, op: TfliteOperator) -> None:
+    b.write(op.outputs[0], b.activation(b.read(op.inputs[0]), 3))
+
+
+def _softmax(b: _Builder, op: TfliteOperator) -> None:
+    b.write(op.outputs[0], b.node("Softmax", [b.read(op.inputs[0])], axis=-1))
+
+
+def _mean(b: _Builder, op: TfliteOperator) -> None:
+    axes = [int(a) for a in np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1)]
+    keep = int(bool(op.options.get("KeepDims", False)))
+    b.write(op.outputs[0], b.node("ReduceMean", [b.read(op.inputs[0])], axes=axes, keepdims=keep))
+
+
+def _concatenation(b: _Builder, op: TfliteOperator) -> None:
+    y = b.node("Concat", [b.read(i) for i in op.inputs], axis=int(op.options.get("Axis", -1)))
+    b.write(op.outputs[0], b.activation(y, int(op.options.get("FusedActivationFunction", 0))))
+
+
+def _integer(t: TfliteTensor) -> bool:
+    return t.quantized and t.dtype != np.float32
+
+
+def _not_exact_yet(model: TfliteModel) -> list[str]:
+    """Operators read, but whose TFLite arithmetic the C would not reproduce yet: refused (every one at
+    once) rather than converted to something close."""
+    found = []
+    for op in model.operators:
+        tensors = [model.tensors[i] for i in op.inputs if i >= 0]
+        constant = [t.name for t in tensors if t.data is not None]
+        if op.code in ("ADD", "SUB", "MUL") and constant:  # the importer would merge it into an affine
+            found.append(f"operator {op.index} ({op.code}): a constant operand ('{constant[0]}', e.g. an unfolded "
+                         f"BatchNorm): TFLite-Micro's {op.code} with a constant is not reproduced yet")
+        if op.code == "QUANTIZE" and _integer(tensors[0]) and _integer(model.tensors[op.outputs[0]]):
+            found.append(f"operator {op.index} (QUANTIZE): a requantization between integer types is not read yet")
+        if op.code == "SOFTMAX" and float(op.options.get("Beta", 1.0)) != 1.0:
+            found.append(f"operator {op.index} (SOFTMAX): beta {op.options['Beta']} (only 1 is supported)")
+    return found
+
+
+def _edge(b: _Builder, op: TfliteOperator) -> None:
+    """QUANTIZE from float / DEQUANTIZE to float: the same reals, the pair on the integer side."""
+    b.write(op.outputs[0], b.node("Identity", [b.read(op.inputs[0])]))
+
+
+TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
+    "CONV_2D": lambda b, op: _conv(b, op, False),
+    "DEPTHWISE_CONV_2D": lambda b, op: _conv(b, op, True),
+    "FULLY_CONNECTED": _fully_connected,
+    "MAX_POOL_2D": lambda b, op: _pool(b, op, "MaxPool"),
+    "AVERAGE_POOL_2D": lambda b, op: _pool(b, op, "AveragePool"),
+    "MEAN": _mean,
+    "ADD": _elementwise("Add"), "SUB": _elementwise("Sub"), "MUL": _elementwise("Mul"),
+    "PAD": _pad, "PADV2": _pad,
+    "CONCATENATION": _concatenation,
+    "RESHAPE": _reshape, "SQUEEZE": _reshape, "EXPAND_DIMS": _reshape,
+    "TRANSPOSE": _transpose,
+    "SOFTMAX": _softmax,
+    "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
+    "LEAKY_RELU": _unary("LeakyRelu"), "HARD_SWISH": _unary("HardSwish"),
+    "QUANTIZE": _edge, "DEQUANTIZE": _edge,
+}
+
+
+def tflite_to_onnx(model: TfliteModel, where: str) -> onnx.ModelProto:
+    gaps = sorted({f"{op.code} (operator {op.index})" for op in model.operators if op.code not in TRANSLATORS})
+    if gaps:
+        raise UnsupportedOpError(f"{len(gaps)} operator(s) have no translation: {', '.join(gaps)} (supported: "
+                                 f"{', '.join(sorted(TRANSLATORS))})", where)
+    refused = _not_exact_yet(model)
+    if refused:
+        raise UnsupportedOpError("; ".join(refused), where)
+    b = _Builder(model)
+    inputs = []
+    for index in model.inputs:
+        t = model.tensors[index]
+        name = b.names[index]
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(t.shape)))
+        if t.quantized and t.dtype != np.float32:
+            params = b._params(t, None)
+            q = b.node("QuantizeLinear", [name, *params], [b.temp(f"{name}_q")])
+            b.readable[index] = b.node("DequantizeLinear", [q, *params], [b.temp(f"{name}_dq")])
+        else:
+            b.readable[index] = name
+    for op in model.operators:
+        try:
+            TRANSLATORS[op.code](b, op)
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(f"operator {op.index} ({op.code}): {exc.message}", where) from None
+    outputs = [helper.make_tensor_value_info(b.readable[i], TensorProto.FLOAT, list(model.tensors[i].shape))
+               for i in model.outputs]
+    graph = helper.make_graph(b.nodes, "tflite", inputs, outputs, initializer=b.inits)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                   producer_name="onnx2cmsis .tflite reader")
+    onnx_model.ir_version = 8
+    return onnx_model
+
+
+def load_tflite(path: Path) -> onnx.ModelProto:
+    """A .tflite file as QDQ ONNX (not yet normalized: frontends.read_model splits and normalizes it)."""
+    return tflite_to_onnx(read_tflite(path), str(path))

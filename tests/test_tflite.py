@@ -1,0 +1,97 @@
+""".tflite in (issue 33, first part): the file's own integer graph, no calibration, byte-identical with
+tflite-micro's reference kernels running that very file (the oracle is the file).
+
+Fixtures: this project's own `--tflite` export (written by tflite-micro's model_editor, which leaves
+`deprecated_builtin_code` at 0: the reader's trap) and int8 files made by TensorFlow's converter from
+trained Keras 1D models (tests/tflite_models/make_tflite.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.quant.quantize import quantize_samples
+from tests.bit_exact import bit_exact_everywhere
+from tests.keras_models.data import signals
+from tests.needs import oracle_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "tests" / "tflite_models"
+CNN, BN = HERE / "keras_cnn_int8.tflite", HERE / "keras_bn_int8.tflite"
+
+
+def _file_outputs(path: Path, codes: np.ndarray) -> np.ndarray:
+    oracle_runtime()
+    from onnx2cmsis.oracle.tflite_export import run_tflite_micro
+
+    return run_tflite_micro(path.read_bytes(), codes)
+
+
+def test_the_reader_takes_the_larger_of_the_two_operator_code_fields(tmp_path):
+    """model_editor leaves deprecated_builtin_code at 0: the tflite package alone reads every op as ADD."""
+    oracle_runtime()  # model_editor, which writes the file, comes with the oracle's wheel
+    import tflite
+
+    from onnx2cmsis.frontends.tflite_reader import read_tflite
+    from onnx2cmsis.oracle.tflite_export import export_tflite
+
+    conv = convert(ROOT / "examples" / "vibration" / "vibration_cnn.onnx", ROOT / "examples" / "vibration" /
+                   "calibration.npy", name="v")
+    path = tmp_path / "v.tflite"
+    path.write_bytes(export_tflite(conv.graph, conv.registry))
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    naive = {model.OperatorCodes(i).BuiltinCode() for i in range(model.OperatorCodesLength())}
+    assert naive == {tflite.BuiltinOperator.ADD}  # the trap is real in this file
+    codes = [op.code for op in read_tflite(path).operators]
+    assert codes.count("CONV_2D") == 3 and codes.count("FULLY_CONNECTED") == 2 and codes[-1] == "SOFTMAX"
+
+
+@pytest.mark.oracle
+def test_this_projects_own_export_reads_back_into_the_same_integer_graph(tmp_path):
+    conv = convert(ROOT / "examples" / "vibration" / "vibration_cnn.onnx", ROOT / "examples" / "vibration" /
+                   "calibration.npy", name="v")
+    from onnx2cmsis.oracle.tflite_export import export_tflite
+
+    path = tmp_path / "v.tflite"
+    path.write_bytes(export_tflite(conv.graph, conv.registry))
+    again = convert(path, name="v")  # no calibration: the file is quantized
+    x = np.load(ROOT / "examples" / "vibration" / "calibration.npy")[:40]
+    codes = quantize_samples(conv.graph, x)[0]
+    assert np.array_equal(quantize_samples(again.graph, x)[0], codes)
+    assert np.array_equal(again.references(codes), _file_outputs(path, codes))
+    assert np.array_equal(again.references(codes), conv.references(codes))
+    assert again.report["quantization"]["recipe"]["source"] == "TFLite"
+
+
+@pytest.mark.oracle
+def test_a_tensorflow_converted_int8_file_gives_tflite_micros_bytes():
+    conv = convert(CNN, name="cnn")
+    x = signals(200, 64, 3, seed=11)[0]
+    codes = quantize_samples(conv.graph, x)[0]
+    assert np.array_equal(conv.references(codes), _file_outputs(CNN, codes))
+    ops = [n.op for n in conv.graph.nodes]
+    assert ops.count("lut") == 2 and "dwconv1d" in ops and "avgpool1d" in ops  # tanh, sigmoid, ...
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.oracle
+def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path):
+    bit_exact_everywhere(convert(CNN, name="cnn", default_api=None), signals(12, 64, 3, seed=11)[0], tmp_path,
+                         qemu_samples=3)
+
+
+def test_what_is_not_exact_yet_is_refused_every_operator_at_once():
+    with pytest.raises(UnsupportedOpError, match=r"\(MUL\): a constant operand.*\(ADD\): a constant operand"):
+        convert(BN)
+
+
+def test_a_file_that_is_no_tflite_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00" * 40)
+    with pytest.raises(ConversionError, match="not a readable .tflite model|subgraphs"):
+        convert(bad)

@@ -1,0 +1,68 @@
+"""Regenerate the .tflite fixtures of issue 33 (committed, small): Keras 1D classifiers trained briefly
+on the Keras fixtures' four-tone signals and converted to int8 by TensorFlow's own converter (full
+integer, int8 input and output), so that the tests read files made as users make them.
+
+    python tests/tflite_models/make_tflite.py
+
+- keras_cnn_int8.tflite: Conv1D (same, relu) > MaxPool > Conv1D (valid, tanh) > DepthwiseConv1D
+  (same, relu6) > AveragePooling1D > GlobalAveragePooling1D > Dense (sigmoid) > Dense (softmax); the
+  converter writes EXPAND_DIMS/RESHAPE around each 2-D op.
+- keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
+  as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HERE = Path(__file__).resolve().parent
+
+import numpy as np  # noqa: E402
+
+STEPS, CHANNELS = 64, 3
+
+
+def classifier(keras, batch_norm: bool):
+    L = keras.layers
+    i = keras.Input((STEPS, CHANNELS), name="signal")
+    x = L.Conv1D(12, 5, padding="same", activation="relu")(i)
+    x = L.MaxPooling1D(2)(x)
+    x = L.Conv1D(16, 3, activation="tanh")(x)
+    if batch_norm:
+        x = L.BatchNormalization()(x)
+    x = L.DepthwiseConv1D(3, padding="same", activation="relu6")(x)
+    x = L.AveragePooling1D(2)(x)
+    x = L.GlobalAveragePooling1D()(x)
+    x = L.Dense(8, activation="sigmoid")(x)
+    return keras.Model(i, L.Dense(4, activation="softmax")(x))
+
+
+def make(name: str, batch_norm: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    from tests.keras_models.data import signals
+
+    keras.utils.set_random_seed(33)
+    model = classifier(keras, batch_norm)
+    x, y = signals(2000, STEPS, CHANNELS, seed=10)
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=10, batch_size=64, verbose=0)
+    x_test, y_test = signals(500, STEPS, CHANNELS, seed=11)
+    print(f"{name}: accuracy {model.evaluate(x_test, y_test, verbose=0)[1]:.3f} held out")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([row[np.newaxis]] for row in x[:100])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    (HERE / f"{name}.tflite").write_bytes(converter.convert())
+    print(f"{name}.tflite: {(HERE / f'{name}.tflite').stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parents[1]))
+    make("keras_cnn_int8", batch_norm=False)
+    make("keras_bn_int8", batch_norm=True)
