@@ -63,8 +63,9 @@ class Conversion:
     # budget warnings with settings as {opt:...} markers (errors.render_options); the report has them
     # spelled as the API's parameters
     warnings: list[str] = field(default_factory=list)
-    # a model quantized already (QDQ): the file as read (static, batch 1), what ONNX Runtime runs to
-    # check the C against (`model` is then its float graph without the Q/DQ pairs); else None
+    # a quantized ONNX model (QDQ): the file as read, what ONNX Runtime runs to check the C against
+    # (`model` is then its float graph without the Q/DQ pairs); else None (a .tflite file is run by
+    # tflite-micro itself)
     file_model: onnx.ModelProto | None = None
 
     def reference(self, x: Sample) -> np.ndarray:
@@ -126,7 +127,7 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     plan, schedule = back_end(graph, registry, cmsis)
     conversion = render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites),
                               data, tuning, stream, opts)
-    if graph.file_quant is not None:
+    if graph.file_quant is not None and graph.file_quant.source != "TFLite":  # a .tflite is its own oracle
         conversion.file_model = read_model(model_path, opts.input_shape).file_model
     return conversion
 

@@ -95,3 +95,18 @@ def test_a_file_that_is_no_tflite_is_one_clear_error(tmp_path):
     bad.write_bytes(b"\x00" * 40)
     with pytest.raises(ConversionError, match="not a readable .tflite model|subgraphs"):
         convert(bad)
+
+
+@pytest.mark.oracle
+def test_verify_runs_the_file_itself_in_tflite_micro_and_needs_no_calibration(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnx2cmsis.cli import app
+
+    np.save(tmp_path / "x.npy", signals(20, 64, 3, seed=11)[0])
+    result = CliRunner().invoke(app, ["verify", str(CNN), "-d", str(tmp_path / "x.npy"), "-t", "host",
+                                      "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    (host,) = __import__("json").loads((tmp_path / "r.json").read_text())
+    assert host["bit_exact"] and host["oracle"] == "tflite-micro on the file"
+    assert host["file_within_one_step"] is None  # no ONNX Runtime comparison: the file is the oracle

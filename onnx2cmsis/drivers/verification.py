@@ -74,6 +74,8 @@ def oracle_outputs(conv: Conversion, xq: np.ndarray) -> tuple[np.ndarray | None,
         from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
     except ImportError:
         return None, "unavailable: install the [verify] extra (tflite-micro)"
+    if conv.graph.file_quant is not None and conv.graph.file_quant.source == "TFLite":
+        return run_tflite_micro(conv.model_path.read_bytes(), xq), "tflite-micro on the file"  # the file is the oracle
     try:
         return run_tflite_micro(export_tflite(conv.graph, conv.registry), xq), "tflite-micro"
     except NotExportable as exc:
