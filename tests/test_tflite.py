@@ -21,7 +21,7 @@ from tests.needs import oracle_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "tflite_models"
-CNN, BN = HERE / "keras_cnn_int8.tflite", HERE / "keras_bn_int8.tflite"
+CNN, BN, FLAT = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "flat"))
 
 
 def _file_outputs(path: Path, codes: np.ndarray) -> np.ndarray:
@@ -77,11 +77,27 @@ def test_a_tensorflow_converted_int8_file_gives_tflite_micros_bytes():
     assert ops.count("lut") == 2 and "dwconv1d" in ops and "avgpool1d" in ops  # tanh, sigmoid, ...
 
 
+@pytest.mark.oracle
+def test_a_dynamic_batchs_shape_arithmetic_folds_and_the_flatten_is_free():
+    """Keras' Flatten with a dynamic batch: SHAPE -> STRIDED_SLICE -> PACK compute the reshape's
+    target, and the file's static shapes say 1 where the signature is dynamic."""
+    from onnx2cmsis.frontends.tflite_reader import read_tflite
+
+    assert {"SHAPE", "STRIDED_SLICE", "PACK"} <= {op.code for op in read_tflite(FLAT).operators}
+    conv = convert(FLAT, name="flat")
+    assert [n.op for n in conv.graph.nodes if n.op != "reshape"] == ["conv1d", "maxpool1d", "dense", "dense",
+                                                                      "softmax"]
+    x = signals(200, 64, 3, seed=11)[0]
+    codes = quantize_samples(conv.graph, x)[0]
+    assert np.array_equal(conv.references(codes), _file_outputs(FLAT, codes))
+
+
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
-def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path):
-    bit_exact_everywhere(convert(CNN, name="cnn", default_api=None), signals(12, 64, 3, seed=11)[0], tmp_path,
+@pytest.mark.parametrize("path", [CNN, FLAT], ids=lambda p: p.stem)
+def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path, path):
+    bit_exact_everywhere(convert(path, name="m", default_api=None), signals(12, 64, 3, seed=11)[0], tmp_path,
                          qemu_samples=3)
 
 

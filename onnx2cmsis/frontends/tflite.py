@@ -11,8 +11,10 @@ the importer resolves as layout (no copies).
 Read here (frontends/tflite_reader.py for the file itself): CONV_2D, DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, ADD, SUB, MUL, PAD, PADV2, CONCATENATION,
 RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU, HARD_SWISH,
-and QUANTIZE/DEQUANTIZE between float and integer at the edges. Any other operator is refused, every
-one at once.
+and QUANTIZE/DEQUANTIZE between float and integer at the edges; SHAPE, STRIDED_SLICE, PACK,
+REDUCE_PROD and GATHER as the shape arithmetic of a dynamic batch (ONNX's, folded at import at batch
+1: a file's static shapes hold 1 wherever its signature is dynamic, so a reshape's target is computed,
+not read from them). Any other operator is refused, every one at once.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ class _Builder:
         if t.data is None:
             raise UnsupportedOpError(f"tensor '{t.name}' is read before anything writes it", "")
         data = t.data if layout is None else t.data.transpose(layout)
-        if not t.quantized or t.dtype == np.float32:
-            return self.const(data.astype(np.float32) if t.dtype == np.float32 else data, self.names[index])
+        if not t.quantized or t.dtype == np.float32:  # integers: shapes, axes, indices (ONNX's are int64)
+            return self.const(data.astype(np.float32 if t.dtype == np.float32 else np.int64), self.names[index])
         axis = None if t.scales.size == 1 else (t.axis if layout is None else list(layout).index(t.axis))
         codes = self.const(data, f"{self.names[index]}_codes")
         extra = {} if axis is None else {"axis": axis}
@@ -161,19 +163,94 @@ def _pool(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
 
 
 def _fully_connected(b: _Builder, op: TfliteOperator) -> None:
+    """TFLite flattens the input to rows of the weights' width; keep_num_dims gives the rows back the
+    input's leading dimensions."""
     w_t = b.model.tensors[op.inputs[1]]
-    out_t = b.model.tensors[op.outputs[0]]
-    x = b.node("Reshape", [b.read(op.inputs[0]), b.const(np.array([-1, w_t.shape[1]], np.int64), "shape")])
+    source = b.read(op.inputs[0])
+    x = b.node("Reshape", [source, b.const(np.array([-1, w_t.shape[1]], np.int64), "shape")])
     inputs = [x, b.read(op.inputs[1])]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
         inputs.append(b.read(op.inputs[2]))
     y = b.activation(b.node("Gemm", inputs, transB=1), int(op.options.get("FusedActivationFunction", 0)))
-    b.write(op.outputs[0], b.node("Reshape", [y, b.const(np.array(out_t.shape, np.int64), "shape")]))
+    if op.options.get("KeepNumDims"):
+        leading = b.node("Slice", [b.node("Shape", [source]), b.const(np.array([0], np.int64), "start"),
+                                   b.const(np.array([-1], np.int64), "end")])
+        shape = b.node("Concat", [leading, b.const(np.array([w_t.shape[0]], np.int64), "width")], axis=0)
+        y = b.node("Reshape", [y, shape])
+    b.write(op.outputs[0], y)
 
 
 def _reshape(b: _Builder, op: TfliteOperator) -> None:
-    out_t = b.model.tensors[op.outputs[0]]
-    b.write(op.outputs[0], b.node("Reshape", [b.read(op.inputs[0]), b.const(np.array(out_t.shape, np.int64), "shape")]))
+    """To its shape input (a constant, or what a dynamic batch's SHAPE -> STRIDED_SLICE -> PACK computes:
+    ONNX's shape folding evaluates it at batch 1), else its NewShape option. A file's static shapes
+    hold 1 where its signature is dynamic, so they are not what a reshape makes."""
+    target = b.model.tensors[op.inputs[1]] if len(op.inputs) > 1 and op.inputs[1] >= 0 else None
+    if target is not None and target.data is not None:
+        shape = b.const(target.data.astype(np.int64).reshape(-1), "shape")
+    elif target is not None:
+        shape = b.node("Cast", [b.read(op.inputs[1])], to=TensorProto.INT64)
+    else:
+        shape = b.const(np.array(op.options.get("NewShape") or b.model.tensors[op.outputs[0]].shape, np.int64), "shape")
+    b.write(op.outputs[0], b.node("Reshape", [b.read(op.inputs[0]), shape]))
+
+
+def _expand_dims(b: _Builder, op: TfliteOperator) -> None:
+    axis = int(np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1)[0])
+    b.write(op.outputs[0], b.node("Unsqueeze", [b.read(op.inputs[0]), b.const(np.array([axis], np.int64), "axes")]))
+
+
+def _squeeze(b: _Builder, op: TfliteOperator) -> None:
+    dims = [int(d) for d in op.options.get("SqueezeDims", [])]
+    axes = [b.const(np.array(dims, np.int64), "axes")] if dims else []
+    b.write(op.outputs[0], b.node("Squeeze", [b.read(op.inputs[0]), *axes]))
+
+
+def _shape(b: _Builder, op: TfliteOperator) -> None:
+    b.write(op.outputs[0], b.node("Shape", [b.read(op.inputs[0])]))
+
+
+def _strided_slice(b: _Builder, op: TfliteOperator) -> None:
+    """With constant begin/end/strides: ONNX Slice (the masks as open ends), then Squeeze for
+    shrink_axis_mask."""
+    begin, end, strides = (np.asarray(b.model.tensors[i].data).reshape(-1).astype(np.int64) for i in op.inputs[1:4])
+    o = op.options
+    if int(o.get("EllipsisMask", 0)) or int(o.get("NewAxisMask", 0)):
+        raise UnsupportedOpError("STRIDED_SLICE with an ellipsis or new-axis mask is not supported", "")
+    big = np.iinfo(np.int64).max
+    starts, ends = begin.copy(), end.copy()
+    shrink = []
+    for axis in range(len(begin)):
+        if int(o.get("ShrinkAxisMask", 0)) >> axis & 1:
+            ends[axis] = begin[axis] + 1 if begin[axis] != -1 else big
+            shrink.append(axis)
+            continue
+        if int(o.get("BeginMask", 0)) >> axis & 1:
+            starts[axis] = 0 if strides[axis] > 0 else big
+        if int(o.get("EndMask", 0)) >> axis & 1:
+            ends[axis] = big if strides[axis] > 0 else -big
+    y = b.node("Slice", [b.read(op.inputs[0]), b.const(starts, "starts"), b.const(ends, "ends"),
+                         b.const(np.arange(len(begin), dtype=np.int64), "axes"), b.const(strides, "steps")])
+    if shrink:
+        y = b.node("Squeeze", [y, b.const(np.array(shrink, np.int64), "axes")])
+    b.write(op.outputs[0], y)
+
+
+def _pack(b: _Builder, op: TfliteOperator) -> None:
+    axis = int(op.options.get("Axis", 0))
+    axes = b.const(np.array([axis], np.int64), "axes")
+    parts = [b.node("Unsqueeze", [b.read(i), axes]) for i in op.inputs]
+    b.write(op.outputs[0], b.node("Concat", parts, axis=axis))
+
+
+def _reduce_prod(b: _Builder, op: TfliteOperator) -> None:
+    axes = [int(a) for a in np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1)]
+    keep = int(bool(op.options.get("KeepDims", False)))
+    b.write(op.outputs[0], b.node("ReduceProd", [b.read(op.inputs[0])], axes=axes, keepdims=keep))
+
+
+def _gather(b: _Builder, op: TfliteOperator) -> None:
+    b.write(op.outputs[0], b.node("Gather", [b.read(op.inputs[0]), b.read(op.inputs[1])],
+                                  axis=int(op.options.get("Axis", 0))))
 
 
 def _transpose(b: _Builder, op: TfliteOperator) -> None:
@@ -263,7 +340,9 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
     "ADD": _elementwise("Add"), "SUB": _elementwise("Sub"), "MUL": _elementwise("Mul"),
     "PAD": _pad, "PADV2": _pad,
     "CONCATENATION": _concatenation,
-    "RESHAPE": _reshape, "SQUEEZE": _reshape, "EXPAND_DIMS": _reshape,
+    "RESHAPE": _reshape, "SQUEEZE": _squeeze, "EXPAND_DIMS": _expand_dims,
+    # shape arithmetic (a dynamic batch's reshape targets): folded to constants at import
+    "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack, "REDUCE_PROD": _reduce_prod, "GATHER": _gather,
     "TRANSPOSE": _transpose,
     "SOFTMAX": _softmax,
     "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
@@ -272,7 +351,22 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
 }
 
 
+def needed_operators(model: TfliteModel) -> list[TfliteOperator]:
+    """The operators the outputs depend on, in order (a converter may leave dead ones)."""
+    producer = {out for op in model.operators for out in op.outputs}
+    wanted = set(model.outputs)
+    needed: set[int] = set()
+    for op in reversed(model.operators):
+        if not wanted & set(op.outputs):
+            continue
+        needed.add(op.index)
+        wanted.update(i for i in op.inputs if i >= 0 and i in producer)
+    return [op for op in model.operators if op.index in needed]
+
+
 def tflite_to_onnx(model: TfliteModel, where: str) -> onnx.ModelProto:
+    operators = needed_operators(model)
+    model = TfliteModel(model.tensors, operators, model.inputs, model.outputs)
     gaps = sorted({f"{op.code} (operator {op.index})" for op in model.operators if op.code not in TRANSLATORS})
     if gaps:
         raise UnsupportedOpError(f"{len(gaps)} operator(s) have no translation: {', '.join(gaps)} (supported: "

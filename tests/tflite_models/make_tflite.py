@@ -7,6 +7,9 @@ integer, int8 input and output), so that the tests read files made as users make
 - keras_cnn_int8.tflite: Conv1D (same, relu) > MaxPool > Conv1D (valid, tanh) > DepthwiseConv1D
   (same, relu6) > AveragePooling1D > GlobalAveragePooling1D > Dense (sigmoid) > Dense (softmax); the
   converter writes EXPAND_DIMS/RESHAPE around each 2-D op.
+- keras_flat_int8.tflite: Conv1D (strided) > MaxPool > Flatten > Dense > Dense (softmax) with Keras'
+  dynamic batch: the converter computes the Flatten's target with SHAPE -> STRIDED_SLICE -> PACK and
+  writes 1 in the static shapes wherever the signature is dynamic.
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
   as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
 """
@@ -25,6 +28,14 @@ import numpy as np  # noqa: E402
 STEPS, CHANNELS = 64, 3
 
 
+def flat_classifier(keras):
+    L = keras.layers
+    i = keras.Input((STEPS, CHANNELS), name="signal")
+    x = L.MaxPooling1D(2)(L.Conv1D(8, 5, strides=2, activation="relu")(i))
+    x = L.Dense(10, activation="relu")(L.Flatten()(x))
+    return keras.Model(i, L.Dense(4, activation="softmax")(x))
+
+
 def classifier(keras, batch_norm: bool):
     L = keras.layers
     i = keras.Input((STEPS, CHANNELS), name="signal")
@@ -40,14 +51,14 @@ def classifier(keras, batch_norm: bool):
     return keras.Model(i, L.Dense(4, activation="softmax")(x))
 
 
-def make(name: str, batch_norm: bool) -> None:
+def make(name: str, batch_norm: bool = False, flat: bool = False) -> None:
     import keras
     import tensorflow as tf
 
     from tests.keras_models.data import signals
 
     keras.utils.set_random_seed(33)
-    model = classifier(keras, batch_norm)
+    model = flat_classifier(keras) if flat else classifier(keras, batch_norm)
     x, y = signals(2000, STEPS, CHANNELS, seed=10)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=10, batch_size=64, verbose=0)
@@ -66,3 +77,4 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
     make("keras_cnn_int8", batch_norm=False)
     make("keras_bn_int8", batch_norm=True)
+    make("keras_flat_int8", flat=True)
