@@ -268,3 +268,17 @@ def saturate(x: np.ndarray, bits: int, lo: int | None = None, hi: int | None = N
     tlo, thi = int_range(bits)
     lo, hi = tlo if lo is None else max(lo, tlo), thi if hi is None else min(hi, thi)
     return np.clip(x, lo, hi).astype(np.int8 if bits == 8 else np.int16)
+
+
+ADD_LEFT_SHIFT = {8: 20, 16: 15}  # headroom bits by activation width, as TFLite-Micro's ADD Prepare sets them
+
+
+def add_params(s1: float, s2: float, s_out: float, bits: int = 8) -> dict[str, int]:
+    """TFLite ADD's parameters: both inputs brought to twice the larger input scale (the larger taken
+    in float32 before widening to double) with ADD_LEFT_SHIFT bits of headroom, then the output's."""
+    twice = 2.0 * float(max(np.float32(s1), np.float32(s2)))
+    m1, sh1 = quantize_multiplier(float(np.float32(s1)) / twice)
+    m2, sh2 = quantize_multiplier(float(np.float32(s2)) / twice)
+    mo, sho = quantize_multiplier(twice / ((1 << ADD_LEFT_SHIFT[bits]) * float(np.float32(s_out))))
+    return {"mult1": m1, "shift1": sh1, "mult2": m2, "shift2": sh2, "mult_out": mo, "shift_out": sho,
+            "left_shift": ADD_LEFT_SHIFT[bits]}

@@ -17,6 +17,7 @@ from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, 
 from onnx2cmsis.frontends.shape_folding import fold_shape_subgraphs
 
 MIN_OPSET = 13
+MAX_FOLD_ROUNDS = 16  # shape computations folded in turn, each round's results making the next's inputs known
 # Model metadata a frontend may write: JSON {ONNX node name: the user's name for the layer it belongs
 # to} (the Keras layer), which the importer shows in place of the node name.
 LAYER_OF_NODE = "onnx2cmsis.layer_of_node"
@@ -51,7 +52,12 @@ def normalize(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] |
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
     model = fix_batch_and_infer_shapes(_upgrade_opset(model, where), where, input_shape)
-    return fold_shape_subgraphs(model, where, value_shapes(model))
+    for _ in range(MAX_FOLD_ROUNDS):  # a shape folded may make another known (a reshape to a computed target)
+        folded = fold_shape_subgraphs(model, where, value_shapes(model))
+        if folded is model:
+            break
+        model = folded
+    return model
 
 
 def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: str) -> None:

@@ -20,19 +20,8 @@ from onnx2cmsis.ops.base import (
     elementwise_io,
     fused_activation_range,
 )
-from onnx2cmsis.arith.rules import quantize_multiplier, requantize, saturate
-
-LEFT_SHIFT = {8: 20, 16: 15}  # headroom bits by activation width, as TFLite-Micro's Prepare sets them
-
-
-def add_params(s1: float, s2: float, s_out: float, bits: int = 8) -> dict[str, int]:
-    twice = 2.0 * float(max(np.float32(s1), np.float32(s2)))
-    m1, sh1 = quantize_multiplier(float(np.float32(s1)) / twice)
-    m2, sh2 = quantize_multiplier(float(np.float32(s2)) / twice)
-    mo, sho = quantize_multiplier(twice / ((1 << LEFT_SHIFT[bits]) * float(np.float32(s_out))))
-    return {"mult1": m1, "shift1": sh1, "mult2": m2, "shift2": sh2, "mult_out": mo, "shift_out": sho,
-            "left_shift": LEFT_SHIFT[bits]}
-
+from onnx2cmsis.arith.rules import add_params, requantize, saturate
+from onnx2cmsis.ops.binary_const import OP as BINARY_CONST, file_constant_operand
 
 class AddHandler(OpHandler):
     op = "add"
@@ -44,6 +33,9 @@ class AddHandler(OpHandler):
         return TimeGeometry()  # column by column
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        if file_constant_operand(node, ctx):  # a quantized file's constant: TFLite's own ADD
+            ctx.delegate(BINARY_CONST, node)
+            return
         if any(ctx.const(i) is not None for i in node.inputs):
             ctx.delegate("affine", node)  # a bias or shift: folded into its producer later
             return

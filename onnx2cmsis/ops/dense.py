@@ -72,7 +72,7 @@ class DenseHandler(WeightedOp):
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         full = ctx.full_shape(node.inputs[0])
         per_step = len(full) == 3 or (len(full) == 2 and full[0] != 1)  # (1, W, K), or (W, K) rows fed to MatMul
-        if len(full) not in (2, 3) or (per_step and node.op_type != "MatMul"):
+        if len(full) not in (2, 3) or (per_step and node.op_type == "Gemm" and len(full) == 3):
             raise UnsupportedOpError(f"dense layers on input of shape {list(full)} are not supported", node.where)
         n_in = full[-1]
         b = ctx.const(node.inputs[1])

@@ -16,6 +16,7 @@ from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ir.window import Window
 from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, OpHandler, elementwise_io
+from onnx2cmsis.ops.binary_const import OP as BINARY_CONST, file_constant_operand
 from onnx2cmsis.ops.depthwise import DepthwiseConv1DHandler
 from onnx2cmsis.ops.roles import ChannelAffine, Clamp, Role
 from onnx2cmsis.ops.table import LookupTableHandler
@@ -85,6 +86,9 @@ class AffineHandler(OpHandler):
             scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(node.attr("epsilon", 1e-5)))
             shift = beta.astype(np.float64) - mean.astype(np.float64) * scale
             channel = 0  # BatchNormalization normalizes axis 1 of (N, C, ...)
+        elif node.op_type == "Mul" and file_constant_operand(node, ctx):  # a quantized file's: TFLite's MUL
+            ctx.delegate(BINARY_CONST, node)
+            return
         else:
             consts = [ctx.const(i) for i in node.inputs]
             if sum(c is not None for c in consts) != 1:

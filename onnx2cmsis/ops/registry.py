@@ -18,6 +18,7 @@ from importlib.metadata import EntryPoint, entry_points
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.ops.add import AddHandler
 from onnx2cmsis.ops.base import OpHandler
+from onnx2cmsis.ops.binary_const import BinaryConstHandler
 from onnx2cmsis.ops.concat import ConcatHandler
 from onnx2cmsis.ops.conv import Conv1DHandler
 from onnx2cmsis.ops.conv_transpose import ConvTranspose1DHandler
@@ -47,6 +48,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     ClipHandler,
     AffineHandler,
     AddHandler,
+    BinaryConstHandler,
     ReshapeHandler,
     TransposeHandler,
     Pad1DHandler,
