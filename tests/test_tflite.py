@@ -21,7 +21,7 @@ from tests.needs import oracle_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "tflite_models"
-CNN, BN, FLAT = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "flat"))
+CNN, BN, FLAT, ZOO = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "flat", "zoo"))
 
 
 def _file_outputs(path: Path, codes: np.ndarray) -> np.ndarray:
@@ -95,9 +95,12 @@ def test_a_dynamic_batchs_shape_arithmetic_folds_and_the_flatten_is_free():
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
-@pytest.mark.parametrize("path", [CNN, FLAT, BN], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO], ids=lambda p: p.stem)
 def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path, path):
-    bit_exact_everywhere(convert(path, name="m", default_api=None), signals(12, 64, 3, seed=11)[0], tmp_path,
+    """C == reference == tflite-micro running this tool's export of the same integer graph (for the
+    zoo, tflite-micro cannot run the file itself: see the next test)."""
+    conv = convert(path, name="m", default_api=None)
+    bit_exact_everywhere(conv, signals(12, *conv.graph.model_input_shapes[0][1:], seed=11)[0], tmp_path,
                          qemu_samples=3)
 
 
@@ -151,3 +154,32 @@ def test_verify_runs_the_file_itself_in_tflite_micro_and_needs_no_calibration(tm
     (host,) = __import__("json").loads((tmp_path / "r.json").read_text())
     assert host["bit_exact"] and host["oracle"] == "tflite-micro on the file"
     assert host["file_within_one_step"] is None  # no ONNX Runtime comparison: the file is the oracle
+
+
+@pytest.mark.keras
+def test_a_dilated_conv_written_as_space_to_batch_matches_tensorflows_reference_interpreter():
+    """TensorFlow writes a dilated Conv1D as SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND, whose
+    middle tensors have the block as their batch while the file's static shapes say 1: tflite-micro
+    (static shapes) computes only the first phase and returns garbage for the rest, so the oracle here
+    is TensorFlow's own interpreter with its reference kernels (test only; the C reads the chain as one
+    dilated convolution)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    conv = convert(ZOO, name="zoo")
+    assert "SPACE_TO_BATCH_ND" in {op.code for op in __import__("onnx2cmsis.frontends.tflite_reader",
+                                                               fromlist=["read_tflite"]).read_tflite(ZOO).operators}
+    assert any(n.attrs.get("window") is not None and n.attrs["window"].dilation == 2 for n in conv.graph.nodes)
+    codes = quantize_samples(conv.graph, signals(40, 96, 4, seed=21)[0])[0]
+    interpreter = tf.lite.Interpreter(model_path=str(ZOO),
+                                      experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    interpreter.allocate_tensors()
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for x in codes:
+        interpreter.set_tensor(given["index"], x.reshape(given["shape"]).astype(np.int8))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(taken["index"]).reshape(-1))
+    assert np.array_equal(conv.references(codes), np.stack(rows))

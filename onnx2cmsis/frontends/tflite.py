@@ -124,7 +124,9 @@ def _window_attrs(b: _Builder, op: TfliteOperator, shape: tuple[int, ...], kerne
                   dilation: tuple[int, int] = (1, 1)) -> dict:
     o = op.options
     strides = (int(o.get("StrideH", 1)), int(o.get("StrideW", 1)))
-    if int(o.get("Padding", 1)) == 0:  # SAME
+    if o.get("Padding") == "explicit":  # a fused dilated conv's (_fuse_space_to_batch)
+        pads = list(o["ExplicitPads"])
+    elif int(o.get("Padding", 1)) == 0:  # SAME
         (t, bt), (l, r) = (_same_pads(shape[1 + k], kernel[k], strides[k], dilation[k]) for k in range(2))
         pads = [t, l, bt, r]
     else:
@@ -139,14 +141,72 @@ def _conv(b: _Builder, op: TfliteOperator, depthwise: bool) -> None:
     w = b.read(op.inputs[1], layout)
     kernel = (w_t.shape[1], w_t.shape[2])
     dilation = (int(o.get("DilationHFactor", 1)), int(o.get("DilationWFactor", 1)))
-    inputs = [b.node("Transpose", [b.read(op.inputs[0])], perm=NHWC_TO_NCHW), w]
+    x = b.read(op.inputs[0])
+    shape = x_t.shape
+    if len(shape) == 3:  # a fused dilated conv (_fuse_space_to_batch) reads the (1, W, C) map itself
+        x = b.node("Unsqueeze", [x, b.const(np.array([1], np.int64), "axes")])
+        shape = (shape[0], 1, *shape[1:])
+    inputs = [b.node("Transpose", [x], perm=NHWC_TO_NCHW), w]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
         inputs.append(b.read(op.inputs[2]))
-    attrs = _window_attrs(b, op, x_t.shape, kernel, dilation)
-    attrs.update(dilations=list(dilation), kernel_shape=list(kernel),
-                 group=x_t.shape[3] if depthwise else 1)
+    attrs = _window_attrs(b, op, shape, kernel, dilation)
+    attrs.update(dilations=list(dilation), kernel_shape=list(kernel), group=shape[3] if depthwise else 1)
     y = b.activation(b.node("Conv", inputs, **attrs), int(o.get("FusedActivationFunction", 0)))
-    b.write(op.outputs[0], b.node("Transpose", [y], perm=NCHW_TO_NHWC))
+    y = b.node("Transpose", [y], perm=NCHW_TO_NHWC)
+    if len(b.model.tensors[op.outputs[0]].shape) == 3:
+        y = b.node("Squeeze", [y, b.const(np.array([1], np.int64), "axes")])
+    b.write(op.outputs[0], y)
+
+
+MOVES = ("EXPAND_DIMS", "RESHAPE", "SQUEEZE")
+
+
+def _fuse_space_to_batch(model: TfliteModel) -> TfliteModel:
+    """TensorFlow writes a dilated convolution as SPACE_TO_BATCH_ND -> (reshapes) -> CONV_2D (VALID,
+    dilation 1) -> (reshapes) -> BATCH_TO_SPACE_ND: the same sums as one convolution with dilation =
+    the block and padding = the block padding less the crops (both pad with the zero point). The
+    batch the middle ops see is the block's, which the file's static shapes do not show, so the
+    chain becomes that one convolution before translation."""
+    readers: dict[int, list[TfliteOperator]] = {}
+    for op in model.operators:
+        for i in op.inputs:
+            readers.setdefault(i, []).append(op)
+    replaced: dict[int, TfliteOperator] = {}
+    dropped: set[int] = set()
+
+    def sole_reader(tensor: int) -> TfliteOperator | None:
+        found = readers.get(tensor, [])
+        return found[0] if len(found) == 1 and tensor not in model.outputs else None
+
+    for s2b in (op for op in model.operators if op.code == "SPACE_TO_BATCH_ND"):
+        chain, op = [s2b], sole_reader(s2b.outputs[0])
+        while op is not None and op.code in MOVES:
+            chain.append(op)
+            op = sole_reader(op.outputs[0])
+        conv = op
+        if conv is None or conv.code not in ("CONV_2D", "DEPTHWISE_CONV_2D") or int(conv.options.get("Padding", 0)) != 1:
+            continue
+        chain.append(conv)
+        op = sole_reader(conv.outputs[0])
+        while op is not None and op.code in MOVES:
+            chain.append(op)
+            op = sole_reader(op.outputs[0])
+        block, pads = (np.asarray(model.tensors[i].data).reshape(-1, *s) for i, s in zip(s2b.inputs[1:3], ((), (2,))))
+        if op is None or op.code != "BATCH_TO_SPACE_ND" or len(block.reshape(-1)) != 1:
+            continue
+        crops = np.asarray(model.tensors[op.inputs[2]].data).reshape(-1, 2)
+        if not np.array_equal(np.asarray(model.tensors[op.inputs[1]].data).reshape(-1), block.reshape(-1)):
+            continue
+        left, right = int(pads[0][0] - crops[0][0]), int(pads[0][1] - crops[0][1])
+        if min(left, right) < 0 or int(conv.options.get("DilationWFactor", 1)) != 1:
+            continue
+        options = {**conv.options, "DilationWFactor": int(block.reshape(-1)[0]), "Padding": "explicit",
+                   "ExplicitPads": [0, left, 0, right]}
+        replaced[conv.index] = TfliteOperator(conv.index, conv.code, (s2b.inputs[0], *conv.inputs[1:]),
+                                              (op.outputs[0],), options)
+        dropped.update(o.index for o in (*chain, op) if o is not conv)
+    operators = [replaced.get(op.index, op) for op in model.operators if op.index not in dropped]
+    return TfliteModel(model.tensors, operators, model.inputs, model.outputs)
 
 
 def _pool(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
@@ -367,8 +427,8 @@ def needed_operators(model: TfliteModel) -> list[TfliteOperator]:
 
 
 def tflite_to_onnx(model: TfliteModel, where: str) -> onnx.ModelProto:
-    operators = needed_operators(model)
-    model = TfliteModel(model.tensors, operators, model.inputs, model.outputs)
+    model = _fuse_space_to_batch(model)
+    model = TfliteModel(model.tensors, needed_operators(model), model.inputs, model.outputs)
     gaps = sorted({f"{op.code} (operator {op.index})" for op in model.operators if op.code not in TRANSLATORS})
     if gaps:
         raise UnsupportedOpError(f"{len(gaps)} operator(s) have no translation: {', '.join(gaps)} (supported: "

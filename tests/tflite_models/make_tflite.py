@@ -10,6 +10,9 @@ integer, int8 input and output), so that the tests read files made as users make
 - keras_flat_int8.tflite: Conv1D (strided) > MaxPool > Flatten > Dense > Dense (softmax) with Keras'
   dynamic batch: the converter computes the Flatten's target with SHAPE -> STRIDED_SLICE -> PACK and
   writes 1 in the static shapes wherever the signature is dynamic.
+- keras_zoo_int8.tflite: tests/keras_models/conv_zoo.h5 (a causal dilated conv, strided same conv,
+  BatchNorms, ReLU6, sigmoid, average/max pools, LeakyReLU, dense, softmax) converted as it is; the
+  converter writes the dilated conv as SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND.
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
   as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
 """
@@ -51,19 +54,23 @@ def classifier(keras, batch_norm: bool):
     return keras.Model(i, L.Dense(4, activation="softmax")(x))
 
 
-def make(name: str, batch_norm: bool = False, flat: bool = False) -> None:
+def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path | None = None) -> None:
     import keras
     import tensorflow as tf
 
     from tests.keras_models.data import signals
 
     keras.utils.set_random_seed(33)
-    model = flat_classifier(keras) if flat else classifier(keras, batch_norm)
-    x, y = signals(2000, STEPS, CHANNELS, seed=10)
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=10, batch_size=64, verbose=0)
-    x_test, y_test = signals(500, STEPS, CHANNELS, seed=11)
-    print(f"{name}: accuracy {model.evaluate(x_test, y_test, verbose=0)[1]:.3f} held out")
+    if trained is not None:  # a fixture trained already
+        model = keras.models.load_model(trained, compile=False)
+        x, _ = signals(100, *model.inputs[0].shape[1:], seed=20)
+    else:
+        model = flat_classifier(keras) if flat else classifier(keras, batch_norm)
+        x, y = signals(2000, STEPS, CHANNELS, seed=10)
+        model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, epochs=10, batch_size=64, verbose=0)
+        x_test, y_test = signals(500, STEPS, CHANNELS, seed=11)
+        print(f"{name}: accuracy {model.evaluate(x_test, y_test, verbose=0)[1]:.3f} held out")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([row[np.newaxis]] for row in x[:100])
@@ -78,3 +85,4 @@ if __name__ == "__main__":
     make("keras_cnn_int8", batch_norm=False)
     make("keras_bn_int8", batch_norm=True)
     make("keras_flat_int8", flat=True)
+    make("keras_zoo_int8", trained=HERE.parent / "keras_models" / "conv_zoo.h5")
