@@ -22,6 +22,7 @@ from tests.needs import oracle_runtime
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "tflite_models"
 CNN, BN, FLAT, ZOO = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "flat", "zoo"))
+CNN16, FLAT16 = (HERE / f"keras_{n}_16x8.tflite" for n in ("cnn", "flat"))
 
 
 def _file_outputs(path: Path, codes: np.ndarray) -> np.ndarray:
@@ -95,7 +96,7 @@ def test_a_dynamic_batchs_shape_arithmetic_folds_and_the_flatten_is_free():
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
-@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO, CNN16, FLAT16], ids=lambda p: p.stem)
 def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path, path):
     """C == reference == tflite-micro running this tool's export of the same integer graph (for the
     zoo, tflite-micro cannot run the file itself: see the next test)."""
@@ -183,3 +184,17 @@ def test_a_dilated_conv_written_as_space_to_batch_matches_tensorflows_reference_
         interpreter.invoke()
         rows.append(interpreter.get_tensor(taken["index"]).reshape(-1))
     assert np.array_equal(conv.references(codes), np.stack(rows))
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("path", [CNN16, FLAT16], ids=lambda p: p.stem)
+def test_a_16x8_file_gives_tflite_micros_bytes(path):
+    """int16 activations, int8 weights, int64 biases (each within int32 here, as DequantizeLinear carries)."""
+    from onnx2cmsis.frontends.tflite_reader import read_tflite
+
+    biases = [t for t in read_tflite(path).tensors if t.dtype == np.int64 and t.data is not None]
+    assert biases  # the file is 16x8
+    conv = convert(path, name="m")
+    assert conv.graph.tensors[conv.graph.inputs[0]].quant.bits == 16
+    codes = quantize_samples(conv.graph, signals(100, 64, 3, seed=11)[0])[0]
+    assert np.array_equal(conv.references(codes), _file_outputs(path, codes))

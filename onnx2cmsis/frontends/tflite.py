@@ -84,6 +84,11 @@ class _Builder:
         if not t.quantized or t.dtype == np.float32:  # integers: shapes, axes, indices (ONNX's are int64)
             return self.const(data.astype(np.float32 if t.dtype == np.float32 else np.int64), self.names[index])
         axis = None if t.scales.size == 1 else (t.axis if layout is None else list(layout).index(t.axis))
+        if data.dtype == np.int64:  # a 16x8 bias: DequantizeLinear takes int32, which holds such biases
+            if np.any(np.abs(data) > np.iinfo(np.int32).max):
+                raise UnsupportedOpError(f"the 16x8 bias '{t.name}' has codes beyond int32", "")
+            data = data.astype(np.int32)
+            t = TfliteTensor(t.index, t.name, t.shape, np.dtype(np.int32), data, t.scales, t.zero_points, t.axis)
         codes = self.const(data, f"{self.names[index]}_codes")
         extra = {} if axis is None else {"axis": axis}
         return self.node("DequantizeLinear", [codes, *self._params(t, axis)], [self.temp(self.names[index])], **extra)

@@ -13,6 +13,8 @@ integer, int8 input and output), so that the tests read files made as users make
 - keras_zoo_int8.tflite: tests/keras_models/conv_zoo.h5 (a causal dilated conv, strided same conv,
   BatchNorms, ReLU6, sigmoid, average/max pools, LeakyReLU, dense, softmax) converted as it is; the
   converter writes the dilated conv as SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND.
+- keras_cnn_16x8.tflite, keras_flat_16x8.tflite: the cnn and flat classifiers converted 16x8 (int16
+  activations, int8 weights, int64 biases; int16 input and output).
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
   as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
 """
@@ -54,7 +56,8 @@ def classifier(keras, batch_norm: bool):
     return keras.Model(i, L.Dense(4, activation="softmax")(x))
 
 
-def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path | None = None) -> None:
+def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path | None = None,
+         sixteen: bool = False) -> None:
     import keras
     import tensorflow as tf
 
@@ -74,8 +77,12 @@ def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([row[np.newaxis]] for row in x[:100])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
+    if sixteen:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int16
+    else:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
     (HERE / f"{name}.tflite").write_bytes(converter.convert())
     print(f"{name}.tflite: {(HERE / f'{name}.tflite').stat().st_size} bytes")
 
@@ -86,3 +93,5 @@ if __name__ == "__main__":
     make("keras_bn_int8", batch_norm=True)
     make("keras_flat_int8", flat=True)
     make("keras_zoo_int8", trained=HERE.parent / "keras_models" / "conv_zoo.h5")
+    make("keras_cnn_16x8", sixteen=True)
+    make("keras_flat_16x8", flat=True, sixteen=True)
