@@ -23,6 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "tflite_models"
 CNN, BN, FLAT, ZOO = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "flat", "zoo"))
 CNN16, FLAT16 = (HERE / f"keras_{n}_16x8.tflite" for n in ("cnn", "flat"))
+SHAPED = [HERE / f"keras_{n}_int8.tflite" for n in ("t1c", "flatin", "resize")]
+FLOAT = HERE / "keras_cnn_float.tflite"
+
+
+def _signals(n: int, conv) -> np.ndarray:
+    """Held-out windows in the model's own input shape ((T, C), (T, 1, C) or (T*C,))."""
+    return signals(n, 64, 3, seed=11)[0].reshape(n, *conv.graph.model_input_shapes[0][1:])
 
 
 def _file_outputs(path: Path, codes: np.ndarray) -> np.ndarray:
@@ -96,13 +103,13 @@ def test_a_dynamic_batchs_shape_arithmetic_folds_and_the_flatten_is_free():
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
-@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO, CNN16, FLAT16], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO, CNN16, FLAT16, *SHAPED], ids=lambda p: p.stem)
 def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path, path):
     """C == reference == tflite-micro running this tool's export of the same integer graph (for the
-    zoo, tflite-micro cannot run the file itself: see the next test)."""
+    zoo, tflite-micro cannot run the file itself: see the dilated-conv test)."""
     conv = convert(path, name="m", default_api=None)
-    bit_exact_everywhere(conv, signals(12, *conv.graph.model_input_shapes[0][1:], seed=11)[0], tmp_path,
-                         qemu_samples=3)
+    x = signals(12, 96, 4, seed=11)[0] if path == ZOO else _signals(12, conv)
+    bit_exact_everywhere(conv, x, tmp_path, qemu_samples=3)
 
 
 @pytest.mark.oracle
@@ -198,3 +205,29 @@ def test_a_16x8_file_gives_tflite_micros_bytes(path):
     assert conv.graph.tensors[conv.graph.inputs[0]].quant.bits == 16
     codes = quantize_samples(conv.graph, signals(100, 64, 3, seed=11)[0])[0]
     assert np.array_equal(conv.references(codes), _file_outputs(path, codes))
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("path", SHAPED, ids=lambda p: p.stem)
+def test_the_layouts_users_write_1d_models_in_give_tflite_micros_bytes(path):
+    """(T, 1, C) with 2-D layers, a flat input reshaped inside, Resizing(nearest) between Reshapes:
+    each becomes the 1D model it is (no 2-D op, no copy of the flat input)."""
+    conv = convert(path, name="m")
+    ops = [n.op for n in conv.graph.nodes]
+    assert "conv1d" in ops and ("upsample1d" in ops) == ("resize" in path.stem)
+    codes = quantize_samples(conv.graph, _signals(100, conv))[0]
+    assert np.array_equal(conv.references(codes), _file_outputs(path, codes))
+
+
+def test_a_float_file_converts_with_calibration_like_any_float_model():
+    with pytest.raises(ConversionError, match="calibration samples are needed: the model is float"):
+        convert(FLOAT, name="f")
+    conv = convert(FLOAT, signals(200, 64, 3, seed=20)[0], name="f")
+    assert conv.report["quantization"]["recipe"]["chosen"] is not None  # calibrated, not the file's
+    from onnx2cmsis.drivers.evaluate import float_outputs
+    from onnx2cmsis.quant.quantize import output_floats
+
+    x, y = signals(300, 64, 3, seed=11)
+    ours = output_floats(conv.graph, conv.references(quantize_samples(conv.graph, x)[0]))
+    assert np.mean(ours.argmax(axis=1) == float_outputs(conv, x).argmax(axis=1)) >= 0.98
+    assert np.mean(ours.argmax(axis=1) == y) >= 0.95  # the classifier still classifies

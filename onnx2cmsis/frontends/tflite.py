@@ -10,7 +10,7 @@ the importer resolves as layout (no copies).
 
 Read here (frontends/tflite_reader.py for the file itself): CONV_2D, DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, ADD, SUB, MUL, PAD, PADV2, CONCATENATION,
-RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU, HARD_SWISH,
+RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, SOFTMAX, TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU, HARD_SWISH,
 and QUANTIZE/DEQUANTIZE between float and integer at the edges; SHAPE, STRIDED_SLICE, PACK,
 REDUCE_PROD and GATHER as the shape arithmetic of a dynamic batch (ONNX's, folded at import at batch
 1: a file's static shapes hold 1 wherever its signature is dynamic, so a reshape's target is computed,
@@ -270,6 +270,20 @@ def _squeeze(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Squeeze", [b.read(op.inputs[0]), *axes]))
 
 
+def _resize_nearest(b: _Builder, op: TfliteOperator) -> None:
+    """NHWC -> ONNX Resize (nearest) to the size input, with TFLite's coordinate rule (align_corners
+    refused; half_pixel_centers or not, an integer factor repeats each step: the importer checks)."""
+    if op.options.get("AlignCorners"):
+        raise UnsupportedOpError("RESIZE_NEAREST_NEIGHBOR with align_corners is not supported", "")
+    x_t = b.model.tensors[op.inputs[0]]
+    size = np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1).astype(np.int64)
+    sizes = b.const(np.array([x_t.shape[0], x_t.shape[3], *size], np.int64), "sizes")
+    mode = ("half_pixel", "round_prefer_ceil") if op.options.get("HalfPixelCenters") else ("asymmetric", "floor")
+    y = b.node("Resize", [b.node("Transpose", [b.read(op.inputs[0])], perm=NHWC_TO_NCHW), "", "", sizes],
+               mode="nearest", coordinate_transformation_mode=mode[0], nearest_mode=mode[1])
+    b.write(op.outputs[0], b.node("Transpose", [y], perm=NCHW_TO_NHWC))
+
+
 def _shape(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Shape", [b.read(op.inputs[0])]))
 
@@ -411,6 +425,7 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
     # shape arithmetic (a dynamic batch's reshape targets): folded to constants at import
     "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack, "REDUCE_PROD": _reduce_prod, "GATHER": _gather,
     "TRANSPOSE": _transpose,
+    "RESIZE_NEAREST_NEIGHBOR": _resize_nearest,
     "SOFTMAX": _softmax,
     "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
     "LEAKY_RELU": _unary("LeakyRelu"), "HARD_SWISH": _unary("HardSwish"),

@@ -15,6 +15,10 @@ integer, int8 input and output), so that the tests read files made as users make
   converter writes the dilated conv as SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND.
 - keras_cnn_16x8.tflite, keras_flat_16x8.tflite: the cnn and flat classifiers converted 16x8 (int16
   activations, int8 weights, int64 biases; int16 input and output).
+- keras_t1c_int8.tflite, keras_flatin_int8.tflite, keras_resize_int8.tflite: a (T, 1, C) model with
+  Conv2D/MaxPooling2D over a unit axis, a flat (T*C,) input reshaped inside, an upsampling through
+  Resizing(nearest) between Reshapes.
+- keras_cnn_float.tflite: the cnn classifier unquantized (converts with calibration samples).
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
   as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
 """
@@ -41,6 +45,30 @@ def flat_classifier(keras):
     return keras.Model(i, L.Dense(4, activation="softmax")(x))
 
 
+def shaped_classifier(keras, kind: str):
+    """The layouts users write a 1D model in: (T, 1, C) with 2-D layers, a flat input reshaped inside,
+    and an upsampling through Resizing(nearest) between two Reshapes."""
+    L = keras.layers
+    if kind == "t1c":
+        i = keras.Input((STEPS, 1, CHANNELS), name="signal")
+        x = L.MaxPooling2D((2, 1))(L.Conv2D(12, (5, 1), padding="same", activation="relu")(i))
+        x = L.Conv2D(16, (3, 1), activation="relu")(x)
+        x = L.GlobalAveragePooling2D()(x)
+    elif kind == "flatin":
+        i = keras.Input((STEPS * CHANNELS,), name="signal")
+        x = L.Reshape((STEPS, CHANNELS))(i)
+        x = L.Conv1D(16, 5, strides=2, activation="relu")(L.Conv1D(12, 5, activation="relu")(x))
+        x = L.GlobalAveragePooling1D()(x)
+    else:  # resize
+        i = keras.Input((STEPS, CHANNELS), name="signal")
+        x = L.Conv1D(12, 5, strides=2, padding="same", activation="relu")(i)
+        x = L.Reshape((STEPS // 2, 1, 12))(x)
+        x = L.Resizing(STEPS, 1, interpolation="nearest")(x)
+        x = L.Reshape((STEPS, 12))(x)
+        x = L.GlobalAveragePooling1D()(L.Conv1D(16, 3, activation="relu")(x))
+    return keras.Model(i, L.Dense(4, activation="softmax")(L.Dense(8, activation="relu")(x)))
+
+
 def classifier(keras, batch_norm: bool):
     L = keras.layers
     i = keras.Input((STEPS, CHANNELS), name="signal")
@@ -57,7 +85,7 @@ def classifier(keras, batch_norm: bool):
 
 
 def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path | None = None,
-         sixteen: bool = False) -> None:
+         sixteen: bool = False, shaped: str | None = None, float_model: bool = False) -> None:
     import keras
     import tensorflow as tf
 
@@ -68,16 +96,22 @@ def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path 
         model = keras.models.load_model(trained, compile=False)
         x, _ = signals(100, *model.inputs[0].shape[1:], seed=20)
     else:
-        model = flat_classifier(keras) if flat else classifier(keras, batch_norm)
+        model = shaped_classifier(keras, shaped) if shaped else flat_classifier(keras) if flat else \
+            classifier(keras, batch_norm)
         x, y = signals(2000, STEPS, CHANNELS, seed=10)
+        x = x.reshape(len(x), *model.inputs[0].shape[1:])
         model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(x, y, epochs=10, batch_size=64, verbose=0)
         x_test, y_test = signals(500, STEPS, CHANNELS, seed=11)
+        x_test = x_test.reshape(len(x_test), *model.inputs[0].shape[1:])
         print(f"{name}: accuracy {model.evaluate(x_test, y_test, verbose=0)[1]:.3f} held out")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([row[np.newaxis]] for row in x[:100])
-    if sixteen:
+    if float_model:  # no quantization: the tool calibrates it like any float model
+        converter.optimizations = []
+        converter.representative_dataset = None
+    elif sixteen:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         converter.inference_input_type = converter.inference_output_type = tf.int16
     else:
@@ -95,3 +129,6 @@ if __name__ == "__main__":
     make("keras_zoo_int8", trained=HERE.parent / "keras_models" / "conv_zoo.h5")
     make("keras_cnn_16x8", sixteen=True)
     make("keras_flat_16x8", flat=True, sixteen=True)
+    for kind in ("t1c", "flatin", "resize"):
+        make(f"keras_{kind}_int8", shaped=kind)
+    make("keras_cnn_float", float_model=True)
