@@ -24,6 +24,7 @@ HERE = ROOT / "tests" / "tflite_models"
 CNN, BN, FLAT, ZOO = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "flat", "zoo"))
 CNN16, FLAT16 = (HERE / f"keras_{n}_16x8.tflite" for n in ("cnn", "flat"))
 SHAPED = [HERE / f"keras_{n}_int8.tflite" for n in ("t1c", "flatin", "resize")]
+TILE = HERE / "keras_tile_int8.tflite"
 FLOAT = HERE / "keras_cnn_float.tflite"
 
 
@@ -103,7 +104,7 @@ def test_a_dynamic_batchs_shape_arithmetic_folds_and_the_flatten_is_free():
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
-@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO, CNN16, FLAT16, *SHAPED], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO, CNN16, FLAT16, *SHAPED, TILE], ids=lambda p: p.stem)
 def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path, path):
     """C == reference == tflite-micro running this tool's export of the same integer graph (for the
     zoo, tflite-micro cannot run the file itself: see the dilated-conv test)."""
@@ -164,6 +165,36 @@ def test_verify_runs_the_file_itself_in_tflite_micro_and_needs_no_calibration(tm
     assert host["file_within_one_step"] is None  # no ONNX Runtime comparison: the file is the oracle
 
 
+def _tensorflow_outputs(path: Path, codes: np.ndarray, resolver: str) -> np.ndarray:
+    """TensorFlow's own interpreter on the file (no delegate: XNNPACK's int8 arithmetic is its own)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path),
+                                      experimental_op_resolver_type=getattr(tf.lite.experimental.OpResolverType, resolver))
+    interpreter.allocate_tensors()
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for x in codes:
+        interpreter.set_tensor(given["index"], x.reshape(given["shape"]).astype(given["dtype"]))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(taken["index"]).reshape(-1))
+    return np.stack(rows)
+
+
+@pytest.mark.keras
+def test_a_tile_upsampling_matches_tensorflows_interpreter():
+    """Keras' UpSampling1D is EXPAND_DIMS -> TILE -> RESHAPE, and tflite-micro has no TILE: the oracle
+    is TensorFlow's interpreter (its built-in kernels; the reference resolver has no int8 TILE) in this
+    test only. The C reads the chain as a nearest upsampling."""
+    conv = convert(TILE, name="tile")
+    assert "upsample1d" in [n.op for n in conv.graph.nodes]
+    codes = quantize_samples(conv.graph, _signals(40, conv))[0]
+    assert np.array_equal(conv.references(codes), _tensorflow_outputs(TILE, codes, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"))
+
+
 @pytest.mark.keras
 def test_a_dilated_conv_written_as_space_to_batch_matches_tensorflows_reference_interpreter():
     """TensorFlow writes a dilated Conv1D as SPACE_TO_BATCH_ND -> CONV_2D -> BATCH_TO_SPACE_ND, whose
@@ -171,26 +202,12 @@ def test_a_dilated_conv_written_as_space_to_batch_matches_tensorflows_reference_
     (static shapes) computes only the first phase and returns garbage for the rest, so the oracle here
     is TensorFlow's own interpreter with its reference kernels (test only; the C reads the chain as one
     dilated convolution)."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
     conv = convert(ZOO, name="zoo")
     assert "SPACE_TO_BATCH_ND" in {op.code for op in __import__("onnx2cmsis.frontends.tflite_reader",
                                                                fromlist=["read_tflite"]).read_tflite(ZOO).operators}
     assert any(n.attrs.get("window") is not None and n.attrs["window"].dilation == 2 for n in conv.graph.nodes)
     codes = quantize_samples(conv.graph, signals(40, 96, 4, seed=21)[0])[0]
-    interpreter = tf.lite.Interpreter(model_path=str(ZOO),
-                                      experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
-    interpreter.allocate_tensors()
-    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    rows = []
-    for x in codes:
-        interpreter.set_tensor(given["index"], x.reshape(given["shape"]).astype(np.int8))
-        interpreter.invoke()
-        rows.append(interpreter.get_tensor(taken["index"]).reshape(-1))
-    assert np.array_equal(conv.references(codes), np.stack(rows))
+    assert np.array_equal(conv.references(codes), _tensorflow_outputs(ZOO, codes, "BUILTIN_REF"))
 
 
 @pytest.mark.oracle

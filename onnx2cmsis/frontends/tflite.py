@@ -10,7 +10,7 @@ the importer resolves as layout (no copies).
 
 Read here (frontends/tflite_reader.py for the file itself): CONV_2D, DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, ADD, SUB, MUL, PAD, PADV2, CONCATENATION,
-RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, SOFTMAX, TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU, HARD_SWISH,
+RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, TILE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU, HARD_SWISH,
 and QUANTIZE/DEQUANTIZE between float and integer at the edges; SHAPE, STRIDED_SLICE, PACK,
 REDUCE_PROD and GATHER as the shape arithmetic of a dynamic batch (ONNX's, folded at import at batch
 1: a file's static shapes hold 1 wherever its signature is dynamic, so a reshape's target is computed,
@@ -284,6 +284,13 @@ def _resize_nearest(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Transpose", [y], perm=NCHW_TO_NHWC))
 
 
+def _tile(b: _Builder, op: TfliteOperator) -> None:
+    """ONNX Tile with the multiples (Keras' UpSampling1D: EXPAND_DIMS -> TILE -> RESHAPE, which the
+    importer resolves as a nearest upsampling)."""
+    repeats = b.node("Cast", [b.read(op.inputs[1])], to=TensorProto.INT64)
+    b.write(op.outputs[0], b.node("Tile", [b.read(op.inputs[0]), repeats]))
+
+
 def _shape(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Shape", [b.read(op.inputs[0])]))
 
@@ -425,7 +432,7 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
     # shape arithmetic (a dynamic batch's reshape targets): folded to constants at import
     "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack, "REDUCE_PROD": _reduce_prod, "GATHER": _gather,
     "TRANSPOSE": _transpose,
-    "RESIZE_NEAREST_NEIGHBOR": _resize_nearest,
+    "RESIZE_NEAREST_NEIGHBOR": _resize_nearest, "TILE": _tile,
     "SOFTMAX": _softmax,
     "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
     "LEAKY_RELU": _unary("LeakyRelu"), "HARD_SWISH": _unary("HardSwish"),

@@ -18,6 +18,8 @@ integer, int8 input and output), so that the tests read files made as users make
 - keras_t1c_int8.tflite, keras_flatin_int8.tflite, keras_resize_int8.tflite: a (T, 1, C) model with
   Conv2D/MaxPooling2D over a unit axis, a flat (T*C,) input reshaped inside, an upsampling through
   Resizing(nearest) between Reshapes.
+- keras_tile_int8.tflite: an upsampling through Keras' UpSampling1D, which the converter writes as
+  EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro cannot run TILE: TensorFlow's interpreter checks it).
 - keras_cnn_float.tflite: the cnn classifier unquantized (converts with calibration samples).
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
   as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
@@ -59,6 +61,10 @@ def shaped_classifier(keras, kind: str):
         x = L.Reshape((STEPS, CHANNELS))(i)
         x = L.Conv1D(16, 5, strides=2, activation="relu")(L.Conv1D(12, 5, activation="relu")(x))
         x = L.GlobalAveragePooling1D()(x)
+    elif kind == "tile":  # Keras' UpSampling1D: EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro has no TILE)
+        i = keras.Input((STEPS, CHANNELS), name="signal")
+        x = L.UpSampling1D(2)(L.Conv1D(12, 5, strides=2, padding="same", activation="relu")(i))
+        x = L.GlobalAveragePooling1D()(L.Conv1D(16, 3, activation="relu")(x))
     else:  # resize
         i = keras.Input((STEPS, CHANNELS), name="signal")
         x = L.Conv1D(12, 5, strides=2, padding="same", activation="relu")(i)
@@ -129,6 +135,6 @@ if __name__ == "__main__":
     make("keras_zoo_int8", trained=HERE.parent / "keras_models" / "conv_zoo.h5")
     make("keras_cnn_16x8", sixteen=True)
     make("keras_flat_16x8", flat=True, sixteen=True)
-    for kind in ("t1c", "flatin", "resize"):
+    for kind in ("t1c", "flatin", "resize", "tile"):
         make(f"keras_{kind}_int8", shaped=kind)
     make("keras_cnn_float", float_model=True)
