@@ -248,3 +248,15 @@ def test_a_float_file_converts_with_calibration_like_any_float_model():
     ours = output_floats(conv.graph, conv.references(quantize_samples(conv.graph, x)[0]))
     assert np.mean(ours.argmax(axis=1) == float_outputs(conv, x).argmax(axis=1)) >= 0.98
     assert np.mean(ours.argmax(axis=1) == y) >= 0.95  # the classifier still classifies
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("path, why", [(TILE, "cannot run the file"), (ZOO, "SPACE_TO_BATCH_ND")],
+                         ids=["tile", "zoo"])
+def test_verify_says_why_tflite_micro_cannot_be_the_files_oracle_and_checks_the_export_instead(tmp_path, path, why):
+    conv = convert(path, name="m", default_api=None)
+    from onnx2cmsis.drivers.verification import verify
+
+    x = signals(8, 96, 4, seed=11)[0] if path == ZOO else _signals(8, conv)
+    (host,) = verify(conv, x, ["host"], workdir=tmp_path).results
+    assert host.bit_exact and host.oracle.startswith("tflite-micro on this tool's export") and why in host.oracle

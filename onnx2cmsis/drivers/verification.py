@@ -66,22 +66,45 @@ class TargetResult:
         return asdict(self)
 
 
-def oracle_outputs(conv: Conversion, xq: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """tflite-micro's outputs for the same integer graph, or None and why not."""
+def oracle_outputs(conv: Conversion, xq: np.ndarray, reference: np.ndarray | None = None
+                   ) -> tuple[np.ndarray | None, str]:
+    """tflite-micro's outputs for the same integer graph (a .tflite: for the file itself, where
+    tflite-micro can run it right), or None and why not."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None, f"unavailable: the tflite-micro wheel is Linux x86_64 only ({platform.system()} {platform.machine()})"
     try:
         from onnx2cmsis.oracle.tflite_export import NotExportable, export_tflite, run_tflite_micro
     except ImportError:
         return None, "unavailable: install the [verify] extra (tflite-micro)"
+    name = "tflite-micro"
     if conv.graph.file_quant is not None and conv.graph.file_quant.source == "TFLite":
-        return run_tflite_micro(conv.model_path.read_bytes(), xq), "tflite-micro on the file"  # the file is the oracle
+        from_file, why_not = _file_oracle(conv, xq, reference)
+        if from_file is not None:
+            return from_file, "tflite-micro on the file"
+        name = f"tflite-micro on this tool's export (not on the file: {why_not})"
     try:
-        return run_tflite_micro(export_tflite(conv.graph, conv.registry), xq), "tflite-micro"
+        return run_tflite_micro(export_tflite(conv.graph, conv.registry), xq), name
     except NotExportable as exc:
         return None, f"unavailable: {exc}"
     except ConversionError as exc:
         return None, f"unavailable: {exc.args[0] if exc.args else exc}"
+
+
+def _file_oracle(conv: Conversion, xq: np.ndarray, reference: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+    """tflite-micro's outputs for a .tflite file itself, or None and why it cannot be the oracle: it
+    lacks an op (TILE), or the file holds a chain it computes wrongly (a dynamic batch's dilated
+    convolution as SPACE_TO_BATCH_ND -> ... -> BATCH_TO_SPACE_ND: docs/quantization.md)."""
+    from onnx2cmsis.frontends.tflite_reader import read_tflite
+    from onnx2cmsis.oracle.tflite_export import run_tflite_micro
+
+    try:
+        outputs = run_tflite_micro(conv.model_path.read_bytes(), xq)
+    except Exception as exc:  # the runtime raises plain RuntimeErrors for ops it lacks
+        return None, f"it cannot run the file ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+    if reference is not None and not np.array_equal(outputs, reference) and \
+            "SPACE_TO_BATCH_ND" in {op.code for op in read_tflite(conv.model_path).operators}:
+        return None, "it computes the file's SPACE_TO_BATCH_ND dilated-convolution chain wrongly"
+    return outputs, ""
 
 
 def first_bad_layer(conv: Conversion, x: np.ndarray, workdir: Path) -> str:
@@ -144,7 +167,7 @@ def _run_targets(conv: Conversion, x_float: np.ndarray, targets: list[Target], l
     xq = quantize_inputs(conv, x_float)
     step(f"running {len(xq)} samples in the integer reference and tflite-micro")
     reference = conv.references(xq)
-    oracle, oracle_name = oracle_outputs(conv, xq)
+    oracle, oracle_name = oracle_outputs(conv, xq, reference)
     if oracle is not None and not np.array_equal(oracle, reference):
         bad = int(np.argmax(np.any(oracle != reference, axis=1)))
         raise ConversionError(f"the integer reference differs from tflite-micro on sample {bad}: a converter bug, "
