@@ -30,6 +30,8 @@ from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.frontends.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
 
 OPSET = 13
+HELPER_OPS = frozenset({"Transpose", "QuantizeLinear", "DequantizeLinear", "Unsqueeze", "Squeeze", "Cast",
+                        "Identity", "Shape", "Slice", "Reshape"})
 NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 _ACTIVATIONS = {0: None, 1: ("Relu", None, None), 2: ("Clip", -1.0, 1.0), 3: ("Clip", 0.0, 6.0)}
 _ONNX_TYPES = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
@@ -49,6 +51,8 @@ class _Builder:
             counts[t.name] = counts.get(t.name, 0) + 1
         self.names = {t.index: t.name if counts[t.name] == 1 else f"{t.name}__{t.index}" for t in model.tensors}
         self.fresh = 0
+        self.layer = "input"  # the TFLite operator being translated, which names its nodes
+        self.used: set[str] = set()
 
     def temp(self, hint: str) -> str:
         self.fresh += 1
@@ -56,7 +60,13 @@ class _Builder:
 
     def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, **attrs) -> str:
         outputs = outputs or [self.temp(op.lower())]
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=f"{op}_{len(self.nodes)}", **attrs))
+        # named after the TFLite operator (its code and index in the file, as Netron shows them); the
+        # ONNX nodes that only carry it (layout, quantization pairs) by it and their own op
+        name = self.layer if op not in HELPER_OPS and self.layer not in self.used else f"{self.layer}/{op}"
+        while name in self.used:
+            name += "'"
+        self.used.add(name)
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
         return outputs[0]
 
     def const(self, values: np.ndarray, hint: str) -> str:
@@ -476,6 +486,7 @@ def tflite_to_onnx(model: TfliteModel, where: str) -> onnx.ModelProto:
         else:
             b.readable[index] = name
     for op in model.operators:
+        b.layer = f"{op.code}_{op.index}"
         try:
             TRANSLATORS[op.code](b, op)
         except UnsupportedOpError as exc:
