@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "tflite_models"
 CNN, BN, FLAT, ZOO = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "flat", "zoo"))
 CNN16, FLAT16 = (HERE / f"keras_{n}_16x8.tflite" for n in ("cnn", "flat"))
-SHAPED = [HERE / f"keras_{n}_int8.tflite" for n in ("t1c", "flatin", "resize")]
+SHAPED = [HERE / f"keras_{n}_int8.tflite" for n in ("t1c", "flatin", "resize", "gmax")]
 TILE = HERE / "keras_tile_int8.tflite"
 FLOAT = HERE / "keras_cnn_float.tflite"
 
@@ -134,9 +134,9 @@ def test_what_is_not_read_yet_is_refused_every_operator_at_once():
 
     tensors = [tensor(0), tensor(1, np.ones((4,), np.int8)), tensor(2), tensor(3), tensor(4)]
     ops = [TfliteOperator(0, "SUB", (0, 1), (2,)), TfliteOperator(1, "QUANTIZE", (2,), (3,)),
-           TfliteOperator(2, "SPACE_TO_BATCH_ND", (3,), (4,)), TfliteOperator(3, "REDUCE_MAX", (4,), (4,))]
+           TfliteOperator(2, "SPACE_TO_BATCH_ND", (3,), (4,)), TfliteOperator(3, "HARD_SWISH", (4,), (4,))]
     model = TfliteModel(tensors, ops, (0,), (4,))
-    with pytest.raises(UnsupportedOpError, match="2 operator.*REDUCE_MAX.*SPACE_TO_BATCH_ND"):
+    with pytest.raises(UnsupportedOpError, match="2 operator.*HARD_SWISH.*SPACE_TO_BATCH_ND"):
         tflite_to_onnx(model, "m.tflite")
     model = TfliteModel(tensors, ops[:2], (0,), (3,))
     with pytest.raises(UnsupportedOpError, match=r"operator 0 \(SUB\): a constant.*operator 1 \(QUANTIZE\)"):

@@ -10,7 +10,8 @@ the importer resolves as layout (no copies).
 
 Read here (frontends/tflite_reader.py for the file itself): CONV_2D, DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, ADD, SUB, MUL, PAD, PADV2, CONCATENATION,
-RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, TILE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6, LEAKY_RELU, HARD_SWISH,
+RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, TILE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6,
+LEAKY_RELU, REDUCE_MAX,
 and QUANTIZE/DEQUANTIZE between float and integer at the edges; SHAPE, STRIDED_SLICE, PACK,
 REDUCE_PROD and GATHER as the shape arithmetic of a dynamic batch (ONNX's, folded at import at batch
 1: a file's static shapes hold 1 wherever its signature is dynamic, so a reshape's target is computed,
@@ -338,10 +339,11 @@ def _pack(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Concat", parts, axis=axis))
 
 
-def _reduce_prod(b: _Builder, op: TfliteOperator) -> None:
+def _reduce(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
+    """REDUCE_PROD (shape arithmetic), REDUCE_MAX (a global max pool over time): the axes as given."""
     axes = [int(a) for a in np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1)]
     keep = int(bool(op.options.get("KeepDims", False)))
-    b.write(op.outputs[0], b.node("ReduceProd", [b.read(op.inputs[0])], axes=axes, keepdims=keep))
+    b.write(op.outputs[0], b.node(onnx_op, [b.read(op.inputs[0])], axes=axes, keepdims=keep))
 
 
 def _gather(b: _Builder, op: TfliteOperator) -> None:
@@ -440,12 +442,12 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
     "CONCATENATION": _concatenation,
     "RESHAPE": _reshape, "SQUEEZE": _squeeze, "EXPAND_DIMS": _expand_dims,
     # shape arithmetic (a dynamic batch's reshape targets): folded to constants at import
-    "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack, "REDUCE_PROD": _reduce_prod, "GATHER": _gather,
+    "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack, "REDUCE_PROD": lambda b, op: _reduce(b, op, "ReduceProd"), "GATHER": _gather,
     "TRANSPOSE": _transpose,
     "RESIZE_NEAREST_NEIGHBOR": _resize_nearest, "TILE": _tile,
     "SOFTMAX": _softmax,
     "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
-    "LEAKY_RELU": _unary("LeakyRelu"), "HARD_SWISH": _unary("HardSwish"),
+    "LEAKY_RELU": _unary("LeakyRelu"), "REDUCE_MAX": lambda b, op: _reduce(b, op, "ReduceMax"),
     "QUANTIZE": _edge, "DEQUANTIZE": _edge,
 }
 

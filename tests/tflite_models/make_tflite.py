@@ -20,6 +20,7 @@ integer, int8 input and output), so that the tests read files made as users make
   Resizing(nearest) between Reshapes.
 - keras_tile_int8.tflite: an upsampling through Keras' UpSampling1D, which the converter writes as
   EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro cannot run TILE: TensorFlow's interpreter checks it).
+- keras_gmax_int8.tflite: a GlobalMaxPooling1D head (REDUCE_MAX over time).
 - keras_cnn_float.tflite: the cnn classifier unquantized (converts with calibration samples).
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
   as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
@@ -61,6 +62,10 @@ def shaped_classifier(keras, kind: str):
         x = L.Reshape((STEPS, CHANNELS))(i)
         x = L.Conv1D(16, 5, strides=2, activation="relu")(L.Conv1D(12, 5, activation="relu")(x))
         x = L.GlobalAveragePooling1D()(x)
+    elif kind == "gmax":  # GlobalMaxPooling1D: REDUCE_MAX over time
+        i = keras.Input((STEPS, CHANNELS), name="signal")
+        x = L.Conv1D(16, 3, activation="relu")(L.Conv1D(12, 5, activation="relu")(i))
+        x = L.GlobalMaxPooling1D()(x)
     elif kind == "tile":  # Keras' UpSampling1D: EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro has no TILE)
         i = keras.Input((STEPS, CHANNELS), name="signal")
         x = L.UpSampling1D(2)(L.Conv1D(12, 5, strides=2, padding="same", activation="relu")(i))
@@ -135,6 +140,6 @@ if __name__ == "__main__":
     make("keras_zoo_int8", trained=HERE.parent / "keras_models" / "conv_zoo.h5")
     make("keras_cnn_16x8", sixteen=True)
     make("keras_flat_16x8", flat=True, sixteen=True)
-    for kind in ("t1c", "flatin", "resize", "tile"):
+    for kind in ("t1c", "flatin", "resize", "tile", "gmax"):
         make(f"keras_{kind}_int8", shaped=kind)
     make("keras_cnn_float", float_model=True)
