@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.frontends.tflite_graph import fuse_space_to_batch, needed_operators, not_exact_yet
 from onnx2cmsis.frontends.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
 
 OPSET = 13
@@ -35,8 +36,6 @@ HELPER_OPS = frozenset({"Transpose", "QuantizeLinear", "DequantizeLinear", "Unsq
                         "Identity", "Shape", "Slice", "Reshape"})
 NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 _ACTIVATIONS = {0: None, 1: ("Relu", None, None), 2: ("Clip", -1.0, 1.0), 3: ("Clip", 0.0, 6.0)}
-_ONNX_TYPES = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
-               np.dtype(np.int16): TensorProto.INT16, np.dtype(np.int32): TensorProto.INT32}
 
 
 class _Builder:
@@ -140,7 +139,7 @@ def _window_attrs(b: _Builder, op: TfliteOperator, shape: tuple[int, ...], kerne
                   dilation: tuple[int, int] = (1, 1)) -> dict:
     o = op.options
     strides = (int(o.get("StrideH", 1)), int(o.get("StrideW", 1)))
-    if o.get("Padding") == "explicit":  # a fused dilated conv's (_fuse_space_to_batch)
+    if o.get("Padding") == "explicit":  # a fused dilated conv's (frontends/tflite_graph.py)
         pads = list(o["ExplicitPads"])
     elif int(o.get("Padding", 1)) == 0:  # SAME
         (t, bt), (l, r) = (_same_pads(shape[1 + k], kernel[k], strides[k], dilation[k]) for k in range(2))
@@ -159,7 +158,7 @@ def _conv(b: _Builder, op: TfliteOperator, depthwise: bool) -> None:
     dilation = (int(o.get("DilationHFactor", 1)), int(o.get("DilationWFactor", 1)))
     x = b.read(op.inputs[0])
     shape = x_t.shape
-    if len(shape) == 3:  # a fused dilated conv (_fuse_space_to_batch) reads the (1, W, C) map itself
+    if len(shape) == 3:  # a fused dilated conv (frontends/tflite_graph.py) reads the (1, W, C) map itself
         x = b.node("Unsqueeze", [x, b.const(np.array([1], np.int64), "axes")])
         shape = (shape[0], 1, *shape[1:])
     inputs = [b.node("Transpose", [x], perm=NHWC_TO_NCHW), w]
@@ -172,57 +171,6 @@ def _conv(b: _Builder, op: TfliteOperator, depthwise: bool) -> None:
     if len(b.model.tensors[op.outputs[0]].shape) == 3:
         y = b.node("Squeeze", [y, b.const(np.array([1], np.int64), "axes")])
     b.write(op.outputs[0], y)
-
-
-MOVES = ("EXPAND_DIMS", "RESHAPE", "SQUEEZE")
-
-
-def _fuse_space_to_batch(model: TfliteModel) -> TfliteModel:
-    """TensorFlow writes a dilated convolution as SPACE_TO_BATCH_ND -> (reshapes) -> CONV_2D (VALID,
-    dilation 1) -> (reshapes) -> BATCH_TO_SPACE_ND: the same sums as one convolution with dilation =
-    the block and padding = the block padding less the crops (both pad with the zero point). The
-    batch the middle ops see is the block's, which the file's static shapes do not show, so the
-    chain becomes that one convolution before translation."""
-    readers: dict[int, list[TfliteOperator]] = {}
-    for op in model.operators:
-        for i in op.inputs:
-            readers.setdefault(i, []).append(op)
-    replaced: dict[int, TfliteOperator] = {}
-    dropped: set[int] = set()
-
-    def sole_reader(tensor: int) -> TfliteOperator | None:
-        found = readers.get(tensor, [])
-        return found[0] if len(found) == 1 and tensor not in model.outputs else None
-
-    for s2b in (op for op in model.operators if op.code == "SPACE_TO_BATCH_ND"):
-        chain, op = [s2b], sole_reader(s2b.outputs[0])
-        while op is not None and op.code in MOVES:
-            chain.append(op)
-            op = sole_reader(op.outputs[0])
-        conv = op
-        if conv is None or conv.code not in ("CONV_2D", "DEPTHWISE_CONV_2D") or int(conv.options.get("Padding", 0)) != 1:
-            continue
-        chain.append(conv)
-        op = sole_reader(conv.outputs[0])
-        while op is not None and op.code in MOVES:
-            chain.append(op)
-            op = sole_reader(op.outputs[0])
-        block, pads = (np.asarray(model.tensors[i].data).reshape(-1, *s) for i, s in zip(s2b.inputs[1:3], ((), (2,))))
-        if op is None or op.code != "BATCH_TO_SPACE_ND" or len(block.reshape(-1)) != 1:
-            continue
-        crops = np.asarray(model.tensors[op.inputs[2]].data).reshape(-1, 2)
-        if not np.array_equal(np.asarray(model.tensors[op.inputs[1]].data).reshape(-1), block.reshape(-1)):
-            continue
-        left, right = int(pads[0][0] - crops[0][0]), int(pads[0][1] - crops[0][1])
-        if min(left, right) < 0 or int(conv.options.get("DilationWFactor", 1)) != 1:
-            continue
-        options = {**conv.options, "DilationWFactor": int(block.reshape(-1)[0]), "Padding": "explicit",
-                   "ExplicitPads": [0, left, 0, right]}
-        replaced[conv.index] = TfliteOperator(conv.index, conv.code, (s2b.inputs[0], *conv.inputs[1:]),
-                                              (op.outputs[0],), options)
-        dropped.update(o.index for o in (*chain, op) if o is not conv)
-    operators = [replaced.get(op.index, op) for op in model.operators if op.index not in dropped]
-    return TfliteModel(model.tensors, operators, model.inputs, model.outputs)
 
 
 def _pool(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
@@ -402,29 +350,6 @@ def _concatenation(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.activation(y, int(op.options.get("FusedActivationFunction", 0))))
 
 
-def _integer(t: TfliteTensor) -> bool:
-    return t.quantized and t.dtype != np.float32
-
-
-def _not_exact_yet(model: TfliteModel) -> list[str]:
-    """Operators read, but whose TFLite arithmetic the C would not reproduce yet: refused (every one at
-    once) rather than converted to something close."""
-    found = []
-    for op in model.operators:
-        tensors = [model.tensors[i] for i in op.inputs if i >= 0]
-        constant = [t for t in tensors if t.data is not None]
-        exact = op.code in ("ADD", "MUL") and all(_integer(t) and t.scales.size == 1 and t.dtype == np.int8
-                                                   for t in constant)
-        if op.code in ("ADD", "SUB", "MUL") and constant and not exact:  # an affine would round otherwise
-            found.append(f"operator {op.index} ({op.code}): a constant operand ('{constant[0].name}') other than "
-                         f"one int8 tensor of ADD or MUL: TFLite-Micro's {op.code} with it is not reproduced yet")
-        if op.code == "QUANTIZE" and _integer(tensors[0]) and _integer(model.tensors[op.outputs[0]]):
-            found.append(f"operator {op.index} (QUANTIZE): a requantization between integer types is not read yet")
-        if op.code == "SOFTMAX" and float(op.options.get("Beta", 1.0)) != 1.0:
-            found.append(f"operator {op.index} (SOFTMAX): beta {op.options['Beta']} (only 1 is supported)")
-    return found
-
-
 def _edge(b: _Builder, op: TfliteOperator) -> None:
     """QUANTIZE from float / DEQUANTIZE to float: the same reals, the pair on the integer side."""
     b.write(op.outputs[0], b.node("Identity", [b.read(op.inputs[0])]))
@@ -452,27 +377,14 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
 }
 
 
-def needed_operators(model: TfliteModel) -> list[TfliteOperator]:
-    """The operators the outputs depend on, in order (a converter may leave dead ones)."""
-    producer = {out for op in model.operators for out in op.outputs}
-    wanted = set(model.outputs)
-    needed: set[int] = set()
-    for op in reversed(model.operators):
-        if not wanted & set(op.outputs):
-            continue
-        needed.add(op.index)
-        wanted.update(i for i in op.inputs if i >= 0 and i in producer)
-    return [op for op in model.operators if op.index in needed]
-
-
 def tflite_to_onnx(model: TfliteModel, where: str) -> onnx.ModelProto:
-    model = _fuse_space_to_batch(model)
+    model = fuse_space_to_batch(model)
     model = TfliteModel(model.tensors, needed_operators(model), model.inputs, model.outputs)
     gaps = sorted({f"{op.code} (operator {op.index})" for op in model.operators if op.code not in TRANSLATORS})
     if gaps:
         raise UnsupportedOpError(f"{len(gaps)} operator(s) have no translation: {', '.join(gaps)} (supported: "
                                  f"{', '.join(sorted(TRANSLATORS))})", where)
-    refused = _not_exact_yet(model)
+    refused = not_exact_yet(model)
     if refused:
         raise UnsupportedOpError("; ".join(refused), where)
     b = _Builder(model)
