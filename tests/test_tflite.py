@@ -260,3 +260,9 @@ def test_verify_says_why_tflite_micro_cannot_be_the_files_oracle_and_checks_the_
     x = signals(8, 96, 4, seed=11)[0] if path == ZOO else _signals(8, conv)
     (host,) = verify(conv, x, ["host"], workdir=tmp_path).results
     assert host.bit_exact and host.oracle.startswith("tflite-micro on this tool's export") and why in host.oracle
+
+
+def test_a_really_2d_model_is_refused_naming_the_operator_and_its_window():
+    """A keyword-spotting-like conv over a 49x10 spectrogram is no 1D model written in 2-D."""
+    with pytest.raises(UnsupportedOpError, match=r"CONV_2D_\d+.*on \[1, 49, 10\] with kernel \[3, 3\].*1D windows"):
+        convert(HERE / "keras_kws2d_int8.tflite")

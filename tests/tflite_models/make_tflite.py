@@ -21,6 +21,7 @@ integer, int8 input and output), so that the tests read files made as users make
 - keras_tile_int8.tflite: an upsampling through Keras' UpSampling1D, which the converter writes as
   EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro cannot run TILE: TensorFlow's interpreter checks it).
 - keras_gmax_int8.tflite: a GlobalMaxPooling1D head (REDUCE_MAX over time).
+- keras_kws2d_int8.tflite: a really 2-D model (3x3 convs over a 49x10 map), untrained: refused by name.
 - keras_cnn_float.tflite: the cnn classifier unquantized (converts with calibration samples).
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
   as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
@@ -95,6 +96,26 @@ def classifier(keras, batch_norm: bool):
     return keras.Model(i, L.Dense(4, activation="softmax")(x))
 
 
+def make_2d(name: str) -> None:
+    """A really 2-D model (a keyword-spotting-like conv over a 49x10 spectrogram), untrained: refused."""
+    import keras
+    import tensorflow as tf
+
+    L = keras.layers
+    keras.utils.set_random_seed(33)
+    i = keras.Input((49, 10, 1), name="spectrogram")
+    x = L.DepthwiseConv2D((3, 3), activation="relu")(L.Conv2D(8, (3, 3), activation="relu")(i))
+    model = keras.Model(i, L.Dense(4, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    rows = np.random.default_rng(0).standard_normal((50, 49, 10, 1)).astype(np.float32)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([row[np.newaxis]] for row in rows)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    (HERE / f"{name}.tflite").write_bytes(converter.convert())
+    print(f"{name}.tflite: {(HERE / f'{name}.tflite').stat().st_size} bytes")
+
+
 def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path | None = None,
          sixteen: bool = False, shaped: str | None = None, float_model: bool = False) -> None:
     import keras
@@ -143,3 +164,4 @@ if __name__ == "__main__":
     for kind in ("t1c", "flatin", "resize", "tile", "gmax"):
         make(f"keras_{kind}_int8", shaped=kind)
     make("keras_cnn_float", float_model=True)
+    make_2d("keras_kws2d_int8")
