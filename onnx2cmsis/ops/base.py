@@ -23,7 +23,7 @@ import numpy as np
 
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ir.tensor import ConstQuant, FileWeights
+from onnx2cmsis.ir.tensor import ConstQuant
 from onnx2cmsis.ops.roles import Role
 from onnx2cmsis.arith.rules import QuantParams, activation_quant, activation_range
 
@@ -375,42 +375,6 @@ def spatial_1d(node: OnnxNodeView, ctx: ImportContext, kernel: list[int]) -> tup
     for key in ("strides", "dilations"):
         attrs[key] = [int_attr_list(node, key, [1, 1], 2)[t]]
     return OnnxNodeView(node.name, node.op_type, node.inputs, node.outputs, attrs), (1 + t, 0)
-
-
-def file_weights(node: OnnxNodeView, ctx: ImportContext, out_axis: int, c_out: int, weight_factor: float = 1.0,
-                 bias_input: int | None = 2) -> FileWeights | None:
-    """How the model file quantized a conv/dense node's weights (input 1, its output channels along
-    `out_axis` of the file's weight tensor) and bias (input `bias_input`), or None (a float model, or
-    float weights). `weight_factor`: what the import multiplies the weights by (Gemm's alpha)."""
-    wq = ctx.const_quant(node.inputs[1])
-    if wq is None:
-        return None
-    if weight_factor <= 0:
-        raise UnsupportedOpError(f"quantized weights scaled by {weight_factor} (Gemm alpha): only a positive "
-                                 "factor keeps the file's codes", node.where)
-    if wq.bits != 8 or not wq.signed or np.any(wq.zero_point != 0):
-        zps = sorted({int(z) for z in wq.zero_point.reshape(-1)})[:3]
-        raise UnsupportedOpError(f"weights quantized as {'' if wq.signed else 'u'}int{wq.bits} with zero point "
-                                 f"{zps[0] if len(zps) == 1 else zps}: CMSIS-NN's kernels take symmetric int8 "
-                                 "weights (zero point 0)", node.where)
-    if wq.axis is None:
-        scales, per_channel = np.full(c_out, wq.scale.reshape(-1)[0], np.float32), False
-    elif wq.axis == out_axis % wq.codes.ndim and wq.scale.size == c_out:
-        scales, per_channel = wq.scale.reshape(-1), True
-    else:
-        raise UnsupportedOpError(f"weights quantized per slice along axis {wq.axis}, not per output channel (axis "
-                                 f"{out_axis % wq.codes.ndim})", node.where)
-    bias = bias_scale = None
-    bq = ctx.const_quant(node.inputs[bias_input]) if bias_input is not None and len(node.inputs) > bias_input \
-        and node.inputs[bias_input] else None
-    if bq is not None:
-        if bq.bits != 32 or np.any(bq.zero_point != 0) or bq.codes.size not in (1, c_out):
-            raise UnsupportedOpError(f"a bias quantized as int{bq.bits} of {bq.codes.size} values with zero points "
-                                     f"{sorted({int(z) for z in bq.zero_point.reshape(-1)})[:3]}: one int32 per "
-                                     "output channel with zero point 0 expected", node.where)
-        bias = np.broadcast_to(bq.codes.reshape(-1), (c_out,)).astype(np.int32)
-        bias_scale = np.broadcast_to(bq.scale.reshape(-1), (c_out,)).astype(np.float32)
-    return FileWeights((scales * np.float32(weight_factor)).astype(np.float32), per_channel, bias, bias_scale)
 
 
 def elementwise_io(node: OnnxNodeView, ctx: ImportContext, inputs: list[str] | None = None) -> tuple[list[str], str]:

@@ -19,7 +19,6 @@ from onnx2cmsis.ops.base import (
     TfliteContext,
     check_uint16,
     explicit_pads,
-    file_weights,
     fused_activation_range,
     int_attr_list,
     spatial_1d,
@@ -76,13 +75,11 @@ def quantize_per_channel(node: Node, graph: Graph, headroom: bool = True) -> Non
     `headroom`: refuse weights whose accumulator the kernel can overflow (see rules.py)."""
     q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
     assert q_in is not None and q_out is not None
-    w = node.consts["weight"]
-    pinned: FileWeights | None = node.attrs.get("file_weights")
-    s_w = symmetric_weight_scales(w, axis=0) if pinned is None else pinned.scales
+    s_w, weight = layer_weights(node, axis=0)
     mults, shifts = zip(*(quantize_multiplier(float(q_in.scale) * float(s) / float(q_out.scale)) for s in s_w))
     where = node.where
     node.qparams = {
-        "weight": quantize_weights(w, s_w, axis=0, lowest=-127 if pinned is None else -128),
+        "weight": weight,
         "weight_scales": s_w,
         "bias": layer_bias(node, q_in, s_w),
         "multiplier": np.array(mults, np.int32),
@@ -96,6 +93,55 @@ def quantize_per_channel(node: Node, graph: Graph, headroom: bool = True) -> Non
     else:
         check_accumulator_headroom(node.qparams["weight"], node.qparams["bias"], q_in.zero_point,
                                    node.qparams["shift"], where)
+
+
+def layer_weights(node: Node, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The weight scales (per output channel, axis 0, or one per layer, axis None) and int8 codes of a
+    conv/dense layer: the model file's scales and codes (-128 included) where it gave them, else
+    TFLite's symmetric ones in [-127, 127]."""
+    w = node.consts["weight"]
+    pinned: FileWeights | None = node.attrs.get("file_weights")
+    if pinned is None:
+        scales = symmetric_weight_scales(w, axis=axis)
+        return scales, quantize_weights(w, scales, axis=axis)
+    scales = pinned.scales if axis is not None else pinned.scales[:1]
+    return scales, quantize_weights(w, scales, axis=axis, lowest=-128)
+
+
+def file_weights(node: OnnxNodeView, ctx: ImportContext, out_axis: int, c_out: int, weight_factor: float = 1.0,
+                 bias_input: int | None = 2) -> FileWeights | None:
+    """How the model file quantized a conv/dense node's weights (input 1, its output channels along
+    `out_axis` of the file's weight tensor) and bias (input `bias_input`), or None (a float model, or
+    float weights). `weight_factor`: what the import multiplies the weights by (Gemm's alpha)."""
+    wq = ctx.const_quant(node.inputs[1])
+    if wq is None:
+        return None
+    if weight_factor <= 0:
+        raise UnsupportedOpError(f"quantized weights scaled by {weight_factor} (Gemm alpha): only a positive "
+                                 "factor keeps the file's codes", node.where)
+    if wq.bits != 8 or not wq.signed or np.any(wq.zero_point != 0):
+        zps = sorted({int(z) for z in wq.zero_point.reshape(-1)})[:3]
+        raise UnsupportedOpError(f"weights quantized as {'' if wq.signed else 'u'}int{wq.bits} with zero point "
+                                 f"{zps[0] if len(zps) == 1 else zps}: CMSIS-NN's kernels take symmetric int8 "
+                                 "weights (zero point 0)", node.where)
+    if wq.axis is None:
+        scales, per_channel = np.full(c_out, wq.scale.reshape(-1)[0], np.float32), False
+    elif wq.axis == out_axis % wq.codes.ndim and wq.scale.size == c_out:
+        scales, per_channel = wq.scale.reshape(-1), True
+    else:
+        raise UnsupportedOpError(f"weights quantized per slice along axis {wq.axis}, not per output channel (axis "
+                                 f"{out_axis % wq.codes.ndim})", node.where)
+    bias = bias_scale = None
+    bq = ctx.const_quant(node.inputs[bias_input]) if bias_input is not None and len(node.inputs) > bias_input \
+        and node.inputs[bias_input] else None
+    if bq is not None:
+        if bq.bits != 32 or np.any(bq.zero_point != 0) or bq.codes.size not in (1, c_out):
+            raise UnsupportedOpError(f"a bias quantized as int{bq.bits} of {bq.codes.size} values with zero points "
+                                     f"{sorted({int(z) for z in bq.zero_point.reshape(-1)})[:3]}: one int32 per "
+                                     "output channel with zero point 0 expected", node.where)
+        bias = np.broadcast_to(bq.codes.reshape(-1), (c_out,)).astype(np.int32)
+        bias_scale = np.broadcast_to(bq.scale.reshape(-1), (c_out,)).astype(np.float32)
+    return FileWeights((scales * np.float32(weight_factor)).astype(np.float32), per_channel, bias, bias_scale)
 
 
 def layer_bias(node: Node, q_in: QuantParams, s_w: np.ndarray) -> np.ndarray:

@@ -38,13 +38,13 @@ from onnx2cmsis.ops.base import (
     KernelCall,
     OnnxNodeView,
     TfliteContext,
-    file_weights,
     int_attr_list,
     spatial_1d,
 )
 from onnx2cmsis.ops.conv import (
     WeightedOp,
     conv_scratch_bytes,
+    file_weights,
     per_channel_call_parts,
     per_channel_tflite_constants,
     quantize_per_channel,

@@ -25,13 +25,14 @@ from onnx2cmsis.ops.base import (
     OnnxNodeView,
     TfliteContext,
     check_uint16,
-    file_weights,
     fused_activation_range,
 )
 from onnx2cmsis.ops.conv import (
     WeightedOp,
     export_conv2d,
+    file_weights,
     layer_bias,
+    layer_weights,
     per_channel_call_parts,
     quantize_per_channel,
     requantize_output,
@@ -40,9 +41,7 @@ from onnx2cmsis.arith.rules import (
     check_accumulator_headroom,
     integer_matmul,
     quantize_multiplier,
-    quantize_weights,
     reduce_multiplier,
-    symmetric_weight_scales,
 )
 
 
@@ -130,11 +129,8 @@ class DenseHandler(WeightedOp):
             quantize_per_channel(node, graph, headroom=graph.tensors[node.inputs[0]].quant.bits == 8)
             return
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
-        w = node.consts["weight"]
-        pinned = node.attrs.get("file_weights")
-        s_w = symmetric_weight_scales(w, axis=None) if pinned is None else pinned.scales[:1]
+        s_w, wq = layer_weights(node, axis=None)
         m, sh = quantize_multiplier(float(q_in.scale) * float(s_w[0]) / float(q_out.scale))
-        wq = quantize_weights(w, s_w, axis=None, lowest=-127 if pinned is None else -128)
         wide = q_in.bits == 16
         node.qparams = {
             "weight": wq,

@@ -2,7 +2,7 @@
 
 Every tensor standing for a value the file quantized takes the file's scale and zero point
 (ops.base.calibrated_quant), every conv/dense layer its weight scales and bias codes
-(ops.base.file_weights); nothing is calibrated, chosen or corrected. Two things remain:
+(ops.conv.file_weights); nothing is calibrated, chosen or corrected. Two things remain:
 
 - a value the file leaves float (an op outside its Q/DQ pairs) needs a calibrated range, so it needs
   samples; one that a transpose or a view moves into a quantized value takes that value's quantization
