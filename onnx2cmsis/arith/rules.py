@@ -282,3 +282,13 @@ def add_params(s1: float, s2: float, s_out: float, bits: int = 8) -> dict[str, i
     mo, sho = quantize_multiplier(twice / ((1 << ADD_LEFT_SHIFT[bits]) * float(np.float32(s_out))))
     return {"mult1": m1, "shift1": sh1, "mult2": m2, "shift2": sh2, "mult_out": mo, "shift_out": sho,
             "left_shift": ADD_LEFT_SHIFT[bits]}
+
+
+def tflite_add(x1: np.ndarray, x2: np.ndarray, params: dict[str, int]) -> np.ndarray:
+    """TFLite ADD on two operands with their zero points taken off (int64, broadcasting): each shifted
+    up by the headroom and rescaled to the common scale, summed, rescaled to the output's (add_params);
+    the output zero point and the clamp are the caller's."""
+    shift = params["left_shift"]
+    total = requantize(x1 << shift, params["mult1"], params["shift1"]) + \
+        requantize(x2 << shift, params["mult2"], params["shift2"])
+    return requantize(total, params["mult_out"], params["shift_out"])

@@ -20,7 +20,7 @@ from onnx2cmsis.ops.base import (
     elementwise_io,
     fused_activation_range,
 )
-from onnx2cmsis.arith.rules import add_params, requantize, saturate
+from onnx2cmsis.arith.rules import add_params, saturate, tflite_add
 from onnx2cmsis.ops.binary_const import OP as BINARY_CONST, file_constant_operand
 
 class AddHandler(OpHandler):
@@ -56,11 +56,8 @@ class AddHandler(OpHandler):
         qp = node.qparams
         q1, q2 = (graph.tensors[t].quant for t in node.inputs)
         q_out = graph.tensors[node.output].quant
-        x1 = (inputs[0].astype(np.int64) - q1.zero_point) << qp["left_shift"]
-        x2 = (inputs[1].astype(np.int64) - q2.zero_point) << qp["left_shift"]
-        total = requantize(x1, qp["mult1"], qp["shift1"]) + requantize(x2, qp["mult2"], qp["shift2"])
-        y = requantize(total, qp["mult_out"], qp["shift_out"]) + q_out.zero_point
-        return [saturate(y, q_out.bits, *qp["act_range"])]
+        y = tflite_add(inputs[0].astype(np.int64) - q1.zero_point, inputs[1].astype(np.int64) - q2.zero_point, qp)
+        return [saturate(y + q_out.zero_point, q_out.bits, *qp["act_range"])]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         q1, q2 = (graph.tensors[t].quant for t in node.inputs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.arith.rules import QuantParams, add_params, quantize_multiplier, requantize, saturate
+from onnx2cmsis.arith.rules import QuantParams, add_params, quantize_multiplier, requantize, saturate, tflite_add
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
@@ -83,9 +83,7 @@ class BinaryConstHandler(OpHandler):
         x = inputs[0].astype(np.int64) - q_x.zero_point
         c = node.consts["operand"].astype(np.int64)[np.newaxis] - q_c.zero_point
         if node.attrs["fn"] == "add":
-            shift = qp["left_shift"]
-            total = requantize(x << shift, qp["mult1"], qp["shift1"]) + requantize(c << shift, qp["mult2"], qp["shift2"])
-            y = requantize(total, qp["mult_out"], qp["shift_out"])
+            y = tflite_add(x, c, qp)
         else:
             y = requantize(x * c, qp["mult_out"], qp["shift_out"])
         return [saturate(y + q_out.zero_point, 8, *qp["act_range"])]
