@@ -119,7 +119,7 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     cmsis = locate_cmsis_nn(opts.cmsis_nn, opts.cmsis_api, opts.default_api)
     step = progress or (lambda _: None)
     step(f"reading {model_path.name}")
-    model, graph, rewrites = front_end(model_path, registry, opts.input_shape)
+    model, graph, rewrites, file_model = _front_end(model_path, registry, opts.input_shape)
     stream = stream_spec(opts.streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
     data = read_samples(calibration, graph, opts)
     tuning = quantize(model, graph, registry, data, opts, cmsis, step, str(model_path))
@@ -128,7 +128,7 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     conversion = render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites),
                               data, tuning, stream, opts)
     if graph.file_quant is not None and graph.file_quant.source != "TFLite":  # a .tflite is its own oracle
-        conversion.file_model = read_model(model_path, opts.input_shape).file_model
+        conversion.file_model = file_model
     return conversion
 
 
@@ -168,7 +168,7 @@ class Tuning:
     bias_corrected: int | None  # layers whose bias took their mean error (None: off)
     auto_precision: dict[str, Any] | None  # --precision auto's budget, measurements and choice
     recipe: dict[str, Any]  # the quantization recipe chosen and what each candidate measured
-    samples_used: int | None = None  # how many calibration samples set ranges (None: all that were given)
+    samples_used: int  # how many calibration samples set ranges
 
 
 def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: SampleData, opts: ConvertOptions,
@@ -221,7 +221,8 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
         corrected = len(correct_biases(model, graph, registry, calibration.ranges, data.search, recorded))
     quantize_graph(graph, registry, calibration.ranges)
     check_graph(graph, "quantization", quantized=True)
-    return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary(), recipe.summary())
+    return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary(), recipe.summary(),
+                  len(data.samples))
 
 
 @dataclass
@@ -257,7 +258,7 @@ def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts
     source, header = render(name, graph, layers, e.plan, summary, template_dirs)
     functions = sorted({f for s in e.schedule for f in s.call.functions})
     report = build_report(name, summary, graph, registry, e.plan, layers, e.cmsis, functions, e.rewrites,
-                          len(data.samples) if tuning.samples_used is None else tuning.samples_used, tuning.search, tuning.bias_corrected, tuning.auto_precision,
+                          tuning.samples_used, tuning.search, tuning.bias_corrected, tuning.auto_precision,
                           stream_report, tuning.recipe)
     warnings = opts.budget.check(summary["weights_bytes"], e.plan.arena_bytes)
     report["warnings"] = [render_options(w) for w in warnings]
@@ -274,6 +275,12 @@ def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts
 def front_end(model_path: Path, registry: Registry,
               input_shape: tuple[int, ...] | None = None) -> tuple[onnx.ModelProto, Graph, list[str]]:
     """File -> static batch-1 ONNX -> canonical IR -> after the passes (and the rewrites that fired)."""
+    return _front_end(model_path, registry, input_shape)[:3]
+
+
+def _front_end(model_path: Path, registry: Registry, input_shape: tuple[int, ...] | None
+               ) -> tuple[onnx.ModelProto, Graph, list[str], onnx.ModelProto | None]:
+    """front_end, and a quantized file as read (None for a float model)."""
     loaded = read_model(model_path, input_shape)  # frontends: file -> static, batch-1 float ONNX (+ a
     model, file_quant = loaded.model, loaded.file_quant  # quantized file's own quantization)
     graph = import_onnx(model, registry, str(model_path), file_quant)  # importer: ONNX -> canonical IR
@@ -283,7 +290,7 @@ def front_end(model_path: Path, registry: Registry,
     _check_finite_constants(graph, str(model_path))
     rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower
     check_graph(graph, "the passes")
-    return model, graph, rewrites
+    return model, graph, rewrites, loaded.file_model
 
 
 def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree) -> tuple[MemoryPlan, list[Step]]:
