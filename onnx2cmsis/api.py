@@ -24,7 +24,7 @@ from onnx2cmsis.codegen.stream import stream_parts, stream_spec
 from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input_arrays
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import read_model
-from onnx2cmsis.importer.from_onnx import import_onnx
+from onnx2cmsis.importer.from_onnx import import_onnx, with_internal_values
 from onnx2cmsis.frontends.qdq import saturating_float_model
 from onnx2cmsis.ir.check import check_graph
 from onnx2cmsis.ir.graph import Graph
@@ -286,6 +286,7 @@ def _front_end(model_path: Path, registry: Registry, input_shape: tuple[int, ...
     graph = import_onnx(model, registry, str(model_path), file_quant)  # importer: ONNX -> canonical IR
     if file_quant is not None:  # the float reference: the file's model without rounding, saturating as it does
         model = saturating_float_model(model, file_quant)
+    model = with_internal_values(model, registry)  # values inside ops that calibration ranges (an LSTM's cell)
     check_graph(graph, "import")
     _check_finite_constants(graph, str(model_path))
     rewrites = run_passes(graph, registry)  # passes: fold, fuse, lower

@@ -96,7 +96,7 @@ def test_grouped_conv_is_native_at_level_7_and_block_diagonal_before(tmp_path, n
 
 
 def _patched_snapshot(tmp_path: Path, upscale: bool, groups: bool, lanes16: bool, sums: bool,
-                      per_channel_fc: bool, bias_struct: bool, transpose_wrapper: bool) -> Path:
+                      per_channel_fc: bool, bias_struct: bool, transpose_wrapper: bool, lstm: bool) -> Path:
     """The snapshot's header and buffer-size source with some of level 7's capabilities written in, as
     CMSIS-NN's own changes wrote them (v6.0.0: groups, 16 lanes and the new kernel sums; v7.0.0: upscale_dims)."""
     snap = fetch_snapshot()
@@ -122,10 +122,14 @@ def _patched_snapshot(tmp_path: Path, upscale: bool, groups: bool, lanes16: bool
     if transpose_wrapper:
         header += ("\narm_cmsis_nn_status arm_transpose_conv_wrapper_s8(const cmsis_nn_context *ctx, "
                    "const int8_t *input_data);\n")
+    if lstm:
+        header += ("\narm_cmsis_nn_status arm_lstm_unidirectional_s8(const int8_t *input, int8_t *output, "
+                   "const cmsis_nn_lstm_params *params, cmsis_nn_lstm_context *buffers);\n")
     sizes = (snap / "Source" / "ConvolutionFunctions" / "arm_convolve_get_buffer_sizes_s8.c").read_text()
     if lanes16:
         sizes = sizes.replace("col_length = (col_length + 7) / 8;", "col_length = (col_length + 15) / 16;")
-    tree = tmp_path / f"tree{int(upscale)}{int(groups)}{int(lanes16)}{int(sums)}{int(per_channel_fc)}{int(bias_struct)}{int(transpose_wrapper)}"
+    flags = (upscale, groups, lanes16, sums, per_channel_fc, bias_struct, transpose_wrapper, lstm)
+    tree = tmp_path / f"tree{''.join(str(int(f)) for f in flags)}"
     (tree / "Include").mkdir(parents=True)
     (tree / "Source" / "ConvolutionFunctions").mkdir(parents=True)
     (tree / "Include" / "arm_nnfunctions.h").write_text(header)
@@ -143,9 +147,9 @@ def test_each_capability_is_read_from_the_tree(tmp_path):
         flags = [j == i for j in range(len(names))]
         found = detect_capabilities(_patched_snapshot(tmp_path, *flags))
         assert {k for k in names if found[k] != SNAPSHOT_API.capabilities()[k]} == {name}, (name, found)
-    assert detect_api(_patched_snapshot(tmp_path, True, True, True, True, True, True, True)) == LEVEL_7
+    assert detect_api(_patched_snapshot(tmp_path, True, True, True, True, True, True, True, True)) == LEVEL_7
     with pytest.raises(ToolchainError, match=r"CMSIS-NN v6\.0\.0 .*use CMSIS-NN v7\.0\.0 or later"):
-        detect_api(_patched_snapshot(tmp_path, False, True, True, True, False, False, False))
+        detect_api(_patched_snapshot(tmp_path, False, True, True, True, False, False, False, False))
 
 
 def test_level_7_trees_detected():

@@ -160,6 +160,7 @@ def detect_capabilities(root: Path) -> dict[str, bool | int]:
         "fc_per_channel": re.search(r"arm_cmsis_nn_status\s+arm_fully_connected_per_channel_s8\s*\(", header) is not None,
         "conv_s16_bias_struct": bool((s16 := _CONV_S16_RE.search(header)) and "cmsis_nn_bias_data" in s16.group(1)),
         "transpose_conv_wrapper": re.search(r"arm_cmsis_nn_status\s+arm_transpose_conv_wrapper_s8\s*\(", header) is not None,
+        "lstm_s8": re.search(r"arm_cmsis_nn_status\s+arm_lstm_unidirectional_s8\s*\(", header) is not None,
     }
 
 

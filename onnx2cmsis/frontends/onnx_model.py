@@ -14,6 +14,7 @@ import onnx
 from onnx import external_data_helper, shape_inference, version_converter
 
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, count
+from onnx2cmsis.frontends.selection_folding import fold_selected_concats
 from onnx2cmsis.frontends.shape_folding import fold_shape_subgraphs
 
 MIN_OPSET = 13
@@ -47,7 +48,8 @@ def read_onnx(path: Path) -> onnx.ModelProto:
 
 def normalize(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
     """What every model goes through, whichever frontend made it: opset upgrade, canonical node order,
-    batch 1, static shapes inferred, shape computations folded (frontends/shape_folding.py).
+    batch 1, static shapes inferred, shape computations folded (frontends/shape_folding.py), constant
+    selections from a Concat taken from the input they select (frontends/selection_folding.py).
     `input_shape` (without the batch) fixes dynamic dimensions."""
     if not model.graph.node:
         raise ConversionError("not an ONNX model (the graph has no nodes)", where)
@@ -57,7 +59,7 @@ def normalize(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] |
         if folded is model:
             break
         model = folded
-    return model
+    return fold_selected_concats(model, value_shapes(model))
 
 
 def _load_confined_external_data(model: onnx.ModelProto, folder: Path, where: str) -> None:

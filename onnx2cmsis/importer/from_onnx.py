@@ -73,6 +73,10 @@ class GraphBuilder:
         self.layout_nodes: list[tuple[Node, tuple[str, ...]]] = []
         self.layer_of = layer_of_node(model)  # a Keras layer's name for each of its nodes
         self.user_layers = set(self.layer_of.values()) if self.layer_of else None
+        self.read_values = {v for n in model.graph.node for v in n.input} | {o.name for o in model.graph.output}
+
+    def is_read(self, value: str) -> bool:
+        return value in self.read_values
 
     # --- ImportContext: shapes and constants
     def full_shape(self, value: str) -> tuple[int, ...]:
@@ -264,6 +268,24 @@ def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[str]:
             op = proto.op_type if proto.domain in ("", "ai.onnx") else f"{proto.domain}.{proto.op_type}"
             gaps.append(f"node '{proto.name or f'{proto.op_type}_{i}'}' ({op})")
     return gaps
+
+
+def with_internal_values(model: onnx.ModelProto, registry: Registry) -> onnx.ModelProto:
+    """The float model with the nodes computing values inside its ops (each handler's
+    `float_internals`, e.g. an LSTM's cell state at every step) added beside them: what calibration
+    runs. The model itself when no op has any."""
+    extra = []
+    for proto in model.graph.node:
+        handler = registry.by_onnx_op.get(proto.op_type) if proto.domain in ("", "ai.onnx") else None
+        if handler is not None:
+            extra += handler.float_internals(OnnxNodeView(proto.name, proto.op_type, list(proto.input),
+                                                          list(proto.output), _attrs(proto)))
+    if not extra:
+        return model
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    augmented.graph.node.extend(extra)
+    return augmented
 
 
 def import_onnx(model: onnx.ModelProto, registry: Registry, source: str,

@@ -28,6 +28,10 @@ class Node:
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     qparams: dict[str, Any] = field(default_factory=dict)
     origin: str = ""  # the model op type(s) this node stands for, for reports
+    # Model values inside the op whose float ranges its quantization needs (an LSTM's cell state at
+    # every step): computed beside it in the float model calibration runs (its handler's
+    # `float_internals`), calibrated like any model value.
+    internal_values: tuple[str, ...] = ()
 
     @property
     def output(self) -> str:

@@ -17,6 +17,7 @@ Facts (read from the trees: the PyPI snapshot of January 2024, v6.0.0, v7.0.0 an
 | `arm_fully_connected_per_channel_s8` exists | no | no | yes |
 | `arm_convolve_wrapper_s16` takes its bias as `cmsis_nn_bias_data` (else `int64_t *`); its MVE im2col needs scratch | no | ? | yes |
 | `arm_transpose_conv_wrapper_s8` exists, and with it `arm_transpose_conv_s8`'s row-buffer algorithm (the snapshot's is another, with another scratch contract) | no | ? | yes |
+| `arm_lstm_unidirectional_s8` exists (TFLite-Micro's integer LSTM; the snapshot has only the older `arm_lstm_unidirectional_s16_s8`) | no | ? | yes |
 
 v6.0.0 is a generation of its own (new grouped conv and kernel sums, old conv prototype); it is
 detected and refused rather than supported, since no v6.0.0 tree is tested here.
@@ -44,6 +45,7 @@ class CmsisApi:
     # arm_transpose_conv_wrapper_s8 exists; arm_transpose_conv_s8 keeps a row buffer of
     # ((W_in - 1) * stride + max(K, stride)) * C_out int32 in ctx and ignores output_ctx
     transpose_conv_wrapper: bool
+    lstm_s8: bool  # arm_lstm_unidirectional_s8 (int8 in and out, int16 gates and cell) exists
     # A C preprocessor condition, true only for trees of this level once arm_nnsupportfunctions.h is
     # included: the generated .c stops with #error when it is false.
     c_probe: str
@@ -52,7 +54,7 @@ class CmsisApi:
         return {"conv_upscale_dims": self.conv_upscale_dims, "conv_native_groups": self.conv_native_groups,
                 "mve_im2col_lanes": self.mve_im2col_lanes, "fc_kernel_sums_with_bias": self.fc_kernel_sums_with_bias,
                 "fc_per_channel": self.fc_per_channel, "conv_s16_bias_struct": self.conv_s16_bias_struct,
-                "transpose_conv_wrapper": self.transpose_conv_wrapper}
+                "transpose_conv_wrapper": self.transpose_conv_wrapper, "lstm_s8": self.lstm_s8}
 
 
 # REVERSE_TCOL_EFFICIENT_THRESHOLD is defined in v7.0.0 and main only; MAX_COL_COUNT from v6.0.0 on;
@@ -61,13 +63,13 @@ class CmsisApi:
 LEVEL_7 = CmsisApi(
     level="7", versions="CMSIS-NN v7.0.0 or later (v7.0.0, main)",
     conv_upscale_dims=True, conv_native_groups=True, mve_im2col_lanes=16, fc_kernel_sums_with_bias=True,
-    fc_per_channel=True, conv_s16_bias_struct=True, transpose_conv_wrapper=True,
+    fc_per_channel=True, conv_s16_bias_struct=True, transpose_conv_wrapper=True, lstm_s8=True,
     c_probe="defined(REVERSE_TCOL_EFFICIENT_THRESHOLD)",
 )
 LEVEL_2024_01 = CmsisApi(
     level="2024.01", versions="the January 2024 CMSIS-NN snapshot (PyPI aidge-export-arm-cortexm 0.2.1)",
     conv_upscale_dims=False, conv_native_groups=False, mve_im2col_lanes=8, fc_kernel_sums_with_bias=False,
-    fc_per_channel=False, conv_s16_bias_struct=False, transpose_conv_wrapper=False,
+    fc_per_channel=False, conv_s16_bias_struct=False, transpose_conv_wrapper=False, lstm_s8=False,
     c_probe="defined(ARM_NNSUPPORTFUNCTIONS_H) && !defined(MAX_COL_COUNT)",
 )
 API_LEVELS: dict[str, CmsisApi] = {api.level: api for api in (LEVEL_2024_01, LEVEL_7)}

@@ -62,6 +62,9 @@ class ImportContext(Protocol):
     def const(self, value: str) -> np.ndarray | None:
         """The value as a float/int array when it is a constant, else None."""
 
+    def is_read(self, value: str) -> bool:
+        """Whether a model node or output reads the value (an optional output may go unused)."""
+
     def const_quant(self, value: str) -> ConstQuant | None:
         """How the model file quantized a constant (a QDQ model's weights and biases; `const` gives its
         float value), else None."""
@@ -244,6 +247,12 @@ class OpHandler:
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         raise UnsupportedOpError(f"operator {node.op_type} is not supported", node.where)
+
+    def float_internals(self, node: OnnxNodeView) -> list[Any]:
+        """ONNX nodes (NodeProto) computing, from the node's own inputs, the float values inside the op
+        its IR node lists in `internal_values` (an LSTM's cell state at every step): added beside it to
+        the float model calibration runs, never imported. Default: none."""
+        return []
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """Data movement: ONNX ops that only rearrange elements, and the IR copies layout changes become.
 
 `MovementHandler` imports Reshape/Flatten/Squeeze/Unsqueeze/Identity/Dropout/Transpose/Tile/Slice/
-Split/Expand without emitting anything: it applies the op, with numpy, to the value's index array
+Split/Expand/Gather (constant indices) without emitting anything: it applies the op, with numpy, to the value's index array
 (or folds it when the input is a constant). The importer materializes a layout only where a compute
 op consumes it (ir/layout.py), as one of: a view, a transpose (ops/layout.py), a nearest upsampling
 (ops/resize.py), a crop along time (`slice1d`) or, for any other arrangement, a `gather` through an
@@ -84,7 +84,7 @@ class MovementHandler(OpHandler):
 
     op = "movement"
     onnx_ops = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose", "Tile", "Slice",
-                "Split", "Expand")
+                "Split", "Expand", "Gather")
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         op = node.op_type
@@ -104,6 +104,12 @@ class MovementHandler(OpHandler):
             fn = lambda x: np.broadcast_to(x, shape).copy()
         elif op == "Slice":
             fn = _slice_fn(node, ctx)
+        elif op == "Gather":  # constant indices (e.g. a sequence's last step): a selection
+            indices = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
+            if indices is None:
+                raise UnsupportedOpError("Gather with computed indices is not supported", node.where)
+            axis = int(node.attr("axis", 0))
+            fn = lambda x: np.take(x, indices.astype(np.int64), axis=axis)
         else:
             fn = _split_fn(node, ctx)
         outputs = [o for o in node.outputs[:1]] if op != "Split" else list(node.outputs)

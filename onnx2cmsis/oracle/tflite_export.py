@@ -64,6 +64,7 @@ def run_tflite_micro(tflite: bytes, inputs, arena_size: int = 1 << 20) -> np.nda
     outputs = _count(interp.get_output_details)
     rows = []
     for x in inputs:
+        interp.reset()  # each sample from zero recurrent state: TFLite-Micro keeps LSTM state across invoke()
         _set_inputs(interp, x)
         interp.invoke()
         rows.append(np.concatenate([np.array(interp.get_output(k)).reshape(-1) for k in range(outputs)]))

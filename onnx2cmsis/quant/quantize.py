@@ -16,7 +16,8 @@ from onnx2cmsis.data.samples import MultiSamples, Sample, input_arrays, sample_i
 
 def calibration_values(graph: Graph) -> list[str]:
     """The model values whose float ranges quantization needs."""
-    return sorted({t.calib_name for t in graph.tensors.values() if t.calib_name})
+    return sorted({t.calib_name for t in graph.tensors.values() if t.calib_name} |
+                  {v for n in graph.nodes for v in n.internal_values})
 
 
 def quantize_graph(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],

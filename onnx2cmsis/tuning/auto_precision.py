@@ -208,7 +208,9 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     n = len(graph.nodes)
     leader = _leaders(graph, registry)
     measure = _Measure(graph, registry, ranges, x, want, api, labels, leader)
-    units = sorted(set(leader))
+    # a layer whose handler computes int8 only (an LSTM) stays int8 in every candidate
+    int8_only = {leader[i] for i, node in enumerate(graph.nodes) if 16 not in registry.for_op(node.op).activation_bits}
+    units = sorted(set(leader) - int8_only)
 
     def widths(int16_units: set[int]) -> list[int]:
         return [16 if leader[i] in int16_units else 8 for i in range(n)]
@@ -284,7 +286,7 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
         if again.bits == chosen.bits:
             break
         chosen, expected = again, check(again)
-    sensitivity = [round(loss[leader[i]], 2) if leader[i] == i else None for i in range(n)]
+    sensitivity = [round(loss[leader[i]], 2) if leader[i] == i and i in loss else None for i in range(n)]
     for node, db in zip(graph.nodes, sensitivity):
         if db is not None:
             node.attrs["int8_loss_db"] = db  # reported per layer (report.layer_entries)

@@ -1,0 +1,211 @@
+"""LSTM (ONNX LSTM: PyTorch nn.LSTM's export) -> arm_lstm_unidirectional_s8, TFLite's integer LSTM.
+
+Quantized as TFLite-Micro's UNIDIRECTIONAL_SEQUENCE_LSTM (arith/lstm.py): int8 input, output and
+per-gate weights, int16 gates and a cell state at a power-of-two scale from its calibrated range over
+every step (ops/lstm_float.py computes it beside the LSTM in the calibration model). The output is the
+hidden state at every step, (T, H); a model reading only the last step (Y_h, or Y's last row) reads
+that row of it. The cell state and the two gate buffers are the kernel's scratch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnx2cmsis.arith.lstm import (
+    GATES,
+    cell_scale_power,
+    effective_bias,
+    lstm_multipliers,
+    lstm_s8,
+    quantized_cell_clip,
+    recurrent_effective_bias,
+)
+from onnx2cmsis.arith.rules import quantize_bias, quantize_weights, symmetric_weight_scales
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
+from onnx2cmsis.ops.lstm_float import cell_state_nodes, cell_states_value
+
+ONNX_GATE_ROWS = {"input": 0, "output": 1, "forget": 2, "cell": 3}  # ONNX W/R/B blocks: i, o, f, c
+DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
+    """What in the node TFLite's LSTM cannot compute (all at once)."""
+    problems = []
+    direction = _text(node.attr("direction", "forward"))
+    if direction != "forward":
+        problems.append(f"direction '{direction}' (only forward LSTMs convert so far)")
+    activations = [_text(a) for a in node.attr("activations", DEFAULT_ACTIVATIONS)]
+    if activations != DEFAULT_ACTIVATIONS:
+        problems.append(f"activations {activations} (TFLite's LSTM computes {DEFAULT_ACTIVATIONS})")
+    if node.attr("clip") is not None:
+        problems.append("clip (ONNX clips the gate inputs; TFLite clips the cell state)")
+    if int(node.attr("input_forget", 0)):
+        problems.append("input_forget=1 (coupled input and forget gates)")
+    if len(node.inputs) > 7 and node.inputs[7]:
+        problems.append("peephole weights P")
+    for i in (1, 2):
+        if ctx.const(node.inputs[i]) is None:
+            problems.append(f"computed weights '{node.inputs[i]}'")
+    if len(node.inputs) > 3 and node.inputs[3] and ctx.const(node.inputs[3]) is None:
+        problems.append(f"a computed bias '{node.inputs[3]}'")
+    for i, what in ((5, "initial_h"), (6, "initial_c")):
+        if len(node.inputs) > i and node.inputs[i]:
+            state = ctx.const(node.inputs[i])
+            if state is None or np.any(state != 0):
+                problems.append(f"a non-zero {what} (states start at zero)")
+    if len(node.outputs) > 2 and node.outputs[2] and ctx.is_read(node.outputs[2]):
+        problems.append("its last cell state Y_c read by the model")
+    return problems
+
+
+class LstmHandler(OpHandler):
+    op = "lstm"
+    onnx_ops = ("LSTM",)
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        problems = _lstm_problems(node, ctx)
+        layout = int(node.attr("layout", 0))
+        full = ctx.full_shape(node.inputs[0])
+        if len(full) != 3 or full[1 - layout] != 1:
+            problems.append(f"input of shape {list(full)} (one sequence at a time: batch 1)")
+        if problems:
+            raise UnsupportedOpError(f"LSTM with {'; '.join(problems)} is not supported", node.where)
+        steps, features = full[layout], full[2]
+        hidden = int(node.attr("hidden_size"))
+        lens = ctx.const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else None
+        if lens is not None and np.any(lens != steps):
+            raise UnsupportedOpError(f"LSTM with sequence_lens {lens.tolist()} shorter than its {steps} steps is not "
+                                     "supported", node.where)
+        w = ctx.const(node.inputs[1]).reshape(4, hidden, features)
+        r = ctx.const(node.inputs[2]).reshape(4, hidden, hidden)
+        b = (ctx.const(node.inputs[3]).reshape(2, 4, hidden).sum(axis=0) if len(node.inputs) > 3 and node.inputs[3]
+             else np.zeros((4, hidden)))
+        order = [ONNX_GATE_ROWS[g] for g in GATES]
+        x = ctx.tensor(node.inputs[0], (0, 2) if layout == 0 else (1, 2), batched=False)
+        y_value = node.outputs[0] if node.outputs[0] else f"{node.name}__sequence"
+        y = ctx.tensor(y_value, (0, 3) if layout == 0 else (1, 3), batched=False)
+        cells = cell_states_value(y_value)
+        ctx.add_node(Node(node.name, self.op, [x], [y],
+                          attrs={"hidden": hidden, "cell_value": cells},
+                          consts={"weight": np.ascontiguousarray(w[order], np.float32),
+                                  "recurrent": np.ascontiguousarray(r[order], np.float32),
+                                  "bias": np.ascontiguousarray(b[order], np.float32)},
+                          origin="LSTM", internal_values=(cells,)))
+        if len(node.outputs) > 1 and node.outputs[1] and ctx.is_read(node.outputs[1]):  # Y_h: the last step's hidden state, a row of Y
+            last = (lambda a: [a[0][-1]]) if layout == 0 else (lambda a: [a[0][:, -1]])
+            ctx.move([node.outputs[1]], [y_value], last)
+
+    def float_internals(self, node: OnnxNodeView) -> list[onnx.NodeProto]:
+        y_value = node.outputs[0] if node.outputs[0] else f"{node.name}__sequence"
+        return cell_state_nodes(list(node.inputs[:4]), y_value, int(node.attr("hidden_size")),
+                                int(node.attr("layout", 0)))
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [(input_shapes[0][0], node.attrs["hidden"])]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        q_in = graph.tensors[node.inputs[0]].quant
+        out = graph.tensors[node.output]
+        if out.quant is None:
+            out.quant = calibrated_quant(graph, node.output, ranges)
+        lo, hi = ranges[node.attrs["cell_value"]]
+        p = cell_scale_power(max(-lo, hi))
+        w, r, b = node.consts["weight"], node.consts["recurrent"], node.consts["bias"]
+        s_w = np.array([symmetric_weight_scales(w[g], None)[0] for g in range(4)], np.float32)
+        s_r = np.array([symmetric_weight_scales(r[g], None)[0] for g in range(4)], np.float32)
+        wq = np.stack([quantize_weights(w[g], s_w[g:g + 1], None) for g in range(4)])
+        rq = np.stack([quantize_weights(r[g], s_r[g:g + 1], None) for g in range(4)])
+        bias = np.stack([quantize_bias(b[g], q_in.scale, s_w[g:g + 1], node.where) for g in range(4)])
+        node.qparams = {
+            "weight": wq, "recurrent": rq, "bias": bias, "weight_scales": s_w, "recurrent_scales": s_r,
+            "effective_bias": effective_bias(bias, wq, q_in.zero_point),
+            "recurrent_bias": recurrent_effective_bias(rq, out.quant.zero_point),
+            "multipliers": lstm_multipliers(q_in.scale, out.quant.scale, s_w, s_r, p),
+            "cell_power": p, "cell_clip": quantized_cell_clip(0.0, p),
+        }
+
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        qp = node.qparams
+        zp_h = graph.tensors[node.output].quant.zero_point
+        return [lstm_s8(inputs[0], qp["weight"], qp["recurrent"], qp["effective_bias"], qp["multipliers"],
+                        qp["cell_power"], qp["cell_clip"], zp_h)]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        if not graph.cmsis_api.lstm_s8:
+            raise UnsupportedOpError(f"the LSTM needs arm_lstm_unidirectional_s8, which CMSIS-NN API level "
+                                     f"{graph.cmsis_api.level} ({graph.cmsis_api.versions}) lacks: convert for level 7 "
+                                     "(CMSIS-NN v7.0.0 or later)", node.where)
+        qp = node.qparams
+        q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
+        steps, features = graph.tensors[node.inputs[0]].shape
+        hidden = node.attrs["hidden"]
+        m = qp["multipliers"]
+        arrays = []
+        for g, gate in enumerate(GATES):
+            arrays += [
+                CArray(f"{gate}_weights", "int8_t", qp["weight"][g], f"[{hidden}][{features}] input to {gate} gate"),
+                CArray(f"{gate}_recurrent", "int8_t", qp["recurrent"][g], f"[{hidden}][{hidden}] hidden to {gate} gate"),
+                CArray(f"{gate}_bias", "int32_t", qp["effective_bias"][g],
+                       f"{gate} gate bias less input zero point x row sums"),
+                CArray(f"{gate}_recurrent_bias", "int32_t", qp["recurrent_bias"][g],
+                       "-(output zero point) x recurrent row sums"),
+            ]
+        gates = {gate: {"input": m.input_parts[g], "recurrent": m.recurrent_parts[g],
+                        "activation": "ARM_TANH" if gate == "cell" else "ARM_SIGMOID"}
+                 for g, gate in enumerate(GATES)}
+        return KernelCall(
+            template="lstm.c.j2",
+            kernel="arm_lstm_unidirectional_s8",
+            context={"steps": steps, "features": features, "hidden": hidden, "input_offset": -q_in.zero_point,
+                     "output_offset": q_out.zero_point, "forget_cell": m.forget_cell, "input_cell": m.input_cell,
+                     "hidden_mult": m.hidden, "cell_clip": qp["cell_clip"], "cell_power": qp["cell_power"],
+                     "gates": gates, "state_bytes": 2 * hidden},
+            arrays=arrays,
+            functions=["arm_lstm_unidirectional_s8"],
+            scratch_bytes=3 * 2 * hidden,  # the cell state and two int16 gate buffers
+            macs=steps * 4 * hidden * (features + hidden),
+        )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        fb, me, qp = ex.fb, ex.me, node.qparams
+        q_in, q_out = ex.graph.tensors[node.inputs[0]].quant, ex.graph.tensors[node.output].quant
+        steps, features = ex.graph.tensors[node.inputs[0]].shape
+        hidden = node.attrs["hidden"]
+
+        def weights(values: np.ndarray, scale: float, name: str):
+            return ex.const(values, fb.TensorType.INT8, name, me.Quantization(scales=[float(scale)], zero_points=[0]))
+
+        x = me.Tensor(shape=[1, steps, features], dtype=fb.TensorType.INT8, quantization=ex.activation(node.inputs[0]).quantization,
+                      name=f"{node.output}_in3d")
+        ex.reshape(ex.activation(node.inputs[0]), x)
+        y = me.Tensor(shape=[1, steps, hidden], dtype=fb.TensorType.INT8, quantization=ex.activation(node.output).quantization,
+                      name=f"{node.output}_out3d")
+        inputs = [x]
+        inputs += [weights(qp["weight"][g], qp["weight_scales"][g], f"{node.output}_w{g}") for g in range(4)]
+        inputs += [weights(qp["recurrent"][g], qp["recurrent_scales"][g], f"{node.output}_r{g}") for g in range(4)]
+        inputs += [None, None, None]  # no peepholes
+        inputs += [ex.const(qp["bias"][g], fb.TensorType.INT32, f"{node.output}_b{g}",
+                            me.Quantization(scales=[float(np.float32(q_in.scale) * np.float64(qp["weight_scales"][g]))],
+                                            zero_points=[0])) for g in range(4)]
+        inputs += [None, None]  # no projection
+        hidden_state = me.Tensor(shape=[1, hidden], dtype=fb.TensorType.INT8,
+                                 quantization=me.Quantization(scales=[q_out.scale], zero_points=[q_out.zero_point]),
+                                 name=f"{node.output}_hidden_state")
+        cell_state = me.Tensor(shape=[1, hidden], dtype=fb.TensorType.INT16,
+                               quantization=me.Quantization(scales=[2.0 ** qp["cell_power"]], zero_points=[0]),
+                               name=f"{node.output}_cell_state")
+        hidden_state.is_variable = cell_state.is_variable = True
+        inputs += [hidden_state, cell_state, None, None, None, None]
+        opts = fb.UnidirectionalSequenceLSTMOptionsT()
+        opts.fusedActivationFunction = fb.ActivationFunctionType.TANH
+        opts.cellClip, opts.projClip, opts.timeMajor = 0.0, 0.0, False
+        ex.op(fb.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM, inputs, [y],
+              fb.BuiltinOptions.UnidirectionalSequenceLSTMOptions, opts)
+        ex.reshape(y, ex.activation(node.output))

@@ -1,0 +1,158 @@
+"""LSTM layers (issue 34): PyTorch CNN-LSTMs as ONNX LSTM nodes -> arm_lstm_unidirectional_s8.
+
+The fixtures (tests/lstm_models/make_lstm.py) are trained on the four-tone signals; the integer LSTM
+is checked against tflite-micro running our export of the same quantization as TFLite's
+UNIDIRECTIONAL_SEQUENCE_LSTM (the independent oracle), on the host and on QEMU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.arith.lstm import cell_scale_power
+from onnx2cmsis.drivers.evaluate import evaluate
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
+from onnx2cmsis.quant.calibrate import run_float
+from onnx2cmsis.targets.qemu import build_firmware, run_firmware
+from onnx2cmsis.drivers.evaluate import quantize_inputs
+from onnx2cmsis.ops.lstm_float import cell_states_value
+from tests.keras_models.data import signals
+from tests.needs import level_7_tree, qemu_tools
+
+HERE = Path(__file__).resolve().parent / "lstm_models"
+MODELS = {stem: HERE / f"{stem}.onnx" for stem in ("torch_cnn_lstm", "torch_cnn_lstm_dynamo", "torch_lstm_stack")}
+STEPS, CHANNELS = 64, 3
+
+
+def _signals(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = signals(n, STEPS, CHANNELS, seed=seed)  # training used seeds 1 and 2, held-out checks 101 and 102
+    return np.ascontiguousarray(x.transpose(0, 2, 1)), y
+
+
+CALIBRATION = _signals(64, seed=30)[0]
+
+
+@pytest.fixture(scope="module")
+def conversions():
+    if not locate_cmsis_nn().api.lstm_s8:
+        pytest.skip("not reached: test_lstm_models_at_every_level checks the refusal")
+    return {stem: convert(path, CALIBRATION, name=stem) for stem, path in MODELS.items()}
+
+
+@pytest.mark.level
+@pytest.mark.oracle
+def test_lstm_models_are_bit_exact_with_tflite_micro_and_accurate(tmp_path):
+    """C == reference == tflite-micro on the host (compiled against this level's tree), argmax as the
+    float model's on held-out signals; where the level has no integer LSTM kernel, a one-line refusal."""
+    x, labels = _signals(120, seed=31)
+    if not locate_cmsis_nn().api.lstm_s8:
+        with pytest.raises(UnsupportedOpError, match=r"needs arm_lstm_unidirectional_s8.*level 2024\.01"):
+            convert(MODELS["torch_cnn_lstm"], CALIBRATION, name="m")
+        return
+    for stem, path in MODELS.items():
+        conv = convert(path, CALIBRATION, name=stem)
+        ev, out = evaluate(conv, x, tmp_path / stem)
+        assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, (stem, ev)
+        assert ev.argmax_agreement >= 0.97, (stem, ev)
+        assert {layer["kernel"] for layer in conv.report["layers"] if layer["op"] == "lstm"} == \
+            {"arm_lstm_unidirectional_s8"}
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_lstm_models_give_the_same_bytes_on_qemu(conversions, tmp_path):
+    qemu_tools()
+    x = _signals(4, seed=32)[0]
+    inputs = {name: quantize_inputs(conv, x) for name, conv in conversions.items()}
+    want = {name: conv.references(inputs[name]) for name, conv in conversions.items()}
+    for target in ("m4", "m55"):
+        fw = build_firmware(list(conversions.values()), target, tmp_path / target)
+        got = run_firmware(fw, inputs)
+        for name in conversions:
+            assert np.array_equal(got[name], want[name]), (target, name)
+
+
+def test_the_calibration_scan_gives_the_cell_state_of_a_float_lstm():
+    """The Scan beside each LSTM (ops/lstm_float.py) against an LSTM step written here in numpy from
+    the ONNX definition, on the stacked model's first layer."""
+    conv = convert(MODELS["torch_lstm_stack"], CALIBRATION[:8], name="m", cmsis_nn=level_7_tree(), calibration_method="minmax")
+    lstm = next(n for n in onnx.load(str(MODELS["torch_lstm_stack"])).graph.node if n.op_type == "LSTM")
+    init = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(MODELS["torch_lstm_stack"])).graph.initializer}
+    x_name, cells = lstm.input[0], cell_states_value(lstm.output[0])
+    values = next(run_float(conv.model, [CALIBRATION[0]], [x_name, cells]))
+    w, r, b = init[lstm.input[1]][0], init[lstm.input[2]][0], init[lstm.input[3]][0]
+    hidden = r.shape[1]
+    h, c, want = np.zeros(hidden), np.zeros(hidden), []
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    for x_t in values[x_name].reshape(-1, w.shape[1]).astype(np.float64):
+        g = w @ x_t + r @ h + b[:4 * hidden] + b[4 * hidden:]
+        i, o, f, cell = (g[k * hidden:(k + 1) * hidden] for k in range(4))
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(cell)
+        h = sigmoid(o) * np.tanh(c)
+        want.append(c)
+    np.testing.assert_allclose(values[cells].reshape(len(want), hidden), np.array(want), atol=1e-5)
+    # the layer's cell scale: the power of two whose int16 range holds every step of every sample
+    largest = max(float(np.abs(v[cells]).max()) for v in run_float(conv.model, list(CALIBRATION[:8]), [cells]))
+    node = next(n for n in conv.graph.nodes if n.op == "lstm" and n.attrs["cell_value"] == cells)
+    assert node.qparams["cell_power"] == cell_scale_power(largest)
+    assert 2.0 ** node.qparams["cell_power"] * 32767 >= largest > 2.0 ** node.qparams["cell_power"] * 16383
+
+
+def _lstm_model(tmp_path: Path, **attrs) -> Path:
+    """x (1, 8, 3) -> time first -> LSTM(hidden 4) -> batch first -> y (1, 8, directions, 4), with the
+    given attributes (ONNX Runtime runs only time-first LSTMs, layout 0)."""
+    rng = np.random.default_rng(0)
+    directions = 2 if attrs.get("direction") == "bidirectional" else 1
+    inits = [numpy_helper.from_array(rng.normal(size=(directions, 16, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(directions, 16, 4)).astype(np.float32), "R")]
+    nodes = [helper.make_node("Transpose", ["x"], ["x_t"], name="time_first", perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["x_t", "W", "R"], ["y_t"], name="rnn", hidden_size=4, **attrs),
+             helper.make_node("Transpose", ["y_t"], ["y"], name="batch_first", perm=[2, 0, 1, 3])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, directions, 4])], inits)
+    path = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    return path
+
+
+def test_lstms_tflite_cannot_compute_are_refused_naming_the_node_and_every_reason(tmp_path):
+    path = _lstm_model(tmp_path, direction="reverse", activations=["Sigmoid", "Relu", "Tanh"], clip=3.0)
+    calib = np.zeros((4, 8, 3), np.float32)
+    with pytest.raises(UnsupportedOpError) as err:
+        convert(path, calib, name="m")
+    message = str(err.value)
+    assert "node 'rnn' (LSTM)" in message
+    for reason in ("direction 'reverse'", "activations", "clip"):
+        assert reason in message, reason
+    with pytest.raises(UnsupportedOpError, match="direction 'bidirectional'"):
+        convert(_lstm_model(tmp_path, direction="bidirectional"), calib, name="m")
+
+
+def test_a_single_lstm_model_converts_and_matches_its_reference_one_sample_at_a_time(tmp_path):
+    """The whole-sequence output of a lone LSTM (hidden state at every step); the batch reference (what
+    verify and the searches run) equals the reference one sample at a time."""
+    path = _lstm_model(tmp_path)
+    x = np.random.default_rng(3).normal(size=(16, 8, 3)).astype(np.float32)
+    conv = convert(path, x, name="m", cmsis_nn=level_7_tree())
+    (node,) = conv.graph.nodes
+    assert node.op == "lstm" and conv.graph.tensors[node.output].shape == (8, 4)
+    codes = quantize_inputs(conv, x)
+    assert np.array_equal(conv.references(codes), np.stack([conv.reference(c) for c in codes]))
+    assert "arm_lstm_unidirectional_s8" in conv.source and "memset(&buffers, 0, sizeof(buffers));" in conv.source
+
+
+def test_per_layer_precision_keeps_the_lstm_int8_and_refuses_int16_naming_it():
+    """`--precision auto` chooses widths for the other layers (the LSTM has no int16 kernel yet);
+    `--precision int16` names the LSTM."""
+    conv = convert(MODELS["torch_cnn_lstm"], CALIBRATION[:32], name="m", cmsis_nn=level_7_tree(), precision="auto",
+                   max_error_db=47.0)
+    bits = {n.op: conv.graph.tensors[n.output].quant.bits for n in conv.graph.nodes}
+    assert bits["lstm"] == 8 and bits["conv1d"] == 16, bits  # 47 dB needs more than int8 (43.8 dB)
+    with pytest.raises(ConversionError, match=r"node '/lstm/LSTM' \(LSTM\): its handler \(lstm\) supports int8"):
+        convert(MODELS["torch_cnn_lstm"], CALIBRATION[:8], name="m", cmsis_nn=level_7_tree(), precision="int16")
