@@ -19,6 +19,7 @@ from onnx2cmsis.drivers.evaluate import evaluate
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
 from onnx2cmsis.quant.calibrate import run_float
+from onnx2cmsis.quant.quantize import dequantized_outputs
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from onnx2cmsis.drivers.evaluate import quantize_inputs
 from onnx2cmsis.ops.lstm_float import cell_states_value
@@ -26,7 +27,8 @@ from tests.keras_models.data import signals
 from tests.needs import level_7_tree, qemu_tools
 
 HERE = Path(__file__).resolve().parent / "lstm_models"
-MODELS = {stem: HERE / f"{stem}.onnx" for stem in ("torch_cnn_lstm", "torch_cnn_lstm_dynamo", "torch_lstm_stack")}
+MODELS = {stem: HERE / f"{stem}.onnx" for stem in ("torch_cnn_lstm", "torch_cnn_lstm_dynamo", "torch_lstm_stack",
+                                                           "torch_bilstm")}
 STEPS, CHANNELS = 64, 3
 
 
@@ -122,16 +124,33 @@ def _lstm_model(tmp_path: Path, **attrs) -> Path:
 
 
 def test_lstms_tflite_cannot_compute_are_refused_naming_the_node_and_every_reason(tmp_path):
-    path = _lstm_model(tmp_path, direction="reverse", activations=["Sigmoid", "Relu", "Tanh"], clip=3.0)
+    path = _lstm_model(tmp_path, activations=["Sigmoid", "Relu", "Tanh"], clip=3.0, input_forget=1)
     calib = np.zeros((4, 8, 3), np.float32)
     with pytest.raises(UnsupportedOpError) as err:
         convert(path, calib, name="m")
     message = str(err.value)
-    assert "node 'rnn' (LSTM)" in message
-    for reason in ("direction 'reverse'", "activations", "clip"):
+    assert "node 'rnn' (LSTM)" in message and "\n" not in message
+    for reason in ("activations", "clip", "input_forget"):
         assert reason in message, reason
-    with pytest.raises(UnsupportedOpError, match="direction 'bidirectional'"):
-        convert(_lstm_model(tmp_path, direction="bidirectional"), calib, name="m")
+
+
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+def test_backward_lstms_run_forward_over_the_reversed_sequence(tmp_path, direction):
+    """A backward direction is the forward kernel between two time reversals (TFLite's REVERSE_V2);
+    both directions of a bidirectional LSTM side by side at each step, in one concat."""
+    x = np.random.default_rng(3).normal(size=(16, 8, 3)).astype(np.float32)
+    conv = convert(_lstm_model(tmp_path, direction=direction), x, name="m", cmsis_nn=level_7_tree())
+    ops = [n.op for n in conv.graph.nodes if n.op != "reshape"]
+    assert ops == (["gather", "lstm", "gather"] if direction == "reverse" else
+                   ["gather", "lstm", "gather", "lstm", "concat"]), ops
+    lstms = [n for n in conv.graph.nodes if n.op == "lstm"]
+    assert len({n.attrs["cell_value"] for n in lstms}) == len(lstms)  # each direction its own cell range
+    codes = quantize_inputs(conv, x)
+    assert np.array_equal(conv.references(codes), np.stack([conv.reference(c) for c in codes]))
+    # and it is the model's LSTM: within int8's error of ONNX Runtime running the float model
+    want = np.stack([v["y"].reshape(-1) for v in run_float(conv.model, list(x))]).astype(np.float64)
+    got = dequantized_outputs(conv.graph, conv.registry, x).reshape(len(x), -1)
+    assert 10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2)) > 30
 
 
 def test_a_single_lstm_model_converts_and_matches_its_reference_one_sample_at_a_time(tmp_path):

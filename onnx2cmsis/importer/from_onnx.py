@@ -138,6 +138,14 @@ class GraphBuilder:
         self.tensors[name] = Tensor(name, tuple(shape), calib_name=calib_name)
         return name
 
+    def bind(self, value: str, tensor: str, axes: tuple[int, ...]) -> None:
+        full = self.full_shape(value)
+        physical, index = arrangement(full, tuple(axes))
+        if int(np.prod(physical)) != int(np.prod(self.tensors[tensor].shape)) or value in self.bindings:
+            raise ConversionError(f"internal: cannot bind '{value}' {list(full)} to tensor '{tensor}' "
+                                  f"{list(self.tensors[tensor].shape)}", self.where)
+        self.bindings[value] = Binding(tensor, index)
+
     def add_node(self, node: Node) -> None:
         if node.op not in self.registry.by_op:
             raise ConversionError(f"internal: a handler made a node of op '{node.op}', which no handler owns",

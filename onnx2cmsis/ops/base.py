@@ -80,6 +80,11 @@ class ImportContext(Protocol):
     def new_tensor(self, shape: tuple[int, ...], hint: str, calib_name: str | None = None) -> str:
         """A fresh intermediate IR tensor: quantized by its producer, or from `calib_name`'s range."""
 
+    def bind(self, value: str, tensor: str, axes: tuple[int, ...]) -> None:
+        """Bind a node output to an IR tensor a handler made (new_tensor) that holds it with its full
+        axes (batch included) in `axes` order, e.g. an LSTM's (T, directions, 1, H) Y to the (T, 2H)
+        concat of its two directions with axes (0, 1, 3)."""
+
     def add_node(self, node: Node) -> None:
         """Append an IR node; its op must be one the registry has a handler for."""
 

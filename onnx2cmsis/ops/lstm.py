@@ -29,6 +29,17 @@ from onnx2cmsis.ops.lstm_float import cell_state_nodes, cell_states_value
 
 ONNX_GATE_ROWS = {"input": 0, "output": 1, "forget": 2, "cell": 3}  # ONNX W/R/B blocks: i, o, f, c
 DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
+DIRECTIONS = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}  # backward, per direction
+
+
+def _time_reversed(ctx: ImportContext, tensor: str, name: str, calib_name: str) -> str:
+    """A copy of a (T, C) tensor with its steps in reverse order (TFLite's REVERSE_V2 along time)."""
+    steps, channels = ctx.physical_shape(tensor)
+    index = (np.arange(steps)[::-1, None] * channels + np.arange(channels)[None, :]).reshape(-1)
+    out = ctx.new_tensor((steps, channels), f"{tensor}_reversed", calib_name=calib_name)
+    ctx.add_node(Node(f"{name}_reverse", "gather", [tensor], [out], attrs={"index": index, "shape": (steps, channels)},
+                      origin="time reversal"))
+    return out
 
 
 def _text(value) -> str:
@@ -39,8 +50,8 @@ def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
     """What in the node TFLite's LSTM cannot compute (all at once)."""
     problems = []
     direction = _text(node.attr("direction", "forward"))
-    if direction != "forward":
-        problems.append(f"direction '{direction}' (only forward LSTMs convert so far)")
+    if direction not in DIRECTIONS:
+        problems.append(f"direction '{direction}'")
     activations = [_text(a) for a in node.attr("activations", DEFAULT_ACTIVATIONS)]
     if activations != DEFAULT_ACTIVATIONS:
         problems.append(f"activations {activations} (TFLite's LSTM computes {DEFAULT_ACTIVATIONS})")
@@ -83,29 +94,48 @@ class LstmHandler(OpHandler):
         if lens is not None and np.any(lens != steps):
             raise UnsupportedOpError(f"LSTM with sequence_lens {lens.tolist()} shorter than its {steps} steps is not "
                                      "supported", node.where)
-        w = ctx.const(node.inputs[1]).reshape(4, hidden, features)
-        r = ctx.const(node.inputs[2]).reshape(4, hidden, hidden)
-        b = (ctx.const(node.inputs[3]).reshape(2, 4, hidden).sum(axis=0) if len(node.inputs) > 3 and node.inputs[3]
-             else np.zeros((4, hidden)))
+        backwards = DIRECTIONS[_text(node.attr("direction", "forward"))]
+        w = ctx.const(node.inputs[1]).reshape(len(backwards), 4, hidden, features)
+        r = ctx.const(node.inputs[2]).reshape(len(backwards), 4, hidden, hidden)
+        b = (ctx.const(node.inputs[3]).reshape(len(backwards), 2, 4, hidden).sum(axis=1)
+             if len(node.inputs) > 3 and node.inputs[3] else np.zeros((len(backwards), 4, hidden)))
         order = [ONNX_GATE_ROWS[g] for g in GATES]
         x = ctx.tensor(node.inputs[0], (0, 2) if layout == 0 else (1, 2), batched=False)
         y_value = node.outputs[0] if node.outputs[0] else f"{node.name}__sequence"
-        y = ctx.tensor(y_value, (0, 3) if layout == 0 else (1, 3), batched=False)
-        cells = cell_states_value(y_value)
-        ctx.add_node(Node(node.name, self.op, [x], [y],
-                          attrs={"hidden": hidden, "cell_value": cells},
-                          consts={"weight": np.ascontiguousarray(w[order], np.float32),
-                                  "recurrent": np.ascontiguousarray(r[order], np.float32),
-                                  "bias": np.ascontiguousarray(b[order], np.float32)},
-                          origin="LSTM", internal_values=(cells,)))
-        if len(node.outputs) > 1 and node.outputs[1] and ctx.is_read(node.outputs[1]):  # Y_h: the last step's hidden state, a row of Y
-            last = (lambda a: [a[0][-1]]) if layout == 0 else (lambda a: [a[0][:, -1]])
+        cells = [cell_states_value(y_value, d) for d in range(len(backwards))]
+        outputs = []
+        for d, backward in enumerate(backwards):
+            name = f"{node.name}_backward" if backward and len(backwards) > 1 else node.name
+            # a backward LSTM is the forward one over the sequence reversed, its outputs put back in order
+            src = _time_reversed(ctx, x, name, node.inputs[0]) if backward else x
+            y = ctx.new_tensor((steps, hidden), f"{y_value}_{'backward' if backward else 'forward'}", calib_name=y_value)
+            ctx.add_node(Node(name, self.op, [src], [y], attrs={"hidden": hidden, "cell_value": cells[d]},
+                              consts={"weight": np.ascontiguousarray(w[d][order], np.float32),
+                                      "recurrent": np.ascontiguousarray(r[d][order], np.float32),
+                                      "bias": np.ascontiguousarray(b[d][order], np.float32)},
+                              origin="LSTM backward" if backward else "LSTM", internal_values=(cells[d],)))
+            outputs.append(_time_reversed(ctx, y, name, y_value) if backward else y)
+        if len(outputs) == 1:
+            y_all = outputs[0]
+        else:  # Y holds both directions side by side at each step: a concat along channels
+            y_all = ctx.new_tensor((steps, 2 * hidden), y_value, calib_name=y_value)
+            ctx.add_node(Node(node.name, "concat", outputs, [y_all], attrs={"kind": "channel"},
+                              origin="LSTM directions"))
+        ctx.bind(y_value, y_all, (0, 1, 3) if layout == 0 else (1, 2, 3))
+        if len(node.outputs) > 1 and node.outputs[1] and ctx.is_read(node.outputs[1]):
+            # Y_h: each direction's last step (a backward one ends at the first), rows of Y
+            ends = [0 if backward else -1 for backward in backwards]
+            if layout == 0:
+                last = lambda a: [np.stack([a[0][t, d] for d, t in enumerate(ends)])]  # noqa: E731
+            else:
+                last = lambda a: [np.stack([a[0][:, t, d] for d, t in enumerate(ends)], axis=1)]  # noqa: E731
             ctx.move([node.outputs[1]], [y_value], last)
 
     def float_internals(self, node: OnnxNodeView) -> list[onnx.NodeProto]:
         y_value = node.outputs[0] if node.outputs[0] else f"{node.name}__sequence"
+        backwards = DIRECTIONS.get(_text(node.attr("direction", "forward")), [False])
         return cell_state_nodes(list(node.inputs[:4]), y_value, int(node.attr("hidden_size")),
-                                int(node.attr("layout", 0)))
+                                int(node.attr("layout", 0)), backwards)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [(input_shapes[0][0], node.attrs["hidden"])]

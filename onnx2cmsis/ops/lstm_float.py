@@ -14,15 +14,22 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def cell_states_value(lstm_output: str) -> str:
-    """The name of the value holding the LSTM's cell state after every step, (T, 1, H)."""
-    return f"{lstm_output}__cell_states"
+def cell_states_value(lstm_output: str, direction: int = 0) -> str:
+    """The name of the value holding one direction's cell state after every step, (T, 1, H)."""
+    return f"{lstm_output}__cell_states" + (f"_{direction}" if direction else "")
 
 
-def cell_state_nodes(inputs: list[str], output: str, hidden: int, layout: int) -> list[onnx.NodeProto]:
-    """Nodes computing cell_states_value(output) from an LSTM node's X, W, R and optional B (forward,
-    ONNX gate order i, o, f, c, default activations, zero initial state)."""
-    prefix = f"{output}__cal"
+def cell_state_nodes(inputs: list[str], output: str, hidden: int, layout: int,
+                     backwards: list[bool]) -> list[onnx.NodeProto]:
+    """Nodes computing cell_states_value(output, d) for each direction d of an LSTM node from its X, W,
+    R and optional B (ONNX gate order i, o, f, c, default activations, zero initial state)."""
+    return [n for d, backward in enumerate(backwards)
+            for n in _direction_nodes(inputs, output, hidden, layout, d, backward)]
+
+
+def _direction_nodes(inputs: list[str], output: str, hidden: int, layout: int, direction: int,
+                     backward: bool) -> list[onnx.NodeProto]:
+    prefix = f"{output}__cal{direction}"
     x, w, r = inputs[:3]
     b = inputs[3] if len(inputs) > 3 and inputs[3] else ""
     h4 = 4 * hidden
@@ -34,18 +41,22 @@ def cell_state_nodes(inputs: list[str], output: str, hidden: int, layout: int) -
     def gate_slice(k: int) -> list[onnx.NodeProto]:
         return [const(f"s{k}", np.array([k * hidden], np.int64)), const(f"e{k}", np.array([(k + 1) * hidden], np.int64))]
 
+    def this_direction(value: str, name: str) -> onnx.NodeProto:  # W[d], R[d] or B[d]
+        return helper.make_node("Gather", [value, f"{prefix}_d"], [f"{prefix}_{name}"], name=f"{prefix}_{name}", axis=0)
+
     outer = [
-        const("w_shape", np.array([h4, -1], np.int64)),
-        helper.make_node("Reshape", [w, f"{prefix}_w_shape"], [f"{prefix}_w"], name=f"{prefix}_w"),
-        helper.make_node("Reshape", [r, f"{prefix}_w_shape"], [f"{prefix}_r"], name=f"{prefix}_r"),
+        const("d", np.array(direction, np.int64)),
+        this_direction(w, "w"),
+        this_direction(r, "r"),
         const("axis1", np.array([1], np.int64)),
         const("zeros", np.zeros((1, hidden), np.float32)),
         *[n for k in range(8) for n in gate_slice(k)],
     ]
     if b:
         outer += [
+            this_direction(b, "b1"),
             const("b_shape", np.array([1, 2 * h4], np.int64)),
-            helper.make_node("Reshape", [b, f"{prefix}_b_shape"], [f"{prefix}_b2"], name=f"{prefix}_b2"),
+            helper.make_node("Reshape", [f"{prefix}_b1", f"{prefix}_b_shape"], [f"{prefix}_b2"], name=f"{prefix}_b2"),
             const("b_lo", np.array([0], np.int64)), const("b_mid", np.array([h4], np.int64)),
             const("b_hi", np.array([2 * h4], np.int64)),
             helper.make_node("Slice", [f"{prefix}_b2", f"{prefix}_b_lo", f"{prefix}_b_mid", f"{prefix}_axis1"],
@@ -83,6 +94,7 @@ def cell_state_nodes(inputs: list[str], output: str, hidden: int, layout: int) -
                              [value("h", [1, hidden]), value("c", [1, hidden]), value("x", [1, None])],
                              [value("h_next", [1, hidden]), value("c_next", [1, hidden]), value("c_step", [1, hidden])])
     scan = helper.make_node("Scan", [f"{p}_zeros", f"{p}_zeros", x],
-                            [f"{p}_h_last", f"{p}_c_last", cell_states_value(output)], name=f"{p}_scan",
-                            body=body, num_scan_inputs=1, scan_input_axes=[0 if layout == 0 else 1])
+                            [f"{p}_h_last", f"{p}_c_last", cell_states_value(output, direction)], name=f"{p}_scan",
+                            body=body, num_scan_inputs=1, scan_input_axes=[0 if layout == 0 else 1],
+                            scan_input_directions=[1 if backward else 0])
     return [*outer, scan]

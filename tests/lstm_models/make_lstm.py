@@ -10,6 +10,11 @@ export them.
 - torch_cnn_lstm_dynamo.onnx: the same trained module through the dynamo exporter.
 - torch_lstm_stack.onnx: Conv1d + ReLU, then a two-layer LSTM(16, 20) with batch_first=False whose
   last layer's h_n feeds Linear(20, 4) (two LSTM nodes; h_n is their Y_h outputs concatenated).
+- torch_bilstm.onnx: Conv1d + ReLU, MaxPool1d(2), a bidirectional LSTM(16, 12, batch_first=True) whose
+  h_n (the forward direction's last step and the backward one's first) feeds Linear(24, 4).
+
+Training on two threads is not bit-reproducible: a regenerated file may differ in its last bits (the
+tests read the committed files, never compare against a regeneration).
 """
 
 from __future__ import annotations
@@ -55,7 +60,20 @@ def modules():
             _, (h, _) = self.lstm(y)
             return self.head(h[-1])
 
-    return CnnLstm, LstmStack
+    class BiLstm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv1d(CHANNELS, 16, 5, padding=2)
+            self.pool = torch.nn.MaxPool1d(2)
+            self.lstm = torch.nn.LSTM(16, 12, batch_first=True, bidirectional=True)
+            self.head = torch.nn.Linear(24, 4)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.conv(x))).permute(0, 2, 1)
+            _, (h, _) = self.lstm(y)
+            return self.head(torch.cat([h[-2], h[-1]], dim=1))
+
+    return CnnLstm, LstmStack, BiLstm
 
 
 def train(module, seed: int, epochs: int = 6):
@@ -95,11 +113,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    CnnLstm, LstmStack = modules()
+    CnnLstm, LstmStack, BiLstm = modules()
     cnn_lstm = train(CnnLstm(), seed=1)
     export(cnn_lstm, HERE / "torch_cnn_lstm.onnx", dynamo=False)
     export(cnn_lstm, HERE / "torch_cnn_lstm_dynamo.onnx", dynamo=True)
     export(train(LstmStack(), seed=2), HERE / "torch_lstm_stack.onnx", dynamo=False)
+    export(train(BiLstm(), seed=3), HERE / "torch_bilstm.onnx", dynamo=False)
 
 
 if __name__ == "__main__":
