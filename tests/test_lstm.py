@@ -24,11 +24,12 @@ from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from onnx2cmsis.drivers.evaluate import quantize_inputs
 from onnx2cmsis.ops.lstm_float import cell_states_value
 from tests.keras_models.data import signals
-from tests.needs import level_7_tree, qemu_tools
+from tests.needs import level_7_tree, module, qemu_tools
 
 HERE = Path(__file__).resolve().parent / "lstm_models"
 MODELS = {stem: HERE / f"{stem}.onnx" for stem in ("torch_cnn_lstm", "torch_cnn_lstm_dynamo", "torch_lstm_stack",
                                                            "torch_bilstm")}
+KERAS_MODELS = {stem: HERE / f"{stem}.keras" for stem in ("keras_cnn_lstm", "keras_bilstm", "keras_backwards")}
 STEPS, CHANNELS = 64, 3
 
 
@@ -44,7 +45,10 @@ CALIBRATION = _signals(64, seed=30)[0]
 def conversions():
     if not locate_cmsis_nn().api.lstm_s8:
         pytest.skip("not reached: test_lstm_models_at_every_level checks the refusal")
-    return {stem: convert(path, CALIBRATION, name=stem) for stem, path in MODELS.items()}
+    module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+    keras_calibration = signals(64, STEPS, CHANNELS, seed=34)[0]
+    return {**{stem: convert(path, CALIBRATION, name=stem) for stem, path in MODELS.items()},
+            **{stem: convert(path, keras_calibration, name=stem) for stem, path in KERAS_MODELS.items()}}
 
 
 @pytest.mark.level
@@ -68,10 +72,12 @@ def test_lstm_models_are_bit_exact_with_tflite_micro_and_accurate(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.qemu
+@pytest.mark.keras
 def test_lstm_models_give_the_same_bytes_on_qemu(conversions, tmp_path):
     qemu_tools()
-    x = _signals(4, seed=32)[0]
-    inputs = {name: quantize_inputs(conv, x) for name, conv in conversions.items()}
+    x, keras_x = _signals(4, seed=32)[0], signals(4, STEPS, CHANNELS, seed=32)[0]
+    inputs = {name: quantize_inputs(conv, keras_x if name.startswith("keras") else x)
+              for name, conv in conversions.items()}
     want = {name: conv.references(inputs[name]) for name, conv in conversions.items()}
     for target in ("m4", "m55"):
         fw = build_firmware(list(conversions.values()), target, tmp_path / target)
@@ -175,3 +181,39 @@ def test_per_layer_precision_keeps_the_lstm_int8_and_refuses_int16_naming_it():
     assert bits["lstm"] == 8 and bits["conv1d"] == 16, bits  # 47 dB needs more than int8 (43.8 dB)
     with pytest.raises(ConversionError, match=r"node '/lstm/LSTM' \(LSTM\): its handler \(lstm\) supports int8"):
         convert(MODELS["torch_cnn_lstm"], CALIBRATION[:8], name="m", cmsis_nn=level_7_tree(), precision="int16")
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+@pytest.mark.oracle
+def test_keras_lstm_layers_are_keras_in_onnx_and_bit_exact_with_tflite_micro(tmp_path):
+    """LSTM (stacked, return_sequences either way, go_backwards) and Bidirectional(LSTM) (concat and
+    sum) become ONNX LSTM nodes whose float model is Keras' own prediction, and C == reference ==
+    tflite-micro with the float model's argmax on held-out signals."""
+    keras = module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+    x, _ = signals(60, STEPS, CHANNELS, seed=33)  # Keras layout (N, T, C); trained on seed 4
+    for stem, path in KERAS_MODELS.items():
+        conv = convert(path, signals(64, STEPS, CHANNELS, seed=34)[0], name=stem)
+        assert sum(n.op == "lstm" for n in conv.graph.nodes) >= 1
+        want = keras.models.load_model(path, compile=False).predict(x, verbose=0)
+        got = np.stack([next(iter(v.values())).reshape(-1) for v in run_float(conv.model, list(x))])
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=stem)
+        ev, _ = evaluate(conv, x, tmp_path / stem)
+        assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, (stem, ev)
+        assert ev.argmax_agreement >= 0.95, (stem, ev)
+
+
+def test_keras_recurrent_layers_tflite_cannot_compute_are_refused_before_loading():
+    from onnx2cmsis.frontends.keras_recurrent import recurrent_problems
+
+    layers = [{"class_name": "LSTM", "config": {"name": "old", "recurrent_activation": "hard_sigmoid"}},
+              {"class_name": "LSTM", "config": {"name": "kept", "stateful": True, "return_state": True}},
+              {"class_name": "Bidirectional", "config": {"name": "bi", "merge_mode": "mul",
+                                                         "layer": {"class_name": "LSTM", "config": {"units": 4}}}},
+              {"class_name": "Bidirectional", "config": {"name": "gru", "layer": {"class_name": "GRU", "config": {}}}}]
+    problems = recurrent_problems(layers)
+    assert len(problems) == 4
+    assert "layer 'old' (LSTM) has recurrent_activation 'hard_sigmoid'" in problems[0]
+    assert "stateful=True" in problems[1] and "return_state=True" in problems[1]
+    assert "layer 'bi' (Bidirectional) merges with 'mul'" in problems[2]
+    assert "layer 'gru' (Bidirectional) wraps a GRU" in problems[3]

@@ -23,6 +23,8 @@ import onnx
 
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError
 from onnx2cmsis.frontends.keras_names import mark_layers, onnx_input_names, renumber_internal_names, unmark
+from onnx2cmsis.frontends.keras_recurrent import (RECURRENT_LAYERS, insert_recurrent_layers, recurrent_problems,
+                                                  stand_in_recurrent_layers)
 from onnx2cmsis.frontends.onnx_model import normalize, short_error
 
 ONNX_OPSET = 15  # tf2onnx 1.17 supports 13..18
@@ -37,7 +39,7 @@ SUPPORTED_LAYERS = {
     "InputLayer", "Conv1D", "Conv1DTranspose", "SeparableConv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D",
     "GlobalMaxPooling1D", "GlobalAveragePooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "Dense",
     "Flatten", "Reshape", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "BatchNormalization",
-    "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", *TWO_D_LAYERS,
+    "Activation", "ReLU", "LeakyReLU", "Softmax", "Add", "Concatenate", *TWO_D_LAYERS, *RECURRENT_LAYERS,
 }
 SUPPORTED_ACTIVATIONS = {"linear", "relu", "relu6", "tanh", "sigmoid", "softmax", "leaky_relu", None}
 KERAS_EXTRA_HINT = "reading Keras files needs the [keras] extra: pip install 'onnx2cmsis[keras]'"
@@ -118,7 +120,7 @@ def check_layers(config: dict[str, Any], where: str) -> None:
         if cls == "Conv1D" and int(cfg.get("groups", 1)) != 1:
             raise UnsupportedOpError(f"layer '{name}' (Conv1D) has groups={cfg['groups']}: tf2onnx cannot export "
                                      "grouped Keras convolutions (a PyTorch/ONNX grouped Conv converts)", where)
-    problems = two_d_problems(_layers(config))
+    problems = two_d_problems(_layers(config)) + recurrent_problems(_layers(config))
     if problems:
         raise UnsupportedOpError("; ".join(problems), where)
 
@@ -307,6 +309,7 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
     tf, tf2onnx, keras = _import_keras()
     input_names = onnx_input_names([i.name for i in model.inputs])
     layer_names = mark_layers(model)
+    stand_ins = stand_in_recurrent_layers(model)  # LSTMs: put back as ONNX LSTM nodes after the export
     functional = keras.Model(model.inputs, model.outputs)  # a Keras 3 Sequential does not export otherwise
     if input_shape is not None and len(model.inputs) > 1:
         raise OptionError(f"{{opt:input_shape}} fixes the input of a one-input model; this one has "
@@ -330,6 +333,7 @@ def keras_to_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> onn
         proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=ONNX_OPSET)
     except Exception as exc:
         raise ConversionError(f"tf2onnx cannot export the model ({short_error(exc)})", where) from exc
+    insert_recurrent_layers(proto, stand_ins, where)
     renumber_internal_names(proto)
     unmark(proto, layer_names)
     return proto

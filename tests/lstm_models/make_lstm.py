@@ -12,6 +12,12 @@ export them.
   last layer's h_n feeds Linear(20, 4) (two LSTM nodes; h_n is their Y_h outputs concatenated).
 - torch_bilstm.onnx: Conv1d + ReLU, MaxPool1d(2), a bidirectional LSTM(16, 12, batch_first=True) whose
   h_n (the forward direction's last step and the backward one's first) feeds Linear(24, 4).
+- keras_cnn_lstm.keras: Conv1D(16, 5, relu), MaxPooling1D(2), LSTM(24, return_sequences=True),
+  LSTM(16), Dense(4, softmax) (Keras 3).
+- keras_bilstm.keras: Conv1D, MaxPooling1D, Bidirectional(LSTM(12, return_sequences=True)) merged by
+  concatenation, Bidirectional(LSTM(8)) merged by sum, Dense(4, softmax).
+- keras_backwards.keras: Conv1D, MaxPooling1D, LSTM(12, return_sequences=True, go_backwards=True),
+  Flatten, Dense(4, softmax).
 
 Training on two threads is not bit-reproducible: a regenerated file may differ in its last bits (the
 tests read the committed files, never compare against a regeneration).
@@ -109,6 +115,38 @@ def export(module, path: Path, dynamo: bool) -> None:
     print(f"{path.name}: {path.stat().st_size} bytes")
 
 
+def keras_models() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    from keras import layers
+
+    def build(kind: str):
+        inp = keras.Input((STEPS, CHANNELS))
+        y = layers.Conv1D(16, 5, padding="same", activation="relu")(inp)
+        y = layers.MaxPooling1D(2)(y)
+        if kind == "cnn_lstm":
+            y = layers.LSTM(16)(layers.LSTM(24, return_sequences=True)(y))
+        elif kind == "bilstm":
+            y = layers.Bidirectional(layers.LSTM(12, return_sequences=True))(y)
+            y = layers.Bidirectional(layers.LSTM(8), merge_mode="sum")(y)
+        else:
+            y = layers.Flatten()(layers.LSTM(12, return_sequences=True, go_backwards=True)(y))
+        return keras.Model(inp, layers.Dense(4, activation="softmax")(y))
+
+    x, y = signals(3000, STEPS, CHANNELS, seed=4)
+    xt, yt = signals(500, STEPS, CHANNELS, seed=104)
+    for kind in ("cnn_lstm", "bilstm", "backwards"):
+        keras.utils.set_random_seed(4)
+        model = build(kind)
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(x, y, epochs=4, batch_size=50, verbose=0)
+        path = HERE / f"keras_{kind}.keras"
+        model.save(path)
+        print(f"{path.name}: held-out accuracy {model.evaluate(xt, yt, verbose=0)[1]:.3f}, {path.stat().st_size} bytes")
+
+
 def main() -> None:
     import torch
 
@@ -119,6 +157,7 @@ def main() -> None:
     export(cnn_lstm, HERE / "torch_cnn_lstm_dynamo.onnx", dynamo=True)
     export(train(LstmStack(), seed=2), HERE / "torch_lstm_stack.onnx", dynamo=False)
     export(train(BiLstm(), seed=3), HERE / "torch_bilstm.onnx", dynamo=False)
+    keras_models()
 
 
 if __name__ == "__main__":

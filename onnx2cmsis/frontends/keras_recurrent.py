@@ -1,0 +1,222 @@
+"""Keras LSTM and Bidirectional(LSTM) layers as ONNX LSTM nodes, built from the layers' own weights.
+
+tf2onnx exports a Keras 3 LSTM as a Loop over a while-loop body, which no 1D kernel maps to. Before
+the export, each recurrent layer's `call` is replaced on the (private, loaded) model by a stand-in of
+the same output shape (a matrix product, under the layer's marked name scope); after it, the nodes
+under that scope are cut out and an ONNX LSTM with the layer's weights put in their place, between
+the same input and output values:
+
+    x (1, T, C) -> Transpose -> LSTM (forward, reverse for go_backwards, bidirectional) -> Y or Y_h
+      -> Transpose/Reshape (-> time reversal for go_backwards' sequences) -> (1, T, H) or (1, H)
+
+Keras gate order i, f, c, o becomes ONNX's i, o, f, c; a Bidirectional layer's backward half runs
+over the reversed sequence, so its output at each step is ONNX's backward direction at that step
+(Keras reverses it back), merged by concatenation or sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.frontends.keras_names import MARKER, MARKER_RE
+
+RECURRENT_LAYERS = {"LSTM", "Bidirectional"}
+KERAS_TO_ONNX_GATES = [0, 3, 1, 2]  # ONNX blocks i, o, f, c from Keras' i, f, c, o
+MERGE_MODES = ("concat", "sum")
+
+
+def recurrent_problems(layers: list[dict[str, Any]]) -> list[str]:
+    """What in the file's recurrent layers does not convert, each naming its layer (from the config,
+    before anything is deserialized)."""
+    problems = []
+    for layer in layers:
+        cls, cfg = layer.get("class_name"), layer.get("config", {})
+        name = cfg.get("name", "?")
+        if cls == "Bidirectional":
+            inner = cfg.get("layer", {})
+            if inner.get("class_name") != "LSTM":
+                problems.append(f"layer '{name}' (Bidirectional) wraps a {inner.get('class_name')}: only LSTM converts")
+                continue
+            if cfg.get("merge_mode", "concat") not in MERGE_MODES:
+                problems.append(f"layer '{name}' (Bidirectional) merges with '{cfg.get('merge_mode')}' (supported: "
+                                f"{', '.join(MERGE_MODES)})")
+            problems += _lstm_problems(name, inner.get("config", {}), "Bidirectional(LSTM)")
+            back = cfg.get("backward_layer") or {}  # Keras 3 writes the mirror it made; another is refused
+            mirror = back.get("config", {})
+            if back and (back.get("class_name") != "LSTM" or not mirror.get("go_backwards") or any(
+                    mirror.get(k) != inner.get("config", {}).get(k) for k in ("units", "return_sequences", "use_bias"))):
+                problems.append(f"layer '{name}' (Bidirectional) has a backward layer that is not its LSTM's mirror")
+            else:
+                problems += _lstm_problems(name, mirror, "Bidirectional(LSTM)")
+        elif cls == "LSTM":
+            problems += _lstm_problems(name, cfg, "LSTM")
+    return problems
+
+
+def _activation(value: Any) -> Any:
+    return value.get("config", {}).get("name", value.get("class_name")) if isinstance(value, dict) else value
+
+
+def _lstm_problems(name: str, cfg: dict[str, Any], cls: str) -> list[str]:
+    found = []
+    if _activation(cfg.get("activation", "tanh")) != "tanh":
+        found.append(f"activation '{_activation(cfg.get('activation'))}'")
+    if _activation(cfg.get("recurrent_activation", "sigmoid")) != "sigmoid":
+        found.append(f"recurrent_activation '{_activation(cfg.get('recurrent_activation'))}' (TFLite's LSTM gates are "
+                     "sigmoid; Keras 2.0-2.2 defaulted to hard_sigmoid)")
+    for key, what in (("stateful", "stateful=True (state kept across calls)"), ("return_state", "return_state=True"),
+                      ("time_major", "time_major=True")):
+        if cfg.get(key):
+            found.append(what)
+    return [f"layer '{name}' ({cls}) has {', '.join(found)}"] if found else []
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """One recurrent layer replaced for the export: where it sits and what to put back."""
+
+    marker: str  # the layer's marked name: its nodes' scope in the exported graph
+    steps: int
+    features: int
+    hidden: int
+    sequences: bool  # return_sequences
+    directions: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]  # per direction: kernel, recurrent, bias
+    backward_only: bool  # go_backwards on a unidirectional layer
+    merge: str  # "concat" or "sum" (bidirectional)
+
+
+def stand_in_recurrent_layers(model: Any) -> list[StandIn]:
+    """Replace each LSTM / Bidirectional(LSTM) layer's call on the loaded (private, marked) model by a
+    matrix product of the output's shape; what to put back in its place after the export."""
+    import keras
+
+    found = []
+    for layer in _all_layers(model):
+        kind = type(layer).__name__
+        if kind not in RECURRENT_LAYERS:
+            continue
+        lstm = layer.forward_layer if kind == "Bidirectional" else layer
+        steps, features = (int(d) for d in layer.input.shape[1:])
+        hidden = int(lstm.units)
+        halves = [layer.forward_layer, layer.backward_layer] if kind == "Bidirectional" else [layer]
+        weights = tuple(tuple(np.asarray(w, np.float32) for w in _lstm_weights(half, hidden)) for half in halves)
+        merge = getattr(layer, "merge_mode", "concat") or "concat"
+        width = hidden * (2 if kind == "Bidirectional" and merge == "concat" else 1)
+        found.append(StandIn(layer.name, steps, features, hidden, bool(lstm.return_sequences), weights,
+                             kind == "LSTM" and bool(layer.go_backwards), merge))
+        stand_in = np.ones((features, width), np.float32)
+
+        def call(inputs, *args, _w=stand_in, _seq=bool(lstm.return_sequences), **kwargs):
+            x = inputs if _seq else inputs[:, -1, :]
+            return keras.ops.matmul(x, _w)
+
+        layer.call = call
+    return found
+
+
+def _all_layers(container: Any) -> list[Any]:
+    out = []
+    for layer in container.layers:
+        out.append(layer)
+        if hasattr(layer, "layers") and type(layer).__name__ not in RECURRENT_LAYERS:
+            out += _all_layers(layer)
+    return out
+
+
+def _lstm_weights(layer: Any, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    kernel, recurrent = (np.asarray(w) for w in (layer.cell.kernel, layer.cell.recurrent_kernel))
+    bias = np.asarray(layer.cell.bias) if layer.cell.use_bias else np.zeros(4 * hidden, np.float32)
+    return kernel, recurrent, bias
+
+
+def _onnx_gates(block: np.ndarray, hidden: int) -> np.ndarray:
+    """Keras (..., 4H) columns in i, f, c, o order -> ONNX (4H, ...) rows in i, o, f, c."""
+    rows = block.T.reshape(4, hidden, -1)
+    return rows[KERAS_TO_ONNX_GATES].reshape(4 * hidden, -1)
+
+
+def insert_recurrent_layers(proto: onnx.ModelProto, stand_ins: list[StandIn], where: str) -> None:
+    """Cut each stand-in's nodes out of the exported graph and put an ONNX LSTM in their place."""
+    for stand_in in stand_ins:
+        _replace(proto.graph, stand_in, where)
+
+
+def _marker_of(name: str) -> str | None:
+    m = MARKER_RE.search(name)
+    return MARKER.format(m.group(1)) if m else None
+
+
+def _replace(graph: onnx.GraphProto, s: StandIn, where: str) -> None:
+    inside = [n for n in graph.node if _marker_of(n.name) == s.marker]
+    made = {o for n in inside for o in n.output}
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    entries = sorted({v for n in inside for v in n.input if v and v not in made and v not in constants})
+    read_outside = {v for n in graph.node if n not in inside for v in n.input} | {o.name for o in graph.output}
+    exits = sorted(v for v in made if v in read_outside)
+    if len(entries) != 1 or len(exits) != 1:
+        raise UnsupportedOpError(f"cannot find the recurrent layer's input and output in the export (found "
+                                 f"{entries} -> {exits})", where)
+    p = f"{s.marker}/lstm"
+    d = len(s.directions)
+    w = np.stack([_onnx_gates(k, s.hidden) for k, _, _ in s.directions])
+    r = np.stack([_onnx_gates(rk, s.hidden) for _, rk, _ in s.directions])
+    b = np.stack([np.concatenate([_onnx_gates(bias[None, :], s.hidden).reshape(-1), np.zeros(4 * s.hidden)])
+                  for _, _, bias in s.directions]).astype(np.float32)
+    graph.initializer.extend(numpy_helper.from_array(a.astype(np.float32), f"{p}_{k}") for k, a in
+                             (("W", w), ("R", r), ("B", b)))
+    direction = "bidirectional" if d == 2 else ("reverse" if s.backward_only else "forward")
+
+    made_shapes: set[str] = set()
+
+    def shape(name: str, dims: list[int]) -> str:
+        if name not in made_shapes:
+            made_shapes.add(name)
+            graph.initializer.append(numpy_helper.from_array(np.array(dims, np.int64), f"{p}_{name}"))
+        return f"{p}_{name}"
+
+    nodes = [helper.make_node("Transpose", entries, [f"{p}_x"], name=f"{p}_time_first", perm=[1, 0, 2]),
+             helper.make_node("LSTM", [f"{p}_x", f"{p}_W", f"{p}_R", f"{p}_B"], [f"{p}_Y", f"{p}_Y_h"], name=p,
+                              hidden_size=s.hidden, direction=direction)]
+    out = exits[0]
+    if s.sequences:  # Y (T, D, 1, H) -> (1, T, D, H)
+        nodes.append(helper.make_node("Transpose", [f"{p}_Y"], [f"{p}_Y_b"], name=f"{p}_batch_first", perm=[2, 0, 1, 3]))
+        if d == 2 and s.merge == "sum":
+            nodes += _sum_of_directions(p, f"{p}_Y_b", 2, [1, s.steps, s.hidden], shape, out)
+        elif s.backward_only:  # Keras returns go_backwards' outputs in the order it computed them
+            nodes.append(helper.make_node("Reshape", [f"{p}_Y_b", shape("seq", [1, s.steps, s.hidden])], [f"{p}_Y_s"],
+                                          name=f"{p}_sequence"))
+            nodes.append(helper.make_node("Slice", [f"{p}_Y_s", shape("rs", [-1]), shape("re", [-(s.steps + 1)]),
+                                                    shape("ra", [1]), shape("rstep", [-1])], [out],
+                                          name=f"{p}_reversed"))
+        else:
+            nodes.append(helper.make_node("Reshape", [f"{p}_Y_b", shape("seq", [1, s.steps, d * s.hidden])], [out],
+                                          name=f"{p}_sequence"))
+    else:  # Y_h (D, 1, H) -> (1, D, H)
+        nodes.append(helper.make_node("Transpose", [f"{p}_Y_h"], [f"{p}_h_b"], name=f"{p}_batch_first", perm=[1, 0, 2]))
+        if d == 2 and s.merge == "sum":
+            nodes += _sum_of_directions(p, f"{p}_h_b", 1, [1, s.hidden], shape, out)
+        else:
+            nodes.append(helper.make_node("Reshape", [f"{p}_h_b", shape("last", [1, d * s.hidden])], [out],
+                                          name=f"{p}_last"))
+    kept = [n for n in graph.node if n not in inside]
+    at = min(i for i, n in enumerate(graph.node) if n in inside)
+    before = [n for n in graph.node[:at] if n not in inside]
+    del graph.node[:]
+    graph.node.extend(before + nodes + [n for n in kept if n not in before])
+
+
+def _sum_of_directions(p: str, value: str, axis: int, out_dims: list[int], shape, out: str) -> list[onnx.NodeProto]:
+    """The two directions (along `axis` of value) added: two slices and an Add, reshaped to out_dims."""
+    nodes = []
+    for k in (0, 1):
+        nodes.append(helper.make_node("Slice", [value, shape(f"s{k}", [k]), shape(f"e{k}", [k + 1]),
+                                                shape("dir_axis", [axis])], [f"{p}_dir{k}"], name=f"{p}_direction{k}"))
+    nodes.append(helper.make_node("Add", [f"{p}_dir0", f"{p}_dir1"], [f"{p}_sum"], name=f"{p}_sum"))
+    nodes.append(helper.make_node("Reshape", [f"{p}_sum", shape("merged", out_dims)], [out], name=f"{p}_merged"))
+    return nodes
