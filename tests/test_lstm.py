@@ -19,17 +19,18 @@ from onnx2cmsis.drivers.evaluate import evaluate
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
 from onnx2cmsis.quant.calibrate import run_float
-from onnx2cmsis.quant.quantize import dequantized_outputs
+from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_samples
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
 from onnx2cmsis.drivers.evaluate import quantize_inputs
 from onnx2cmsis.ops.lstm_float import cell_states_value
 from tests.keras_models.data import signals
-from tests.needs import level_7_tree, module, qemu_tools
+from tests.needs import level_7_tree, module, oracle_runtime, qemu_tools
 
 HERE = Path(__file__).resolve().parent / "lstm_models"
 MODELS = {stem: HERE / f"{stem}.onnx" for stem in ("torch_cnn_lstm", "torch_cnn_lstm_dynamo", "torch_lstm_stack",
                                                            "torch_bilstm")}
 KERAS_MODELS = {stem: HERE / f"{stem}.keras" for stem in ("keras_cnn_lstm", "keras_bilstm", "keras_backwards")}
+TFLITE_LSTM = HERE / "tfkeras_cnn_lstm_int8.tflite"  # TensorFlow's converter's int8 file of a tf_keras CNN-LSTM
 STEPS, CHANNELS = 64, 3
 
 
@@ -48,7 +49,8 @@ def conversions():
     module("keras", 'the [keras] extra: pip install -e ".[keras]"')
     keras_calibration = signals(64, STEPS, CHANNELS, seed=34)[0]
     return {**{stem: convert(path, CALIBRATION, name=stem) for stem, path in MODELS.items()},
-            **{stem: convert(path, keras_calibration, name=stem) for stem, path in KERAS_MODELS.items()}}
+            **{stem: convert(path, keras_calibration, name=stem) for stem, path in KERAS_MODELS.items()},
+            "tfkeras_cnn_lstm": convert(TFLITE_LSTM, name="tfkeras_cnn_lstm")}
 
 
 @pytest.mark.level
@@ -76,7 +78,7 @@ def test_lstm_models_are_bit_exact_with_tflite_micro_and_accurate(tmp_path):
 def test_lstm_models_give_the_same_bytes_on_qemu(conversions, tmp_path):
     qemu_tools()
     x, keras_x = _signals(4, seed=32)[0], signals(4, STEPS, CHANNELS, seed=32)[0]
-    inputs = {name: quantize_inputs(conv, keras_x if name.startswith("keras") else x)
+    inputs = {name: quantize_inputs(conv, x if name.startswith("torch") else keras_x)
               for name, conv in conversions.items()}
     want = {name: conv.references(inputs[name]) for name, conv in conversions.items()}
     for target in ("m4", "m55"):
@@ -217,3 +219,39 @@ def test_keras_recurrent_layers_tflite_cannot_compute_are_refused_before_loading
     assert "stateful=True" in problems[1] and "return_state=True" in problems[1]
     assert "layer 'bi' (Bidirectional) merges with 'mul'" in problems[2]
     assert "layer 'gru' (Bidirectional) wraps a GRU" in problems[3]
+
+@pytest.mark.oracle
+def test_tensorflows_own_int8_lstm_file_gives_tflite_micros_bytes_without_calibration():
+    """The fused UNIDIRECTIONAL_SEQUENCE_LSTMs TensorFlow's converter writes for a tf_keras CNN-LSTM:
+    the file's gate scales, biases, cell scales and cell clip, and the C's bytes are tflite-micro's
+    running the file itself."""
+    from onnx2cmsis.frontends.tflite_reader import read_tflite
+    from onnx2cmsis.oracle.tflite_export import run_tflite_micro
+
+    oracle_runtime()
+    conv = convert(TFLITE_LSTM, name="m", cmsis_nn=level_7_tree())
+    lstms = [n for n in conv.graph.nodes if n.op == "lstm"]
+    ops = [op for op in read_tflite(TFLITE_LSTM).operators if op.code == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    assert len(lstms) == len(ops) == 2
+    tensors = read_tflite(TFLITE_LSTM).tensors
+    for node, op in zip(lstms, ops):
+        gates = [tensors[i] for i in op.inputs[1:5]]  # input, forget, cell, output: GATES' order
+        assert np.array_equal(node.qparams["weight"], np.stack([t.data for t in gates]))
+        assert np.array_equal(node.qparams["bias"], np.stack([tensors[i].data for i in op.inputs[12:16]]))
+        assert 2.0 ** node.qparams["cell_power"] == tensors[op.inputs[19]].scales[0]
+        assert node.qparams["cell_clip_real"] == op.options["CellClip"] == 10.0
+    x = signals(200, STEPS, CHANNELS, seed=36)[0]
+    codes = quantize_samples(conv.graph, x)[0]
+    assert np.array_equal(conv.references(codes), run_tflite_micro(TFLITE_LSTM.read_bytes(), codes))
+
+
+def test_tflite_lstms_tflite_micro_cannot_run_on_cmsis_nn_are_refused_naming_each_reason():
+    from types import SimpleNamespace
+
+    from onnx2cmsis.frontends.tflite_lstm import lstm_problems
+
+    inputs = [0, -1, 2, 3, 4, 5, 6, 7, 8, 9, -1, -1, 12, 13, 14, 15, 16, -1, 18, 19, 20, -1, -1, -1]
+    op = SimpleNamespace(options={"FusedActivationFunction": 6, "ProjClip": 1.0, "CellClip": 10.0})
+    assert lstm_problems(op, inputs) == ["cell activation 6 (TANH expected)", "projection clipping",
+                                         "no input gate (coupled input and forget gates)", "a projection",
+                                         "layer normalization", "peephole weights"]

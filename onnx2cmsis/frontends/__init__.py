@@ -23,6 +23,7 @@ import onnx
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.frontends.keras import load_keras
 from onnx2cmsis.frontends.onnx_model import load_onnx, normalize, read_onnx
+from onnx2cmsis.frontends.tflite_lstm import cell_clips
 from onnx2cmsis.frontends.qdq import split_qdq
 from onnx2cmsis.frontends.tflite import load_tflite
 from onnx2cmsis.ir.tensor import FileQuantization
@@ -105,5 +106,6 @@ def _split(model: onnx.ModelProto, where: str, input_shape: tuple[int, ...] | No
     float_model, file_quant = split_qdq(model, where)
     if file_quant is not None:
         file_quant.source = source
+        file_quant.cell_clips = cell_clips(model)
     return LoadedModel(normalize(float_model, where, input_shape), file_quant,
                        None if file_quant is None else model)

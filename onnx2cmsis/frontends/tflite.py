@@ -11,7 +11,7 @@ the importer resolves as layout (no copies).
 Read here (frontends/tflite_reader.py for the file itself): CONV_2D, DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, ADD, SUB, MUL, PAD, PADV2, CONCATENATION,
 RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, TILE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6,
-LEAKY_RELU, REDUCE_MAX,
+LEAKY_RELU, REDUCE_MAX, UNIDIRECTIONAL_SEQUENCE_LSTM (frontends/tflite_lstm.py),
 and QUANTIZE/DEQUANTIZE between float and integer at the edges; SHAPE, STRIDED_SLICE, PACK,
 REDUCE_PROD and GATHER as the shape arithmetic of a dynamic batch (ONNX's, folded at import at batch
 1: a file's static shapes hold 1 wherever its signature is dynamic, so a reshape's target is computed,
@@ -20,6 +20,7 @@ not read from them). Any other operator is refused, every one at once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.frontends.tflite_graph import fuse_space_to_batch, needed_operators, not_exact_yet
+from onnx2cmsis.frontends.tflite_lstm import translate_lstm
 from onnx2cmsis.frontends.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
 
 OPSET = 13
@@ -53,6 +55,7 @@ class _Builder:
         self.fresh = 0
         self.layer = "input"  # the TFLite operator being translated, which names its nodes
         self.used: set[str] = set()
+        self.metadata: dict[str, dict] = {}  # model metadata (frontends/tflite_lstm.py: cell clips)
 
     def temp(self, hint: str) -> str:
         self.fresh += 1
@@ -374,6 +377,7 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
     "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
     "LEAKY_RELU": _unary("LeakyRelu"), "REDUCE_MAX": lambda b, op: _reduce(b, op, "ReduceMax"),
     "QUANTIZE": _edge, "DEQUANTIZE": _edge,
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": translate_lstm,  # frontends/tflite_lstm.py
 }
 
 
@@ -411,6 +415,8 @@ def tflite_to_onnx(model: TfliteModel, where: str) -> onnx.ModelProto:
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                    producer_name="onnx2cmsis .tflite reader")
     onnx_model.ir_version = 8
+    for key, value in sorted(b.metadata.items()):
+        onnx_model.metadata_props.add(key=key, value=json.dumps(value, sort_keys=True))
     return onnx_model
 
 

@@ -91,3 +91,6 @@ class FileQuantization:
     activations: dict[str, QuantParams] = field(default_factory=dict)
     constants: dict[str, ConstQuant] = field(default_factory=dict)
     source: str = "QDQ"  # how the file wrote it, for the report
+    # A .tflite LSTM's cell clip (TFLite clips the cell state; ONNX LSTM's `clip` clips the gate inputs,
+    # so the ONNX graph cannot say it), by the name of the LSTM's last-cell output Y_c
+    cell_clips: dict[str, float] = field(default_factory=dict)

@@ -46,6 +46,22 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _file_gate_scales(ctx: ImportContext, node: OnnxNodeView, i: int, directions: int, hidden: int,
+                      order: list[int]) -> np.ndarray | None:
+    """(directions, 4) weight scales in GATES order where the model file quantized input i (W or R) with
+    one int8 scale per gate (a .tflite's LSTM: frontends/tflite_lstm.py), else None."""
+    q = ctx.const_quant(node.inputs[i])
+    if q is None:
+        return None
+    scales = np.broadcast_to(q.scale.reshape(-1) if q.axis == 1 else q.scale.reshape(-1)[:1], (4 * hidden,))
+    per_gate = scales.reshape(4, hidden)
+    if (q.axis not in (None, 1) or q.bits != 8 or not q.signed or np.any(q.zero_point != 0)
+            or np.any(per_gate != per_gate[:, :1])):
+        raise UnsupportedOpError(f"LSTM weights '{node.inputs[i]}' quantized otherwise than one symmetric int8 scale "
+                                 "per gate", node.where)
+    return np.tile(per_gate[order, 0], (directions, 1)).astype(np.float32)
+
+
 def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
     """What in the node TFLite's LSTM cannot compute (all at once)."""
     problems = []
@@ -71,7 +87,8 @@ def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
             state = ctx.const(node.inputs[i])
             if state is None or np.any(state != 0):
                 problems.append(f"a non-zero {what} (states start at zero)")
-    if len(node.outputs) > 2 and node.outputs[2] and ctx.is_read(node.outputs[2]):
+    if len(node.outputs) > 2 and node.outputs[2] and ctx.is_read(node.outputs[2]) and \
+            ctx.const_quant(node.outputs[2]) is None:
         problems.append("its last cell state Y_c read by the model")
     return problems
 
@@ -100,6 +117,9 @@ class LstmHandler(OpHandler):
         b = (ctx.const(node.inputs[3]).reshape(len(backwards), 2, 4, hidden).sum(axis=1)
              if len(node.inputs) > 3 and node.inputs[3] else np.zeros((len(backwards), 4, hidden)))
         order = [ONNX_GATE_ROWS[g] for g in GATES]
+        file_scales = {key: _file_gate_scales(ctx, node, i, len(backwards), hidden, order)
+                       for key, i in (("weight", 1), ("recurrent", 2))}
+        cell_file = node.outputs[2] if len(node.outputs) > 2 and node.outputs[2] else None
         x = ctx.tensor(node.inputs[0], (0, 2) if layout == 0 else (1, 2), batched=False)
         y_value = node.outputs[0] if node.outputs[0] else f"{node.name}__sequence"
         cells = [cell_states_value(y_value, d) for d in range(len(backwards))]
@@ -109,7 +129,9 @@ class LstmHandler(OpHandler):
             # a backward LSTM is the forward one over the sequence reversed, its outputs put back in order
             src = _time_reversed(ctx, x, name, node.inputs[0]) if backward else x
             y = ctx.new_tensor((steps, hidden), f"{y_value}_{'backward' if backward else 'forward'}", calib_name=y_value)
-            ctx.add_node(Node(name, self.op, [src], [y], attrs={"hidden": hidden, "cell_value": cells[d]},
+            pinned = {f"file_{k}_scales": v[d] for k, v in file_scales.items() if v is not None}
+            ctx.add_node(Node(name, self.op, [src], [y], attrs={"hidden": hidden, "cell_value": cells[d],
+                                                                 "cell_file_value": cell_file, **pinned},
                               consts={"weight": np.ascontiguousarray(w[d][order], np.float32),
                                       "recurrent": np.ascontiguousarray(r[d][order], np.float32),
                                       "bias": np.ascontiguousarray(b[d][order], np.float32)},
@@ -145,11 +167,14 @@ class LstmHandler(OpHandler):
         out = graph.tensors[node.output]
         if out.quant is None:
             out.quant = calibrated_quant(graph, node.output, ranges)
-        lo, hi = ranges[node.attrs["cell_value"]]
-        p = cell_scale_power(max(-lo, hi))
+        p = self._cell_power(node, graph, ranges)
         w, r, b = node.consts["weight"], node.consts["recurrent"], node.consts["bias"]
-        s_w = np.array([symmetric_weight_scales(w[g], None)[0] for g in range(4)], np.float32)
-        s_r = np.array([symmetric_weight_scales(r[g], None)[0] for g in range(4)], np.float32)
+        s_w = node.attrs.get("file_weight_scales")
+        if s_w is None:
+            s_w = np.array([symmetric_weight_scales(w[g], None)[0] for g in range(4)], np.float32)
+        s_r = node.attrs.get("file_recurrent_scales")
+        if s_r is None:
+            s_r = np.array([symmetric_weight_scales(r[g], None)[0] for g in range(4)], np.float32)
         wq = np.stack([quantize_weights(w[g], s_w[g:g + 1], None) for g in range(4)])
         rq = np.stack([quantize_weights(r[g], s_r[g:g + 1], None) for g in range(4)])
         bias = np.stack([quantize_bias(b[g], q_in.scale, s_w[g:g + 1], node.where) for g in range(4)])
@@ -158,8 +183,32 @@ class LstmHandler(OpHandler):
             "effective_bias": effective_bias(bias, wq, q_in.zero_point),
             "recurrent_bias": recurrent_effective_bias(rq, out.quant.zero_point),
             "multipliers": lstm_multipliers(q_in.scale, out.quant.scale, s_w, s_r, p),
-            "cell_power": p, "cell_clip": quantized_cell_clip(0.0, p),
+            "cell_power": p, "cell_clip": quantized_cell_clip(self._cell_clip(node, graph), p),
+            "cell_clip_real": self._cell_clip(node, graph),
         }
+
+    @staticmethod
+    def _cell_clip(node: Node, graph: Graph) -> float:
+        """TFLite's cell clip, real (0: none): a .tflite file's; ONNX LSTMs have none (refused)."""
+        if graph.file_quant is None or not node.attrs.get("cell_file_value"):
+            return 0.0
+        return graph.file_quant.cell_clips.get(node.attrs["cell_file_value"], 0.0)
+
+    @staticmethod
+    def _cell_power(node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> int:
+        """p of the cell's scale 2^p: the model file's (a .tflite's cell state), else from its calibrated
+        range over every step."""
+        pinned = graph.file_quant.activations.get(node.attrs.get("cell_file_value") or "") \
+            if graph.file_quant is not None else None
+        if pinned is None:
+            lo, hi = ranges[node.attrs["cell_value"]]
+            return cell_scale_power(max(-lo, hi))
+        p = round(np.log2(pinned.scale))
+        if pinned.bits != 16 or pinned.zero_point != 0 or 2.0**p != pinned.scale:
+            raise UnsupportedOpError(f"the file quantizes the LSTM's cell state with scale {pinned.scale}, zero point "
+                                     f"{pinned.zero_point} as int{pinned.bits}: TFLite's LSTM takes int16 at a power "
+                                     "of two", node.where)
+        return p
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
@@ -235,7 +284,7 @@ class LstmHandler(OpHandler):
         inputs += [hidden_state, cell_state, None, None, None, None]
         opts = fb.UnidirectionalSequenceLSTMOptionsT()
         opts.fusedActivationFunction = fb.ActivationFunctionType.TANH
-        opts.cellClip, opts.projClip, opts.timeMajor = 0.0, 0.0, False
+        opts.cellClip, opts.projClip, opts.timeMajor = float(qp["cell_clip_real"]), 0.0, False
         ex.op(fb.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM, inputs, [y],
               fb.BuiltinOptions.UnidirectionalSequenceLSTMOptions, opts)
         ex.reshape(y, ex.activation(node.output))

@@ -18,6 +18,10 @@ export them.
   concatenation, Bidirectional(LSTM(8)) merged by sum, Dense(4, softmax).
 - keras_backwards.keras: Conv1D, MaxPooling1D, LSTM(12, return_sequences=True, go_backwards=True),
   Flatten, Dense(4, softmax).
+- tfkeras_cnn_lstm_int8.tflite: keras_cnn_lstm's architecture written with `tf_keras` (the Keras 2 API,
+  `pip install tf-keras`: Keras 3's conversion gives a float loop) and converted by TensorFlow's
+  converter to full int8 on 64 calibration windows: two fused UNIDIRECTIONAL_SEQUENCE_LSTM operators
+  (cell clip 10, int16 cell states at 2^-13 and 2^-12).
 
 Training on two threads is not bit-reproducible: a regenerated file may differ in its last bits (the
 tests read the committed files, never compare against a regeneration).
@@ -147,6 +151,34 @@ def keras_models() -> None:
         print(f"{path.name}: held-out accuracy {model.evaluate(xt, yt, verbose=0)[1]:.3f}, {path.stat().st_size} bytes")
 
 
+def tf_keras_tflite() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((STEPS, CHANNELS), batch_size=1)
+    y = keras.layers.MaxPooling1D(2)(keras.layers.Conv1D(16, 5, padding="same", activation="relu")(inp))
+    y = keras.layers.LSTM(16)(keras.layers.LSTM(24, return_sequences=True)(y))
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(y))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, labels = signals(3000, STEPS, CHANNELS, seed=5)
+    model.fit(x, labels, epochs=4, batch_size=50, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    calibration = signals(64, STEPS, CHANNELS, seed=35)[0]
+    converter.representative_dataset = lambda: ([row[None]] for row in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = HERE / "tfkeras_cnn_lstm_int8.tflite"
+    path.write_bytes(converter.convert())
+    xt, yt = signals(500, STEPS, CHANNELS, seed=105)
+    print(f"{path.name}: float held-out accuracy {model.evaluate(xt, yt, verbose=0)[1]:.3f}, "
+          f"{path.stat().st_size} bytes")
+
+
 def main() -> None:
     import torch
 
@@ -158,6 +190,7 @@ def main() -> None:
     export(train(LstmStack(), seed=2), HERE / "torch_lstm_stack.onnx", dynamo=False)
     export(train(BiLstm(), seed=3), HERE / "torch_bilstm.onnx", dynamo=False)
     keras_models()
+    tf_keras_tflite()
 
 
 if __name__ == "__main__":
