@@ -50,26 +50,33 @@ def conversions():
     keras_calibration = signals(64, STEPS, CHANNELS, seed=34)[0]
     return {**{stem: convert(path, CALIBRATION, name=stem) for stem, path in MODELS.items()},
             **{stem: convert(path, keras_calibration, name=stem) for stem, path in KERAS_MODELS.items()},
-            "tfkeras_cnn_lstm": convert(TFLITE_LSTM, name="tfkeras_cnn_lstm")}
+            "tfkeras_cnn_lstm": convert(TFLITE_LSTM, name="tfkeras_cnn_lstm"),
+            "torch_cnn_lstm_16x8": convert(MODELS["torch_cnn_lstm"], CALIBRATION, name="torch_cnn_lstm_16x8",
+                                           precision="int16"),
+            "keras_cnn_lstm_16x8": convert(KERAS_MODELS["keras_cnn_lstm"], keras_calibration,
+                                           name="keras_cnn_lstm_16x8", precision="int16")}
 
 
 @pytest.mark.level
 @pytest.mark.oracle
 def test_lstm_models_are_bit_exact_with_tflite_micro_and_accurate(tmp_path):
-    """C == reference == tflite-micro on the host (compiled against this level's tree), argmax as the
-    float model's on held-out signals; where the level has no integer LSTM kernel, a one-line refusal."""
+    """C == reference == tflite-micro on the host (compiled against this level's tree), int8 and 16x8,
+    argmax as the float model's on held-out signals; where the level has no integer LSTM kernel, a
+    one-line refusal."""
     x, labels = _signals(120, seed=31)
     if not locate_cmsis_nn().api.lstm_s8:
         with pytest.raises(UnsupportedOpError, match=r"needs arm_lstm_unidirectional_s8.*level 2024\.01"):
             convert(MODELS["torch_cnn_lstm"], CALIBRATION, name="m")
         return
-    for stem, path in MODELS.items():
-        conv = convert(path, CALIBRATION, name=stem)
-        ev, out = evaluate(conv, x, tmp_path / stem)
-        assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, (stem, ev)
-        assert ev.argmax_agreement >= 0.97, (stem, ev)
+    cases = [(stem, path, "int8") for stem, path in MODELS.items()] + \
+        [(stem, MODELS[stem], "int16") for stem in ("torch_cnn_lstm", "torch_lstm_stack")]
+    for stem, path, precision in cases:
+        conv = convert(path, CALIBRATION, name=stem, precision=precision)
+        ev, out = evaluate(conv, x, tmp_path / f"{stem}_{precision}")
+        assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, (stem, precision, ev)
+        assert ev.argmax_agreement >= 0.97, (stem, precision, ev)
         assert {layer["kernel"] for layer in conv.report["layers"] if layer["op"] == "lstm"} == \
-            {"arm_lstm_unidirectional_s8"}
+            {"arm_lstm_unidirectional_s8" if precision == "int8" else "arm_lstm_unidirectional_s16"}
 
 
 @pytest.mark.slow
@@ -174,15 +181,13 @@ def test_a_single_lstm_model_converts_and_matches_its_reference_one_sample_at_a_
     assert "arm_lstm_unidirectional_s8" in conv.source and "memset(&buffers, 0, sizeof(buffers));" in conv.source
 
 
-def test_per_layer_precision_keeps_the_lstm_int8_and_refuses_int16_naming_it():
-    """`--precision auto` chooses widths for the other layers (the LSTM has no int16 kernel yet);
-    `--precision int16` names the LSTM."""
+def test_per_layer_precision_chooses_the_lstms_width_like_any_layers():
+    """`--precision auto` may put the LSTM at 16x8 (arm_lstm_unidirectional_s16) or keep it int8."""
     conv = convert(MODELS["torch_cnn_lstm"], CALIBRATION[:32], name="m", cmsis_nn=level_7_tree(), precision="auto",
                    max_error_db=47.0)
     bits = {n.op: conv.graph.tensors[n.output].quant.bits for n in conv.graph.nodes}
-    assert bits["lstm"] == 8 and bits["conv1d"] == 16, bits  # 47 dB needs more than int8 (43.8 dB)
-    with pytest.raises(ConversionError, match=r"node '/lstm/LSTM' \(LSTM\): its handler \(lstm\) supports int8"):
-        convert(MODELS["torch_cnn_lstm"], CALIBRATION[:8], name="m", cmsis_nn=level_7_tree(), precision="int16")
+    assert 16 in bits.values(), bits  # 47 dB needs more than all-int8 (43.8 dB)
+    assert "int8_loss_db" in next(n for n in conv.graph.nodes if n.op == "lstm").attrs
 
 
 @pytest.mark.slow

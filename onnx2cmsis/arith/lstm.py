@@ -1,5 +1,6 @@
-"""TFLite's integer LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM, int8 activations and weights, int16 gates and
-cell state), as CMSIS-NN's `arm_lstm_unidirectional_s8` computes it step by step.
+"""TFLite's integer LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM: int8 or, at 16x8, int16 activations; int8
+weights; int16 gates and cell state), as CMSIS-NN's `arm_lstm_unidirectional_s8` / `_s16` compute it
+step by step.
 
 Scales, as TFLite-Micro's Prepare derives them (lstm_eval_common.cc):
   - each gate's two fully-connected parts write int16 at 2^-12 (Q3.12, the sigmoid/tanh input):
@@ -10,6 +11,9 @@ Scales, as TFLite-Micro's Prepare derives them (lstm_eval_common.cc):
   - the cell state is int16 at a power-of-two scale 2^p: forget * cell at 2^-15 * 2^p / 2^p, input *
     cell gate at 2^-30 / 2^p, and tanh(cell) reads it shifted by p + 12 to Q3.12;
   - hidden = output gate * tanh(cell) at 2^-30 / s_h, plus the output zero point, saturated to int8.
+At 16x8 the gates' matrix products sum in 64 bits (int64 biases) and requantize with the 16-bit
+multiplier of every 16x8 kernel (arm_nn_requantize_s64); the rest is the same, the hidden state int16
+with zero point 0.
 
 Where CMSIS-NN and TFLite-Micro's reference kernel could part (each saturating at a different point),
 this follows CMSIS-NN (the C that ships): the recurrent part is added to the saturated input part
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx2cmsis.arith.rules import INT16_MAX, integer_matmul, quantize_multiplier, requantize
+from onnx2cmsis.arith.rules import INT16_MAX, int_range, integer_matmul, quantize_multiplier, requantize, requantize_s64
 from onnx2cmsis.arith.sigmoid16 import sigmoid_s16, tanh_s16
 
 GATES = ("input", "forget", "cell", "output")  # TFLite's (and these arrays') gate order
@@ -75,9 +79,10 @@ def _clamp16(x: np.ndarray, lo: int = Q15_MIN, hi: int = Q15_MAX) -> np.ndarray:
     return np.clip(x, lo, hi)
 
 
-def lstm_s8(x: np.ndarray, weights: np.ndarray, recurrent: np.ndarray, effective_bias: np.ndarray,
-            m: LstmMultipliers, p: int, cell_clip: int, zp_h: int) -> np.ndarray:
-    """The int8 LSTM over N sequences at once: x (N, T, C) codes -> hidden states (N, T, H) codes.
+def lstm_integer(x: np.ndarray, weights: np.ndarray, recurrent: np.ndarray, effective_bias: np.ndarray,
+                 m: LstmMultipliers, p: int, cell_clip: int, zp_h: int, bits: int = 8) -> np.ndarray:
+    """The integer LSTM over N sequences at once: x (N, T, C) codes -> hidden states (N, T, H) codes,
+    int8 (bits 8) or int16 (bits 16, TFLite 16x8).
 
     weights (4, H, C) and recurrent (4, H, H) int8 per gate in GATES order; effective_bias (4, H) the
     gate bias less the input zero point times each weight row's sum (what CMSIS-NN adds); the hidden
@@ -90,35 +95,36 @@ def lstm_s8(x: np.ndarray, weights: np.ndarray, recurrent: np.ndarray, effective
     tanh_m, tanh_s = tanh_of_cell(p)
     # every step's input parts at once: they do not depend on the recurrence
     xs = x.astype(np.int64)
+    rescale = requantize if bits == 8 else requantize_s64  # 16x8: 64-bit sums, the 16-bit multiplier
     input_parts = []
     for g in range(4):
         acc = integer_matmul(xs, weights[g].T) + effective_bias[g].astype(np.int64)
-        input_parts.append(_clamp16(requantize(acc, *m.input_parts[g])))
-    out = np.empty((n, steps, hidden), np.int8)
+        input_parts.append(_clamp16(rescale(acc, *m.input_parts[g])))
+    h_lo, h_hi = int_range(bits)
+    out = np.empty((n, steps, hidden), np.int8 if bits == 8 else np.int16)
     for t in range(steps):
         gates = []
         for g in range(4):
             pre = input_parts[g][:, t]
             if t > 0:  # at the first step the hidden state is the zero point: its part is 0
                 acc = integer_matmul(h - zp_h, recurrent[g].T)
-                pre = _clamp16(pre + requantize(acc, *m.recurrent_parts[g]))
+                pre = _clamp16(pre + rescale(acc, *m.recurrent_parts[g]))
             gates.append(tanh_s16(pre, 3, 0) if GATES[g] == "cell" else sigmoid_s16(pre, 3, 0))
         i_gate, f_gate, g_gate, o_gate = (g.astype(np.int64) for g in gates)
         c = _clamp16(requantize(f_gate * c, *m.forget_cell))
         c = np.clip(requantize(i_gate * g_gate, *m.input_cell) + c, lo, hi)
         t_cell = tanh_s16(c, tanh_m, tanh_s).astype(np.int64)
-        h = np.clip(requantize(o_gate * t_cell, *m.hidden) + zp_h, -128, 127)
+        h = np.clip(requantize(o_gate * t_cell, *m.hidden) + zp_h, h_lo, h_hi)
         out[:, t] = h
     return out
 
 
 def effective_bias(bias: np.ndarray, weights: np.ndarray, zp_in: int) -> np.ndarray:
-    """bias - zp_in * row sums, int32 (what CMSIS-NN's gate kernels start each accumulator from)."""
+    """bias - zp_in * row sums (what CMSIS-NN's gate kernels start each accumulator from): int32 for an
+    int32 bias (int8), int64 for an int64 one (16x8, where zero points are 0)."""
     sums = weights.astype(np.int64).sum(axis=-1)
     eff = bias.astype(np.int64) - zp_in * sums
-    if np.abs(eff).max(initial=0) > 2**31 - 1:
-        raise OverflowError("LSTM effective bias exceeds int32")
-    return eff.astype(np.int32)
+    return eff.astype(np.int64 if bias.dtype == np.int64 else np.int32)
 
 
 def recurrent_effective_bias(recurrent: np.ndarray, zp_h: int) -> np.ndarray:

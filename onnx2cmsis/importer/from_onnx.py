@@ -231,8 +231,13 @@ class GraphBuilder:
             if move.kind is MovementKind.GATHER:
                 attrs.update(index=src_of, shape=dst_shape)
             op = MOVEMENT_OPS[move.kind]
-            out = self.new_tensor(dst_shape, f"{value}_{op}")
+            cropped = (attrs["width"], src_shape[1]) if move.kind is MovementKind.CROP else dst_shape
+            out = self.new_tensor(cropped, f"{value}_{op}")
             self._add_layout(Node(out, op, [src], [out], attrs=attrs, origin="layout"), value)
+            if cropped != dst_shape:  # whole steps read as a vector: the crop's bytes under that shape
+                view = self.new_tensor(dst_shape, f"{value}_view")
+                self._add_layout(Node(view, "reshape", [out], [view], origin="layout"), value)
+                out = view
         self.materialized[key] = out
         return out
 

@@ -100,4 +100,9 @@ def classify(src_shape: tuple[int, ...], dst_shape: tuple[int, ...], src_of: np.
         start = int(src_of[0]) // c if src_of.size else 0
         if w2 < w and np.array_equal(src_of, ((start + steps)[:, None] * c + np.arange(c)).reshape(-1)):
             return Movement(MovementKind.CROP, {"start": start, "width": w2})
+    if len(src_shape) == 2 and len(dst_shape) == 1 and n_dst % src_shape[1] == 0 and n_dst < n_src:
+        c = src_shape[1]  # whole time steps read as a vector (an LSTM's last step): a crop, then a view
+        start = int(src_of[0]) // c
+        if int(src_of[0]) % c == 0 and np.array_equal(src_of, start * c + np.arange(n_dst)):
+            return Movement(MovementKind.CROP, {"start": start, "width": n_dst // c})
     return Movement(MovementKind.GATHER, {})

@@ -17,7 +17,7 @@ from onnx2cmsis.arith.lstm import (
     cell_scale_power,
     effective_bias,
     lstm_multipliers,
-    lstm_s8,
+    lstm_integer,
     quantized_cell_clip,
     recurrent_effective_bias,
 )
@@ -96,6 +96,7 @@ def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
 class LstmHandler(OpHandler):
     op = "lstm"
     onnx_ops = ("LSTM",)
+    activation_bits = (8, 16)  # int8, or TFLite 16x8 (arm_lstm_unidirectional_s16)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         problems = _lstm_problems(node, ctx)
@@ -177,7 +178,8 @@ class LstmHandler(OpHandler):
             s_r = np.array([symmetric_weight_scales(r[g], None)[0] for g in range(4)], np.float32)
         wq = np.stack([quantize_weights(w[g], s_w[g:g + 1], None) for g in range(4)])
         rq = np.stack([quantize_weights(r[g], s_r[g:g + 1], None) for g in range(4)])
-        bias = np.stack([quantize_bias(b[g], q_in.scale, s_w[g:g + 1], node.where) for g in range(4)])
+        bias = np.stack([quantize_bias(b[g], q_in.scale, s_w[g:g + 1], node.where, bits=32 if q_in.bits == 8 else 64)
+                         for g in range(4)])
         node.qparams = {
             "weight": wq, "recurrent": rq, "bias": bias, "weight_scales": s_w, "recurrent_scales": s_r,
             "effective_bias": effective_bias(bias, wq, q_in.zero_point),
@@ -213,12 +215,12 @@ class LstmHandler(OpHandler):
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
         zp_h = graph.tensors[node.output].quant.zero_point
-        return [lstm_s8(inputs[0], qp["weight"], qp["recurrent"], qp["effective_bias"], qp["multipliers"],
-                        qp["cell_power"], qp["cell_clip"], zp_h)]
+        return [lstm_integer(inputs[0], qp["weight"], qp["recurrent"], qp["effective_bias"], qp["multipliers"],
+                             qp["cell_power"], qp["cell_clip"], zp_h, graph.tensors[node.output].quant.bits)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         if not graph.cmsis_api.lstm_s8:
-            raise UnsupportedOpError(f"the LSTM needs arm_lstm_unidirectional_s8, which CMSIS-NN API level "
+            raise UnsupportedOpError(f"the LSTM needs arm_lstm_unidirectional_s8/_s16, which CMSIS-NN API level "
                                      f"{graph.cmsis_api.level} ({graph.cmsis_api.versions}) lacks: convert for level 7 "
                                      "(CMSIS-NN v7.0.0 or later)", node.where)
         qp = node.qparams
@@ -226,28 +228,33 @@ class LstmHandler(OpHandler):
         steps, features = graph.tensors[node.inputs[0]].shape
         hidden = node.attrs["hidden"]
         m = qp["multipliers"]
+        wide = q_in.bits == 16
         arrays = []
         for g, gate in enumerate(GATES):
             arrays += [
                 CArray(f"{gate}_weights", "int8_t", qp["weight"][g], f"[{hidden}][{features}] input to {gate} gate"),
                 CArray(f"{gate}_recurrent", "int8_t", qp["recurrent"][g], f"[{hidden}][{hidden}] hidden to {gate} gate"),
-                CArray(f"{gate}_bias", "int32_t", qp["effective_bias"][g],
-                       f"{gate} gate bias less input zero point x row sums"),
-                CArray(f"{gate}_recurrent_bias", "int32_t", qp["recurrent_bias"][g],
-                       "-(output zero point) x recurrent row sums"),
+                CArray(f"{gate}_bias", "int64_t" if wide else "int32_t", qp["effective_bias"][g],
+                       f"{gate} gate bias" + ("" if wide else " less input zero point x row sums")),
             ]
+            if not wide:
+                arrays.append(CArray(f"{gate}_recurrent_bias", "int32_t", qp["recurrent_bias"][g],
+                                     "-(output zero point) x recurrent row sums"))
+        if wide:  # zero points are 0 at 16x8: the recurrent products start from 0, one array for all gates
+            arrays.append(CArray("zero_bias", "int64_t", np.zeros(hidden, np.int64), "the recurrent products' start"))
         gates = {gate: {"input": m.input_parts[g], "recurrent": m.recurrent_parts[g],
                         "activation": "ARM_TANH" if gate == "cell" else "ARM_SIGMOID"}
                  for g, gate in enumerate(GATES)}
+        kernel = "arm_lstm_unidirectional_s16" if wide else "arm_lstm_unidirectional_s8"
         return KernelCall(
             template="lstm.c.j2",
-            kernel="arm_lstm_unidirectional_s8",
+            kernel=kernel,
             context={"steps": steps, "features": features, "hidden": hidden, "input_offset": -q_in.zero_point,
                      "output_offset": q_out.zero_point, "forget_cell": m.forget_cell, "input_cell": m.input_cell,
                      "hidden_mult": m.hidden, "cell_clip": qp["cell_clip"], "cell_power": qp["cell_power"],
-                     "gates": gates, "state_bytes": 2 * hidden},
+                     "gates": gates, "kernel": kernel, "wide": wide},
             arrays=arrays,
-            functions=["arm_lstm_unidirectional_s8"],
+            functions=[kernel],
             scratch_bytes=3 * 2 * hidden,  # the cell state and two int16 gate buffers
             macs=steps * 4 * hidden * (features + hidden),
         )
@@ -261,20 +268,22 @@ class LstmHandler(OpHandler):
         def weights(values: np.ndarray, scale: float, name: str):
             return ex.const(values, fb.TensorType.INT8, name, me.Quantization(scales=[float(scale)], zero_points=[0]))
 
-        x = me.Tensor(shape=[1, steps, features], dtype=fb.TensorType.INT8, quantization=ex.activation(node.inputs[0]).quantization,
+        act = fb.TensorType.INT8 if q_in.bits == 8 else fb.TensorType.INT16
+        x = me.Tensor(shape=[1, steps, features], dtype=act, quantization=ex.activation(node.inputs[0]).quantization,
                       name=f"{node.output}_in3d")
         ex.reshape(ex.activation(node.inputs[0]), x)
-        y = me.Tensor(shape=[1, steps, hidden], dtype=fb.TensorType.INT8, quantization=ex.activation(node.output).quantization,
+        y = me.Tensor(shape=[1, steps, hidden], dtype=act, quantization=ex.activation(node.output).quantization,
                       name=f"{node.output}_out3d")
         inputs = [x]
         inputs += [weights(qp["weight"][g], qp["weight_scales"][g], f"{node.output}_w{g}") for g in range(4)]
         inputs += [weights(qp["recurrent"][g], qp["recurrent_scales"][g], f"{node.output}_r{g}") for g in range(4)]
         inputs += [None, None, None]  # no peepholes
-        inputs += [ex.const(qp["bias"][g], fb.TensorType.INT32, f"{node.output}_b{g}",
+        inputs += [ex.const(qp["bias"][g], fb.TensorType.INT32 if q_in.bits == 8 else fb.TensorType.INT64,
+                            f"{node.output}_b{g}",
                             me.Quantization(scales=[float(np.float32(q_in.scale) * np.float64(qp["weight_scales"][g]))],
                                             zero_points=[0])) for g in range(4)]
         inputs += [None, None]  # no projection
-        hidden_state = me.Tensor(shape=[1, hidden], dtype=fb.TensorType.INT8,
+        hidden_state = me.Tensor(shape=[1, hidden], dtype=act,
                                  quantization=me.Quantization(scales=[q_out.scale], zero_points=[q_out.zero_point]),
                                  name=f"{node.output}_hidden_state")
         cell_state = me.Tensor(shape=[1, hidden], dtype=fb.TensorType.INT16,

@@ -182,6 +182,14 @@ class GatherHandler(OpHandler):
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fb = ex.fb
+        shape = ex.graph.tensors[node.inputs[0]].shape
+        if len(shape) == 2 and tuple(node.attrs["shape"]) == tuple(shape) and np.array_equal(
+                node.attrs["index"], np.arange(int(np.prod(shape))).reshape(shape)[::-1].reshape(-1)):
+            # the steps in reverse order (a backward LSTM's): REVERSE_V2 along time, int8 and int16
+            axis = ex.const(np.array([2], np.int32), fb.TensorType.INT32, f"{node.output}_axis")
+            ex.op(fb.BuiltinOperator.REVERSE_V2, [ex.activation(node.inputs[0]), axis], [ex.activation(node.output)],
+                  fb.BuiltinOptions.ReverseV2Options, fb.ReverseV2OptionsT())
+            return
         if ex.graph.tensors[node.inputs[0]].quant.bits == 16:
             raise NotExportable("TFLite-Micro's GATHER has no int16 kernel", node.name)
         src, dst = ex.activation(node.inputs[0]), ex.activation(node.output)
