@@ -260,3 +260,13 @@ def test_tflite_lstms_tflite_micro_cannot_run_on_cmsis_nn_are_refused_naming_eac
     assert lstm_problems(op, inputs) == ["cell activation 6 (TANH expected)", "projection clipping",
                                          "no input gate (coupled input and forget gates)", "a projection",
                                          "layer normalization", "peephole weights"]
+
+
+def test_a_stream_recomputes_the_recurrence_over_the_window_and_equals_invoke(tmp_path):
+    """With --streaming the LSTM is not time-local: each push runs the convolution on the new steps
+    only and the LSTM and what follows on the whole window, as NAME_invoke would (the contract)."""
+    from tests.test_streaming import _check_host
+
+    conv = convert(MODELS["torch_cnn_lstm"], CALIBRATION[:16], name="s", cmsis_nn=level_7_tree(), streaming=8)
+    assert "(lstm) starts the head: it is not time-local" in conv.report["stream"]["head"]
+    _check_host(conv, 8, seed=3, tmp=tmp_path)
