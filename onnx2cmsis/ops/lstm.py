@@ -26,26 +26,10 @@ from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
 from onnx2cmsis.ops.lstm_float import cell_state_nodes, cell_states_value
+from onnx2cmsis.ops.sequence import DIRECTIONS, directions_of, run_directions, sequence_problems, text
 
 ONNX_GATE_ROWS = {"input": 0, "output": 1, "forget": 2, "cell": 3}  # ONNX W/R/B blocks: i, o, f, c
 DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
-DIRECTIONS = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}  # backward, per direction
-
-
-def _time_reversed(ctx: ImportContext, tensor: str, name: str, calib_name: str) -> str:
-    """A copy of a (T, C) tensor with its steps in reverse order (TFLite's REVERSE_V2 along time)."""
-    steps, channels = ctx.physical_shape(tensor)
-    index = (np.arange(steps)[::-1, None] * channels + np.arange(channels)[None, :]).reshape(-1)
-    out = ctx.new_tensor((steps, channels), f"{tensor}_reversed", calib_name=calib_name)
-    ctx.add_node(Node(f"{name}_reverse", "gather", [tensor], [out], attrs={"index": index, "shape": (steps, channels)},
-                      origin="time reversal"))
-    return out
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _file_gate_scales(ctx: ImportContext, node: OnnxNodeView, i: int, directions: int, hidden: int,
                       order: list[int]) -> np.ndarray | None:
     """(directions, 4) weight scales in GATES order where the model file quantized input i (W or R) with
@@ -64,11 +48,8 @@ def _file_gate_scales(ctx: ImportContext, node: OnnxNodeView, i: int, directions
 
 def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
     """What in the node TFLite's LSTM cannot compute (all at once)."""
-    problems = []
-    direction = _text(node.attr("direction", "forward"))
-    if direction not in DIRECTIONS:
-        problems.append(f"direction '{direction}'")
-    activations = [_text(a) for a in node.attr("activations", DEFAULT_ACTIVATIONS)]
+    problems = sequence_problems(node, ctx, (5, 6))
+    activations = [text(a) for a in node.attr("activations", DEFAULT_ACTIVATIONS)]
     if activations != DEFAULT_ACTIVATIONS:
         problems.append(f"activations {activations} (TFLite's LSTM computes {DEFAULT_ACTIVATIONS})")
     if node.attr("clip") is not None:
@@ -82,13 +63,7 @@ def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
             problems.append(f"computed weights '{node.inputs[i]}'")
     if len(node.inputs) > 3 and node.inputs[3] and ctx.const(node.inputs[3]) is None:
         problems.append(f"a computed bias '{node.inputs[3]}'")
-    for i, what in ((5, "initial_h"), (6, "initial_c")):
-        if len(node.inputs) > i and node.inputs[i]:
-            state = ctx.const(node.inputs[i])
-            if state is None or np.any(state != 0):
-                problems.append(f"a non-zero {what} (states start at zero)")
-    if len(node.outputs) > 2 and node.outputs[2] and ctx.is_read(node.outputs[2]) and \
-            ctx.const_quant(node.outputs[2]) is None:
+    if len(node.outputs) > 2 and node.outputs[2] and ctx.is_read(node.outputs[2]):
         problems.append("its last cell state Y_c read by the model")
     return problems
 
@@ -100,19 +75,11 @@ class LstmHandler(OpHandler):
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         problems = _lstm_problems(node, ctx)
-        layout = int(node.attr("layout", 0))
-        full = ctx.full_shape(node.inputs[0])
-        if len(full) != 3 or full[1 - layout] != 1:
-            problems.append(f"input of shape {list(full)} (one sequence at a time: batch 1)")
+        backwards = directions_of(node)
         if problems:
             raise UnsupportedOpError(f"LSTM with {'; '.join(problems)} is not supported", node.where)
-        steps, features = full[layout], full[2]
+        features = ctx.full_shape(node.inputs[0])[2]
         hidden = int(node.attr("hidden_size"))
-        lens = ctx.const(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] else None
-        if lens is not None and np.any(lens != steps):
-            raise UnsupportedOpError(f"LSTM with sequence_lens {lens.tolist()} shorter than its {steps} steps is not "
-                                     "supported", node.where)
-        backwards = DIRECTIONS[_text(node.attr("direction", "forward"))]
         w = ctx.const(node.inputs[1]).reshape(len(backwards), 4, hidden, features)
         r = ctx.const(node.inputs[2]).reshape(len(backwards), 4, hidden, hidden)
         b = (ctx.const(node.inputs[3]).reshape(len(backwards), 2, 4, hidden).sum(axis=1)
@@ -121,43 +88,24 @@ class LstmHandler(OpHandler):
         file_scales = {key: _file_gate_scales(ctx, node, i, len(backwards), hidden, order)
                        for key, i in (("weight", 1), ("recurrent", 2))}
         cell_file = node.outputs[2] if len(node.outputs) > 2 and node.outputs[2] else None
-        x = ctx.tensor(node.inputs[0], (0, 2) if layout == 0 else (1, 2), batched=False)
-        y_value = node.outputs[0] if node.outputs[0] else f"{node.name}__sequence"
-        cells = [cell_states_value(y_value, d) for d in range(len(backwards))]
-        outputs = []
-        for d, backward in enumerate(backwards):
-            name = f"{node.name}_backward" if backward and len(backwards) > 1 else node.name
-            # a backward LSTM is the forward one over the sequence reversed, its outputs put back in order
-            src = _time_reversed(ctx, x, name, node.inputs[0]) if backward else x
-            y = ctx.new_tensor((steps, hidden), f"{y_value}_{'backward' if backward else 'forward'}", calib_name=y_value)
+        cells = [cell_states_value(node.outputs[0], d) for d in range(len(backwards))]
+
+        def add_direction(d: int, backward: bool, name: str, src: str, dst: str) -> None:
             pinned = {f"file_{k}_scales": v[d] for k, v in file_scales.items() if v is not None}
-            ctx.add_node(Node(name, self.op, [src], [y], attrs={"hidden": hidden, "cell_value": cells[d],
-                                                                 "cell_file_value": cell_file, **pinned},
+            ctx.add_node(Node(name, self.op, [src], [dst], attrs={"hidden": hidden, "cell_value": cells[d],
+                                                                   "cell_file_value": cell_file, **pinned},
                               consts={"weight": np.ascontiguousarray(w[d][order], np.float32),
                                       "recurrent": np.ascontiguousarray(r[d][order], np.float32),
                                       "bias": np.ascontiguousarray(b[d][order], np.float32)},
                               origin="LSTM backward" if backward else "LSTM", internal_values=(cells[d],)))
-            outputs.append(_time_reversed(ctx, y, name, y_value) if backward else y)
-        if len(outputs) == 1:
-            y_all = outputs[0]
-        else:  # Y holds both directions side by side at each step: a concat along channels
-            y_all = ctx.new_tensor((steps, 2 * hidden), y_value, calib_name=y_value)
-            ctx.add_node(Node(node.name, "concat", outputs, [y_all], attrs={"kind": "channel"},
-                              origin="LSTM directions"))
-        ctx.bind(y_value, y_all, (0, 1, 3) if layout == 0 else (1, 2, 3))
-        if len(node.outputs) > 1 and node.outputs[1] and ctx.is_read(node.outputs[1]):
-            # Y_h: each direction's last step (a backward one ends at the first), rows of Y
-            ends = [0 if backward else -1 for backward in backwards]
-            if layout == 0:
-                last = lambda a: [np.stack([a[0][t, d] for d, t in enumerate(ends)])]  # noqa: E731
-            else:
-                last = lambda a: [np.stack([a[0][:, t, d] for d, t in enumerate(ends)], axis=1)]  # noqa: E731
-            ctx.move([node.outputs[1]], [y_value], last)
+
+        run_directions(node, ctx, hidden, add_direction)
 
     def float_internals(self, node: OnnxNodeView) -> list[onnx.NodeProto]:
-        y_value = node.outputs[0] if node.outputs[0] else f"{node.name}__sequence"
-        backwards = DIRECTIONS.get(_text(node.attr("direction", "forward")), [False])
-        return cell_state_nodes(list(node.inputs[:4]), y_value, int(node.attr("hidden_size")),
+        backwards = DIRECTIONS.get(text(node.attr("direction", "forward")), [False])
+        if not node.outputs or not node.outputs[0]:
+            return []  # refused at import
+        return cell_state_nodes(list(node.inputs[:4]), node.outputs[0], int(node.attr("hidden_size")),
                                 int(node.attr("layout", 0)), backwards)
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:

@@ -25,6 +25,7 @@ from onnx2cmsis.ops.conv_transpose import ConvTranspose1DHandler
 from onnx2cmsis.ops.dense import DenseHandler
 from onnx2cmsis.ops.depthwise import DepthwiseConv1DHandler
 from onnx2cmsis.ops.elementwise import AffineHandler, ClipHandler
+from onnx2cmsis.ops.gru import GruHandler
 from onnx2cmsis.ops.lstm import LstmHandler
 from onnx2cmsis.ops.layout import Pad1DHandler, ReshapeHandler, TransposeHandler
 from onnx2cmsis.ops.mean import Mean1DHandler
@@ -59,6 +60,7 @@ BUILTIN_HANDLERS: tuple[type[OpHandler], ...] = (
     Slice1DHandler,
     GatherHandler,
     LstmHandler,
+    GruHandler,
 )
 
 ENTRY_POINT_GROUP = "onnx2cmsis.ops"

@@ -12,6 +12,10 @@ export them.
   last layer's h_n feeds Linear(20, 4) (two LSTM nodes; h_n is their Y_h outputs concatenated).
 - torch_bilstm.onnx: Conv1d + ReLU, MaxPool1d(2), a bidirectional LSTM(16, 12, batch_first=True) whose
   h_n (the forward direction's last step and the backward one's first) feeds Linear(24, 4).
+- torch_cnn_gru.onnx: Conv1d + ReLU, MaxPool1d(2), GRU(16, 24, batch_first=True) (PyTorch's GRU is
+  ONNX's linear_before_reset=1), the last step, Linear(24, 4).
+- torch_cnn_rnn.onnx: Conv1d + ReLU, MaxPool1d(2), RNN(16, 20, batch_first=True, tanh), h_n[-1],
+  Linear(20, 4).
 - keras_cnn_lstm.keras: Conv1D(16, 5, relu), MaxPooling1D(2), LSTM(24, return_sequences=True),
   LSTM(16), Dense(4, softmax) (Keras 3).
 - keras_bilstm.keras: Conv1D, MaxPooling1D, Bidirectional(LSTM(12, return_sequences=True)) merged by
@@ -83,7 +87,33 @@ def modules():
             _, (h, _) = self.lstm(y)
             return self.head(torch.cat([h[-2], h[-1]], dim=1))
 
-    return CnnLstm, LstmStack, BiLstm
+    class CnnGru(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv1d(CHANNELS, 16, 5, padding=2)
+            self.pool = torch.nn.MaxPool1d(2)
+            self.gru = torch.nn.GRU(16, 24, batch_first=True)
+            self.head = torch.nn.Linear(24, 4)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.conv(x))).permute(0, 2, 1)
+            out, _ = self.gru(y)
+            return self.head(out[:, -1, :])
+
+    class CnnRnn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv1d(CHANNELS, 16, 5, padding=2)
+            self.pool = torch.nn.MaxPool1d(2)
+            self.rnn = torch.nn.RNN(16, 20, batch_first=True)
+            self.head = torch.nn.Linear(20, 4)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.conv(x))).permute(0, 2, 1)
+            _, h = self.rnn(y)
+            return self.head(h[-1])
+
+    return CnnLstm, LstmStack, BiLstm, CnnGru, CnnRnn
 
 
 def train(module, seed: int, epochs: int = 6):
@@ -183,12 +213,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    CnnLstm, LstmStack, BiLstm = modules()
+    CnnLstm, LstmStack, BiLstm, CnnGru, CnnRnn = modules()
     cnn_lstm = train(CnnLstm(), seed=1)
     export(cnn_lstm, HERE / "torch_cnn_lstm.onnx", dynamo=False)
     export(cnn_lstm, HERE / "torch_cnn_lstm_dynamo.onnx", dynamo=True)
     export(train(LstmStack(), seed=2), HERE / "torch_lstm_stack.onnx", dynamo=False)
     export(train(BiLstm(), seed=3), HERE / "torch_bilstm.onnx", dynamo=False)
+    export(train(CnnGru(), seed=6), HERE / "torch_cnn_gru.onnx", dynamo=False)
+    export(train(CnnRnn(), seed=7), HERE / "torch_cnn_rnn.onnx", dynamo=False)
     keras_models()
     tf_keras_tflite()
 

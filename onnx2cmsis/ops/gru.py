@@ -1,0 +1,136 @@
+"""GRU and RNN (ONNX GRU, RNN: PyTorch nn.GRU/nn.RNN, Keras GRU/SimpleRNN) -> an own exact step loop
+over CMSIS-NN's LSTM building blocks.
+
+TFLite-Micro and CMSIS-NN have no GRU kernel: the step is built from the functions their LSTM uses
+(`arm_nn_vec_mat_mul_result_acc_s8_s16` / `_s16`, `arm_nn_activation_s16`, `arm_elementwise_mul_s16`)
+and a loop for the state update, with the LSTM's quantization rules (arith/gru.py). No independent
+oracle exists for it: the numpy reference is the oracle, and accuracy is held to the float model's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx2cmsis.arith.gru import STATE_SCALE, gru_integer, recurrent_multipliers, rnn_integer
+from onnx2cmsis.arith.lstm import effective_bias
+from onnx2cmsis.arith.rules import quantize_bias, quantize_weights, round_half_away, symmetric_weight_scales
+from onnx2cmsis.errors import NotExportable, UnsupportedOpError
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
+from onnx2cmsis.ops.sequence import directions_of, run_directions, sequence_problems, text
+
+DEFAULT_ACTIVATIONS = {"GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+GATES = {"GRU": ("update", "reset", "candidate"), "RNN": ("state",)}  # ONNX's order: z, r, h
+
+
+class GruHandler(OpHandler):
+    op = "gru"
+    onnx_ops = ("GRU", "RNN")
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        problems = sequence_problems(node, ctx, (5,))
+        activations = [text(a) for a in node.attr("activations", DEFAULT_ACTIVATIONS[node.op_type])]
+        backwards = directions_of(node)
+        if activations[:len(DEFAULT_ACTIVATIONS[node.op_type])] != DEFAULT_ACTIVATIONS[node.op_type]:
+            problems.append(f"activations {activations} ({DEFAULT_ACTIVATIONS[node.op_type]} only)")
+        if node.attr("clip") is not None:
+            problems.append("clip")
+        for i in (1, 2):
+            if ctx.const(node.inputs[i]) is None:
+                problems.append(f"computed weights '{node.inputs[i]}'")
+        if problems:
+            raise UnsupportedOpError(f"{node.op_type} with {'; '.join(problems)} is not supported", node.where)
+        gates = len(GATES[node.op_type])
+        hidden = int(node.attr("hidden_size"))
+        features = ctx.full_shape(node.inputs[0])[2]
+        w = ctx.const(node.inputs[1]).reshape(len(backwards), gates, hidden, features)
+        r = ctx.const(node.inputs[2]).reshape(len(backwards), gates, hidden, hidden)
+        b = (ctx.const(node.inputs[3]).reshape(len(backwards), 2, gates, hidden)
+             if len(node.inputs) > 3 and node.inputs[3] else np.zeros((len(backwards), 2, gates, hidden)))
+        before_reset = bool(int(node.attr("linear_before_reset", 0))) and node.op_type == "GRU"
+
+        def add_direction(d: int, backward: bool, name: str, src: str, dst: str) -> None:
+            ctx.add_node(Node(name, self.op, [src], [dst],
+                              attrs={"hidden": hidden, "kind": node.op_type, "linear_before_reset": before_reset},
+                              consts={"weight": np.ascontiguousarray(w[d], np.float32),
+                                      "recurrent": np.ascontiguousarray(r[d], np.float32),
+                                      "bias": np.ascontiguousarray(b[d][0], np.float32),
+                                      "recurrent_bias": np.ascontiguousarray(b[d][1], np.float32)},
+                              origin=f"{node.op_type} backward" if backward else node.op_type))
+
+        run_directions(node, ctx, hidden, add_direction)
+
+    def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        return [(input_shapes[0][0], node.attrs["hidden"])]
+
+    def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
+        q_in = graph.tensors[node.inputs[0]].quant
+        out = graph.tensors[node.output]
+        if out.quant is None:
+            out.quant = calibrated_quant(graph, node.output, ranges)
+        w, r = node.consts["weight"], node.consts["recurrent"]
+        b, rb = node.consts["bias"].astype(np.float64), node.consts["recurrent_bias"].astype(np.float64)
+        gates = len(w)
+        s_w = np.array([symmetric_weight_scales(w[g], None)[0] for g in range(gates)], np.float32)
+        s_r = np.array([symmetric_weight_scales(r[g], None)[0] for g in range(gates)], np.float32)
+        wq = np.stack([quantize_weights(w[g], s_w[g:g + 1], None) for g in range(gates)])
+        rq = np.stack([quantize_weights(r[g], s_r[g:g + 1], None) for g in range(gates)])
+        # the recurrent biases join the input parts' (the same Q3.12 sum), except the GRU candidate's
+        # with linear_before_reset: it is inside the reset gate's product
+        apart = node.attrs["linear_before_reset"]
+        folded = b + rb if not apart else np.concatenate([b[:2] + rb[:2], b[2:]])
+        bias = np.stack([quantize_bias(folded[g], q_in.scale, s_w[g:g + 1], node.where) for g in range(gates)])
+        hidden = node.attrs["hidden"]
+        candidate_bias = (round_half_away(rb[2] / (STATE_SCALE * np.float64(s_r[2]))).astype(np.int64) if apart
+                          else np.zeros(hidden, np.int64))
+        node.qparams = {"weight": wq, "recurrent": rq, "weight_scales": s_w, "recurrent_scales": s_r,
+                        "bias": effective_bias(bias, wq, q_in.zero_point), "candidate_bias": candidate_bias,
+                        "multipliers": recurrent_multipliers(q_in.scale, out.quant.scale, s_w, s_r)}
+
+    def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        qp = node.qparams
+        zp = graph.tensors[node.output].quant.zero_point
+        if node.attrs["kind"] == "RNN":
+            return [rnn_integer(inputs[0], qp["weight"], qp["recurrent"], qp["bias"], qp["multipliers"], zp)]
+        return [gru_integer(inputs[0], qp["weight"], qp["recurrent"], qp["bias"], qp["candidate_bias"],
+                            qp["multipliers"], zp, node.attrs["linear_before_reset"])]
+
+    def emit(self, node: Node, graph: Graph) -> KernelCall:
+        if not graph.cmsis_api.lstm_s8:
+            raise UnsupportedOpError(f"the {node.attrs['kind']} is built from CMSIS-NN's LSTM functions, which API level "
+                                     f"{graph.cmsis_api.level} ({graph.cmsis_api.versions}) lacks: convert for level 7 "
+                                     "(CMSIS-NN v7.0.0 or later)", node.where)
+        qp = node.qparams
+        steps, features = graph.tensors[node.inputs[0]].shape
+        hidden, kind = node.attrs["hidden"], node.attrs["kind"]
+        m = qp["multipliers"]
+        names = GATES[kind]
+        arrays = []
+        for g, gate in enumerate(names):
+            arrays += [
+                CArray(f"{gate}_weights", "int8_t", qp["weight"][g], f"[{hidden}][{features}] input to {gate}"),
+                CArray(f"{gate}_recurrent", "int8_t", qp["recurrent"][g], f"[{hidden}][{hidden}] state to {gate}"),
+                CArray(f"{gate}_bias", "int32_t", qp["bias"][g], f"{gate} bias less input zero point x row sums"),
+            ]
+        arrays.append(CArray("zero_bias", "int64_t", np.zeros(hidden, np.int64), "the state products' start"))
+        if node.attrs["linear_before_reset"]:
+            arrays.append(CArray("candidate_recurrent_bias", "int64_t", qp["candidate_bias"],
+                                 "the candidate's recurrent bias, at 2^-15 x its weights' scale"))
+        q_out = graph.tensors[node.output].quant
+        gates = {gate: {"input": m.input_parts[g], "recurrent": m.recurrent_parts[g]} for g, gate in enumerate(names)}
+        buffers = 5 if kind == "GRU" else 2  # state, update, reset, candidate, recurrent part / state, sum
+        return KernelCall(
+            template="gru.c.j2",
+            kernel=f"own {kind} step loop (CMSIS-NN LSTM functions)",
+            context={"kind": kind, "steps": steps, "features": features, "hidden": hidden, "gates": gates,
+                     "reset": m.reset, "output": m.output, "output_offset": q_out.zero_point,
+                     "before_reset": node.attrs["linear_before_reset"]},
+            arrays=arrays,
+            functions=["arm_nn_vec_mat_mul_result_acc_s8_s16", "arm_nn_vec_mat_mul_result_acc_s16",
+                       "arm_nn_activation_s16", *(["arm_elementwise_mul_s16"] if kind == "GRU" else [])],
+            scratch_bytes=2 * buffers * hidden,
+            macs=steps * len(names) * hidden * (features + hidden),
+        )
+
+    def export_tflite(self, ex: TfliteContext, node: Node) -> None:
+        raise NotExportable(f"TFLite has no {node.attrs['kind']} operator (our reference is the oracle)", node.name)

@@ -1,0 +1,99 @@
+"""What the recurrent handlers (ops/lstm.py, ops/gru.py) share: reading an ONNX recurrent node's
+directions, and laying its sequence output out.
+
+ONNX's LSTM, GRU and RNN write Y as (T, directions, 1, H) (layout 0) or (1, T, directions, H)
+(layout 1) and Y_h as each direction's last step. Here a backward direction is the forward
+computation over the time-reversed sequence, its outputs reversed back (TFLite's REVERSE_V2, an IR
+gather), and two directions sit side by side at each step (a concat along channels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.ir.graph import Node
+from onnx2cmsis.ops.base import ImportContext, OnnxNodeView
+
+DIRECTIONS = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}  # backward, per direction
+
+
+def text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def directions_of(node: OnnxNodeView) -> list[bool]:
+    """Per direction, whether it runs backward (refused by name when the attribute is unknown)."""
+    direction = text(node.attr("direction", "forward"))
+    if direction not in DIRECTIONS:
+        raise UnsupportedOpError(f"{node.op_type} with direction '{direction}' is not supported", node.where)
+    return DIRECTIONS[direction]
+
+
+def sequence_problems(node: OnnxNodeView, ctx: ImportContext, initial_inputs: tuple[int, ...]) -> list[str]:
+    """What every recurrent node must be: one sequence (batch 1), its output Y given, sequence_lens all
+    of it (checked by the caller once shapes are known), zero initial states (inputs `initial_inputs`)."""
+    problems = []
+    layout = int(node.attr("layout", 0))
+    full = ctx.full_shape(node.inputs[0])
+    if len(full) != 3 or full[1 - layout] != 1:
+        problems.append(f"input of shape {list(full)} (one sequence at a time: batch 1)")
+    if not node.outputs or not node.outputs[0]:
+        problems.append("no sequence output Y")
+    for i in initial_inputs:
+        if len(node.inputs) > i and node.inputs[i]:
+            state = ctx.const(node.inputs[i])
+            if state is None or np.any(state != 0):
+                problems.append("a non-zero initial state (states start at zero)")
+    if len(node.inputs) > 4 and node.inputs[4] and len(full) == 3:
+        lens = ctx.const(node.inputs[4])
+        if lens is None or np.any(lens != full[layout]):
+            problems.append("sequence_lens shorter than the sequence")
+    return problems
+
+
+def time_reversed(ctx: ImportContext, tensor: str, name: str, calib_name: str) -> str:
+    """A copy of a (T, C) tensor with its steps in reverse order (TFLite's REVERSE_V2 along time)."""
+    steps, channels = ctx.physical_shape(tensor)
+    index = (np.arange(steps)[::-1, None] * channels + np.arange(channels)[None, :]).reshape(-1)
+    out = ctx.new_tensor((steps, channels), f"{tensor}_reversed", calib_name=calib_name)
+    ctx.add_node(Node(f"{name}_reverse", "gather", [tensor], [out], attrs={"index": index, "shape": (steps, channels)},
+                      origin="time reversal"))
+    return out
+
+
+def run_directions(node: OnnxNodeView, ctx: ImportContext, hidden: int,
+                   add_direction: Callable[[int, bool, str, str, str], None]) -> None:
+    """Import a recurrent node: for each direction d, `add_direction(d, backward, name, src, dst)` adds
+    the IR node computing (T, H) `dst` from the (T, C) `src` forward in time; this lays the input and
+    the outputs (Y, and Y_h when read) out around them."""
+    layout = int(node.attr("layout", 0))
+    full = ctx.full_shape(node.inputs[0])
+    steps = full[layout]
+    backwards = directions_of(node)
+    y_value = node.outputs[0]
+    x = ctx.tensor(node.inputs[0], (0, 2) if layout == 0 else (1, 2), batched=False)
+    outputs = []
+    for d, backward in enumerate(backwards):
+        name = f"{node.name}_backward" if backward and len(backwards) > 1 else node.name
+        src = time_reversed(ctx, x, name, node.inputs[0]) if backward else x
+        y = ctx.new_tensor((steps, hidden), f"{y_value}_{'backward' if backward else 'forward'}", calib_name=y_value)
+        add_direction(d, backward, name, src, y)
+        outputs.append(time_reversed(ctx, y, name, y_value) if backward else y)
+    if len(outputs) == 1:
+        y_all = outputs[0]
+    else:  # Y holds both directions side by side at each step: a concat along channels
+        y_all = ctx.new_tensor((steps, 2 * hidden), y_value, calib_name=y_value)
+        ctx.add_node(Node(node.name, "concat", outputs, [y_all], attrs={"kind": "channel"},
+                          origin=f"{node.op_type} directions"))
+    ctx.bind(y_value, y_all, (0, 1, 3) if layout == 0 else (1, 2, 3))
+    if len(node.outputs) > 1 and node.outputs[1] and ctx.is_read(node.outputs[1]):
+        # Y_h: each direction's last step (a backward one ends at the first), rows of Y
+        ends = [0 if backward else -1 for backward in backwards]
+        if layout == 0:
+            last = lambda a: [np.stack([a[0][t, d] for d, t in enumerate(ends)])]  # noqa: E731
+        else:
+            last = lambda a: [np.stack([a[0][:, t, d] for d, t in enumerate(ends)], axis=1)]  # noqa: E731
+        ctx.move([node.outputs[1]], [y_value], last)
