@@ -25,6 +25,7 @@ from tests.needs import level_7_tree, qemu_tools
 
 HERE = Path(__file__).resolve().parent / "lstm_models"
 MODELS = {stem: HERE / f"{stem}.onnx" for stem in ("torch_cnn_gru", "torch_cnn_rnn")}
+KERAS_MODELS = {stem: HERE / f"{stem}.keras" for stem in ("keras_cnn_gru", "keras_cnn_rnn")}
 STEPS, CHANNELS = 64, 3
 
 
@@ -62,10 +63,14 @@ def test_pytorch_gru_and_rnn_c_equals_the_reference_within_a_point_of_float(tmp_
 
 @pytest.mark.slow
 @pytest.mark.qemu
+@pytest.mark.keras
 def test_gru_and_rnn_give_the_same_bytes_on_qemu(tmp_path):
     qemu_tools()
-    convs = {stem: convert(path, CALIBRATION, name=stem) for stem, path in MODELS.items()}
-    inputs = {name: quantize_inputs(conv, _signals(4, seed=52)[0]) for name, conv in convs.items()}
+    keras_calibration = signals(64, STEPS, CHANNELS, seed=54)[0]
+    convs = {**{stem: convert(path, CALIBRATION, name=stem) for stem, path in MODELS.items()},
+             **{stem: convert(path, keras_calibration, name=stem) for stem, path in KERAS_MODELS.items()}}
+    inputs = {name: quantize_inputs(conv, _signals(4, seed=52)[0] if name.startswith("torch") else
+                                    signals(4, STEPS, CHANNELS, seed=52)[0]) for name, conv in convs.items()}
     for target in ("m4", "m55"):
         got = run_firmware(build_firmware(list(convs.values()), target, tmp_path / target), inputs)
         for name, conv in convs.items():
@@ -114,3 +119,24 @@ def test_what_the_loop_cannot_compute_is_refused_naming_the_node(tmp_path):
         convert(_model(tmp_path, "RNN", activations=["Relu"]), calib, name="m")
     with pytest.raises(UnsupportedOpError, match=r"node 'rnn' \(GRU\).*clip"):
         convert(_model(tmp_path, "GRU", clip=2.0), calib, name="m")
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+def test_keras_gru_and_simple_rnn_are_keras_in_onnx_and_accurate(tmp_path):
+    """GRU (reset_after either way, stacked) and Bidirectional(SimpleRNN) become ONNX GRU/RNN nodes
+    whose float model is Keras' prediction; the C equals the reference, with float's accuracy within a
+    point on held-out signals."""
+    from tests.needs import module
+
+    keras = module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+    x, labels = signals(200, STEPS, CHANNELS, seed=53)  # Keras layout; trained on seed 4
+    for stem, path in KERAS_MODELS.items():
+        conv = convert(path, signals(64, STEPS, CHANNELS, seed=54)[0], name=stem)
+        assert any(n.op == "gru" for n in conv.graph.nodes)
+        want = keras.models.load_model(path, compile=False).predict(x, verbose=0)
+        got = np.stack([next(iter(v.values())).reshape(-1) for v in run_float(conv.model, list(x))])
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=stem)
+        ev, out = evaluate(conv, x, tmp_path / stem, oracle_samples=0)
+        assert ev.mismatches_vs_reference == 0, (stem, ev)
+        assert _accuracy(out, conv, labels) >= float(np.mean(want.argmax(axis=1) == labels)) - 0.01, stem

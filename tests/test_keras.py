@@ -125,9 +125,10 @@ def test_lambda_layer_is_refused_and_its_code_never_runs(keras, tmp_path):
 
 def test_unsupported_layer_names_layer_class_and_the_supported_list(keras, tmp_path):
     inputs = keras.Input((16, 2))
-    path = tmp_path / "gru.h5"
-    keras.Model(inputs, keras.layers.GRU(4, name="my_gru")(inputs)).save(path)
-    with pytest.raises(UnsupportedOpError, match=r"layer 'my_gru' \(GRU\) is not supported \(supported: .*Conv1D.*LSTM"):
+    path = tmp_path / "attention.h5"
+    keras.Model(inputs, keras.layers.MultiHeadAttention(2, 4, name="my_attention")(inputs, inputs)).save(path)
+    with pytest.raises(UnsupportedOpError, match=r"layer 'my_attention' \(MultiHeadAttention\) is not supported "
+                                                 r"\(supported: .*Conv1D.*GRU.*LSTM"):
         convert(path, np.zeros((4, 16, 2), np.float32), name="m")
 
 

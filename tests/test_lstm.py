@@ -217,13 +217,14 @@ def test_keras_recurrent_layers_tflite_cannot_compute_are_refused_before_loading
               {"class_name": "LSTM", "config": {"name": "kept", "stateful": True, "return_state": True}},
               {"class_name": "Bidirectional", "config": {"name": "bi", "merge_mode": "mul",
                                                          "layer": {"class_name": "LSTM", "config": {"units": 4}}}},
-              {"class_name": "Bidirectional", "config": {"name": "gru", "layer": {"class_name": "GRU", "config": {}}}}]
+              {"class_name": "Bidirectional", "config": {"name": "conv", "layer": {"class_name": "ConvLSTM1D",
+                                                                                    "config": {}}}}]
     problems = recurrent_problems(layers)
     assert len(problems) == 4
     assert "layer 'old' (LSTM) has recurrent_activation 'hard_sigmoid'" in problems[0]
     assert "stateful=True" in problems[1] and "return_state=True" in problems[1]
     assert "layer 'bi' (Bidirectional) merges with 'mul'" in problems[2]
-    assert "layer 'gru' (Bidirectional) wraps a GRU" in problems[3]
+    assert "layer 'conv' (Bidirectional) wraps a ConvLSTM1D: only LSTM, GRU, SimpleRNN convert" in problems[3]
 
 @pytest.mark.oracle
 def test_tensorflows_own_int8_lstm_file_gives_tflite_micros_bytes_without_calibration():

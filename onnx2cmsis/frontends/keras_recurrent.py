@@ -1,6 +1,7 @@
-"""Keras LSTM and Bidirectional(LSTM) layers as ONNX LSTM nodes, built from the layers' own weights.
+"""Keras LSTM, GRU and SimpleRNN layers (and Bidirectional of them) as ONNX LSTM, GRU and RNN nodes,
+built from the layers' own weights.
 
-tf2onnx exports a Keras 3 LSTM as a Loop over a while-loop body, which no 1D kernel maps to. Before
+tf2onnx exports a Keras 3 recurrent layer as a Loop over a while-loop body, which no 1D kernel maps to. Before
 the export, each recurrent layer's `call` is replaced on the (private, loaded) model by a stand-in of
 the same output shape (a matrix product, under the layer's marked name scope); after it, the nodes
 under that scope are cut out and an ONNX LSTM with the layer's weights put in their place, between
@@ -9,7 +10,8 @@ the same input and output values:
     x (1, T, C) -> Transpose -> LSTM (forward, reverse for go_backwards, bidirectional) -> Y or Y_h
       -> Transpose/Reshape (-> time reversal for go_backwards' sequences) -> (1, T, H) or (1, H)
 
-Keras gate order i, f, c, o becomes ONNX's i, o, f, c; a Bidirectional layer's backward half runs
+Keras' LSTM gate order i, f, c, o becomes ONNX's i, o, f, c (GRU: z, r, h in both; Keras'
+`reset_after` is ONNX's linear_before_reset); a Bidirectional layer's backward half runs
 over the reversed sequence, so its output at each step is ONNX's backward direction at that step
 (Keras reverses it back), merged by concatenation or sum.
 """
@@ -26,8 +28,10 @@ from onnx import helper, numpy_helper
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.frontends.keras_names import MARKER, MARKER_RE
 
-RECURRENT_LAYERS = {"LSTM", "Bidirectional"}
-KERAS_TO_ONNX_GATES = [0, 3, 1, 2]  # ONNX blocks i, o, f, c from Keras' i, f, c, o
+CELLS = {"LSTM": ("LSTM", 4), "GRU": ("GRU", 3), "SimpleRNN": ("RNN", 1)}  # Keras layer: ONNX op, gates
+RECURRENT_LAYERS = {*CELLS, "Bidirectional"}
+# which Keras gate block each ONNX block is (LSTM: ONNX i, o, f, c from Keras i, f, c, o)
+KERAS_TO_ONNX_GATES = {"LSTM": [0, 3, 1, 2], "GRU": [0, 1, 2], "SimpleRNN": [0]}
 MERGE_MODES = ("concat", "sum")
 
 
@@ -40,22 +44,23 @@ def recurrent_problems(layers: list[dict[str, Any]]) -> list[str]:
         name = cfg.get("name", "?")
         if cls == "Bidirectional":
             inner = cfg.get("layer", {})
-            if inner.get("class_name") != "LSTM":
-                problems.append(f"layer '{name}' (Bidirectional) wraps a {inner.get('class_name')}: only LSTM converts")
+            kind = inner.get("class_name")
+            if kind not in CELLS:
+                problems.append(f"layer '{name}' (Bidirectional) wraps a {kind}: only {', '.join(CELLS)} convert")
                 continue
             if cfg.get("merge_mode", "concat") not in MERGE_MODES:
                 problems.append(f"layer '{name}' (Bidirectional) merges with '{cfg.get('merge_mode')}' (supported: "
                                 f"{', '.join(MERGE_MODES)})")
-            problems += _lstm_problems(name, inner.get("config", {}), "Bidirectional(LSTM)")
+            problems += _cell_problems(name, inner.get("config", {}), f"Bidirectional({kind})", kind)
             back = cfg.get("backward_layer") or {}  # Keras 3 writes the mirror it made; another is refused
             mirror = back.get("config", {})
-            if back and (back.get("class_name") != "LSTM" or not mirror.get("go_backwards") or any(
+            if back and (back.get("class_name") != kind or not mirror.get("go_backwards") or any(
                     mirror.get(k) != inner.get("config", {}).get(k) for k in ("units", "return_sequences", "use_bias"))):
-                problems.append(f"layer '{name}' (Bidirectional) has a backward layer that is not its LSTM's mirror")
+                problems.append(f"layer '{name}' (Bidirectional) has a backward layer that is not its {kind}'s mirror")
             else:
-                problems += _lstm_problems(name, mirror, "Bidirectional(LSTM)")
-        elif cls == "LSTM":
-            problems += _lstm_problems(name, cfg, "LSTM")
+                problems += _cell_problems(name, mirror, f"Bidirectional({kind})", kind)
+        elif cls in CELLS:
+            problems += _cell_problems(name, cfg, cls, cls)
     return problems
 
 
@@ -63,13 +68,13 @@ def _activation(value: Any) -> Any:
     return value.get("config", {}).get("name", value.get("class_name")) if isinstance(value, dict) else value
 
 
-def _lstm_problems(name: str, cfg: dict[str, Any], cls: str) -> list[str]:
+def _cell_problems(name: str, cfg: dict[str, Any], cls: str, kind: str) -> list[str]:
     found = []
     if _activation(cfg.get("activation", "tanh")) != "tanh":
         found.append(f"activation '{_activation(cfg.get('activation'))}'")
-    if _activation(cfg.get("recurrent_activation", "sigmoid")) != "sigmoid":
-        found.append(f"recurrent_activation '{_activation(cfg.get('recurrent_activation'))}' (TFLite's LSTM gates are "
-                     "sigmoid; Keras 2.0-2.2 defaulted to hard_sigmoid)")
+    if kind != "SimpleRNN" and _activation(cfg.get("recurrent_activation", "sigmoid")) != "sigmoid":
+        found.append(f"recurrent_activation '{_activation(cfg.get('recurrent_activation'))}' (the gates are sigmoid; "
+                     "Keras 2.0-2.2 defaulted to hard_sigmoid)")
     for key, what in (("stateful", "stateful=True (state kept across calls)"), ("return_state", "return_state=True"),
                       ("time_major", "time_major=True")):
         if cfg.get(key):
@@ -82,6 +87,7 @@ class StandIn:
     """One recurrent layer replaced for the export: where it sits and what to put back."""
 
     marker: str  # the layer's marked name: its nodes' scope in the exported graph
+    kind: str  # the Keras cell: LSTM, GRU or SimpleRNN
     steps: int
     features: int
     hidden: int
@@ -89,6 +95,7 @@ class StandIn:
     directions: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]  # per direction: kernel, recurrent, bias
     backward_only: bool  # go_backwards on a unidirectional layer
     merge: str  # "concat" or "sum" (bidirectional)
+    reset_after: bool  # a GRU's (ONNX linear_before_reset)
 
 
 def stand_in_recurrent_layers(model: Any) -> list[StandIn]:
@@ -101,18 +108,19 @@ def stand_in_recurrent_layers(model: Any) -> list[StandIn]:
         kind = type(layer).__name__
         if kind not in RECURRENT_LAYERS:
             continue
-        lstm = layer.forward_layer if kind == "Bidirectional" else layer
+        cell = layer.forward_layer if kind == "Bidirectional" else layer
         steps, features = (int(d) for d in layer.input.shape[1:])
-        hidden = int(lstm.units)
+        hidden = int(cell.units)
         halves = [layer.forward_layer, layer.backward_layer] if kind == "Bidirectional" else [layer]
-        weights = tuple(tuple(np.asarray(w, np.float32) for w in _lstm_weights(half, hidden)) for half in halves)
+        weights = tuple(tuple(np.asarray(w, np.float32) for w in _cell_weights(half, hidden)) for half in halves)
         merge = getattr(layer, "merge_mode", "concat") or "concat"
         width = hidden * (2 if kind == "Bidirectional" and merge == "concat" else 1)
-        found.append(StandIn(layer.name, steps, features, hidden, bool(lstm.return_sequences), weights,
-                             kind == "LSTM" and bool(layer.go_backwards), merge))
+        found.append(StandIn(layer.name, type(cell).__name__, steps, features, hidden, bool(cell.return_sequences),
+                             weights, kind != "Bidirectional" and bool(layer.go_backwards), merge,
+                             bool(getattr(cell.cell, "reset_after", False))))
         stand_in = np.ones((features, width), np.float32)
 
-        def call(inputs, *args, _w=stand_in, _seq=bool(lstm.return_sequences), **kwargs):
+        def call(inputs, *args, _w=stand_in, _seq=bool(cell.return_sequences), **kwargs):
             x = inputs if _seq else inputs[:, -1, :]
             return keras.ops.matmul(x, _w)
 
@@ -129,22 +137,34 @@ def _all_layers(container: Any) -> list[Any]:
     return out
 
 
-def _lstm_weights(layer: Any, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cell_weights(layer: Any, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kernel (C, G*H), recurrent kernel (H, G*H) and the bias as ONNX's (2, G*H): input and recurrent
+    biases (Keras' GRU with reset_after keeps both; the other cells one, the recurrent part zero)."""
+    gates = CELLS[type(layer).__name__][1]
     kernel, recurrent = (np.asarray(w) for w in (layer.cell.kernel, layer.cell.recurrent_kernel))
-    bias = np.asarray(layer.cell.bias) if layer.cell.use_bias else np.zeros(4 * hidden, np.float32)
+    bias = np.asarray(layer.cell.bias) if layer.cell.use_bias else np.zeros(gates * hidden, np.float32)
+    bias = bias.reshape(-1, gates * hidden)
+    if len(bias) == 1:
+        bias = np.concatenate([bias, np.zeros_like(bias)])
     return kernel, recurrent, bias
 
 
-def _onnx_gates(block: np.ndarray, hidden: int) -> np.ndarray:
-    """Keras (..., 4H) columns in i, f, c, o order -> ONNX (4H, ...) rows in i, o, f, c."""
-    rows = block.T.reshape(4, hidden, -1)
-    return rows[KERAS_TO_ONNX_GATES].reshape(4 * hidden, -1)
+def _onnx_gates(block: np.ndarray, hidden: int, kind: str) -> np.ndarray:
+    """Keras (..., G*H) columns -> ONNX (G*H, ...) rows in ONNX's gate order."""
+    order = KERAS_TO_ONNX_GATES[kind]
+    rows = block.T.reshape(len(order), hidden, -1)
+    return rows[order].reshape(len(order) * hidden, -1)
 
 
 def insert_recurrent_layers(proto: onnx.ModelProto, stand_ins: list[StandIn], where: str) -> None:
-    """Cut each stand-in's nodes out of the exported graph and put an ONNX LSTM in their place."""
+    """Cut each stand-in's nodes out of the exported graph and put an ONNX recurrent node in their place."""
+    if not stand_ins:
+        return
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+              for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
     for stand_in in stand_ins:
-        _replace(proto.graph, stand_in, where)
+        _replace(proto.graph, stand_in, where, shapes)
 
 
 def _marker_of(name: str) -> str | None:
@@ -152,7 +172,7 @@ def _marker_of(name: str) -> str | None:
     return MARKER.format(m.group(1)) if m else None
 
 
-def _replace(graph: onnx.GraphProto, s: StandIn, where: str) -> None:
+def _replace(graph: onnx.GraphProto, s: StandIn, where: str, shapes: dict[str, tuple[int, ...]]) -> None:
     inside = [n for n in graph.node if _marker_of(n.name) == s.marker]
     made = {o for n in inside for o in n.output}
     constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -162,11 +182,12 @@ def _replace(graph: onnx.GraphProto, s: StandIn, where: str) -> None:
     if len(entries) != 1 or len(exits) != 1:
         raise UnsupportedOpError(f"cannot find the recurrent layer's input and output in the export (found "
                                  f"{entries} -> {exits})", where)
-    p = f"{s.marker}/lstm"
+    op = CELLS[s.kind][0]
+    p = f"{s.marker}/{op.lower()}"
     d = len(s.directions)
-    w = np.stack([_onnx_gates(k, s.hidden) for k, _, _ in s.directions])
-    r = np.stack([_onnx_gates(rk, s.hidden) for _, rk, _ in s.directions])
-    b = np.stack([np.concatenate([_onnx_gates(bias[None, :], s.hidden).reshape(-1), np.zeros(4 * s.hidden)])
+    w = np.stack([_onnx_gates(k, s.hidden, s.kind) for k, _, _ in s.directions])
+    r = np.stack([_onnx_gates(rk, s.hidden, s.kind) for _, rk, _ in s.directions])
+    b = np.stack([np.concatenate([_onnx_gates(part[None, :], s.hidden, s.kind).reshape(-1) for part in bias])
                   for _, _, bias in s.directions]).astype(np.float32)
     graph.initializer.extend(numpy_helper.from_array(a.astype(np.float32), f"{p}_{k}") for k, a in
                              (("W", w), ("R", r), ("B", b)))
@@ -180,9 +201,22 @@ def _replace(graph: onnx.GraphProto, s: StandIn, where: str) -> None:
             graph.initializer.append(numpy_helper.from_array(np.array(dims, np.int64), f"{p}_{name}"))
         return f"{p}_{name}"
 
-    nodes = [helper.make_node("Transpose", entries, [f"{p}_x"], name=f"{p}_time_first", perm=[1, 0, 2]),
-             helper.make_node("LSTM", [f"{p}_x", f"{p}_W", f"{p}_R", f"{p}_B"], [f"{p}_Y", f"{p}_Y_h"], name=p,
-                              hidden_size=s.hidden, direction=direction)]
+    # tf2onnx's optimizer may hand the layer its input channel-first (a convolution's transposes pushed
+    # into the layer's scope): take time first from whichever layout the value has
+    entry = shapes.get(entries[0], ())
+    channel_first = any(n.op_type == "Transpose" and entries[0] in n.input and
+                        list(helper.get_attribute_value(n.attribute[0])) == [0, 2, 1] for n in inside)
+    if entry[1:] == (s.steps, s.features) and not (s.steps == s.features and channel_first):
+        perm = [1, 0, 2]
+    elif entry[1:] == (s.features, s.steps):
+        perm = [2, 0, 1]
+    else:
+        raise UnsupportedOpError(f"the recurrent layer's input came out of the export as {list(entry)}, not "
+                                 f"(1, {s.steps}, {s.features})", where)
+    nodes = [helper.make_node("Transpose", entries, [f"{p}_x"], name=f"{p}_time_first", perm=perm),
+             helper.make_node(op, [f"{p}_x", f"{p}_W", f"{p}_R", f"{p}_B"], [f"{p}_Y", f"{p}_Y_h"], name=p,
+                              hidden_size=s.hidden, direction=direction,
+                              **({"linear_before_reset": int(s.reset_after)} if op == "GRU" else {}))]
     out = exits[0]
     if s.sequences:  # Y (T, D, 1, H) -> (1, T, D, H)
         nodes.append(helper.make_node("Transpose", [f"{p}_Y"], [f"{p}_Y_b"], name=f"{p}_batch_first", perm=[2, 0, 1, 3]))

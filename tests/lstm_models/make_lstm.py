@@ -22,6 +22,9 @@ export them.
   concatenation, Bidirectional(LSTM(8)) merged by sum, Dense(4, softmax).
 - keras_backwards.keras: Conv1D, MaxPooling1D, LSTM(12, return_sequences=True, go_backwards=True),
   Flatten, Dense(4, softmax).
+- keras_cnn_gru.keras: Conv1D, MaxPooling1D, GRU(24, return_sequences=True) (reset_after, Keras 3's
+  default), GRU(16, reset_after=False), Dense(4, softmax).
+- keras_cnn_rnn.keras: Conv1D, MaxPooling1D, Bidirectional(SimpleRNN(12)), Dense(4, softmax).
 - tfkeras_cnn_lstm_int8.tflite: keras_cnn_lstm's architecture written with `tf_keras` (the Keras 2 API,
   `pip install tf-keras`: Keras 3's conversion gives a float loop) and converted by TensorFlow's
   converter to full int8 on 64 calibration windows: two fused UNIDIRECTIONAL_SEQUENCE_LSTM operators
@@ -149,7 +152,7 @@ def export(module, path: Path, dynamo: bool) -> None:
     print(f"{path.name}: {path.stat().st_size} bytes")
 
 
-def keras_models() -> None:
+def keras_models(kinds: tuple[str, ...] = ("cnn_lstm", "bilstm", "backwards", "cnn_gru", "cnn_rnn")) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -160,7 +163,11 @@ def keras_models() -> None:
         inp = keras.Input((STEPS, CHANNELS))
         y = layers.Conv1D(16, 5, padding="same", activation="relu")(inp)
         y = layers.MaxPooling1D(2)(y)
-        if kind == "cnn_lstm":
+        if kind == "cnn_gru":
+            y = layers.GRU(16, reset_after=False)(layers.GRU(24, return_sequences=True)(y))
+        elif kind == "cnn_rnn":
+            y = layers.Bidirectional(layers.SimpleRNN(12))(y)
+        elif kind == "cnn_lstm":
             y = layers.LSTM(16)(layers.LSTM(24, return_sequences=True)(y))
         elif kind == "bilstm":
             y = layers.Bidirectional(layers.LSTM(12, return_sequences=True))(y)
@@ -171,7 +178,7 @@ def keras_models() -> None:
 
     x, y = signals(3000, STEPS, CHANNELS, seed=4)
     xt, yt = signals(500, STEPS, CHANNELS, seed=104)
-    for kind in ("cnn_lstm", "bilstm", "backwards"):
+    for kind in kinds:
         keras.utils.set_random_seed(4)
         model = build(kind)
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
