@@ -71,6 +71,8 @@ def layer_entries(graph: Graph, registry: Registry, layers: list[Layer]) -> list
             "index": layer.index, "name": layer.name, "identifier": layer.ident, "op": layer.op,
             "from": layer.origin, "kernel": layer.call.kernel, "input_shape": list(layer.input_shape),
             "output_shape": list(layer.output_shape), "macs": layer.call.macs,
+            **({"steps": layer.call.steps, "macs_per_step": layer.call.macs // layer.call.steps}
+               if layer.call.steps else {}),
             "weight_bytes": layer.weight_bytes, "scratch_bytes": layer.call.scratch_bytes,
             "handler": handler_name(registry.for_op(node.op)),
             **({"weights": graph.quant_options.weights_of(node)}

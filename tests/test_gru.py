@@ -140,3 +140,11 @@ def test_keras_gru_and_simple_rnn_are_keras_in_onnx_and_accurate(tmp_path):
         ev, out = evaluate(conv, x, tmp_path / stem, oracle_samples=0)
         assert ev.mismatches_vs_reference == 0, (stem, ev)
         assert _accuracy(out, conv, labels) >= float(np.mean(want.argmax(axis=1) == labels)) - 0.01, stem
+
+
+def test_recurrent_layers_report_their_macs_per_step():
+    conv = convert(MODELS["torch_cnn_gru"], CALIBRATION[:8], name="m", cmsis_nn=level_7_tree())
+    (layer,) = [layer for layer in conv.report["layers"] if layer["op"] == "gru"]
+    assert layer["steps"] == 32 and layer["macs_per_step"] == 3 * 24 * (16 + 24)  # z, r, h gates
+    assert layer["macs"] == 32 * layer["macs_per_step"]
+    assert f"(32 steps x {layer['macs_per_step']:,})" in conv.pages["m.md"]

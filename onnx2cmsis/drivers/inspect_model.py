@@ -91,7 +91,7 @@ def format_inspection(result: Inspection, max_width: int = 40, flags: Mapping[st
     them, as the API's parameter (errors.render_options)."""
     names = layer_names([r["name"] for r in result.layers])
     cells = [[str(r["index"]), name, r["from"], r["kernel"], "x".join(map(str, r["output_shape"])),
-              f"{r['macs'] or 0:,}", f"{r['weight_bytes']:,}"] for r, name in zip(result.layers, names, strict=True)]
+              _macs(r), f"{r['weight_bytes']:,}"] for r, name in zip(result.layers, names, strict=True)]
     header = ["#", "layer", "from", "kernel", "output", "MACs", "weights"]
     right = (True, False, False, False, True, True, True)
     # each column as wide as its widest cell (model text capped), two spaces apart
@@ -114,3 +114,9 @@ def format_inspection(result: Inspection, max_width: int = 40, flags: Mapping[st
         lines.append(render_options("{opt:streaming=HOP}", flags) + f": a multiple of {result.stream_hop_multiple}"
                      + (f" ({result.stream_hop_reason})" if result.stream_hop_reason else ""))
     return "\n".join(lines)
+
+
+def _macs(layer: dict) -> str:
+    """The layer's MACs, per step too for a recurrent layer (its steps run one after another)."""
+    total = f"{layer['macs'] or 0:,}"
+    return f"{total} ({layer['steps']} x {layer['macs_per_step']:,})" if layer.get("steps") else total

@@ -152,6 +152,7 @@ class KernelCall:
     functions: list[str] = field(default_factory=list)  # CMSIS-NN entry points called
     scratch_bytes: int = 0  # the largest over pure C, DSP and MVE builds
     macs: int = 0
+    steps: int = 0  # a recurrent layer's time steps, one after another (its MACs per step: macs / steps)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ class GruHandler(OpHandler):
                        "arm_nn_activation_s16", *(["arm_elementwise_mul_s16"] if kind == "GRU" else [])],
             scratch_bytes=2 * buffers * hidden,
             macs=steps * len(names) * hidden * (features + hidden),
+            steps=steps,
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:

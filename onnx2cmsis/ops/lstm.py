@@ -205,6 +205,7 @@ class LstmHandler(OpHandler):
             functions=[kernel],
             scratch_bytes=3 * 2 * hidden,  # the cell state and two int16 gate buffers
             macs=steps * 4 * hidden * (features + hidden),
+            steps=steps,
         )
 
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
