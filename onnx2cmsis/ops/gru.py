@@ -26,6 +26,7 @@ GATES = {"GRU": ("update", "reset", "candidate"), "RNN": ("state",)}  # ONNX's o
 class GruHandler(OpHandler):
     op = "gru"
     onnx_ops = ("GRU", "RNN")
+    activation_bits = (8, 16)  # int8, or 16x8 (int16 input and output, int64 biases)
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         problems = sequence_problems(node, ctx, (5,))
@@ -79,7 +80,8 @@ class GruHandler(OpHandler):
         # with linear_before_reset: it is inside the reset gate's product
         apart = node.attrs["linear_before_reset"]
         folded = b + rb if not apart else np.concatenate([b[:2] + rb[:2], b[2:]])
-        bias = np.stack([quantize_bias(folded[g], q_in.scale, s_w[g:g + 1], node.where) for g in range(gates)])
+        bias = np.stack([quantize_bias(folded[g], q_in.scale, s_w[g:g + 1], node.where, bits=32 if q_in.bits == 8 else 64)
+                         for g in range(gates)])
         hidden = node.attrs["hidden"]
         candidate_bias = (round_half_away(rb[2] / (STATE_SCALE * np.float64(s_r[2]))).astype(np.int64) if apart
                           else np.zeros(hidden, np.int64))
@@ -89,11 +91,12 @@ class GruHandler(OpHandler):
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams
-        zp = graph.tensors[node.output].quant.zero_point
+        q = graph.tensors[node.output].quant
         if node.attrs["kind"] == "RNN":
-            return [rnn_integer(inputs[0], qp["weight"], qp["recurrent"], qp["bias"], qp["multipliers"], zp)]
+            return [rnn_integer(inputs[0], qp["weight"], qp["recurrent"], qp["bias"], qp["multipliers"], q.zero_point,
+                                q.bits)]
         return [gru_integer(inputs[0], qp["weight"], qp["recurrent"], qp["bias"], qp["candidate_bias"],
-                            qp["multipliers"], zp, node.attrs["linear_before_reset"])]
+                            qp["multipliers"], q.zero_point, node.attrs["linear_before_reset"], q.bits)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         if not graph.cmsis_api.lstm_s8:
@@ -105,12 +108,14 @@ class GruHandler(OpHandler):
         hidden, kind = node.attrs["hidden"], node.attrs["kind"]
         m = qp["multipliers"]
         names = GATES[kind]
+        wide = graph.tensors[node.inputs[0]].quant.bits == 16
         arrays = []
         for g, gate in enumerate(names):
             arrays += [
                 CArray(f"{gate}_weights", "int8_t", qp["weight"][g], f"[{hidden}][{features}] input to {gate}"),
                 CArray(f"{gate}_recurrent", "int8_t", qp["recurrent"][g], f"[{hidden}][{hidden}] state to {gate}"),
-                CArray(f"{gate}_bias", "int32_t", qp["bias"][g], f"{gate} bias less input zero point x row sums"),
+                CArray(f"{gate}_bias", "int64_t" if wide else "int32_t", qp["bias"][g],
+                       f"{gate} bias" + ("" if wide else " less input zero point x row sums")),
             ]
         arrays.append(CArray("zero_bias", "int64_t", np.zeros(hidden, np.int64), "the state products' start"))
         if node.attrs["linear_before_reset"]:
@@ -124,9 +129,10 @@ class GruHandler(OpHandler):
             kernel=f"own {kind} step loop (CMSIS-NN LSTM functions)",
             context={"kind": kind, "steps": steps, "features": features, "hidden": hidden, "gates": gates,
                      "reset": m.reset, "output": m.output, "output_offset": q_out.zero_point,
-                     "before_reset": node.attrs["linear_before_reset"]},
+                     "before_reset": node.attrs["linear_before_reset"], "wide": wide,
+                     "out_min": -(1 << (q_out.bits - 1)), "out_max": (1 << (q_out.bits - 1)) - 1},
             arrays=arrays,
-            functions=["arm_nn_vec_mat_mul_result_acc_s8_s16", "arm_nn_vec_mat_mul_result_acc_s16",
+            functions=[*([] if wide else ["arm_nn_vec_mat_mul_result_acc_s8_s16"]), "arm_nn_vec_mat_mul_result_acc_s16",
                        "arm_nn_activation_s16", *(["arm_elementwise_mul_s16"] if kind == "GRU" else [])],
             scratch_bytes=2 * buffers * hidden,
             macs=steps * len(names) * hidden * (features + hidden),
