@@ -124,6 +124,44 @@ def test_an_unfolded_batchnorm_is_tflites_own_mul_and_add_of_constants():
     assert np.array_equal(conv.references(codes), _file_outputs(BN, codes))
 
 
+@pytest.mark.oracle
+def test_hard_swish_is_tflites_own_integer_arithmetic():
+    """HARD_SWISH's 16-bit fixed-point steps (arith/hard_swish.py) as a table: the bytes tflite-micro
+    gives running the converter's file, and the export writes HARD_SWISH itself."""
+    path = HERE / "keras_hswish_int8.tflite"
+    conv = convert(path, name="hs")
+    assert [n.attrs["fn"] for n in conv.graph.nodes if n.op == "lut"] == ["hard_swish", "hard_swish"]
+    x = signals(200, 64, 3, seed=11)[0]
+    codes = quantize_samples(conv.graph, x)[0]
+    assert np.array_equal(conv.references(codes), _file_outputs(path, codes))
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("gain,shift", [(0.3, -0.5), (10.0, 3.0)])  # both signs of the relu-ish exponent
+def test_an_onnx_hardswish_is_tflites_hard_swish(tmp_path, gain, shift):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
+    from tests.onnx_models import make_model
+
+    oracle_runtime()
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.normal(size=(8, 3, 3)) * gain).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.full(8, shift, np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3], pads=[1, 1]),
+             helper.make_node("HardSwish", ["c"], ["y"], name="hs")]
+    path = tmp_path / "hs.onnx"
+    import onnx
+
+    onnx.save(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32])], [w, b], opset=14),
+              str(path))
+    x = rng.normal(size=(64, 3, 32)).astype(np.float32)
+    conv = convert(path, x[:32], name="hs")
+    codes = quantize_samples(conv.graph, x)[0]
+    assert np.array_equal(conv.references(codes), run_tflite_micro(export_tflite(conv.graph, conv.registry), codes))
+
+
 def test_what_is_not_read_yet_is_refused_every_operator_at_once():
     from onnx2cmsis.frontends.tflite import tflite_to_onnx
     from onnx2cmsis.frontends.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor
@@ -134,9 +172,9 @@ def test_what_is_not_read_yet_is_refused_every_operator_at_once():
 
     tensors = [tensor(0), tensor(1, np.ones((4,), np.int8)), tensor(2), tensor(3), tensor(4)]
     ops = [TfliteOperator(0, "SUB", (0, 1), (2,)), TfliteOperator(1, "QUANTIZE", (2,), (3,)),
-           TfliteOperator(2, "SPACE_TO_BATCH_ND", (3,), (4,)), TfliteOperator(3, "HARD_SWISH", (4,), (4,))]
+           TfliteOperator(2, "SPACE_TO_BATCH_ND", (3,), (4,)), TfliteOperator(3, "SQUARED_DIFFERENCE", (4,), (4,))]
     model = TfliteModel(tensors, ops, (0,), (4,))
-    with pytest.raises(UnsupportedOpError, match="2 operator.*HARD_SWISH.*SPACE_TO_BATCH_ND"):
+    with pytest.raises(UnsupportedOpError, match="2 operator.*SPACE_TO_BATCH_ND.*SQUARED_DIFFERENCE"):
         tflite_to_onnx(model, "m.tflite")
     model = TfliteModel(tensors, ops[:2], (0,), (3,))
     with pytest.raises(UnsupportedOpError, match=r"operator 0 \(SUB\): a constant.*operator 1 \(QUANTIZE\)"):

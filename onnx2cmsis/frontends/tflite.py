@@ -11,7 +11,7 @@ the importer resolves as layout (no copies).
 Read here (frontends/tflite_reader.py for the file itself): CONV_2D, DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, ADD, SUB, MUL, PAD, PADV2, CONCATENATION,
 RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE, RESIZE_NEAREST_NEIGHBOR, TILE, SOFTMAX, TANH, LOGISTIC, RELU, RELU6,
-LEAKY_RELU, REDUCE_MAX, UNIDIRECTIONAL_SEQUENCE_LSTM (frontends/tflite_lstm.py),
+LEAKY_RELU, HARD_SWISH, REDUCE_MAX, UNIDIRECTIONAL_SEQUENCE_LSTM (frontends/tflite_lstm.py),
 and QUANTIZE/DEQUANTIZE between float and integer at the edges; SHAPE, STRIDED_SLICE, PACK,
 REDUCE_PROD and GATHER as the shape arithmetic of a dynamic batch (ONNX's, folded at import at batch
 1: a file's static shapes hold 1 wherever its signature is dynamic, so a reshape's target is computed,
@@ -33,7 +33,7 @@ from onnx2cmsis.frontends.tflite_graph import fuse_space_to_batch, needed_operat
 from onnx2cmsis.frontends.tflite_lstm import translate_lstm
 from onnx2cmsis.frontends.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
 
-OPSET = 13
+OPSET = 14  # HardSwish
 HELPER_OPS = frozenset({"Transpose", "QuantizeLinear", "DequantizeLinear", "Unsqueeze", "Squeeze", "Cast",
                         "Identity", "Shape", "Slice", "Reshape"})
 NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
@@ -375,7 +375,7 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
     "RESIZE_NEAREST_NEIGHBOR": _resize_nearest, "TILE": _tile,
     "SOFTMAX": _softmax,
     "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
-    "LEAKY_RELU": _unary("LeakyRelu"), "REDUCE_MAX": lambda b, op: _reduce(b, op, "ReduceMax"),
+    "LEAKY_RELU": _unary("LeakyRelu"), "HARD_SWISH": _unary("HardSwish"), "REDUCE_MAX": lambda b, op: _reduce(b, op, "ReduceMax"),
     "QUANTIZE": _edge, "DEQUANTIZE": _edge,
     "UNIDIRECTIONAL_SEQUENCE_LSTM": translate_lstm,  # frontends/tflite_lstm.py
 }

@@ -1,4 +1,5 @@
-"""Elementwise functions as 256-entry lookup tables: Tanh, Sigmoid, LeakyRelu, standalone Relu/Clip.
+"""Elementwise functions as 256-entry lookup tables: Tanh, Sigmoid, LeakyRelu, HardSwish, standalone
+Relu/Clip.
 
 CMSIS-NN has no int8 tanh/sigmoid; TFLite-Micro runs reference integer kernels. An int8 -> int8
 function has only 256 inputs, so the table is computed at conversion time by the very integer
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnx2cmsis.arith.fixedpoint import logistic_q0, tanh_q0
+from onnx2cmsis.arith.hard_swish import hard_swish_table
 from onnx2cmsis.arith.rules import (
     QuantParams,
     activation_range,
@@ -31,7 +33,7 @@ from onnx2cmsis.arith.rules import (
     requantize,
 )
 from onnx2cmsis.arith.sigmoid16 import input_scaling
-from onnx2cmsis.errors import NotExportable
+from onnx2cmsis.errors import ConversionError, NotExportable
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
     ImportContext,
@@ -202,6 +204,20 @@ def _clamp_tflite(fb, node: Node) -> tuple[int, int, object]:
     return getattr(fb.BuiltinOperator, codes[key]), 0, None
 
 
+def _hard_swish_table(node: Node, q_in: QuantParams, q_out: QuantParams) -> np.ndarray:
+    try:
+        return hard_swish_table(q_in, q_out)
+    except ValueError as exc:
+        raise ConversionError(str(exc), node.where) from None
+
+
+def _no_int16(what: str):
+    def refuse(node: Node, q_in: QuantParams, q_out: QuantParams) -> ElementwiseKernel:
+        raise ConversionError(f"{what} has no 16x8 form (TFLite-Micro's kernel is int8 only): convert it at int8",
+                              node.where)
+    return refuse
+
+
 FUNCTIONS: dict[str, TableFunction] = {
     "tanh": TableFunction(_fixed(TANH_QUANT, UNIT_QUANT_S16), _table("tanh", tanh_table),
                           _sigmoid_s16("tanh"), _plain("TANH")),
@@ -209,6 +225,7 @@ FUNCTIONS: dict[str, TableFunction] = {
                              _sigmoid_s16("sigmoid"), _plain("LOGISTIC")),
     "leaky_relu": TableFunction(_calibrated, lambda node, q_in, q_out: leaky_relu_table(q_in, q_out, node.attrs["alpha"]),
                                 _leaky_relu_s16, _leaky_relu_tflite),
+    "hard_swish": TableFunction(_calibrated, _hard_swish_table, _no_int16("HardSwish"), _plain("HARD_SWISH")),
     # a Relu/Clip that could not be fused keeps the input's quantization
     "clamp": TableFunction(lambda node, q_in, graph, ranges: q_in,
                            lambda node, q_in, q_out: clamp_table(q_in, *node.attrs["act"]),
@@ -220,13 +237,13 @@ FUNCTIONS: dict[str, TableFunction] = {
 class LookupTableHandler(OpHandler):
     op = "lut"
     activation_bits = (8, 16)
-    onnx_ops = ("Tanh", "Sigmoid", "LeakyRelu")
+    onnx_ops = ("Tanh", "Sigmoid", "LeakyRelu", "HardSwish")
 
     def time_geometry(self, node: Node, graph: Graph) -> TimeGeometry | None:
         return TimeGeometry()  # column by column
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
-        fn = {"Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyRelu": "leaky_relu"}[node.op_type]
+        fn = {"Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyRelu": "leaky_relu", "HardSwish": "hard_swish"}[node.op_type]
         attrs = {"fn": fn}
         if fn == "leaky_relu":
             attrs["alpha"] = float(node.attr("alpha", 0.01))

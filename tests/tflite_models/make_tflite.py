@@ -21,6 +21,7 @@ integer, int8 input and output), so that the tests read files made as users make
 - keras_tile_int8.tflite: an upsampling through Keras' UpSampling1D, which the converter writes as
   EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro cannot run TILE: TensorFlow's interpreter checks it).
 - keras_gmax_int8.tflite: a GlobalMaxPooling1D head (REDUCE_MAX over time).
+- keras_hswish_int8.tflite: hard_swish activations (the converter's HARD_SWISH) after two Conv1Ds.
 - keras_kws2d_int8.tflite: a really 2-D model (3x3 convs over a 49x10 map), untrained: refused by name.
 - keras_cnn_float.tflite: the cnn classifier unquantized (converts with calibration samples).
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
@@ -67,6 +68,11 @@ def shaped_classifier(keras, kind: str):
         i = keras.Input((STEPS, CHANNELS), name="signal")
         x = L.Conv1D(16, 3, activation="relu")(L.Conv1D(12, 5, activation="relu")(i))
         x = L.GlobalMaxPooling1D()(x)
+    elif kind == "hswish":  # hard_swish: TFLite's HARD_SWISH
+        i = keras.Input((STEPS, CHANNELS), name="signal")
+        x = L.MaxPooling1D(2)(L.Conv1D(12, 5, padding="same", activation="hard_swish")(i))
+        x = L.Activation("hard_swish")(L.Conv1D(16, 3, padding="same")(x))
+        x = L.GlobalAveragePooling1D()(x)
     elif kind == "tile":  # Keras' UpSampling1D: EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro has no TILE)
         i = keras.Input((STEPS, CHANNELS), name="signal")
         x = L.UpSampling1D(2)(L.Conv1D(12, 5, strides=2, padding="same", activation="relu")(i))
@@ -161,7 +167,7 @@ if __name__ == "__main__":
     make("keras_zoo_int8", trained=HERE.parent / "keras_models" / "conv_zoo.h5")
     make("keras_cnn_16x8", sixteen=True)
     make("keras_flat_16x8", flat=True, sixteen=True)
-    for kind in ("t1c", "flatin", "resize", "tile", "gmax"):
+    for kind in ("t1c", "flatin", "resize", "tile", "gmax", "hswish"):
         make(f"keras_{kind}_int8", shaped=kind)
     make("keras_cnn_float", float_model=True)
     make_2d("keras_kws2d_int8")
