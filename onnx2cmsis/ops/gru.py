@@ -13,11 +13,12 @@ import numpy as np
 
 from onnx2cmsis.arith.gru import STATE_SCALE, gru_integer, recurrent_multipliers, rnn_integer
 from onnx2cmsis.arith.lstm import effective_bias
-from onnx2cmsis.arith.rules import quantize_bias, quantize_weights, round_half_away, symmetric_weight_scales
+from onnx2cmsis.arith.rules import round_half_away
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
-from onnx2cmsis.ops.sequence import directions_of, run_directions, sequence_problems, text
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.ops.sequence import (directions_of, gate_biases, gate_weights, run_directions, sequence_problems,
+                                     sequence_quant, text)
 
 DEFAULT_ACTIVATIONS = {"GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 GATES = {"GRU": ("update", "reset", "candidate"), "RNN": ("state",)}  # ONNX's order: z, r, h
@@ -65,29 +66,18 @@ class GruHandler(OpHandler):
         return [(input_shapes[0][0], node.attrs["hidden"])]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-        q_in = graph.tensors[node.inputs[0]].quant
-        out = graph.tensors[node.output]
-        if out.quant is None:
-            out.quant = calibrated_quant(graph, node.output, ranges)
-        w, r = node.consts["weight"], node.consts["recurrent"]
+        q_in, q_out = sequence_quant(node, graph, ranges)
+        s_w, s_r, wq, rq = gate_weights(node)
         b, rb = node.consts["bias"].astype(np.float64), node.consts["recurrent_bias"].astype(np.float64)
-        gates = len(w)
-        s_w = np.array([symmetric_weight_scales(w[g], None)[0] for g in range(gates)], np.float32)
-        s_r = np.array([symmetric_weight_scales(r[g], None)[0] for g in range(gates)], np.float32)
-        wq = np.stack([quantize_weights(w[g], s_w[g:g + 1], None) for g in range(gates)])
-        rq = np.stack([quantize_weights(r[g], s_r[g:g + 1], None) for g in range(gates)])
         # the recurrent biases join the input parts' (the same Q3.12 sum), except the GRU candidate's
         # with linear_before_reset: it is inside the reset gate's product
         apart = node.attrs["linear_before_reset"]
-        folded = b + rb if not apart else np.concatenate([b[:2] + rb[:2], b[2:]])
-        bias = np.stack([quantize_bias(folded[g], q_in.scale, s_w[g:g + 1], node.where, bits=32 if q_in.bits == 8 else 64)
-                         for g in range(gates)])
-        hidden = node.attrs["hidden"]
+        bias = gate_biases(b + rb if not apart else np.concatenate([b[:2] + rb[:2], b[2:]]), q_in, s_w, node.where)
         candidate_bias = (round_half_away(rb[2] / (STATE_SCALE * np.float64(s_r[2]))).astype(np.int64) if apart
-                          else np.zeros(hidden, np.int64))
+                          else np.zeros(node.attrs["hidden"], np.int64))
         node.qparams = {"weight": wq, "recurrent": rq, "weight_scales": s_w, "recurrent_scales": s_r,
                         "bias": effective_bias(bias, wq, q_in.zero_point), "candidate_bias": candidate_bias,
-                        "multipliers": recurrent_multipliers(q_in.scale, out.quant.scale, s_w, s_r)}
+                        "multipliers": recurrent_multipliers(q_in.scale, q_out.scale, s_w, s_r)}
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams

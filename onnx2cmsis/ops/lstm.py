@@ -21,12 +21,12 @@ from onnx2cmsis.arith.lstm import (
     quantized_cell_clip,
     recurrent_effective_bias,
 )
-from onnx2cmsis.arith.rules import quantize_bias, quantize_weights, symmetric_weight_scales
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext, calibrated_quant
+from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 from onnx2cmsis.ops.lstm_float import cell_state_nodes, cell_states_value
-from onnx2cmsis.ops.sequence import DIRECTIONS, directions_of, run_directions, sequence_problems, text
+from onnx2cmsis.ops.sequence import (DIRECTIONS, directions_of, gate_biases, gate_weights, run_directions,
+                                     sequence_problems, sequence_quant, text)
 
 ONNX_GATE_ROWS = {"input": 0, "output": 1, "forget": 2, "cell": 3}  # ONNX W/R/B blocks: i, o, f, c
 DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
@@ -112,27 +112,15 @@ class LstmHandler(OpHandler):
         return [(input_shapes[0][0], node.attrs["hidden"])]
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
-        q_in = graph.tensors[node.inputs[0]].quant
-        out = graph.tensors[node.output]
-        if out.quant is None:
-            out.quant = calibrated_quant(graph, node.output, ranges)
+        q_in, q_out = sequence_quant(node, graph, ranges)
         p = self._cell_power(node, graph, ranges)
-        w, r, b = node.consts["weight"], node.consts["recurrent"], node.consts["bias"]
-        s_w = node.attrs.get("file_weight_scales")
-        if s_w is None:
-            s_w = np.array([symmetric_weight_scales(w[g], None)[0] for g in range(4)], np.float32)
-        s_r = node.attrs.get("file_recurrent_scales")
-        if s_r is None:
-            s_r = np.array([symmetric_weight_scales(r[g], None)[0] for g in range(4)], np.float32)
-        wq = np.stack([quantize_weights(w[g], s_w[g:g + 1], None) for g in range(4)])
-        rq = np.stack([quantize_weights(r[g], s_r[g:g + 1], None) for g in range(4)])
-        bias = np.stack([quantize_bias(b[g], q_in.scale, s_w[g:g + 1], node.where, bits=32 if q_in.bits == 8 else 64)
-                         for g in range(4)])
+        s_w, s_r, wq, rq = gate_weights(node)
+        bias = gate_biases(node.consts["bias"], q_in, s_w, node.where)
         node.qparams = {
             "weight": wq, "recurrent": rq, "bias": bias, "weight_scales": s_w, "recurrent_scales": s_r,
             "effective_bias": effective_bias(bias, wq, q_in.zero_point),
-            "recurrent_bias": recurrent_effective_bias(rq, out.quant.zero_point),
-            "multipliers": lstm_multipliers(q_in.scale, out.quant.scale, s_w, s_r, p),
+            "recurrent_bias": recurrent_effective_bias(rq, q_out.zero_point),
+            "multipliers": lstm_multipliers(q_in.scale, q_out.scale, s_w, s_r, p),
             "cell_power": p, "cell_clip": quantized_cell_clip(self._cell_clip(node, graph), p),
             "cell_clip_real": self._cell_clip(node, graph),
         }

@@ -13,9 +13,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from onnx2cmsis.arith.rules import quantize_bias, quantize_weights, symmetric_weight_scales
 from onnx2cmsis.errors import UnsupportedOpError
-from onnx2cmsis.ir.graph import Node
-from onnx2cmsis.ops.base import ImportContext, OnnxNodeView
+from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.ir.tensor import QuantParams
+from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, calibrated_quant
 
 DIRECTIONS = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}  # backward, per direction
 
@@ -97,3 +99,31 @@ def run_directions(node: OnnxNodeView, ctx: ImportContext, hidden: int,
         else:
             last = lambda a: [np.stack([a[0][:, t, d] for d, t in enumerate(ends)], axis=1)]  # noqa: E731
         ctx.move([node.outputs[1]], [y_value], last)
+
+
+def sequence_quant(node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> tuple[QuantParams, QuantParams]:
+    """The recurrent node's input quantization and its output's (the hidden state's), calibrated."""
+    out = graph.tensors[node.output]
+    if out.quant is None:
+        out.quant = calibrated_quant(graph, node.output, ranges)
+    return graph.tensors[node.inputs[0]].quant, out.quant
+
+
+def gate_weights(node: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(s_w, s_r, weights, recurrent): each gate's input and recurrent matrices as int8 with one
+    symmetric scale per gate and matrix, the model file's scales where it gave them (a .tflite's)."""
+    found = []
+    for key in ("weight", "recurrent"):
+        m = node.consts[key]
+        scales = node.attrs.get(f"file_{key}_scales")
+        if scales is None:
+            scales = np.array([symmetric_weight_scales(m[g], None)[0] for g in range(len(m))], np.float32)
+        found.append((scales, np.stack([quantize_weights(m[g], scales[g:g + 1], None) for g in range(len(m))])))
+    (s_w, wq), (s_r, rq) = found
+    return s_w, s_r, wq, rq
+
+
+def gate_biases(bias: np.ndarray, q_in: QuantParams, s_w: np.ndarray, where: str) -> np.ndarray:
+    """Each gate's bias at s_in * s_w[g]: int32 (int8 activations) or int64 (16x8)."""
+    return np.stack([quantize_bias(bias[g], q_in.scale, s_w[g:g + 1], where, bits=32 if q_in.bits == 8 else 64)
+                     for g in range(len(bias))])
