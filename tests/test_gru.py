@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx2cmsis.api import convert
 from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
 from onnx2cmsis.drivers.evaluate import evaluate, quantize_inputs
-from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.quantize import dequantized_outputs
 from onnx2cmsis.targets.qemu import build_firmware, run_firmware
@@ -152,3 +152,31 @@ def test_recurrent_layers_report_their_macs_per_step():
     assert layer["steps"] == 32 and layer["macs_per_step"] == 3 * 24 * (16 + 24)  # z, r, h gates
     assert layer["macs"] == 32 * layer["macs_per_step"]
     assert f"(32 steps x {layer['macs_per_step']:,})" in conv.pages["m.md"]
+
+
+def test_activations_are_checked_in_every_direction(tmp_path):
+    """A backward direction's activations count too; the defaults spelled out per direction convert."""
+    calib = np.random.default_rng(1).normal(size=(8, 8, 3)).astype(np.float32)
+    with pytest.raises(UnsupportedOpError, match=r"activations \['Tanh', 'Relu'\]"):
+        convert(_model(tmp_path, "RNN", direction="bidirectional", activations=["Tanh", "Relu"]), calib, name="m")
+    conv = convert(_model(tmp_path, "GRU", direction="bidirectional", activations=["Sigmoid", "Tanh"] * 2), calib,
+                   name="m", cmsis_nn=level_7_tree())
+    assert sum(n.op == "gru" for n in conv.graph.nodes) == 2
+    assert len({n.name for n in conv.graph.nodes}) == len(conv.graph.nodes)  # each node its own name
+
+
+def test_a_state_product_the_mve_kernel_would_sum_past_32_bits_is_refused(tmp_path):
+    """arm_nn_vec_mat_mul_result_acc_s16's MVE path starts from the int64 bias cut to 32 bits: a GRU
+    candidate's recurrent bias far above its weights would differ on M55, so it is refused by name."""
+    path = _model(tmp_path, "GRU", linear_before_reset=1)
+    model = onnx.load(str(path))
+    r = next(i for i in model.graph.initializer if i.name == "R")
+    b = next(i for i in model.graph.initializer if i.name == "B")
+    r.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(r) * 1e-4, "R"))
+    big = numpy_helper.to_array(b).copy()
+    big[0, 20:24] = 50.0  # the candidate's recurrent bias (Rb_h)
+    b.CopyFrom(numpy_helper.from_array(big, "B"))
+    onnx.save(model, str(path))
+    with pytest.raises(ConversionError, match=r"node 'rnn' \(GRU\).*MVE s16 kernel sums in 32 bits"):
+        convert(path, np.random.default_rng(1).normal(size=(8, 8, 3)).astype(np.float32), name="m",
+                cmsis_nn=level_7_tree())

@@ -271,3 +271,23 @@ def test_a_stream_recomputes_the_recurrence_over_the_window_and_equals_invoke(tm
     conv = convert(MODELS["torch_cnn_lstm"], CALIBRATION[:16], name="s", cmsis_nn=level_7_tree(), streaming=8)
     assert "(lstm) starts the head: it is not time-local" in conv.report["stream"]["head"]
     _check_host(conv, 8, seed=3, tmp=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.keras
+def test_keras_sum_merged_sequences_and_a_free_time_axis_convert(tmp_path):
+    """Bidirectional(merge_mode="sum") with return_sequences=True (the two directions added as 1D
+    maps), and an LSTM on an Input without a length, fixed by input_shape: Keras' own predictions."""
+    keras = module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((None, CHANNELS))
+    y = L.Bidirectional(L.GRU(6, return_sequences=True), merge_mode="sum")(L.Conv1D(8, 3, padding="same")(inp))
+    model = keras.Model(inp, L.Dense(2)(L.LSTM(5)(y)))
+    path = tmp_path / "free.keras"
+    model.save(path)
+    x = signals(8, 40, CHANNELS, seed=9)[0]
+    conv = convert(path, x, name="m", input_shape=(40, CHANNELS), cmsis_nn=level_7_tree())
+    assert sorted(n.op for n in conv.graph.nodes if n.op in ("gru", "lstm")) == ["gru", "gru", "lstm"]
+    got = np.stack([next(iter(v.values())).reshape(-1) for v in run_float(conv.model, list(x))])
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)

@@ -123,3 +123,29 @@ def test_a_constant_of_shape_asking_for_a_billion_values_is_not_evaluated(tmp_pa
     onnx.save(model, str(tmp_path / "huge.onnx"))
     with pytest.raises(UnsupportedOpError, match=r"'huge_state' \(ConstantOfShape\)"):
         convert(tmp_path / "huge.onnx", np.zeros((4, 2, 8), np.float32))
+
+
+def test_a_gather_of_a_concat_reads_the_input_it_selects_even_unnamed():
+    """PyTorch's h_n[-1]: a constant selection from a Concat becomes a selection from the input it falls
+    in (frontends/selection_folding.py); unnamed Gathers keep distinct index constants, and ONNX
+    Runtime computes the same before and after."""
+    import onnxruntime as ort
+
+    from onnx2cmsis.frontends.onnx_model import value_shapes
+    from onnx2cmsis.frontends.selection_folding import fold_selected_concats
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("Concat", ["a", "x", "s"], ["c"], axis=0),  # (2 + 1 + 1, 3, 4)
+             helper.make_node("Gather", ["c", "i1"], ["y1"], axis=0), helper.make_node("Gather", ["c", "i2"], ["y2"], axis=0)]
+    inits = [numpy_helper.from_array(np.array(1, np.int64), "i1"), numpy_helper.from_array(np.array(-1, np.int64), "i2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [3, 4]) for y in ("y1", "y2")], inits)
+    nodes[2].input[:] = ["a", "a", "s"]  # (1 + 1 + 1, 3, 4): index 1 is the second a, -1 the sigmoid
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    folded = fold_selected_concats(model, value_shapes(model))
+    assert "Concat" not in [n.op_type for n in folded.graph.node]
+    onnx.checker.check_model(folded)
+    x = np.random.default_rng(0).normal(size=(1, 3, 4)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})  # noqa: E731
+    for want, got in zip(run(model), run(folded)):
+        np.testing.assert_array_equal(want, got)

@@ -151,6 +151,21 @@ def check_accumulator_headroom_s16(weight: np.ndarray, where: str) -> None:
             "Split the layer or lower its fan-in, or use {opt:precision=int8}", where)
 
 
+def check_s16_vector_sums(weight: np.ndarray, bias: np.ndarray | int, where: str, what: str) -> None:
+    """Refuse a matrix product CMSIS-NN's arm_nn_vec_mat_mul_result_acc_s16 (int16 vector, int8 matrix,
+    int64 bias: the recurrent layers' state products, and their input products at 16x8) could compute
+    otherwise than its reference: its MVE path starts each row from the bias truncated to 32 bits and
+    sums in 32 bits, so |bias_c| + 32768 * sum|w_c| must fit an int32 for every input."""
+    rows = _abs_row_sums(weight)
+    worst = np.abs(np.broadcast_to(np.asarray(bias, np.int64), rows.shape)) - INT16_MIN * rows
+    c = _overflowing_row(worst)
+    if c is not None:
+        raise ConversionError(
+            f"the {what} of row {c} can pass 32 bits: worst case {float(worst[c]):.3g} (bias {int(np.asarray(bias).reshape(-1)[c] if np.ndim(bias) else bias)}, "
+            f"sum|w| {int(rows[c])}); CMSIS-NN's MVE s16 kernel sums in 32 bits. Use {{opt:precision=int8}} or "
+            "smaller biases", where)
+
+
 def reduce_multiplier(multiplier: np.ndarray | int) -> np.ndarray:
     """CMSIS-NN REDUCE_MULTIPLIER (TFLite's 64-bit MultiplyByQuantizedMultiplier): a Q31 multiplier
     rounded to Q15."""

@@ -18,7 +18,7 @@ over the reversed sequence, so its output at each step is ONNX's backward direct
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,7 @@ class StandIn:
 
     marker: str  # the layer's marked name: its nodes' scope in the exported graph
     kind: str  # the Keras cell: LSTM, GRU or SimpleRNN
-    steps: int
+    steps: int | None  # None: a free time axis, read from the export (its signature fixes it)
     features: int
     hidden: int
     sequences: bool  # return_sequences
@@ -99,8 +99,9 @@ class StandIn:
 
 
 def stand_in_recurrent_layers(model: Any) -> list[StandIn]:
-    """Replace each LSTM / Bidirectional(LSTM) layer's call on the loaded (private, marked) model by a
-    matrix product of the output's shape; what to put back in its place after the export."""
+    """Replace the call of each recurrent layer (LSTM, GRU, SimpleRNN, a Bidirectional of one) on the
+    loaded (private, marked) model by a matrix product of the output's shape; what to put back in its
+    place after the export."""
     import keras
 
     found = []
@@ -109,7 +110,7 @@ def stand_in_recurrent_layers(model: Any) -> list[StandIn]:
         if kind not in RECURRENT_LAYERS:
             continue
         cell = layer.forward_layer if kind == "Bidirectional" else layer
-        steps, features = (int(d) for d in layer.input.shape[1:])
+        steps, features = (None if d is None else int(d) for d in layer.input.shape[1:])
         hidden = int(cell.units)
         halves = [layer.forward_layer, layer.backward_layer] if kind == "Bidirectional" else [layer]
         weights = tuple(tuple(np.asarray(w, np.float32) for w in _cell_weights(half, hidden)) for half in halves)
@@ -206,6 +207,9 @@ def _replace(graph: onnx.GraphProto, s: StandIn, where: str, shapes: dict[str, t
     entry = shapes.get(entries[0], ())
     channel_first = any(n.op_type == "Transpose" and entries[0] in n.input and
                         list(helper.get_attribute_value(n.attribute[0])) == [0, 2, 1] for n in inside)
+    if s.steps is None and len(entry) == 3:  # a free time axis: the export's signature fixed it
+        steps = entry[2] if channel_first or entry[2] != s.features else entry[1]
+        s = replace(s, steps=steps)
     if entry[1:] == (s.steps, s.features) and not (s.steps == s.features and channel_first):
         perm = [1, 0, 2]
     elif entry[1:] == (s.features, s.steps):
@@ -246,11 +250,13 @@ def _replace(graph: onnx.GraphProto, s: StandIn, where: str, shapes: dict[str, t
 
 
 def _sum_of_directions(p: str, value: str, axis: int, out_dims: list[int], shape, out: str) -> list[onnx.NodeProto]:
-    """The two directions (along `axis` of value) added: two slices and an Add, reshaped to out_dims."""
+    """The two directions (along `axis` of value) added: each sliced out and reshaped to out_dims (a
+    1D map or a vector, which the Add takes), then the Add."""
     nodes = []
     for k in (0, 1):
         nodes.append(helper.make_node("Slice", [value, shape(f"s{k}", [k]), shape(f"e{k}", [k + 1]),
                                                 shape("dir_axis", [axis])], [f"{p}_dir{k}"], name=f"{p}_direction{k}"))
-    nodes.append(helper.make_node("Add", [f"{p}_dir0", f"{p}_dir1"], [f"{p}_sum"], name=f"{p}_sum"))
-    nodes.append(helper.make_node("Reshape", [f"{p}_sum", shape("merged", out_dims)], [out], name=f"{p}_merged"))
+        nodes.append(helper.make_node("Reshape", [f"{p}_dir{k}", shape("merged", out_dims)], [f"{p}_dir{k}_merged"],
+                                      name=f"{p}_direction{k}_merged"))
+    nodes.append(helper.make_node("Add", [f"{p}_dir0_merged", f"{p}_dir1_merged"], [out], name=f"{p}_sum"))
     return nodes

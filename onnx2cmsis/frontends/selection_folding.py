@@ -43,9 +43,10 @@ def fold_selected_concats(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
         if len(part) != 1:
             continue
         j = part[0]
-        offset = helper.make_node("Constant", [], [f"{node.name}__index"], name=f"{node.name}__index",
+        index_name = f"{node.output[0]}__index"  # output names are unique; node names may be empty
+        offset = helper.make_node("Constant", [], [index_name], name=index_name,
                                   value=numpy_helper.from_array((index - starts[j]).astype(np.int64)))
-        rewritten[k] = [offset, helper.make_node("Gather", [concat.input[j], f"{node.name}__index"], list(node.output),
+        rewritten[k] = [offset, helper.make_node("Gather", [concat.input[j], index_name], list(node.output),
                                                  name=node.name, axis=axis)]
     if not rewritten:
         return model

@@ -13,11 +13,11 @@ import numpy as np
 
 from onnx2cmsis.arith.gru import STATE_SCALE, gru_integer, recurrent_multipliers, rnn_integer
 from onnx2cmsis.arith.lstm import effective_bias
-from onnx2cmsis.arith.rules import round_half_away
+from onnx2cmsis.arith.rules import check_s16_vector_sums, round_half_away
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
-from onnx2cmsis.ops.sequence import (directions_of, gate_biases, gate_weights, run_directions, sequence_problems,
+from onnx2cmsis.ops.sequence import (default_activations, directions_of, gate_biases, gate_weights, run_directions, sequence_problems,
                                      sequence_quant, text)
 
 DEFAULT_ACTIVATIONS = {"GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
@@ -31,15 +31,12 @@ class GruHandler(OpHandler):
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         problems = sequence_problems(node, ctx, (5,))
-        activations = [text(a) for a in node.attr("activations", DEFAULT_ACTIVATIONS[node.op_type])]
         backwards = directions_of(node)
-        if activations[:len(DEFAULT_ACTIVATIONS[node.op_type])] != DEFAULT_ACTIVATIONS[node.op_type]:
-            problems.append(f"activations {activations} ({DEFAULT_ACTIVATIONS[node.op_type]} only)")
+        if not default_activations(node, DEFAULT_ACTIVATIONS[node.op_type]):
+            problems.append(f"activations {[text(a) for a in node.attr('activations')]} "
+                            f"({DEFAULT_ACTIVATIONS[node.op_type]} in each direction only)")
         if node.attr("clip") is not None:
             problems.append("clip")
-        for i in (1, 2):
-            if ctx.const(node.inputs[i]) is None:
-                problems.append(f"computed weights '{node.inputs[i]}'")
         if problems:
             raise UnsupportedOpError(f"{node.op_type} with {'; '.join(problems)} is not supported", node.where)
         gates = len(GATES[node.op_type])
@@ -75,6 +72,10 @@ class GruHandler(OpHandler):
         bias = gate_biases(b + rb if not apart else np.concatenate([b[:2] + rb[:2], b[2:]]), q_in, s_w, node.where)
         candidate_bias = (round_half_away(rb[2] / (STATE_SCALE * np.float64(s_r[2]))).astype(np.int64) if apart
                           else np.zeros(node.attrs["hidden"], np.int64))
+        for g in range(len(wq)):  # the products arm_nn_vec_mat_mul_result_acc_s16 computes
+            check_s16_vector_sums(rq[g], candidate_bias if g == 2 else 0, node.where, f"gate {g}'s state product")
+            if q_in.bits == 16:
+                check_s16_vector_sums(wq[g], bias[g], node.where, f"gate {g}'s input product")
         node.qparams = {"weight": wq, "recurrent": rq, "weight_scales": s_w, "recurrent_scales": s_r,
                         "bias": effective_bias(bias, wq, q_in.zero_point), "candidate_bias": candidate_bias,
                         "multipliers": recurrent_multipliers(q_in.scale, q_out.scale, s_w, s_r)}

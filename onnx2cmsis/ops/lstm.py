@@ -21,11 +21,12 @@ from onnx2cmsis.arith.lstm import (
     quantized_cell_clip,
     recurrent_effective_bias,
 )
+from onnx2cmsis.arith.rules import check_s16_vector_sums
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 from onnx2cmsis.ops.lstm_float import cell_state_nodes, cell_states_value
-from onnx2cmsis.ops.sequence import (DIRECTIONS, directions_of, gate_biases, gate_weights, run_directions,
+from onnx2cmsis.ops.sequence import (DIRECTIONS, default_activations, directions_of, gate_biases, gate_weights, run_directions,
                                      sequence_problems, sequence_quant, text)
 
 ONNX_GATE_ROWS = {"input": 0, "output": 1, "forget": 2, "cell": 3}  # ONNX W/R/B blocks: i, o, f, c
@@ -49,20 +50,15 @@ def _file_gate_scales(ctx: ImportContext, node: OnnxNodeView, i: int, directions
 def _lstm_problems(node: OnnxNodeView, ctx: ImportContext) -> list[str]:
     """What in the node TFLite's LSTM cannot compute (all at once)."""
     problems = sequence_problems(node, ctx, (5, 6))
-    activations = [text(a) for a in node.attr("activations", DEFAULT_ACTIVATIONS)]
-    if activations != DEFAULT_ACTIVATIONS:
-        problems.append(f"activations {activations} (TFLite's LSTM computes {DEFAULT_ACTIVATIONS})")
+    if not default_activations(node, DEFAULT_ACTIVATIONS):
+        problems.append(f"activations {[text(a) for a in node.attr('activations')]} (TFLite's LSTM computes "
+                        f"{DEFAULT_ACTIVATIONS} in each direction)")
     if node.attr("clip") is not None:
         problems.append("clip (ONNX clips the gate inputs; TFLite clips the cell state)")
     if int(node.attr("input_forget", 0)):
         problems.append("input_forget=1 (coupled input and forget gates)")
     if len(node.inputs) > 7 and node.inputs[7]:
         problems.append("peephole weights P")
-    for i in (1, 2):
-        if ctx.const(node.inputs[i]) is None:
-            problems.append(f"computed weights '{node.inputs[i]}'")
-    if len(node.inputs) > 3 and node.inputs[3] and ctx.const(node.inputs[3]) is None:
-        problems.append(f"a computed bias '{node.inputs[3]}'")
     if len(node.outputs) > 2 and node.outputs[2] and ctx.is_read(node.outputs[2]):
         problems.append("its last cell state Y_c read by the model")
     return problems
@@ -116,6 +112,10 @@ class LstmHandler(OpHandler):
         p = self._cell_power(node, graph, ranges)
         s_w, s_r, wq, rq = gate_weights(node)
         bias = gate_biases(node.consts["bias"], q_in, s_w, node.where)
+        if q_in.bits == 16:  # arm_lstm_unidirectional_s16's products: arm_nn_vec_mat_mul_result_acc_s16
+            for g, gate in enumerate(GATES):
+                check_s16_vector_sums(wq[g], bias[g], node.where, f"{gate} gate's input product")
+                check_s16_vector_sums(rq[g], 0, node.where, f"{gate} gate's recurrent product")
         node.qparams = {
             "weight": wq, "recurrent": rq, "bias": bias, "weight_scales": s_w, "recurrent_scales": s_r,
             "effective_bias": effective_bias(bias, wq, q_in.zero_point),

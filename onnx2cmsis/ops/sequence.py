@@ -34,10 +34,21 @@ def directions_of(node: OnnxNodeView) -> list[bool]:
     return DIRECTIONS[direction]
 
 
+def default_activations(node: OnnxNodeView, defaults: list[str]) -> bool:
+    """The node's activations are the defaults, given once or for each direction."""
+    given = [text(a) for a in node.attr("activations", defaults)]
+    return given in (defaults, defaults * len(DIRECTIONS.get(text(node.attr("direction", "forward")), [False])))
+
+
 def sequence_problems(node: OnnxNodeView, ctx: ImportContext, initial_inputs: tuple[int, ...]) -> list[str]:
     """What every recurrent node must be: one sequence (batch 1), its output Y given, sequence_lens all
-    of it (checked by the caller once shapes are known), zero initial states (inputs `initial_inputs`)."""
+    of it, zero initial states (inputs `initial_inputs`), constant weights and bias, its hidden size."""
     problems = []
+    if node.attr("hidden_size") is None:
+        problems.append("no hidden_size attribute")
+    for i, what in ((1, "weights"), (2, "weights"), (3, "bias")):
+        if len(node.inputs) > i and node.inputs[i] and ctx.const(node.inputs[i]) is None:
+            problems.append(f"computed {what} '{node.inputs[i]}'")
     layout = int(node.attr("layout", 0))
     full = ctx.full_shape(node.inputs[0])
     if len(full) != 3 or full[1 - layout] != 1:
@@ -61,7 +72,7 @@ def time_reversed(ctx: ImportContext, tensor: str, name: str, calib_name: str) -
     steps, channels = ctx.physical_shape(tensor)
     index = (np.arange(steps)[::-1, None] * channels + np.arange(channels)[None, :]).reshape(-1)
     out = ctx.new_tensor((steps, channels), f"{tensor}_reversed", calib_name=calib_name)
-    ctx.add_node(Node(f"{name}_reverse", "gather", [tensor], [out], attrs={"index": index, "shape": (steps, channels)},
+    ctx.add_node(Node(name, "gather", [tensor], [out], attrs={"index": index, "shape": (steps, channels)},
                       origin="time reversal"))
     return out
 
@@ -80,15 +91,15 @@ def run_directions(node: OnnxNodeView, ctx: ImportContext, hidden: int,
     outputs = []
     for d, backward in enumerate(backwards):
         name = f"{node.name}_backward" if backward and len(backwards) > 1 else node.name
-        src = time_reversed(ctx, x, name, node.inputs[0]) if backward else x
+        src = time_reversed(ctx, x, f"{name}_reverse_input", node.inputs[0]) if backward else x
         y = ctx.new_tensor((steps, hidden), f"{y_value}_{'backward' if backward else 'forward'}", calib_name=y_value)
         add_direction(d, backward, name, src, y)
-        outputs.append(time_reversed(ctx, y, name, y_value) if backward else y)
+        outputs.append(time_reversed(ctx, y, f"{name}_reverse_output", y_value) if backward else y)
     if len(outputs) == 1:
         y_all = outputs[0]
     else:  # Y holds both directions side by side at each step: a concat along channels
         y_all = ctx.new_tensor((steps, 2 * hidden), y_value, calib_name=y_value)
-        ctx.add_node(Node(node.name, "concat", outputs, [y_all], attrs={"kind": "channel"},
+        ctx.add_node(Node(f"{node.name}_directions", "concat", outputs, [y_all], attrs={"kind": "channel"},
                           origin=f"{node.op_type} directions"))
     ctx.bind(y_value, y_all, (0, 1, 3) if layout == 0 else (1, 2, 3))
     if len(node.outputs) > 1 and node.outputs[1] and ctx.is_read(node.outputs[1]):

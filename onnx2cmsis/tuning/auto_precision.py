@@ -208,7 +208,7 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     n = len(graph.nodes)
     leader = _leaders(graph, registry)
     measure = _Measure(graph, registry, ranges, x, want, api, labels, leader)
-    # a layer whose handler computes int8 only (an LSTM) stays int8 in every candidate
+    # a layer whose handler computes int8 only (a plugin's, say) stays int8 in every candidate
     int8_only = {leader[i] for i, node in enumerate(graph.nodes) if 16 not in registry.for_op(node.op).activation_bits}
     units = sorted(set(leader) - int8_only)
 
