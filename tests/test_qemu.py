@@ -2,7 +2,7 @@
 Cortex-M0 (Armv6-M), M4 and M7 (DSP) and M55 (MVE), run on QEMU, compared byte for byte with the
 integer reference (which the sweeps tie to tflite-micro).
 
-CI runs 50 random models per sweep family (600 op models); ONNX2CMSIS_QEMU_PER_FAMILY=200 runs
+CI runs 30 random models per sweep family (360 op models); ONNX2CMSIS_QEMU_PER_FAMILY=200 runs
 the full sweeps (2,400 op models) on every target (about 13 minutes on 2 cores when every model was
 compiled alone; an image's models are now one translation unit). The whole models and
 the MVE-rule convs carry the `level` marker: CI runs them against every CMSIS-NN tree."""
@@ -29,7 +29,7 @@ from tests.zoo import make_op_zoo
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 6
-PER_FAMILY = int(os.environ.get("ONNX2CMSIS_QEMU_PER_FAMILY", "50"))
+PER_FAMILY = int(os.environ.get("ONNX2CMSIS_QEMU_PER_FAMILY", "30"))
 # models too big for a board even alone (the micro:bit has 16 KB of RAM), by name
 MAY_NOT_FIT: dict[str, set[str]] = {}
 
