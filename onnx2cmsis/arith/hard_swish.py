@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.arith.rules import QuantParams, quantize_multiplier
+from onnx2cmsis.arith.rules import QuantParams, divide_by_power_of_two, quantize_multiplier
 
 INT16_MIN, INT16_MAX = -32768, 32767
 
@@ -49,13 +49,6 @@ def _saturating_left_shift(x: np.ndarray, amount: int) -> np.ndarray:
     return np.clip(x.astype(np.int64) * (1 << amount), INT16_MIN, INT16_MAX)
 
 
-def _rounding_divide_by_pot(x: np.ndarray, exponent: int) -> np.ndarray:
-    mask = (1 << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + (remainder > threshold)
-
-
 def hard_swish_params(q_in: QuantParams, q_out: QuantParams) -> tuple[tuple[int, int], tuple[int, int]]:
     """((output multiplier int16, exponent), (relu-ish multiplier int16, exponent)) as Prepare computes
     them: float32 ratios widened to double, QuantizeMultiplier, then to 16 bits."""
@@ -79,7 +72,7 @@ def hard_swish_table(q_in: QuantParams, q_out: QuantParams) -> np.ndarray:
     if relu_e > 0:
         reluish = _saturating_left_shift(reluish, 1)
     if relu_e < 0:
-        reluish = _rounding_divide_by_pot(reluish, -relu_e)
+        reluish = divide_by_power_of_two(reluish, -relu_e)  # gemmlowp's RoundingDivideByPOT
     reluish = (reluish + (1 << 15)) >> 1
-    out = _rounding_divide_by_pot(_doubling_high_mul(reluish, preshift), -out_e) + q_out.zero_point
+    out = divide_by_power_of_two(_doubling_high_mul(reluish, preshift), -out_e) + q_out.zero_point
     return np.clip(out, -128, 127).astype(np.int8)

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx2cmsis.errors import UnsupportedOpError
+from onnx2cmsis.frontends.graph_constants import constant_values
 from onnx2cmsis.ir.tensor import ConstQuant, FileQuantization, QuantParams
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -115,27 +116,13 @@ class _Pair:
         return np.clip(q, info.min, info.max).astype(self.zero_point.dtype)
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers, Constant nodes and Identity copies of them (torch's exporter shares one zero point
-    between pairs through Identity nodes): the split runs before normalization folds anything."""
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for n in graph.node:  # exporters write producers first
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = numpy_helper.to_array(a.t)
-        elif n.op_type == "Identity" and n.domain in ("", "ai.onnx") and n.input[0] in consts:
-            consts[n.output[0]] = consts[n.input[0]]
-    return consts
-
-
 def split_qdq(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, FileQuantization | None]:
     """The float model between a QDQ model's pairs and the quantization they give (None: the model has
     no Q/DQ nodes, and is returned as it is)."""
     g = model.graph
     if not any(is_qdq(n) for n in g.node):
         return model, None
-    consts = _constants(g)
+    consts = constant_values(g)
     producer = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in g.node:

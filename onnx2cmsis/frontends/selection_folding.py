@@ -13,14 +13,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx2cmsis.frontends.graph_constants import constant_values
+
 
 def fold_selected_concats(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None]) -> onnx.ModelProto:
     """The model with each Gather of a Concat along the same axis, at constant indices that all fall in
     one input, reading that input; Concats nobody reads any more removed. The model itself when none."""
     g = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
-                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    consts = constant_values(g)
     producer = {o: n for n in g.node for o in n.output}
     rewritten: dict[int, list[onnx.NodeProto]] = {}
     for k, node in enumerate(g.node):

@@ -17,8 +17,8 @@ from onnx2cmsis.arith.rules import check_s16_vector_sums, round_half_away
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
-from onnx2cmsis.ops.sequence import (default_activations, directions_of, gate_biases, gate_weights, run_directions, sequence_problems,
-                                     sequence_quant, text)
+from onnx2cmsis.ops.sequence import (default_activations, directions_of, gate_arrays, gate_biases, gate_weights,
+                                     require_recurrent_kernels, run_directions, sequence_problems, sequence_quant, text)
 
 DEFAULT_ACTIVATIONS = {"GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 GATES = {"GRU": ("update", "reset", "candidate"), "RNN": ("state",)}  # ONNX's order: z, r, h
@@ -90,24 +90,14 @@ class GruHandler(OpHandler):
                             qp["multipliers"], q.zero_point, node.attrs["linear_before_reset"], q.bits)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
-        if not graph.cmsis_api.lstm_s8:
-            raise UnsupportedOpError(f"the {node.attrs['kind']} is built from CMSIS-NN's LSTM functions, which API level "
-                                     f"{graph.cmsis_api.level} ({graph.cmsis_api.versions}) lacks: convert for level 7 "
-                                     "(CMSIS-NN v7.0.0 or later)", node.where)
+        require_recurrent_kernels(node, graph, f"the {node.attrs['kind']} is built from CMSIS-NN's LSTM functions")
         qp = node.qparams
         steps, features = graph.tensors[node.inputs[0]].shape
         hidden, kind = node.attrs["hidden"], node.attrs["kind"]
         m = qp["multipliers"]
         names = GATES[kind]
         wide = graph.tensors[node.inputs[0]].quant.bits == 16
-        arrays = []
-        for g, gate in enumerate(names):
-            arrays += [
-                CArray(f"{gate}_weights", "int8_t", qp["weight"][g], f"[{hidden}][{features}] input to {gate}"),
-                CArray(f"{gate}_recurrent", "int8_t", qp["recurrent"][g], f"[{hidden}][{hidden}] state to {gate}"),
-                CArray(f"{gate}_bias", "int64_t" if wide else "int32_t", qp["bias"][g],
-                       f"{gate} bias" + ("" if wide else " less input zero point x row sums")),
-            ]
+        arrays = gate_arrays(names, qp, qp["bias"], features, hidden, wide, "state")
         arrays.append(CArray("zero_bias", "int64_t", np.zeros(hidden, np.int64), "the state products' start"))
         if node.attrs["linear_before_reset"]:
             arrays.append(CArray("candidate_recurrent_bias", "int64_t", qp["candidate_bias"],

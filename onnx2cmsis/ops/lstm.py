@@ -26,8 +26,9 @@ from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
 from onnx2cmsis.ops.lstm_float import cell_state_nodes, cell_states_value
-from onnx2cmsis.ops.sequence import (DIRECTIONS, default_activations, directions_of, gate_biases, gate_weights, run_directions,
-                                     sequence_problems, sequence_quant, text)
+from onnx2cmsis.ops.sequence import (DIRECTIONS, default_activations, directions_of, gate_arrays, gate_biases,
+                                     gate_weights, require_recurrent_kernels, run_directions, sequence_problems,
+                                     sequence_quant, text)
 
 ONNX_GATE_ROWS = {"input": 0, "output": 1, "forget": 2, "cell": 3}  # ONNX W/R/B blocks: i, o, f, c
 DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
@@ -110,6 +111,7 @@ class LstmHandler(OpHandler):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         q_in, q_out = sequence_quant(node, graph, ranges)
         p = self._cell_power(node, graph, ranges)
+        clip = self._cell_clip(node, graph)
         s_w, s_r, wq, rq = gate_weights(node)
         bias = gate_biases(node.consts["bias"], q_in, s_w, node.where)
         if q_in.bits == 16:  # arm_lstm_unidirectional_s16's products: arm_nn_vec_mat_mul_result_acc_s16
@@ -121,8 +123,7 @@ class LstmHandler(OpHandler):
             "effective_bias": effective_bias(bias, wq, q_in.zero_point),
             "recurrent_bias": recurrent_effective_bias(rq, q_out.zero_point),
             "multipliers": lstm_multipliers(q_in.scale, q_out.scale, s_w, s_r, p),
-            "cell_power": p, "cell_clip": quantized_cell_clip(self._cell_clip(node, graph), p),
-            "cell_clip_real": self._cell_clip(node, graph),
+            "cell_power": p, "cell_clip": quantized_cell_clip(clip, p), "cell_clip_real": clip,
         }
 
     @staticmethod
@@ -155,29 +156,19 @@ class LstmHandler(OpHandler):
                              qp["cell_power"], qp["cell_clip"], zp_h, graph.tensors[node.output].quant.bits)]
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
-        if not graph.cmsis_api.lstm_s8:
-            raise UnsupportedOpError(f"the LSTM needs arm_lstm_unidirectional_s8/_s16, which CMSIS-NN API level "
-                                     f"{graph.cmsis_api.level} ({graph.cmsis_api.versions}) lacks: convert for level 7 "
-                                     "(CMSIS-NN v7.0.0 or later)", node.where)
+        require_recurrent_kernels(node, graph, "the LSTM needs arm_lstm_unidirectional_s8/_s16")
         qp = node.qparams
         q_in, q_out = graph.tensors[node.inputs[0]].quant, graph.tensors[node.output].quant
         steps, features = graph.tensors[node.inputs[0]].shape
         hidden = node.attrs["hidden"]
         m = qp["multipliers"]
         wide = q_in.bits == 16
-        arrays = []
-        for g, gate in enumerate(GATES):
-            arrays += [
-                CArray(f"{gate}_weights", "int8_t", qp["weight"][g], f"[{hidden}][{features}] input to {gate} gate"),
-                CArray(f"{gate}_recurrent", "int8_t", qp["recurrent"][g], f"[{hidden}][{hidden}] hidden to {gate} gate"),
-                CArray(f"{gate}_bias", "int64_t" if wide else "int32_t", qp["effective_bias"][g],
-                       f"{gate} gate bias" + ("" if wide else " less input zero point x row sums")),
-            ]
-            if not wide:
-                arrays.append(CArray(f"{gate}_recurrent_bias", "int32_t", qp["recurrent_bias"][g],
-                                     "-(output zero point) x recurrent row sums"))
+        arrays = gate_arrays(GATES, qp, qp["effective_bias"], features, hidden, wide, "hidden state")
         if wide:  # zero points are 0 at 16x8: the recurrent products start from 0, one array for all gates
             arrays.append(CArray("zero_bias", "int64_t", np.zeros(hidden, np.int64), "the recurrent products' start"))
+        else:
+            arrays += [CArray(f"{gate}_recurrent_bias", "int32_t", qp["recurrent_bias"][g],
+                              "-(output zero point) x recurrent row sums") for g, gate in enumerate(GATES)]
         gates = {gate: {"input": m.input_parts[g], "recurrent": m.recurrent_parts[g],
                         "activation": "ARM_TANH" if gate == "cell" else "ARM_SIGMOID"}
                  for g, gate in enumerate(GATES)}

@@ -17,7 +17,7 @@ from onnx2cmsis.arith.rules import quantize_bias, quantize_weights, symmetric_we
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ir.tensor import QuantParams
-from onnx2cmsis.ops.base import ImportContext, OnnxNodeView, calibrated_quant
+from onnx2cmsis.ops.base import CArray, ImportContext, OnnxNodeView, calibrated_quant
 
 DIRECTIONS = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}  # backward, per direction
 
@@ -138,3 +138,26 @@ def gate_biases(bias: np.ndarray, q_in: QuantParams, s_w: np.ndarray, where: str
     """Each gate's bias at s_in * s_w[g]: int32 (int8 activations) or int64 (16x8)."""
     return np.stack([quantize_bias(bias[g], q_in.scale, s_w[g:g + 1], where, bits=32 if q_in.bits == 8 else 64)
                      for g in range(len(bias))])
+
+
+def require_recurrent_kernels(node: Node, graph: Graph, what: str) -> None:
+    """Refuse, naming the level, an API level without CMSIS-NN's LSTM functions (the 2024.01 snapshot)."""
+    if not graph.cmsis_api.lstm_s8:
+        raise UnsupportedOpError(f"{what}, which CMSIS-NN API level {graph.cmsis_api.level} "
+                                 f"({graph.cmsis_api.versions}) lacks: convert for level 7 (CMSIS-NN v7.0.0 or later)",
+                                 node.where)
+
+
+def gate_arrays(gates: tuple[str, ...], qp: dict, bias: np.ndarray, features: int, hidden: int, wide: bool,
+                noun: str) -> list[CArray]:
+    """Each gate's input weights, recurrent weights and bias (int32 less the input zero point times the
+    row sums, or int64 at 16x8) as the C's constant arrays; `noun` says what the recurrent weights read."""
+    arrays = []
+    for g, gate in enumerate(gates):
+        arrays += [
+            CArray(f"{gate}_weights", "int8_t", qp["weight"][g], f"[{hidden}][{features}] input to {gate}"),
+            CArray(f"{gate}_recurrent", "int8_t", qp["recurrent"][g], f"[{hidden}][{hidden}] {noun} to {gate}"),
+            CArray(f"{gate}_bias", "int64_t" if wide else "int32_t", bias[g],
+                   f"{gate} bias" + ("" if wide else " less input zero point x row sums")),
+        ]
+    return arrays
