@@ -106,7 +106,8 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     `max_accuracy_drop` percentage points below the float model's on the same samples
     (tuning/auto_precision.py); input_shape: the model input's shape without the batch, to fix a
     dynamic (e.g. time) dimension; streaming: HOP, to add NAME_stream_push (one output every HOP time
-    steps, codegen/stream.py); plugins/allow_override: handlers to load besides the installed ones
+    steps, codegen/stream.py); stateful: with streaming, keep recurrent layers' state across pushes
+    (plan/stateful.py); plugins/allow_override: handlers to load besides the installed ones
     (or give a whole `registry`). progress: called with a short phrase as each step starts (what the
     command line shows on a terminal).
 
@@ -120,7 +121,8 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     step = progress or (lambda _: None)
     step(f"reading {model_path.name}")
     model, graph, rewrites, file_model = _front_end(model_path, registry, opts.input_shape)
-    stream = stream_spec(opts.streaming, input_window(graph)["input_window"], graph, registry)  # before the long steps
+    stream = stream_spec(opts.streaming, input_window(graph)["input_window"], graph, registry,
+                         opts.stateful)  # before the long steps
     data = read_samples(calibration, graph, opts)
     tuning = quantize(model, graph, registry, data, opts, cmsis, step, str(model_path))
     step("planning the arena and writing the C")
@@ -256,7 +258,8 @@ def render_files(e: Emitted, data: SampleData, tuning: Tuning, stream: Any, opts
                                                        registry, layers, e.plan)
         summary.update(stream_templates)
     source, header = render(name, graph, layers, e.plan, summary, template_dirs)
-    functions = sorted({f for s in e.schedule for f in s.call.functions})
+    functions = sorted({f for s in e.schedule for f in s.call.functions}
+                       | set(summary["stateful"].functions if summary.get("stateful") else ()))
     report = build_report(name, summary, graph, registry, e.plan, layers, e.cmsis, functions, e.rewrites,
                           tuning.samples_used, tuning.search, tuning.bias_corrected, tuning.auto_precision,
                           stream_report, tuning.recipe)

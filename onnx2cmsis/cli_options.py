@@ -23,7 +23,7 @@ FLAGS = {"calibration": "--calibration", "name": "--name", "cmsis_nn": "--cmsis-
          "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
          "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels",
          "max_accuracy_drop": "--max-error", "calibration_labels": "--calibration-labels",
-         "streaming": "--streaming", "source": "onnx2cmsis cmsis-nn fetch --from"}
+         "streaming": "--streaming", "stateful": "--stateful", "source": "onnx2cmsis cmsis-nn fetch --from"}
 
 # The quantization choices convert and verify share.
 PRECISION_OPTION = typer.Option(
@@ -68,6 +68,12 @@ STREAMING_OPTION = typer.Option(
     help="Also write NAME_stream_push: push HOP time steps at a time, get the model's output on the last "
          "window each time (docs/c-interface.md).")
 
+STATEFUL_OPTION = typer.Option(
+    False, "--stateful",
+    help="With --streaming, for a model with LSTM/GRU/RNN layers: keep their state across pushes, so each "
+         "push runs only its HOP new steps, and get the output for every step pushed since the reset "
+         "(layers before the recurrence must be causal; docs/c-interface.md).")
+
 PLUGIN_OPTION = typer.Option([], "--plugin", metavar="MODULE:CLASS", help="Op handler to load (repeatable).")
 ALLOW_OVERRIDE_OPTION = typer.Option(False, "--allow-override", help="Let plugins replace built-in handlers.")
 
@@ -77,6 +83,7 @@ SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("max_error", Optional[float], MAX_ERROR_OPTION),
     ("calibration_labels", Optional[Path], CALIBRATION_LABELS_OPTION),
     ("streaming", Optional[int], STREAMING_OPTION),
+    ("stateful", bool, STATEFUL_OPTION),
     ("input_shape", Optional[str], INPUT_SHAPE_OPTION),
     ("dense_weights", str, DENSE_WEIGHTS_OPTION),
     ("calibration_method", str, CALIBRATION_METHOD_OPTION),
@@ -87,14 +94,14 @@ SHARED: tuple[tuple[str, Any, Any], ...] = (
 
 
 def conversion_settings(precision: str, max_error: Optional[float], calibration_labels: Optional[Path],
-                        streaming: Optional[int], input_shape: Optional[str], dense_weights: str,
+                        streaming: Optional[int], stateful: bool, input_shape: Optional[str], dense_weights: str,
                         calibration_method: str, bias_correction: bool, plugin: list[str],
                         allow_override: bool) -> dict[str, Any]:
     """The shared options' values as ConvertOptions settings: --max-error is an SQNR in dB, or with
     --calibration-labels an accuracy drop in points; --input-shape 3,128 is text until checked."""
     budget = {"max_error_db": max_error} if calibration_labels is None else \
         {"max_accuracy_drop": max_error, "calibration_labels": calibration_labels}
-    return {"precision": precision, **budget, "streaming": streaming, "input_shape": input_shape,
+    return {"precision": precision, **budget, "streaming": streaming, "stateful": stateful, "input_shape": input_shape,
             "dense_weights": dense_weights, "calibration_method": calibration_method,
             "bias_correction": bias_correction, "plugins": tuple(plugin), "allow_override": allow_override}
 

@@ -70,6 +70,7 @@ class ConvertOptions:
     calibration_labels: Path | str | np.ndarray | None = None
     input_shape: tuple[int, ...] | str | None = None  # text as "3,128" too (the command line's)
     streaming: int | None = None
+    stateful: bool = False  # with streaming: recurrent state kept across pushes (plan/stateful.py)
     plugins: tuple[str, ...] = ()  # module:Class handlers to load besides the installed ones
     allow_override: bool = False  # may those replace built-in handlers
 

@@ -80,8 +80,8 @@ def stream_code(env: jinja2.Environment, name: str, graph: Graph, registry: Regi
         if step.streams and not step.whole:
             parts, macs = [], 0
             for region in step.regions:
-                sub_node, sub_graph, call = _slice_call(registry, node, graph, region)
-                why = _unlike(layer.call, call)
+                sub_node, sub_graph, call = slice_call(registry, node, graph, region)
+                why = unlike(layer.call, call)
                 if why:
                     notes.append(f"layer {layer.index} '{node.name}' recomputed whole each push: {why}")
                     parts, macs = [], layer.call.macs
@@ -108,7 +108,7 @@ def stream_code(env: jinja2.Environment, name: str, graph: Graph, registry: Regi
                       sum(layer.macs_per_push for layer in out), notes)
 
 
-def _slice_call(registry: Registry, node: Node, graph: Graph, region: Region) -> tuple[Node, Graph, KernelCall]:
+def slice_call(registry: Registry, node: Node, graph: Graph, region: Region) -> tuple[Node, Graph, KernelCall]:
     """The handler's call for output columns region.start..stop-1 over its input slices."""
     handler = registry.for_op(node.op)
     sub = handler.time_slice(node, region.pad[0], region.pad[1], region.stop - region.start)
@@ -121,14 +121,15 @@ def _slice_call(registry: Registry, node: Node, graph: Graph, region: Region) ->
     return sub, g, handler.emit(sub, g)
 
 
-def _unlike(whole: KernelCall, part: KernelCall) -> str | None:
-    """Why the slice's call cannot stand in the whole layer's C, or None."""
+def unlike(whole: KernelCall, part: KernelCall, same_functions: bool = True) -> str | None:
+    """Why the slice's call cannot stand in the whole layer's C, or None (`same_functions=False`: the
+    caller adds the functions it calls to the build)."""
     if [a.suffix for a in whole.arrays] != [a.suffix for a in part.arrays] or not all(
             a.ctype == b.ctype and np.array_equal(a.values, b.values) for a, b in zip(whole.arrays, part.arrays)):
         return "its slice would need other constants"
     if part.scratch_bytes > whole.scratch_bytes:
         return f"its slice needs {part.scratch_bytes} B of scratch, the layer {whole.scratch_bytes} B"
-    if not set(part.functions) <= set(whole.functions):
+    if same_functions and not set(part.functions) <= set(whole.functions):
         return f"its slice calls {', '.join(sorted(set(part.functions) - set(whole.functions)))}"
     return None
 

@@ -1,6 +1,7 @@
 """What `verify` runs for a streaming conversion: the data's windows laid end to end as one stream,
 pushed HOP steps at a time, each reported output checked against the integer reference on the same
-window (the reference is checked against tflite-micro on the data itself)."""
+window (the reference is checked against tflite-micro on the data itself); for a stateful stream,
+every push's output against the reference run once over every step pushed since the reset."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnx2cmsis.api import Conversion
+from onnx2cmsis.plan.stateful import plan_stateful, retimed_graph
+from onnx2cmsis.quant.quantize import run_reference
 
 
 @dataclass
@@ -35,6 +38,21 @@ def stream_windows(conv: Conversion, stream: np.ndarray) -> tuple[list[int], np.
     return ready, np.stack([w.reshape(-1) if s["time_major"] else w.T.reshape(-1) for w in cut])
 
 
+def stateful_want(conv: Conversion, stream: np.ndarray) -> np.ndarray:
+    """A stateful stream's contract: after push k, the integer reference of the graph run once over
+    the first k x HOP steps (plan/stateful.py retimes it). (pushes, output elements)."""
+    s = conv.report["stream"]
+    hop = s["hop"]
+    sp = plan_stateful(conv.graph, conv.registry, hop, s["window"], s["channels"])
+    rows = []
+    for k in range(1, len(stream) // hop + 1):
+        g = retimed_graph(conv.graph, conv.registry, sp, s["window"], k * hop)
+        seen = stream[:k * hop]
+        x = (seen if s["time_major"] else seen.T).reshape(g.tensors[g.inputs[0]].shape)
+        rows.append(run_reference(g, conv.registry, x)[g.outputs[0]].reshape(-1))
+    return np.stack(rows)
+
+
 def stream_run(conv: Conversion, xq: np.ndarray, min_outputs: int = 50) -> StreamRun:
     """The samples `xq` (model input codes) end to end, repeated until the stream gives `min_outputs`."""
     s = conv.report["stream"]
@@ -42,6 +60,9 @@ def stream_run(conv: Conversion, xq: np.ndarray, min_outputs: int = 50) -> Strea
     steps = [w.reshape(window, channels) if s["time_major"] else w.reshape(channels, window).T for w in xq]
     need = window - window % hop + hop * min_outputs
     stream = np.concatenate(steps * -(-need // (window * len(steps))))[:need]
+    if s.get("stateful"):  # every push reports, on every step since the reset
+        pushes = len(stream) // hop
+        return StreamRun(stream, hop, list(range(pushes)), np.zeros((pushes, 0)), stateful_want(conv, stream))
     ready, windows = stream_windows(conv, stream)
     return StreamRun(stream, hop, ready, windows, conv.references(windows))
 

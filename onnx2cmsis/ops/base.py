@@ -172,6 +172,15 @@ class TimeGeometry:
         return (self.kernel - 1) * self.dilation + 1
 
 
+@dataclass(frozen=True)
+class Recurrence:
+    """What a recurrent layer carries from one time step to the next: what a stateful stream
+    (`--streaming HOP --stateful`, plan/stateful.py) keeps between pushes."""
+
+    state_bytes: int  # kept besides its outputs (an LSTM's int16 cell state, a GRU's Q0.15 state)
+    reads_previous_output: bool  # a step reads the output column before it (an LSTM's hidden state)
+
+
 class OpHandler:
     """Base class with the defaults most ops want; subclasses override what differs.
 
@@ -229,6 +238,17 @@ class OpHandler:
         stream emits for the columns a hop changes. Default: a node without padding is its own slice."""
         if pad_left or pad_right:
             raise NotImplementedError(f"op '{node.op}' declares no padded time slice")
+        return node
+
+    def recurrence(self, node: Node, graph: Graph) -> Recurrence | None:
+        """A recurrent layer's state between steps (None: not recurrent). Declared with emit handling
+        node.attrs["stateful"]: then the call runs its input's steps on from the state at `state_ptr`
+        (and its output's previous column) instead of from zero, and leaves the state there."""
+        return None
+
+    def retimed(self, node: Node, graph: Graph, widths: list[int]) -> Node:
+        """The node on inputs of these many time columns instead of the graph's (a stateful stream's
+        reference over a whole stream). Default: its attributes do not depend on the width."""
         return node
 
     def fold_affine(self, node: Node, scale: np.ndarray, shift: np.ndarray) -> bool:

@@ -16,7 +16,8 @@ from onnx2cmsis.arith.lstm import effective_bias
 from onnx2cmsis.arith.rules import check_s16_vector_sums, round_half_away
 from onnx2cmsis.errors import NotExportable, UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.ops.base import (CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, Recurrence,
+                                 TfliteContext)
 from onnx2cmsis.ops.sequence import (default_activations, directions_of, gate_arrays, gate_biases, gate_weights,
                                      require_recurrent_kernels, run_directions, sequence_problems, sequence_quant, text)
 
@@ -89,6 +90,9 @@ class GruHandler(OpHandler):
         return [gru_integer(inputs[0], qp["weight"], qp["recurrent"], qp["bias"], qp["candidate_bias"],
                             qp["multipliers"], q.zero_point, node.attrs["linear_before_reset"], q.bits)]
 
+    def recurrence(self, node: Node, graph: Graph) -> Recurrence:
+        return Recurrence(state_bytes=2 * node.attrs["hidden"], reads_previous_output=False)  # Q0.15 state
+
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         require_recurrent_kernels(node, graph, f"the {node.attrs['kind']} is built from CMSIS-NN's LSTM functions")
         qp = node.qparams
@@ -111,6 +115,7 @@ class GruHandler(OpHandler):
             context={"kind": kind, "steps": steps, "features": features, "hidden": hidden, "gates": gates,
                      "reset": m.reset, "output": m.output, "output_offset": q_out.zero_point,
                      "before_reset": node.attrs["linear_before_reset"], "wide": wide,
+                     "stateful": bool(node.attrs.get("stateful")),
                      "out_min": -(1 << (q_out.bits - 1)), "out_max": (1 << (q_out.bits - 1)) - 1},
             arrays=arrays,
             functions=[*([] if wide else ["arm_nn_vec_mat_mul_result_acc_s8_s16"]), "arm_nn_vec_mat_mul_result_acc_s16",

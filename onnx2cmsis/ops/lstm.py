@@ -24,7 +24,8 @@ from onnx2cmsis.arith.lstm import (
 from onnx2cmsis.arith.rules import check_s16_vector_sums
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext
+from onnx2cmsis.ops.base import (CArray, ImportContext, KernelCall, OnnxNodeView, OpHandler, Recurrence,
+                                 TfliteContext)
 from onnx2cmsis.ops.lstm_float import cell_state_nodes, cell_states_value
 from onnx2cmsis.ops.sequence import (DIRECTIONS, default_activations, directions_of, gate_arrays, gate_biases,
                                      gate_weights, require_recurrent_kernels, run_directions, sequence_problems,
@@ -155,6 +156,9 @@ class LstmHandler(OpHandler):
         return [lstm_integer(inputs[0], qp["weight"], qp["recurrent"], qp["effective_bias"], qp["multipliers"],
                              qp["cell_power"], qp["cell_clip"], zp_h, graph.tensors[node.output].quant.bits)]
 
+    def recurrence(self, node: Node, graph: Graph) -> Recurrence:
+        return Recurrence(state_bytes=2 * node.attrs["hidden"], reads_previous_output=True)  # int16 cell state
+
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         require_recurrent_kernels(node, graph, "the LSTM needs arm_lstm_unidirectional_s8/_s16")
         qp = node.qparams
@@ -173,13 +177,16 @@ class LstmHandler(OpHandler):
                         "activation": "ARM_TANH" if gate == "cell" else "ARM_SIGMOID"}
                  for g, gate in enumerate(GATES)}
         kernel = "arm_lstm_unidirectional_s16" if wide else "arm_lstm_unidirectional_s8"
+        stateful = bool(node.attrs.get("stateful"))
+        if stateful:  # one step at a time: v7.0.0's sequence function clears the cell state on every call
+            kernel = "arm_nn_lstm_step_s16" if wide else "arm_nn_lstm_step_s8"
         return KernelCall(
             template="lstm.c.j2",
             kernel=kernel,
             context={"steps": steps, "features": features, "hidden": hidden, "input_offset": -q_in.zero_point,
                      "output_offset": q_out.zero_point, "forget_cell": m.forget_cell, "input_cell": m.input_cell,
                      "hidden_mult": m.hidden, "cell_clip": qp["cell_clip"], "cell_power": qp["cell_power"],
-                     "gates": gates, "kernel": kernel, "wide": wide},
+                     "gates": gates, "kernel": kernel, "wide": wide, "stateful": stateful},
             arrays=arrays,
             functions=[kernel],
             scratch_bytes=3 * 2 * hidden,  # the cell state and two int16 gate buffers

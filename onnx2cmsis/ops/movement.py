@@ -133,6 +133,12 @@ class Slice1DHandler(OpHandler):
     def time_slice(self, node: Node, pad_left: int, pad_right: int, out_w: int) -> Node:
         return replace(node, attrs={**node.attrs, "start": 0, "width": out_w})
 
+    def retimed(self, node: Node, graph: Graph, widths: list[int]) -> Node:
+        """A crop that ends at its input's last column (a recurrent layer's last step) still does."""
+        if node.attrs["start"] + node.attrs["width"] != graph.tensors[node.inputs[0]].shape[0]:
+            return node
+        return replace(node, attrs={**node.attrs, "start": widths[0] - node.attrs["width"]})
+
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         return [(node.attrs["width"], input_shapes[0][1])]
 

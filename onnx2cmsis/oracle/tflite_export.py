@@ -54,17 +54,19 @@ def export_tflite(graph: Graph, registry: Registry | None = None) -> bytes:
     return bytes(model.build())
 
 
-def run_tflite_micro(tflite: bytes, inputs, arena_size: int = 1 << 20) -> np.ndarray:
+def run_tflite_micro(tflite: bytes, inputs, arena_size: int = 1 << 20, keep_state: bool = False) -> np.ndarray:
     """Run each sample's input codes through the tflite-micro runtime: `inputs` is (N, ...) codes, or
     for several inputs MultiSamples (one (N, ...) array per input). Returns (N, output elements), the
-    outputs side by side in order (as quant.quantize.output_codes)."""
+    outputs side by side in order (as quant.quantize.output_codes). `keep_state`: the samples are one
+    stream's pushes, each invoke going on from the LSTM state the last one left."""
     from tflite_micro.python.tflite_micro import runtime
 
     interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena_size)
     outputs = _count(interp.get_output_details)
     rows = []
     for x in inputs:
-        interp.reset()  # each sample from zero recurrent state: TFLite-Micro keeps LSTM state across invoke()
+        if not keep_state:
+            interp.reset()  # each sample from zero recurrent state: TFLite-Micro keeps LSTM state across invoke()
         _set_inputs(interp, x)
         interp.invoke()
         rows.append(np.concatenate([np.array(interp.get_output(k)).reshape(-1) for k in range(outputs)]))

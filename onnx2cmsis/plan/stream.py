@@ -99,7 +99,7 @@ class StreamPlan:
         return self.aliases.get(tensor, tensor)
 
 
-def _stream_input(graph: Graph, registry: Registry, window: int, channels: int) -> tuple[str, set[int]] | None:
+def stream_input(graph: Graph, registry: Registry, window: int, channels: int) -> tuple[str, set[int]] | None:
     """The (W, C) map the samples fill: the model input itself, or the transpose (or, for one
     channel, the view) that reads a channel-major input, then skipped. None: no such map."""
     source = graph.inputs[0]
@@ -118,7 +118,7 @@ def _stream_input(graph: Graph, registry: Registry, window: int, channels: int) 
 def hop_multiple(graph: Graph, registry: Registry, window: int, channels: int) -> tuple[int, str | None]:
     """What every HOP must be a multiple of for each time-local layer before the head to stream
     (its time strides' least common multiple), and the layer with the largest stride (None: 1)."""
-    found = _stream_input(graph, registry, window, channels)
+    found = stream_input(graph, registry, window, channels)
     if found is None:
         return 1, None
     source, skipped = found
@@ -147,7 +147,7 @@ def hop_multiple(graph: Graph, registry: Registry, window: int, channels: int) -
 
 def plan_stream(graph: Graph, registry: Registry, hop: int, window: int, channels: int) -> StreamPlan | None:
     """The incremental stream of `graph` (None when its input is not a (W, C) map a push can fill)."""
-    found = _stream_input(graph, registry, window, channels)
+    found = stream_input(graph, registry, window, channels)
     if found is None:
         return None
     source, skipped = found

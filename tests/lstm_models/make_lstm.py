@@ -2,7 +2,8 @@
 Keras fixtures' four-tone signals (tests/keras_models/data.py, 64 steps, 3 channels), exported as users
 export them.
 
-    python tests/lstm_models/make_lstm.py
+    python tests/lstm_models/make_lstm.py            # all of them (PyTorch and TensorFlow)
+    python tests/lstm_models/make_lstm.py stateful   # only the stateful stream's three Keras models
 
 - torch_cnn_lstm.onnx: Conv1d(3, 16, 5) + ReLU, MaxPool1d(2), LSTM(16, 24, batch_first=True), the
   last step's hidden state, Linear(24, 4); the TorchScript exporter (opset 17), whose zero initial
@@ -25,6 +26,12 @@ export them.
 - keras_cnn_gru.keras: Conv1D, MaxPooling1D, GRU(24, return_sequences=True) (reset_after, Keras 3's
   default), GRU(16, reset_after=False), Dense(4, softmax).
 - keras_cnn_rnn.keras: Conv1D, MaxPooling1D, Bidirectional(SimpleRNN(12)), Dense(4, softmax).
+- keras_causal_cnn_lstm.keras, keras_causal_cnn_gru.keras: Conv1D(16, 5, causal, relu), MaxPooling1D(2),
+  Conv1D(16, 3, causal, dilation 2, relu), LSTM(24) or GRU(24), Dense(4, softmax): every layer before
+  the recurrence causal, so they stream statefully (`--streaming HOP --stateful`).
+- keras_lstm_first.keras: LSTM(16, return_sequences=True), Dense(12, relu) on every step, LSTM(12),
+  Dense(4, softmax): only pointwise layers around the recurrences, so tflite-micro (which keeps an
+  LSTM's state across invokes) checks its stateful stream.
 - tfkeras_cnn_lstm_int8.tflite: keras_cnn_lstm's architecture written with `tf_keras` (the Keras 2 API,
   `pip install tf-keras`: Keras 3's conversion gives a float loop) and converted by TensorFlow's
   converter to full int8 on 64 calibration windows: two fused UNIDIRECTIONAL_SEQUENCE_LSTM operators
@@ -152,7 +159,8 @@ def export(module, path: Path, dynamo: bool) -> None:
     print(f"{path.name}: {path.stat().st_size} bytes")
 
 
-def keras_models(kinds: tuple[str, ...] = ("cnn_lstm", "bilstm", "backwards", "cnn_gru", "cnn_rnn")) -> None:
+def keras_models(kinds: tuple[str, ...] = ("cnn_lstm", "bilstm", "backwards", "cnn_gru", "cnn_rnn", "causal_cnn_lstm",
+                                           "causal_cnn_gru", "lstm_first")) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -161,8 +169,17 @@ def keras_models(kinds: tuple[str, ...] = ("cnn_lstm", "bilstm", "backwards", "c
 
     def build(kind: str):
         inp = keras.Input((STEPS, CHANNELS))
-        y = layers.Conv1D(16, 5, padding="same", activation="relu")(inp)
+        if kind == "lstm_first":  # the recurrence first: tflite-micro is the stateful stream's oracle
+            y = layers.LSTM(16, return_sequences=True)(inp)
+            y = layers.LSTM(12)(layers.Dense(12, activation="relu")(y))
+            return keras.Model(inp, layers.Dense(4, activation="softmax")(y))
+        causal = kind.startswith("causal_")
+        y = layers.Conv1D(16, 5, padding="causal" if causal else "same", activation="relu")(inp)
         y = layers.MaxPooling1D(2)(y)
+        if causal:  # streams statefully: every layer before the recurrence is causal
+            y = layers.Conv1D(16, 3, padding="causal", dilation_rate=2, activation="relu")(y)
+            recurrent = layers.LSTM(24) if kind == "causal_cnn_lstm" else layers.GRU(24)
+            return keras.Model(inp, layers.Dense(4, activation="softmax")(recurrent(y)))
         if kind == "cnn_gru":
             y = layers.GRU(16, reset_after=False)(layers.GRU(24, return_sequences=True)(y))
         elif kind == "cnn_rnn":
@@ -233,4 +250,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["stateful"]:  # only the stateful stream's Keras fixtures (no PyTorch needed)
+        keras_models(("causal_cnn_lstm", "causal_cnn_gru", "lstm_first"))
+    else:
+        main()
