@@ -150,8 +150,8 @@ def recipe_line(recipe: dict[str, Any]) -> str:
 def stream_line(stream: dict[str, Any]) -> str:
     """What --streaming made: MACs per push against a full invoke, the state, where the head starts."""
     share = stream["macs_per_push"] / max(stream["macs_per_invoke"], 1)
-    what = ("only the columns each hop changes" if stream["recomputes"] == "columns"
-            else "the whole window each push")
+    what = {"columns": "only the columns each hop changes", "window": "the whole window each push",
+            "new steps": "its new steps once, the recurrent layers on from their state"}[stream["recomputes"]]
     line = (f"stream: hop {stream['hop']} of {stream['window']} steps, state {stream['state_bytes']} B; a push "
             f"computes {what}: {stream['macs_per_push']:,} MACs, {100 * share:.0f}% of an invoke's "
             f"{stream['macs_per_invoke']:,}; {stream['head']}")

@@ -5,6 +5,7 @@ recurrences, tflite-micro keeping its LSTM state across invokes (an independent 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
 from onnx2cmsis.drivers.stream_check import stateful_want
+from onnx2cmsis.drivers.verification import verify
 from onnx2cmsis.errors import OptionError
 from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
 from onnx2cmsis.plan.stateful import plan_stateful, retimed_graph
@@ -143,6 +145,22 @@ def test_a_channel_major_model_streams_its_interleaved_samples(tmp_path):
     for i, s in enumerate(streams):
         assert np.array_equal(np.stack(got[i]), stateful_want(conv, s))
     assert np.array_equal(got[0][15], model(streams[0][:32].T.reshape(-1)))  # the first window: invoke
+
+
+def test_verify_holds_a_stateful_stream_to_the_one_run_and_fails_one_that_loses_its_history(tmp_path):
+    """verify --stateful pushes the data end to end and checks every push against the one run; with
+    one map's history move cut from the generated push, invoke stays exact and the stream does not."""
+    x = np.random.default_rng(8).normal(size=(32, 3, 32)).astype(np.float32)
+    conv = convert(_channel_major_gru(tmp_path), x, name="cm", streaming=2, stateful=True, cmsis_nn=level_7_tree())
+    (result,) = verify(conv, x[:4], ["host"], workdir=tmp_path / "ok").results
+    assert result.bit_exact and result.stream_stateful and result.stream_pushes >= 50
+    assert result.stream_mismatches == 0
+    moves = re.findall(r"\n *memmove\(st \+ \d+, st \+ \d+, \d+\); /\* a map's history moves to its start \*/",
+                       conv.source)
+    assert moves
+    conv.source = conv.source.replace(moves[0], "", 1)
+    (broken,) = verify(conv, x[:4], ["host"], workdir=tmp_path / "broken").results
+    assert broken.mismatches == 0 and broken.stream_mismatches > 0 and not broken.bit_exact
 
 
 @pytest.mark.keras
