@@ -24,7 +24,8 @@ from onnx2cmsis.codegen.stream import stream_parts, stream_spec
 from onnx2cmsis.data.samples import MultiSamples, Sample, checked_samples, input_arrays
 from onnx2cmsis.errors import ConversionError, OptionError, render_options
 from onnx2cmsis.frontends import read_model
-from onnx2cmsis.importer.from_onnx import import_onnx, with_internal_values
+from onnx2cmsis.importer.from_onnx import import_onnx
+from onnx2cmsis.importer.onnx_nodes import with_internal_values
 from onnx2cmsis.frontends.qdq import saturating_float_model
 from onnx2cmsis.ir.check import check_graph
 from onnx2cmsis.ir.graph import Graph

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.frontends.tflite_graph import fuse_space_to_batch, needed_operators, not_exact_yet
+from onnx2cmsis.frontends import tflite_shape_ops as shape_ops
 from onnx2cmsis.frontends.tflite_lstm import translate_lstm
 from onnx2cmsis.frontends.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
 
@@ -40,7 +41,7 @@ NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 _ACTIVATIONS = {0: None, 1: ("Relu", None, None), 2: ("Clip", -1.0, 1.0), 3: ("Clip", 0.0, 6.0)}
 
 
-class _Builder:
+class OnnxWriter:
     """The ONNX graph being written: each TFLite tensor's float value, and the nodes and constants."""
 
     def __init__(self, model: TfliteModel) -> None:
@@ -138,7 +139,7 @@ def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int,
     return total // 2, total - total // 2
 
 
-def _window_attrs(b: _Builder, op: TfliteOperator, shape: tuple[int, ...], kernel: tuple[int, int],
+def _window_attrs(b: OnnxWriter, op: TfliteOperator, shape: tuple[int, ...], kernel: tuple[int, int],
                   dilation: tuple[int, int] = (1, 1)) -> dict:
     o = op.options
     strides = (int(o.get("StrideH", 1)), int(o.get("StrideW", 1)))
@@ -152,7 +153,7 @@ def _window_attrs(b: _Builder, op: TfliteOperator, shape: tuple[int, ...], kerne
     return {"strides": list(strides), "pads": pads}
 
 
-def _conv(b: _Builder, op: TfliteOperator, depthwise: bool) -> None:
+def _conv(b: OnnxWriter, op: TfliteOperator, depthwise: bool) -> None:
     x_t, w_t = (b.model.tensors[i] for i in op.inputs[:2])
     o = op.options
     layout = (3, 0, 1, 2) if depthwise else (0, 3, 1, 2)  # [1, KH, KW, C*m] / OHWI -> O I H W
@@ -176,7 +177,7 @@ def _conv(b: _Builder, op: TfliteOperator, depthwise: bool) -> None:
     b.write(op.outputs[0], y)
 
 
-def _pool(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
+def _pool(b: OnnxWriter, op: TfliteOperator, onnx_op: str) -> None:
     x_t = b.model.tensors[op.inputs[0]]
     o = op.options
     kernel = (int(o["FilterHeight"]), int(o["FilterWidth"]))
@@ -189,7 +190,7 @@ def _pool(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
     b.write(op.outputs[0], b.node("Transpose", [y], perm=NCHW_TO_NHWC))
 
 
-def _fully_connected(b: _Builder, op: TfliteOperator) -> None:
+def _fully_connected(b: OnnxWriter, op: TfliteOperator) -> None:
     """TFLite flattens the input to rows of the weights' width; keep_num_dims gives the rows back the
     input's leading dimensions."""
     w_t = b.model.tensors[op.inputs[1]]
@@ -207,32 +208,13 @@ def _fully_connected(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], y)
 
 
-def _reshape(b: _Builder, op: TfliteOperator) -> None:
-    """To its shape input (a constant, or what a dynamic batch's SHAPE -> STRIDED_SLICE -> PACK computes:
-    ONNX's shape folding evaluates it at batch 1), else its NewShape option. A file's static shapes
-    hold 1 where its signature is dynamic, so they are not what a reshape makes."""
-    target = b.model.tensors[op.inputs[1]] if len(op.inputs) > 1 and op.inputs[1] >= 0 else None
-    if target is not None and target.data is not None:
-        shape = b.const(target.data.astype(np.int64).reshape(-1), "shape")
-    elif target is not None:
-        shape = b.node("Cast", [b.read(op.inputs[1])], to=TensorProto.INT64)
-    else:
-        shape = b.const(np.array(op.options.get("NewShape") or b.model.tensors[op.outputs[0]].shape, np.int64), "shape")
-    b.write(op.outputs[0], b.node("Reshape", [b.read(op.inputs[0]), shape]))
 
 
-def _expand_dims(b: _Builder, op: TfliteOperator) -> None:
-    axis = int(np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1)[0])
-    b.write(op.outputs[0], b.node("Unsqueeze", [b.read(op.inputs[0]), b.const(np.array([axis], np.int64), "axes")]))
 
 
-def _squeeze(b: _Builder, op: TfliteOperator) -> None:
-    dims = [int(d) for d in op.options.get("SqueezeDims", [])]
-    axes = [b.const(np.array(dims, np.int64), "axes")] if dims else []
-    b.write(op.outputs[0], b.node("Squeeze", [b.read(op.inputs[0]), *axes]))
 
 
-def _resize_nearest(b: _Builder, op: TfliteOperator) -> None:
+def _resize_nearest(b: OnnxWriter, op: TfliteOperator) -> None:
     """NHWC -> ONNX Resize (nearest) to the size input, with TFLite's coordinate rule (align_corners
     refused; half_pixel_centers or not, an integer factor repeats each step: the importer checks)."""
     if op.options.get("AlignCorners"):
@@ -246,68 +228,26 @@ def _resize_nearest(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Transpose", [y], perm=NCHW_TO_NHWC))
 
 
-def _tile(b: _Builder, op: TfliteOperator) -> None:
+def _tile(b: OnnxWriter, op: TfliteOperator) -> None:
     """ONNX Tile with the multiples (Keras' UpSampling1D: EXPAND_DIMS -> TILE -> RESHAPE, which the
     importer resolves as a nearest upsampling)."""
     repeats = b.node("Cast", [b.read(op.inputs[1])], to=TensorProto.INT64)
     b.write(op.outputs[0], b.node("Tile", [b.read(op.inputs[0]), repeats]))
 
 
-def _shape(b: _Builder, op: TfliteOperator) -> None:
-    b.write(op.outputs[0], b.node("Shape", [b.read(op.inputs[0])]))
 
 
-def _strided_slice(b: _Builder, op: TfliteOperator) -> None:
-    """With constant begin/end/strides: ONNX Slice (the masks as open ends), then Squeeze for
-    shrink_axis_mask."""
-    begin, end, strides = (np.asarray(b.model.tensors[i].data).reshape(-1).astype(np.int64) for i in op.inputs[1:4])
-    o = op.options
-    if int(o.get("EllipsisMask", 0)) or int(o.get("NewAxisMask", 0)):
-        raise UnsupportedOpError("STRIDED_SLICE with an ellipsis or new-axis mask is not supported", "")
-    big = np.iinfo(np.int64).max
-    starts, ends = begin.copy(), end.copy()
-    shrink = []
-    for axis in range(len(begin)):
-        if int(o.get("ShrinkAxisMask", 0)) >> axis & 1:
-            ends[axis] = begin[axis] + 1 if begin[axis] != -1 else big
-            shrink.append(axis)
-            continue
-        if int(o.get("BeginMask", 0)) >> axis & 1:
-            starts[axis] = 0 if strides[axis] > 0 else big
-        if int(o.get("EndMask", 0)) >> axis & 1:
-            ends[axis] = big if strides[axis] > 0 else -big
-    y = b.node("Slice", [b.read(op.inputs[0]), b.const(starts, "starts"), b.const(ends, "ends"),
-                         b.const(np.arange(len(begin), dtype=np.int64), "axes"), b.const(strides, "steps")])
-    if shrink:
-        y = b.node("Squeeze", [y, b.const(np.array(shrink, np.int64), "axes")])
-    b.write(op.outputs[0], y)
 
 
-def _pack(b: _Builder, op: TfliteOperator) -> None:
-    axis = int(op.options.get("Axis", 0))
-    axes = b.const(np.array([axis], np.int64), "axes")
-    parts = [b.node("Unsqueeze", [b.read(i), axes]) for i in op.inputs]
-    b.write(op.outputs[0], b.node("Concat", parts, axis=axis))
 
 
-def _reduce(b: _Builder, op: TfliteOperator, onnx_op: str) -> None:
-    """REDUCE_PROD (shape arithmetic), REDUCE_MAX (a global max pool over time): the axes as given."""
-    axes = [int(a) for a in np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1)]
-    keep = int(bool(op.options.get("KeepDims", False)))
-    b.write(op.outputs[0], b.node(onnx_op, [b.read(op.inputs[0])], axes=axes, keepdims=keep))
 
 
-def _gather(b: _Builder, op: TfliteOperator) -> None:
-    b.write(op.outputs[0], b.node("Gather", [b.read(op.inputs[0]), b.read(op.inputs[1])],
-                                  axis=int(op.options.get("Axis", 0))))
 
 
-def _transpose(b: _Builder, op: TfliteOperator) -> None:
-    perm = b.model.tensors[op.inputs[1]].data
-    b.write(op.outputs[0], b.node("Transpose", [b.read(op.inputs[0])], perm=[int(p) for p in perm]))
 
 
-def _pad(b: _Builder, op: TfliteOperator) -> None:
+def _pad(b: OnnxWriter, op: TfliteOperator) -> None:
     pads = b.model.tensors[op.inputs[1]].data.astype(np.int64)
     inputs = [b.read(op.inputs[0]), b.const(np.concatenate([pads[:, 0], pads[:, 1]]), "pads")]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:  # PADV2's value, as a real number
@@ -318,15 +258,15 @@ def _pad(b: _Builder, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Pad", inputs, mode="constant"))
 
 
-def _elementwise(onnx_op: str) -> Callable[[_Builder, TfliteOperator], None]:
-    def translate(b: _Builder, op: TfliteOperator) -> None:
+def _elementwise(onnx_op: str) -> Callable[[OnnxWriter, TfliteOperator], None]:
+    def translate(b: OnnxWriter, op: TfliteOperator) -> None:
         y = b.node(onnx_op, [b.read(i) for i in op.inputs])
         b.write(op.outputs[0], b.activation(y, int(op.options.get("FusedActivationFunction", 0))))
     return translate
 
 
-def _unary(onnx_op: str, **attrs) -> Callable[[_Builder, TfliteOperator], None]:
-    def translate(b: _Builder, op: TfliteOperator) -> None:
+def _unary(onnx_op: str, **attrs) -> Callable[[OnnxWriter, TfliteOperator], None]:
+    def translate(b: OnnxWriter, op: TfliteOperator) -> None:
         extra = dict(attrs)
         if onnx_op == "LeakyRelu":
             extra["alpha"] = float(op.options.get("Alpha", 0.2))
@@ -334,31 +274,31 @@ def _unary(onnx_op: str, **attrs) -> Callable[[_Builder, TfliteOperator], None]:
     return translate
 
 
-def _relu6(b: _Builder, op: TfliteOperator) -> None:
+def _relu6(b: OnnxWriter, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.activation(b.read(op.inputs[0]), 3))
 
 
-def _softmax(b: _Builder, op: TfliteOperator) -> None:
+def _softmax(b: OnnxWriter, op: TfliteOperator) -> None:
     b.write(op.outputs[0], b.node("Softmax", [b.read(op.inputs[0])], axis=-1))
 
 
-def _mean(b: _Builder, op: TfliteOperator) -> None:
+def _mean(b: OnnxWriter, op: TfliteOperator) -> None:
     axes = [int(a) for a in np.asarray(b.model.tensors[op.inputs[1]].data).reshape(-1)]
     keep = int(bool(op.options.get("KeepDims", False)))
     b.write(op.outputs[0], b.node("ReduceMean", [b.read(op.inputs[0])], axes=axes, keepdims=keep))
 
 
-def _concatenation(b: _Builder, op: TfliteOperator) -> None:
+def _concatenation(b: OnnxWriter, op: TfliteOperator) -> None:
     y = b.node("Concat", [b.read(i) for i in op.inputs], axis=int(op.options.get("Axis", -1)))
     b.write(op.outputs[0], b.activation(y, int(op.options.get("FusedActivationFunction", 0))))
 
 
-def _edge(b: _Builder, op: TfliteOperator) -> None:
+def _edge(b: OnnxWriter, op: TfliteOperator) -> None:
     """QUANTIZE from float / DEQUANTIZE to float: the same reals, the pair on the integer side."""
     b.write(op.outputs[0], b.node("Identity", [b.read(op.inputs[0])]))
 
 
-TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
+TRANSLATORS: dict[str, Callable[[OnnxWriter, TfliteOperator], None]] = {
     "CONV_2D": lambda b, op: _conv(b, op, False),
     "DEPTHWISE_CONV_2D": lambda b, op: _conv(b, op, True),
     "FULLY_CONNECTED": _fully_connected,
@@ -368,14 +308,14 @@ TRANSLATORS: dict[str, Callable[[_Builder, TfliteOperator], None]] = {
     "ADD": _elementwise("Add"), "SUB": _elementwise("Sub"), "MUL": _elementwise("Mul"),
     "PAD": _pad, "PADV2": _pad,
     "CONCATENATION": _concatenation,
-    "RESHAPE": _reshape, "SQUEEZE": _squeeze, "EXPAND_DIMS": _expand_dims,
+    "RESHAPE": shape_ops.reshape, "SQUEEZE": shape_ops.squeeze, "EXPAND_DIMS": shape_ops.expand_dims,
     # shape arithmetic (a dynamic batch's reshape targets): folded to constants at import
-    "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack, "REDUCE_PROD": lambda b, op: _reduce(b, op, "ReduceProd"), "GATHER": _gather,
-    "TRANSPOSE": _transpose,
+    "SHAPE": shape_ops.shape, "STRIDED_SLICE": shape_ops.strided_slice, "PACK": shape_ops.pack, "REDUCE_PROD": lambda b, op: shape_ops.reduce(b, op, "ReduceProd"), "GATHER": shape_ops.gather,
+    "TRANSPOSE": shape_ops.transpose,
     "RESIZE_NEAREST_NEIGHBOR": _resize_nearest, "TILE": _tile,
     "SOFTMAX": _softmax,
     "TANH": _unary("Tanh"), "LOGISTIC": _unary("Sigmoid"), "RELU": _unary("Relu"), "RELU6": _relu6,
-    "LEAKY_RELU": _unary("LeakyRelu"), "HARD_SWISH": _unary("HardSwish"), "REDUCE_MAX": lambda b, op: _reduce(b, op, "ReduceMax"),
+    "LEAKY_RELU": _unary("LeakyRelu"), "HARD_SWISH": _unary("HardSwish"), "REDUCE_MAX": lambda b, op: shape_ops.reduce(b, op, "ReduceMax"),
     "QUANTIZE": _edge, "DEQUANTIZE": _edge,
     "UNIDIRECTIONAL_SEQUENCE_LSTM": translate_lstm,  # frontends/tflite_lstm.py
 }
@@ -391,7 +331,7 @@ def tflite_to_onnx(model: TfliteModel, where: str) -> onnx.ModelProto:
     refused = not_exact_yet(model)
     if refused:
         raise UnsupportedOpError("; ".join(refused), where)
-    b = _Builder(model)
+    b = OnnxWriter(model)
     inputs = []
     for index in model.inputs:
         t = model.tensors[index]

@@ -21,6 +21,7 @@ from onnx2cmsis.ir.graph import Graph, Node, Tensor
 from onnx2cmsis.ir.tensor import ConstQuant, FileQuantization
 from onnx2cmsis.ir.layout import Binding, MovementKind, arrangement, classify, gather_map, layout_of
 from onnx2cmsis.ops.base import OnnxNodeView
+from onnx2cmsis.importer.onnx_nodes import node_attrs, unsupported_nodes
 from onnx2cmsis.ops.registry import Registry
 
 # The IR op that makes each kind of layout change (a transpose has its own path: a pair may cancel).
@@ -37,18 +38,6 @@ def default_axes(rank: int, where: str) -> tuple[int, ...]:
     if rank == 2:
         return (1, 0)
     raise UnsupportedOpError(f"tensors of rank {rank + 1} (2D data) are not supported here; 1D models only", where)
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode("utf-8", "replace")
-        elif isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
-        out[a.name] = v
-    return out
 
 
 class GraphBuilder:
@@ -272,35 +261,6 @@ class GraphBuilder:
         return name
 
 
-def unsupported_nodes(model: onnx.ModelProto, registry: Registry) -> list[str]:
-    """Every node whose operator no handler takes, as "node 'NAME' (OP)"."""
-    gaps = []
-    for i, proto in enumerate(model.graph.node):
-        known = proto.domain in ("", "ai.onnx") and (proto.op_type == "Constant" or proto.op_type in registry.by_onnx_op)
-        if not known:
-            op = proto.op_type if proto.domain in ("", "ai.onnx") else f"{proto.domain}.{proto.op_type}"
-            gaps.append(f"node '{proto.name or f'{proto.op_type}_{i}'}' ({op})")
-    return gaps
-
-
-def with_internal_values(model: onnx.ModelProto, registry: Registry) -> onnx.ModelProto:
-    """The float model with the nodes computing values inside its ops (each handler's
-    `float_internals`, e.g. an LSTM's cell state at every step) added beside them: what calibration
-    runs. The model itself when no op has any."""
-    extra = []
-    for proto in model.graph.node:
-        handler = registry.by_onnx_op.get(proto.op_type) if proto.domain in ("", "ai.onnx") else None
-        if handler is not None:
-            extra += handler.float_internals(OnnxNodeView(proto.name, proto.op_type, list(proto.input),
-                                                          list(proto.output), _attrs(proto)))
-    if not extra:
-        return model
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    augmented.graph.node.extend(extra)
-    return augmented
-
-
 def import_onnx(model: onnx.ModelProto, registry: Registry, source: str,
                 file_quant: FileQuantization | None = None) -> Graph:
     """The canonical graph of a float model (a QDQ model's after frontends.qdq.split_qdq, whose
@@ -350,7 +310,7 @@ def _bind_inputs(b: GraphBuilder, inputs: list[onnx.ValueInfoProto]) -> tuple[li
 def _import_node(b: GraphBuilder, proto: onnx.NodeProto, registry: Registry, source: str) -> None:
     """One model node through its handler (a Constant is just recorded); errors name the file too."""
     view = OnnxNodeView(b.layer_of.get(proto.name) or proto.name or f"{proto.op_type}_{len(b.nodes)}", proto.op_type,
-                        list(proto.input), list(proto.output), _attrs(proto))
+                        list(proto.input), list(proto.output), node_attrs(proto))
     b.where = f"{source}: {view.where}"
     b.node_name = view.name
     if proto.domain not in ("", "ai.onnx"):

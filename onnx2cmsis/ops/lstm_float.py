@@ -4,7 +4,7 @@ TFLite quantizes the cell state at a power-of-two scale from its range over ever
 calibration sample, but an ONNX LSTM gives only the last step's cell (Y_c). These nodes recompute the
 recurrence with a Scan over time from the same inputs and weights (outer-scope values) and stack the
 cell after every step into one value, which calibration then ranges like any other. They are added
-to the float model calibration runs only (importer.from_onnx.with_internal_values), never imported.
+to the float model calibration runs only (importer.onnx_nodes.with_internal_values), never imported.
 """
 
 from __future__ import annotations
