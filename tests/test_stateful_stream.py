@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2cmsis.api import convert
-from onnx2cmsis.drivers.stream_check import stateful_want
+from onnx2cmsis.drivers.stream_check import stateful_ready, stateful_want
 from onnx2cmsis.drivers.verification import verify
 from onnx2cmsis.errors import OptionError
 from onnx2cmsis.oracle.tflite_export import export_tflite, run_tflite_micro
@@ -45,12 +45,14 @@ def _stream(conv, windows: int, seed: int) -> np.ndarray:
     return np.clip(np.round(x / q.scale) + q.zero_point, info.min, info.max).astype(q.dtype)
 
 
-def _push_all(model, stream: np.ndarray, hop: int, **kwargs) -> np.ndarray:
+def _push_all(model, stream: np.ndarray, hop: int, first: int = 1, **kwargs) -> np.ndarray:
+    """Every push's output, from the `first` (1-based) on: each reports, on every step since the reset."""
     got = []
     for k in range(len(stream) // hop):
         status, out = model.stream_push(stream[k * hop:(k + 1) * hop], **kwargs)
-        assert status == 1, (k, status)  # every push reports: the output for every step since the reset
-        got.append(out)
+        assert status == (1 if k + 1 >= first else 0), (k, status)
+        if status == 1:
+            got.append(out)
     return np.stack(got)
 
 
@@ -59,31 +61,42 @@ def _push_all(model, stream: np.ndarray, hop: int, **kwargs) -> np.ndarray:
 @pytest.mark.parametrize("stem, hop, precision", [("keras_causal_cnn_lstm", 4, "int8"),
                                                   ("keras_causal_cnn_gru", 4, "int8"),
                                                   ("keras_causal_cnn_lstm", 8, "int16"),
-                                                  ("keras_causal_cnn_gru", 6, "int16")])
+                                                  ("keras_causal_cnn_gru", 6, "int16"),
+                                                  ("keras_valid_cnn_lstm", 2, "int8")])
 def test_every_push_equals_the_one_run_over_the_whole_stream(stem, hop, precision, tmp_path):
     """>= 50 pushes of held-out signals: each equals the reference run once over every step since the
     reset; the push that completes the first window equals NAME_invoke on it; an invoke between pushes
-    changes nothing (the state is apart from the arena); a reset starts the same stream again."""
+    changes nothing (the state is apart from the arena); a reset starts the same stream again. The
+    'valid' model's convolutions lag their inputs by 2 steps each: the pushes before the pool has one
+    column of the one run return 0 and leave the output alone."""
     conv = _convert(stem, hop, precision)
     s = conv.report["stream"]
     assert s["stateful"] and s["recomputes"] == "new steps"
-    assert s["macs_per_push"] * (STEPS // hop) <= 1.05 * s["macs_per_invoke"]  # the new steps, once
+    assert s["macs_per_push"] * (STEPS // hop) <= 1.1 * s["macs_per_invoke"]  # the new steps, once
     assert f"#define {conv.name.upper()}_STREAM_STATEFUL 1" in conv.header
     model = build_conversions([conv], tmp_path)[conv.name]
     stream = _stream(conv, windows=-(-50 * hop // STEPS), seed=41)
     other = np.zeros(model.input_size, model.input_dtype)
-    got = []
+    # 'valid': two convs lag 2 + 2 steps, the pool halves it: 2 of its columns before the one run's first
+    first = {"keras_valid_cnn_lstm": -(-(2 + 1) // (hop // 2))}.get(stem, 1)
+    assert s["first_output_push"] == first
+    got, statuses = [], []
     for k in range(len(stream) // hop):
-        status, out = model.stream_push(stream[k * hop:(k + 1) * hop])
-        assert status == 1
-        got.append(out)
+        sentinel = np.full(model.output_size, 77, model.output_dtype)
+        status, out = model.stream_push(stream[k * hop:(k + 1) * hop], output=sentinel)
+        statuses.append(status)
+        if status == 1:
+            got.append(out)
+        else:
+            assert np.all(out == 77)  # untouched
         model(other)
+    assert statuses == [0] * (first - 1) + [1] * (len(statuses) - first + 1)
     got = np.stack(got)
     assert len(got) >= 50 and np.array_equal(got, stateful_want(conv, stream))
     if STEPS % hop == 0:  # the one run over the first window is the model on it
-        assert np.array_equal(got[STEPS // hop - 1], model(stream[:STEPS].reshape(-1)))
+        assert np.array_equal(got[STEPS // hop - first], model(stream[:STEPS].reshape(-1)))
     model.stream_reset()
-    assert np.array_equal(_push_all(model, stream[:4 * hop], hop), got[:4])
+    assert np.array_equal(_push_all(model, stream[:(first + 3) * hop], hop, first), got[:4])
 
 
 @pytest.mark.oracle
@@ -104,18 +117,19 @@ def test_tflite_micro_keeping_its_lstm_state_gives_the_same_pushes(hop, precisio
     assert len(got) >= 50 and np.array_equal(run_tflite_micro(tflite, pushes, keep_state=True), got)
 
 
-def _channel_major_gru(tmp_path: Path) -> Path:
-    """A PyTorch-layout model written by hand: x (1, 3, 32) -> causal Conv (pads 2, 0) -> Relu -> time
-    first -> GRU(6) -> its last state Y_h -> Gemm(4)."""
+def _channel_major_gru(tmp_path: Path, kernel: int = 3, pads: tuple[int, int] = (2, 0), pool: bool = False) -> Path:
+    """A PyTorch-layout model written by hand: x (1, 3, 32) -> Conv (causal: pads 2, 0) -> Relu (->
+    MaxPool(2)) -> time first -> GRU(6) -> its last state Y_h -> Gemm(4)."""
     rng = np.random.default_rng(5)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3)).astype(np.float32), "cw"),
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, kernel)).astype(np.float32), "cw"),
              numpy_helper.from_array(rng.normal(0, 0.5, (1, 18, 8)).astype(np.float32), "W"),
              numpy_helper.from_array(rng.normal(0, 0.5, (1, 18, 6)).astype(np.float32), "R"),
              numpy_helper.from_array(rng.normal(0, 0.5, (4, 6)).astype(np.float32), "dw"),
              numpy_helper.from_array(np.array([1, 6], np.int64), "flat")]
-    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], name="causal_conv", pads=[2, 0], kernel_shape=[3]),
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=list(pads), kernel_shape=[kernel]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Transpose", ["r"], ["t"], name="time_first", perm=[2, 0, 1]),
+             *([helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2], strides=[2])] if pool else []),
+             helper.make_node("Transpose", ["p" if pool else "r"], ["t"], name="time_first", perm=[2, 0, 1]),
              helper.make_node("GRU", ["t", "W", "R"], ["steps", "h"], name="gru", hidden_size=6, linear_before_reset=1),
              helper.make_node("Reshape", ["h", "flat"], ["hf"], name="flatten"),
              helper.make_node("Gemm", ["hf", "dw"], ["y"], name="dense", transB=1)]
@@ -179,6 +193,9 @@ def test_layers_that_read_ahead_or_across_the_stream_are_refused_naming_each(tmp
     assert "layer 0 'conv1d_1' (conv1d) pads 2 steps on the right" in message
     assert "layer 3 'bidirectional_backward_reverse_input' (gather) reads every step" in message
     assert message.count("layer ") == 2  # what follows a refused layer is not blamed again
+    with pytest.raises(OptionError, match=r"layer \d+ 'pool' \(maxpool1d\) its stride 2 does not divide the 1 steps"):
+        convert(_channel_major_gru(tmp_path, kernel=2, pads=(0, 0), pool=True), None, name="m", streaming=2,
+                stateful=True)
     with pytest.raises(OptionError, match="no recurrent layer"):
         convert(ROOT / "examples" / "vibration" / "vibration_cnn.onnx", None, name="m", streaming=16, stateful=True)
     with pytest.raises(OptionError, match="needs .*streaming"):
@@ -194,17 +211,21 @@ def test_layers_that_read_ahead_or_across_the_stream_are_refused_naming_each(tmp
 @pytest.mark.qemu
 @pytest.mark.keras
 def test_stateful_pushes_give_the_same_bytes_on_qemu(tmp_path):
-    """CNN-LSTM and CNN-GRU, int8 and 16x8, on M4 and M55: every push's output as the one run's."""
+    """CNN-LSTM and CNN-GRU, int8 and 16x8, and the 'valid' CNN-LSTM on M4 and M55: every push's status
+    and output as the one run's."""
     qemu_tools()
     convs = [_convert("keras_causal_cnn_lstm", 4), _convert("keras_causal_cnn_gru", 4),
-             _convert("keras_causal_cnn_lstm", 8, "int16"), _convert("keras_causal_cnn_gru", 8, "int16")]
+             _convert("keras_causal_cnn_lstm", 8, "int16"), _convert("keras_causal_cnn_gru", 8, "int16"),
+             _convert("keras_valid_cnn_lstm", 2)]
     streams = {c.name: _stream(c, windows=4, seed=43) for c in convs}
     want = {c.name: stateful_want(c, streams[c.name]) for c in convs}
+    ready = {c.name: stateful_ready(c, streams[c.name]) for c in convs}
     units = [stream_unit(c) for c in convs]
     for target in ("m4", "m55"):
         fw = build_firmware([*convs, *units], target, tmp_path / target)
         jobs = {u.name: streams[c.name].reshape(-1, u.input_size) for c, u in zip(convs, units)}
         out = run_firmware(fw, jobs, timeout=300)
         for c, u in zip(convs, units):
-            assert np.all(out[u.name][:, 0] == 1) and np.array_equal(out[u.name][:, 1:], want[c.name]), \
-                (target, c.name)
+            statuses = out[u.name][:, 0]
+            assert list(np.flatnonzero(statuses == 1)) == ready[c.name] and ready[c.name][-1] == len(statuses) - 1
+            assert np.array_equal(out[u.name][ready[c.name], 1:], want[c.name]), (target, c.name)

@@ -17,7 +17,7 @@ from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import KernelCall
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.plan.arena import MemoryPlan
-from onnx2cmsis.plan.stateful import StatefulPlan, StatefulStep
+from onnx2cmsis.plan.stateful import StatefulMap, StatefulPlan, StatefulStep
 
 
 @dataclass
@@ -34,7 +34,10 @@ class StatefulLayer:
 
 @dataclass
 class StatefulCode:
-    layers: list[StatefulLayer]
+    layers: list[StatefulLayer]  # what runs on the new steps, in order
+    head: list[StatefulLayer]  # then, once the model has an output, the layers after the last step
+    counted_pushes: int  # what the state's push counter saturates at
+    first_output_push: int  # the pushes before it return 0
     resets: list[tuple[int, int, int, str]]  # (offset, bytes, byte value, what) the reset fills
     shifts: list[tuple[int, int, int]]  # (offset, hop bytes, bytes kept) of each map with a history
     input_at: int  # where the pushed samples go in the state
@@ -87,14 +90,18 @@ def stateful_code(env: jinja2.Environment, name: str, graph: Graph, registry: Re
             return state_pointer(tensor, columns[tensor])
 
         ctx = call_context(prefix, call, sub, sub_graph, sliced, scratch(layer.index))
-        if step.kind == "recurrence":
-            ctx["state_ptr"] = f"(st + {step.state_offset})"
+        out_map = sp.maps[node.output]
+        if step.kind == "recurrence":  # the steps before the one run's first are skipped, not run
+            skip = f"skip_{layer.index}" if out_map.delay else None
+            ctx.update(state_ptr=f"(st + {step.state_offset})", first_step=skip)
+            code = (_delayed_columns(out_map, skip) if skip else "") + render_call(env, call, ctx)
+        else:
+            code = render_call(env, call, ctx) + (_delayed_columns(out_map, None) if out_map.delay else "")
         functions.update(call.functions)
-        steps = sp.maps[node.output].hop
-        what = f"its {steps} new step{'s' if steps > 1 else ''}" + (
+        what = f"its {out_map.hop} new step{'s' if out_map.hop > 1 else ''}" + (
             " on from the state" if step.kind == "recurrence" else "")
-        out.append(StatefulLayer(layer.index, layer.ident, layer.name, layer.origin, call.kernel,
-                                 render_call(env, call, ctx), what, call.macs))
+        out.append(StatefulLayer(layer.index, layer.ident, layer.name, layer.origin, call.kernel, code, what,
+                                 call.macs))
     resets = _resets(sp, graph)
     shifts = [(m.offset, m.hop * m.row_bytes, m.keep * m.row_bytes) for m in sp.maps.values() if m.keep]
     source = sp.maps[sp.input_tensor]
@@ -103,8 +110,24 @@ def stateful_code(env: jinja2.Environment, name: str, graph: Graph, registry: Re
     if model_out is not None:
         m, first = model_out
         copy_out = (m.offset + first * m.row_bytes, graph.tensors[graph.outputs[0]].nbytes)
-    return StatefulCode(out, resets, shifts, source.offset + source.keep * source.row_bytes, copy_out,
+    head = [layer for layer in out if layer.what == "in full"]
+    return StatefulCode([layer for layer in out if layer not in head], head, sp.counted_pushes,
+                        sp.first_output_push, resets, shifts, source.offset + source.keep * source.row_bytes, copy_out,
                         sum(layer.macs_per_push for layer in out), sorted(functions))
+
+
+def _delayed_columns(m: StatefulMap, skip: str | None) -> str:
+    """C for the first pushes after the reset: the new columns that come before the one run's first
+    (a lagging 'valid' layer's) hold its padding, the zero point; `skip` (a recurrence's) counts them."""
+    at = m.offset + m.keep * m.row_bytes
+    lines = [f"    int32_t {skip} = 0; /* steps before the one run's first, skipped */" if skip else None,
+             f"    if (pushes <= {m.delayed_pushes}) {{ /* columns before the one run's first: its zero padding */",
+             f"        const int32_t early = {m.delay} - (pushes - 1) * {m.hop};",
+             f"        const int32_t columns = early < {m.hop} ? early : {m.hop};",
+             f"        {skip} = columns;" if skip else None,
+             f"        memset(st + {at}, {m.zero_point & 0xFF}, (size_t)columns * {m.row_bytes});",
+             "    }"]
+    return "".join(f"{line}\n" for line in lines if line is not None)
 
 
 def _resets(sp: StatefulPlan, graph: Graph) -> list[tuple[int, int, int, str]]:

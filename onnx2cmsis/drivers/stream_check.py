@@ -38,14 +38,22 @@ def stream_windows(conv: Conversion, stream: np.ndarray) -> tuple[list[int], np.
     return ready, np.stack([w.reshape(-1) if s["time_major"] else w.T.reshape(-1) for w in cut])
 
 
+def stateful_ready(conv: Conversion, stream: np.ndarray) -> list[int]:
+    """The pushes (0-based) of a stateful stream that report an output: from NAME.json's
+    first_output_push on (the ones before have fewer steps than the model's layers need)."""
+    s = conv.report["stream"]
+    return list(range(s["first_output_push"] - 1, len(stream) // s["hop"]))
+
+
 def stateful_want(conv: Conversion, stream: np.ndarray) -> np.ndarray:
     """A stateful stream's contract: after push k, the integer reference of the graph run once over
-    the first k x HOP steps (plan/stateful.py retimes it). (pushes, output elements)."""
+    the first k x HOP steps (plan/stateful.py retimes it), for each push that reports one.
+    (reporting pushes, output elements)."""
     s = conv.report["stream"]
     hop = s["hop"]
     sp = plan_stateful(conv.graph, conv.registry, hop, s["window"], s["channels"])
     rows = []
-    for k in range(1, len(stream) // hop + 1):
+    for k in (push + 1 for push in stateful_ready(conv, stream)):
         g = retimed_graph(conv.graph, conv.registry, sp, s["window"], k * hop)
         seen = stream[:k * hop]
         x = (seen if s["time_major"] else seen.T).reshape(g.tensors[g.inputs[0]].shape)
@@ -60,9 +68,9 @@ def stream_run(conv: Conversion, xq: np.ndarray, min_outputs: int = 50) -> Strea
     steps = [w.reshape(window, channels) if s["time_major"] else w.reshape(channels, window).T for w in xq]
     need = window - window % hop + hop * min_outputs
     stream = np.concatenate(steps * -(-need // (window * len(steps))))[:need]
-    if s.get("stateful"):  # every push reports, on every step since the reset
-        pushes = len(stream) // hop
-        return StreamRun(stream, hop, list(range(pushes)), np.zeros((pushes, 0)), stateful_want(conv, stream))
+    if s.get("stateful"):  # each push reports (once the layers have their steps), on every step since the reset
+        ready = stateful_ready(conv, stream)
+        return StreamRun(stream, hop, ready, np.zeros((len(ready), 0)), stateful_want(conv, stream))
     ready, windows = stream_windows(conv, stream)
     return StreamRun(stream, hop, ready, windows, conv.references(windows))
 

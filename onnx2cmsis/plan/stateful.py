@@ -4,12 +4,14 @@ from the state the last push left.
 
 Contract: after every push the output is what the model's integer reference gives run once over every
 step pushed since the reset (with its recurrent layers' last step, ops/movement.py's end-anchored crop,
-read at the last step pushed). That holds only where a layer's output step t reads input steps up to
-t: every time-local layer before the last step must be causal-aligned, its window reaching back
-`span - stride` columns and nothing ahead (`padding='causal'`; a pool as wide as its stride), its
-left padding zeros (the stream's start is the same padding the one run sees). A 'same' or 'valid'
-layer, a time reversal (a backward direction), a global pool or flatten over a recurrent layer's steps
-is refused, naming the layer.
+read at the last step pushed). That holds only where a layer's output step reads no input step after
+it: every time-local layer before the last step reaches back `span - stride` columns at most
+(`padding='causal'`, or 'valid', which lags its input: the stream computes it as a causal layer whose
+first columns, before the one run's first, it then overwrites with the zero point the one run pads
+with; a recurrence skips them, and a push returns 0 until the crops hold steps of the one run), with
+zeros for padding and a lag its stride divides. A 'same' layer (it reads ahead), a time reversal (a
+backward direction), a global pool or flatten over a recurrent layer's steps is refused, naming the
+layer.
 
 What a push keeps (the stream state): a word saying whether the stream has started; each
 time-resolved map's new columns and, before them, the history its readers reach back over (a recurrent
@@ -46,6 +48,15 @@ class StatefulMap:
     zero_point: int
     keep: int = 0
     offset: int = 0  # bytes from the start of the state
+    # Columns a push computes before the one run's first (a 'valid' layer lags its input: the stream
+    # computes it as a causal one, whose first outputs read the padding); the first pushes overwrite
+    # them with the zero point, which is what the one run's padding is, and a recurrence skips them.
+    delay: int = 0
+
+    @property
+    def delayed_pushes(self) -> int:
+        """Pushes after the reset whose new columns include some before the one run's first."""
+        return -(-self.delay // self.hop)
 
     @property
     def width(self) -> int:
@@ -79,6 +90,17 @@ class StatefulPlan:
     aliases: dict[str, str]  # a view of a map -> the map
     tails: dict[str, tuple[str, int]]  # a map's last steps (a crop, or a view of one) -> (map, steps)
     steps: list[StatefulStep] = field(default_factory=list)
+
+    @property
+    def first_output_push(self) -> int:
+        """The first push (1-based) after which every crop read by the head holds steps of the one run:
+        the pushes before it return 0, as a model run on fewer steps than its layers need."""
+        return max([1, *(-(-(self.maps[m].delay + width) // self.maps[m].hop) for m, width in self.tails.values())])
+
+    @property
+    def counted_pushes(self) -> int:
+        """What the push counter in the state saturates at: past every push that differs."""
+        return max(self.first_output_push, *(m.delayed_pushes for m in self.maps.values())) + 1
 
     @property
     def state_bytes(self) -> int:
@@ -137,7 +159,7 @@ def plan_stateful(graph: Graph, registry: Registry, hop: int, window: int, chann
         if recurrence is not None:
             source_map = sp.maps[sp.root(node.inputs[0])]
             sp.maps[node.output] = _new_map(graph, node.output, source_map.hop,
-                                            1 if recurrence.reads_previous_output else 0)
+                                            1 if recurrence.reads_previous_output else 0, source_map.delay)
             sp.steps.append(StatefulStep(i, "recurrence", state_bytes=recurrence.state_bytes))
             continue
         geometry = handler.time_geometry(node, graph) if len(out.shape) == 2 else None
@@ -155,12 +177,19 @@ def plan_stateful(graph: Graph, registry: Registry, hop: int, window: int, chann
             sp.steps.append(StatefulStep(i, "view"))
             continue
         hops = {sp.maps[sp.root(t)].hop for t in node.inputs}
+        delays = {sp.maps[sp.root(t)].delay for t in node.inputs}
         why = _not_causal(geometry, widths, out.shape[0], handler.absorbs_zero_pad) or (
-            "its inputs arrive at different rates" if len(hops) > 1 else None)
-        h_in = hops.pop()
+            "its inputs arrive at different rates" if len(hops) > 1 else None) or (
+            f"its inputs lag by different numbers of steps ({', '.join(map(str, sorted(delays)))}: 'valid' layers "
+            "on one branch only)" if len(delays) > 1 else None)
+        h_in, d_in = hops.pop(), max(delays)
+        lag = 0 if geometry.upsample > 1 else geometry.span - geometry.stride - geometry.pad_left
         if why is None and geometry.upsample == 1 and h_in % geometry.stride:
             why = (f"its stride {geometry.stride} does not divide the {h_in} new columns a push gives it (make "
                    "HOP a multiple of the strides before it)")
+        elif why is None and geometry.upsample == 1 and (d_in + lag) % geometry.stride:
+            why = (f"its stride {geometry.stride} does not divide the {d_in + lag} steps its input lags the stream "
+                   "by ('valid' layers before it): its windows would not start where the one run's do")
         if why:  # refused, and taken as it is to find what is wrong after it too
             problems.append(f"{where} {why}")
         reach = 0 if geometry.upsample > 1 else geometry.span - geometry.stride
@@ -168,7 +197,8 @@ def plan_stateful(graph: Graph, registry: Registry, hop: int, window: int, chann
             m = sp.maps[sp.root(t)]
             m.keep = max(m.keep, reach)
         h_out = h_in * geometry.upsample if geometry.upsample > 1 else max(h_in // geometry.stride, 1)
-        sp.maps[node.output] = _new_map(graph, node.output, h_out)
+        d_out = d_in * geometry.upsample if geometry.upsample > 1 else (d_in + lag) // geometry.stride
+        sp.maps[node.output] = _new_map(graph, node.output, h_out, 0, d_out)
         sp.steps.append(StatefulStep(i, "layer", reach=reach))
     if not any(registry.for_op(n.op).recurrence(n, graph) for n in graph.nodes):
         problems.append("the model has no recurrent layer (LSTM, GRU, RNN) whose state a push could keep: "
@@ -182,9 +212,10 @@ def plan_stateful(graph: Graph, registry: Registry, hop: int, window: int, chann
     return sp
 
 
-def _new_map(graph: Graph, tensor: str, hop: int, keep: int = 0) -> StatefulMap:
+def _new_map(graph: Graph, tensor: str, hop: int, keep: int = 0, delay: int = 0) -> StatefulMap:
     t = graph.tensors[tensor]
-    return StatefulMap(tensor, hop, t.shape[1], t.nbytes // t.size, t.quant.zero_point if t.quant else 0, keep)
+    return StatefulMap(tensor, hop, t.shape[1], t.nbytes // t.size, t.quant.zero_point if t.quant else 0, keep,
+                       delay=delay)
 
 
 def _is_tail(g: TimeGeometry, w_in: int, w_out: int) -> bool:
@@ -201,9 +232,6 @@ def _not_causal(g: TimeGeometry, widths: list[int], w_out: int, pads_zeros: bool
     if right > 0:
         return (f"pads {right} steps on the right: its last outputs read steps not pushed yet (a stateful stream "
                 "needs causal padding: Keras padding='causal', PyTorch padding on the left only)")
-    if g.pad_left < g.span - g.stride:
-        return (f"lags its input by {g.span - g.stride - g.pad_left} steps ('valid' padding): a stateful stream "
-                "needs causal padding, so that output step t reads input steps up to t")
     if g.pad_left > g.span - g.stride:
         return f"pads {g.pad_left} steps on the left, more than its window reaches back"
     if g.pad_left and not pads_zeros:

@@ -169,13 +169,15 @@ class HostModel:
         self._fn("stream_reset", None, [])()
 
     def stream_push(self, samples: np.ndarray, state: np.ndarray | None = None,
-                    arena: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+                    arena: np.ndarray | None = None, output: np.ndarray | None = None) -> tuple[int, np.ndarray]:
         """Push one hop of time-major codes: (status, output). With `state`/`arena` (or None for a NULL
-        pointer when the other is given) the app-owned-state form, else the static one."""
+        pointer when the other is given) the app-owned-state form, else the static one. `output`: the
+        buffer the push writes (zeros by default), to see what a push leaves alone."""
         x = np.ascontiguousarray(np.asarray(samples, self.input_dtype).reshape(-1))
         if x.size != self._stream_values:
             raise ValueError(f"a push takes {self._stream_values} values, got {x.size}")
-        y = np.zeros(self.output_size, self.output_dtype)
+        y = np.zeros(self.output_size, self.output_dtype) if output is None else \
+            np.ascontiguousarray(output, self.output_dtype).copy()
         if state is None and arena is None:
             status = self._fn("stream_push", ctypes.c_int, [ctypes.c_void_p] * 2)(x.ctypes.data, y.ctypes.data)
         else:

@@ -3,7 +3,7 @@ Keras fixtures' four-tone signals (tests/keras_models/data.py, 64 steps, 3 chann
 export them.
 
     python tests/lstm_models/make_lstm.py            # all of them (PyTorch and TensorFlow)
-    python tests/lstm_models/make_lstm.py stateful   # only the stateful stream's three Keras models
+    python tests/lstm_models/make_lstm.py stateful   # only the stateful stream's four Keras models
 
 - torch_cnn_lstm.onnx: Conv1d(3, 16, 5) + ReLU, MaxPool1d(2), LSTM(16, 24, batch_first=True), the
   last step's hidden state, Linear(24, 4); the TorchScript exporter (opset 17), whose zero initial
@@ -29,6 +29,8 @@ export them.
 - keras_causal_cnn_lstm.keras, keras_causal_cnn_gru.keras: Conv1D(16, 5, causal, relu), MaxPooling1D(2),
   Conv1D(16, 3, causal, dilation 2, relu), LSTM(24) or GRU(24), Dense(4, softmax): every layer before
   the recurrence causal, so they stream statefully (`--streaming HOP --stateful`).
+- keras_valid_cnn_lstm.keras: Conv1D(16, 3, relu), Conv1D(16, 3, relu) (Keras' default 'valid' padding:
+  each lags its input by 2 steps), MaxPooling1D(2), LSTM(20), Dense(4, softmax).
 - keras_lstm_first.keras: LSTM(16, return_sequences=True), Dense(12, relu) on every step, LSTM(12),
   Dense(4, softmax): only pointwise layers around the recurrences, so tflite-micro (which keeps an
   LSTM's state across invokes) checks its stateful stream.
@@ -160,7 +162,7 @@ def export(module, path: Path, dynamo: bool) -> None:
 
 
 def keras_models(kinds: tuple[str, ...] = ("cnn_lstm", "bilstm", "backwards", "cnn_gru", "cnn_rnn", "causal_cnn_lstm",
-                                           "causal_cnn_gru", "lstm_first")) -> None:
+                                           "causal_cnn_gru", "lstm_first", "valid_cnn_lstm")) -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -173,6 +175,10 @@ def keras_models(kinds: tuple[str, ...] = ("cnn_lstm", "bilstm", "backwards", "c
             y = layers.LSTM(16, return_sequences=True)(inp)
             y = layers.LSTM(12)(layers.Dense(12, activation="relu")(y))
             return keras.Model(inp, layers.Dense(4, activation="softmax")(y))
+        if kind == "valid_cnn_lstm":  # Keras' default padding: each conv lags its input (streams statefully)
+            y = layers.Conv1D(16, 3, activation="relu")(inp)
+            y = layers.MaxPooling1D(2)(layers.Conv1D(16, 3, activation="relu")(y))
+            return keras.Model(inp, layers.Dense(4, activation="softmax")(layers.LSTM(20)(y)))
         causal = kind.startswith("causal_")
         y = layers.Conv1D(16, 5, padding="causal" if causal else "same", activation="relu")(inp)
         y = layers.MaxPooling1D(2)(y)
@@ -251,6 +257,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["stateful"]:  # only the stateful stream's Keras fixtures (no PyTorch needed)
-        keras_models(("causal_cnn_lstm", "causal_cnn_gru", "lstm_first"))
+        keras_models(("causal_cnn_lstm", "causal_cnn_gru", "lstm_first", "valid_cnn_lstm"))
     else:
         main()
