@@ -25,6 +25,7 @@ CNN, BN, FLAT, ZOO = (HERE / f"keras_{n}_int8.tflite" for n in ("cnn", "bn", "fl
 CNN16, FLAT16 = (HERE / f"keras_{n}_16x8.tflite" for n in ("cnn", "flat"))
 SHAPED = [HERE / f"keras_{n}_int8.tflite" for n in ("t1c", "flatin", "resize", "gmax")]
 TILE = HERE / "keras_tile_int8.tflite"
+SUB, SUB16, CONCAT, BN16 = (HERE / f"keras_{n}.tflite" for n in ("sub_int8", "sub_16x8", "concat_int8", "bn_16x8"))
 FLOAT = HERE / "keras_cnn_float.tflite"
 
 
@@ -104,7 +105,8 @@ def test_a_dynamic_batchs_shape_arithmetic_folds_and_the_flatten_is_free():
 @pytest.mark.slow
 @pytest.mark.qemu
 @pytest.mark.oracle
-@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO, CNN16, FLAT16, *SHAPED, TILE], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [CNN, FLAT, BN, ZOO, CNN16, FLAT16, *SHAPED, TILE, SUB, SUB16, CONCAT, BN16],
+                         ids=lambda p: p.stem)
 def test_a_tensorflow_converted_int8_file_is_bit_exact_on_the_host_and_qemu(tmp_path, path):
     """C == reference == tflite-micro running this tool's export of the same integer graph (for the
     zoo, tflite-micro cannot run the file itself: see the dilated-conv test)."""
@@ -122,6 +124,23 @@ def test_an_unfolded_batchnorm_is_tflites_own_mul_and_add_of_constants():
     x = signals(200, 64, 3, seed=11)[0]
     codes = quantize_samples(conv.graph, x)[0]
     assert np.array_equal(conv.references(codes), _file_outputs(BN, codes))
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("path, want", [(SUB, [("binary_const", "sub")]), (SUB16, [("binary_const", "sub")]),
+                                        (CONCAT, [("requantize", None)]),
+                                        (BN16, [("binary_const", "mul"), ("binary_const", "add")])],
+                         ids=lambda v: v.stem if isinstance(v, Path) else "")
+def test_sub_of_a_constant_a_requantizing_quantize_and_16x8_constants_are_tflites_own(path, want):
+    """SUB of a per-channel constant after a tanh (int8 and 16x8: ADD's rescaling, the constant's value
+    subtracted, an own loop), the QUANTIZE int8 -> int8 the converter puts before a concatenation (a
+    requantize node), an unfolded BatchNorm's MUL and ADD of int16 constants: tflite-micro's bytes."""
+    conv = convert(path, name="m")
+    ops = [(n.op, n.attrs.get("fn")) for n in conv.graph.nodes if n.op in ("binary_const", "requantize")
+           and not conv.registry.for_op(n.op).aliases_input(n)]  # a requantize into the same quantization is a view
+    assert ops == want
+    codes = quantize_samples(conv.graph, signals(200, 64, 3, seed=11)[0])[0]
+    assert np.array_equal(conv.references(codes), _file_outputs(path, codes))
 
 
 @pytest.mark.oracle
@@ -170,14 +189,16 @@ def test_what_is_not_read_yet_is_refused_every_operator_at_once():
         return TfliteTensor(i, f"t{i}", (1, 4), np.dtype(np.int8), data, np.array([0.1], np.float32) if quantized
                             else None, np.array([0]) if quantized else None, 0)
 
-    tensors = [tensor(0), tensor(1, np.ones((4,), np.int8)), tensor(2), tensor(3), tensor(4)]
-    ops = [TfliteOperator(0, "SUB", (0, 1), (2,)), TfliteOperator(1, "QUANTIZE", (2,), (3,)),
+    per_channel = TfliteTensor(1, "t1", (1, 4), np.dtype(np.int8), np.ones((4,), np.int8),
+                               np.full(4, 0.1, np.float32), np.zeros(4, np.int64), 0)
+    tensors = [tensor(0), per_channel, tensor(2), tensor(3), tensor(4)]
+    ops = [TfliteOperator(0, "SUB", (0, 1), (2,)), TfliteOperator(1, "SOFTMAX", (2,), (3,), {"Beta": 2.0}),
            TfliteOperator(2, "SPACE_TO_BATCH_ND", (3,), (4,)), TfliteOperator(3, "SQUARED_DIFFERENCE", (4,), (4,))]
     model = TfliteModel(tensors, ops, (0,), (4,))
     with pytest.raises(UnsupportedOpError, match="2 operator.*SPACE_TO_BATCH_ND.*SQUARED_DIFFERENCE"):
         tflite_to_onnx(model, "m.tflite")
     model = TfliteModel(tensors, ops[:2], (0,), (3,))
-    with pytest.raises(UnsupportedOpError, match=r"operator 0 \(SUB\): a constant.*operator 1 \(QUANTIZE\)"):
+    with pytest.raises(UnsupportedOpError, match=r"operator 0 \(SUB\): a constant.*operator 1 \(SOFTMAX\): beta 2"):
         tflite_to_onnx(model, "m.tflite")
 
 

@@ -71,13 +71,12 @@ def not_exact_yet(model: TfliteModel) -> list[str]:
     for op in model.operators:
         tensors = [model.tensors[i] for i in op.inputs if i >= 0]
         constant = [t for t in tensors if t.data is not None]
-        exact = op.code in ("ADD", "MUL") and all(_integer(t) and t.scales.size == 1 and t.dtype == np.int8
-                                                   for t in constant)
+        exact = all(_integer(t) and t.scales.size == 1 and (t.dtype == np.int8 or (t.dtype == np.int16 and
+                                                                             not np.any(t.zero_points)))
+                    for t in constant)
         if op.code in ("ADD", "SUB", "MUL") and constant and not exact:  # an affine would round otherwise
             found.append(f"operator {op.index} ({op.code}): a constant operand ('{constant[0].name}') other than "
-                         f"one int8 tensor of ADD or MUL: TFLite-Micro's {op.code} with it is not reproduced yet")
-        if op.code == "QUANTIZE" and _integer(tensors[0]) and _integer(model.tensors[op.outputs[0]]):
-            found.append(f"operator {op.index} (QUANTIZE): a requantization between integer types is not read yet")
+                         f"one int8 (or int16, zero point 0) tensor: TFLite-Micro's {op.code} with it is not reproduced yet")
         if op.code == "SOFTMAX" and float(op.options.get("Beta", 1.0)) != 1.0:
             found.append(f"operator {op.index} (SOFTMAX): beta {op.options['Beta']} (only 1 is supported)")
     return found

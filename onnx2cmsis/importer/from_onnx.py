@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx2cmsis.arith.rules import QuantParams
 from onnx2cmsis.errors import ConversionError, UnsupportedOpError
 from onnx2cmsis.frontends.onnx_model import layer_of_node, value_shapes
 from onnx2cmsis.ir.graph import Graph, Node, Tensor
@@ -90,6 +91,9 @@ class GraphBuilder:
 
     def const_quant(self, value: str) -> ConstQuant | None:
         return None if self.file_quant is None else self.file_quant.constants.get(value)
+
+    def activation_quant(self, value: str) -> QuantParams | None:
+        return None if self.file_quant is None else self.file_quant.activations.get(value)
 
     # --- ImportContext: tensors in layouts
     def layout(self, value: str) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from onnx2cmsis.ir.graph import Graph, Node
+from onnx2cmsis.arith.rules import QuantParams
 from onnx2cmsis.ir.tensor import ConstQuant
 
 
@@ -54,6 +55,9 @@ class ImportContext(Protocol):
     def const_quant(self, value: str) -> ConstQuant | None:
         """How the model file quantized a constant (a QDQ model's weights and biases; `const` gives its
         float value), else None."""
+
+    def activation_quant(self, value: str) -> QuantParams | None:
+        """How the model file quantized a computed value (a QDQ model's Q/DQ pair on it), else None."""
 
     def tensor(self, value: str, axes: tuple[int, ...] | None = None, batched: bool = True) -> str:
         """The IR tensor holding the value in the layout `axes`; binds a node output to a new one."""

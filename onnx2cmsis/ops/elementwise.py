@@ -86,7 +86,7 @@ class AffineHandler(OpHandler):
             scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + float(node.attr("epsilon", 1e-5)))
             shift = beta.astype(np.float64) - mean.astype(np.float64) * scale
             channel = 0  # BatchNormalization normalizes axis 1 of (N, C, ...)
-        elif node.op_type == "Mul" and file_constant_operand(node, ctx):  # a quantized file's: TFLite's MUL
+        elif node.op_type in ("Mul", "Sub") and file_constant_operand(node, ctx):  # a quantized file's: TFLite's
             ctx.delegate(BINARY_CONST, node)
             return
         else:

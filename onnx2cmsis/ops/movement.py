@@ -90,6 +90,9 @@ class MovementHandler(OpHandler):
         op = node.op_type
         if op == "Dropout" and len(node.outputs) > 1 and node.outputs[1]:
             raise UnsupportedOpError("Dropout with a mask output is not supported", node.where)
+        if op == "Identity" and _requantizes(node, ctx):  # a .tflite's QUANTIZE between integer types
+            ctx.delegate("requantize", node)
+            return
         if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"):
             shape = ctx.full_shape(node.outputs[0])
             fn: Callable[[np.ndarray], object] = lambda x: x.reshape(shape)
@@ -119,6 +122,12 @@ class MovementHandler(OpHandler):
             return list(out) if isinstance(out, list) else [out]
 
         ctx.move(outputs, node.inputs[:1], run)
+
+
+def _requantizes(node: OnnxNodeView, ctx: ImportContext) -> bool:
+    """The model file quantizes the Identity's input and output differently: a requantization."""
+    q_in, q_out = ctx.activation_quant(node.inputs[0]), ctx.activation_quant(node.outputs[0])
+    return q_in is not None and q_out is not None and q_in != q_out
 
 
 class Slice1DHandler(OpHandler):

@@ -14,7 +14,8 @@ import numpy as np
 
 from onnx2cmsis.arith.rules import QuantParams, int_range, quantize_multiplier, requantize
 from onnx2cmsis.ir.graph import Graph, Node
-from onnx2cmsis.ops.base import VIEW_KERNEL, KernelCall, OpHandler, TfliteContext, TimeGeometry, calibrated_quant
+from onnx2cmsis.ops.base import (VIEW_KERNEL, ImportContext, KernelCall, OnnxNodeView, OpHandler, TfliteContext,
+                                 TimeGeometry, calibrated_quant)
 from onnx2cmsis.ops.elementwise_kernels import CodeTable, RequantizeLoop, run_kernel
 from onnx2cmsis.ops.roles import Requantize, Role
 
@@ -50,6 +51,13 @@ class RequantizeHandler(OpHandler):
 
     def role(self, node: Node) -> Role | None:
         return Requantize()
+
+    def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
+        """An Identity between two quantizations of a quantized file (a .tflite's QUANTIZE int8 -> int8,
+        ops/movement.py delegates it): TFLite-Micro's requantization into the output's."""
+        axes = ctx.layout(node.inputs[0])
+        ctx.add_node(requantize_node(node.name, ctx.tensor(node.inputs[0], axes), ctx.tensor(node.outputs[0], axes),
+                                     origin=node.op_type))
 
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         q_in = graph.tensors[node.inputs[0]].quant

@@ -22,10 +22,15 @@ integer, int8 input and output), so that the tests read files made as users make
   EXPAND_DIMS -> TILE -> RESHAPE (tflite-micro cannot run TILE: TensorFlow's interpreter checks it).
 - keras_gmax_int8.tflite: a GlobalMaxPooling1D head (REDUCE_MAX over time).
 - keras_hswish_int8.tflite: hard_swish activations (the converter's HARD_SWISH) after two Conv1Ds.
+- keras_sub_int8.tflite, keras_sub_16x8.tflite: a per-channel constant subtracted after a tanh (SUB of
+  an int8, or int16, constant).
+- keras_concat_int8.tflite: two conv branches concatenated; the converter requantizes the tanh branch
+  to the concatenation's scale (QUANTIZE int8 -> int8).
+- keras_bn_16x8.tflite: keras_bn's model converted 16x8 (MUL and ADD of int16 constants).
 - keras_kws2d_int8.tflite: a really 2-D model (3x3 convs over a 49x10 map), untrained: refused by name.
 - keras_cnn_float.tflite: the cnn classifier unquantized (converts with calibration samples).
 - keras_bn_int8.tflite: the same with a BatchNormalization after the tanh, which the converter leaves
-  as MUL and ADD of constants (not read exactly yet: the test checks the refusal names both).
+  as MUL and ADD of constants.
 """
 
 from __future__ import annotations
@@ -77,6 +82,16 @@ def shaped_classifier(keras, kind: str):
         i = keras.Input((STEPS, CHANNELS), name="signal")
         x = L.UpSampling1D(2)(L.Conv1D(12, 5, strides=2, padding="same", activation="relu")(i))
         x = L.GlobalAveragePooling1D()(L.Conv1D(16, 3, activation="relu")(x))
+    elif kind == "sub":  # a per-channel constant subtracted after a tanh: SUB of a constant
+        i = keras.Input((STEPS, CHANNELS), name="signal")
+        x = L.Conv1D(12, 5, padding="same", activation="tanh")(i)
+        x = x - keras.ops.convert_to_tensor(np.linspace(-0.5, 0.5, 12).astype(np.float32))
+        x = L.GlobalAveragePooling1D()(L.Conv1D(16, 3, activation="relu")(L.MaxPooling1D(2)(x)))
+    elif kind == "concat":  # two branches concatenated: the converter requantizes one (QUANTIZE int8 -> int8)
+        i = keras.Input((STEPS, CHANNELS), name="signal")
+        a = L.Conv1D(8, 5, padding="same", activation="relu")(i)
+        b = L.Conv1D(8, 3, padding="same", activation="tanh")(i)
+        x = L.GlobalAveragePooling1D()(L.Conv1D(16, 3, activation="relu")(L.Concatenate()([a, b])))
     else:  # resize
         i = keras.Input((STEPS, CHANNELS), name="signal")
         x = L.Conv1D(12, 5, strides=2, padding="same", activation="relu")(i)
@@ -161,13 +176,21 @@ def make(name: str, batch_norm: bool = False, flat: bool = False, trained: Path 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
+    if sys.argv[1:] == ["constants"]:  # only the SUB, QUANTIZE and 16x8 constant fixtures
+        for kind in ("sub", "concat"):
+            make(f"keras_{kind}_int8", shaped=kind)
+        make("keras_sub_16x8", shaped="sub", sixteen=True)
+        make("keras_bn_16x8", batch_norm=True, sixteen=True)
+        sys.exit(0)
     make("keras_cnn_int8", batch_norm=False)
     make("keras_bn_int8", batch_norm=True)
     make("keras_flat_int8", flat=True)
     make("keras_zoo_int8", trained=HERE.parent / "keras_models" / "conv_zoo.h5")
     make("keras_cnn_16x8", sixteen=True)
     make("keras_flat_16x8", flat=True, sixteen=True)
-    for kind in ("t1c", "flatin", "resize", "tile", "gmax", "hswish"):
+    for kind in ("t1c", "flatin", "resize", "tile", "gmax", "hswish", "sub", "concat"):
         make(f"keras_{kind}_int8", shaped=kind)
+    make("keras_sub_16x8", shaped="sub", sixteen=True)
+    make("keras_bn_16x8", batch_norm=True, sixteen=True)
     make("keras_cnn_float", float_model=True)
     make_2d("keras_kws2d_int8")
