@@ -32,6 +32,7 @@ from tests.keras_models.data import signals  # noqa: E402
 
 FILES = sorted(p for p in (ROOT / "tests" / "tflite_models").glob("*.tflite")
                if "float" not in p.stem and "kws2d" not in p.stem)  # a float file, and the refused 2-D one
+FILES.append(ROOT / "tests" / "lstm_models" / "tfkeras_cnn_lstm_int8.tflite")  # two fused LSTMs (level 7)
 TARGETS = ["host", "m4"]
 
 

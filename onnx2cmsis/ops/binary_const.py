@@ -111,9 +111,13 @@ class BinaryConstHandler(OpHandler):
                    "act_min": qp["act_range"][0], "act_max": qp["act_range"][1],
                    "size": graph.tensors[node.output].size}
         if fn in ("sub", "rsub"):
-            scaled = CArray("operand_scaled", "int32_t", _scaled_operand(node).reshape(-1),
+            values = _scaled_operand(node).reshape(-1)
+            row = graph.tensors[node.output].shape[-1]
+            per_row = values.size % row == 0 and bool(np.all(values.reshape(-1, row) == values[:row]))
+            context["period"] = row if per_row else None  # a per-channel constant: one row in flash
+            scaled = CArray("operand_scaled", "int32_t", values[:row] if per_row else values,
                             f"the constant ((codes + {-q_c.zero_point}) << {qp['left_shift']}) at the common scale, per "
-                            "element")
+                            + ("channel" if per_row else "element"))
             return KernelCall(template="binary_const.c.j2", kernel=kernel, context=context, arrays=[scaled])
         operand = CArray("operand", f"int{q_c.bits}_t", node.consts["operand"].reshape(-1),
                          f"the constant's int{q_c.bits} codes (scale {q_c.scale:.6g}, zero point {q_c.zero_point}), "
