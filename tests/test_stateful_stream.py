@@ -117,11 +117,12 @@ def test_tflite_micro_keeping_its_lstm_state_gives_the_same_pushes(hop, precisio
     assert len(got) >= 50 and np.array_equal(run_tflite_micro(tflite, pushes, keep_state=True), got)
 
 
-def _channel_major_gru(tmp_path: Path, kernel: int = 3, pads: tuple[int, int] = (2, 0), pool: bool = False) -> Path:
-    """A PyTorch-layout model written by hand: x (1, 3, 32) -> Conv (causal: pads 2, 0) -> Relu (->
+def _channel_major_gru(tmp_path: Path, kernel: int = 3, pads: tuple[int, int] = (2, 0), pool: bool = False,
+                       channels: int = 3) -> Path:
+    """A PyTorch-layout model written by hand: x (1, channels, 32) -> Conv (causal: pads 2, 0) -> Relu (->
     MaxPool(2)) -> time first -> GRU(6) -> its last state Y_h -> Gemm(4)."""
     rng = np.random.default_rng(5)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, kernel)).astype(np.float32), "cw"),
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, channels, kernel)).astype(np.float32), "cw"),
              numpy_helper.from_array(rng.normal(0, 0.5, (1, 18, 8)).astype(np.float32), "W"),
              numpy_helper.from_array(rng.normal(0, 0.5, (1, 18, 6)).astype(np.float32), "R"),
              numpy_helper.from_array(rng.normal(0, 0.5, (4, 6)).astype(np.float32), "dw"),
@@ -133,9 +134,9 @@ def _channel_major_gru(tmp_path: Path, kernel: int = 3, pads: tuple[int, int] = 
              helper.make_node("GRU", ["t", "W", "R"], ["steps", "h"], name="gru", hidden_size=6, linear_before_reset=1),
              helper.make_node("Reshape", ["h", "flat"], ["hf"], name="flatten"),
              helper.make_node("Gemm", ["hf", "dw"], ["y"], name="dense", transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 32])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
-    path = tmp_path / "gru.onnx"
+    path = tmp_path / f"gru_{kernel}_{pads[0]}{pads[1]}_{int(pool)}_{channels}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
     return path
 
@@ -159,6 +160,18 @@ def test_a_channel_major_model_streams_its_interleaved_samples(tmp_path):
     for i, s in enumerate(streams):
         assert np.array_equal(np.stack(got[i]), stateful_want(conv, s))
     assert np.array_equal(got[0][15], model(streams[0][:32].T.reshape(-1)))  # the first window: invoke
+
+
+def test_a_one_channel_signal_streams_as_its_one_run(tmp_path):
+    """x (1, 1, 32): a 'flat' input whose time axis is its last; the one run over 60 pushes of 2 steps."""
+    x = np.random.default_rng(9).normal(size=(32, 1, 32)).astype(np.float32)
+    conv = convert(_channel_major_gru(tmp_path, channels=1), x, name="one", streaming=2, stateful=True,
+                   cmsis_nn=level_7_tree())
+    model = build_conversions([conv], tmp_path / "build")[conv.name]
+    stream = np.random.default_rng(10).integers(-128, 128, (120, 1)).astype(np.int8)
+    got = _push_all(model, stream, 2)
+    assert np.array_equal(got, stateful_want(conv, stream))
+    assert np.array_equal(got[15], model(stream[:32].reshape(-1)))
 
 
 def test_verify_holds_a_stateful_stream_to_the_one_run_and_fails_one_that_loses_its_history(tmp_path):
@@ -196,6 +209,21 @@ def test_layers_that_read_ahead_or_across_the_stream_are_refused_naming_each(tmp
     with pytest.raises(OptionError, match=r"layer \d+ 'pool' \(maxpool1d\) its stride 2 does not divide the 1 steps"):
         convert(_channel_major_gru(tmp_path, kernel=2, pads=(0, 0), pool=True), None, name="m", streaming=2,
                 stateful=True)
+    keras = module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+    for crop, why in (((0, 2), "drops its input's last 2 steps"), ((2, 0), "crops its input's first 2 steps")):
+        inp = keras.Input((32, 3))
+        y = keras.layers.LSTM(8)(keras.layers.Cropping1D(crop)(inp))
+        path = tmp_path / f"crop{crop[0]}{crop[1]}.keras"
+        keras.Model(inp, keras.layers.Dense(4)(y)).save(path)
+        with pytest.raises(OptionError, match=why):
+            convert(path, None, name="m", streaming=2, stateful=True)
+    inp = keras.Input((32, 3))  # a 'same' conv before a pool: the conv is named, not the pool after it
+    y = keras.layers.MaxPooling1D(2)(keras.layers.Conv1D(4, 3, padding="same")(inp))
+    path = tmp_path / "same_pool.keras"
+    keras.Model(inp, keras.layers.Dense(4)(keras.layers.LSTM(8)(y))).save(path)
+    with pytest.raises(OptionError) as err:
+        convert(path, None, name="m", streaming=2, stateful=True)
+    assert "pads 1 steps on the right" in str(err.value) and "max_pooling1d" not in str(err.value)
     with pytest.raises(OptionError, match="no recurrent layer"):
         convert(ROOT / "examples" / "vibration" / "vibration_cnn.onnx", None, name="m", streaming=16, stateful=True)
     with pytest.raises(OptionError, match="needs .*streaming"):

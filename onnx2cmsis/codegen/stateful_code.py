@@ -137,8 +137,10 @@ def _resets(sp: StatefulPlan, graph: Graph) -> list[tuple[int, int, int, str]]:
     for m in sp.maps.values():
         if m.element_bytes == 1:
             fills.append((m.offset, m.nbytes, m.zero_point & 0xFF, f"'{m.tensor}' at its zero point {m.zero_point}"))
+        elif m.zero_point:  # a quantized file's int16 value with a zero point: no byte fills it
+            raise OptionError(f"{{opt:stateful}}: '{m.tensor}' is int16 with zero point {m.zero_point}; the stream's "
+                              "padding fill takes zero points of 0 at 16 bits (TFLite's 16x8)")
         else:
-            assert m.zero_point == 0, m.tensor  # 16x8: symmetric activations
             fills.append((m.offset, m.nbytes, 0, f"'{m.tensor}' at its zero point 0"))
     for step in sp.steps:
         if step.kind == "recurrence":

@@ -170,7 +170,8 @@ def plan_stateful(graph: Graph, registry: Registry, hop: int, window: int, chann
             refused.add(node.output)
             continue
         widths = [graph.tensors[t].shape[0] for t in node.inputs]
-        if _is_tail(geometry, widths[0], out.shape[0]) and len(node.inputs) == 1:
+        if _is_tail(geometry, widths[0], out.shape[0]) and len(node.inputs) == 1 and \
+                not _read_step_by_step(graph, registry, node.output):
             m = sp.maps[sp.root(node.inputs[0])]
             m.keep = max(m.keep, out.shape[0] - m.hop)
             sp.tails[node.output] = (m.tensor, out.shape[0])
@@ -197,11 +198,16 @@ def plan_stateful(graph: Graph, registry: Registry, hop: int, window: int, chann
             m = sp.maps[sp.root(t)]
             m.keep = max(m.keep, reach)
         h_out = h_in * geometry.upsample if geometry.upsample > 1 else max(h_in // geometry.stride, 1)
-        d_out = d_in * geometry.upsample if geometry.upsample > 1 else (d_in + lag) // geometry.stride
+        if why:  # what follows is judged as if the refused layer were causal: no lag of its own to blame
+            lag = 0
+        d_out = d_in * geometry.upsample if geometry.upsample > 1 else (d_in + lag) // max(geometry.stride, 1)
         sp.maps[node.output] = _new_map(graph, node.output, h_out, 0, d_out)
         sp.steps.append(StatefulStep(i, "layer", reach=reach))
     if not any(registry.for_op(n.op).recurrence(n, graph) for n in graph.nodes):
         problems.append("the model has no recurrent layer (LSTM, GRU, RNN) whose state a push could keep: "
+                        "stream it without {opt:stateful}")
+    elif not any(step.kind == "recurrence" for step in sp.steps) and not problems:
+        problems.append("no recurrent layer reads the stream step by step (each reads a window's last steps): "
                         "stream it without {opt:stateful}")
     if sp.root(graph.outputs[0]) in sp.maps:
         problems.append(f"its output '{graph.outputs[0]}' is every step of a time-resolved map: a stateful push "
@@ -218,6 +224,20 @@ def _new_map(graph: Graph, tensor: str, hop: int, keep: int = 0, delay: int = 0)
                        delay=delay)
 
 
+def _read_step_by_step(graph: Graph, registry: Registry, tensor: str) -> bool:
+    """Whether a layer that goes step by step (time-local or recurrent) reads the tensor, through views:
+    then a crop of the last steps is a crop of the stream's start, not the steps the head reads."""
+    for reader in graph.consumers(tensor):
+        handler = registry.for_op(reader.op)
+        if handler.aliases_input(reader):
+            if _read_step_by_step(graph, registry, reader.output):
+                return True
+        elif handler.recurrence(reader, graph) is not None or (
+                len(graph.tensors[reader.output].shape) == 2 and handler.time_geometry(reader, graph) is not None):
+            return True
+    return False
+
+
 def _is_tail(g: TimeGeometry, w_in: int, w_out: int) -> bool:
     """A crop of the map's last w_out columns (a recurrent layer's last step)."""
     return (g.kernel, g.stride, g.upsample) == (1, 1, 1) and w_out < w_in and -g.pad_left + w_out == w_in
@@ -232,6 +252,11 @@ def _not_causal(g: TimeGeometry, widths: list[int], w_out: int, pads_zeros: bool
     if right > 0:
         return (f"pads {right} steps on the right: its last outputs read steps not pushed yet (a stateful stream "
                 "needs causal padding: Keras padding='causal', PyTorch padding on the left only)")
+    if right <= -g.stride:
+        return f"drops its input's last {-right} steps: a stream's last steps are the ones it has just pushed"
+    if g.pad_left < 0:
+        return (f"crops its input's first {-g.pad_left} steps: over a stream the one run would crop its first steps "
+                "only, not each window's")
     if g.pad_left > g.span - g.stride:
         return f"pads {g.pad_left} steps on the left, more than its window reaches back"
     if g.pad_left and not pads_zeros:
@@ -263,25 +288,35 @@ def retimed_graph(graph: Graph, registry: Registry, sp: StatefulPlan, window: in
     shape by its handler's rule (a view that keeps its input's shape keeps it)."""
     g = copy.copy(graph)
     g.tensors = dict(graph.tensors)
-    for name, layout in zip(graph.inputs, graph.input_layouts or ["time-major"]):
-        t = graph.tensors[name]
-        shape = (t.shape[0], steps) if layout == "channel-major" else (steps, *t.shape[1:])
-        g.tensors[name] = replace(t, shape=shape)
-    if graph.model_input_shapes:  # as the model declares it: batch first, time second (time-major) or last
-        declared = list(graph.model_input_shapes[0])
-        declared[-1 if graph.input_layout != "time-major" else 1] = steps
-        g.model_input_shapes = [tuple(declared), *graph.model_input_shapes[1:]]
+    t = graph.tensors[graph.inputs[0]]
+    g.tensors[t.name] = replace(t, shape=_with_steps(t.shape, graph.input_layout, window, steps))
+    if graph.model_input_shapes:  # as the model declares it, batch first
+        declared = graph.model_input_shapes[0]
+        g.model_input_shapes = [(declared[0], *_with_steps(declared[1:], graph.input_layout, window, steps))]
     g.nodes = []
     for node in graph.nodes:
         handler = registry.for_op(node.op)
         shapes = [g.tensors[t].shape for t in node.inputs]
         new = handler.retimed(node, graph, [s[0] for s in shapes])
-        if handler.aliases_input(node):  # a view: of a stream map as wide as it, else of the last steps
+        if handler.aliases_input(node):  # a view: the samples' map, a stream map as wide as its input, or steps
             out = graph.tensors[node.output].shape
-            outs = [(out[0] * steps // window, *out[1:]) if sp.root(node.output) in sp.maps else out]
+            outs = [(steps, *out[1:]) if node.output == sp.input_tensor else
+                    shapes[0] if sp.root(node.output) in sp.maps else out]
         else:
             outs = handler.output_shapes(new, shapes)
         for name, shape in zip(new.outputs, outs, strict=True):
             g.tensors[name] = replace(graph.tensors[name], shape=tuple(shape))
         g.nodes.append(new)
     return g
+
+
+def _with_steps(shape: tuple[int, ...], layout: str, window: int, steps: int) -> tuple[int, ...]:
+    """The input shape (batch left out) with its time axis `steps` long: the first of (W, C), the last of
+    (C, W), and in a one-channel ("flat") input the last axis as long as the window."""
+    if layout == "time-major":
+        axis = 0
+    elif layout == "channel-major":
+        axis = len(shape) - 1
+    else:
+        axis = max(i for i, n in enumerate(shape) if n == window)
+    return tuple(steps if i == axis else n for i, n in enumerate(shape))
