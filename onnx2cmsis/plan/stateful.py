@@ -30,14 +30,14 @@ from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.base import TimeGeometry
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.plan.stream import Region, state_bytes, stream_input
+from onnx2cmsis.plan.stream import MapBytes, Region, state_bytes, stream_input
 
 
 HEADER_BYTES = 4  # an int32 before the maps: 0 after a reset (the first push fills the histories)
 
 
 @dataclass
-class StatefulMap:
+class StatefulMap(MapBytes):
     """A time-resolved feature map's last columns in the stream state: `keep` of history, then the
     `hop` a push adds."""
 
@@ -59,16 +59,8 @@ class StatefulMap:
         return -(-self.delay // self.hop)
 
     @property
-    def width(self) -> int:
+    def width(self) -> int:  # type: ignore[override]
         return self.keep + self.hop
-
-    @property
-    def row_bytes(self) -> int:
-        return self.channels * self.element_bytes
-
-    @property
-    def nbytes(self) -> int:
-        return self.width * self.row_bytes
 
 
 @dataclass

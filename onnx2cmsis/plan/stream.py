@@ -37,16 +37,12 @@ def state_bytes(nbytes: int) -> int:
     return -(-nbytes // STATE_ALIGN) * STATE_ALIGN
 
 
-@dataclass(frozen=True)
-class StreamBuffer:
-    """A time-resolved feature map's columns in the stream state."""
+class MapBytes:
+    """The bytes of a (width, channels) map kept in a stream state (time-major: one row per column)."""
 
-    tensor: str
-    width: int  # columns (time steps of this map)
+    width: int
     channels: int
     element_bytes: int
-    offset: int  # bytes from the start of the state's maps
-    hop: int  # columns a push moves it by
 
     @property
     def row_bytes(self) -> int:
@@ -55,6 +51,18 @@ class StreamBuffer:
     @property
     def nbytes(self) -> int:
         return self.width * self.row_bytes
+
+
+@dataclass(frozen=True)
+class StreamBuffer(MapBytes):
+    """A time-resolved feature map's columns in the stream state."""
+
+    tensor: str
+    width: int  # columns (time steps of this map)
+    channels: int
+    element_bytes: int
+    offset: int  # bytes from the start of the state's maps
+    hop: int  # columns a push moves it by
 
 
 @dataclass(frozen=True)
