@@ -212,9 +212,10 @@ def _offsets(buffer: str, parts: tuple[tuple[int, int], ...], const: str) -> str
     return ", ".join(pointers)
 
 
-def build_firmware(items: list, target: str, workdir: Path) -> Firmware:
+def build_firmware(items: list, target: str, workdir: Path, extra_link: tuple[str, ...] = ()) -> Firmware:
     """Models (api.Conversion or CUnit, compiled with the strict flags a user's build would use) +
-    runner, linked for `target`."""
+    runner, linked for `target`; `extra_link`: objects and libraries linked in besides (what a
+    benchmark's own build of another runtime, TFLite-Micro, adds)."""
     conversions = [as_unit(item) for item in items]
     if missing_tools():
         raise ToolchainError(f"{' and '.join(missing_tools())} not found "
@@ -237,7 +238,7 @@ def build_firmware(items: list, target: str, workdir: Path) -> Firmware:
     buffer = max(max(c.io_bytes) for c in conversions)
     elf = workdir / f"models_{target}.elf"
     _run([CROSS_CC, *common, "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-DRUNNER_BUFFER_BYTES={buffer}",
-          str(RUNTIME / "runner.c"), str(RUNTIME / "startup.c"), *[f"{s.stem}.o" for s in sources],
+          str(RUNTIME / "runner.c"), str(RUNTIME / "startup.c"), *[f"{s.stem}.o" for s in sources], *extra_link,
           str(cmsis_library(tree, target)), "-nostartfiles", "-T", str(RUNTIME / spec.linker_script),
           "-L", str(RUNTIME), "-Wl,--gc-sections", "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf)],
          f"linking for {target}", cwd=workdir)
