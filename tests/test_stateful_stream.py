@@ -174,6 +174,34 @@ def test_a_one_channel_signal_streams_as_its_one_run(tmp_path):
     assert np.array_equal(got[15], model(stream[:32].reshape(-1)))
 
 
+@pytest.mark.keras
+def test_a_time_resolved_output_gives_each_pushs_new_steps(tmp_path):
+    """A per-step classifier (causal conv, LSTM with every step, Dense on each): each push gives its
+    HOP new output steps, the last ones of the one run; the first window's pushes laid end to end are
+    NAME_invoke on it. A 'valid' conv lagging 2 steps streams at HOP 2 and is refused at HOP 4, whose
+    pushes would each hold steps of two."""
+    keras = module("keras", 'the [keras] extra: pip install -e ".[keras]"')
+    keras.utils.set_random_seed(2)
+    x = np.random.default_rng(11).normal(size=(32, 32, 3)).astype(np.float32)
+    for padding, hop in (("causal", 4), ("valid", 2)):
+        inp = keras.Input((32, 3))
+        y = keras.layers.LSTM(6, return_sequences=True)(keras.layers.Conv1D(8, 3, padding=padding)(inp))
+        path = tmp_path / f"per_step_{padding}.keras"
+        keras.Model(inp, keras.layers.Dense(4)(y)).save(path)
+        conv = convert(path, x, name=f"ps_{padding}", streaming=hop, stateful=True, cmsis_nn=level_7_tree())
+        assert conv.report["stream"]["output_steps_per_push"] == hop
+        assert f"#define PS_{padding.upper()}_STREAM_OUTPUT_SIZE {hop * 4}" in conv.header
+        model = build_conversions([conv], tmp_path / padding)[conv.name]
+        stream = np.random.default_rng(12).integers(-128, 128, (hop * 50, 3)).astype(np.int8)
+        first = 1 if padding == "causal" else 2
+        got = _push_all(model, stream, hop, first)
+        assert len(got) >= 49 and np.array_equal(got, stateful_want(conv, stream))
+        if padding == "causal":
+            assert np.array_equal(np.concatenate(got[:32 // hop]), model(stream[:32].reshape(-1)))
+    with pytest.raises(OptionError, match="lags the stream by 2 steps, which its 4 steps per push do not divide"):
+        convert(tmp_path / "per_step_valid.keras", None, name="m", streaming=4, stateful=True)
+
+
 def test_verify_holds_a_stateful_stream_to_the_one_run_and_fails_one_that_loses_its_history(tmp_path):
     """verify --stateful pushes the data end to end and checks every push against the one run; with
     one map's history move cut from the generated push, invoke stays exact and the stream does not."""

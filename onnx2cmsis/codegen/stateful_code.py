@@ -107,7 +107,10 @@ def stateful_code(env: jinja2.Environment, name: str, graph: Graph, registry: Re
     source = sp.maps[sp.input_tensor]
     model_out = sp.column(graph.outputs[0])
     copy_out = None
-    if model_out is not None:
+    if sp.output_map is not None:  # a time-resolved output: the push's new steps
+        m = sp.output_map
+        copy_out = (m.offset + m.keep * m.row_bytes, m.hop * m.row_bytes)
+    elif model_out is not None:
         m, first = model_out
         copy_out = (m.offset + first * m.row_bytes, graph.tensors[graph.outputs[0]].nbytes)
     head = [layer for layer in out if layer.what == "in full"]

@@ -57,7 +57,9 @@ def stateful_want(conv: Conversion, stream: np.ndarray) -> np.ndarray:
         g = retimed_graph(conv.graph, conv.registry, sp, s["window"], k * hop)
         seen = stream[:k * hop]
         x = (seen if s["time_major"] else seen.T).reshape(g.tensors[g.inputs[0]].shape)
-        rows.append(run_reference(g, conv.registry, x)[g.outputs[0]].reshape(-1))
+        out = run_reference(g, conv.registry, x)[g.outputs[0]]
+        steps = s.get("output_steps_per_push")  # a time-resolved output: the push's new steps
+        rows.append((out[-steps:] if steps else out).reshape(-1))
     return np.stack(rows)
 
 

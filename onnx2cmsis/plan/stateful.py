@@ -83,11 +83,16 @@ class StatefulPlan:
     tails: dict[str, tuple[str, int]]  # a map's last steps (a crop, or a view of one) -> (map, steps)
     steps: list[StatefulStep] = field(default_factory=list)
 
+    output_map: StatefulMap | None = None  # a time-resolved model output: each push gives its new steps
+
     @property
     def first_output_push(self) -> int:
-        """The first push (1-based) after which every crop read by the head holds steps of the one run:
-        the pushes before it return 0, as a model run on fewer steps than its layers need."""
-        return max([1, *(-(-(self.maps[m].delay + width) // self.maps[m].hop) for m, width in self.tails.values())])
+        """The first push (1-based) after which every crop read by the head (or a time-resolved output's
+        new steps) holds steps of the one run: the pushes before it return 0, as a model run on fewer
+        steps than its layers need."""
+        reads = [*((self.maps[m], width) for m, width in self.tails.values()),
+                 *([(self.output_map, self.output_map.hop)] if self.output_map else [])]
+        return max([1, *(-(-(m.delay + width) // m.hop) for m, width in reads)])
 
     @property
     def counted_pushes(self) -> int:
@@ -201,11 +206,13 @@ def plan_stateful(graph: Graph, registry: Registry, hop: int, window: int, chann
     elif not any(step.kind == "recurrence" for step in sp.steps) and not problems:
         problems.append("no recurrent layer reads the stream step by step (each reads a window's last steps): "
                         "stream it without {opt:stateful}")
-    if sp.root(graph.outputs[0]) in sp.maps:
-        problems.append(f"its output '{graph.outputs[0]}' is every step of a time-resolved map: a stateful push "
-                        "gives one output, from the recurrent layer's last step")
+    out_map = sp.maps.get(sp.root(graph.outputs[0]))
+    if out_map is not None and out_map.delay % out_map.hop:
+        problems.append(f"its output '{graph.outputs[0]}' lags the stream by {out_map.delay} steps, which its "
+                        f"{out_map.hop} steps per push do not divide: a push would hold steps of two pushes")
     if problems:
         raise OptionError("{opt:stateful} cannot stream this model: " + "; ".join(problems))
+    sp.output_map = out_map
     _place(graph, sp)
     return sp
 

@@ -119,6 +119,7 @@ class HostModel:
         self.name = name
         # set by `of` for a model converted with streaming: state bytes, values per push, arena bytes
         self._stream_state_size = self._stream_values = self._arena_size = 0
+        self._stream_output_size = output_size  # a push's output (a stateful stream's new steps)
 
     @classmethod
     def of(cls, library: Path, conv) -> HostModel:
@@ -134,6 +135,7 @@ class HostModel:
         if stream is not None:
             model._stream_state_size = stream["state_bytes"]
             model._stream_values = stream["hop"] * stream["channels"]
+            model._stream_output_size = stream.get("output_size_per_push") or model.output_size
             model._arena_size = conv.plan.arena_bytes
         return model
 
@@ -176,7 +178,7 @@ class HostModel:
         x = np.ascontiguousarray(np.asarray(samples, self.input_dtype).reshape(-1))
         if x.size != self._stream_values:
             raise ValueError(f"a push takes {self._stream_values} values, got {x.size}")
-        y = np.zeros(self.output_size, self.output_dtype) if output is None else \
+        y = np.zeros(self._stream_output_size, self.output_dtype) if output is None else \
             np.ascontiguousarray(output, self.output_dtype).copy()
         if state is None and arena is None:
             status = self._fn("stream_push", ctypes.c_int, [ctypes.c_void_p] * 2)(x.ctypes.data, y.ctypes.data)

@@ -155,7 +155,7 @@ def stream_unit(conv) -> CUnit:
     bits_in, bits_out = g.tensors[g.inputs[0]].quant.bits, g.tensors[g.outputs[0]].quant.bits
     t_in, t_out = f"int{bits_in}_t", f"int{bits_out}_t"
     hop, channels = conv.report["stream"]["hop"], conv.report["stream"]["channels"]
-    out_size = g.tensors[g.outputs[0]].size
+    out_size = conv.report["stream"].get("output_size_per_push") or g.tensors[g.outputs[0]].size
     header = (f"#ifndef {upper}_H\n#define {upper}_H\n#include <stdint.h>\n#include \"{conv.name}.h\"\n"
               f"#define {upper}_INPUT_SIZE {hop * channels}\n#define {upper}_OUTPUT_SIZE {out_size + 1}\n"
               f"int {name}_invoke(const {t_in} *input, {t_out} *output);\n#endif\n")
