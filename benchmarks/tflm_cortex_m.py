@@ -88,6 +88,8 @@ def _run(cmd: list[str], cwd: Path | None = None) -> None:
 def _includes(work: Path, tflm: Path) -> list[str]:
     """The schema regenerated for Debian's flatbuffers, its headers, gemmlowp's fixedpoint, ruy's stand-in."""
     inc = work / "include"
+    if (inc / "tensorflow/lite/schema/schema_generated.h").is_file():  # made by an earlier build
+        return ["-I", str(inc), "-I", str(tflm)]
     schema = (tflm / "tensorflow/compiler/mlir/lite/schema/schema.fbs").read_text()
     # flatc 2.0.8 takes (deprecated) on fields only, not on enum values or tables
     schema = re.sub(r" = (\d+) \(deprecated\),", r" = \1,", schema)
@@ -121,18 +123,18 @@ def _sources(tflm: Path) -> list[Path]:
     return sorted(p for p in found if not SKIP.search(p.name) and p != micro / "debug_log.cc")
 
 
-def tflm_library(tflm: Path, tree: CmsisTree) -> Path:
+def tflm_library(tflm: Path, tree: CmsisTree) -> tuple[Path, list[str]]:
     """libtflm.a for TARGET, its objects cached per source tree and CMSIS-NN tree (each source's object
-    compiled once)."""
+    compiled once), and the flags it was compiled with (a model's unit takes the same)."""
     sources = _sources(tflm)
     content = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(sources)[:8])).hexdigest()  # the tree's version
     key = hashlib.sha256(f"{content}|{tree.root.resolve()}|{TARGET}|{FLAGS}".encode()).hexdigest()[:16]
     work = cache_dir() / "tflm" / key
     lib = work / f"libtflm-{hashlib.sha256(str(sources).encode()).hexdigest()[:8]}.a"
-    if lib.is_file():
-        return lib
     (work / "obj").mkdir(parents=True, exist_ok=True)
     flags = [*TARGETS[TARGET].cpu_flags, *FLAGS, *_includes(work, tflm), "-I", str(tree.root), "-I", str(tree.include)]
+    if lib.is_file():
+        return lib, flags
 
     def compile_one(src: Path) -> Path:
         obj = work / "obj" / (src.relative_to(tflm).as_posix().replace("/", "_")[:-3] + ".o")
@@ -143,10 +145,10 @@ def tflm_library(tflm: Path, tree: CmsisTree) -> Path:
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         objects = list(pool.map(compile_one, sources))
     _run(["arm-none-eabi-ar", "rcs", str(lib), *map(str, objects)])
-    return lib
+    return lib, flags
 
 
-def tflm_unit(path: Path, name: str, tree: CmsisTree, work: Path, tflm: Path) -> tuple[CUnit, Path]:
+def tflm_unit(path: Path, name: str, tree: CmsisTree, work: Path, flags: list[str]) -> tuple[CUnit, Path]:
     """The runner's view of TFLite-Micro running the file: C `NAME_invoke` declared, C++ defining it;
     its output is the model's, then arena_used_bytes() as four bytes (or two int16 elements)."""
     model = read_tflite(path)
@@ -227,19 +229,13 @@ extern "C" int {name}_invoke(const int{bits_in}_t *input, int{bits_out}_t *outpu
     work.mkdir(parents=True, exist_ok=True)
     (work / f"{name}_tflm.cc").write_text(cc)
     obj = work / f"{name}_tflm.o"
-    flags = [*TARGETS[TARGET].cpu_flags, *FLAGS, *_includes(tflm_library_dir(tflm, tree), tflm), "-I", str(tree.root),
-             "-I", str(tree.include), "-I", str(RUNTIME)]
-    _run(["arm-none-eabi-g++", *flags, "-c", str(work / f"{name}_tflm.cc"), "-o", str(obj)])
+    _run(["arm-none-eabi-g++", *flags, "-I", str(RUNTIME), "-c", str(work / f"{name}_tflm.cc"), "-o", str(obj)])
     upper = name.upper()
     header = (f"#ifndef {upper}_H\n#define {upper}_H\n#include <stdint.h>\n#define {upper}_INPUT_SIZE {n_in}\n"
               f"#define {upper}_OUTPUT_SIZE {n_out + extra}\n"
               f"int {name}_invoke(const int{bits_in}_t *input, int{bits_out}_t *output);\n#endif\n")
     source = f"/* {name}_invoke is TFLite-Micro's, compiled as C++ ({name}_tflm.cc) */\ntypedef int {name}_unit;\n"
     return CUnit(name, source, header, tree, n_in, n_out + extra, bits_in, bits_out), obj
-
-
-def tflm_library_dir(tflm: Path, tree: CmsisTree) -> Path:
-    return tflm_library(tflm, tree).parent
 
 
 def measure(path: Path, tflm: Path, samples: int, work: Path) -> dict:
@@ -250,16 +246,17 @@ def measure(path: Path, tflm: Path, samples: int, work: Path) -> dict:
     x = signals(samples, steps, channels, seed=11)[0].reshape(samples, *shape)
     codes = quantize_inputs(conv, x)
     wheel = run_tflite_micro(path.read_bytes(), codes)
-    unit, obj = tflm_unit(path, "tflm", tree, work, tflm)
-    lib = tflm_library(tflm, tree)
-    fw = build_firmware([conv, unit], TARGET, work / "fw", extra_link=(str(obj), str(lib), "-lsupc++", "-lm"))
+    lib, flags = tflm_library(tflm, tree)
+    unit, obj = tflm_unit(path, "tflm", tree, work, flags)
+    tflm_link = (str(obj), str(lib), "-lsupc++", "-lm")  # C++ support (pure virtuals) and libm for its kernels
+    fw = build_firmware([conv, unit], TARGET, work / "fw", extra_link=tflm_link)
     counts: dict[str, np.ndarray] = {}
     flat = codes.reshape(samples, -1)
     out = run_firmware(fw, {"ours": flat, "tflm": flat}, timeout=600, instructions=counts)
     n_out = wheel.shape[1]
     tflm_out = out["tflm"][:, :n_out]
     used = int(out["tflm"][0, n_out:].astype(f"<i{unit.output_bits // 8}").view("<u4")[0])
-    alone = build_firmware([unit], TARGET, work / "alone", extra_link=(str(obj), str(lib), "-lsupc++", "-lm"))
+    alone = build_firmware([unit], TARGET, work / "alone", extra_link=tflm_link)
     ours_alone = build_firmware([conv], TARGET, work / "ours_alone")
     io_bytes = sum(conv.graph.tensors[t].nbytes for t in (*conv.graph.inputs, *conv.graph.outputs))
     return {"file": path.name, "ours_equal_wheel": bool(np.array_equal(out["ours"], wheel)),

@@ -6,8 +6,6 @@ new steps on from the state the last push left, then the head in full from the l
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
-
 import jinja2
 
 from onnx2cmsis.codegen.emit_c import Layer, call_context, element_ctype, placement_pointer, render_call
@@ -66,6 +64,7 @@ def stateful_code(env: jinja2.Environment, name: str, graph: Graph, registry: Re
 
     by_index = {step.index: step for step in sp.steps}
     out: list[StatefulLayer] = []
+    head: list[StatefulLayer] = []
     functions: set[str] = set()
     for layer, node in zip(layers, graph.nodes, strict=True):
         step = by_index.get(layer.index)
@@ -75,8 +74,8 @@ def stateful_code(env: jinja2.Environment, name: str, graph: Graph, registry: Re
         if step.kind == "head":
             code = render_call(env, layer.call, call_context(prefix, layer.call, node, graph, pointer,
                                                              scratch(layer.index)))
-            out.append(StatefulLayer(layer.index, layer.ident, layer.name, layer.origin, layer.call.kernel, code,
-                                     "in full", layer.call.macs))
+            head.append(StatefulLayer(layer.index, layer.ident, layer.name, layer.origin, layer.call.kernel, code,
+                                      "in full", layer.call.macs))
             continue
         sub, sub_graph, call = _step_call(registry, node, graph, step, sp)
         why = unlike(layer.call, call, same_functions=False)
@@ -113,10 +112,9 @@ def stateful_code(env: jinja2.Environment, name: str, graph: Graph, registry: Re
     elif model_out is not None:
         m, first = model_out
         copy_out = (m.offset + first * m.row_bytes, graph.tensors[graph.outputs[0]].nbytes)
-    head = [layer for layer in out if layer.what == "in full"]
-    return StatefulCode([layer for layer in out if layer not in head], head, sp.counted_pushes,
-                        sp.first_output_push, resets, shifts, source.offset + source.keep * source.row_bytes, copy_out,
-                        sum(layer.macs_per_push for layer in out), sorted(functions))
+    return StatefulCode(out, head, sp.counted_pushes, sp.first_output_push, resets, shifts,
+                        source.offset + source.keep * source.row_bytes, copy_out,
+                        sum(layer.macs_per_push for layer in (*out, *head)), sorted(functions))
 
 
 def _delayed_columns(m: StatefulMap, skip: str | None) -> str:
@@ -163,7 +161,3 @@ def _step_call(registry: Registry, node: Node, graph: Graph, step: StatefulStep,
     for t in (node.inputs[0], node.output):
         g.tensors[t] = replace(graph.tensors[t], shape=(steps, graph.tensors[t].shape[1]))
     return sub, g, registry.for_op(node.op).emit(sub, g)
-
-
-def stateful_context(code: StatefulCode) -> dict[str, Any]:
-    return {"stateful": code}

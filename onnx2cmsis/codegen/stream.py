@@ -57,17 +57,16 @@ def _stateful_parts(spec: StreamSpec, env: jinja2.Environment, name: str, graph:
                     layers: list[Layer], plan: MemoryPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     sp = plan_stateful(graph, registry, spec.hop, spec.window, spec.channels)
     code = stateful_code(env, name, graph, registry, layers, plan, sp)
+    steps = sp.output_map.hop if sp.output_map else None  # a time-resolved output's new steps per push
+    size = steps * sp.output_map.channels if sp.output_map else None
     context = {"stream": spec, "stream_state_size": sp.state_bytes, "stream_layers": None, "stateful": code,
-               "stream_output_steps": sp.output_map.hop if sp.output_map else None,
-               "stream_output_size": sp.output_map.hop * sp.output_map.channels if sp.output_map else None}
+               "stream_output_steps": steps, "stream_output_size": size}
     heads = code.head
     report = {"hop": spec.hop, "window": spec.window, "channels": spec.channels, "time_major": spec.time_major,
               "state_bytes": sp.state_bytes, "macs_per_invoke": sum(layer.call.macs for layer in layers),
               "recomputes": "new steps", "stateful": True, "recurrent_state_bytes": sp.recurrent_state_bytes,
               "macs_per_push": code.macs_per_push, "first_output_push": code.first_output_push,
-              "output_steps_per_push": sp.output_map.hop if sp.output_map else None,
-              "output_size_per_push": (sp.output_map.hop * sp.output_map.channels if sp.output_map
-                                       else graph.tensors[graph.outputs[0]].size),
+              "output_steps_per_push": steps, "output_size_per_push": size or graph.tensors[graph.outputs[0]].size,
               "bytes_moved_per_push": sum(keep for _, _, keep in code.shifts), "hop_multiple": spec.hop_multiple,
               "head": (f"layer {heads[0].index} '{heads[0].name}' and after run in full each push, from the "
                        "recurrent layer's last step" if heads else "no layer runs in full"),
