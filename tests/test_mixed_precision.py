@@ -243,18 +243,20 @@ def test_auto_lowers_the_arena_peak_where_sensitivity_order_alone_does_not():
     """vibration_keras: dropping layers least sensitive first keeps the layers at the arena's peak at
     int16 until the budget breaks (all-int16's arena); the walk that drops the peak's layers finds a
     smaller arena that still meets the budget, on the calibration samples (measured here again) and
-    on the held-out folds (a budget a fifth of the way from all-int8's held-out SQNR to all-int16's)."""
+    on the held-out folds (a budget a fifth of the way from all-int8's held-out lower bound to
+    all-int16's: the figure a budget is held to)."""
     module("keras", 'pip install -e ".[keras]"')
     example = ROOT / "examples" / "vibration_keras"
     calibration = np.load(example / "calibration.npy")
     probe = convert(example / "vibration_cnn.h5", calibration, name="vk", precision="auto", max_error_db=-1000.0)
     figures = probe.report["quantization"]["auto_precision"]
-    low, high = figures["int8"]["heldout_sqnr_db"], figures["int16"]["heldout_sqnr_db"]
+    low, high = figures["int8"]["heldout_low_sqnr_db"], figures["int16"]["heldout_low_sqnr_db"]
     budget = round(low + 0.2 * (high - low), 1)
     auto = convert(example / "vibration_cnn.h5", calibration, name="vka", precision="auto", max_error_db=budget)
     assert auto.plan.arena_bytes < figures["int16"]["arena_bytes"]
     assert _calibration_sqnr(auto, calibration) >= budget
-    assert auto.report["quantization"]["auto_precision"]["chosen"]["heldout_sqnr_db"] >= budget
+    chosen = auto.report["quantization"]["auto_precision"]["chosen"]
+    assert chosen["heldout_sqnr_db"] > chosen["heldout_low_sqnr_db"] >= budget
 
 
 def test_auto_keeps_its_budget_on_samples_the_calibration_did_not_hold(tmp_path, monkeypatch):
@@ -287,3 +289,22 @@ def test_auto_keeps_its_budget_on_samples_the_calibration_did_not_hold(tmp_path,
     assert in_sample.report["quantization"]["auto_precision"]["chosen"]["sqnr_db"] >= budget
     assert figures["chosen"]["heldout_sqnr_db"] >= budget and checked.plan.arena_bytes > in_sample.plan.arena_bytes
     assert fresh_sqnr(checked) >= budget > fresh_sqnr(in_sample) + 1.0
+
+
+def test_heldout_lower_bound_follows_how_the_error_is_spread_over_samples():
+    """The figure an SQNR budget is held to: with the error the same on every sample, any resample
+    scores the pooled SQNR (10 log10 of 4 / 0.01 here); with all of it on one sample of 40, about a
+    quarter of resamples hold that sample twice or more, each twice the noise: the lower bound is
+    at least 3 dB under the pooled figure."""
+    from onnx2cmsis.tuning.auto_precision import LOW_QUANTILE, heldout_figures
+
+    assert 0 < LOW_QUANTILE < 0.25
+    want = np.full((40, 4), 1.0)
+    even = heldout_figures(want + 0.05, want, None)
+    assert even.sqnr_db == pytest.approx(10 * np.log10(4 / 0.01))
+    assert even.low_sqnr_db == pytest.approx(even.sqnr_db)
+    got = want.copy()
+    got[7] += np.sqrt(0.4 / 4)  # the same total noise (0.4) on sample 7 alone
+    one = heldout_figures(got, want, None)
+    assert one.sqnr_db == pytest.approx(even.sqnr_db)
+    assert one.low_sqnr_db <= one.sqnr_db - 3.0

@@ -100,8 +100,10 @@ def auto_cells(row: dict) -> tuple[str, str, str, str]:
     mean_arena = (row["ours_int8"]["arena_bytes"] + row["ours_int16"]["arena_bytes"]) / 2
     if "fails" in cell:
         return f"{cell['budget_db']:.2f}", "fails", "-", f"{mean_arena:.0f}"
-    expected = (cell.get("auto_precision") or {}).get("chosen", {}).get("heldout_sqnr_db")
-    sqnr = f"{cell['sqnr_db']:.2f}" + ("" if expected is None else f" (expected {expected:.2f})")
+    chosen = (cell.get("auto_precision") or {}).get("chosen", {})
+    expected, low = chosen.get("heldout_sqnr_db"), chosen.get("heldout_low_sqnr_db")
+    sqnr = f"{cell['sqnr_db']:.2f}" + ("" if expected is None else f" (expected {expected:.2f}"
+                                       + ("" if low is None else f", lower bound {low:.2f}") + ")")
     return f"{cell['budget_db']:.2f}", sqnr, str(cell["arena_bytes"]), f"{mean_arena:.0f}"
 
 

@@ -50,12 +50,15 @@ def auto_precision_headline(auto: dict[str, Any]) -> str:
     held = ""
     if chosen.get("heldout_sqnr_db") is not None:
         accuracy = chosen.get("heldout_accuracy")
+        low = chosen.get("heldout_low_sqnr_db")
         held = (f"; expected on samples the ranges did not see: {chosen['heldout_sqnr_db']:.2f} dB"
                 + ("" if accuracy is None else f", {100 * accuracy:.2f}%")
                 + f" ({chosen['heldout_samples']} samples, cross-validated"
+                + ("" if low is None else f"; {low:.2f} dB or more on {100 * (1 - auto['heldout_low_quantile']):.0f}% "
+                                            "of resamples of them")
                 + (f"; in-sample target raised {auto['raised_by_db']:.2f} dB to meet it" if auto.get("raised_by_db") else "")
                 + ")")
-        if not by_accuracy and chosen["heldout_sqnr_db"] < auto["min_sqnr_db"]:
+        if not by_accuracy and (chosen["heldout_sqnr_db"] if low is None else low) < auto["min_sqnr_db"]:
             held += ", below the budget even so"
     return (f"{fig('chosen')} for a budget of {budget} (all int8: {fig('int8')}; all int16: {fig('int16')}; "
             f"on the calibration samples){held}")

@@ -21,8 +21,13 @@ calibration samples' ranges clips at any width. So an SQNR budget is judged on s
 not see (`heldout`: the recipe, bias correction included, fitted at given widths on the other folds of
 the calibration samples; tuning/recipe.py). All-int8 and all-int16 are measured that way; between
 them, a candidate's expected held-out SQNR is its in-sample one less an offset interpolated between
-theirs (by where its in-sample SQNR lies between them), and the cheapest candidate whose expectation
-meets the budget is checked the same way. Short of the budget, the target rises by the shortfall and
+theirs (by where its in-sample SQNR lies between them). What the budget is held to is not that
+expectation but its lower bound (heldout_figures: the LOW_QUANTILE of the pooled SQNR over bootstrap
+resamples of the held-out samples' own errors, interpolated the same way between the uniform
+widths): an expectation from 32-64 samples is as often above as below what other data gives, and
+held to the expectation the choice missed the budget by more than 1 dB on 10 of 25 held-out
+benchmark models; held to the lower bound, on 6 (docs/benchmarks.md). The cheapest candidate whose
+lower bound meets the budget is checked the same way. Short of the budget, the target rises by the shortfall and
 the choice is made again (at most TIGHTEN_ROUNDS times; past all-int16, all-int16 is chosen and the
 shortfall reported). The budget is refused only when all-int16 misses it both in-sample and held out.
 An accuracy budget is kept in-sample and its held-out figure reported, not tightened: on the 32-64
@@ -59,6 +64,10 @@ COST_PER_CONVERTED_VALUE = 12.0
 TIGHTEN_ROUNDS = 3  # choices made again with a raised in-sample target, at most
 
 
+LOW_QUANTILE = 0.16  # the lower bound an SQNR budget is held to: about one standard deviation below
+RESAMPLES = 400  # bootstrap resamples of the held-out samples (seeded: the same choice every run)
+
+
 @dataclass(frozen=True)
 class HeldoutFigures:
     """A width assignment's output on samples its ranges did not see (cross-validated)."""
@@ -66,6 +75,26 @@ class HeldoutFigures:
     sqnr_db: float
     accuracy: float | None = None  # on the budget's labels, when it has them
     samples: int = 0
+    low_sqnr_db: float | None = None  # the pooled SQNR's LOW_QUANTILE over resamples of these samples
+
+
+def heldout_figures(got: np.ndarray | None, want: np.ndarray, labels: np.ndarray | None) -> HeldoutFigures:
+    """The held-out outputs `got` (samples, values; None: a fold could not be quantized) against the
+    float model's `want`: the pooled SQNR and how low it runs on other samples like these.
+
+    A pooled SQNR from 32-64 samples is a noisy, optimistic figure: a few samples near a decision or
+    beyond the ranges decide it, and on the held-out benchmark a random set of the calibration set's
+    size from the test set scored 2-8 dB either side of the whole test set's figure (10th to 90th
+    percentile). The bootstrap over the held-out samples' own errors says how far these samples
+    vouch for it: the figure a resample falls below with probability LOW_QUANTILE."""
+    if got is None:
+        return HeldoutFigures(-np.inf, None if labels is None else -1.0, len(want), -np.inf)
+    noise = np.sum((got - want) ** 2, axis=1)
+    signal = np.sum(want**2, axis=1)
+    picks = np.random.default_rng(0).integers(0, len(want), size=(RESAMPLES, len(want)))
+    resampled = 10 * np.log10(np.maximum(signal[picks].sum(axis=1), 1e-30) / np.maximum(noise[picks].sum(axis=1), 1e-30))
+    return HeldoutFigures(sqnr_db(got, want), None if labels is None else accuracy(got, labels), len(want),
+                          float(np.quantile(resampled, LOW_QUANTILE)))
 
 
 # bits per node -> its held-out figures (tuning/recipe.py's widths_heldout; None: too few samples)
@@ -129,13 +158,15 @@ class PrecisionChoice:
             f = figures(c)
             if h is not None:
                 f.update(heldout_sqnr_db=round(h.sqnr_db, 2), heldout_samples=h.samples,
+                         heldout_low_sqnr_db=None if h.low_sqnr_db is None else round(h.low_sqnr_db, 2),
                          heldout_accuracy=None if h.accuracy is None else round(h.accuracy, 4))
             return f
         return {"min_sqnr_db": self.budget.min_sqnr_db, "max_accuracy_drop": self.budget.max_accuracy_drop,
                 "float_accuracy": None if self.float_accuracy is None else round(self.float_accuracy, 4),
                 "chosen": with_heldout(self.chosen, self.heldout), "int8": with_heldout(self.int8, self.int8_heldout),
                 "int16": with_heldout(self.int16, self.int16_heldout),
-                "candidates_measured": self.candidates, "raised_by_db": round(self.raised_by_db, 2)}
+                "candidates_measured": self.candidates, "raised_by_db": round(self.raised_by_db, 2),
+                "heldout_low_quantile": LOW_QUANTILE}
 
 
 class _Measure:
@@ -228,21 +259,22 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     by_sqnr = labels is None and heldout is not None
     h8, h16 = (check(int8), check(int16)) if by_sqnr else (None, None)
 
-    def expected_db(c: Candidate) -> float:
-        """Its SQNR on samples the ranges did not see: measured, or in-sample less the offset
-        interpolated between all-int8's and all-int16's."""
+    def expected_db(c: Candidate, low: bool = False) -> float:
+        """Its SQNR on samples the ranges did not see (`low`: the bootstrap's lower bound): measured,
+        or in-sample less the offset interpolated between all-int8's and all-int16's."""
         if h8 is None or h16 is None:
             return c.sqnr_db
         if tuple(c.bits) in checked:
-            return checked[tuple(c.bits)].sqnr_db
+            h = checked[tuple(c.bits)]
+            return h.low_sqnr_db if low and h.low_sqnr_db is not None else h.sqnr_db
         span = int16.sqnr_db - int8.sqnr_db
         t = float(np.clip((c.sqnr_db - int8.sqnr_db) / span, 0.0, 1.0)) if np.isfinite(span) and span > 0 else 0.5
-        offset = (int8.sqnr_db - h8.sqnr_db) * (1 - t) + (int16.sqnr_db - h16.sqnr_db) * t
+        offset = (int8.sqnr_db - _figure(h8, low)) * (1 - t) + (int16.sqnr_db - _figure(h16, low)) * t
         return c.sqnr_db - offset if np.isfinite(offset) else -np.inf
 
     def meets(c: Candidate, raised_db: float = 0.0) -> bool:
         if labels is None:
-            return expected_db(c) >= (budget.min_sqnr_db or 0.0) + raised_db
+            return expected_db(c, low=True) >= (budget.min_sqnr_db or 0.0) + raised_db
         return 100 * (float_accuracy - (c.accuracy or 0.0)) <= budget.max_accuracy_drop + 1e-9
 
     if not meets(int16) and (h16 is None or int16.sqnr_db < (budget.min_sqnr_db or 0.0)):
@@ -279,9 +311,9 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     chosen, raised = (cheapest(0.0) if meets(int16) else int16), 0.0
     expected = check(chosen)
     for _ in range(TIGHTEN_ROUNDS):
-        if expected is None or not by_sqnr or expected.sqnr_db >= budget.min_sqnr_db or chosen is int16:
+        if expected is None or not by_sqnr or _figure(expected, True) >= budget.min_sqnr_db or chosen is int16:
             break
-        raised += budget.min_sqnr_db - expected.sqnr_db
+        raised += budget.min_sqnr_db - _figure(expected, True)
         again = cheapest(raised) if meets(int16, raised) else int16  # past all-int16: the most it can do
         if again.bits == chosen.bits:
             break
@@ -293,6 +325,11 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     apply_precision(graph, chosen.bits)
     return PrecisionChoice(chosen, int8, int16, sensitivity, budget, float_accuracy, len(measure.measured),
                            expected, raised, h8, h16)
+
+
+def _figure(h: HeldoutFigures, low: bool) -> float:
+    """Its held-out SQNR, or (`low`) the bootstrap's lower bound where measured."""
+    return h.low_sqnr_db if low and h.low_sqnr_db is not None else h.sqnr_db
 
 
 def _leaders(graph: Graph, registry: Registry) -> list[int]:

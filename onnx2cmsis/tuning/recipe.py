@@ -32,11 +32,10 @@ from onnx2cmsis.data.samples import stacked
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.accuracy import accuracy
 from onnx2cmsis.quant.calibrate import RecordedFloats, record_floats
 from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, output_floats, quantize_graph
-from onnx2cmsis.tuning.auto_precision import HeldoutCheck, HeldoutFigures
+from onnx2cmsis.tuning.auto_precision import HeldoutCheck, heldout_figures
 from onnx2cmsis.tuning.bias_correction import corrected_run
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, sqnr_db
 
@@ -205,9 +204,7 @@ def widths_heldout(model: onnx.ModelProto, graph: Graph, registry: Registry, rec
     want = float_outputs(model, x, recorded).reshape(len(x), -1).astype(np.float64)
 
     def check(bits: list[int]) -> HeldoutFigures:
-        got = heldout_outputs(model, graph, registry, recipe, x, bits, recorded)
-        return HeldoutFigures(output_sqnr_db(got, want),
-                              None if labels is None or got is None else accuracy(got, labels), len(x))
+        return heldout_figures(heldout_outputs(model, graph, registry, recipe, x, bits, recorded), want, labels)
     return check
 
 
