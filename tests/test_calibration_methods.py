@@ -178,3 +178,29 @@ def test_bias_correction_removes_the_mean_error(tmp_path):
     assert corrected.report["quantization"]["bias_corrected_layers"] == 2
     assert np.abs(mean_error(corrected)).mean() < 0.5 * np.abs(mean_error(plain)).mean()
     assert _held_out_sqnr(corrected, held_out) > _held_out_sqnr(plain, held_out)
+
+
+def test_each_corrected_layer_says_how_far_its_bias_moved(tmp_path):
+    """Issue 29: what the recipe did, per layer. The layers bias correction moved carry the shift in
+    NAME.json (channels moved, largest and mean shift in output steps) and NAME.md lists them; the
+    shift is the corrected bias less the uncorrected one (both from the graphs' float constants),
+    divided by the output scale."""
+    rng = np.random.default_rng(7)
+    path = tmp_path / "conv.onnx"
+    onnx.save(_conv_model(rng), path)
+    calib = (rng.standard_normal((96, 3, 48)) + 3.0).astype(np.float32)
+    plain = convert(path, calib, name="plain", bias_correction=False)
+    corrected = convert(path, calib, name="fixed")
+    entries = [e for e in corrected.report["layers"] if "bias_correction" in e]
+    assert len(entries) == corrected.report["quantization"]["bias_corrected_layers"] == 2
+    assert not any("bias_correction" in e for e in plain.report["layers"])
+    for entry in entries:
+        a, b = plain.graph.nodes[entry["index"]], corrected.graph.nodes[entry["index"]]
+        moved = np.abs(b.consts["bias"].astype(np.float64) - a.consts["bias"].astype(np.float64))
+        steps = moved / corrected.graph.tensors[b.output].quant.scale
+        c = entry["bias_correction"]
+        assert c["of_channels"] == moved.size and c["channels"] == np.count_nonzero(moved > 1e-9)
+        assert c["largest_steps"] == pytest.approx(steps.max(), abs=2e-3)
+        assert c["mean_steps"] == pytest.approx(steps.mean(), abs=2e-3)
+    page = corrected.pages["fixed.md"]
+    assert "## Quantization per layer" in page and f"largest {entries[0]['bias_correction']['largest_steps']} steps" in page

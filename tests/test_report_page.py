@@ -24,7 +24,9 @@ def test_page_lists_every_layer_and_the_plan(tmp_path):
     written = {p.name for p in write_outputs(conv, tmp_path)}
     assert {"vibration_cnn.md", "vibration_cnn_memory.svg"} <= written
     page = (tmp_path / "vibration_cnn.md").read_text()
-    rows = [line for line in page.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    layers_section = page.split("## Layers, in execution order")[1].split("\n## ")[0]
+    rows = [line for line in layers_section.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
     assert len(rows) == len(conv.report["layers"])
     for row, layer in zip(rows, conv.report["layers"]):
         assert layer["kernel"] in row and f"{layer['macs']:,}" in row

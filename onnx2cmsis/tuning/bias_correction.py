@@ -100,12 +100,21 @@ def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tup
             continue
         handler = registry.for_op(original.op)
         if handler.fold_affine(original, np.ones_like(original.consts["bias"]), -shift.astype(np.float32)):
+            original.attrs["bias_correction"] = _correction_summary(shift, g.tensors[node.output].quant.scale)
             node.consts = {k: v.copy() for k, v in original.consts.items()}
             handler.quantize(node, g, ranges)
             for values in parts:
                 run_node_batch(g, registry, node, values)
             corrected.append(index)
     return CorrectedRun(corrected, batch_outputs(g, parts), g)
+
+
+def _correction_summary(shift: np.ndarray, scale: float) -> dict:
+    """What NAME.json's layer entry says of a correction: how many channels moved and by how much, in
+    steps of the layer's output (its int8 or int16 scale)."""
+    steps = np.abs(shift) / scale
+    return {"channels": int(np.count_nonzero(shift)), "of_channels": int(shift.size),
+            "largest_steps": round(float(steps.max()), 3), "mean_steps": round(float(steps.mean()), 3)}
 
 
 def _comparable(graph: Graph, tensor: str) -> bool:
