@@ -18,7 +18,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"convert": "onnx2cmsis.api", "write_outputs": "onnx2cmsis.api", "Conversion": "onnx2cmsis.api",
+_API = {"convert": "onnx2cmsis.api", "write_outputs": "onnx2cmsis.output_files", "Conversion": "onnx2cmsis.api",
         "Budget": "onnx2cmsis.options", "ConvertOptions": "onnx2cmsis.options", "verify": "onnx2cmsis.drivers.verification", "Verification": "onnx2cmsis.drivers.verification",
         "TargetResult": "onnx2cmsis.drivers.verification", "inspect": "onnx2cmsis.drivers.inspect_model",
         "Inspection": "onnx2cmsis.drivers.inspect_model", "ConversionError": "onnx2cmsis.errors"}

@@ -137,7 +137,7 @@ def convert(
       onnx2cmsis convert examples/vibration_keras/vibration_cnn.h5 \\
           --calibration examples/vibration_keras/calibration.npy --out out
     """
-    from onnx2cmsis.api import write_outputs
+    from onnx2cmsis.output_files import write_outputs
     from onnx2cmsis.api import convert as run_convert
     from onnx2cmsis.options import Budget, ConvertOptions
     from onnx2cmsis.report import auto_precision_lines, recipe_line, stream_line

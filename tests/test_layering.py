@@ -32,6 +32,7 @@ LAYERS: list[str] = [
     "onnx2cmsis.report",  # NAME.json / NAME.md
     "onnx2cmsis.options",  # the settings of a conversion, validated (ConvertOptions, Budget)
     "onnx2cmsis.api",  # the pipeline: convert
+    "onnx2cmsis.output_files",  # writing a conversion's files, atomically
     "onnx2cmsis.drivers",  # verify (verification, evaluate, stream_check) and inspect (inspect_model)
     "onnx2cmsis.cli_options",
     "onnx2cmsis.cli_progress",

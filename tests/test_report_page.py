@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx2cmsis.api import convert, write_outputs
+from onnx2cmsis.api import convert
+from onnx2cmsis.output_files import write_outputs
 from onnx2cmsis.codegen.report_page import md_cell
 from tests.onnx_models import make_model
 
