@@ -257,6 +257,7 @@ def test_auto_lowers_the_arena_peak_where_sensitivity_order_alone_does_not():
     assert _calibration_sqnr(auto, calibration) >= budget
     chosen = auto.report["quantization"]["auto_precision"]["chosen"]
     assert chosen["heldout_sqnr_db"] > chosen["heldout_low_sqnr_db"] >= budget
+    assert f"{chosen['heldout_low_sqnr_db']:.2f} dB or more on 84% of resamples" in auto.pages["vka.md"]
 
 
 def test_auto_keeps_its_budget_on_samples_the_calibration_did_not_hold(tmp_path, monkeypatch):
