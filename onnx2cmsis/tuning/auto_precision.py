@@ -24,11 +24,11 @@ them, a candidate's expected held-out SQNR is its in-sample one less an offset i
 theirs (by where its in-sample SQNR lies between them). What the budget is held to is not that
 expectation but its lower bound (heldout_figures: the LOW_QUANTILE of the pooled SQNR over bootstrap
 resamples of the held-out samples' own errors, interpolated the same way between the uniform
-widths): an expectation from 32-64 samples is as often above as below what other data gives, and
-held to the expectation the choice missed the budget by more than 1 dB on the test sets of 8 of 25
-held-out benchmark models (and refused 2); held to the lower bound, on 4 (the same 2 refused;
-docs/benchmarks.md). The cheapest candidate whose
-lower bound meets the budget is checked the same way. Short of the budget, the target rises by the shortfall and
+widths): an expectation from 32-64 samples is typically 2-4 dB off what other data gives, more
+often above it than below, and held to the expectation the choice missed the budget by more than
+1 dB on the test sets of 8 of 25 held-out benchmark models (and refused 2); held to the lower bound,
+on 4 (the same 2 refused; docs/benchmarks.md). The cheapest candidate whose lower bound meets the
+budget is checked the same way. Short of the budget, the target rises by the shortfall and
 the choice is made again (at most TIGHTEN_ROUNDS times; past all-int16, all-int16 is chosen and the
 shortfall reported). The budget is refused only when all-int16 misses it both in-sample and held out.
 An accuracy budget is kept in-sample and its held-out figure reported, not tightened: on the 32-64
