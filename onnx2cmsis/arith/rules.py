@@ -299,11 +299,15 @@ def add_params(s1: float, s2: float, s_out: float, bits: int = 8) -> dict[str, i
             "left_shift": ADD_LEFT_SHIFT[bits]}
 
 
+def at_common_scale(x: np.ndarray, params: dict[str, int], operand: int) -> np.ndarray:
+    """ADD/SUB's operand `operand` (1 or 2), zero point taken off (int64), shifted up by the headroom
+    and rescaled to the common scale (add_params)."""
+    return requantize(x << params["left_shift"], params[f"mult{operand}"], params[f"shift{operand}"])
+
+
 def tflite_add(x1: np.ndarray, x2: np.ndarray, params: dict[str, int]) -> np.ndarray:
-    """TFLite ADD on two operands with their zero points taken off (int64, broadcasting): each shifted
-    up by the headroom and rescaled to the common scale, summed, rescaled to the output's (add_params);
-    the output zero point and the clamp are the caller's."""
-    shift = params["left_shift"]
-    total = requantize(x1 << shift, params["mult1"], params["shift1"]) + \
-        requantize(x2 << shift, params["mult2"], params["shift2"])
+    """TFLite ADD on two operands with their zero points taken off (int64, broadcasting): each at the
+    common scale, summed, rescaled to the output's (add_params); the output zero point and the clamp
+    are the caller's."""
+    total = at_common_scale(x1, params, 1) + at_common_scale(x2, params, 2)
     return requantize(total, params["mult_out"], params["shift_out"])

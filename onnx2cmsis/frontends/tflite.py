@@ -208,12 +208,6 @@ def _fully_connected(b: OnnxWriter, op: TfliteOperator) -> None:
     b.write(op.outputs[0], y)
 
 
-
-
-
-
-
-
 def _resize_nearest(b: OnnxWriter, op: TfliteOperator) -> None:
     """NHWC -> ONNX Resize (nearest) to the size input, with TFLite's coordinate rule (align_corners
     refused; half_pixel_centers or not, an integer factor repeats each step: the importer checks)."""
@@ -233,18 +227,6 @@ def _tile(b: OnnxWriter, op: TfliteOperator) -> None:
     importer resolves as a nearest upsampling)."""
     repeats = b.node("Cast", [b.read(op.inputs[1])], to=TensorProto.INT64)
     b.write(op.outputs[0], b.node("Tile", [b.read(op.inputs[0]), repeats]))
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _pad(b: OnnxWriter, op: TfliteOperator) -> None:

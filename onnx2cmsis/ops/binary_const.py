@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.arith.rules import QuantParams, add_params, quantize_multiplier, requantize, saturate, tflite_add
+from onnx2cmsis.arith.rules import (QuantParams, add_params, at_common_scale, quantize_multiplier, requantize, saturate,
+                                   tflite_add)
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ops.base import (
@@ -93,8 +94,7 @@ class BinaryConstHandler(OpHandler):
         if node.attrs["fn"] == "add":
             y = tflite_add(x, c, qp)
         elif node.attrs["fn"] in ("sub", "rsub"):
-            scaled_x = requantize(x << qp["left_shift"], qp["mult1"], qp["shift1"])
-            diff = scaled_x - _scaled_operand(node)[np.newaxis]
+            diff = at_common_scale(x, qp, 1) - _scaled_operand(node)[np.newaxis]
             y = requantize(diff if node.attrs["fn"] == "sub" else -diff, qp["mult_out"], qp["shift_out"])
         else:
             y = requantize(x * c, qp["mult_out"], qp["shift_out"])
@@ -149,4 +149,4 @@ def _scaled_operand(node: Node) -> np.ndarray:
     """The constant's codes at ADD/SUB's common scale, as TFLite-Micro rescales its second operand."""
     qp, q_c = node.qparams, node.attrs["operand_quant"]
     c = node.consts["operand"].astype(np.int64) - q_c.zero_point
-    return requantize(c << qp["left_shift"], qp["mult2"], qp["shift2"]).astype(np.int32)
+    return at_common_scale(c, qp, 2).astype(np.int32)
