@@ -177,34 +177,26 @@ def equalize(model, calibration: np.ndarray, headroom: float, min_gain_db: float
 
 
 def scores(path: Path, calibration: np.ndarray, x_test: np.ndarray, want: np.ndarray) -> dict:
-    """Test-set SQNR of `convert`'s recipe choice and of TFLite's recipe, by the integer reference."""
-    registry = build_registry()
-    model, graph, _ = front_end(path, registry)
-    choice = choose_recipe(model, graph, registry, calibration, candidate_recipes("auto", "auto", True))
-    out = {"chosen": choice.chosen.text()}
-    for key, recipe in (("choice", choice.chosen), ("tflite_recipe", TFLITE_RECIPE)):
-        g = fitted(model, graph, registry, recipe, calibration)
-        got = dequantized_outputs(g, registry, x_test).reshape(len(x_test), -1).astype(np.float64)
-        out[key] = sqnr_db(got, want)
-    return out
-
-
-def fit_scores(path: Path, calibration: np.ndarray, x_test: np.ndarray, want: np.ndarray) -> dict:
-    """Per candidate recipe: what the recipe choice sees (in-sample and held-out-fold SQNR on the
-    calibration samples, as choose_recipe measures them) and the test set's SQNR."""
+    """For the model file `path` (its float outputs on the test set: `want`), by the integer reference:
+    the test-set SQNR of `convert`'s recipe choice and of TFLite's recipe, and per candidate recipe
+    what the choice sees (in-sample and held-out-fold SQNR on the calibration samples, as
+    choose_recipe measures them) with its test-set SQNR."""
     registry = build_registry()
     model, graph, _ = front_end(path, registry)
     recorded = recorded_values(model, graph, calibration)
     seen = float_outputs(model, calibration, recorded).reshape(len(calibration), -1).astype(np.float64)
-    out = {}
+    candidates = {}
     for recipe in candidate_recipes("auto", "auto", True):
         g = fitted(model, graph, registry, recipe, calibration, recorded=recorded)
         in_sample = dequantized_outputs(g, registry, calibration).reshape(len(calibration), -1).astype(np.float64)
         test = dequantized_outputs(g, registry, x_test).reshape(len(x_test), -1).astype(np.float64)
         held = heldout_outputs(model, graph, registry, recipe, calibration, recorded=recorded)
-        out[recipe.text()] = {"in_sample": sqnr_db(in_sample, seen), "held_out": output_sqnr_db(held, seen),
-                              "test": sqnr_db(test, want)}
-    return out
+        candidates[recipe.text()] = {"in_sample": sqnr_db(in_sample, seen), "held_out": output_sqnr_db(held, seen),
+                                     "test": sqnr_db(test, want)}
+    chosen = choose_recipe(model, graph, registry, calibration, candidate_recipes("auto", "auto", True),
+                           recorded).chosen.text()
+    return {"chosen": chosen, "choice": candidates[chosen]["test"],
+            "tflite_recipe": candidates[TFLITE_RECIPE.text()]["test"], "candidates": candidates}
 
 
 def as_challengers(original: dict, equalized: dict) -> tuple[str, float]:
@@ -247,15 +239,13 @@ def main() -> None:
             assert drift < 1e-4, f"{entry.name}: equalization moved the float model by {drift}"
             equalized = Path(tmp) / f"{entry.name}.h5"
             model.save(equalized)
-            registry = build_registry()
-            onnx_model, _, _ = front_end(path, registry)
+            onnx_model, _, _ = front_end(path, build_registry())  # the float reference: ONNX Runtime's
             want = float_outputs(onnx_model, x_test).reshape(len(x_test), -1).astype(np.float64)
             row = {"model": entry.name, "half": catalog.HALF[entry.name], "pairs": done,
                    "tflite_int8_db": tflite[entry.name],
                    "original": scores(path, calibration, x_test, want),
                    "equalized": scores(equalized, calibration, x_test, want)}
-            row["as_challengers"] = as_challengers(fit_scores(path, calibration, x_test, want),
-                                                   fit_scores(equalized, calibration, x_test, want))
+            row["as_challengers"] = as_challengers(row["original"]["candidates"], row["equalized"]["candidates"])
             rows.append(row)
             t = row["tflite_int8_db"]
             o, e = row["original"], row["equalized"]
