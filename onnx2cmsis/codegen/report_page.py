@@ -56,7 +56,7 @@ def auto_precision_headline(auto: dict[str, Any]) -> str:
                 + f" ({chosen['heldout_samples']} samples, cross-validated"
                 + ("" if low is None else f"; {low:.2f} dB or more on {100 * (1 - auto['heldout_low_quantile']):.0f}% "
                                             "of resamples of them")
-                + (f"; in-sample target raised {auto['raised_by_db']:.2f} dB to meet it" if auto.get("raised_by_db") else "")
+                + (f"; {auto['heldout_checks']} assignments checked to meet it" if auto.get("heldout_checks", 0) > 1 else "")
                 + ")")
         if not by_accuracy and (chosen["heldout_sqnr_db"] if low is None else low) < auto["min_sqnr_db"]:
             held += ", below the budget even so"
