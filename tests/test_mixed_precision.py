@@ -238,6 +238,23 @@ def test_cli_accuracy_budget_reads_labels_and_names_its_flags(tmp_path):
     assert auto["max_accuracy_drop"] == 100.0 and auto["chosen"]["arena_bytes"] == auto["int8"]["arena_bytes"]
 
 
+def _vibration_uniform_widths() -> tuple[Path, np.ndarray, dict]:
+    """vibration_keras's model and calibration samples, and auto's figures for all-int8 and all-int16
+    on them (a budget of -1000 dB: any assignment meets it)."""
+    module("keras", 'pip install -e ".[keras]"')
+    example = ROOT / "examples" / "vibration_keras"
+    calibration = np.load(example / "calibration.npy")
+    probe = convert(example / "vibration_cnn.h5", calibration, name="vk", precision="auto", max_error_db=-1000.0)
+    return example / "vibration_cnn.h5", calibration, probe.report["quantization"]["auto_precision"]
+
+
+def _a_fifth_of_the_way(figures: dict) -> float:
+    """A budget a fifth of the way from all-int8's held-out lower bound to all-int16's (the figure a
+    budget is held to)."""
+    low, high = figures["int8"]["heldout_low_sqnr_db"], figures["int16"]["heldout_low_sqnr_db"]
+    return round(low + 0.2 * (high - low), 1)
+
+
 @pytest.mark.slow
 def test_auto_lowers_the_arena_peak_where_sensitivity_order_alone_does_not():
     """vibration_keras: dropping layers least sensitive first keeps the layers at the arena's peak at
@@ -245,14 +262,9 @@ def test_auto_lowers_the_arena_peak_where_sensitivity_order_alone_does_not():
     smaller arena that still meets the budget, on the calibration samples (measured here again) and
     on the held-out folds (a budget a fifth of the way from all-int8's held-out lower bound to
     all-int16's: the figure a budget is held to)."""
-    module("keras", 'pip install -e ".[keras]"')
-    example = ROOT / "examples" / "vibration_keras"
-    calibration = np.load(example / "calibration.npy")
-    probe = convert(example / "vibration_cnn.h5", calibration, name="vk", precision="auto", max_error_db=-1000.0)
-    figures = probe.report["quantization"]["auto_precision"]
-    low, high = figures["int8"]["heldout_low_sqnr_db"], figures["int16"]["heldout_low_sqnr_db"]
-    budget = round(low + 0.2 * (high - low), 1)
-    auto = convert(example / "vibration_cnn.h5", calibration, name="vka", precision="auto", max_error_db=budget)
+    model, calibration, figures = _vibration_uniform_widths()
+    budget = _a_fifth_of_the_way(figures)
+    auto = convert(model, calibration, name="vka", precision="auto", max_error_db=budget)
     assert auto.plan.arena_bytes < figures["int16"]["arena_bytes"]
     assert _calibration_sqnr(auto, calibration) >= budget
     chosen = auto.report["quantization"]["auto_precision"]["chosen"]
@@ -319,20 +331,15 @@ def test_an_sqnr_budget_is_held_to_the_lower_bound_not_the_expectation(monkeypat
 
     from onnx2cmsis.tuning import recipe
 
-    module("keras", 'pip install -e ".[keras]"')
-    example = ROOT / "examples" / "vibration_keras"
-    calibration = np.load(example / "calibration.npy")
-    probe = convert(example / "vibration_cnn.h5", calibration, name="vk", precision="auto", max_error_db=-1000.0)
-    int8 = probe.report["quantization"]["auto_precision"]["int8"]
+    model, calibration, figures = _vibration_uniform_widths()
+    int8 = figures["int8"]
     budget = round(int8["heldout_sqnr_db"] - 0.05, 2)
     assert int8["heldout_low_sqnr_db"] < budget
-    held_to_bound = convert(example / "vibration_cnn.h5", calibration, name="vkb", precision="auto",
-                            max_error_db=budget)
+    held_to_bound = convert(model, calibration, name="vkb", precision="auto", max_error_db=budget)
     real = recipe.heldout_figures
     monkeypatch.setattr(recipe, "heldout_figures",
                         lambda *a: dataclasses.replace(real(*a), low_sqnr_db=real(*a).sqnr_db))
-    held_to_expectation = convert(example / "vibration_cnn.h5", calibration, name="vke", precision="auto",
-                                  max_error_db=budget)
+    held_to_expectation = convert(model, calibration, name="vke", precision="auto", max_error_db=budget)
     assert held_to_expectation.plan.arena_bytes == int8["arena_bytes"]
     assert held_to_bound.plan.arena_bytes > int8["arena_bytes"]
     chosen = held_to_bound.report["quantization"]["auto_precision"]["chosen"]
@@ -364,14 +371,9 @@ def test_auto_never_keeps_an_assignment_whose_check_fell_short(monkeypatch):
 
     from onnx2cmsis.tuning import recipe
 
-    module("keras", 'pip install -e ".[keras]"')
-    example = ROOT / "examples" / "vibration_keras"
-    calibration = np.load(example / "calibration.npy")
-    probe = convert(example / "vibration_cnn.h5", calibration, name="vk", precision="auto", max_error_db=-1000.0)
-    figures = probe.report["quantization"]["auto_precision"]
-    low, high = figures["int8"]["heldout_low_sqnr_db"], figures["int16"]["heldout_low_sqnr_db"]
-    budget = round(low + 0.2 * (high - low), 1)
-    first = convert(example / "vibration_cnn.h5", calibration, name="vkf", precision="auto", max_error_db=budget)
+    model, calibration, figures = _vibration_uniform_widths()
+    budget = _a_fifth_of_the_way(figures)
+    first = convert(model, calibration, name="vkf", precision="auto", max_error_db=budget)
     first_low = first.report["quantization"]["auto_precision"]["chosen"]["heldout_low_sqnr_db"]
     assert first.report["quantization"]["auto_precision"]["heldout_checks"] == 1 and first_low >= budget
     real, calls = recipe.heldout_figures, []
@@ -382,7 +384,7 @@ def test_auto_never_keeps_an_assignment_whose_check_fell_short(monkeypatch):
         return dataclasses.replace(h, low_sqnr_db=budget - 1.0) if len(calls) == 3 else h
 
     monkeypatch.setattr(recipe, "heldout_figures", short_once)
-    again = convert(example / "vibration_cnn.h5", calibration, name="vka", precision="auto", max_error_db=budget)
+    again = convert(model, calibration, name="vka", precision="auto", max_error_db=budget)
     chosen = again.report["quantization"]["auto_precision"]
     assert chosen["chosen"]["heldout_low_sqnr_db"] >= budget
     assert again.plan.arena_bytes != first.plan.arena_bytes
