@@ -21,10 +21,10 @@ calibration samples' ranges clips at any width. So an SQNR budget is judged on s
 not see (`heldout`: the recipe, bias correction included, fitted at given widths on the other folds of
 the calibration samples; tuning/recipe.py). All-int8 and all-int16 are measured that way; between
 them, a candidate's expected held-out SQNR is its in-sample one less an offset interpolated between
-those of the assignments measured held out (by where its in-sample SQNR lies between theirs). What the budget is held to is not that
-expectation but its lower bound (heldout_figures: the LOW_QUANTILE of the pooled SQNR over bootstrap
-resamples of the held-out samples' own errors, interpolated the same way between the uniform
-widths): an expectation from 32-64 samples is typically 2-4 dB off what other data gives, more
+those of the assignments measured held out (by where its in-sample SQNR lies between theirs). What
+the budget is held to is not that expectation but its lower bound (heldout_figures: the LOW_QUANTILE
+of the pooled SQNR over bootstrap resamples of the held-out samples' own errors, interpolated the
+same way): an expectation from 32-64 samples is typically 2-4 dB off what other data gives, more
 often above it than below, and held to the expectation the choice missed the budget by more than
 1 dB on the test sets of 8 of 25 held-out benchmark models (and refused 2); held to the lower bound,
 on 4 (the same 2 refused; docs/benchmarks.md). The cheapest candidate whose lower bound meets the
