@@ -13,8 +13,8 @@ of the goal on the test set; "best": the highest test SQNR of an assignment with
 Then the choice itself, at run.py's budget (from its JSON): `convert`'s walk (tuning/auto_precision.py:
 prefix walk by sensitivity, the walk at the arena's peak, refinement, held-out check) against an
 exhaustive search under the same rule: the cheapest assignment whose interpolated held-out lower
-bound meets the budget, each in cost order checked on held-out folds until one's measured lower
-bound does (at most CHECKS; then all-int16).
+bound (interpolated between the uniform widths' only) meets the budget, each in cost order checked
+on held-out folds until one's measured lower bound does (at most CHECKS; then all-int16).
 
 The state the choice starts from (graph, ranges, search samples, held-out check) is taken from a
 real conversion by wrapping `choose_precision` where api.py calls it; the measuring and layer
@@ -105,7 +105,10 @@ def measure(entry, budget: float, max_layers: int) -> dict:
     check = s["heldout"]
     h8, h16 = check(bits(none)), check(bits(every))
 
-    def low(c: auto.Candidate) -> float:  # as choose_precision's expected_db(c, low=True)
+    def low(c: auto.Candidate) -> float:
+        """The lower bound interpolated between the uniform widths only, as choose_precision's first
+        estimate (its two-point formula: where int16's in-sample SQNR is not above int8's, the mean
+        offset); the checks below are taken in cost order instead of joining the estimate."""
         span = cal[every].sqnr_db - cal[none].sqnr_db
         t = float(np.clip((c.sqnr_db - cal[none].sqnr_db) / span, 0, 1)) if np.isfinite(span) and span > 0 else 0.5
         return c.sqnr_db - ((cal[none].sqnr_db - h8.low_sqnr_db) * (1 - t) + (cal[every].sqnr_db - h16.low_sqnr_db) * t)
