@@ -31,7 +31,8 @@ on 4 (the same 2 refused; docs/benchmarks.md). The cheapest candidate whose lowe
 budget is checked the same way. Short of the budget, its measured figure joins the interpolation
 and the choice is made again (at most CHECK_ROUNDS times; where nothing short of all-int16 is left,
 all-int16 is chosen and the shortfall reported). Each check moves only the estimates of the
-assignments near it: an earlier rule raised the in-sample target by the shortfall for every
+assignments near it (where all-int16's in-sample SQNR is not above all-int8's, in-sample SQNR orders
+nothing: the offset is their mean, and a check rules out only its own assignment): an earlier rule raised the in-sample target by the shortfall for every
 candidate, which on the held-out benchmark chose arenas up to twice what a second check allowed
 (`ppg_hr_regressor` 12,384 B where 8,320 B met the budget). The budget is refused only when all-int16
 misses it both in-sample and held out.
@@ -273,11 +274,12 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
             return c.sqnr_db
         if tuple(c.bits) in checked:
             return _figure(checked[tuple(c.bits)], low)
-        at = _anchors([(measure(list(bits)).sqnr_db, _figure(h, low)) for bits, h in checked.items()])
+        span = int16.sqnr_db - int8.sqnr_db
+        ordered = np.isfinite(span) and span > 0  # else in-sample SQNR says nothing of width: the mean offset
+        at = _anchors([(measure(list(bits)).sqnr_db, _figure(h, low)) for bits, h in checked.items()]) if ordered else None
         if at is not None:
             return c.sqnr_db - float(np.interp(c.sqnr_db, *at))
-        span = int16.sqnr_db - int8.sqnr_db
-        t = float(np.clip((c.sqnr_db - int8.sqnr_db) / span, 0.0, 1.0)) if np.isfinite(span) and span > 0 else 0.5
+        t = float(np.clip((c.sqnr_db - int8.sqnr_db) / span, 0.0, 1.0)) if ordered else 0.5
         offset = (int8.sqnr_db - _figure(h8, low)) * (1 - t) + (int16.sqnr_db - _figure(h16, low)) * t
         return c.sqnr_db - offset if np.isfinite(offset) else -np.inf
 
