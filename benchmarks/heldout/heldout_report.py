@@ -9,6 +9,7 @@ from onnx2cmsis.tuning.recipe import OWN_RECIPES, TFLITE_RECIPE
 LOSS_MARGIN_DB = 0.2  # "ours worse than TFLite" below this many dB, as issue 29 counts it
 AUTO_SLACK_DB = 1.0  # --precision auto: the test-set SQNR may fall this far below its budget (issue 29)
 PAIRS = (("int8", "ours_int8", "tflite_int8"), ("int16", "ours_int16", "tflite_int16"))
+INTERVAL = (5, 95)  # percentiles of the paired resamples (run.py's paired_resamples): a 90% interval
 
 
 def _ok(cell: dict | None) -> bool:
@@ -147,9 +148,52 @@ def summary(rows: list[dict]) -> str:
                 parts.append(f"{label}: no comparable models")
                 continue
             losses = int(np.sum(d < -LOSS_MARGIN_DB))
-            parts.append(f"{label}: median {np.median(d):+.2f} dB, worst {d.min():+.2f} dB, "
+            key = {"int8": "int8_sqnr_db", "int16": "int16_sqnr_db"}.get(label)
+            spread = median_interval(sel, key) if key else None
+            within = "" if spread is None else \
+                f" (90% interval over test-set resamples {spread[0]:+.2f} to {spread[1]:+.2f})"
+            parts.append(f"{label}: median {np.median(d):+.2f} dB{within}, worst {d.min():+.2f} dB, "
                          f"ours < TFLite - {LOSS_MARGIN_DB} dB on {losses}/{len(d)}")
         parts.append(_errors_summary(sel))
         parts.append(_auto_summary(sel))
         out.append(f"- {half} ({len(sel)} models): " + "; ".join(parts))
     return "\n".join(out)
+
+
+def _interval(values) -> tuple[float, float]:
+    lo, hi = np.percentile(np.asarray(values, dtype=np.float64), INTERVAL)
+    return float(lo), float(hi)
+
+
+def intervals_markdown(rows: list[dict]) -> str:
+    """Per model: ours - TFLite with its 90% interval over paired resamples of the test set (how far
+    the 600 test samples, not the tools, decide the difference), int8 and int16 SQNR and int8 errors;
+    and --precision auto's test SQNR against its budget (which the same samples set)."""
+    lines = ["| model | half | int8 ours-TFLite dB | int16 ours-TFLite dB | int8 errors ours-TFLite | "
+             "auto test SQNR - budget dB |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        res = r.get("resampled") or {}
+        auto = r.get("ours_auto") or {}
+        cells = []
+        for key, diff, fmt in (
+                ("int8_sqnr_db", _diff(r, "ours_int8", "tflite_int8"), "{:+.2f}"),
+                ("int16_sqnr_db", _diff(r, "ours_int16", "tflite_int16"), "{:+.2f}"),
+                ("int8_errors", r["ours_int8"].get("errors", 0) - r["tflite_int8"].get("errors", 0)
+                 if _ok(r["ours_int8"]) and _ok(r["tflite_int8"]) else None, "{:+.0f}"),
+                ("auto_vs_budget_db", auto["sqnr_db"] - auto["budget_db"] if "sqnr_db" in auto else None, "{:+.2f}")):
+            if key not in res or diff is None:
+                cells.append("-")
+                continue
+            lo, hi = _interval(res[key])
+            cells.append(f"{fmt.format(diff)} ({fmt.format(lo)} to {fmt.format(hi)})")
+        lines.append("| " + " | ".join([r["model"], r["half"], *cells]) + " |")
+    return "\n".join(lines)
+
+
+def median_interval(rows: list[dict], key: str = "int8_sqnr_db") -> tuple[float, float] | None:
+    """The 90% interval of the median over models of ours - TFLite, each model's test set resampled
+    independently (resample k of every model taken together)."""
+    got = [r["resampled"][key] for r in rows if key in (r.get("resampled") or {})]
+    if not got:
+        return None
+    return _interval(np.median(np.asarray(got, dtype=np.float64), axis=0))

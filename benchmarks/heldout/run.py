@@ -6,7 +6,9 @@ against the float Keras model: ours int8 (defaults), TFLite full int8 (run in tf
 int16, TFLite 16x8 (where it converts and runs), and ours int8 with TFLite's recipe forced
 (min/max calibration, per-channel dense weights, no bias correction), and ours with `--precision
 auto` and a budget halfway between ours int8's and int16's test-set SQNR (run_auto). Ours runs as
-generated C built for the host. Prints a table; writes JSON and, with --markdown, the table for the docs.
+generated C built for the host. Each ours - TFLite difference comes with its 90% interval over paired
+bootstrap resamples of the test set (paired_resamples): how much of it the test samples decide.
+Prints a table; writes JSON and, with --markdown, the tables for the docs.
 
     python benchmarks/heldout/run.py [--half dev|heldback|all] [--models a,b]
         [--json benchmarks/out/heldout.json] [--markdown FILE]
@@ -49,6 +51,7 @@ OURS = {
     "ours_tflite_recipe": {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False},
 }
 TRIM = 3  # samples dropped, per side, for the "without the worst samples" SQNR
+RESAMPLES = 1000  # paired bootstrap resamples of the test set (seeded), for how far its 600 samples decide
 
 
 def _load_heldout() -> ModuleType:
@@ -75,13 +78,50 @@ def measure(got: np.ndarray, want: np.ndarray, case: Case, targets: np.ndarray) 
     per_sample = np.sum((g - w) ** 2, axis=1)
     keep = np.argsort(per_sample)[: len(per_sample) - TRIM]
     trimmed = 10 * np.log10(np.sum(w[keep] ** 2) / max(float(np.sum(per_sample[keep])), 1e-30))
-    out = {"sqnr_db": s.sqnr_db, "sqnr_db_trim": float(trimmed), "max_abs_error": s.max_abs_error}
+    out = {"sqnr_db": s.sqnr_db, "sqnr_db_trim": float(trimmed), "max_abs_error": s.max_abs_error,
+           # per sample: squared error and the float output's power, for paired_resamples (not written out)
+           "_noise": per_sample, "_signal": np.sum(w**2, axis=1)}
     if case.task == "regression":
         out["mse"] = float(np.mean((g - targets.reshape(len(targets), -1)) ** 2))
     else:
         out["accuracy"] = s.accuracy
         out["errors"] = int(np.sum(g.argmax(1) != targets))
         out["argmax_agreement"] = s.argmax_agreement
+        out["_wrong"] = g.argmax(1) != targets
+    return out
+
+
+def paired_resamples(row: dict) -> dict:
+    """How much of ours - TFLite the test set's own sampling decides: the difference recomputed on
+    RESAMPLES bootstrap resamples of the test samples, the same resample for both sides (the float
+    output's power cancels in a difference of SQNRs), int8 and int16 SQNR in dB and int8 test errors.
+    And --precision auto's test SQNR minus its budget (the budget is set from the same test samples).
+    Drops the per-sample arrays from the row's cells."""
+    cells = [c for c in row.values() if isinstance(c, dict)]
+    out = {}
+    noise = {col: row[col].get("_noise") for col in ("ours_int8", "tflite_int8", "ours_int16", "tflite_int16")
+             if isinstance(row.get(col), dict)}
+    n = next(len(v) for v in noise.values() if v is not None)
+    picks = np.random.default_rng(29).integers(0, n, size=(RESAMPLES, n))
+    for label, ours, theirs in (("int8", "ours_int8", "tflite_int8"), ("int16", "ours_int16", "tflite_int16")):
+        if noise.get(ours) is not None and noise.get(theirs) is not None:
+            ratio = np.maximum(noise[theirs][picks].sum(1), 1e-30) / np.maximum(noise[ours][picks].sum(1), 1e-30)
+            out[f"{label}_sqnr_db"] = np.round(10 * np.log10(ratio), 3).tolist()
+    auto = row.get("ours_auto") or {}
+    if auto.get("_noise") is not None and noise.get("ours_int8") is not None and noise.get("ours_int16") is not None:
+        signal = row["ours_int8"]["_signal"][picks].sum(1)
+
+        def db(e: np.ndarray) -> np.ndarray:
+            return 10 * np.log10(signal / np.maximum(e[picks].sum(1), 1e-30))
+        # the budget is set from the same test samples: resampled with them
+        out["auto_vs_budget_db"] = np.round(db(auto["_noise"]) - (db(noise["ours_int8"]) + db(noise["ours_int16"])) / 2,
+                                            3).tolist()
+    wrong = [row.get(c, {}).get("_wrong") for c in ("ours_int8", "tflite_int8")]
+    if all(w is not None for w in wrong):
+        out["int8_errors"] = (wrong[0][picks].sum(1) - wrong[1][picks].sum(1)).astype(int).tolist()
+    for c in cells:
+        for private in ("_noise", "_signal", "_wrong"):
+            c.pop(private, None)
     return out
 
 
@@ -151,12 +191,13 @@ def run_model(entry) -> dict:
     row.update(run_ours(entry, path, case, want, y))
     row.update(run_theirs(model, case, want, y))
     row["seconds"] = round(time.time() - t0, 1)
+    row["resampled"] = paired_resamples(row)
     return row
 
 
 def main() -> None:
     sys.path.insert(0, str(HERE))
-    from heldout_report import auto_markdown, markdown, print_row, summary
+    from heldout_report import auto_markdown, intervals_markdown, markdown, print_row, summary
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--half", choices=("dev", "heldback", "all"), default="all")
@@ -169,7 +210,8 @@ def main() -> None:
     for entry in heldout.select(args.half, args.models.split(",") if args.models else None):
         rows.append(run_model(entry))
         print_row(rows[-1])
-    text = markdown(rows) + "\n\n" + auto_markdown(rows) + "\n\n" + summary(rows)
+    text = (markdown(rows) + "\n\n" + intervals_markdown(rows) + "\n\n" + auto_markdown(rows) + "\n\n"
+            + summary(rows))
     print(text)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"half": args.half, "rows": rows}, indent=2) + "\n")
