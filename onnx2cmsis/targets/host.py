@@ -99,6 +99,39 @@ def build_shared_library(c_files: list[Path], include_dirs: list[Path], tree: Cm
     return out
 
 
+class _LinkMap(ctypes.Structure):
+    _fields_ = [("l_addr", ctypes.c_void_p), ("l_name", ctypes.c_char_p)]  # glibc's struct link_map, its head
+
+
+RTLD_DI_LINKMAP = 2
+LOAD_ATTEMPTS = 4
+
+
+def load_library(library: Path) -> ctypes.CDLL:
+    """dlopen `library` itself. glibc recognises an object it has loaded by device and inode, not by
+    path: a library built where an earlier one was deleted (a temporary folder removed while its
+    models stay loaded) can get that one's inode, and dlopen then returns the earlier library, whose
+    functions have the same names when the models do: the wrong model runs, silently. Where glibc can
+    say which file it loaded (dlinfo), a mismatch loads a fresh copy (a new inode) instead."""
+    try:
+        dlinfo = ctypes.CDLL(None).dlinfo
+    except AttributeError:  # not glibc: nothing to check with
+        return ctypes.CDLL(str(library))
+    want = os.path.realpath(library)
+    for attempt in range(LOAD_ATTEMPTS):
+        path = library if attempt == 0 else library.with_name(f"{library.stem}.{attempt}{library.suffix}")
+        if attempt:
+            shutil.copyfile(library, path)
+        lib = ctypes.CDLL(str(path))
+        link = ctypes.POINTER(_LinkMap)()
+        if dlinfo(ctypes.c_void_p(lib._handle), RTLD_DI_LINKMAP, ctypes.byref(link)) != 0:
+            return lib
+        loaded = os.path.realpath(link.contents.l_name.decode())
+        if loaded in (want, os.path.realpath(path)):
+            return lib
+    raise ToolchainError(f"{library}: the dynamic loader keeps returning another library ({loaded}) for it")
+
+
 class HostModel:
     """NAME_invoke from a shared library, as a numpy function. A model with several inputs or outputs
     (the pointer-array invoke of docs/c-interface.md) takes a tuple of input codes and returns its
@@ -107,7 +140,7 @@ class HostModel:
     def __init__(self, library: Path, name: str, input_size: int, output_size: int,
                  input_dtype: type = np.int8, output_dtype: type = np.int8,
                  inputs: list[tuple[int, type]] | None = None, outputs: list[tuple[int, type]] | None = None) -> None:
-        self._lib = ctypes.CDLL(str(library))
+        self._lib = load_library(library)
         self._invoke = getattr(self._lib, f"{name}_invoke")
         self._invoke.restype = ctypes.c_int
         self._invoke.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
