@@ -124,7 +124,7 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     data = read_samples(calibration, graph, opts)
     tuning = quantize(model, graph, registry, data, opts, cmsis, step, str(model_path))
     step("planning the arena and writing the C")
-    plan, schedule = back_end(graph, registry, cmsis)
+    plan, schedule = back_end(graph, registry, cmsis, in_place=stream is None)
     conversion = render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites),
                               data, tuning, stream, opts)
     if graph.file_quant is not None and graph.file_quant.source != "TFLite":  # a .tflite is its own oracle
@@ -212,7 +212,8 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
         heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels, recorded)
         try:
             chosen = choose_precision(graph, registry, calibration.ranges, data.search,
-                                      float_outputs(model, data.search, recorded), target, cmsis.api, heldout)
+                                      float_outputs(model, data.search, recorded), target, cmsis.api, heldout,
+                                      in_place=opts.streaming is None)  # arenas as back_end will plan them
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None
     corrected = None
@@ -295,12 +296,13 @@ def _front_end(model_path: Path, registry: Registry, input_shape: tuple[int, ...
     return model, graph, rewrites, loaded.file_model
 
 
-def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree) -> tuple[MemoryPlan, list[Step]]:
+def back_end(graph: Graph, registry: Registry, cmsis: CmsisTree,
+             in_place: bool = True) -> tuple[MemoryPlan, list[Step]]:
     """A quantized graph -> each node's kernel call, in the execution order the arena plan chose (the
-    graph's nodes take that order too), and the arena."""
+    graph's nodes take that order too), and the arena. `in_place`: see plan_memory (off for a stream)."""
     graph.cmsis_api = cmsis.api
     steps = [Step(n, registry.for_op(n.op).emit(n, graph)) for n in graph.nodes]  # ops: kernel choice, C arrays
-    plan, schedule = plan_memory(graph, registry, steps)  # plan: order + arena
+    plan, schedule = plan_memory(graph, registry, steps, in_place)  # plan: order + arena
     graph.nodes = [s.node for s in schedule]
     check_graph(graph, "scheduling", quantized=True)
     return plan, schedule

@@ -38,7 +38,7 @@ class _RandomWidths:
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, graph, registry, ranges, x, want, budget, cmsis_api, heldout=None):
+    def __call__(self, graph, registry, ranges, x, want, budget, cmsis_api, heldout=None, in_place=True):
         bits = [int(b) for b in self.rng.choice([8, 16], len(graph.nodes))]
         apply_precision(graph, bits)
 

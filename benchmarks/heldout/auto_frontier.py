@@ -55,10 +55,10 @@ def starting_state(path: Path, calibration: np.ndarray, budget: float) -> dict:
     state: dict = {}
     real = api.choose_precision
 
-    def spy(graph, registry, ranges, x, want, target, cmsis_api, heldout=None):
+    def spy(graph, registry, ranges, x, want, target, cmsis_api, heldout=None, **kw):
         state.update(graph=copy.deepcopy(graph), registry=registry, ranges=ranges, x=x, want=want,
                      api=cmsis_api, heldout=heldout)
-        state["choice"] = real(graph, registry, ranges, x, want, target, cmsis_api, heldout)
+        state["choice"] = real(graph, registry, ranges, x, want, target, cmsis_api, heldout, **kw)
         return state["choice"]
 
     api.choose_precision = spy

@@ -68,6 +68,8 @@ def _where(plan: MemoryPlan, tensor: str, groups: dict[str, str], several: bool)
     p = plan.tensors[tensor]
     if p.storage != "arena":
         return f"caller's {p.storage}" + (f" {p.offset}" if several else "")
+    if tensor in plan.written_in_place:
+        return f"arena + {p.offset} (in place)"
     return f"arena + {p.offset}" + ("" if groups.get(tensor, tensor) == tensor else " (view)")
 
 

@@ -216,6 +216,14 @@ class OpHandler:
         """True when the output is the input's bytes (a view): no code, no arena."""
         return False
 
+    def writes_in_place(self, node: Node) -> bool:
+        """True when the node's C may write its output over its input: element by element, each input
+        element read before any output byte over it is written (a widening loop runs backward). The
+        memory plan then starts the output at the input's offset wherever the node is the input's
+        only reader (plan/liveness.py): a width change or an activation at the arena's peak then
+        costs no second buffer."""
+        return False
+
 
 def file_quant_of(graph: Graph, tensor: str) -> QuantParams | None:
     """The quantization a quantized model's file gives the model value a tensor stands for, else None."""

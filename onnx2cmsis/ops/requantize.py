@@ -73,6 +73,9 @@ class RequantizeHandler(OpHandler):
     def aliases_input(self, node: Node) -> bool:
         return node.qparams.get("kernel", False) is None
 
+    def writes_in_place(self, node: Node) -> bool:
+        return node.qparams.get("kernel") is not None  # an own loop (elementwise_kernels), element by element
+
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if self.aliases_input(node):
             return [inputs[0]]

@@ -269,6 +269,9 @@ class LookupTableHandler(OpHandler):
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         return node.qparams["kernel"].call(node, graph)
 
+    def writes_in_place(self, node: Node) -> bool:
+        return True  # every form is an own loop (elementwise_kernels), element by element
+
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         fn = node.attrs["fn"]
         if through_float(fn, ex.graph.tensors[node.output].quant):

@@ -28,13 +28,15 @@ class Placement:
 
 @dataclass
 class Buffer:
-    """One arena allocation: a tensor (with its views) or a node's scratch, live over steps [start, end]."""
+    """One arena allocation: a tensor (with its views) or a node's scratch, live over steps [start, end];
+    `home`: the buffer whose offset it shares (an output written over its input: plan/liveness.py)."""
 
     key: str
     size: int
     start: int
     end: int
     offset: int = -1
+    home: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class MemoryPlan:
     order: tuple[int, ...]  # the chosen order, as indices into the nodes the planner was given
     scratch: dict[int, int] = field(default_factory=dict)  # node index (in the chosen order) -> arena offset
     buffers: list[Buffer] = field(default_factory=list)
+    written_in_place: frozenset[str] = frozenset()  # tensors written over their input (plan/liveness.py)
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,18 @@ class Step:
     call: KernelCall
 
 
-def plan_memory(graph: Graph, registry: Registry, steps: list[Step]) -> tuple[MemoryPlan, list[Step]]:
+def plan_memory(graph: Graph, registry: Registry, steps: list[Step],
+                in_place: bool = True) -> tuple[MemoryPlan, list[Step]]:
     """Choose the execution order of `steps` (graph.nodes' and their calls, in graph order) and place
     every buffer: the plan, and the steps in the chosen order (node indices in the plan refer to it).
-    The graph is not changed; the caller reorders its nodes if it keeps them as the schedule."""
+    The graph is not changed; the caller reorders its nodes if it keeps them as the schedule.
+    `in_place`: nodes that can write over their input do where they may (plan/liveness.py); off for a
+    stream, whose push runs them on slices of columns."""
     assert len(steps) == len(graph.nodes) and all(s.node is n for s, n in zip(steps, graph.nodes)), \
         "one step per graph node, in graph order"
     aliases = [registry.for_op(n.op).aliases_input(n) for n in graph.nodes]
-    live = liveness(graph, aliases, [s.call.scratch_bytes for s in steps])
+    over = [registry.for_op(n.op).writes_in_place(n) for n in graph.nodes] if in_place else None
+    live = liveness(graph, aliases, [s.call.scratch_bytes for s in steps], over)
     search = candidate_orders(graph, live)
     best: tuple[tuple[int, int, int], list[Buffer], int] | None = None
     for i, order in enumerate(search.orders):
@@ -91,7 +98,16 @@ def plan_memory(graph: Graph, registry: Registry, steps: list[Step]) -> tuple[Me
     scratch = {int(b.key[len("#scratch"):]): b.offset for b in buffers if b.key.startswith("#scratch")}
     info = ScheduleInfo(order.method, search.exact, min(o.bound for o in search.orders), len(search.orders),
                         search.states)
-    return MemoryPlan(arena, bound, placements, info, order.nodes, scratch, buffers), [steps[i] for i in order.nodes]
+    return (MemoryPlan(arena, bound, placements, info, order.nodes, scratch, buffers, live.written_in_place),
+            [steps[i] for i in order.nodes])
+
+
+def _homes(buffers: list[Buffer]) -> list[list[Buffer]]:
+    """The buffers grouped by the offset they share (most share none), in their given order."""
+    by_home: dict[str, list[Buffer]] = {}
+    for b in buffers:
+        by_home.setdefault(b.home or b.key, []).append(b)
+    return list(by_home.values())
 
 
 def _buffers(live: Liveness, order: tuple[int, ...]) -> list[Buffer]:
@@ -99,7 +115,7 @@ def _buffers(live: Liveness, order: tuple[int, ...]) -> list[Buffer]:
     position = {node: step for step, node in enumerate(order)}
     buffers = []
     for b in live.buffers:
-        buffers.append(Buffer(b.key, b.size, *b.span(position)))
+        buffers.append(Buffer(b.key, b.size, *b.span(position), home=b.home))
     for node, size in enumerate(live.scratch):
         if size:
             step = position[node]
@@ -139,14 +155,20 @@ def _place_best(buffers: list[Buffer], lower_bound: int) -> int:
 
 
 def _place_first_fit(order: list[Buffer]) -> int:
+    """Each buffer, in `order`, at the lowest offset where it clashes with nothing placed; buffers that
+    share a home are placed together, at the first one's turn, at one offset."""
     placed: list[Buffer] = []
-    for b in order:
-        clashes = sorted((p for p in placed if p.start <= b.end and b.start <= p.end), key=lambda p: p.offset)
+    for together in _homes(order):
+        # offsets x the group may not take: x + size > p.offset and x < p.offset + p.size, for each pair
+        # of its buffers and placed ones live at a common step
+        forbidden = sorted((p.offset - b.size + 1, p.offset + p.size) for b in together for p in placed
+                           if p.start <= b.end and b.start <= p.end)
         offset = 0
-        for p in clashes:
-            if offset + b.size <= p.offset:
+        for lo, hi in forbidden:
+            if offset < lo:
                 break
-            offset = max(offset, p.offset + p.size)
-        b.offset = offset
-        placed.append(b)
+            offset = max(offset, hi)
+        for b in together:
+            b.offset = offset
+        placed.extend(together)
     return max((b.offset + b.size for b in order), default=0)

@@ -4,11 +4,18 @@
 A tensor and the views of it (reshapes: handlers whose `aliases_input` is true) share one buffer; a
 buffer lives from its producer to its last reader. The model's input and output live in the caller's
 buffers, not the arena. A node's kernel scratch is live while the node runs.
+
+A node that can write its output over its input (`writes_in_place`: an activation, a requantize
+between widths) does so where it is the only reader of that input and neither side is the caller's:
+its output's buffer then starts at its input's offset (`home`: one place for the chain), each keeps
+its own size and lifetime, and at the node's own step the two count once, as the larger
+(`overlap`). So a width change or an activation at the arena's peak costs no second buffer, and
+nowhere does the chain hold more than the wider of its values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.ir.graph import Graph
@@ -23,12 +30,14 @@ def align(n: int) -> int:
 @dataclass(frozen=True)
 class BufferUse:
     """One arena buffer: the tensor that owns it (its views share it), its aligned size, the node
-    that writes it and the nodes that read it or one of its views (indices into graph.nodes)."""
+    that writes it and the nodes that read it or one of its views (indices into graph.nodes); `home`:
+    the buffer whose offset it takes (itself, or the start of its chain of in-place writes)."""
 
     key: str
     size: int
     producer: int
     readers: frozenset[int]
+    home: str = ""
 
     def span(self, position: dict[int, int]) -> tuple[int, int]:
         """The first and last step it is live, given each node's step in an order."""
@@ -43,19 +52,37 @@ class Liveness:
     groups: dict[str, list[str]]  # buffer key -> the tensors stored in it
     # tensor -> ("input" or "output", which one) for those in the caller's buffers
     caller: dict[str, tuple[str, int]]
+    # per node: bytes its input and output share when it writes in place (counted once at its step)
+    overlap: list[int] = field(default_factory=list)
+
+    @property
+    def written_in_place(self) -> frozenset[str]:
+        """The outputs written over their input's buffer."""
+        return frozenset(b.key for b in self.buffers if b.home != b.key)
 
 
-def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int]) -> Liveness:
-    """`aliases[i]`: node i's output is a view of its first input."""
+def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int],
+             in_place: list[bool] | None = None) -> Liveness:
+    """`aliases[i]`: node i's output is a view of its first input; `in_place[i]`: node i may write its
+    output over its first input (None: no node does)."""
     root: dict[str, str] = {t: t for t in graph.inputs}
     producer: dict[str, int] = {}
+    readers: dict[str, set[int]] = {}
+    for i, node in enumerate(graph.nodes):
+        for t in node.inputs:
+            readers.setdefault(t, set()).add(i)
+    groups: dict[str, list[str]] = {t: [t] for t in graph.inputs}
+    home: dict[str, str] = {}  # an output written in place -> the buffer its chain starts in
+    writer: dict[str, int] = {}
     for i, node in enumerate(graph.nodes):
         for out in node.outputs:
             root[out] = root[node.inputs[0]] if aliases[i] else out
+            groups.setdefault(root[out], []).append(out)
             producer.setdefault(out, i)
-    groups: dict[str, list[str]] = {}
-    for t, r in root.items():
-        groups.setdefault(r, []).append(t)
+            src = root[node.inputs[0]]
+            if (not aliases[i] and in_place is not None and in_place[i] and len(node.outputs) == 1
+                    and _may_overwrite(graph, groups[src], out, i, readers)):
+                home[out], writer[out] = home.get(src, src), i
     buffers, caller = [], {}
     for r, members in groups.items():
         in_input = r in graph.inputs
@@ -69,9 +96,29 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int]) -> Liv
             where = ("input", graph.inputs.index(r)) if in_input else ("output", outputs[0])
             caller.update({m: where for m in members})
             continue
-        readers = frozenset(i for i, n in enumerate(graph.nodes) if any(m in n.inputs for m in members))
-        buffers.append(BufferUse(r, align(graph.tensors[r].nbytes), producer[r], readers))
-    return Liveness(buffers, [align(s) if s else 0 for s in scratch_sizes], groups, caller)
+        used_by = frozenset(i for m in members for i in readers.get(m, ()))
+        buffers.append(BufferUse(r, align(graph.tensors[r].nbytes), producer[r], used_by, r))
+    # an output whose view turned out to be the model's output lives in the caller's buffer: no chain
+    # (nothing reads it in place after, as its view reads it)
+    arena = {b.key: b for b in buffers}
+    overlap = [0] * len(graph.nodes)
+    for k, b in enumerate(buffers):
+        start = home.get(b.key)
+        if start is not None and start in arena:
+            buffers[k] = BufferUse(b.key, b.size, b.producer, b.readers, start)
+            source = arena[root[graph.nodes[writer[b.key]].inputs[0]]]
+            overlap[writer[b.key]] = min(source.size, b.size)
+    return Liveness(buffers, [align(s) if s else 0 for s in scratch_sizes], groups, caller, overlap)
+
+
+def _may_overwrite(graph: Graph, members: list[str], out: str, node: int, readers: dict[str, set[int]]) -> bool:
+    """Whether node `node` may write `out` over the buffer holding `members` (its input and the input's
+    views): it reads them and nothing else does (their values are not needed after it), and neither
+    side is in the caller's buffers (the caller's input is its own; its output buffer is sized for
+    the output alone)."""
+    if any(m in graph.inputs or m in graph.outputs for m in members) or out in graph.outputs:
+        return False
+    return all(readers.get(m, set()) <= {node} for m in members)
 
 
 def live_per_step(order: list[int], live: Liveness) -> list[int]:
@@ -83,7 +130,7 @@ def live_per_step(order: list[int], live: Liveness) -> list[int]:
         for step in range(start, end + 1):
             total[step] += b.size
     for node, step in position.items():
-        total[step] += live.scratch[node]
+        total[step] += live.scratch[node] - (live.overlap[node] if live.overlap else 0)
     return total
 
 

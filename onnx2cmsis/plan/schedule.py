@@ -76,7 +76,8 @@ class _Masks:
         self.sizes = [b.size for b in live.buffers]
         self.producer = [1 << b.producer for b in live.buffers]
         self.readers = [sum(1 << r for r in b.readers) for b in live.buffers]
-        self.scratch = live.scratch
+        # a node writing over its input holds the two as the larger while it runs (plan/liveness.py)
+        self.scratch = [s - o for s, o in zip(live.scratch, live.overlap or [0] * len(live.scratch))]
 
     def during(self, done: int, v: int) -> int:
         """Bytes live while node v runs after the nodes in bit set `done`."""

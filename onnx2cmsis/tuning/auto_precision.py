@@ -180,8 +180,10 @@ class _Measure:
     """Each width assignment measured once (the search revisits some): SQNR, accuracy, arena, cost."""
 
     def __init__(self, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
-                 want: np.ndarray, api: CmsisApi, labels: np.ndarray | None, leader: list[int]):
+                 want: np.ndarray, api: CmsisApi, labels: np.ndarray | None, leader: list[int],
+                 in_place: bool = True):
         self.graph, self.registry, self.ranges, self.x, self.api = graph, registry, ranges, x, api
+        self.in_place = in_place
         self.leader = leader
         self.producer = {out: i for i, n in enumerate(graph.nodes) for out in n.outputs}
         self.want = want.reshape(len(want), -1).astype(np.float64)
@@ -209,7 +211,7 @@ class _Measure:
                            for b in [g.tensors[n.output].quant.bits])
         instructions += sum(COST_PER_CONVERTED_VALUE * g.tensors[n.output].size for n in steps)
         weights = sum(a.values.nbytes for c in calls for a in c.arrays if a.weights and a.guard is None)
-        plan, _ = plan_memory(g, self.registry, [Step(n, c) for n, c in zip(g.nodes, calls)])
+        plan, _ = plan_memory(g, self.registry, [Step(n, c) for n, c in zip(g.nodes, calls)], self.in_place)
         return Candidate(bits, sqnr_db(got, self.want), plan.arena_bytes, int(instructions), weights,
                          None if self.labels is None else accuracy(got, self.labels), self._peak_units(g, plan))
 
@@ -235,17 +237,18 @@ class _Measure:
 
 def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
                      want: np.ndarray, budget: PrecisionBudget, api: CmsisApi,
-                     heldout: HeldoutCheck | None = None) -> PrecisionChoice:
+                     heldout: HeldoutCheck | None = None, in_place: bool = True) -> PrecisionChoice:
     """The cheapest per-layer assignment that meets `budget` on `x` (the float model's outputs on it:
     `want`), an SQNR budget as expected on samples the ranges did not see (`heldout`; see the module
     docstring); applies it to `graph` (quant/precision.py). Refuses, with what all-int16 and all-int8
-    reach, a budget all-int16 meets neither on `x` nor held out."""
+    reach, a budget all-int16 meets neither on `x` nor held out. `in_place`: the arenas as plan_memory
+    makes them with it (off for a stream)."""
     labels = budget.labels if budget.max_accuracy_drop is not None else None
     float_accuracy = None if labels is None else accuracy(want, labels)
 
     n = len(graph.nodes)
     leader = _leaders(graph, registry)
-    measure = _Measure(graph, registry, ranges, x, want, api, labels, leader)
+    measure = _Measure(graph, registry, ranges, x, want, api, labels, leader, in_place)
     # a layer whose handler computes int8 only (a plugin's, say) stays int8 in every candidate
     int8_only = {leader[i] for i, node in enumerate(graph.nodes) if 16 not in registry.for_op(node.op).activation_bits}
     units = sorted(set(leader) - int8_only)
