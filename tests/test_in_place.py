@@ -83,14 +83,36 @@ def test_an_activation_writes_over_its_input_and_the_bytes_stay(precision, tmp_p
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
 
 
-def test_an_input_another_layer_still_reads_is_not_overwritten(tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "int16"])
+def test_an_input_another_layer_still_reads_is_not_overwritten(precision, tmp_path):
+    """The first conv's output feeds the tanh and the residual branch: the tanh writes a buffer of its
+    own. The add (arm_elementwise_add_s8/_s16) is the only reader of both its inputs: it writes over one."""
     oracle_runtime()
-    conv = convert(_model(tmp_path / "r.onnx", residual=True), _samples(), name="ipres")
+    conv = convert(_model(tmp_path / "r.onnx", residual=True), _samples(), name=f"ipres{precision[3:]}",
+                   precision=precision)
     tanh_out = next(n.output for n in conv.graph.nodes if n.op == "lut" and n.output != conv.graph.outputs[0])
     assert tanh_out not in conv.plan.written_in_place
     assert conv.plan.tensors[tanh_out] != conv.plan.tensors[conv.graph.producer(tanh_out).inputs[0]]
+    add = next(n for n in conv.graph.nodes if n.op == "add")
+    assert add.output in conv.plan.written_in_place
+    assert conv.plan.tensors[add.output] in {conv.plan.tensors[t] for t in add.inputs}
     ev, _ = evaluate(conv, _samples(8, seed=2), tmp_path / "host")
     assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_an_add_in_place_is_bit_exact_on_qemu(tmp_path):
+    """CMSIS-NN's DSP (M4) and MVE (M55) add loops, int8 and int16, writing over an input."""
+    qemu_tools()
+    convs = [convert(_model(tmp_path / "q.onnx", residual=True), _samples(), name=f"ipq{bits}",
+                     precision=f"int{bits}") for bits in (8, 16)]
+    assert all(next(n.output for n in c.graph.nodes if n.op == "add") in c.plan.written_in_place for c in convs)
+    inputs = {c.name: quantize_inputs(c, _samples(6, seed=3)) for c in convs}
+    for target in ("m4", "m55"):
+        fw = build_firmware(convs, target, tmp_path / target)
+        got = run_firmware(fw, inputs)
+        assert all(np.array_equal(got[c.name], c.references(inputs[c.name])) for c in convs), target
 
 
 class _FixedWidths:

@@ -73,6 +73,11 @@ class AddHandler(OpHandler):
             functions=[kernel],
         )
 
+    def writes_in_place(self, node: Node) -> bool:
+        # arm_elementwise_add_s8/_s16 (every API level, DSP, MVE and plain C) read a block of both
+        # inputs, then write the same block of the output: an output over either input is safe
+        return True
+
     def export_tflite(self, ex: TfliteContext, node: Node) -> None:
         opts = ex.fb.AddOptionsT()
         opts.fusedActivationFunction = ex.fused(node)

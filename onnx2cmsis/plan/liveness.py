@@ -64,7 +64,7 @@ class Liveness:
 def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int],
              in_place: list[bool] | None = None) -> Liveness:
     """`aliases[i]`: node i's output is a view of its first input; `in_place[i]`: node i may write its
-    output over its first input (None: no node does)."""
+    output over an input (None: no node does)."""
     root: dict[str, str] = {t: t for t in graph.inputs}
     producer: dict[str, int] = {}
     readers: dict[str, set[int]] = {}
@@ -74,15 +74,18 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int],
     groups: dict[str, list[str]] = {t: [t] for t in graph.inputs}
     home: dict[str, str] = {}  # an output written in place -> the buffer its chain starts in
     writer: dict[str, int] = {}
+    over: dict[str, str] = {}  # an output written in place -> the buffer it is written over
     for i, node in enumerate(graph.nodes):
         for out in node.outputs:
             root[out] = root[node.inputs[0]] if aliases[i] else out
             groups.setdefault(root[out], []).append(out)
             producer.setdefault(out, i)
-            src = root[node.inputs[0]]
-            if (not aliases[i] and in_place is not None and in_place[i] and len(node.outputs) == 1
-                    and _may_overwrite(graph, groups[src], out, i, readers)):
-                home[out], writer[out] = home.get(src, src), i
+            if aliases[i] or in_place is None or not in_place[i] or len(node.outputs) != 1:
+                continue
+            # over the first input it may overwrite (an add: whichever of its two nothing else reads)
+            src = next((root[t] for t in node.inputs if _may_overwrite(graph, groups[root[t]], out, i, readers)), None)
+            if src is not None:
+                home[out], writer[out], over[out] = home.get(src, src), i, src
     buffers, caller = [], {}
     for r, members in groups.items():
         in_input = r in graph.inputs
@@ -106,8 +109,7 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int],
         start = home.get(b.key)
         if start is not None and start in arena:
             buffers[k] = BufferUse(b.key, b.size, b.producer, b.readers, start)
-            source = arena[root[graph.nodes[writer[b.key]].inputs[0]]]
-            overlap[writer[b.key]] = min(source.size, b.size)
+            overlap[writer[b.key]] = min(arena[over[b.key]].size, b.size)
     return Liveness(buffers, [align(s) if s else 0 for s in scratch_sizes], groups, caller, overlap)
 
 
