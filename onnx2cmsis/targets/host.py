@@ -118,9 +118,11 @@ def load_library(library: Path) -> ctypes.CDLL:
     except AttributeError:  # not glibc: nothing to check with
         return ctypes.CDLL(str(library))
     want = os.path.realpath(library)
+    digest = hashlib.sha256(library.read_bytes()).hexdigest()[:12]
     for attempt in range(LOAD_ATTEMPTS):
-        path = library if attempt == 0 else library.with_name(f"{library.stem}.{attempt}{library.suffix}")
-        if attempt:
+        # a copy named by its content: one made earlier (and maybe loaded, so never rewritten) is the same
+        path = library if attempt == 0 else library.with_name(f"{library.stem}.{digest}.{attempt}{library.suffix}")
+        if attempt and not path.exists():
             shutil.copyfile(library, path)
         lib = ctypes.CDLL(str(path))
         link = ctypes.POINTER(_LinkMap)()
