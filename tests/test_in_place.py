@@ -1,11 +1,12 @@
 """Elementwise layers written over their input (plan/liveness.py): less arena, the same bytes out.
 
-An activation after a layer (tanh, sigmoid) and a width change of a mixed model (requantize) may write
-their output over their input where they are its only reader: the output starts at the input's
-offset, and while the layer runs the two take the larger of their sizes, not their sum. What must not change is any output byte: the C is checked against the integer reference
+An activation after a layer (tanh, sigmoid), a residual add and a width change of a mixed model
+(requantize) may write their output over their input where they are its only reader: the output
+starts at the input's offset, and while the layer runs the two take the larger of their sizes, not
+their sum. What must not change is any output byte: the C is checked against the integer reference
 and tflite-micro on the host, and the widening loop (int8 -> int16, which runs backward over its own
-input) on QEMU. What must not be overwritten: an input another layer still reads, the caller's input
-and output buffers, and a stream's slices.
+input) and CMSIS-NN's add loops on QEMU. What must not be overwritten: an input another layer still
+reads, the caller's input and output buffers, and a stream's slices.
 """
 
 from __future__ import annotations
