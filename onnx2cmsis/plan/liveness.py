@@ -73,7 +73,6 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int],
             readers.setdefault(t, set()).add(i)
     groups: dict[str, list[str]] = {t: [t] for t in graph.inputs}
     home: dict[str, str] = {}  # an output written in place -> the buffer its chain starts in
-    writer: dict[str, int] = {}
     over: dict[str, str] = {}  # an output written in place -> the buffer it is written over
     for i, node in enumerate(graph.nodes):
         for out in node.outputs:
@@ -85,8 +84,10 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int],
             # over the first input it may overwrite (an add: whichever of its two nothing else reads)
             src = next((root[t] for t in node.inputs if _may_overwrite(graph, groups[root[t]], out, i, readers)), None)
             if src is not None:
-                home[out], writer[out], over[out] = home.get(src, src), i, src
+                home[out], over[out] = home.get(src, src), src
     buffers, caller = [], {}
+    sizes: dict[str, int] = {}  # the arena buffers so far (a chain's earlier buffers come first)
+    overlap = [0] * len(graph.nodes)
     for r, members in groups.items():
         in_input = r in graph.inputs
         outputs = [graph.outputs.index(m) for m in members if m in graph.outputs]
@@ -100,16 +101,13 @@ def liveness(graph: Graph, aliases: list[bool], scratch_sizes: list[int],
             caller.update({m: where for m in members})
             continue
         used_by = frozenset(i for m in members for i in readers.get(m, ()))
-        buffers.append(BufferUse(r, align(graph.tensors[r].nbytes), producer[r], used_by, r))
-    # an output whose view turned out to be the model's output lives in the caller's buffer: no chain
-    # (nothing reads it in place after, as its view reads it)
-    arena = {b.key: b for b in buffers}
-    overlap = [0] * len(graph.nodes)
-    for k, b in enumerate(buffers):
-        start = home.get(b.key)
-        if start is not None and start in arena:
-            buffers[k] = BufferUse(b.key, b.size, b.producer, b.readers, start)
-            overlap[writer[b.key]] = min(arena[over[b.key]].size, b.size)
+        size = sizes[r] = align(graph.tensors[r].nbytes)
+        # written over an arena buffer (an output whose view turned out to be the model's output went
+        # to the caller's above, and nothing is written over it: its view reads it)
+        chained = over.get(r) in sizes
+        if chained:
+            overlap[producer[r]] = min(sizes[over[r]], size)
+        buffers.append(BufferUse(r, size, producer[r], used_by, home[r] if chained else r))
     return Liveness(buffers, [align(s) if s else 0 for s in scratch_sizes], groups, caller, overlap)
 
 
