@@ -117,21 +117,28 @@ def load_library(library: Path) -> ctypes.CDLL:
         dlinfo = ctypes.CDLL(None).dlinfo
     except AttributeError:  # not glibc: nothing to check with
         return ctypes.CDLL(str(library))
-    want = os.path.realpath(library)
+    lib, loaded = _opened(library, dlinfo)
+    if loaded in (None, os.path.realpath(library)):
+        return lib
+    # a copy named by its content: one made earlier (maybe loaded, so never rewritten) is the same bytes
     digest = hashlib.sha256(library.read_bytes()).hexdigest()[:12]
-    for attempt in range(LOAD_ATTEMPTS):
-        # a copy named by its content: one made earlier (and maybe loaded, so never rewritten) is the same
-        path = library if attempt == 0 else library.with_name(f"{library.stem}.{digest}.{attempt}{library.suffix}")
-        if attempt and not path.exists():
+    for attempt in range(1, LOAD_ATTEMPTS):
+        path = library.with_name(f"{library.stem}.{digest}.{attempt}{library.suffix}")
+        if not path.exists():
             shutil.copyfile(library, path)
-        lib = ctypes.CDLL(str(path))
-        link = ctypes.POINTER(_LinkMap)()
-        if dlinfo(ctypes.c_void_p(lib._handle), RTLD_DI_LINKMAP, ctypes.byref(link)) != 0:
-            return lib
-        loaded = os.path.realpath(link.contents.l_name.decode())
-        if loaded in (want, os.path.realpath(path)):
+        lib, loaded = _opened(path, dlinfo)
+        if loaded in (None, os.path.realpath(path)):
             return lib
     raise ToolchainError(f"{library}: the dynamic loader keeps returning another library ({loaded}) for it")
+
+
+def _opened(path: Path, dlinfo) -> tuple[ctypes.CDLL, str | None]:
+    """dlopen `path`: the library and the file glibc says it is (None: it cannot say)."""
+    lib = ctypes.CDLL(str(path))
+    link = ctypes.POINTER(_LinkMap)()
+    if dlinfo(ctypes.c_void_p(lib._handle), RTLD_DI_LINKMAP, ctypes.byref(link)) != 0:
+        return lib, None
+    return lib, os.path.realpath(link.contents.l_name.decode())
 
 
 class HostModel:
