@@ -32,8 +32,9 @@ budget is checked the same way. Short of the budget, its measured figure joins t
 and the choice is made again (at most CHECK_ROUNDS times; where nothing short of all-int16 is left,
 all-int16 is chosen and the shortfall reported). Each check moves only the estimates of the
 assignments near it (where all-int16's in-sample SQNR is not above all-int8's, in-sample SQNR orders
-nothing: the offset is their mean, and a check rules out only its own assignment): an earlier rule raised the in-sample target by the shortfall for every
-candidate, which on the held-out benchmark chose arenas up to twice what a second check allowed
+nothing: the offset is their mean, and a check rules out only its own assignment): an earlier rule
+raised the in-sample target by the shortfall for every candidate, which on the held-out benchmark
+chose arenas up to twice what a second check allowed
 (`ppg_hr_regressor` 12,384 B where 8,320 B met the budget). The budget is refused only when all-int16
 misses it both in-sample and held out.
 An accuracy budget is kept in-sample and its held-out figure reported, not tightened: on the 32-64
@@ -91,8 +92,9 @@ def heldout_figures(got: np.ndarray | None, want: np.ndarray, labels: np.ndarray
     A pooled SQNR from 32-64 samples is a noisy, optimistic figure: a few samples near a decision or
     beyond the ranges decide it, and on the held-out benchmark a random set of the calibration set's
     size from the test set scored typically 2-4 dB either side of the whole test set's figure (10th
-    to 90th percentile; up to 8-14 dB), with a median up to 2.8 dB above it. The bootstrap over the held-out samples' own errors says how far these samples
-    vouch for it: the figure a resample falls below with probability LOW_QUANTILE."""
+    to 90th percentile; up to 8-14 dB), with a median up to 2.8 dB above it. The bootstrap over the
+    held-out samples' own errors says how far these samples vouch for it: the figure a resample falls
+    below with probability LOW_QUANTILE."""
     if got is None:
         return HeldoutFigures(-np.inf, None, len(want), -np.inf)
     noise = np.sum((got - want) ** 2, axis=1)
