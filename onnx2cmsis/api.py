@@ -37,6 +37,7 @@ from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_ou
 from onnx2cmsis.report import build_report, header_summary, input_window
 from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
 from onnx2cmsis.tuning.bias_correction import correct_biases
+from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, recorded_values, widths_heldout
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
 
@@ -97,7 +98,9 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     chooses per layer), "per-tensor" or "per-channel" (one weight scale per output feature, as TFLite
     2.21 writes it); calibration_method: "auto" (left to the recipe) or one of quant/ranges.py's;
     bias_correction: allow folding each conv/dense layer's mean output error on the calibration
-    samples into its bias (tuning/bias_correction.py; the recipe decides); precision: "int8",
+    samples into its bias (tuning/bias_correction.py; the recipe decides); weight_rounding: "auto"
+    (fitted rounding, tuning/weight_rounding.py, where it beats the nearest on held-out folds),
+    "nearest" (as TFLite's converter) or "fitted"; precision: "int8",
     "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto": per layer, the cheapest mix (arena, then instructions, then
     flash) whose output SQNR on the calibration samples is at least `max_error_db` dB, or, given
     `calibration_labels` (each calibration sample's class: .npy or array), whose accuracy is at most
@@ -182,16 +185,22 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
         return Tuning(None, None, None, file_recipe(graph, calibrated),
                       samples_used=len(data.samples) if calibrated else 0)
     graph.quant_options = opts.quant_options
-    candidates = candidate_recipes(opts.calibration_method, opts.dense_weights, opts.bias_correction)
-    if len(candidates) > 1:
+    candidates = candidate_recipes(opts.calibration_method, opts.dense_weights, opts.bias_correction,
+                                   opts.weight_rounding)
+    # fitted rounding takes only layers reading int16 (tuning/weight_rounding.py): at int8 there are
+    # none; --precision auto's widths are chosen after the recipe, so there it is judged with every
+    # layer at int16, and its int16 layers get it
+    fit_rounding = opts.weight_rounding == "auto" and opts.precision in ("int16", "auto")
+    rounding_bits = [16] * len(graph.nodes) if opts.precision == "auto" else None
+    if len(candidates) > 1 or fit_rounding:
         step(f"choosing the quantization recipe on {min(len(data.search), CHOICE_SAMPLES)} samples and held-out "
              "folds of them")
     # the search samples' float values, run once: the recipe's fits, the ranges when the search
     # samples are all there are (up to SEARCH_SAMPLES), the widths' folds and bias correction read them
-    reads = (len(candidates) > 1 or candidates[0].bias_correction or opts.precision == "auto"
+    reads = (len(candidates) > 1 or fit_rounding or candidates[0].bias_correction or opts.precision == "auto"
              or len(data.samples) == len(data.search))
     recorded = recorded_values(model, graph, data.search) if reads else None
-    recipe = choose_recipe(model, graph, registry, data.search, candidates, recorded)
+    recipe = choose_recipe(model, graph, registry, data.search, candidates, recorded, fit_rounding, rounding_bits)
     chosen_recipe = recipe.chosen
     graph.quant_options = replace(opts.quant_options, calibration_method=chosen_recipe.calibration_method,
                                   dense_weights=chosen_recipe.dense_weights)
@@ -216,6 +225,9 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
                                       in_place=opts.streaming is None)  # arenas as back_end will plan them
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None
+    if chosen_recipe.weight_rounding == "fitted":
+        step("fitting weight rounding to the layers' inputs")
+        fit_weight_rounding(graph, registry, calibration.ranges, data.search)
     corrected = None
     if chosen_recipe.bias_correction:
         step("correcting biases")

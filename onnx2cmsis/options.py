@@ -19,6 +19,8 @@ from onnx2cmsis.arith.rules import PRECISIONS
 from onnx2cmsis.codegen.naming import is_c_identifier
 from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ir.graph import DENSE_WEIGHTS, QuantOptions
+
+WEIGHT_ROUNDINGS = ("auto", "nearest", "fitted")  # tuning/weight_rounding.py
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
 
@@ -64,6 +66,7 @@ class ConvertOptions:
     dense_weights: str = "auto"
     calibration_method: str = "auto"  # auto: chosen with the recipe on held-out folds (tuning/recipe.py)
     bias_correction: bool = True
+    weight_rounding: str = "auto"  # auto: fitted rounding challenges the chosen recipe on held-out folds
     precision: str = "int8"
     max_error_db: float | None = None
     max_accuracy_drop: float | None = None
@@ -98,6 +101,8 @@ class ConvertOptions:
             f"{{opt:calibration_method}} {self.calibration_method!r} is not one of {', '.join(CALIBRATION_METHODS)}, auto",
             None if self.precision in (*PRECISIONS, "auto") else
             f"{{opt:precision}} {self.precision!r} is not one of {', '.join(PRECISIONS)}, auto",
+            None if self.weight_rounding in WEIGHT_ROUNDINGS else
+            f"{{opt:weight_rounding}} {self.weight_rounding!r} is not one of {', '.join(WEIGHT_ROUNDINGS)}",
             None if self.dense_weights in DENSE_WEIGHTS else
             f"{{opt:dense_weights}} {self.dense_weights!r} is not one of {', '.join(DENSE_WEIGHTS)}",
         ]

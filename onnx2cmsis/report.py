@@ -80,6 +80,7 @@ def layer_entries(graph: Graph, registry: Registry, layers: list[Layer]) -> list
             "bits": graph.tensors[node.output].quant.bits if graph.tensors[node.output].quant else None,
             **({"int8_loss_db": node.attrs["int8_loss_db"]} if "int8_loss_db" in node.attrs else {}),
             **({"bias_correction": node.attrs["bias_correction"]} if "bias_correction" in node.attrs else {}),
+            **({"weight_rounding": node.attrs["weight_rounding"]} if "weight_rounding" in node.attrs else {}),
         }
         for layer, node in zip(layers, graph.nodes, strict=True)
     ]

@@ -48,7 +48,8 @@ from onnx2cmsis.targets.host import build_conversions  # noqa: E402
 OURS = {
     "ours_int8": {},
     "ours_int16": {"precision": "int16"},
-    "ours_tflite_recipe": {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False},
+    "ours_tflite_recipe": {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False,
+                           "weight_rounding": "nearest"},
 }
 TRIM = 3  # samples dropped, per side, for the "without the worst samples" SQNR
 RESAMPLES = 1000  # paired bootstrap resamples of the test set (seeded), for how far its 600 samples decide

@@ -31,7 +31,8 @@ def recipe_text(recipe: dict[str, Any]) -> str:
     if chosen is None:  # nothing chosen: the model file's own quantization
         return recipe["reason"]
     what = (f"{chosen['calibration_method']} ranges, {chosen['dense_weights']} dense weights, "
-            + ("bias correction" if chosen["bias_correction"] else "no bias correction"))
+            + ("bias correction" if chosen["bias_correction"] else "no bias correction")
+            + (", fitted weight rounding" if chosen.get("weight_rounding") == "fitted" else ""))
     return f"{what}: {recipe['reason']}"
 
 

@@ -107,6 +107,10 @@ class OpHandler:
     # QuantOptions.weights_of), which a calibration search may choose between per node.
     weight_granularities: tuple[str, ...] = ()
 
+    # Its int8 weight codes may be fitted to the inputs it sees (tuning/weight_rounding.py): see
+    # weight_columns. Its quantize must then take node.attrs["fitted_weight_scales"] as its scales.
+    fits_weight_rounding: bool = False
+
     # Its input, flattened, may arrive as an (a, b) matrix instead of the (b, a) transpose it was
     # given: see read_input_transposed.
     reads_transposed_input: bool = False
@@ -156,6 +160,13 @@ class OpHandler:
         """Fold y * scale[c] + shift[c] (per output channel) into the node's constants; False when this
         node cannot (e.g. a shape mismatch). Only asked when folds_affine is set."""
         return False
+
+    def weight_columns(self, node: Node, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Which inputs each output channel's weights multiply, from the real-valued inputs `x` (N, *its
+        input's shape): (channels, columns) pairs, where row m of `columns` is one output position's
+        inputs in the order of node.consts["weight"][c] flattened, for every channel c in `channels`.
+        Only asked when fits_weight_rounding is set."""
+        raise NotImplementedError(f"op '{node.op}' declares no weight columns")
 
     def absorb_zero_pad(self, node: Node, left: int, right: int) -> None:
         """Take `left`/`right` zero columns a removed Pad added before the node's input into its own

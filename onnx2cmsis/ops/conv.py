@@ -102,10 +102,23 @@ def layer_weights(node: Node, axis: int | None) -> tuple[np.ndarray, np.ndarray]
     w = node.consts["weight"]
     pinned: FileWeights | None = node.attrs.get("file_weights")
     if pinned is None:
-        scales = symmetric_weight_scales(w, axis=axis)
+        scales = fitted_scales(node, axis)
+        scales = symmetric_weight_scales(w, axis=axis) if scales is None else scales
         return scales, quantize_weights(w, scales, axis=axis)
     scales = pinned.scales if axis is not None else pinned.scales[:1]
     return scales, quantize_weights(w, scales, axis=axis, lowest=-128)
+
+
+def fitted_scales(node: Node, axis: int | None) -> np.ndarray | None:
+    """The scales fitted weight rounding (tuning/weight_rounding.py) put the weights' codes on, where
+    it did and at the granularity asked (its weights are those codes times these scales, so rounding
+    them gives the codes back); else None."""
+    scales = node.attrs.get("fitted_weight_scales")
+    if scales is None:
+        return None
+    if axis is None:
+        return scales[:1] if np.all(scales == scales[0]) else None
+    return scales
 
 
 def file_weights(node: OnnxNodeView, ctx: ImportContext, out_axis: int, c_out: int, weight_factor: float = 1.0,
@@ -176,6 +189,9 @@ def fold_affine_into_weights(node: Node, scale: np.ndarray, shift: np.ndarray) -
     if scale.shape != node.consts["bias"].shape or "file_weights" in node.attrs:
         return False  # a model file's own weight codes stay as they are
     w = node.consts["weight"]
+    if np.any(scale != 1):  # other weights: their fitted codes no longer apply
+        node.attrs.pop("fitted_weight_scales", None)
+        node.attrs.pop("weight_rounding", None)
     node.consts["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
     node.consts["bias"] = (node.consts["bias"] * scale + shift).astype(np.float32)
     return True
@@ -215,7 +231,7 @@ class Conv1DHandler(WindowedOp, WeightedOp):
     op = "conv1d"
     activation_bits = (8, 16)
     onnx_ops = ("Conv",)
-    fuses_activation = free_output_quant = absorbs_zero_pad = True
+    fuses_activation = free_output_quant = absorbs_zero_pad = fits_weight_rounding = True
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         w = ctx.const(node.inputs[1])
@@ -259,6 +275,17 @@ class Conv1DHandler(WindowedOp, WeightedOp):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
         quantize_per_channel(node, graph)
+
+    def weight_columns(self, node: Node, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        # every output position's window of inputs (real zeros where it falls in the padding), each
+        # group's output channels reading only its own input channels
+        window = window_of(node)
+        cols = window_columns(x, window, window.out_width(x.shape[1]))  # (N, w_out, K, C_in)
+        c_out, k, per_in = node.consts["weight"].shape
+        groups = node.attrs.get("groups", 1)
+        per_out = c_out // groups
+        return [(np.arange(g * per_out, (g + 1) * per_out),
+                 cols[..., g * per_in:(g + 1) * per_in].reshape(-1, k * per_in)) for g in range(groups)]
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         a, qp = node.attrs, node.qparams

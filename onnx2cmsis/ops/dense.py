@@ -58,6 +58,7 @@ def mve_kernel_sums(weight: np.ndarray, bias: np.ndarray, input_offset: int, api
 class DenseHandler(WeightedOp):
     op = "dense"
     activation_bits = (8, 16)
+    fits_weight_rounding = True
     onnx_ops = ("Gemm", "MatMul")
     fuses_activation = free_output_quant = reads_transposed_input = True
     weight_granularities = WEIGHT_GRANULARITIES
@@ -142,6 +143,9 @@ class DenseHandler(WeightedOp):
         }
         if not wide:  # arm_fully_connected_s16 sums in 64 bits past 512 columns: no overflow at 16x8
             check_accumulator_headroom(wq, node.qparams["bias"], q_in.zero_point, sh, node.where)
+
+    def weight_columns(self, node: Node, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(np.arange(node.consts["weight"].shape[0]), x.reshape(len(x), -1))]  # one position per sample
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams

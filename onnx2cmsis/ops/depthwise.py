@@ -41,7 +41,7 @@ def _feature_map(shape: tuple[int, ...]) -> tuple[int, int]:
 class DepthwiseConv1DHandler(WindowedOp, WeightedOp):
     op = "dwconv1d"  # imported by ops/conv.py (a Conv with group == C_in) and by the affine lowering
     activation_bits = (8, 16)
-    fuses_activation = free_output_quant = absorbs_zero_pad = True
+    fuses_activation = free_output_quant = absorbs_zero_pad = fits_weight_rounding = True
 
     def output_shapes(self, node: Node, input_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         w_in, _ = _feature_map(input_shapes[0])
@@ -52,6 +52,15 @@ class DepthwiseConv1DHandler(WindowedOp, WeightedOp):
     def quantize(self, node: Node, graph: Graph, ranges: dict[str, tuple[float, float]]) -> None:
         super().quantize(node, graph, ranges)
         quantize_per_channel(node, graph)  # weight (C_out, K): per output channel, as a full conv
+
+    def weight_columns(self, node: Node, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        # each output channel alone: its taps over its one input channel
+        n, (w_in, c_in) = len(x), _feature_map(x.shape[1:])
+        window = window_of(node)
+        cols = window_columns(x.reshape(n, w_in, c_in), window, window.out_width(w_in))  # (N, w_out, K, C_in)
+        c_out, k = node.consts["weight"].shape
+        mult = c_out // c_in
+        return [(np.array([c]), cols[..., c // mult].reshape(-1, k)) for c in range(c_out)]
 
     def reference_batch(self, node: Node, graph: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
         qp = node.qparams

@@ -18,12 +18,18 @@ rule on either alone chose recipes that lost on the test sets. With fewer than M
 samples no fold is worth the name and the incumbent stays. The choice is made on at most
 CHOICE_SAMPLES of the search samples (spread evenly): the size of calibration set users have, and
 what keeps a conversion within about twice the time of a fixed recipe.
+
+Weight rounding comes last: the recipe so chosen (TFLite's or another) is the incumbent against
+itself with fitted weight rounding (tuning/weight_rounding.py), by the same rule. It is not one more
+candidate beside the others: fitted to the samples' inputs, it would top every in-sample ranking,
+and the one challenger the folds judge would always be a fitted one, whether or not the other
+choices it came with hold.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -37,6 +43,7 @@ from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, output_floats, quantize_graph
 from onnx2cmsis.tuning.auto_precision import HeldoutCheck, HeldoutFigures, heldout_figures
 from onnx2cmsis.tuning.bias_correction import corrected_run
+from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, sqnr_db
 
 FOLDS = 3
@@ -50,14 +57,16 @@ class Recipe:
     calibration_method: str  # quant/ranges.py
     dense_weights: str  # per-tensor, per-channel or auto (tuning/search.py chooses per layer)
     bias_correction: bool
+    weight_rounding: str = "nearest"  # or "fitted" (tuning/weight_rounding.py)
 
     def describe(self) -> dict:
         return {"calibration_method": self.calibration_method, "dense_weights": self.dense_weights,
-                "bias_correction": self.bias_correction}
+                "bias_correction": self.bias_correction, "weight_rounding": self.weight_rounding}
 
     def text(self) -> str:
         return (f"{self.calibration_method} ranges, {self.dense_weights} dense weights, "
-                + ("bias correction" if self.bias_correction else "no bias correction"))
+                + ("bias correction" if self.bias_correction else "no bias correction")
+                + (", fitted weight rounding" if self.weight_rounding == "fitted" else ""))
 
 
 # TFLite's converter's recipe first (the incumbent), then the tool's own.
@@ -65,13 +74,16 @@ TFLITE_RECIPE = Recipe("minmax", "per-channel", False)
 OWN_RECIPES = (Recipe("minmax", "auto", True), Recipe("mse", "per-channel", True))
 
 
-def candidate_recipes(calibration_method: str, dense_weights: str, bias_correction: bool) -> list[Recipe]:
+def candidate_recipes(calibration_method: str, dense_weights: str, bias_correction: bool,
+                      weight_rounding: str = "nearest") -> list[Recipe]:
     """The candidates the options leave open, the incumbent first: an option other than "auto" (or
-    bias correction off) pins its part of every candidate."""
+    bias correction off) pins its part of every candidate. Weight rounding "auto" is not among them:
+    choose_recipe challenges the chosen recipe with fitted rounding after the others are settled."""
     def pinned(r: Recipe) -> Recipe:
         return Recipe(r.calibration_method if calibration_method == "auto" else calibration_method,
                       r.dense_weights if dense_weights == "auto" else dense_weights,
-                      r.bias_correction and bias_correction)
+                      r.bias_correction and bias_correction,
+                      "fitted" if weight_rounding == "fitted" else "nearest")
     return list(dict.fromkeys(pinned(r) for r in (TFLITE_RECIPE, *OWN_RECIPES)))
 
 
@@ -88,13 +100,21 @@ class RecipeChoice:
     reason: str
     scores: dict[Recipe, Score]
     samples: int
+    # --precision auto: weight rounding judged with every layer at int16 (the widths are chosen after
+    # the recipe), apart from the other candidates' scores (at the conversion's default width)
+    rounding_scores: dict[Recipe, Score] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """For NAME.json: what was chosen, why, and what each candidate measured."""
         return {"chosen": self.chosen.describe(), "reason": self.reason, "samples": self.samples,
                 "folds": FOLDS if self.samples >= MIN_SAMPLES else None, "margin_db": MARGIN_DB,
-                "candidates": [{**r.describe(), "calibration_sqnr_db": _rounded(s.calibration_sqnr_db),
-                                "heldout_sqnr_db": _rounded(s.heldout_sqnr_db)} for r, s in self.scores.items()]}
+                "candidates": _listed(self.scores),
+                **({"weight_rounding_at_int16": _listed(self.rounding_scores)} if self.rounding_scores else {})}
+
+
+def _listed(scores: dict[Recipe, Score]) -> list[dict]:
+    return [{**r.describe(), "calibration_sqnr_db": _rounded(s.calibration_sqnr_db),
+             "heldout_sqnr_db": _rounded(s.heldout_sqnr_db)} for r, s in scores.items()]
 
 
 def _rounded(value: float | None) -> float | None:
@@ -102,15 +122,18 @@ def _rounded(value: float | None) -> float | None:
 
 
 def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, candidates: list[Recipe],
-                  recorded: RecordedFloats | None = None) -> RecipeChoice:
+                  recorded: RecordedFloats | None = None, fit_rounding: bool = False,
+                  rounding_bits: list[int] | None = None) -> RecipeChoice:
     """The candidate (candidate_recipes) to quantize `graph` with, measured on the search samples `x`:
-    the incumbent (the first) unless another beats it in-sample and, by MARGIN_DB, held out.
-    `recorded`: the float values of `x` (recorded_values), if already run."""
+    the incumbent (the first) unless another beats it in-sample and, by MARGIN_DB, held out. With
+    `fit_rounding`, the recipe so chosen is then challenged by itself with fitted weight rounding
+    (tuning/weight_rounding.py), by the same rule, with each node at the width `rounding_bits` gives
+    it (None: as the others). `recorded`: the float values of `x` (recorded_values), if already run."""
     chosen = search_indices(len(x), CHOICE_SAMPLES)
     recorded = None if recorded is None else recorded.subset(chosen)
     x = _subset(x, chosen)
     incumbent, n = candidates[0], len(x)
-    if len(candidates) == 1:
+    if len(candidates) == 1 and not fit_rounding:
         return RecipeChoice(incumbent, "the only recipe the options leave open", {}, n)
     if n < MIN_SAMPLES:
         return RecipeChoice(incumbent, f"{n} calibration samples are too few to hold any out "
@@ -118,29 +141,73 @@ def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, c
     recorded = recorded_values(model, graph, x) if recorded is None else recorded
     want = float_outputs(model, x, recorded).reshape(n, -1).astype(np.float64)
     every = np.arange(n)
-    in_sample = {r: output_sqnr_db(_fitted_outputs(model, graph, registry, r, x, every, every, None, recorded), want)
-                 for r in candidates}
-    # the best in-sample challenger, if it is at least the incumbent's: only it can be chosen, so only
-    # it and the incumbent are fitted on the folds
-    challenger = max(candidates[1:], key=lambda r: in_sample[r])
-    held_out = [incumbent, challenger] if in_sample[challenger] >= in_sample[incumbent] else []
-    scores = {r: Score(in_sample[r], output_sqnr_db(heldout_outputs(model, graph, registry, r, x, None, recorded), want)
-                       if r in held_out else None) for r in candidates}
-    chosen, reason = pick(candidates, scores)
-    return RecipeChoice(chosen, reason, scores, n)
+
+    def in_sample(r: Recipe, bits: list[int] | None = None) -> float:
+        return output_sqnr_db(_fitted_outputs(model, graph, registry, r, x, every, every, bits, recorded), want)
+
+    def held_out(r: Recipe, bits: list[int] | None = None) -> float:
+        return output_sqnr_db(heldout_outputs(model, graph, registry, r, x, bits, recorded), want)
+
+    scores = {r: Score(in_sample(r), None) for r in candidates}
+    if len(candidates) == 1:
+        winner, reason = incumbent, "the only recipe the options leave open"
+    else:
+        # the best in-sample challenger, if it is at least the incumbent's: only it can be chosen, so
+        # only it and the incumbent are fitted on the folds
+        challenger = max(candidates[1:], key=lambda r: scores[r].calibration_sqnr_db)
+        if scores[challenger].calibration_sqnr_db >= scores[incumbent].calibration_sqnr_db:
+            for r in (incumbent, challenger):
+                scores[r] = Score(scores[r].calibration_sqnr_db, held_out(r))
+        winner, reason = pick(candidates, scores)
+    table = scores if rounding_bits is None else {}
+    if fit_rounding:
+        winner, reason = _challenge_rounding(winner, reason, table, rounding_bits, in_sample, held_out)
+    return RecipeChoice(winner, reason, scores, n, {} if table is scores else table)
+
+
+def _challenge_rounding(winner: Recipe, reason: str, table: dict[Recipe, Score], bits: list[int] | None,
+                        in_sample, held_out) -> tuple[Recipe, str]:
+    """The recipe chosen, or itself with fitted weight rounding where that beats it (`beats`), and
+    why; the scores measured (at widths `bits`) go into `table`."""
+    # with and without bias correction: fitted codes already take each layer's mean error from its
+    # own weights, and a correction measured on top of them can cost more than it mends
+    variants = list(dict.fromkeys(replace(winner, weight_rounding="fitted", bias_correction=b)
+                                  for b in (winner.bias_correction, False)))
+    for r in ([winner] if winner not in table else []) + variants:
+        table[r] = Score(in_sample(r, bits), None)
+    rounded = max(variants, key=lambda r: table[r].calibration_sqnr_db)
+    if table[rounded].calibration_sqnr_db >= table[winner].calibration_sqnr_db:
+        for r in (winner, rounded):
+            if table[r].heldout_sqnr_db is None:
+                table[r] = Score(table[r].calibration_sqnr_db, held_out(r, bits))
+    at = "" if bits is None else " with every layer at int16"
+    if not beats(table[rounded], table[winner]):
+        return winner, (reason + f"; weights rounded to nearest: fitted rounding does not gain {MARGIN_DB} dB on "
+                        f"held-out folds{at}")
+    gain = table[rounded].heldout_sqnr_db - table[winner].heldout_sqnr_db
+    return rounded, (reason + "; fitted weight rounding"
+                     + (", without bias correction" if rounded.bias_correction != winner.bias_correction else "")
+                     + f": {gain:+.2f} dB on held-out folds{at} "
+                     + f"({table[rounded].calibration_sqnr_db - table[winner].calibration_sqnr_db:+.2f} dB in-sample)")
+
+
+def beats(challenger: Score, incumbent: Score) -> bool:
+    """The rule: at least as good on the calibration samples and MARGIN_DB better held out."""
+    return (challenger.calibration_sqnr_db >= incumbent.calibration_sqnr_db
+            and challenger.heldout_sqnr_db is not None and incumbent.heldout_sqnr_db is not None
+            and challenger.heldout_sqnr_db >= incumbent.heldout_sqnr_db + MARGIN_DB)
 
 
 def pick(candidates: list[Recipe], scores: dict[Recipe, Score]) -> tuple[Recipe, str]:
     """The rule: the incumbent (the first candidate) unless the best of the others on the calibration
-    samples scores at least as well there and MARGIN_DB better held out. With why."""
+    samples beats it (`beats`). With why."""
     incumbent = candidates[0]
     base = scores[incumbent]
     challenger = max(candidates[1:], key=lambda r: scores[r].calibration_sqnr_db)
-    held_out = scores[challenger].heldout_sqnr_db
-    if not (scores[challenger].calibration_sqnr_db >= base.calibration_sqnr_db and held_out is not None
-            and base.heldout_sqnr_db is not None and held_out >= base.heldout_sqnr_db + MARGIN_DB):
+    if not beats(scores[challenger], base):
         return incumbent, (f"no other recipe beats it on the calibration samples and by {MARGIN_DB} dB on "
                            "held-out folds")
+    held_out = scores[challenger].heldout_sqnr_db
     return challenger, (f"{held_out - base.heldout_sqnr_db:+.2f} dB over {incumbent.text()} on held-out folds "
                         f"({scores[challenger].calibration_sqnr_db - base.calibration_sqnr_db:+.2f} dB in-sample)")
 
@@ -165,6 +232,8 @@ def _fit(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recip
     apply_weights(g, found.weights)
     if bits is not None:
         apply_precision(g, bits)
+    if recipe.weight_rounding == "fitted":
+        fit_weight_rounding(g, registry, found.ranges, fit_x)
     if recipe.bias_correction:
         run = corrected_run(model, g, registry, found.ranges, x, recorded, fit)
         if run.quantized is not None:

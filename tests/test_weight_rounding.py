@@ -1,0 +1,194 @@
+"""Fitted weight rounding (tuning/weight_rounding.py): int8 codes chosen for the inputs a layer sees,
+kept only where they beat nearest rounding on calibration samples held out from the fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx2cmsis.api import convert, front_end
+from onnx2cmsis.errors import OptionError
+from onnx2cmsis.ops.conv import fold_affine_into_weights, layer_weights
+from onnx2cmsis.quant.quantize import dequantized_outputs
+from onnx2cmsis.tuning.recipe import Recipe, fitted
+from onnx2cmsis.tuning.search import float_outputs
+from onnx2cmsis.tuning.weight_rounding import error_compensated_codes
+from tests.bit_exact import bit_exact_everywhere
+from tests.needs import oracle_runtime
+from tests.onnx_models import gemm_model, save_one_input_model
+
+
+def _output_error(w, codes, s, x) -> float:
+    return float(np.sum(((w - codes * s[:, None]) @ x.T) ** 2))
+
+
+def _correlated_inputs(rng: np.random.Generator, m: int, d: int) -> np.ndarray:
+    """m samples of d inputs that go together (a random mixing of fewer sources, plus a little noise)."""
+    return rng.standard_normal((m, d // 2)) @ rng.standard_normal((d // 2, d)) + 0.05 * rng.standard_normal((m, d))
+
+
+def test_fitted_codes_leave_less_output_error_than_the_nearest_ones():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 24))
+    s = np.abs(w).max(axis=1) / 127
+    x = _correlated_inputs(rng, 400, 24)
+    codes = error_compensated_codes(w, s, x.T @ x)
+    nearest = np.clip(np.round(w / s[:, None]), -127, 127)
+    assert np.array_equal(codes, np.round(codes)) and np.abs(codes).max() <= 127
+    assert np.count_nonzero(codes != nearest) > 0
+    assert _output_error(w, codes, s, x) < 0.5 * _output_error(w, nearest, s, x)
+
+
+def test_inputs_that_never_go_together_leave_the_nearest_codes():
+    """With H diagonal no column's error can be moved where another input would cancel it."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 10))
+    s = np.abs(w).max(axis=1) / 127
+    h = np.diag(rng.uniform(0.5, 2.0, 10))
+    assert np.array_equal(error_compensated_codes(w, s, h), np.clip(np.round(w / s[:, None]), -127, 127))
+
+
+def test_a_layers_fitted_scales_give_its_codes_back_and_a_rescale_drops_them():
+    from onnx2cmsis.ir.graph import Node
+
+    rng = np.random.default_rng(2)
+    s = rng.uniform(0.001, 0.01, 5).astype(np.float32)
+    codes = rng.integers(-127, 128, (5, 3, 4))
+    node = Node("c", "conv1d", ["x"], ["y"], consts={"weight": (codes * s[:, None, None].astype(np.float64))
+                                                     .astype(np.float32), "bias": np.zeros(5, np.float32)},
+                attrs={"fitted_weight_scales": s})
+    scales, got = layer_weights(node, axis=0)
+    assert np.array_equal(scales, s) and np.array_equal(got, codes)
+    assert fold_affine_into_weights(node, np.ones(5, np.float32), np.full(5, 0.1, np.float32))  # a bias shift
+    assert "fitted_weight_scales" in node.attrs
+    assert fold_affine_into_weights(node, np.full(5, 2.0, np.float32), np.zeros(5, np.float32))
+    assert "fitted_weight_scales" not in node.attrs
+
+
+def _smooth(rng: np.random.Generator, n: int, channels: int = 4, width: int = 64) -> np.ndarray:
+    """Sensor-like signals: a few slow sinusoids per channel, so neighbouring taps go together."""
+    t = np.arange(width)
+    f = rng.uniform(0.02, 0.12, (n, channels, 1))
+    phase = rng.uniform(0, 2 * np.pi, (n, channels, 1))
+    amp = rng.uniform(0.5, 1.5, (n, channels, 1))
+    return (amp * np.sin(2 * np.pi * f * t + phase) + 0.05 * rng.standard_normal((n, channels, width))
+            ).astype(np.float32)
+
+
+def _conv_model(path, rng: np.random.Generator) -> str:
+    """(1, 4, 64) -> Conv(12, k5, same) -> Relu -> Conv(8, k3) -> y."""
+    w1 = (rng.standard_normal((12, 4, 5)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((8, 12, 3)) * 0.2).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(12, np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(8, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[2, 2]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"])]
+    return save_one_input_model(path, nodes, [1, 4, 64], inits)
+
+
+def _sqnr(got: np.ndarray, want: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(want**2) / np.sum((got - want) ** 2)))
+
+
+def test_fitted_rounding_at_16x8_holds_on_new_samples_and_is_chosen(tmp_path):
+    """At 16x8 the int8 weights are most of the error: codes fitted to 48 calibration samples' inputs
+    give a higher SQNR on 500 new samples too, the folds see it, and convert keeps them."""
+    rng = np.random.default_rng(3)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    calib, fresh = _smooth(rng, 48), _smooth(rng, 500)
+    conv = convert(path, calib, precision="int16", calibration_method="minmax", dense_weights="per-channel",
+                   bias_correction=False)
+    recipe = conv.report["quantization"]["recipe"]
+    assert recipe["chosen"]["weight_rounding"] == "fitted", recipe["reason"]
+    fits = [layer["weight_rounding"] for layer in conv.report["layers"] if "weight_rounding" in layer]
+    assert len(fits) == 2 and all(f["output_error_db"] < 0 and f["codes_changed"] > 0 for f in fits)
+    model, graph, _ = front_end(Path(path), conv.registry)
+    want = float_outputs(model, fresh).reshape(len(fresh), -1).astype(np.float64)
+    bits = [16] * len(graph.nodes)
+    got = {r: _sqnr(dequantized_outputs(fitted(model, graph, conv.registry, Recipe("minmax", "per-channel", False, r),
+                                                calib, bits), conv.registry, fresh), want)
+           for r in ("nearest", "fitted")}
+    assert got["fitted"] > got["nearest"] + 1.0, got
+
+
+def test_fitted_rounding_that_only_fits_the_calibration_samples_is_not_chosen(tmp_path):
+    """A dense layer of 96 inputs calibrated on 24 samples of independent noise: H has rank 24, so the
+    fit moves rounding errors into directions those samples never show. It gains on them and loses
+    on 2000 new ones; the held-out folds see the loss and the nearest codes stay."""
+    rng = np.random.default_rng(4)
+    path = tmp_path / "dense.onnx"
+    onnx.save(gemm_model((rng.standard_normal((96, 6)) * 0.2).astype(np.float32)), path)
+    calib = rng.standard_normal((24, 96)).astype(np.float32)
+    fresh = rng.standard_normal((2000, 96)).astype(np.float32)
+    options = {"precision": "int16", "calibration_method": "minmax", "dense_weights": "per-channel",
+               "bias_correction": False}
+    conv = convert(path, calib, **options)
+    recipe = conv.report["quantization"]["recipe"]
+    scores = {c["weight_rounding"]: c for c in recipe["candidates"]}
+    assert scores["fitted"]["calibration_sqnr_db"] > scores["nearest"]["calibration_sqnr_db"] + 3  # it fits them
+    assert recipe["chosen"]["weight_rounding"] == "nearest", recipe["reason"]
+    assert not any("weight_rounding" in layer for layer in conv.report["layers"])
+    model, graph, _ = front_end(Path(path), conv.registry)
+    want = float_outputs(model, fresh).reshape(len(fresh), -1).astype(np.float64)
+    got = {r: _sqnr(dequantized_outputs(fitted(model, graph, conv.registry, Recipe("minmax", "per-channel", False, r),
+                                                calib, [16] * len(graph.nodes)), conv.registry, fresh), want)
+           for r in ("nearest", "fitted")}
+    assert got["fitted"] < got["nearest"], got  # the rejected codes are indeed worse on data neither saw
+
+
+def test_an_unknown_weight_rounding_is_an_option_error(tmp_path):
+    rng = np.random.default_rng(5)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    with pytest.raises(OptionError, match="weight_rounding"):
+        convert(path, _smooth(rng, 8), weight_rounding="stochastic")
+
+
+def test_layers_reading_int8_keep_their_nearest_codes(tmp_path):
+    """At int8 a layer's error is its activations' rounding: no layer is fitted, asked or not, and the
+    recipe choice does not try (at int8 the folds chose fitted codes that lost on test data)."""
+    rng = np.random.default_rng(7)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    calib = _smooth(rng, 40)
+    forced = convert(path, calib, name="m", weight_rounding="fitted")
+    default = convert(path, calib, name="m")
+    assert not any("weight_rounding" in layer for layer in forced.report["layers"] + default.report["layers"])
+    assert all(c["weight_rounding"] == "nearest" for c in default.report["quantization"]["recipe"]["candidates"])
+    nearest = convert(path, calib, name="m", weight_rounding="nearest")
+    assert forced.source == nearest.source
+
+
+def test_auto_precision_judges_rounding_at_int16_and_fits_the_layers_reading_int16(tmp_path):
+    """--precision auto chooses widths after the recipe: the challenge is measured with every layer at
+    int16, and where fitted codes win, exactly the weighted layers whose input is int16 get them."""
+    rng = np.random.default_rng(8)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    calib = _smooth(rng, 48)
+    probe = convert(path, calib, name="m", precision="auto", max_error_db=1.0)  # all int8: its figure
+    budget = probe.report["quantization"]["auto_precision"]["int8"]["sqnr_db"] + 1.0  # some int16 needed
+    conv = convert(path, calib, name="m", precision="auto", max_error_db=round(budget, 1))
+    recipe = conv.report["quantization"]["recipe"]
+    at16 = {c["weight_rounding"] for c in recipe["weight_rounding_at_int16"]}
+    assert at16 == {"nearest", "fitted"} and all(c["weight_rounding"] == "nearest" for c in recipe["candidates"])
+    assert recipe["chosen"]["weight_rounding"] == "fitted", recipe["reason"]
+    g = conv.graph
+    weighted = [(n, g.tensors[n.inputs[0]].quant.bits) for n in g.nodes if n.op == "conv1d"]
+    assert {bits for _, bits in weighted} == {8, 16}, "the budget should leave a mix of widths"
+    assert all(("weight_rounding" in n.attrs) == (bits == 16) for n, bits in weighted)
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.oracle
+@pytest.mark.level
+def test_fitted_codes_are_bit_exact_in_c_tflite_micro_and_on_qemu(tmp_path):
+    oracle_runtime()
+    rng = np.random.default_rng(6)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    conv = convert(path, _smooth(rng, 40), name="fitted_int16", precision="int16", weight_rounding="fitted")
+    assert conv.report["quantization"]["recipe"]["chosen"]["weight_rounding"] == "fitted"
+    assert sum("weight_rounding" in layer for layer in conv.report["layers"]) == 2
+    bit_exact_everywhere(conv, _smooth(rng, 12), tmp_path, qemu_samples=3)
