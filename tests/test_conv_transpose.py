@@ -60,6 +60,26 @@ def test_a_decoder_step_is_exact_and_close_to_float_in_both_forms(tmp_path, form
     assert convs[form].report["arena_bytes"] == convs["1d"].report["arena_bytes"]
 
 
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("k, stride, extra, w_in", [(3, 4, 3, 3), (5, 2, 1, 21), (4, 2, 1, 5)])
+def test_same_padding_with_output_padding_gives_onnx_runtimes_width(tmp_path, auto_pad, k, stride, extra, w_in):
+    """ONNX's shape inference makes a SAME ConvTranspose with output_padding `extra` columns wider
+    than ONNX Runtime computes (input x stride, as the operator's text says): the graph follows ONNX
+    Runtime, column for column, so the C computes what the float model does."""
+    rng = np.random.default_rng(k * 100 + stride)
+    w = (rng.standard_normal((3, 4, k)) / 3).astype(np.float32)
+    b = (rng.standard_normal(4) / 10).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["h"], auto_pad=auto_pad, kernel_shape=[k],
+                            strides=[stride], output_padding=[extra])
+    path = _save(tmp_path, "same", [node, helper.make_node("Relu", ["h"], ["y"])], [1, 3, w_in],
+                 [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    x = rng.standard_normal((64, 3, w_in)).astype(np.float32)
+    conv = convert(path, x[:40], name="same", calibration_method="minmax", dense_weights="per-channel",
+                   bias_correction=False)
+    assert conv.graph.tensors[conv.graph.outputs[0]].size == 4 * w_in * stride
+    assert _sqnr(conv, x[40:]) > 25.0  # int8 noise; a column off would leave next to nothing
+
+
 def _denoising_checked(conv, x: np.ndarray, clean: np.ndarray, tmp_path, qemu_samples: int) -> tuple[float, float]:
     """C == reference == tflite-micro on the host for 16 samples and on QEMU M4 and M55 for a few; on
     all of `x`, the reference (the C's bytes) removes as much noise as the float model does. Returns

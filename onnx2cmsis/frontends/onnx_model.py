@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import onnx
-from onnx import external_data_helper, shape_inference, version_converter
+from onnx import external_data_helper, helper, shape_inference, version_converter
 
 from onnx2cmsis.errors import ConversionError, OptionError, UnsupportedOpError, count
 from onnx2cmsis.frontends.selection_folding import fold_selected_concats
@@ -172,14 +172,63 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
     batch = max(batches)
     if batch > 1:
         _reshape_constants_to_batch_1(model, batch)
+    model = _inferred(model, where)
+    while _explicit_same_transposed_pads(model, where):  # one at a time: the next one's input width follows
+        model = _inferred(model, where)
+    return model
+
+
+def _inferred(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """Every value's shape inferred afresh (the outputs' too: an exporter's may be wrong or dynamic)."""
     del model.graph.value_info[:]
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
     try:
-        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise ConversionError(f"shape inference failed at batch 1 ({short_error(exc)})", where) from exc
-    return model
+
+
+def _explicit_same_transposed_pads(model: onnx.ModelProto, where: str) -> bool:
+    """Rewrite the first ConvTranspose with auto_pad SAME_UPPER/SAME_LOWER and a nonzero output_padding
+    (and no output_shape) with the explicit pads ONNX Runtime computes for it; False: none left.
+
+    ONNX's shape inference makes such a node output_padding wider than ONNX Runtime does (which, as
+    the operator's text says, gives input x stride columns, output_padding taken from the padding), so
+    the graph would describe another output than the float model computes. With explicit pads and
+    output_padding both give the same width: stride (in - 1) + output_padding + dilated kernel - pads."""
+    shapes = value_shapes(model)
+    for node in model.graph.node:
+        if node.op_type != "ConvTranspose":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        extra = list(attrs.get("output_padding", []))
+        if auto_pad not in ("SAME_UPPER", "SAME_LOWER") or not any(extra) or "output_shape" in attrs:
+            continue
+        in_shape, w_shape = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if in_shape is None or w_shape is None:
+            continue  # left to the importer, which names what it cannot read
+        spatial = in_shape[2:]
+        kernel = list(attrs.get("kernel_shape", w_shape[2:]))
+        strides = list(attrs.get("strides", [1] * len(spatial)))
+        dilations = list(attrs.get("dilations", [1] * len(spatial)))
+        begins, ends = [], []
+        for n, k, s, d, e in zip(spatial, kernel, strides, dilations, extra):
+            total = s * (n - 1) + e + (k - 1) * d + 1 - n * s
+            if total < 0:
+                raise UnsupportedOpError(f"node '{node.name}' (ConvTranspose, {auto_pad}): output_padding {extra} "
+                                         f"with stride {s} and kernel {k} leaves {-total} output columns no input "
+                                         "reaches: write explicit pads", where)
+            begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            begins.append(begin)
+            ends.append(total - begin)
+        kept = [a for a in node.attribute if a.name != "auto_pad"]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("pads", begins + ends)])
+        return True
+    return False
 
 
 def _fix_input_dims(name: str, dims, input_shape: tuple[int, ...] | None, where: str, several: bool = False) -> None:
