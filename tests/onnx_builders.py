@@ -29,7 +29,8 @@ class Case:
 # choosing it (tuning/recipe.py: up to 15 fits on held-out folds) on random weights and noise says
 # nothing: the sweeps pin one. The recipe choice has its own tests (test_recipe.py) and every
 # trained-model test runs it.
-PINNED_RECIPE = {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False}
+PINNED_RECIPE = {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False,
+                 "weight_rounding": "nearest"}
 
 
 def _case(name: str, nodes: list, shape: list[int], inits: list, calibration: np.ndarray, params: dict) -> Case:
