@@ -173,7 +173,7 @@ def fix_batch_and_infer_shapes(model: onnx.ModelProto, where: str,
     if batch > 1:
         _reshape_constants_to_batch_1(model, batch)
     model = _inferred(model, where)
-    while _explicit_same_transposed_pads(model, where):  # one at a time: the next one's input width follows
+    while _explicit_same_transposed_pads(model):  # one at a time: the next one's input width follows
         model = _inferred(model, where)
     return model
 
@@ -189,7 +189,7 @@ def _inferred(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         raise ConversionError(f"shape inference failed at batch 1 ({short_error(exc)})", where) from exc
 
 
-def _explicit_same_transposed_pads(model: onnx.ModelProto, where: str) -> bool:
+def _explicit_same_transposed_pads(model: onnx.ModelProto) -> bool:
     """Rewrite the first ConvTranspose with auto_pad SAME_UPPER/SAME_LOWER and a nonzero output_padding
     (and no output_shape) with the explicit pads ONNX Runtime computes for it; False: none left.
 
@@ -216,11 +216,9 @@ def _explicit_same_transposed_pads(model: onnx.ModelProto, where: str) -> bool:
         dilations = list(attrs.get("dilations", [1] * len(spatial)))
         begins, ends = [], []
         for n, k, s, d, e in zip(spatial, kernel, strides, dilations, extra):
-            total = s * (n - 1) + e + (k - 1) * d + 1 - n * s
-            if total < 0:
-                raise UnsupportedOpError(f"node '{node.name}' (ConvTranspose, {auto_pad}): output_padding {extra} "
-                                         f"with stride {s} and kernel {k} leaves {-total} output columns no input "
-                                         "reaches: write explicit pads", where)
+            # a stride wider than the kernel leaves less than input x stride columns: ONNX Runtime then
+            # pads nothing (and outputs what the taps reach, plus output_padding)
+            total = max(0, s * (n - 1) + e + (k - 1) * d + 1 - n * s)
             begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
             begins.append(begin)
             ends.append(total - begin)
