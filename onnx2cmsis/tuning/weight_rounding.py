@@ -41,11 +41,11 @@ MAX_COLUMNS = 2048  # inputs per output channel; beyond, the factorization's cos
 
 
 def fit_weight_rounding(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x,
-                        rows: np.ndarray | None = None, input_bits: tuple[int, ...] = FITTED_INPUT_BITS) -> list[int]:
+                        input_bits: tuple[int, ...] = FITTED_INPUT_BITS) -> list[int]:
     """Give each node whose handler fits_weight_rounding and whose input has one of `input_bits`
     fitted int8 codes (node.consts["weight"] set to codes x scales, node.attrs["fitted_weight_scales"]
-    the scales, node.attrs["weight_rounding"] what it gained), measured on the samples `rows` of `x`
-    (None: all); returns the nodes' indices. `graph` is not quantized; its weight granularities and
+    the scales, node.attrs["weight_rounding"] what it gained), fitted to its inputs on the samples
+    `x`; returns the nodes' indices. `graph` is not quantized; its weight granularities and
     widths are set. (`input_bits` other than int16 alone: for measuring what int8 layers would gain.)"""
     candidates = [i for i, n in enumerate(graph.nodes)
                   if registry.for_op(n.op).fits_weight_rounding and "file_weights" not in n.attrs]
@@ -55,7 +55,6 @@ def fit_weight_rounding(graph: Graph, registry: Registry, ranges: dict[str, tupl
     targets = {i for i in candidates if g.tensors[g.nodes[i].inputs[0]].quant.bits in input_bits}
     if not targets:
         return []
-    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
     codes = quantize_samples(g, x)
     parts = [{name: np.asarray(c)[part].reshape(part.stop - part.start, *g.tensors[name].shape)
               for name, c in zip(g.inputs, codes, strict=True)} for part in batches(g, len(codes[0]))]
@@ -63,7 +62,7 @@ def fit_weight_rounding(graph: Graph, registry: Registry, ranges: dict[str, tupl
     for index, node in enumerate(g.nodes):
         if index in targets:
             source = node.inputs[0]
-            seen = np.concatenate([values[source] for values in parts])[rows]
+            seen = np.concatenate([values[source] for values in parts])
             real = dequantize_tensor(seen, g.tensors[source].quant).astype(np.float64)
             original = graph.nodes[index]
             if _fit_node(original, registry, real, node.qparams["weight_scales"]):
