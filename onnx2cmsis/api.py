@@ -222,7 +222,8 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
         try:
             chosen = choose_precision(graph, registry, calibration.ranges, data.search,
                                       float_outputs(model, data.search, recorded), target, cmsis.api, heldout,
-                                      in_place=opts.streaming is None)  # arenas as back_end will plan them
+                                      in_place=opts.streaming is None,  # arenas as back_end will plan them
+                                      fit_rounding=chosen_recipe.weight_rounding == "fitted")
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None
     if chosen_recipe.weight_rounding == "fitted":

@@ -120,7 +120,8 @@ class _FixedWidths:
     """Stands in for auto_precision.choose_precision: the second conv int8, the rest int16 (a narrowing
     and a widening requantize around it)."""
 
-    def __call__(self, graph, registry, ranges, x, want, budget, cmsis_api, heldout=None, in_place=True):
+    def __call__(self, graph, registry, ranges, x, want, budget, cmsis_api, heldout=None, in_place=True,
+                 fit_rounding=False):
         apply_precision(graph, [8 if n.name == "c_node" else 16 for n in graph.nodes])
 
         class Chosen:

@@ -38,7 +38,8 @@ class _RandomWidths:
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, graph, registry, ranges, x, want, budget, cmsis_api, heldout=None, in_place=True):
+    def __call__(self, graph, registry, ranges, x, want, budget, cmsis_api, heldout=None, in_place=True,
+                 fit_rounding=False):
         bits = [int(b) for b in self.rng.choice([8, 16], len(graph.nodes))]
         apply_precision(graph, bits)
 
@@ -340,8 +341,11 @@ def test_an_sqnr_budget_is_held_to_the_lower_bound_not_the_expectation(monkeypat
     monkeypatch.setattr(recipe, "heldout_figures",
                         lambda *a: dataclasses.replace(real(*a), low_sqnr_db=real(*a).sqnr_db))
     held_to_expectation = convert(model, calibration, name="vke", precision="auto", max_error_db=budget)
-    assert held_to_expectation.plan.arena_bytes == int8["arena_bytes"]
-    assert held_to_bound.plan.arena_bytes > int8["arena_bytes"]
+    def widths(conv) -> set[int]:  # (an assignment wider than all-int8 may plan the same arena in place)
+        return {t.quant.bits for t in conv.graph.tensors.values() if t.quant is not None}
+
+    assert widths(held_to_expectation) == {8} and held_to_expectation.plan.arena_bytes == int8["arena_bytes"]
+    assert 16 in widths(held_to_bound) and held_to_bound.plan.arena_bytes >= int8["arena_bytes"]
     chosen = held_to_bound.report["quantization"]["auto_precision"]["chosen"]
     assert chosen["heldout_low_sqnr_db"] >= budget
 

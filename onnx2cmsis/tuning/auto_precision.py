@@ -61,6 +61,7 @@ from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.accuracy import accuracy
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
 from onnx2cmsis.tuning.search import sqnr_db
+from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 
 # Relative instructions, roughly as QEMU counts them on Cortex-M4 (benchmarks/precision_cost.py): the
 # s16 kernels multiply-accumulate nearly as fast as the s8 ones (the same SMLAD); a requantize step
@@ -183,9 +184,9 @@ class _Measure:
 
     def __init__(self, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
                  want: np.ndarray, api: CmsisApi, labels: np.ndarray | None, leader: list[int],
-                 in_place: bool = True):
+                 in_place: bool = True, fit_rounding: bool = False):
         self.graph, self.registry, self.ranges, self.x, self.api = graph, registry, ranges, x, api
-        self.in_place = in_place
+        self.in_place, self.fit_rounding = in_place, fit_rounding
         self.leader = leader
         self.producer = {out: i for i, n in enumerate(graph.nodes) for out in n.outputs}
         self.want = want.reshape(len(want), -1).astype(np.float64)
@@ -202,6 +203,8 @@ class _Measure:
         g = copy.deepcopy(self.graph)
         steps = apply_precision(g, bits)
         try:
+            if self.fit_rounding:  # the codes the conversion will have at these widths
+                fit_weight_rounding(g, self.registry, self.ranges, self.x)
             quantize_graph(g, self.registry, self.ranges)
         except ConversionError:  # e.g. an s16 accumulator that could overflow: not a candidate
             return Candidate(bits, -np.inf, 1 << 62, 1 << 62, 1 << 62, None if self.labels is None else -1.0)
@@ -239,18 +242,20 @@ class _Measure:
 
 def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
                      want: np.ndarray, budget: PrecisionBudget, api: CmsisApi,
-                     heldout: HeldoutCheck | None = None, in_place: bool = True) -> PrecisionChoice:
+                     heldout: HeldoutCheck | None = None, in_place: bool = True,
+                     fit_rounding: bool = False) -> PrecisionChoice:
     """The cheapest per-layer assignment that meets `budget` on `x` (the float model's outputs on it:
     `want`), an SQNR budget as expected on samples the ranges did not see (`heldout`; see the module
     docstring); applies it to `graph` (quant/precision.py). Refuses, with what all-int16 and all-int8
     reach, a budget all-int16 meets neither on `x` nor held out. `in_place`: the arenas as plan_memory
-    makes them with it (off for a stream)."""
+    makes them with it (off for a stream); `fit_rounding`: each assignment measured with the weight
+    codes of its int16 layers fitted (tuning/weight_rounding.py), as the recipe will give them."""
     labels = budget.labels if budget.max_accuracy_drop is not None else None
     float_accuracy = None if labels is None else accuracy(want, labels)
 
     n = len(graph.nodes)
     leader = _leaders(graph, registry)
-    measure = _Measure(graph, registry, ranges, x, want, api, labels, leader, in_place)
+    measure = _Measure(graph, registry, ranges, x, want, api, labels, leader, in_place, fit_rounding)
     # a layer whose handler computes int8 only (a plugin's, say) stays int8 in every candidate
     int8_only = {leader[i] for i, node in enumerate(graph.nodes) if 16 not in registry.for_op(node.op).activation_bits}
     units = sorted(set(leader) - int8_only)
