@@ -191,7 +191,8 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     # none; --precision auto's widths are chosen after the recipe, so there it is judged with every
     # layer at int16, and its int16 layers get it
     fit_rounding = opts.weight_rounding == "auto" and opts.precision in ("int16", "auto")
-    rounding_bits = [16] * len(graph.nodes) if opts.precision == "auto" else None
+    rounding_bits = None if opts.precision != "auto" else \
+        [16 if 16 in registry.for_op(n.op).activation_bits else 8 for n in graph.nodes]  # as wide as each can go
     if len(candidates) > 1 or fit_rounding:
         step(f"choosing the quantization recipe on {min(len(data.search), CHOICE_SAMPLES)} samples and held-out "
              "folds of them")

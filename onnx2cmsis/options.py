@@ -19,10 +19,10 @@ from onnx2cmsis.arith.rules import PRECISIONS
 from onnx2cmsis.codegen.naming import is_c_identifier
 from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ir.graph import DENSE_WEIGHTS, QuantOptions
-
-WEIGHT_ROUNDINGS = ("auto", "nearest", "fitted")  # tuning/weight_rounding.py
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
+
+WEIGHT_ROUNDINGS = ("auto", "nearest", "fitted")  # tuning/weight_rounding.py
 
 
 def _input_shape(value: tuple[int, ...] | str | None) -> tuple[tuple[int, ...] | None, str | None]:

@@ -184,3 +184,15 @@ def test_a_weight_trial_rerun_from_its_layer_scores_what_a_whole_run_does(tmp_pa
         whole, whole_parts = judge.measured(ranges, trial)
         assert np.array_equal(quick, whole) and not np.array_equal(quick, base)
         assert all(np.array_equal(q[t], w[t]) for q, w in zip(quick_parts, whole_parts) for t in w)
+
+
+def test_a_fit_that_could_not_be_quantized_beats_nothing():
+    """-inf scores (every fit refused, e.g. all-int16 where a layer cannot run at int16) must not pass
+    the rule by comparing -inf with -inf."""
+    from onnx2cmsis.tuning.recipe import beats
+
+    failed = Score(-np.inf, -np.inf)
+    assert not beats(failed, failed)
+    assert not beats(failed, Score(30.0, 28.0))
+    assert not beats(Score(31.0, 29.0), Score(30.0, None))
+    assert beats(Score(31.0, 29.0), Score(30.0, 28.0))

@@ -17,7 +17,8 @@ decision dominate them) and in-sample ones are optimistic; on the benchmark's de
 rule on either alone chose recipes that lost on the test sets. With fewer than MIN_SAMPLES search
 samples no fold is worth the name and the incumbent stays. The choice is made on at most
 CHOICE_SAMPLES of the search samples (spread evenly): the size of calibration set users have, and
-what keeps a conversion within about twice the time of a fixed recipe.
+what keeps a conversion within about twice the time of a fixed recipe (at int16, where the weight
+rounding challenge below adds its fits, about twice the time without it; docs/benchmarks.md).
 
 Weight rounding comes last: the recipe so chosen (TFLite's or another) is the incumbent against
 itself with fitted weight rounding (tuning/weight_rounding.py), by the same rule. It is not one more
@@ -49,7 +50,8 @@ from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, se
 FOLDS = 3
 MARGIN_DB = 0.2  # what a recipe must gain over the incumbent on held-out samples to be chosen
 MIN_SAMPLES = 16  # fewer search samples: folds of fewer than 5 samples say nothing
-CHOICE_SAMPLES = 64  # the choice runs up to 3 + 2 * FOLDS fits: on at most this many samples
+CHOICE_SAMPLES = 64  # the choice runs up to 3 + 2 * FOLDS fits (5 + 4 * FOLDS with the weight rounding
+# challenge): on at most this many samples
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,12 @@ def _challenge_rounding(winner: Recipe, reason: str, table: dict[Recipe, Score],
 
 
 def beats(challenger: Score, incumbent: Score) -> bool:
-    """The rule: at least as good on the calibration samples and MARGIN_DB better held out."""
-    return (challenger.calibration_sqnr_db >= incumbent.calibration_sqnr_db
-            and challenger.heldout_sqnr_db is not None and incumbent.heldout_sqnr_db is not None
+    """The rule: at least as good on the calibration samples and MARGIN_DB better held out (a fit that
+    could not be quantized, -inf, beats nothing)."""
+    figures = (challenger.calibration_sqnr_db, incumbent.calibration_sqnr_db, challenger.heldout_sqnr_db,
+               incumbent.heldout_sqnr_db)
+    return (all(f is not None and np.isfinite(f) for f in figures)
+            and challenger.calibration_sqnr_db >= incumbent.calibration_sqnr_db
             and challenger.heldout_sqnr_db >= incumbent.heldout_sqnr_db + MARGIN_DB)
 
 

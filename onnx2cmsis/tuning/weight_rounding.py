@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx2cmsis.arith.rules import dequantize_tensor
+from onnx2cmsis.arith.rules import dequantize_tensor, round_half_away
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.quantize import batches, quantize_samples, run_node_batch
@@ -37,6 +37,7 @@ from onnx2cmsis.tuning.search import quantized_copy
 DAMPING = 0.01  # of H's mean diagonal, added to it: keeps H^-1 finite where inputs go together exactly
 FITTED_INPUT_BITS = (16,)  # only layers reading int16 (16x8) activations: at int8 their rounding dominates
 BLOCK = 64  # columns updated one by one before the rest of the row takes their errors in one product
+SAMPLES_PER_SLICE = 32  # samples whose input columns are built at once
 MAX_COLUMNS = 2048  # inputs per output channel; beyond, the factorization's cost (columns^3) outgrows a conversion
 
 
@@ -77,34 +78,56 @@ def fit_weight_rounding(graph: Graph, registry: Registry, ranges: dict[str, tupl
 
 def _fit_node(node, registry: Registry, real: np.ndarray, scales: np.ndarray) -> bool:
     """Fitted codes for one node from its real-valued inputs (samples first); False when it keeps
-    nearest rounding (too many columns per channel, or no input that varies)."""
+    nearest rounding (too many columns per channel, or no input that varies). A group of channels
+    whose fit leaves more output error on these samples than nearest rounding keeps nearest codes
+    (the update does not promise less)."""
     w = node.consts["weight"].astype(np.float64)
     c_out = w.shape[0]
     s = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (c_out,))
     flat = w.reshape(c_out, -1)
-    codes = nearest_codes(flat, s)
+    if flat.shape[1] > MAX_COLUMNS:  # every channel's columns are its weights, flattened
+        return False
+    nearest = nearest_codes(flat, s)
+    codes = nearest.copy()
     nearest_error = fitted_error = 0.0
-    for channels, cols in registry.for_op(node.op).weight_columns(node, real):
-        if cols.shape[1] > MAX_COLUMNS:
-            return False
-        h = cols.T @ cols
-        codes[channels] = error_compensated_codes(flat[channels], s[channels], h)
-        nearest_error += output_error(flat[channels], nearest_codes(flat[channels], s[channels]), s[channels], h)
-        fitted_error += output_error(flat[channels], codes[channels], s[channels], h)
+    for channels, h in _input_products(node, registry, real):
+        fit = error_compensated_codes(flat[channels], s[channels], h)
+        before = output_error(flat[channels], nearest[channels], s[channels], h)
+        after = output_error(flat[channels], fit, s[channels], h)
+        if after < before:
+            codes[channels] = fit
+        nearest_error += before
+        fitted_error += min(after, before)
     if nearest_error <= 0:
         return False
     node.consts["weight"] = (codes * s[:, None]).reshape(w.shape).astype(np.float32)
     node.attrs["fitted_weight_scales"] = s.astype(np.float32)
-    changed = int(np.count_nonzero(codes != nearest_codes(flat, s)))
     node.attrs["weight_rounding"] = {
-        "codes_changed": changed, "of_codes": int(codes.size),
+        "codes_changed": int(np.count_nonzero(codes != nearest)), "of_codes": int(codes.size),
         "output_error_db": round(10 * float(np.log10(max(fitted_error, 1e-300) / nearest_error)), 2)}
     return True
 
 
+def _input_products(node, registry: Registry, real: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(channels, H = X^T X) per group of weight_columns, summed over slices of SAMPLES_PER_SLICE
+    samples: a layer's columns for all the samples at once (every output position's window, float64)
+    can take hundreds of MB."""
+    handler = registry.for_op(node.op)
+    products: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, len(real), SAMPLES_PER_SLICE):
+        for k, (channels, cols) in enumerate(handler.weight_columns(node, real[start:start + SAMPLES_PER_SLICE])):
+            h = cols.T @ cols
+            if k == len(products):
+                products.append((channels, h))
+            else:
+                products[k] = (channels, products[k][1] + h)
+    return products
+
+
 def nearest_codes(w: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """(rows, columns) weights -> the nearest int8 codes in [-127, 127] at each row's scale."""
-    return np.clip(np.round(w / s[:, None]), -127, 127)
+    """(rows, columns) weights -> the nearest int8 codes in [-127, 127] at each row's scale (ties away
+    from zero, as quantize_weights rounds)."""
+    return np.clip(round_half_away(w / s[:, None]), -127, 127)
 
 
 def output_error(w: np.ndarray, codes: np.ndarray, s: np.ndarray, h: np.ndarray) -> float:
@@ -115,7 +138,7 @@ def output_error(w: np.ndarray, codes: np.ndarray, s: np.ndarray, h: np.ndarray)
 
 def error_compensated_codes(w: np.ndarray, s: np.ndarray, h: np.ndarray) -> np.ndarray:
     """(rows, columns) weights, each row's scale `s` and the inputs' H = X^T X -> int8 codes in
-    [-127, 127] that leave a smaller tr(dW H dW^T) than nearest rounding. Columns are taken in
+    [-127, 127] that usually leave a smaller tr(dW H dW^T) than nearest rounding. Columns are taken in
     order of decreasing input energy (the loudest inputs decide first, the quiet ones absorb the
     rest); a column no sample drives is rounded to nearest."""
     w = w.astype(np.float64).copy()
@@ -136,7 +159,7 @@ def error_compensated_codes(w: np.ndarray, s: np.ndarray, h: np.ndarray) -> np.n
         stop = min(start + BLOCK, order.size)
         errors = np.empty((w.shape[0], stop - start))
         for i in range(start, stop):
-            q = np.clip(np.round(work[:, i] / s), -127, 127)
+            q = np.clip(round_half_away(work[:, i] / s), -127, 127)
             errors[:, i - start] = err = (work[:, i] - q * s) / upper[i, i]
             work[:, i + 1:stop] -= np.outer(err, upper[i, i + 1:stop])
             fitted[:, i] = q
