@@ -78,6 +78,14 @@ def batches(graph: Graph, n: int) -> Iterator[slice]:
     return (slice(start, min(start + step, n)) for start in range(0, n, step))
 
 
+def input_slices(graph: Graph, x: np.ndarray | MultiSamples) -> list[dict[str, np.ndarray]]:
+    """N float samples' input codes (quantize_samples) as one dict of values per slice of `batches`:
+    what a pass that runs the integer reference node by node (run_node_batch) starts from."""
+    codes = quantize_samples(graph, x)
+    return [{name: np.asarray(c)[part].reshape(part.stop - part.start, *graph.tensors[name].shape)
+             for name, c in zip(graph.inputs, codes, strict=True)} for part in batches(graph, len(codes[0]))]
+
+
 def reference_by_sample(graph: Graph, registry: Registry, codes: Sequence[np.ndarray], keep_all: bool = False,
                         upto: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """run_reference of each of N samples in turn (one (N, ...) array of codes per input), computed a

@@ -31,7 +31,7 @@ import onnx
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import RecordedFloats, record_floats
-from onnx2cmsis.quant.quantize import batch_outputs, batches, quantize_samples, run_node_batch
+from onnx2cmsis.quant.quantize import batch_outputs, input_slices, run_node_batch
 from onnx2cmsis.arith.rules import dequantize_tensor, int_range
 from onnx2cmsis.tuning.search import quantized_copy
 
@@ -83,10 +83,7 @@ def _correct_in_one_pass(graph: Graph, registry: Registry, ranges: dict[str, tup
     quantization reads its own constants and the fixed ranges only, so this is what quantizing the
     whole graph again for each target would give.)"""
     g = quantized_copy(graph, registry, ranges, {})  # the weight choices are on the nodes already
-    codes = quantize_samples(g, x)
-    # one dict of values per slice of samples (batches keeps each slice's temporaries small)
-    parts = [{name: np.asarray(c)[part].reshape(part.stop - part.start, *g.tensors[name].shape)
-              for name, c in zip(g.inputs, codes, strict=True)} for part in batches(g, len(codes[0]))]
+    parts = input_slices(g, x)  # one dict of values per slice (batches keeps each slice's temporaries small)
     corrected = []
     for index, node in enumerate(g.nodes):
         for values in parts:

@@ -31,7 +31,7 @@ import numpy as np
 from onnx2cmsis.arith.rules import dequantize_tensor, round_half_away
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.quantize import batches, quantize_samples, run_node_batch
+from onnx2cmsis.quant.quantize import input_slices, run_node_batch
 from onnx2cmsis.tuning.search import quantized_copy
 
 DAMPING = 0.01  # of H's mean diagonal, added to it: keeps H^-1 finite where inputs go together exactly
@@ -56,9 +56,7 @@ def fit_weight_rounding(graph: Graph, registry: Registry, ranges: dict[str, tupl
     targets = {i for i in candidates if g.tensors[g.nodes[i].inputs[0]].quant.bits in input_bits}
     if not targets:
         return []
-    codes = quantize_samples(g, x)
-    parts = [{name: np.asarray(c)[part].reshape(part.stop - part.start, *g.tensors[name].shape)
-              for name, c in zip(g.inputs, codes, strict=True)} for part in batches(g, len(codes[0]))]
+    parts = input_slices(g, x)
     fitted = []
     for index, node in enumerate(g.nodes):
         if index in targets:
