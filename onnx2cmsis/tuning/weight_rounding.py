@@ -69,6 +69,8 @@ def fit_weight_rounding(graph: Graph, registry: Registry, ranges: dict[str, tupl
                 node.attrs = dict(original.attrs)
                 registry.for_op(node.op).quantize(node, g, ranges)
                 fitted.append(index)
+            if index == max(targets):
+                break  # nothing after the last fitted layer feeds one
         for values in parts:
             run_node_batch(g, registry, node, values)
     return fitted
