@@ -25,10 +25,9 @@ class Case:
         return path
 
 
-# What the sweeps check (C == reference == oracle) does not depend on the quantization recipe, and
-# choosing it (tuning/recipe.py: up to 9 fits on held-out folds, 17 with the weight rounding challenge
-# at int16) on random weights and noise says nothing: the sweeps pin one. The recipe choice has its
-# own tests (test_recipe.py, test_weight_rounding.py) and every trained-model test runs it.
+# The sweeps check C == reference == oracle, which no recipe changes, and choosing one (up to 9 fits,
+# 17 with the int16 weight rounding challenge) on random weights and noise says nothing: they pin it.
+# The choice has its own tests (test_recipe.py, test_weight_rounding.py); trained-model tests run it.
 PINNED_RECIPE = {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False,
                  "weight_rounding": "nearest"}
 

@@ -154,12 +154,8 @@ def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, c
     if len(candidates) == 1:
         winner, reason = incumbent, "the only recipe the options leave open"
     else:
-        # the best in-sample challenger, if it is at least the incumbent's: only it can be chosen, so
-        # only it and the incumbent are fitted on the folds
         challenger = max(candidates[1:], key=lambda r: scores[r].calibration_sqnr_db)
-        if scores[challenger].calibration_sqnr_db >= scores[incumbent].calibration_sqnr_db:
-            for r in (incumbent, challenger):
-                scores[r] = Score(scores[r].calibration_sqnr_db, held_out(r))
+        _cross_validate(scores, incumbent, challenger, held_out, None)
         winner, reason = pick(candidates, scores)
     table = scores if rounding_bits is None else {}
     if fit_rounding:
@@ -178,11 +174,8 @@ def _challenge_rounding(winner: Recipe, reason: str, table: dict[Recipe, Score],
     for r in ([winner] if winner not in table else []) + variants:
         table[r] = Score(in_sample(r, bits), None)
     rounded = max(variants, key=lambda r: table[r].calibration_sqnr_db)
-    if table[rounded].calibration_sqnr_db >= table[winner].calibration_sqnr_db:
-        for r in (winner, rounded):
-            if table[r].heldout_sqnr_db is None:
-                table[r] = Score(table[r].calibration_sqnr_db, held_out(r, bits))
-    at = "" if bits is None else " with every layer at int16"
+    _cross_validate(table, winner, rounded, held_out, bits)
+    at = "" if bits is None else " with every layer at int16 where it can be"
     if not beats(table[rounded], table[winner]):
         return winner, (reason + f"; weights rounded to nearest: fitted rounding does not gain {MARGIN_DB} dB on "
                         f"held-out folds{at}")
@@ -191,6 +184,17 @@ def _challenge_rounding(winner: Recipe, reason: str, table: dict[Recipe, Score],
                      + (", without bias correction" if rounded.bias_correction != winner.bias_correction else "")
                      + f": {gain:+.2f} dB on held-out folds{at} "
                      + f"({table[rounded].calibration_sqnr_db - table[winner].calibration_sqnr_db:+.2f} dB in-sample)")
+
+
+def _cross_validate(table: dict[Recipe, Score], incumbent: Recipe, challenger: Recipe, held_out,
+                    bits: list[int] | None) -> None:
+    """Fit the incumbent and the best in-sample challenger on the folds (those not fitted yet), if the
+    challenger is at least the incumbent in-sample: only then can it be chosen, so only then are the
+    folds worth their fits."""
+    if table[challenger].calibration_sqnr_db >= table[incumbent].calibration_sqnr_db:
+        for r in (incumbent, challenger):
+            if table[r].heldout_sqnr_db is None:
+                table[r] = Score(table[r].calibration_sqnr_db, held_out(r, bits))
 
 
 def beats(challenger: Score, incumbent: Score) -> bool:
