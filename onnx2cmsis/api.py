@@ -220,20 +220,25 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
             labels = data.labels[data.chosen]
             target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=labels)
         heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels, recorded)
+
+        def fit_rounding(g: Graph) -> None:  # the codes each assignment will have
+            fit_weight_rounding(model, g, registry, calibration.ranges, data.search, recorded)
         try:
             chosen = choose_precision(graph, registry, calibration.ranges, data.search,
                                       float_outputs(model, data.search, recorded), target, cmsis.api, heldout,
                                       in_place=opts.streaming is None,  # arenas as back_end will plan them
-                                      fit_rounding=chosen_recipe.weight_rounding == "fitted")
+                                      fit_rounding=fit_rounding if chosen_recipe.weight_rounding == "fitted"
+                                      else None)
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None
     if chosen_recipe.weight_rounding == "fitted":
         step("fitting weight rounding to the layers' inputs")
-        fit_weight_rounding(graph, registry, calibration.ranges, data.search)
+        fit_weight_rounding(model, graph, registry, calibration.ranges, data.search, recorded)
     corrected = None
     if chosen_recipe.bias_correction:
         step("correcting biases")
-        corrected = len(correct_biases(model, graph, registry, calibration.ranges, data.search, recorded))
+        corrected = len(correct_biases(model, graph, registry, calibration.ranges, data.search, recorded,
+                                       fitted=chosen_recipe.corrects_fitted))
     quantize_graph(graph, registry, calibration.ranges)
     check_graph(graph, "quantization", quantized=True)
     return Tuning(calibration.summary(), corrected, None if chosen is None else chosen.summary(), recipe.summary(),

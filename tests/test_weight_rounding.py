@@ -3,6 +3,8 @@ kept only where they beat nearest rounding on calibration samples held out from 
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,13 @@ from onnx import helper, numpy_helper
 from onnx2cmsis.api import convert, front_end
 from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ops.conv import fold_affine_into_weights, layer_weights
-from onnx2cmsis.quant.quantize import dequantized_outputs
+from onnx2cmsis.ops.registry import build_registry
+from onnx2cmsis.quant.precision import apply_precision
+from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
 from onnx2cmsis.tuning.recipe import Recipe, fitted
-from onnx2cmsis.tuning.search import float_outputs
-from onnx2cmsis.tuning.weight_rounding import error_compensated_codes
+from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs
+from onnx2cmsis.tuning.weight_rounding import (InputProducts, compensated_weights, error_compensated_codes,
+                                               fit_weight_rounding, rounding_only_tensors)
 from tests.bit_exact import bit_exact_everywhere
 from tests.needs import oracle_runtime
 from tests.onnx_models import gemm_model, save_one_input_model
@@ -168,7 +173,7 @@ def test_auto_precision_judges_rounding_at_int16_and_fits_the_layers_reading_int
     path = _conv_model(tmp_path / "conv.onnx", rng)
     calib = _smooth(rng, 48)
     probe = convert(path, calib, name="m", precision="auto", max_error_db=1.0)  # all int8: its figure
-    budget = probe.report["quantization"]["auto_precision"]["int8"]["sqnr_db"] + 1.0  # some int16 needed
+    budget = probe.report["quantization"]["auto_precision"]["int8"]["sqnr_db"] + 0.5  # some int16 needed
     conv = convert(path, calib, name="m", precision="auto", max_error_db=round(budget, 1))
     recipe = conv.report["quantization"]["recipe"]
     at16 = {c["weight_rounding"] for c in recipe["weight_rounding_at_int16"]}
@@ -192,3 +197,103 @@ def test_fitted_codes_are_bit_exact_in_c_tflite_micro_and_on_qemu(tmp_path):
     assert conv.report["quantization"]["recipe"]["chosen"]["weight_rounding"] == "fitted"
     assert sum("weight_rounding" in layer for layer in conv.report["layers"]) == 2
     bit_exact_everywhere(conv, _smooth(rng, 12), tmp_path, qemu_samples=3)
+
+
+def test_compensated_weights_undo_a_systematic_error_of_the_inputs():
+    """Inputs that reach the integer layer 10% low: the weights that give the float layer's output
+    from them are the float weights / 0.9 (damping pulls them a little back); inputs equal to the
+    float model's leave the weights as they are."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((5, 16))
+    xf = rng.standard_normal((500, 16))
+    xq = 0.9 * xf
+    got = compensated_weights(w, InputProducts(xq.T @ xq, xf.T @ xq, xf.T @ xf))
+    np.testing.assert_allclose(got, w / 0.9, rtol=0.01)
+    same = compensated_weights(w, InputProducts(xf.T @ xf, xf.T @ xf, xf.T @ xf))
+    np.testing.assert_allclose(same, w, rtol=1e-9, atol=1e-9)
+
+
+def _tflite_recipe_16x8(model, graph, registry, calib, fit_inputs: bool):
+    """TFLite's recipe with every layer at int16 and fitted codes, the inputs' error fitted or not."""
+    g = copy.deepcopy(graph)
+    g.quant_options = replace(g.quant_options, calibration_method="minmax", dense_weights="per-channel")
+    found = calibrate(model, g, registry, calib, calib, "minmax", "per-channel", None)
+    apply_weights(g, found.weights)
+    apply_precision(g, [16] * len(g.nodes))
+    fit_weight_rounding(model, g, registry, found.ranges, calib, input_error_bits=(16,) if fit_inputs else ())
+    quantize_graph(g, registry, found.ranges)
+    return g
+
+
+def _tanh_chain_model(path, rng: np.random.Generator) -> str:
+    """(1, 4, 64) -> Conv(12, k5) -> Tanh -> Conv(12, k3) -> Tanh -> Conv(8, k3) -> y (same padding)."""
+    inits, nodes, source, c_in = [], [], "x", 4
+    for i, (c_out, k) in enumerate(((12, 5), (12, 3), (8, 3))):
+        w = (rng.standard_normal((c_out, c_in, k)) / np.sqrt(c_in * k)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")]
+        out = "y" if i == 2 else f"t{i}"
+        nodes.append(helper.make_node("Conv", [source, f"w{i}", f"b{i}"], [out if i == 2 else f"c{i}"],
+                                      pads=[k // 2, k // 2]))
+        if i < 2:
+            nodes.append(helper.make_node("Tanh", [f"c{i}"], [out]))
+        source, c_in = out, c_out
+    return save_one_input_model(path, nodes, [1, 4, 64], inits)
+
+
+def test_fitting_the_inputs_error_too_holds_on_new_samples(tmp_path):
+    """Each conv's inputs carry the int8 weight rounding of the convs before it, the same for a given
+    input every time: codes fitted to the float model's inputs take part of it out, and on 500 new
+    samples the output is closer to the float model's than with each layer's own weight error fitted
+    alone (by 3.3-4.2 dB over three seeds of this model; by 1 dB asked)."""
+    rng = np.random.default_rng(10)
+    path = _tanh_chain_model(tmp_path / "chain.onnx", rng)
+    calib, fresh = _smooth(rng, 48), _smooth(rng, 500)
+    registry = build_registry()
+    model, graph, _ = front_end(Path(path), registry)
+    want = float_outputs(model, fresh).reshape(len(fresh), -1).astype(np.float64)
+    got = {inputs: _sqnr(dequantized_outputs(_tflite_recipe_16x8(model, graph, registry, calib, inputs), registry,
+                                             fresh), want) for inputs in (False, True)}
+    assert got[True] > got[False] + 1.0, got
+
+
+def test_a_clipping_range_or_an_int8_tensor_upstream_leaves_a_layer_its_weights_error_alone(tmp_path):
+    """A layer fits its inputs' error only where they differ from the float model's by int16 rounding
+    alone: not downstream of a range that clips the calibration samples, nor of an int8 tensor."""
+    rng = np.random.default_rng(11)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    calib = _smooth(rng, 32)
+    registry = build_registry()
+    model, graph, _ = front_end(Path(path), registry)
+    g = fitted(model, graph, registry, Recipe("minmax", "per-channel", False), calib, [16] * len(graph.nodes))
+    first, second = (n for n in g.nodes if n.op == "conv1d")
+    assert rounding_only_tensors(g, model, calib, None) >= {first.inputs[0], second.inputs[0], second.output}
+    q = g.tensors[first.output].quant
+    g.tensors[first.output].quant = replace(q, scale=q.scale / 4)  # clips: a quarter of its range
+    fine = rounding_only_tensors(g, model, calib, None)
+    assert first.inputs[0] in fine and first.output not in fine
+    assert second.inputs[0] not in fine and second.output not in fine
+    g8 = fitted(model, graph, registry, Recipe("minmax", "per-channel", False), calib, [8] * len(graph.nodes))
+    assert rounding_only_tensors(g8, model, calib, None) == set()
+
+
+def test_bias_correction_of_the_nearest_rounded_layers_leaves_the_fitted_ones_alone(tmp_path):
+    """With fitted codes a recipe may correct only the layers left with nearest codes (--precision
+    auto's int8 layers): with every layer fitted there is nothing to correct; asked for all, the
+    fitted layers are corrected too; and convert's challenge offers both."""
+    rng = np.random.default_rng(12)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    calib = _smooth(rng, 40)
+    registry = build_registry()
+    model, graph, _ = front_end(Path(path), registry)
+    bits = [16] * len(graph.nodes)
+    biases = {corrected: [n.qparams["bias"] for n in fitted(model, graph, registry, recipe, calib, bits).nodes
+                          if n.op == "conv1d"]
+              for corrected, recipe in (("none", Recipe("minmax", "per-channel", False, "fitted")),
+                                        ("nearest", Recipe("minmax", "per-channel", True, "fitted",
+                                                           corrects_fitted=False)),
+                                        ("all", Recipe("minmax", "per-channel", True, "fitted")))}
+    assert all(np.array_equal(a, b) for a, b in zip(biases["nearest"], biases["none"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(biases["all"], biases["none"]))
+    conv = convert(path, calib, precision="int16", calibration_method="minmax", dense_weights="per-channel")
+    rounding = [c for c in conv.report["quantization"]["recipe"]["candidates"] if c["weight_rounding"] == "fitted"]
+    assert {c.get("bias_correction_of_fitted_layers") for c in rounding} == {True, False}

@@ -1,11 +1,14 @@
 """What fitted weight rounding (tuning/weight_rounding.py) does at each width on the held-out
 benchmark's models: TFLite's recipe (min/max ranges, per-channel weights, no bias correction) with
 nearest rounding against the same recipe with every conv/dense layer's codes fitted, all layers int8
-and all int16. Per model: the output SQNR on the calibration samples (in-sample) and on the test set,
-and, per fitted layer, that layer's output SQNR against the float model on the test set (how much
-the fit moves the layer itself). The integer reference is bit-exact with the C.
+and all int16: fitted to the weights' and the inputs' rounding error (at int8 too, which convert
+does not take), and (a column of its own) to the weights' error alone, as part 7 did. Per model:
+the output SQNR on the calibration samples (in-sample) and on the test set, and, per fitted layer,
+that layer's output SQNR against the float model on the test set (how much the fit moves the layer
+itself). The integer reference is bit-exact with the C.
 
-This is the measurement behind fitting only layers that read int16: run it to see the int8 column.
+This is the measurement behind fitting only layers that read int16 (run it to see the int8 rows) and
+behind fitting the inputs' error too (issue 29 part 8).
 
     python benchmarks/heldout/rounding_experiment.py [--half dev|heldback|all] [--models a,b]
         [--json benchmarks/out/heldout_rounding.json]
@@ -43,7 +46,8 @@ from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding  # noqa: E402
 
 
 def quantized(model, graph, registry, calibration, recorded, bits: int, rounding: str):
-    """TFLite's recipe at one width for every layer, weights rounded to nearest or fitted (at any width)."""
+    """TFLite's recipe at one width for every layer, weights rounded to nearest or fitted (at any width:
+    to the weights' and inputs' error as convert fits them, or, "weights", to the weights' alone)."""
     g = copy.deepcopy(graph)
     g.quant_options = replace(g.quant_options, calibration_method=TFLITE_RECIPE.calibration_method,
                               dense_weights=TFLITE_RECIPE.dense_weights)
@@ -51,8 +55,10 @@ def quantized(model, graph, registry, calibration, recorded, bits: int, rounding
                       TFLITE_RECIPE.dense_weights, recorded)
     apply_weights(g, found.weights)
     apply_precision(g, [bits] * len(g.nodes))
-    if rounding == "fitted":
-        fit_weight_rounding(g, registry, found.ranges, calibration, input_bits=(8, 16))
+    if rounding != "nearest":  # "fitted": the weights' and inputs' error, the inputs' at any width (convert
+        # takes int16 tensors' alone); "weights": the weights' own error alone
+        fit_weight_rounding(model, g, registry, found.ranges, calibration, recorded, input_bits=(8, 16),
+                            input_error_bits=(8, 16) if rounding == "fitted" else ())
     quantize_graph(g, registry, found.ranges)
     return g
 
@@ -65,10 +71,9 @@ def layer_sqnrs(model, g, registry, x: np.ndarray, indices: list[int]) -> dict[i
     out = {}
     for i in indices:
         t = g.tensors[g.nodes[i].output]
-        if not t.calib_name or t.calib_index is None or len(t.calib_index) != t.size:
+        if not t.mirrors_model_value:
             continue
-        want = np.empty((len(x), t.size))
-        want[:, t.calib_index] = floats.stacked(t.calib_name).reshape(len(x), -1)
+        want = t.in_layout(floats.stacked(t.calib_name)).reshape(len(x), -1)
         got = dequantize_tensor(values[g.nodes[i].output], t.quant).reshape(len(x), -1)
         out[i] = sqnr_db(got.astype(np.float64), want)
     return out
@@ -82,8 +87,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     print("| model | half | width | in-sample nearest / fitted dB | test nearest / fitted dB | test gain dB "
-          "| fitted layers' own test SQNR gain, mean dB |")
-    print("|---|---|---|---|---|---|---|")
+          "| weights' error alone: test gain dB | fitted layers' own test SQNR gain, mean dB |")
+    print("|---|---|---|---|---|---|---|---|")
     for entry in catalog.select(args.half, args.models.split(",") if args.models else None):
         registry = build_registry()
         model, graph, _ = front_end(HERE / "models" / f"{entry.name}.h5", registry)
@@ -93,7 +98,8 @@ def main() -> None:
         seen = float_outputs(model, calibration, recorded).reshape(len(calibration), -1).astype(np.float64)
         want = float_outputs(model, x_test).reshape(len(x_test), -1).astype(np.float64)
         for bits in (8, 16):
-            got = {r: quantized(model, graph, registry, calibration, recorded, bits, r) for r in ("nearest", "fitted")}
+            got = {r: quantized(model, graph, registry, calibration, recorded, bits, r)
+                   for r in ("nearest", "weights", "fitted")}
             row = {"model": entry.name, "half": catalog.HALF[entry.name], "bits": bits}
             for r, g in got.items():
                 row[f"{r}_in_sample_db"] = sqnr_db(dequantized_outputs(g, registry, calibration), seen)
@@ -105,11 +111,12 @@ def main() -> None:
             row["layer_gain_db"] = {got["fitted"].nodes[i].name + f"#{i}": fitted_layers[i] - nearest_layers[i]
                                     for i in fitted_layers}
             row["test_gain_db"] = row["fitted_test_db"] - row["nearest_test_db"]
+            row["weights_alone_gain_db"] = row["weights_test_db"] - row["nearest_test_db"]
             rows.append(row)
             mean_layer = np.mean(list(row["layer_gain_db"].values())) if row["layer_gain_db"] else float("nan")
             print(f"| {entry.name} | {row['half']} | int{bits} | {row['nearest_in_sample_db']:.2f} / "
                   f"{row['fitted_in_sample_db']:.2f} | {row['nearest_test_db']:.2f} / {row['fitted_test_db']:.2f} | "
-                  f"{row['test_gain_db']:+.2f} | {mean_layer:+.2f} |", flush=True)
+                  f"{row['test_gain_db']:+.2f} | {row['weights_alone_gain_db']:+.2f} | {mean_layer:+.2f} |", flush=True)
     print()
     for half in ("dev", "heldback", "all"):
         for bits in (8, 16):
@@ -117,9 +124,11 @@ def main() -> None:
             if not sel:
                 continue
             gains = [r["test_gain_db"] for r in sel]
+            alone = [r["weights_alone_gain_db"] for r in sel]
             layers = [g for r in sel for g in r["layer_gain_db"].values()]
             print(f"- {half}, int{bits} ({len(sel)} models): test gain median {np.median(gains):+.2f} dB, worst "
-                  f"{min(gains):+.2f}, best {max(gains):+.2f}; fitted layers' own SQNR gain median "
+                  f"{min(gains):+.2f}, best {max(gains):+.2f} (the weights' error alone: median "
+                  f"{np.median(alone):+.2f}, worst {min(alone):+.2f}); fitted layers' own SQNR gain median "
                   f"{np.median(layers):+.2f} dB over {len(layers)} layers")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")

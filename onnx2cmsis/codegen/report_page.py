@@ -32,6 +32,7 @@ def recipe_text(recipe: dict[str, Any]) -> str:
         return recipe["reason"]
     what = (f"{chosen['calibration_method']} ranges, {chosen['dense_weights']} dense weights, "
             + ("bias correction" if chosen["bias_correction"] else "no bias correction")
+            + ("" if chosen.get("bias_correction_of_fitted_layers", True) else " of the layers rounded to nearest")
             + (", fitted weight rounding" if chosen.get("weight_rounding") == "fitted" else ""))
     return f"{what}: {recipe['reason']}"
 

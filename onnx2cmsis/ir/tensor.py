@@ -52,6 +52,20 @@ class Tensor:
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
+    def mirrors_model_value(self) -> bool:
+        """Each element is one of its model value's: the float model's values stand beside it element
+        for element (bias correction, weight rounding and per-layer accuracy compare the two)."""
+        return bool(self.calib_name) and self.calib_index is not None and len(self.calib_index) == self.size
+
+    def in_layout(self, values: np.ndarray) -> np.ndarray:
+        """Its model value's float values, samples first in the model's layout, as this tensor holds
+        them: (samples, *shape), float64. Only where mirrors_model_value."""
+        n = len(values)
+        out = np.empty((n, self.size))
+        out[:, self.calib_index] = np.asarray(values).reshape(n, -1)
+        return out.reshape(n, *self.shape)
+
+    @property
     def nbytes(self) -> int:
         """Bytes the tensor takes in C (elements x their width; 1 each before quantization)."""
         return self.size * (1 if self.quant is None else self.quant.bits // 8)

@@ -61,7 +61,6 @@ from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.accuracy import accuracy
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_graph
 from onnx2cmsis.tuning.search import sqnr_db
-from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 
 # Relative instructions, roughly as QEMU counts them on Cortex-M4 (benchmarks/precision_cost.py): the
 # s16 kernels multiply-accumulate nearly as fast as the s8 ones (the same SMLAD); a requantize step
@@ -184,7 +183,7 @@ class _Measure:
 
     def __init__(self, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
                  want: np.ndarray, api: CmsisApi, labels: np.ndarray | None, leader: list[int],
-                 in_place: bool = True, fit_rounding: bool = False):
+                 in_place: bool = True, fit_rounding: Callable[[Graph], object] | None = None):
         self.graph, self.registry, self.ranges, self.x, self.api = graph, registry, ranges, x, api
         self.in_place, self.fit_rounding = in_place, fit_rounding
         self.leader = leader
@@ -203,8 +202,8 @@ class _Measure:
         g = copy.deepcopy(self.graph)
         steps = apply_precision(g, bits)
         try:
-            if self.fit_rounding:  # the codes the conversion will have at these widths
-                fit_weight_rounding(g, self.registry, self.ranges, self.x)
+            if self.fit_rounding is not None:  # the codes the conversion will have at these widths
+                self.fit_rounding(g)
             quantize_graph(g, self.registry, self.ranges)
         except ConversionError:  # e.g. an s16 accumulator that could overflow: not a candidate
             return Candidate(bits, -np.inf, 1 << 62, 1 << 62, 1 << 62, None if self.labels is None else -1.0)
@@ -243,13 +242,14 @@ class _Measure:
 def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]], x: np.ndarray,
                      want: np.ndarray, budget: PrecisionBudget, api: CmsisApi,
                      heldout: HeldoutCheck | None = None, in_place: bool = True,
-                     fit_rounding: bool = False) -> PrecisionChoice:
+                     fit_rounding: Callable[[Graph], object] | None = None) -> PrecisionChoice:
     """The cheapest per-layer assignment that meets `budget` on `x` (the float model's outputs on it:
     `want`), an SQNR budget as expected on samples the ranges did not see (`heldout`; see the module
     docstring); applies it to `graph` (quant/precision.py). Refuses, with what all-int16 and all-int8
     reach, a budget all-int16 meets neither on `x` nor held out. `in_place`: the arenas as plan_memory
-    makes them with it (off for a stream); `fit_rounding`: each assignment measured with the weight
-    codes of its int16 layers fitted (tuning/weight_rounding.py), as the recipe will give them."""
+    makes them with it (off for a stream); `fit_rounding`: fits a graph's weight codes in place
+    (tuning/weight_rounding.py, as the recipe will), so that each assignment is measured with the
+    codes it will have."""
     labels = budget.labels if budget.max_accuracy_drop is not None else None
     float_accuracy = None if labels is None else accuracy(want, labels)
 

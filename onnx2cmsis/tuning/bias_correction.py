@@ -49,20 +49,23 @@ class CorrectedRun:
 
 
 def correct_biases(model: onnx.ModelProto, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
-                   x: np.ndarray, recorded: RecordedFloats | None = None) -> list[int]:
+                   x: np.ndarray, recorded: RecordedFloats | None = None, fitted: bool = True) -> list[int]:
     """Fold each correctable node's mean output error into its bias (graph.nodes[i].consts); returns
-    the indices of the nodes corrected. `recorded`: the float values of `x`, if already run."""
-    return corrected_run(model, graph, registry, ranges, x, recorded).corrected
+    the indices of the nodes corrected. `recorded`: the float values of `x`, if already run;
+    `fitted`: also the nodes with fitted weight codes (tuning/weight_rounding.py), else only those
+    with nearest codes."""
+    return corrected_run(model, graph, registry, ranges, x, recorded, fitted=fitted).corrected
 
 
 def corrected_run(model: onnx.ModelProto, graph: Graph, registry: Registry, ranges: dict[str, tuple[float, float]],
                   x: np.ndarray, recorded: RecordedFloats | None = None,
-                  rows: np.ndarray | None = None) -> CorrectedRun:
+                  rows: np.ndarray | None = None, fitted: bool = True) -> CorrectedRun:
     """correct_biases with the errors measured on the samples `rows` of `x` alone (None: all), with
     the output codes of every sample of `x` and the quantized copy the pass ran: the recipe choice
     scores the samples a fit did not see in the same pass, without quantizing the graph again."""
     targets = [i for i, n in enumerate(graph.nodes)
-               if registry.for_op(n.op).folds_affine and "bias" in n.consts and _comparable(graph, n.output)]
+               if registry.for_op(n.op).folds_affine and "bias" in n.consts
+               and graph.tensors[n.output].mirrors_model_value and (fitted or "weight_rounding" not in n.attrs)]
     if not targets:
         return CorrectedRun([], None, None)
     rows = np.arange(len(x)) if rows is None else np.asarray(rows)
@@ -114,11 +117,6 @@ def _correction_summary(shift: np.ndarray, scale: float) -> dict:
             "largest_steps": round(float(steps.max()), 3), "mean_steps": round(float(steps.mean()), 3)}
 
 
-def _comparable(graph: Graph, tensor: str) -> bool:
-    t = graph.tensors[tensor]
-    return bool(t.calib_name) and t.calib_index is not None and len(t.calib_index) == t.size
-
-
 def _mean_error(graph: Graph, node, output: np.ndarray, floats: dict[str, np.ndarray]) -> np.ndarray | None:
     """Each channel's mean error of the node's int8 output (the samples given) against float, where the
     output moves with the bias, shrunk by _kept_share (None: no such position)."""
@@ -133,9 +131,7 @@ def _mean_error(graph: Graph, node, output: np.ndarray, floats: dict[str, np.nda
     n = len(output)
     # all samples at once: (samples, positions, channels)
     got = dequantize_tensor(output, q).astype(np.float64).reshape(n, -1, channels)
-    want = np.empty((n, t.size))
-    want[:, t.calib_index] = floats[t.calib_name].reshape(n, -1)
-    want = want.reshape(n, -1, channels)
+    want = t.in_layout(floats[t.calib_name]).reshape(n, -1, channels)
     linear = (want > floor) & (want < ceiling)
     # per sample and channel: the summed error and how many positions
     sums = np.where(linear, got - want, 0.0).sum(axis=1)
