@@ -225,7 +225,10 @@ def compensated_weights(w: np.ndarray, p: InputProducts) -> np.ndarray:
     nearest the float layer's output: W H_fq H_qq^-1, both products damped alike (so that W* = W where
     the inputs are the float model's own, and H_qq stays invertible where inputs go together)."""
     damping = DAMPING * float(np.mean(np.diag(p.qq))) * np.eye(len(p.qq))
-    return np.linalg.lstsq((p.qq + damping).T, (w @ (p.fq + damping)).T, rcond=None)[0].T
+    try:  # H_qq + damping is symmetric positive definite wherever some input varies
+        return np.linalg.solve(p.qq + damping, (w @ (p.fq + damping)).T).T
+    except np.linalg.LinAlgError:  # no input that varies: nothing to compensate
+        return w
 
 
 def nearest_codes(w: np.ndarray, s: np.ndarray) -> np.ndarray:
