@@ -221,13 +221,13 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
             target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=labels)
         heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels, recorded)
 
-        def fit_rounding(g: Graph) -> None:  # the codes each assignment will have
+        def fit_codes(g: Graph) -> None:  # the codes each assignment will have
             fit_weight_rounding(model, g, registry, calibration.ranges, data.search, recorded)
         try:
             chosen = choose_precision(graph, registry, calibration.ranges, data.search,
                                       float_outputs(model, data.search, recorded), target, cmsis.api, heldout,
                                       in_place=opts.streaming is None,  # arenas as back_end will plan them
-                                      fit_rounding=fit_rounding if chosen_recipe.weight_rounding == "fitted"
+                                      fit_rounding=fit_codes if chosen_recipe.weight_rounding == "fitted"
                                       else None)
         except ConversionError as exc:
             raise ConversionError(exc.message, exc.where or where) from None

@@ -294,6 +294,14 @@ def test_bias_correction_of_the_nearest_rounded_layers_leaves_the_fitted_ones_al
                                         ("all", Recipe("minmax", "per-channel", True, "fitted")))}
     assert all(np.array_equal(a, b) for a, b in zip(biases["nearest"], biases["none"]))
     assert not all(np.array_equal(a, b) for a, b in zip(biases["all"], biases["none"]))
+    # the first conv at int8 keeps nearest codes and is corrected; the second, fitted, is not
+    first_conv = next(n for n in graph.nodes if n.op == "conv1d")
+    mixed = [8 if n is first_conv else 16 for n in graph.nodes]
+    first, second = ([n.qparams["bias"] for n in fitted(model, graph, registry, recipe, calib, mixed).nodes
+                      if n.op == "conv1d"]
+                     for recipe in (Recipe("minmax", "per-channel", False, "fitted"),
+                                    Recipe("minmax", "per-channel", True, "fitted", corrects_fitted=False)))
+    assert not np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     conv = convert(path, calib, precision="int16", calibration_method="minmax", dense_weights="per-channel")
     rounding = [c for c in conv.report["quantization"]["recipe"]["candidates"] if c["weight_rounding"] == "fitted"]
     assert {c.get("bias_correction_of_fitted_layers") for c in rounding} == {True, False}

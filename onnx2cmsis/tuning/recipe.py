@@ -182,9 +182,9 @@ def _challenge_rounding(winner: Recipe, reason: str, table: dict[Recipe, Score],
     # half, 7 dB in-sample): with bias correction, the challenger is also tried with the correction
     # kept to the layers left with nearest codes (--precision auto's int8 layers among them, whose
     # correction a raw-ADC model of the same half needed on its test set)
-    fitted = replace(winner, weight_rounding="fitted")
-    variants = list(dict.fromkeys((fitted, replace(fitted, corrects_fitted=False) if winner.bias_correction
-                                   else fitted)))
+    challenger = replace(winner, weight_rounding="fitted")
+    variants = list(dict.fromkeys((challenger, replace(challenger, corrects_fitted=False)
+                                   if winner.bias_correction else challenger)))
     for r in ([winner] if winner not in table else []) + variants:
         table[r] = Score(in_sample(r, bits), None)
     rounded = max(variants, key=lambda r: table[r].calibration_sqnr_db)

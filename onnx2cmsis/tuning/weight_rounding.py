@@ -41,7 +41,8 @@ import numpy as np
 import onnx
 
 from onnx2cmsis.arith.rules import dequantize_tensor, int_range, round_half_away
-from onnx2cmsis.ir.graph import Graph
+from onnx2cmsis.data.samples import MultiSamples
+from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ir.tensor import Tensor
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import RecordedFloats, float_values, record_floats
@@ -57,7 +58,8 @@ MAX_COLUMNS = 2048  # inputs per output channel; beyond, the factorization's cos
 
 
 def fit_weight_rounding(model: onnx.ModelProto, graph: Graph, registry: Registry,
-                        ranges: dict[str, tuple[float, float]], x, recorded: RecordedFloats | None = None,
+                        ranges: dict[str, tuple[float, float]], x: np.ndarray | MultiSamples,
+                        recorded: RecordedFloats | None = None,
                         input_bits: tuple[int, ...] = FITTED_INPUT_BITS,
                         input_error_bits: tuple[int, ...] = INPUT_ERROR_BITS) -> list[int]:
     """Give each node whose handler fits_weight_rounding and whose input has one of `input_bits`
@@ -101,21 +103,22 @@ def fit_weight_rounding(model: onnx.ModelProto, graph: Graph, registry: Registry
     return fitted
 
 
-def rounding_only_tensors(g: Graph, model: onnx.ModelProto, x, recorded: RecordedFloats | None,
+def rounding_only_tensors(g: Graph, model: onnx.ModelProto, x: np.ndarray | MultiSamples,
+                          recorded: RecordedFloats | None,
                           bits: tuple[int, ...] = INPUT_ERROR_BITS) -> set[str]:
     """The tensors of the quantized copy `g` whose values on the samples `x` differ from the float
-    model's by int16 rounding alone: every tensor on their way from the model's inputs is int16 (has
-    one of `bits`) and none there loses more to its range's clipping than to its rounding. A layer fits its inputs'
-    error only there (else its weights' alone). Where a range clips on purpose (MSE ranges trade a
-    few clipped values for a finer step) the error downstream is mostly the clipping's, the same few
-    samples' every time, and undoing it through the weights fits those samples: on the benchmark's
-    development half a dense layer after a clipped global max pool moved its weights by 8 steps and
-    lost 17 dB of output SQNR on the calibration samples themselves. An int8 tensor's rounding is as
-    coarse: at int8 the fit the folds chose lost on its test set, and in --precision auto's mixed
-    widths a held-back model's choice, made with its int8 layers' error fitted downstream, came 4 dB
-    short of its budget on its test set, 6.6 dB below its held-out estimate; without, it met the
-    budget (issue 29 part 8). (A tanh's or sigmoid's fixed int16 range cuts its extremes by
-    a step or so: that is rounding's size, and does not count.)"""
+    model's by rounding alone, of int8 weights and int16 activations: every tensor on their way from the
+    model's inputs is int16 (has one of `bits`) and none there loses more to its range's clipping than
+    to its rounding. A layer fits its inputs' error only there (else its weights' alone). Where a range
+    clips on purpose (MSE ranges trade a few clipped values for a finer step) the error downstream is
+    mostly the clipping's, the same few samples' every time, and undoing it through the weights fits
+    those samples: on the benchmark's development half a dense layer after a clipped global max pool
+    moved its weights by 8 steps and lost 17 dB of output SQNR on the calibration samples themselves. An
+    int8 tensor's rounding is as coarse: at int8 the fit the folds chose lost on its test set, and in
+    --precision auto's mixed widths a held-back model's choice, made with its int8 layers' error fitted
+    downstream, came 4 dB short of its budget on its test set, 6.6 dB below its held-out estimate;
+    without, it met the budget (issue 29 part 8). (A tanh's or sigmoid's fixed int16 range cuts its
+    extremes by a step or so: that is rounding's size, and does not count.)"""
     wide = {t.calib_name: t for t in g.tensors.values()
             if t.mirrors_model_value and t.quant is not None and t.quant.bits in bits}
     clipped = _clipping_values(model, x, recorded, wide)
@@ -129,10 +132,12 @@ def rounding_only_tensors(g: Graph, model: onnx.ModelProto, x, recorded: Recorde
     return clean
 
 
-def _clipping_values(model: onnx.ModelProto, x, recorded: RecordedFloats | None,
+def _clipping_values(model: onnx.ModelProto, x: np.ndarray | MultiSamples, recorded: RecordedFloats | None,
                      tensors: dict[str, Tensor]) -> set[str]:
     """The model values (of `tensors`, by name) whose clipping to their tensor's integer range on the
     samples `x` costs more squared error than rounding them does (step^2 / 12 per value)."""
+    if not tensors:  # nothing to read: no reason to run the float model
+        return set()
     clip = dict.fromkeys(tensors, 0.0)
     count = dict.fromkeys(tensors, 0)
     edges = {name: [(code - t.quant.zero_point) * t.quant.scale for code in int_range(t.quant.bits)]
@@ -154,12 +159,12 @@ def _float_inputs(source: Tensor, recorded: RecordedFloats, real: np.ndarray) ->
     return source.in_layout(recorded.stacked(source.calib_name))
 
 
-def _fit_node(node, registry: Registry, real: np.ndarray, aim: np.ndarray, scales: np.ndarray) -> bool:
+def _fit_node(node: Node, registry: Registry, real: np.ndarray, aim: np.ndarray, scales: np.ndarray) -> bool:
     """Fitted codes for one node from its real-valued inputs `real` and the float model's inputs
     `aim` at the same place (both samples first); False when it keeps nearest rounding (too many
-    columns per channel, or no input that varies). A group of channels whose fit leaves more output
-    error on these samples than nearest rounding keeps nearest codes (the update does not promise
-    less)."""
+    columns per channel, no input that varies, or no code that moved). A group of channels whose fit
+    leaves more output error on these samples than nearest rounding keeps nearest codes (the update
+    does not promise less)."""
     w = node.consts["weight"].astype(np.float64)
     c_out = w.shape[0]
     s = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (c_out,))
@@ -177,8 +182,8 @@ def _fit_node(node, registry: Registry, real: np.ndarray, aim: np.ndarray, scale
             codes[channels] = fit
         nearest_error += before
         fitted_error += min(after, before)
-    if nearest_error <= 0:
-        return False
+    if nearest_error <= 0 or np.array_equal(codes, nearest):  # nothing fitted: the layer keeps nearest
+        return False  # rounding, and a correction of the nearest-rounded layers takes it
     node.consts["weight"] = (codes * s[:, None]).reshape(w.shape).astype(np.float32)
     node.attrs["fitted_weight_scales"] = s.astype(np.float32)
     node.attrs["weight_rounding"] = {
@@ -201,7 +206,7 @@ class InputProducts:
         return InputProducts(self.qq + other.qq, self.fq + other.fq, self.ff + other.ff)
 
 
-def _input_products(node, registry: Registry, real: np.ndarray,
+def _input_products(node: Node, registry: Registry, real: np.ndarray,
                     aim: np.ndarray) -> list[tuple[np.ndarray, InputProducts]]:
     """(channels, products) per group of weight_columns, summed over slices of SAMPLES_PER_SLICE
     samples: a layer's columns for all the samples at once (every output position's window, float64)
@@ -210,9 +215,11 @@ def _input_products(node, registry: Registry, real: np.ndarray,
     products: list[tuple[np.ndarray, InputProducts]] = []
     for start in range(0, len(real), SAMPLES_PER_SLICE):
         rows = slice(start, start + SAMPLES_PER_SLICE)
-        groups = zip(handler.weight_columns(node, real[rows]), handler.weight_columns(node, aim[rows]))
-        for k, ((channels, q), (_, f)) in enumerate(groups):
-            part = InputProducts(q.T @ q, f.T @ q, f.T @ f)
+        quantized = handler.weight_columns(node, real[rows])
+        floats = quantized if aim is real else handler.weight_columns(node, aim[rows])
+        for k, ((channels, q), (_, f)) in enumerate(zip(quantized, floats)):
+            qq = q.T @ q
+            part = InputProducts(qq, qq, qq) if f is q else InputProducts(qq, f.T @ q, f.T @ f)
             if k == len(products):
                 products.append((channels, part))
             else:
