@@ -213,15 +213,19 @@ def test_compensated_weights_undo_a_systematic_error_of_the_inputs():
     np.testing.assert_allclose(same, w, rtol=1e-9, atol=1e-9)
 
 
-def _tflite_recipe_16x8(model, graph, registry, calib, fit_inputs: bool):
-    """TFLite's recipe with every layer at int16 and fitted codes, the inputs' error fitted or not."""
+def _tflite_recipe_16x8(model, graph, registry, calib, fit_inputs: bool, narrowed: str | None = None):
+    """TFLite's recipe with every layer at int16 and fitted codes, the inputs' error fitted or not;
+    `narrowed`: a model value whose range is cut to a quarter, so that it clips."""
     g = copy.deepcopy(graph)
     g.quant_options = replace(g.quant_options, calibration_method="minmax", dense_weights="per-channel")
     found = calibrate(model, g, registry, calib, calib, "minmax", "per-channel", None)
     apply_weights(g, found.weights)
     apply_precision(g, [16] * len(g.nodes))
-    fit_weight_rounding(model, g, registry, found.ranges, calib, input_error_bits=(16,) if fit_inputs else ())
-    quantize_graph(g, registry, found.ranges)
+    ranges = dict(found.ranges)
+    if narrowed is not None:
+        ranges[narrowed] = tuple(v / 4 for v in ranges[narrowed])
+    fit_weight_rounding(model, g, registry, ranges, calib, input_error_bits=(16,) if fit_inputs else ())
+    quantize_graph(g, registry, ranges)
     return g
 
 
@@ -305,3 +309,24 @@ def test_bias_correction_of_the_nearest_rounded_layers_leaves_the_fitted_ones_al
     conv = convert(path, calib, precision="int16", calibration_method="minmax", dense_weights="per-channel")
     rounding = [c for c in conv.report["quantization"]["recipe"]["candidates"] if c["weight_rounding"] == "fitted"]
     assert {c.get("bias_correction_of_fitted_layers") for c in rounding} == {True, False}
+
+
+def test_downstream_of_a_clipping_range_a_layer_fits_its_weights_error_alone(tmp_path):
+    """The same chain with its first conv's output range cut to a quarter: the layers after it get
+    the codes of the weights' own error, with the inputs' error asked for or not; with the full
+    range, asking for it changes their codes."""
+    rng = np.random.default_rng(13)
+    path = _tanh_chain_model(tmp_path / "chain.onnx", rng)
+    calib = _smooth(rng, 40)
+    registry = build_registry()
+    model, graph, _ = front_end(Path(path), registry)
+    convs = [i for i, n in enumerate(graph.nodes) if n.op == "conv1d"]
+    first = graph.tensors[graph.nodes[convs[0]].output].calib_name  # the first tanh's input
+
+    def codes(fit_inputs: bool, narrowed: str | None) -> list[np.ndarray]:
+        g = _tflite_recipe_16x8(model, graph, registry, calib, fit_inputs, narrowed)
+        return [g.nodes[i].qparams["weight"] for i in convs[1:]]
+    clipped = [codes(inputs, first) for inputs in (False, True)]
+    assert all(np.array_equal(a, b) for a, b in zip(*clipped))
+    full = [codes(inputs, None) for inputs in (False, True)]
+    assert not all(np.array_equal(a, b) for a, b in zip(*full))
