@@ -105,7 +105,8 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     flash) whose output SQNR on the calibration samples is at least `max_error_db` dB, or, given
     `calibration_labels` (each calibration sample's class: .npy or array), whose accuracy is at most
     `max_accuracy_drop` percentage points below the float model's on the same samples
-    (tuning/auto_precision.py); input_shape: the model input's shape without the batch, to fix a
+    (tuning/auto_precision.py), within `max_arena_bytes` of arena where given (alone: the most
+    accurate mix that fits); input_shape: the model input's shape without the batch, to fix a
     dynamic (e.g. time) dimension; streaming: HOP, to add NAME_stream_push (one output every HOP time
     steps, codegen/stream.py); stateful: with streaming, keep recurrent layers' state across pushes
     (plan/stateful.py); plugins/allow_override: handlers to load besides the installed ones
@@ -214,11 +215,13 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     chosen = None
     if opts.precision == "auto":
         step(f"choosing each layer's width for {opts.budget_text()}")
-        target = PrecisionBudget(min_sqnr_db=None if opts.max_error_db is None else float(opts.max_error_db))
+        target = PrecisionBudget(min_sqnr_db=None if opts.max_error_db is None else float(opts.max_error_db),
+                                 max_arena_bytes=opts.max_arena_bytes)
         labels = None
         if opts.max_accuracy_drop is not None and data.labels is not None:
             labels = data.labels[data.chosen]
-            target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=labels)
+            target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=labels,
+                                     max_arena_bytes=opts.max_arena_bytes)
         heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels, recorded)
 
         def fit_codes(g: Graph) -> None:  # the codes each assignment will have

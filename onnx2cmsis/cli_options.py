@@ -24,14 +24,16 @@ FLAGS = {"calibration": "--calibration", "name": "--name", "cmsis_nn": "--cmsis-
          "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
          "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels",
          "max_accuracy_drop": "--max-error", "calibration_labels": "--calibration-labels",
+         "max_arena_bytes": "--max-arena",
          "streaming": "--streaming", "stateful": "--stateful", "source": "onnx2cmsis cmsis-nn fetch --from"}
 
 # The quantization choices convert and verify share.
 PRECISION_OPTION = typer.Option(
     "int8", "--precision", metavar="int8|int16|auto",
     help="Activation width: int8 (TFLite int8), int16 (TFLite 16x8: int16 activations, int8 weights; "
-         "more accurate, twice the arena), or auto: per layer, the least RAM that meets --max-error "
-         "(see docs/quantization.md).")
+         "more accurate, twice the arena), or auto: per layer, the least RAM that meets --max-error, "
+         "the most accurate that fits --max-arena, or the least RAM within --max-arena that meets "
+         "--max-error (see docs/quantization.md).")
 INPUT_SHAPE_OPTION = typer.Option(
     None, "--input-shape", metavar="D1,D2",
     help="The input's shape without the batch, e.g. 3,128: fixes a dynamic dimension (a PyTorch export's "
@@ -44,6 +46,10 @@ MAX_ERROR_OPTION = typer.Option(
     help="With --precision auto: the output SQNR (dB, vs the float model on the calibration samples) "
          "the model must keep; with --calibration-labels, the accuracy (percentage points) it may lose "
          "against the float model on those samples.")
+MAX_ARENA_OPTION = typer.Option(
+    None, "--max-arena", metavar="BYTES", min=1,
+    help="With --precision auto: the arena (bytes) the widths must fit in; alone, the most accurate "
+         "widths that fit (expected output SQNR on calibration samples held out from the ranges).")
 CALIBRATION_LABELS_OPTION = typer.Option(
     None, "--calibration-labels", metavar="Y.npy",
     help="With --precision auto: each calibration sample's class (.npy, N integers or one-hot), making "
@@ -87,6 +93,7 @@ ALLOW_OVERRIDE_OPTION = typer.Option(False, "--allow-override", help="Let plugin
 SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("precision", str, PRECISION_OPTION),
     ("max_error", Optional[float], MAX_ERROR_OPTION),
+    ("max_arena", Optional[int], MAX_ARENA_OPTION),
     ("calibration_labels", Optional[Path], CALIBRATION_LABELS_OPTION),
     ("streaming", Optional[int], STREAMING_OPTION),
     ("stateful", bool, STATEFUL_OPTION),
@@ -100,7 +107,8 @@ SHARED: tuple[tuple[str, Any, Any], ...] = (
 )
 
 
-def conversion_settings(precision: str, max_error: Optional[float], calibration_labels: Optional[Path],
+def conversion_settings(precision: str, max_error: Optional[float], max_arena: Optional[int],
+                        calibration_labels: Optional[Path],
                         streaming: Optional[int], stateful: bool, input_shape: Optional[str], dense_weights: str,
                         calibration_method: str, bias_correction: bool, weight_rounding: str, plugin: list[str],
                         allow_override: bool) -> dict[str, Any]:
@@ -108,7 +116,7 @@ def conversion_settings(precision: str, max_error: Optional[float], calibration_
     --calibration-labels an accuracy drop in points; --input-shape 3,128 is text until checked."""
     budget = {"max_error_db": max_error} if calibration_labels is None else \
         {"max_accuracy_drop": max_error, "calibration_labels": calibration_labels}
-    return {"precision": precision, **budget, "streaming": streaming, "stateful": stateful, "input_shape": input_shape,
+    return {"precision": precision, **budget, "max_arena_bytes": max_arena, "streaming": streaming, "stateful": stateful, "input_shape": input_shape,
             "dense_weights": dense_weights, "calibration_method": calibration_method,
             "bias_correction": bias_correction, "weight_rounding": weight_rounding, "plugins": tuple(plugin),
             "allow_override": allow_override}

@@ -70,6 +70,7 @@ class ConvertOptions:
     precision: str = "int8"
     max_error_db: float | None = None
     max_accuracy_drop: float | None = None
+    max_arena_bytes: int | None = None  # --precision auto: the arena the widths must fit in
     calibration_labels: Path | str | np.ndarray | None = None
     input_shape: tuple[int, ...] | str | None = None  # text as "3,128" too (the command line's)
     streaming: int | None = None
@@ -112,7 +113,15 @@ class ConvertOptions:
         if self.max_error_db is not None and self.max_accuracy_drop is not None:
             return ["give one budget: {opt:max_error_db} (output SQNR) or {opt:max_accuracy_drop} (with "
                     "{opt:calibration_labels})"]
-        if (self.precision == "auto") != (self.max_error_db is not None or self.max_accuracy_drop is not None):
+        if self.max_arena_bytes is not None and (self.max_arena_bytes < 1 or self.precision != "auto"):
+            return ["{opt:max_arena_bytes} is the arena {opt:precision=auto} chooses the widths to fit: give it "
+                    "with {opt:precision=auto}, a number of bytes above 0"]
+        error_budget = self.max_error_db is not None or self.max_accuracy_drop is not None
+        if self.precision == "auto" and not error_budget and self.max_arena_bytes is None:
+            return ["{opt:precision=auto} needs a budget to choose the widths for: {opt:max_error_db} (the output "
+                    "SQNR in dB on the calibration samples), {opt:max_arena_bytes} (the most accurate widths that "
+                    "fit), or both"]
+        if self.precision != "auto" and error_budget:
             return ["{opt:precision=auto} and {opt:max_error_db} go together: the budget (the output SQNR in dB "
                     "on the calibration samples) is what auto chooses the widths for"]
         if (self.max_accuracy_drop is not None) != (self.calibration_labels is not None):
@@ -127,5 +136,8 @@ class ConvertOptions:
 
     def budget_text(self) -> str:
         """--precision auto's budget as the progress line says it."""
-        return f"{self.max_error_db:g} dB" if self.max_accuracy_drop is None else \
+        error = None if self.max_error_db is None and self.max_accuracy_drop is None else \
+            f"{self.max_error_db:g} dB" if self.max_accuracy_drop is None else \
             f"at most {self.max_accuracy_drop:g} points of accuracy lost"
+        arena = None if self.max_arena_bytes is None else f"an arena of at most {self.max_arena_bytes:,} B"
+        return " within ".join(x for x in (error, arena) if x)

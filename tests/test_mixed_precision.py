@@ -310,7 +310,7 @@ def test_heldout_lower_bound_follows_how_the_error_is_spread_over_samples():
     scores the pooled SQNR (10 log10 of 4 / 0.01 here); with all of it on one sample of 40, about a
     quarter of resamples hold that sample twice or more, each twice the noise: the lower bound is
     at least 3 dB under the pooled figure."""
-    from onnx2cmsis.tuning.auto_precision import LOW_QUANTILE, heldout_figures
+    from onnx2cmsis.tuning.heldout import LOW_QUANTILE, heldout_figures
 
     assert 0 < LOW_QUANTILE < 0.25
     want = np.full((40, 4), 1.0)
@@ -354,13 +354,13 @@ def test_a_check_that_falls_short_moves_the_estimates_near_it_only():
     """The offset between in-sample and held-out SQNR is interpolated between every assignment
     measured held out: a check that falls short lowers the estimates of assignments with about its
     in-sample SQNR, not of all (each shares in the offsets at its two neighbours by distance)."""
-    from onnx2cmsis.tuning.auto_precision import _anchors
+    from onnx2cmsis.tuning.heldout import anchors
 
     # all-int8 (30 dB in-sample, 28 held out), all-int16 (60, 58), one checked between (45, 35)
-    xs, offsets = _anchors([(30.0, 28.0), (60.0, 58.0), (45.0, 35.0), (45.0, 39.0), (50.0, -np.inf)])
+    xs, offsets = anchors([(30.0, 28.0), (60.0, 58.0), (45.0, 35.0), (45.0, 39.0), (50.0, -np.inf)])
     assert list(xs) == [30.0, 45.0, 60.0] and list(offsets) == [2.0, 8.0, 2.0]  # a tie averaged, -inf left out
     assert np.interp(55.0, xs, offsets) == pytest.approx(4.0)
-    assert _anchors([(30.0, 28.0), (30.0, 20.0)]) is None  # one in-sample figure: nothing to interpolate
+    assert anchors([(30.0, 28.0), (30.0, 20.0)]) is None  # one in-sample figure: nothing to interpolate
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ on held-out folds until one's measured lower bound does (at most CHECKS; then al
 
 The state the choice starts from (graph, ranges, search samples, held-out check) is taken from a
 real conversion by wrapping `choose_precision` where api.py calls it; the measuring and layer
-grouping are auto_precision's own (`_Measure`, `_leaders`).
+grouping are auto_precision's own (tuning/width_measure.py).
 
     python benchmarks/heldout/auto_frontier.py [--models a,b] [--max-layers 11]
         [--heldout-json benchmarks/out/heldout.json] [--json benchmarks/out/heldout_auto_frontier.json]
@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 import catalog  # noqa: E402
 
 import onnx2cmsis.api as api  # noqa: E402
-from onnx2cmsis.tuning import auto_precision as auto  # noqa: E402
+from onnx2cmsis.tuning import width_measure as auto  # noqa: E402
 
 CHECKS = 6  # held-out checks of the exhaustive search's candidates, cheapest first
 
@@ -57,7 +57,7 @@ def starting_state(path: Path, calibration: np.ndarray, budget: float) -> dict:
 
     def spy(graph, registry, ranges, x, want, target, cmsis_api, heldout=None, **kw):
         state.update(graph=copy.deepcopy(graph), registry=registry, ranges=ranges, x=x, want=want,
-                     api=cmsis_api, heldout=heldout)
+                     api=cmsis_api, heldout=heldout, fit_rounding=kw.get("fit_rounding"))
         state["choice"] = real(graph, registry, ranges, x, want, target, cmsis_api, heldout, **kw)
         return state["choice"]
 
@@ -81,7 +81,7 @@ def measure(entry, budget: float, max_layers: int) -> dict:
     want = np.asarray(model.predict(x_test, verbose=0, batch_size=256)).reshape(len(x_test), -1).astype(np.float64)
     s = starting_state(path, entry.calibration_set(), budget)
     g, registry = s["graph"], s["registry"]
-    leader = auto._leaders(g, registry)
+    leader = auto.leaders(g, registry)
     int8_only = {leader[i] for i, n in enumerate(g.nodes) if 16 not in registry.for_op(n.op).activation_bits}
     units = sorted(set(leader) - int8_only)
     row = {"model": entry.name, "half": catalog.HALF[entry.name], "layers": len(units), "budget_db": budget}
@@ -91,8 +91,10 @@ def measure(entry, budget: float, max_layers: int) -> dict:
     def bits(int16: frozenset) -> list[int]:
         return [16 if leader[i] in int16 else 8 for i in range(len(g.nodes))]
 
-    on_test = auto._Measure(g, registry, s["ranges"], x_test, want, s["api"], None, leader)
-    on_cal = auto._Measure(g, registry, s["ranges"], s["x"], s["want"], s["api"], None, leader)
+    # each assignment with the weight codes the conversion gives it (fitted where the recipe fits them)
+    on_test = auto.WidthMeasure(g, registry, s["ranges"], x_test, want, s["api"], None, leader, fit_rounding=s["fit_rounding"])
+    on_cal = auto.WidthMeasure(g, registry, s["ranges"], s["x"], s["want"], s["api"], None, leader,
+                           fit_rounding=s["fit_rounding"])
     assignments = [frozenset(c) for k in range(len(units) + 1) for c in itertools.combinations(units, k)]
     cal = {a: on_cal(bits(a)) for a in assignments}
     none, every = frozenset(), frozenset(units)

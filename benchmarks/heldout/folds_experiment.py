@@ -41,7 +41,7 @@ import catalog  # noqa: E402
 import onnx2cmsis.api as api  # noqa: E402
 from onnx2cmsis.quant.quantize import dequantized_outputs  # noqa: E402
 from onnx2cmsis.tuning import recipe as recipes  # noqa: E402
-from onnx2cmsis.tuning.auto_precision import heldout_figures  # noqa: E402
+from onnx2cmsis.tuning.heldout import heldout_figures  # noqa: E402
 from onnx2cmsis.tuning.search import float_outputs, sqnr_db  # noqa: E402
 
 

@@ -46,8 +46,12 @@ def auto_precision_headline(auto: dict[str, Any]) -> str:
         f = auto[key]
         figure = f"{100 * f['accuracy']:.2f}%, {f['sqnr_db']:.2f} dB" if by_accuracy else f"{f['sqnr_db']:.2f} dB"
         return f"{figure}, arena {f['arena_bytes']} B"
-    budget = (f"at most {auto['max_accuracy_drop']:g} points of accuracy lost from the float model's "
-              f"{100 * auto['float_accuracy']:.2f}%" if by_accuracy else f"{auto['min_sqnr_db']:g} dB")
+    error = (f"at most {auto['max_accuracy_drop']:g} points of accuracy lost from the float model's "
+             f"{100 * auto['float_accuracy']:.2f}%" if by_accuracy else
+             None if auto["min_sqnr_db"] is None else f"{auto['min_sqnr_db']:g} dB")
+    arena = None if auto.get("max_arena_bytes") is None else f"an arena of at most {auto['max_arena_bytes']} B"
+    budget = (f" for a budget of {error}" + ("" if arena is None else f" within {arena}") if error is not None
+              else f": the most accurate measured within {arena}")
     chosen = auto["chosen"]
     held = ""
     if chosen.get("heldout_sqnr_db") is not None:
@@ -60,9 +64,10 @@ def auto_precision_headline(auto: dict[str, Any]) -> str:
                                             "of resamples of them")
                 + (f"; {auto['heldout_checks']} assignments checked to meet it" if auto.get("heldout_checks", 0) > 1 else "")
                 + ")")
-        if not by_accuracy and (chosen["heldout_sqnr_db"] if low is None else low) < auto["min_sqnr_db"]:
+        if not by_accuracy and auto["min_sqnr_db"] is not None and \
+                (chosen["heldout_sqnr_db"] if low is None else low) < auto["min_sqnr_db"]:
             held += ", below the budget even so"
-    return (f"{fig('chosen')} for a budget of {budget} (all int8: {fig('int8')}; all int16: {fig('int16')}; "
+    return (f"{fig('chosen')}{budget} (all int8: {fig('int8')}; all int16: {fig('int16')}; "
             f"on the calibration samples){held}")
 
 

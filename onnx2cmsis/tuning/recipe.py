@@ -42,7 +42,7 @@ from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.calibrate import RecordedFloats, record_floats
 from onnx2cmsis.quant.precision import apply_precision
 from onnx2cmsis.quant.quantize import calibration_values, dequantized_outputs, output_floats, quantize_graph
-from onnx2cmsis.tuning.auto_precision import HeldoutCheck, HeldoutFigures, heldout_figures
+from onnx2cmsis.tuning.heldout import HeldoutCheck, HeldoutFigures, heldout_figures
 from onnx2cmsis.tuning.bias_correction import corrected_run
 from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, sqnr_db
