@@ -124,6 +124,43 @@ def _auto_summary(rows: list[dict]) -> str:
             f"arena <= the uniform mean on {arena_ok}/{len(cells)}")
 
 
+def _limited(cell: dict) -> str:
+    """A --max-arena conversion's test SQNR and arena, or that it was refused."""
+    if not cell:
+        return "-"
+    if "fails" in cell:
+        return "refused"
+    return f"{cell['sqnr_db']:.2f} dB, {cell['arena_bytes']} B"
+
+
+def auto_limit_markdown(rows: list[dict]) -> str:
+    """One row per model: the goal's arena as --max-arena, with the budget and alone."""
+    lines = ["| model | half | budget dB | arena limit B | budget and limit: test SQNR, arena | limit alone: test SQNR, "
+             "arena | limit alone - budget dB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        auto = r.get("ours_auto") or {}
+        within, alone = auto.get("within_arena") or {}, auto.get("arena_only") or {}
+        if not within and not alone:
+            continue
+        gap = f"{alone['sqnr_db'] - alone['budget_db']:+.2f}" if "sqnr_db" in alone else "-"
+        lines.append(f"| {r['model']} | {r['half']} | {auto['budget_db']:.2f} | "
+                     f"{(within or alone).get('max_arena_bytes', '-')} | {_limited(within)} | {_limited(alone)} | {gap} |")
+    return "\n".join(lines)
+
+
+def _auto_limit_summary(rows: list[dict]) -> str:
+    """The goal's two halves with the arena given as --max-arena."""
+    within = [r["ours_auto"]["within_arena"] for r in rows if (r.get("ours_auto") or {}).get("within_arena")]
+    alone = [r["ours_auto"]["arena_only"] for r in rows if (r.get("ours_auto") or {}).get("arena_only")]
+    if not within and not alone:
+        return "auto with --max-arena: not run"
+    both = sum(1 for c in within if "sqnr_db" in c and c["sqnr_db"] >= c["budget_db"] - AUTO_SLACK_DB)
+    refused = sum(1 for c in within if "fails" in c)
+    near = sum(1 for c in alone if "sqnr_db" in c and c["sqnr_db"] >= c["budget_db"] - AUTO_SLACK_DB)
+    return (f"auto with the arena as --max-arena: with the budget both halves met on {both}/{len(within)} "
+            f"({refused} refused), the limit alone within {AUTO_SLACK_DB:g} dB of the budget on {near}/{len(alone)}")
+
+
 def auto_markdown(rows: list[dict]) -> str:
     """One row per model: --precision auto against its budget and the uniform arenas."""
     lines = ["| model | half | budget dB | auto test SQNR dB | auto arena B | mean of int8/int16 arenas B |",
@@ -156,6 +193,7 @@ def summary(rows: list[dict]) -> str:
                          f"ours < TFLite - {LOSS_MARGIN_DB} dB on {losses}/{len(d)}")
         parts.append(_errors_summary(sel))
         parts.append(_auto_summary(sel))
+        parts.append(_auto_limit_summary(sel))
         out.append(f"- {half} ({len(sel)} models): " + "; ".join(parts))
     return "\n".join(out)
 
