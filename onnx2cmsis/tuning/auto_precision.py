@@ -216,12 +216,14 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
             return f"{100 * (c.accuracy or 0.0):.2f}%"
         return f"{c.sqnr_db:.2f} dB" + ("" if h is None else f" ({h.sqnr_db:.2f} dB held out)")
 
+    looser = "lower {opt:max_error_db}" if labels is None else "allow a larger {opt:max_accuracy_drop}"
+
     # refused only where all-int16 misses it in-sample and held out, expectation and all: short of the
     # lower bound alone, all-int16 is the most any assignment can do, chosen and reported as such
     if budget.has_error_budget and short(int16):
-        hint = "lower {opt:max_error_db}" if labels is None else "allow a larger {opt:max_accuracy_drop}"
         raise ConversionError(f"no per-layer precision reaches {budget.describe(float_accuracy)} on the calibration "
-                              f"samples: all-int16 measures {reached(int16, h16)}, all-int8 {reached(int8, h8)} ({hint})")
+                              f"samples: all-int16 measures {reached(int16, h16)}, all-int8 {reached(int8, h8)} "
+                              f"({looser})")
     loss = {u: int16.sqnr_db - measure(widths(set(units) - {u})).sqnr_db for u in units}
     order = sorted(units, key=lambda u: (loss[u], u))  # the cheapest to drop to int8 first
 
@@ -293,11 +295,10 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
         raise ConversionError(f"no per-layer precision fits an arena of {limit:,} B: the smallest measured needs "
                               f"{chosen.arena_bytes:,} B (all-int8 {int8.arena_bytes:,} B; raise {{opt:max_arena_bytes}})")
     if limit is not None and not fits(int16) and budget.has_error_budget and short(chosen):
-        hint = "lower {opt:max_error_db}" if labels is None else "allow a larger {opt:max_accuracy_drop}"
         raise ConversionError(f"no per-layer precision reaches {budget.describe(float_accuracy)} on the calibration "
                               f"samples: within the arena the most accurate measures {reached(chosen, expected)} "
                               f"at {chosen.arena_bytes:,} B, all-int16 {reached(int16, h16)} at "
-                              f"{int16.arena_bytes:,} B (raise {{opt:max_arena_bytes}} or {hint})")
+                              f"{int16.arena_bytes:,} B (raise {{opt:max_arena_bytes}} or {looser})")
     sensitivity = [round(loss[leader[i]], 2) if leader[i] == i and i in loss else None for i in range(n)]
     for node, db in zip(graph.nodes, sensitivity):
         if db is not None:
