@@ -42,9 +42,9 @@ samples users calibrate with, one held-out sample is 1.5-3 points.
 
 An arena limit (PrecisionBudget.max_arena_bytes: the RAM a firmware has for it) bounds every choice.
 With an error budget too, the cheapest assignment that meets it within the limit is chosen; with the
-limit alone, the most accurate that fits: from all-int16, the least sensitive layer live at the
-arena's peak drops to int8 until the plan fits, then the most sensitive int8 layers rise back where it
-still fits, and of every assignment measured within the limit the one with the highest expected
+limit alone, the most accurate that fits: from all-int16, of the layers live at the arena's peak the
+one whose drop leaves the highest expected SQNR (each drop measured) drops to int8, until the plan
+fits; then the most sensitive int8 layers rise back where it still fits, and of every assignment measured within the limit the one with the highest expected
 held-out SQNR is kept (the estimate above: its expectation, there being no budget to hold a bound
 to). Where nothing fits, or nothing within the limit reaches the error budget in-sample or as
 expected held out, the choice is refused with what the limit allows and what all-int16 needs.
@@ -253,16 +253,18 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
 
     def most_accurate_within() -> Candidate:
         """The assignment with the highest expected held-out SQNR among those measured that fit the
-        arena: from all-int16, the least sensitive layer live at the arena's peak drops to int8 until
-        the arena fits; then the most sensitive layers at int8 rise back wherever it still fits."""
+        arena: from all-int16, of the layers live at the arena's peak the one whose drop to int8 leaves
+        the highest expected SQNR (each drop measured: how much a layer costs depends on which others
+        are int8 already, which its sensitivity from all-int16 does not see) drops, until the arena
+        fits; then the most sensitive layers at int8 rise back wherever it still fits."""
         current = int16
         while not fits(current):
             wide = [u for u in units if current.bits[u] == 16]
             if not wide:
                 break
             at_peak = [u for u in wide if u in current.peak_units] or wide  # the peak may be int8 layers'
-            u = min(at_peak, key=lambda u: (loss[u], u))
-            current = measure([8 if leader[i] == u else b for i, b in enumerate(current.bits)])
+            trials = [measure([8 if leader[i] == u else b for i, b in enumerate(current.bits)]) for u in at_peak]
+            current = max(trials, key=lambda c: (fits(c), expected_db(c)))
         for u in reversed(order):
             if current.bits[u] == 8:
                 trial = measure([16 if leader[i] == u else b for i, b in enumerate(current.bits)])
