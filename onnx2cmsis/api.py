@@ -129,6 +129,10 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     tuning = quantize(model, graph, registry, data, opts, cmsis, step, str(model_path))
     step("planning the arena and writing the C")
     plan, schedule = back_end(graph, registry, cmsis, in_place=stream is None)
+    if opts.max_arena_bytes is not None and plan.arena_bytes > opts.max_arena_bytes:  # the chooser planned it
+        raise ConversionError(f"internal: the arena came to {plan.arena_bytes:,} B, more than the "
+                              f"{{opt:max_arena_bytes}} of {opts.max_arena_bytes:,} B the widths were chosen for",
+                              str(model_path))
     conversion = render_files(Emitted(name, model_path, model, graph, registry, plan, schedule, cmsis, rewrites),
                               data, tuning, stream, opts)
     if graph.file_quant is not None and graph.file_quant.source != "TFLite":  # a .tflite is its own oracle

@@ -116,7 +116,8 @@ def conversion_settings(precision: str, max_error: Optional[float], max_arena: O
     --calibration-labels an accuracy drop in points; --input-shape 3,128 is text until checked."""
     budget = {"max_error_db": max_error} if calibration_labels is None else \
         {"max_accuracy_drop": max_error, "calibration_labels": calibration_labels}
-    return {"precision": precision, **budget, "max_arena_bytes": max_arena, "streaming": streaming, "stateful": stateful, "input_shape": input_shape,
+    return {"precision": precision, **budget, "max_arena_bytes": max_arena, "streaming": streaming,
+            "stateful": stateful, "input_shape": input_shape,
             "dense_weights": dense_weights, "calibration_method": calibration_method,
             "bias_correction": bias_correction, "weight_rounding": weight_rounding, "plugins": tuple(plugin),
             "allow_override": allow_override}

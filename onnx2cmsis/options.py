@@ -109,13 +109,18 @@ class ConvertOptions:
         ]
 
     def _budget_problems(self) -> list[str]:
-        """--precision auto's budget: one of two kinds, given exactly when auto is asked for."""
+        """--precision auto's budget: an error budget of one of two kinds, an arena limit, or both, given
+        exactly when auto is asked for."""
         if self.max_error_db is not None and self.max_accuracy_drop is not None:
             return ["give one budget: {opt:max_error_db} (output SQNR) or {opt:max_accuracy_drop} (with "
                     "{opt:calibration_labels})"]
-        if self.max_arena_bytes is not None and (self.max_arena_bytes < 1 or self.precision != "auto"):
-            return ["{opt:max_arena_bytes} is the arena {opt:precision=auto} chooses the widths to fit: give it "
-                    "with {opt:precision=auto}, a number of bytes above 0"]
+        if self.max_arena_bytes is not None:
+            arena = self.max_arena_bytes
+            if isinstance(arena, bool) or not isinstance(arena, (int, np.integer)) or arena < 1:
+                return [f"{{opt:max_arena_bytes}} {arena!r} is not a number of bytes above 0"]
+            if self.precision != "auto":
+                return ["{opt:max_arena_bytes} is the arena {opt:precision=auto} chooses the widths to fit: give "
+                        "it with {opt:precision=auto}"]
         error_budget = self.max_error_db is not None or self.max_accuracy_drop is not None
         if self.precision == "auto" and not error_budget and self.max_arena_bytes is None:
             return ["{opt:precision=auto} needs a budget to choose the widths for: {opt:max_error_db} (the output "

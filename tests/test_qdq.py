@@ -145,6 +145,9 @@ def test_qdq_models_are_bit_exact_on_the_host_and_qemu(tmp_path, path):
 def test_settings_the_file_decides_are_refused_by_name():
     with pytest.raises(OptionError, match="calibration_method.*fixes its own quantization"):
         convert(AE["s8"], calibration_method="mse")
+    # auto's budgets are named with it, so that one correction is enough
+    with pytest.raises(OptionError, match="precision='auto'.*max_error_db.*max_arena_bytes.*fixes its own"):
+        convert(AE["s8"], precision="auto", max_error_db=30.0, max_arena_bytes=4096)
 
 
 # --- hand-written QDQ graphs: what cannot be taken as it is is refused, naming the node

@@ -92,7 +92,8 @@ def measure(entry, budget: float, max_layers: int) -> dict:
         return [16 if leader[i] in int16 else 8 for i in range(len(g.nodes))]
 
     # each assignment with the weight codes the conversion gives it (fitted where the recipe fits them)
-    on_test = auto.WidthMeasure(g, registry, s["ranges"], x_test, want, s["api"], None, leader, fit_rounding=s["fit_rounding"])
+    on_test = auto.WidthMeasure(g, registry, s["ranges"], x_test, want, s["api"], None, leader,
+                                fit_rounding=s["fit_rounding"])
     on_cal = auto.WidthMeasure(g, registry, s["ranges"], s["x"], s["want"], s["api"], None, leader,
                            fit_rounding=s["fit_rounding"])
     assignments = [frozenset(c) for k in range(len(units) + 1) for c in itertools.combinations(units, k)]

@@ -41,6 +41,9 @@ def option_conflicts(opts: Any, file_bits: set[int]) -> list[str]:
         problems.append("{opt:dense_weights}")
     if opts.precision == "auto" or (opts.precision == "int16" and file_bits != {16}):
         problems.append(f"{{opt:precision={opts.precision}}}")
+    # auto's budgets go with it (a file fixes its widths)
+    problems += [f"{{opt:{name}}}" for name in ("max_error_db", "max_accuracy_drop", "max_arena_bytes")
+                 if getattr(opts, name, None) is not None]
     return problems
 
 

@@ -36,7 +36,8 @@ nothing: the offset is their mean, and a check rules out only its own assignment
 raised the in-sample target by the shortfall for every candidate, which on the held-out benchmark
 chose arenas up to twice what a second check allowed
 (`ppg_hr_regressor` 12,384 B where 8,320 B met the budget). The budget is refused only when all-int16
-misses it both in-sample and held out.
+misses it both in-sample and held out (or, under an arena limit all-int16 exceeds, when everything
+measured within the limit does).
 An accuracy budget is kept in-sample and its held-out figure reported, not tightened: on the 32-64
 samples users calibrate with, one held-out sample is 1.5-3 points.
 
@@ -44,10 +45,13 @@ An arena limit (PrecisionBudget.max_arena_bytes: the RAM a firmware has for it) 
 With an error budget too, the cheapest assignment that meets it within the limit is chosen; with the
 limit alone, the most accurate that fits: from all-int16, of the layers live at the arena's peak the
 one whose drop leaves the highest expected SQNR (each drop measured) drops to int8, until the plan
-fits; then the most sensitive int8 layers rise back where it still fits, and of every assignment measured within the limit the one with the highest expected
-held-out SQNR is kept (the estimate above: its expectation, there being no budget to hold a bound
-to). Where nothing fits, or nothing within the limit reaches the error budget in-sample or as
-expected held out, the choice is refused with what the limit allows and what all-int16 needs.
+fits; then the most sensitive int8 layers rise back where it still fits, and of every assignment
+measured within the limit the one with the highest expected held-out SQNR is kept (the estimate
+above: its expectation, there being no budget to hold a bound to). Where nothing fits, the choice is
+refused naming all-int8's arena. With an error budget, the limit takes all-int16's place as the most
+that can be done: where no assignment measured within it meets the budget's lower bound, the one
+nearest the budget is chosen and reported short of it, or refused (with that nearest figure and what
+all-int16 needs) where it misses the budget in-sample and as expected held out.
 
 Instructions are estimated by a cost model (COST_PER_*): a tie-break after RAM, not a promise;
 `benchmarks/precision_cost.py` measures the real counts on QEMU.
@@ -227,8 +231,24 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     loss = {u: int16.sqnr_db - measure(widths(set(units) - {u})).sqnr_db for u in units}
     order = sorted(units, key=lambda u: (loss[u], u))  # the cheapest to drop to int8 first
 
+    def with_width(c: Candidate, unit: int, bits: int) -> Candidate:
+        return measure([bits if leader[i] == unit else b for i, b in enumerate(c.bits)])
+
+    def refined(chosen: Candidate) -> Candidate:
+        """`chosen` with any layer still at int16 dropped that the budget allows at no more cost."""
+        for u in order:
+            if chosen.bits[u] == 16:
+                trial = with_width(chosen, u, 8)
+                if meets(trial) and trial.cost <= chosen.cost:
+                    chosen = trial
+        return chosen
+
+    def by_cost(c: Candidate) -> tuple:
+        return c.cost, sum(b == 16 for b in c.bits)
+
     def cheapest() -> Candidate | None:
-        """The cheapest assignment found that meets the error budget and fits the arena (None: none)."""
+        """The cheapest assignment found that meets the error budget and fits the arena (None: none):
+        the walks' cheapest, refined, when it fits; else the cheapest of all measured that fit."""
         tried = [int16] + [measure(widths(set(order[k:]))) for k in range(1, len(order))] + [int8]
         current = int16  # then straight at the arena: drop the layers live at the peak, while the budget holds
         for _ in units:
@@ -240,50 +260,66 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
                 break
             tried.append(trial)
             current = trial
-        fitting = [c for c in tried if meets(c) and fits(c)]
-        if not fitting:
+        meeting = [c for c in tried if meets(c)]
+        if not meeting:
             return None
-        chosen = min(fitting, key=lambda c: (c.cost, sum(b == 16 for b in c.bits)))
-        for u in order:  # refine: drop any layer still at int16 that the budget allows
-            if chosen.bits[u] == 16:
-                trial = measure([8 if leader[i] == u else b for i, b in enumerate(chosen.bits)])
-                if meets(trial) and trial.cost <= chosen.cost:
-                    chosen = trial
-        return chosen
+        chosen = refined(min(meeting, key=by_cost))
+        if fits(chosen):
+            return chosen
+        fitting = [c for c in measure.measured.values() if fits(c) and meets(c)]
+        return refined(min(fitting, key=by_cost)) if fitting else None
+
+    def nearest_the_budget(cands: list[Candidate]) -> Candidate:
+        """The best of `cands` by what the budget measures: accuracy, else expected held-out SQNR (the
+        in-sample SQNR breaking ties, as where a fold could not be quantized and every estimate is
+        -inf)."""
+        if labels is not None:
+            return max(cands, key=lambda c: (c.accuracy or 0.0, c.sqnr_db, -c.arena_bytes))
+        return max(cands, key=lambda c: (expected_db(c), c.sqnr_db, -c.arena_bytes))
+
+    def within_limit() -> list[Candidate]:
+        return [c for c in measure.measured.values() if fits(c) and np.isfinite(c.sqnr_db)]
 
     def most_accurate_within() -> Candidate:
-        """The assignment with the highest expected held-out SQNR among those measured that fit the
-        arena: from all-int16, of the layers live at the arena's peak the one whose drop to int8 leaves
-        the highest expected SQNR (each drop measured: how much a layer costs depends on which others
-        are int8 already, which its sensitivity from all-int16 does not see) drops, until the arena
-        fits; then the most sensitive layers at int8 rise back wherever it still fits."""
+        """The assignment nearest the budget (an arena alone: the highest expected held-out SQNR) among
+        those measured that fit the arena: from all-int16, of the layers live at the arena's peak the
+        one whose drop to int8 leaves the highest expected SQNR (each drop measured: how much a layer
+        costs depends on which others are int8 already, which its sensitivity from all-int16 does not
+        see) drops, until the arena fits; then the most sensitive layers at int8 rise back wherever it
+        still fits."""
         current = int16
         while not fits(current):
             wide = [u for u in units if current.bits[u] == 16]
             if not wide:
                 break
             at_peak = [u for u in wide if u in current.peak_units] or wide  # the peak may be int8 layers'
-            trials = [measure([8 if leader[i] == u else b for i, b in enumerate(current.bits)]) for u in at_peak]
-            current = max(trials, key=lambda c: (fits(c), expected_db(c)))
+            current = max((with_width(current, u, 8) for u in at_peak),
+                          key=lambda c: (fits(c), expected_db(c), c.sqnr_db))
         for u in reversed(order):
             if current.bits[u] == 8:
-                trial = measure([16 if leader[i] == u else b for i, b in enumerate(current.bits)])
-                if fits(trial) and expected_db(trial) > expected_db(current):
+                trial = with_width(current, u, 16)
+                if fits(trial) and (expected_db(trial), trial.sqnr_db) > (expected_db(current), current.sqnr_db):
                     current = trial
-        fitting = [c for c in measure.measured.values() if fits(c) and np.isfinite(c.sqnr_db)]
+        fitting = within_limit()
         if not fitting:  # nothing fits: the smallest arena measured, refused below
             return min(measure.measured.values(), key=lambda c: c.cost)
-        return max(fitting, key=lambda c: (expected_db(c), -c.arena_bytes))
+        return nearest_the_budget(fitting)
 
     def pick() -> Candidate:
         if not budget.has_error_budget:
             return most_accurate_within()
         found = cheapest() if meets(int16) else None
-        if found is not None:
-            return found
-        return int16 if fits(int16) else most_accurate_within()
+        if found is not None or fits(int16):
+            return found or int16
+        best = most_accurate_within()  # the walk within the limit measures more candidates that fit
+        fitting = [c for c in within_limit() if meets(c)]
+        return refined(min(fitting, key=by_cost)) if fitting else best
 
     chosen = pick()
+    if not fits(chosen):
+        raise ConversionError(f"no per-layer precision fits an arena of {limit:,} B: the smallest measured needs "
+                              f"{chosen.arena_bytes:,} B (all-int8 {int8.arena_bytes:,} B; raise "
+                              "{opt:max_arena_bytes})")
     expected = check(chosen)
     for _ in range(CHECK_ROUNDS):
         if (expected is None or not by_sqnr or budget.min_sqnr_db is None
@@ -293,14 +329,15 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
         if again.bits == chosen.bits:
             break
         chosen, expected = again, check(again)
-    if not fits(chosen):
-        raise ConversionError(f"no per-layer precision fits an arena of {limit:,} B: the smallest measured needs "
-                              f"{chosen.arena_bytes:,} B (all-int8 {int8.arena_bytes:,} B; raise {{opt:max_arena_bytes}})")
     if limit is not None and not fits(int16) and budget.has_error_budget and short(chosen):
-        raise ConversionError(f"no per-layer precision reaches {budget.describe(float_accuracy)} on the calibration "
-                              f"samples: within the arena the most accurate measures {reached(chosen, expected)} "
-                              f"at {chosen.arena_bytes:,} B, all-int16 {reached(int16, h16)} at "
-                              f"{int16.arena_bytes:,} B (raise {{opt:max_arena_bytes}} or {looser})")
+        best = nearest_the_budget(within_limit())  # the checks may have moved the estimates
+        if short(best):
+            raise ConversionError(f"no per-layer precision reaches {budget.describe(float_accuracy)} on the "
+                                  f"calibration samples: within the arena the nearest measures "
+                                  f"{reached(best, check(best))} at {best.arena_bytes:,} B, all-int16 "
+                                  f"{reached(int16, h16)} at {int16.arena_bytes:,} B (raise "
+                                  f"{{opt:max_arena_bytes}} or {looser})")
+        chosen, expected = best, check(best)
     sensitivity = [round(loss[leader[i]], 2) if leader[i] == i and i in loss else None for i in range(n)]
     for node, db in zip(graph.nodes, sensitivity):
         if db is not None:
