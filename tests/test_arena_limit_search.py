@@ -108,9 +108,8 @@ def test_under_a_limit_the_choice_fits_and_refuses_only_what_nothing_measured_me
     comes only where no assignment the search measured within the limit meets it."""
     limit = 1000 + int(limit_share * sum(table.extra_bytes))
     budget = PrecisionBudget(max_accuracy_drop=float(drop), labels=np.zeros(100, int), max_arena_bytes=limit)
-    measured: dict = {}
     try:
-        choice, measure = _choose(monkeypatch, table, budget)
+        choice, _ = _choose(monkeypatch, table, budget)
     except ConversionError as exc:
         measured = auto_precision.WidthMeasure().measured  # the stand-in the refused search used
         fitting = [c for c in measured.values() if c.arena_bytes <= limit]

@@ -246,6 +246,14 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     def by_cost(c: Candidate) -> tuple:
         return c.cost, sum(b == 16 for b in c.bits)
 
+    def within_limit() -> list[Candidate]:
+        return [c for c in measure.measured.values() if fits(c) and np.isfinite(c.sqnr_db)]
+
+    def cheapest_measured() -> Candidate | None:
+        """The cheapest assignment measured so far that fits and meets the budget, refined (None: none)."""
+        fitting = [c for c in within_limit() if meets(c)]
+        return refined(min(fitting, key=by_cost)) if fitting else None
+
     def cheapest() -> Candidate | None:
         """The cheapest assignment found that meets the error budget and fits the arena (None: none):
         the walks' cheapest, refined, when it fits; else the cheapest of all measured that fit."""
@@ -264,10 +272,7 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
         if not meeting:
             return None
         chosen = refined(min(meeting, key=by_cost))
-        if fits(chosen):
-            return chosen
-        fitting = [c for c in measure.measured.values() if fits(c) and meets(c)]
-        return refined(min(fitting, key=by_cost)) if fitting else None
+        return chosen if fits(chosen) else cheapest_measured()
 
     def nearest_the_budget(cands: list[Candidate]) -> Candidate:
         """The best of `cands` by what the budget measures: accuracy, else expected held-out SQNR (the
@@ -276,9 +281,6 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
         if labels is not None:
             return max(cands, key=lambda c: (c.accuracy or 0.0, c.sqnr_db, -c.arena_bytes))
         return max(cands, key=lambda c: (expected_db(c), c.sqnr_db, -c.arena_bytes))
-
-    def within_limit() -> list[Candidate]:
-        return [c for c in measure.measured.values() if fits(c) and np.isfinite(c.sqnr_db)]
 
     def most_accurate_within() -> Candidate:
         """The assignment nearest the budget (an arena alone: the highest expected held-out SQNR) among
@@ -312,8 +314,7 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
         if found is not None or fits(int16):
             return found or int16
         best = most_accurate_within()  # the walk within the limit measures more candidates that fit
-        fitting = [c for c in within_limit() if meets(c)]
-        return refined(min(fitting, key=by_cost)) if fitting else best
+        return cheapest_measured() or best
 
     chosen = pick()
     if not fits(chosen):
