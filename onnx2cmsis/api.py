@@ -35,7 +35,8 @@ from onnx2cmsis.quant.calibrate import load_calibration
 from onnx2cmsis.quant.from_file import file_recipe, quantize_from_file
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_outputs, run_reference
 from onnx2cmsis.report import build_report, header_summary, input_window
-from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
+from onnx2cmsis.tuning.auto_precision import choose_precision
+from onnx2cmsis.tuning.width_search import PrecisionBudget
 from onnx2cmsis.tuning.bias_correction import correct_biases
 from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, recorded_values, widths_heldout

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.tuning import auto_precision
-from onnx2cmsis.tuning.auto_precision import PrecisionBudget, choose_precision
+from onnx2cmsis.tuning.auto_precision import choose_precision
+from onnx2cmsis.tuning.width_search import PrecisionBudget
 from onnx2cmsis.tuning.width_measure import Candidate
 
 

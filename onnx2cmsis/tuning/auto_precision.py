@@ -29,8 +29,8 @@ often above it than below, and held to the expectation the choice missed the bud
 1 dB on the test sets of 8 of 25 held-out benchmark models (and refused 2); held to the lower bound,
 on 4 (the same 2 refused; docs/benchmarks.md). The cheapest candidate whose lower bound meets the
 budget is checked the same way. Short of the budget, its measured figure joins the interpolation
-and the choice is made again (at most CHECK_ROUNDS times; where nothing short of all-int16 is left,
-all-int16 is chosen and the shortfall reported). Each check moves only the estimates of the
+and the choice is made again (at most width_search.CHECK_ROUNDS times; where nothing short of
+all-int16 is left, all-int16 is chosen and the shortfall reported). Each check moves only the estimates of the
 assignments near it (where all-int16's in-sample SQNR is not above all-int8's, in-sample SQNR orders
 nothing: the offset is their mean, and a check rules out only its own assignment): an earlier rule
 raised the in-sample target by the shortfall for every candidate, which on the held-out benchmark
@@ -64,43 +64,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ir.target import CmsisApi
 from onnx2cmsis.ops.registry import Registry
 from onnx2cmsis.quant.accuracy import accuracy
 from onnx2cmsis.quant.precision import apply_precision
-from onnx2cmsis.tuning.heldout import LOW_QUANTILE, HeldoutCheck, HeldoutFigures, anchors, figure
+from onnx2cmsis.tuning.heldout import LOW_QUANTILE, HeldoutCheck, HeldoutFigures
 from onnx2cmsis.tuning.width_measure import Candidate, WidthMeasure, leaders
-
-CHECK_ROUNDS = 3  # choices made again after a held-out check fell short, at most
-
-
-@dataclass(frozen=True)
-class PrecisionBudget:
-    """What the chosen widths must keep on the search samples: an output SQNR against the float model
-    (dB), or at most an accuracy drop (percentage points) from the float model's accuracy on the
-    samples' classes `labels`; and/or an arena they must fit in (bytes). With an arena alone, the
-    widths are the most accurate (expected output SQNR on held-out samples) that fit."""
-
-    min_sqnr_db: float | None = None
-    max_accuracy_drop: float | None = None
-    labels: np.ndarray | None = None  # (N,) classes of the search samples, with max_accuracy_drop
-    max_arena_bytes: int | None = None
-
-    @property
-    def has_error_budget(self) -> bool:
-        return self.min_sqnr_db is not None or self.max_accuracy_drop is not None
-
-    def describe(self, float_accuracy: float | None) -> str:
-        error = None
-        if self.max_accuracy_drop is not None:
-            error = (f"an accuracy within {self.max_accuracy_drop:g} points of the float model's "
-                     f"{100 * (float_accuracy or 0.0):.2f}%")
-        elif self.min_sqnr_db is not None:
-            error = f"an output SQNR of {self.min_sqnr_db:g} dB"
-        arena = None if self.max_arena_bytes is None else f"an arena of at most {self.max_arena_bytes:,} B"
-        return " within ".join(x for x in (error, arena) if x)
+from onnx2cmsis.tuning.width_search import PrecisionBudget, WidthSearch
 
 
 @dataclass
@@ -153,199 +124,22 @@ def choose_precision(graph: Graph, registry: Registry, ranges: dict[str, tuple[f
     (tuning/weight_rounding.py, as the recipe will), so that each assignment is measured with the
     codes it will have. With budget.max_arena_bytes, every choice fits that arena (refused where none
     measured does, or none that does reaches the error budget); alone, it asks for the most accurate
-    assignment that fits."""
-    labels = budget.labels if budget.max_accuracy_drop is not None else None
+    assignment that fits. The search itself: tuning/width_search.py."""
+    labels = budget.labels if budget.judged_by_accuracy else None
     float_accuracy = None if labels is None else accuracy(want, labels)
-
-    n = len(graph.nodes)
     leader = leaders(graph, registry)
     measure = WidthMeasure(graph, registry, ranges, x, want, api, labels, leader, in_place, fit_rounding)
     # a layer whose handler computes int8 only (a plugin's, say) stays int8 in every candidate
     int8_only = {leader[i] for i, node in enumerate(graph.nodes) if 16 not in registry.for_op(node.op).activation_bits}
-    units = sorted(set(leader) - int8_only)
-
-    def widths(int16_units: set[int]) -> list[int]:
-        return [16 if leader[i] in int16_units else 8 for i in range(n)]
-
-    int8, int16 = measure(widths(set())), measure(widths(set(units)))
-    checked: dict[tuple[int, ...], HeldoutFigures] = {}
-
-    def check(c: Candidate) -> HeldoutFigures | None:
-        if heldout is None:
-            return None
-        if tuple(c.bits) not in checked:
-            checked[tuple(c.bits)] = heldout(c.bits)
-        return checked[tuple(c.bits)]
-
-    by_sqnr = labels is None and heldout is not None
-    h8, h16 = (check(int8), check(int16)) if by_sqnr else (None, None)
-
-    def expected_db(c: Candidate, low: bool = False) -> float:
-        """Its SQNR on samples the ranges did not see (`low`: the bootstrap's lower bound): measured,
-        or in-sample less the offset interpolated between those of the assignments checked so far
-        (all-int8's and all-int16's at least), by in-sample SQNR."""
-        if h8 is None or h16 is None:
-            return c.sqnr_db
-        if tuple(c.bits) in checked:
-            return figure(checked[tuple(c.bits)], low)
-        span = int16.sqnr_db - int8.sqnr_db
-        ordered = np.isfinite(span) and span > 0  # else in-sample SQNR says nothing of width: the mean offset
-        at = anchors([(measure(list(bits)).sqnr_db, figure(h, low)) for bits, h in checked.items()]) if ordered else None
-        if at is not None:
-            return c.sqnr_db - float(np.interp(c.sqnr_db, *at))
-        t = float(np.clip((c.sqnr_db - int8.sqnr_db) / span, 0.0, 1.0)) if ordered else 0.5
-        offset = (int8.sqnr_db - figure(h8, low)) * (1 - t) + (int16.sqnr_db - figure(h16, low)) * t
-        return c.sqnr_db - offset if np.isfinite(offset) else -np.inf
-
-    def meets(c: Candidate, low: bool = True) -> bool:
-        """The error budget met (an arena alone sets none): an SQNR budget by the held-out lower bound
-        (`low`) or expectation."""
-        if labels is None:
-            return budget.min_sqnr_db is None or expected_db(c, low) >= budget.min_sqnr_db
-        return 100 * (float_accuracy - (c.accuracy or 0.0)) <= budget.max_accuracy_drop + 1e-9
-
-    def short(c: Candidate) -> bool:
-        """The error budget missed in-sample and as expected held out: what no choice may deliver."""
-        if labels is not None:
-            return not meets(c)
-        return not meets(c, low=False) and (h16 is None or c.sqnr_db < (budget.min_sqnr_db or 0.0))
-
-    limit = budget.max_arena_bytes
-
-    def fits(c: Candidate) -> bool:
-        return limit is None or c.arena_bytes <= limit
-
-    def reached(c: Candidate, h: HeldoutFigures | None) -> str:
-        if labels is not None:
-            return f"{100 * (c.accuracy or 0.0):.2f}%"
-        return f"{c.sqnr_db:.2f} dB" + ("" if h is None else f" ({h.sqnr_db:.2f} dB held out)")
-
-    looser = "lower {opt:max_error_db}" if labels is None else "allow a larger {opt:max_accuracy_drop}"
-
-    # refused only where all-int16 misses it in-sample and held out, expectation and all: short of the
-    # lower bound alone, all-int16 is the most any assignment can do, chosen and reported as such
-    if budget.has_error_budget and short(int16):
-        raise ConversionError(f"no per-layer precision reaches {budget.describe(float_accuracy)} on the calibration "
-                              f"samples: all-int16 measures {reached(int16, h16)}, all-int8 {reached(int8, h8)} "
-                              f"({looser})")
-    loss = {u: int16.sqnr_db - measure(widths(set(units) - {u})).sqnr_db for u in units}
-    order = sorted(units, key=lambda u: (loss[u], u))  # the cheapest to drop to int8 first
-
-    def with_width(c: Candidate, unit: int, bits: int) -> Candidate:
-        return measure([bits if leader[i] == unit else b for i, b in enumerate(c.bits)])
-
-    def refined(chosen: Candidate) -> Candidate:
-        """`chosen` with any layer still at int16 dropped that the budget allows at no more cost."""
-        for u in order:
-            if chosen.bits[u] == 16:
-                trial = with_width(chosen, u, 8)
-                if meets(trial) and trial.cost <= chosen.cost:
-                    chosen = trial
-        return chosen
-
-    def by_cost(c: Candidate) -> tuple:
-        return c.cost, sum(b == 16 for b in c.bits)
-
-    def within_limit() -> list[Candidate]:
-        return [c for c in measure.measured.values() if fits(c) and np.isfinite(c.sqnr_db)]
-
-    def cheapest_measured() -> Candidate | None:
-        """The cheapest assignment measured so far that fits and meets the budget, refined (None: none)."""
-        fitting = [c for c in within_limit() if meets(c)]
-        return refined(min(fitting, key=by_cost)) if fitting else None
-
-    def cheapest() -> Candidate | None:
-        """The cheapest assignment found that meets the error budget and fits the arena (None: none):
-        the walks' cheapest, refined, when it fits; else the cheapest of all measured that fit."""
-        tried = [int16] + [measure(widths(set(order[k:]))) for k in range(1, len(order))] + [int8]
-        current = int16  # then straight at the arena: drop the layers live at the peak, while the budget holds
-        for _ in units:
-            drop = {u for u in current.peak_units if current.bits[u] == 16}
-            if not drop:
-                break
-            trial = measure([8 if leader[i] in drop else b for i, b in enumerate(current.bits)])
-            if not meets(trial):
-                break
-            tried.append(trial)
-            current = trial
-        meeting = [c for c in tried if meets(c)]
-        if not meeting:
-            return None
-        chosen = refined(min(meeting, key=by_cost))
-        return chosen if fits(chosen) else cheapest_measured()
-
-    def nearest_the_budget(cands: list[Candidate]) -> Candidate:
-        """The best of `cands` by what the budget measures: accuracy, else expected held-out SQNR (the
-        in-sample SQNR breaking ties, as where a fold could not be quantized and every estimate is
-        -inf)."""
-        if labels is not None:
-            return max(cands, key=lambda c: (c.accuracy or 0.0, c.sqnr_db, -c.arena_bytes))
-        return max(cands, key=lambda c: (expected_db(c), c.sqnr_db, -c.arena_bytes))
-
-    def most_accurate_within() -> Candidate:
-        """The assignment nearest the budget (an arena alone: the highest expected held-out SQNR) among
-        those measured that fit the arena: from all-int16, of the layers live at the arena's peak the
-        one whose drop to int8 leaves the highest expected SQNR (each drop measured: how much a layer
-        costs depends on which others are int8 already, which its sensitivity from all-int16 does not
-        see) drops, until the arena fits; then the most sensitive layers at int8 rise back wherever it
-        still fits."""
-        current = int16
-        while not fits(current):
-            wide = [u for u in units if current.bits[u] == 16]
-            if not wide:
-                break
-            at_peak = [u for u in wide if u in current.peak_units] or wide  # the peak may be int8 layers'
-            current = max((with_width(current, u, 8) for u in at_peak),
-                          key=lambda c: (fits(c), expected_db(c), c.sqnr_db))
-        for u in reversed(order):
-            if current.bits[u] == 8:
-                trial = with_width(current, u, 16)
-                if fits(trial) and (expected_db(trial), trial.sqnr_db) > (expected_db(current), current.sqnr_db):
-                    current = trial
-        fitting = within_limit()
-        if not fitting:  # nothing fits: the smallest arena measured, refused below
-            return min(measure.measured.values(), key=lambda c: c.cost)
-        return nearest_the_budget(fitting)
-
-    def pick() -> Candidate:
-        if not budget.has_error_budget:
-            return most_accurate_within()
-        found = cheapest() if meets(int16) else None
-        if found is not None or fits(int16):
-            return found or int16
-        best = most_accurate_within()  # the walk within the limit measures more candidates that fit
-        return cheapest_measured() or best
-
-    chosen = pick()
-    if not fits(chosen):
-        raise ConversionError(f"no per-layer precision fits an arena of {limit:,} B: the smallest measured needs "
-                              f"{chosen.arena_bytes:,} B (all-int8 {int8.arena_bytes:,} B; raise "
-                              "{opt:max_arena_bytes})")
-    expected = check(chosen)
-    for _ in range(CHECK_ROUNDS):
-        if (expected is None or not by_sqnr or budget.min_sqnr_db is None
-                or figure(expected, True) >= budget.min_sqnr_db or chosen is int16):
-            break
-        again = pick()  # the check just made lowered the estimates near it
-        if again.bits == chosen.bits:
-            break
-        chosen, expected = again, check(again)
-    if limit is not None and not fits(int16) and budget.has_error_budget and short(chosen):
-        best = nearest_the_budget(within_limit())  # the checks may have moved the estimates
-        if short(best):
-            raise ConversionError(f"no per-layer precision reaches {budget.describe(float_accuracy)} on the "
-                                  f"calibration samples: within the arena the nearest measures "
-                                  f"{reached(best, check(best))} at {best.arena_bytes:,} B, all-int16 "
-                                  f"{reached(int16, h16)} at {int16.arena_bytes:,} B (raise "
-                                  f"{{opt:max_arena_bytes}} or {looser})")
-        chosen, expected = best, check(best)
-    sensitivity = [round(loss[leader[i]], 2) if leader[i] == i and i in loss else None for i in range(n)]
+    search = WidthSearch(measure, leader, sorted(set(leader) - int8_only), budget, heldout, float_accuracy)
+    chosen, expected = search.choose()
+    sensitivity = search.sensitivity()
     for node, db in zip(graph.nodes, sensitivity):
         if db is not None:
             node.attrs["int8_loss_db"] = db  # reported per layer (report.layer_entries)
     apply_precision(graph, chosen.bits)
-    return PrecisionChoice(chosen, int8, int16, sensitivity, budget, float_accuracy, len(measure.measured),
-                           expected, len(checked) - 2 if by_sqnr else len(checked), h8, h16)
+    return PrecisionChoice(chosen, search.int8, search.int16, sensitivity, budget, float_accuracy,
+                           len(measure.measured), expected, search.checks, search.h8, search.h16)
 
 
 def _json_db(value: float | None) -> float | None:
