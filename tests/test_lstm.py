@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx2cmsis.api import convert
 from onnx2cmsis.arith.lstm import cell_scale_power
 from onnx2cmsis.drivers.evaluate import evaluate
-from onnx2cmsis.errors import ConversionError, UnsupportedOpError
+from onnx2cmsis.errors import UnsupportedOpError
 from onnx2cmsis.cmsis_nn.source import locate_cmsis_nn
 from onnx2cmsis.quant.calibrate import run_float
 from onnx2cmsis.quant.quantize import dequantized_outputs, quantize_samples

@@ -87,7 +87,7 @@ def make_torch() -> None:
 
     nn = torch.nn
     torch.manual_seed(11)
-    channels, steps = TORCH[1], TORCH[0]
+    channels = TORCH[1]
     model = nn.Sequential(
         nn.Conv2d(channels, 8, (1, 5), padding=(0, 2)), nn.ReLU(), nn.MaxPool2d((1, 2)),
         nn.Conv2d(8, 16, (1, 3)), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
