@@ -61,7 +61,7 @@ class WidthSearch:
     budget: PrecisionBudget
     heldout: HeldoutCheck | None  # an assignment's figures on samples the ranges did not see
     float_accuracy: float | None  # on the budget's labels (an accuracy budget)
-    checked: dict[tuple[int, ...], HeldoutFigures] = field(default_factory=dict)
+    checked: dict[tuple[int, ...], HeldoutFigures] = field(default_factory=dict, init=False)  # held out so far
 
     def __post_init__(self) -> None:
         self.by_sqnr = not self.budget.judged_by_accuracy and self.heldout is not None
