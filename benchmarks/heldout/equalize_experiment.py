@@ -254,6 +254,8 @@ def main() -> None:
                   f"{row['as_challengers'][1] - t:+.2f} |", flush=True)
     for half in ("dev", "heldback", "all"):
         sel = [r for r in rows if half == "all" or r["half"] == half]
+        if not sel:  # --models named none of this half
+            continue
         line = []
         for key in ("original", "equalized", "as_challengers"):
             diffs = [(r[key][1] if key == "as_challengers" else r[key]["choice"]) - r["tflite_int8_db"] for r in sel]
