@@ -40,7 +40,8 @@ from onnx2cmsis.tuning.width_search import PrecisionBudget
 from onnx2cmsis.tuning.bias_correction import correct_biases
 from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, recorded_values, widths_heldout
-from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
+from onnx2cmsis.tuning.search import (apply_weights, calibrate, float_outputs, mark_floors, search_indices,
+                                      search_samples)
 
 __all__ = ["Budget", "Conversion", "ConvertOptions", "convert", "front_end", "back_end"]
 
@@ -217,6 +218,7 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     calibration = calibrate(model, graph, registry, data.samples, data.search, chosen_recipe.calibration_method,
                             chosen_recipe.dense_weights, recorded if len(data.samples) == len(data.search) else None)
     apply_weights(graph, calibration.weights)  # on the nodes from here on: indices may shift below
+    mark_floors(graph, calibration.floors)
     chosen = None
     if opts.precision == "auto":
         step(f"choosing each layer's width for {opts.budget_text()}")

@@ -20,7 +20,7 @@ from typer.core import TyperCommand
 FLAGS = {"calibration": "--calibration", "name": "--name", "cmsis_nn": "--cmsis-nn", "cmsis_api": "--cmsis-nn-api", "plugins": "--plugin",
          "allow_override": "--allow-override", "flash_bytes": "--flash-kb", "ram_bytes": "--ram-kb",
          "fetch_cmsis_nn": "onnx2cmsis cmsis-nn fetch --level", "dense_weights": "--dense-weights",
-         "weight_rounding": "--weight-rounding",
+         "weight_rounding": "--weight-rounding", "range_floors": "--no-range-floors",
          "calibration_method": "--calibration-method", "precision": "--precision", "max_error_db": "--max-error",
          "input_shape": "--input-shape", "data": "--data", "targets": "--target", "labels": "--labels",
          "max_accuracy_drop": "--max-error", "calibration_labels": "--calibration-labels",
@@ -69,6 +69,11 @@ BIAS_CORRECTION_OPTION = typer.Option(
     help="Allow folding each conv/dense layer's mean output error on the calibration samples into its "
          "bias, in the recipes that do it (chosen only when they beat TFLite's recipe on calibration "
          "samples held out from the fit; see docs/quantization.md).")
+RANGE_FLOORS_OPTION = typer.Option(
+    True, "--range-floors/--no-range-floors",
+    help="Start a softmax's input range 10 below the lowest row maximum the calibration samples give, "
+         "not at the lowest value they give: the softmax cannot tell values below apart, and the codes "
+         "go to those it can (--no-range-floors: min/max as TFLite's converter; see docs/quantization.md).")
 WEIGHT_ROUNDING_OPTION = typer.Option(
     "auto", "--weight-rounding", metavar="auto|nearest|fitted",
     help="int8 weight codes: each rounded to its nearest step (as TFLite's converter), fitted to the "
@@ -101,6 +106,7 @@ SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("dense_weights", str, DENSE_WEIGHTS_OPTION),
     ("calibration_method", str, CALIBRATION_METHOD_OPTION),
     ("bias_correction", bool, BIAS_CORRECTION_OPTION),
+    ("range_floors", bool, RANGE_FLOORS_OPTION),
     ("weight_rounding", str, WEIGHT_ROUNDING_OPTION),
     ("plugin", list[str], PLUGIN_OPTION),
     ("allow_override", bool, ALLOW_OVERRIDE_OPTION),
@@ -110,8 +116,8 @@ SHARED: tuple[tuple[str, Any, Any], ...] = (
 def conversion_settings(precision: str, max_error: Optional[float], max_arena: Optional[int],
                         calibration_labels: Optional[Path],
                         streaming: Optional[int], stateful: bool, input_shape: Optional[str], dense_weights: str,
-                        calibration_method: str, bias_correction: bool, weight_rounding: str, plugin: list[str],
-                        allow_override: bool) -> dict[str, Any]:
+                        calibration_method: str, bias_correction: bool, range_floors: bool, weight_rounding: str,
+                        plugin: list[str], allow_override: bool) -> dict[str, Any]:
     """The shared options' values as ConvertOptions settings: --max-error is an SQNR in dB, or with
     --calibration-labels an accuracy drop in points; --input-shape 3,128 is text until checked."""
     budget = {"max_error_db": max_error} if calibration_labels is None else \
@@ -119,7 +125,8 @@ def conversion_settings(precision: str, max_error: Optional[float], max_arena: O
     return {"precision": precision, **budget, "max_arena_bytes": max_arena, "streaming": streaming,
             "stateful": stateful, "input_shape": input_shape,
             "dense_weights": dense_weights, "calibration_method": calibration_method,
-            "bias_correction": bias_correction, "weight_rounding": weight_rounding, "plugins": tuple(plugin),
+            "bias_correction": bias_correction, "range_floors": range_floors, "weight_rounding": weight_rounding,
+            "plugins": tuple(plugin),
             "allow_override": allow_override}
 
 

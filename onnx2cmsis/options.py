@@ -66,6 +66,7 @@ class ConvertOptions:
     dense_weights: str = "auto"
     calibration_method: str = "auto"  # auto: chosen with the recipe on held-out folds (tuning/recipe.py)
     bias_correction: bool = True
+    range_floors: bool = True  # a softmax's input range from 10 below its rows' lowest maximum (QuantOptions)
     weight_rounding: str = "auto"  # auto: fitted rounding challenges the chosen recipe on held-out folds
     precision: str = "int8"
     max_error_db: float | None = None
@@ -137,7 +138,7 @@ class ConvertOptions:
     @property
     def quant_options(self) -> QuantOptions:
         return QuantOptions(dense_weights=self.dense_weights, calibration_method=self.calibration_method,
-                            precision=self.precision)
+                            precision=self.precision, range_floors=self.range_floors)
 
     def budget_text(self) -> str:
         """--precision auto's budget as the progress line says it."""

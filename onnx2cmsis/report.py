@@ -81,6 +81,7 @@ def layer_entries(graph: Graph, registry: Registry, layers: list[Layer]) -> list
             **({"int8_loss_db": node.attrs["int8_loss_db"]} if "int8_loss_db" in node.attrs else {}),
             **({"bias_correction": node.attrs["bias_correction"]} if "bias_correction" in node.attrs else {}),
             **({"weight_rounding": node.attrs["weight_rounding"]} if "weight_rounding" in node.attrs else {}),
+            **({"range_floor": node.attrs["range_floor"]} if "range_floor" in node.attrs else {}),
         }
         for layer, node in zip(layers, graph.nodes, strict=True)
     ]

@@ -49,7 +49,7 @@ OURS = {
     "ours_int8": {},
     "ours_int16": {"precision": "int16"},
     "ours_tflite_recipe": {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False,
-                           "weight_rounding": "nearest"},
+                           "weight_rounding": "nearest", "range_floors": False},
 }
 TRIM = 3  # samples dropped, per side, for the "without the worst samples" SQNR
 RESAMPLES = 1000  # paired bootstrap resamples of the test set (seeded), for how far its 600 samples decide

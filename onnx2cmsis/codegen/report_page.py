@@ -105,9 +105,10 @@ def render_report_page(name: str, report: dict[str, Any], plan: MemoryPlan, outp
                "auto_precision": (None if report["quantization"]["auto_precision"] is None
                                   else auto_precision_headline(report["quantization"]["auto_precision"])),
                "recipe": recipe_text(report["quantization"]["recipe"]),
-               # the layers the recipe set something on: their own scales, a correction, fitted codes
+               # the layers quantizing set something on: their own scales, a correction, fitted codes, a floor
                "tuned": sorted((layer for layer in report["layers"]
-                                if any(k in layer for k in ("weights", "bias_correction", "weight_rounding"))),
+                                if any(k in layer for k in ("weights", "bias_correction", "weight_rounding",
+                                                            "range_floor"))),
                                key=lambda layer: layer["index"]),
                "boxes": boxes, "line": line, "width": SVG_WIDTH, "height": SVG_HEIGHT, "margin": MARGIN,
                "arena_y": MARGIN + plan.arena_bytes * sy, "steps": steps, "sx": sx}

@@ -57,6 +57,9 @@ class QuantOptions:
     # zero point 0, int8 weights, int64 biases), or "auto" (per layer: Tensor.bits, chosen by
     # tuning/auto_precision.py). Weights are int8 either way.
     precision: str = "int8"
+    # Let a value's range start where its reader stops telling values apart (OpHandler.input_floor: a
+    # softmax's input), not at the lowest value calibration saw (tuning/search.py floor_ranges).
+    range_floors: bool = True
 
     @property
     def activation_bits(self) -> int:

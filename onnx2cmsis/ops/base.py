@@ -111,6 +111,10 @@ class OpHandler:
     # weight_columns. Its quantize must then take node.attrs["fitted_weight_scales"] as its scales.
     fits_weight_rounding: bool = False
 
+    # Below some value its output no longer changes (a softmax's far-negative inputs), so its input's
+    # range may start there (tuning/search.py floor_ranges): see input_floor.
+    floors_input: bool = False
+
     # Its input, flattened, may arrive as an (a, b) matrix instead of the (b, a) transpose it was
     # given: see read_input_transposed.
     reads_transposed_input: bool = False
@@ -160,6 +164,14 @@ class OpHandler:
         """Fold y * scale[c] + shift[c] (per output channel) into the node's constants; False when this
         node cannot (e.g. a shape mismatch). Only asked when folds_affine is set."""
         return False
+
+    def input_floor(self, node: Node, x: np.ndarray) -> float | None:  # asked where floors_input is set
+        """The lowest value of the node's first input worth a code, from its real values on the
+        calibration samples `x` (samples, ..., channels in the node's layout): below it the node's output
+        does not change (within what its output can show), so the input's range may start there
+        instead of at the lowest value seen, and the codes go to the values that matter. None: every
+        value matters (a range floor is never asked above the lowest value seen)."""
+        return None
 
     def weight_columns(self, node: Node, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Which inputs each output channel's weights multiply, from the real-valued inputs `x` (N, *its

@@ -30,6 +30,12 @@ from onnx2cmsis.arith.rules import (
 SCALED_DIFF_INTEGER_BITS = 5
 ACCUM_BITS = 12
 OUTPUT_QUANT = QuantParams(1.0 / 256.0, -128)
+# How far below its row's maximum a softmax input still matters: TFLite's 16x8 exp table covers
+# [-10, 0] and clamps below it, and at int8 exp(-10) times the classes is far under the output's 1/256
+# step. A range floor (input_floor) this far under the lowest row maximum changes no output of a row
+# whose maximum calibration reached, and only rows whose maximum lies well below every calibration
+# sample's lose anything, their near-zero classes rising by at most exp(-(10 - shortfall)).
+SOFTMAX_SPAN = 10.0
 OUTPUT_QUANT_S16 = QuantParams(1.0 / 32768.0, 0, 16)
 
 
@@ -79,6 +85,7 @@ class SoftmaxHandler(OpHandler):
     op = "softmax"
     activation_bits = (8, 16)
     onnx_ops = ("Softmax",)
+    floors_input = True
 
     def from_onnx(self, node: OnnxNodeView, ctx: ImportContext) -> None:
         shape = ctx.logical_shape(node.inputs[0])
@@ -113,6 +120,10 @@ class SoftmaxHandler(OpHandler):
         if "exp_table" in qp:
             return [softmax_s16(inputs[0], qp["mult"], qp["shift"], qp["exp_table"], qp["reciprocal_table"])]
         return [softmax_s8(inputs[0], qp["mult"], qp["shift"], qp["diff_min"])]
+
+    def input_floor(self, node: Node, x: np.ndarray) -> float | None:
+        rows = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
+        return float(rows.max(axis=1).min()) - SOFTMAX_SPAN if rows.size else None
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         shape = graph.tensors[node.inputs[0]].shape

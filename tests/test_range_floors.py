@@ -1,0 +1,141 @@
+"""Range floors (tuning/search.py floor_ranges, OpHandler.input_floor): a softmax's input range starts
+ten below the lowest row maximum the calibration samples give, not at their lowest value.
+
+The model: a dense layer whose logits for two of four classes run far below the others on some
+samples (a wide low tail no softmax output depends on) -> Softmax. Expected values come from numpy on
+the model's own weights, not from the tool."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx2cmsis.api import convert
+from onnx2cmsis.arith.rules import dequantize_tensor
+from onnx2cmsis.drivers.evaluate import evaluate, quantize_inputs
+from onnx2cmsis.ops.softmax import SOFTMAX_SPAN, SoftmaxHandler
+from tests.onnx_models import make_model
+
+FEATURES, CLASSES = 8, 4
+RECIPE = {"calibration_method": "minmax", "dense_weights": "per-channel", "bias_correction": False,
+          "weight_rounding": "nearest"}  # TFLite's: only the floor differs between the conversions compared
+
+
+def _weights() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(29)
+    w = rng.standard_normal((FEATURES, CLASSES)).astype(np.float32)
+    w[0, 2:] = 12.0  # feature 0 spreads classes 2 and 3 over -32..-8: far below the others, always
+    b = np.array([1.0, 0.5, -20.0, -22.0], np.float32)
+    return w, b
+
+
+def _model(path) -> None:
+    w, b = _weights()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FEATURES])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"])]
+    onnx.save(make_model(nodes, [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), path)
+
+
+def _samples(seed: int, n: int) -> np.ndarray:
+    """Bounded inputs: held-out logits stay inside the calibrated top, so what differs is the low end."""
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, (n, FEATURES)).astype(np.float32)
+
+
+def _float(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's logits and softmax of the model."""
+    w, b = _weights()
+    logits = x.reshape(len(x), FEATURES).astype(np.float64) @ w + b
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return logits, e / e.sum(axis=1, keepdims=True)
+
+
+def _logit_range(conv) -> tuple[float, float]:
+    dense = next(n for n in conv.graph.nodes if n.op == "dense")
+    q = conv.graph.tensors[dense.output].quant
+    return (-128 - q.zero_point) * q.scale, (127 - q.zero_point) * q.scale
+
+
+def _output_sqnr_db(conv, x: np.ndarray) -> float:
+    got = dequantize_tensor(conv.references(quantize_inputs(conv, x)), conv.graph.tensors[conv.graph.outputs[0]].quant)
+    want = _float(x)[1]
+    return float(10 * np.log10(np.sum(want**2) / np.sum((got.reshape(want.shape) - want) ** 2)))
+
+
+def test_the_softmax_floor_is_its_lowest_row_maximum_less_the_span():
+    rows = np.array([[[1.0, 2.0, -50.0], [5.0, 0.0, -3.0]]])  # (samples, positions, classes)
+    assert SoftmaxHandler().input_floor(None, rows) == pytest.approx(2.0 - SOFTMAX_SPAN)
+
+
+def test_a_softmax_input_range_starts_ten_below_its_lowest_row_maximum(tmp_path):
+    path = tmp_path / "classifier.onnx"
+    _model(path)
+    x = _samples(1, 48)
+    logits, _ = _float(x)
+    floor = logits.max(axis=1).min() - SOFTMAX_SPAN
+    assert logits.min() < floor - 10  # the tail the floor cuts off is real
+
+    floored = convert(path, x, name="floored", default_api=None, **RECIPE)
+    plain = convert(path, x, name="plain", default_api=None, range_floors=False, **RECIPE)
+    low, high = _logit_range(floored)
+    step = (high - low) / 255
+    assert abs(low - floor) <= step and high == pytest.approx(logits.max(), abs=step)
+    plain_low, _ = _logit_range(plain)
+    assert abs(plain_low - logits.min()) <= (high - plain_low) / 255  # min/max, as TFLite's converter
+    entry = next(e for e in floored.report["layers"] if e["op"] == "dense")
+    assert entry["range_floor"]["floor"] == pytest.approx(floor, abs=1e-3)
+    assert entry["range_floor"]["lowest_seen"] == pytest.approx(logits.min(), abs=1e-3)
+    assert "range_floor" not in next(e for e in plain.report["layers"] if e["op"] == "dense")
+
+    # on samples calibration did not see, the codes the floor frees make the probabilities closer
+    held_out = _samples(2, 400)
+    assert _output_sqnr_db(floored, held_out) > _output_sqnr_db(plain, held_out) + 3.0
+
+    # and the floored C is still bit-exact with the reference and with tflite-micro
+    ev, _ = evaluate(floored, held_out[:64], tmp_path / "host")
+    assert ev.mismatches_vs_reference == 0 and ev.mismatches_vs_tflite_micro == 0, ev
+
+
+def test_no_floor_where_the_softmax_is_not_the_values_only_reader(tmp_path):
+    """The logits are also a model output: their range serves that output too, and stays min/max."""
+    w, b = _weights()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FEATURES])
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "y")]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"])]
+    path = tmp_path / "both.onnx"
+    onnx.save(make_model(nodes, [x], outputs, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]),
+              path)
+    samples = _samples(1, 48)
+    conv = convert(path, samples, name="both", default_api=None, **RECIPE)
+    assert not any("range_floor" in e for e in conv.report["layers"])
+    logits, _ = _float(samples)
+    low, high = _logit_range(conv)
+    assert abs(low - logits.min()) <= (high - low) / 255
+
+
+def test_the_command_line_turns_floors_off(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnx2cmsis.cli import app
+
+    path = tmp_path / "classifier.onnx"
+    _model(path)
+    np.save(tmp_path / "cal.npy", _samples(1, 48))
+    runs = {}
+    for flag in ("--range-floors", "--no-range-floors"):
+        out = tmp_path / flag.strip("-")
+        result = CliRunner().invoke(app, ["convert", str(path), "--calibration", str(tmp_path / "cal.npy"),
+                                          "--out", str(out), "--calibration-method", "minmax", "--dense-weights",
+                                          "per-channel", "--no-bias-correction", flag])
+        assert result.exit_code == 0, result.output
+        runs[flag] = json.loads((out / "classifier.json").read_text()), (out / "classifier.md").read_text()
+    (floored, floored_page), (plain, plain_page) = runs.values()
+    dense = [next(e for e in r["layers"] if e["op"] == "dense") for r in (floored, plain)]
+    assert "range_floor" in dense[0] and "range_floor" not in dense[1]
+    floor = dense[0]["range_floor"]
+    assert f"{floor['floor']:.4g} (lowest seen {floor['lowest_seen']:.4g})" in floored_page  # NAME.md says it too
+    assert "lowest seen" not in plain_page
