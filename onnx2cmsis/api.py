@@ -40,8 +40,8 @@ from onnx2cmsis.tuning.width_search import PrecisionBudget
 from onnx2cmsis.tuning.bias_correction import correct_biases
 from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, recorded_values, widths_heldout
-from onnx2cmsis.tuning.search import (apply_weights, calibrate, float_outputs, mark_floors, search_indices,
-                                      search_samples)
+from onnx2cmsis.tuning.range_floors import mark_floors
+from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, search_indices, search_samples
 
 __all__ = ["Budget", "Conversion", "ConvertOptions", "convert", "front_end", "back_end"]
 
@@ -100,7 +100,9 @@ def convert(model_path: Path | str, calibration: Calibration | None = None, opti
     chooses per layer), "per-tensor" or "per-channel" (one weight scale per output feature, as TFLite
     2.21 writes it); calibration_method: "auto" (left to the recipe) or one of quant/ranges.py's;
     bias_correction: allow folding each conv/dense layer's mean output error on the calibration
-    samples into its bias (tuning/bias_correction.py; the recipe decides); weight_rounding: "auto"
+    samples into its bias (tuning/bias_correction.py; the recipe decides); range_floors: let a softmax's
+    input range start where it stops telling values apart (tuning/range_floors.py; False: min/max as
+    TFLite's converter); weight_rounding: "auto"
     (fitted rounding, tuning/weight_rounding.py, where it beats the nearest on held-out folds),
     "nearest" (as TFLite's converter) or "fitted"; precision: "int8",
     "int16" (TFLite 16x8: int16 activations, int8 weights, int64 biases), or "auto": per layer, the cheapest mix (arena, then instructions, then

@@ -122,6 +122,8 @@ def build_report(name: str, summary: dict[str, Any], graph: Graph, registry: Reg
         "quantization": {"precision": graph.quant_options.precision,
                          "dense_weights": graph.quant_options.dense_weights,
                          "calibration_method": graph.quant_options.calibration_method,
+                         # a softmax's input range from where it stops telling values apart (range_floors.py)
+                         "range_floors": graph.quant_options.range_floors,
                          # the recipe (ranges, dense weights, bias correction) chosen on held-out folds
                          "recipe": recipe,
                          "search": search,

@@ -139,3 +139,87 @@ def test_the_command_line_turns_floors_off(tmp_path):
     floor = dense[0]["range_floor"]
     assert f"{floor['floor']:.4g} (lowest seen {floor['lowest_seen']:.4g})" in floored_page  # NAME.md says it too
     assert "lowest seen" not in plain_page
+
+
+def test_the_span_grows_with_the_classes_so_an_int8_row_total_moves_under_half_a_step():
+    """N classes raised to the floor add up to N * exp(-span) to an int8 softmax's row total."""
+    handler = SoftmaxHandler()
+    for classes in (4, 43, 100, 1000):
+        rows = np.zeros((1, 1, classes))
+        rows[..., 0] = 3.0
+        span = 3.0 - handler.input_floor(None, rows)
+        assert span >= SOFTMAX_SPAN and classes * np.exp(-span) <= 1 / 512 + 1e-12
+
+
+def _conv_softmax_model(path, pool: bool) -> None:
+    """x (1, 3, 32) -> Conv(6 channels, k3) -> [GlobalMaxPool ->] Softmax over the channels, each time
+    step its own row: channels 4 and 5 run 30 below the others."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 3, 3)).astype(np.float32)
+    b = np.array([1.0, 0.0, 0.5, -0.5, -30.0, -32.0], np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["maps"], kernel_shape=[3])]
+    if pool:
+        nodes += [helper.make_node("GlobalMaxPool", ["maps"], ["pooled"]),
+                  helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("Softmax", ["flat"], ["y"])]
+    else:
+        nodes += [helper.make_node("Softmax", ["maps"], ["y"], axis=1)]
+    onnx.save(make_model(nodes, [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), path)
+    return w, b
+
+
+def test_a_softmax_over_channels_at_every_time_step_floors_from_its_lowest_row(tmp_path):
+    """The model value is (1, channels, steps) and the IR computes (steps, channels): the rows are the
+    time steps. Expected from numpy's convolution of the samples."""
+    path = tmp_path / "per_step.onnx"
+    w, b = _conv_softmax_model(path, pool=False)
+    x = np.random.default_rng(6).uniform(-1.0, 1.0, (40, 3, 32)).astype(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), 3, axis=2)  # (n, in, steps, k)
+    maps = np.einsum("ncwk,ock->now", windows, w) + b[None, :, None]  # (n, channels, steps)
+    floor = maps.max(axis=1).min() - SOFTMAX_SPAN  # over channels, at every step of every sample
+    assert maps.min() < floor - 10
+    conv = convert(path, x, name="per_step", default_api=None, **RECIPE)
+    layer = next(n for n in conv.graph.nodes if n.op == "conv1d")
+    q = conv.graph.tensors[layer.output].quant
+    low, high = (-128 - q.zero_point) * q.scale, (127 - q.zero_point) * q.scale
+    assert abs(low - floor) <= (high - low) / 255
+    assert layer.attrs["range_floor"]["floor"] == pytest.approx(floor, abs=1e-3)
+
+
+def test_no_floor_where_the_producer_keeps_its_inputs_quantization(tmp_path):
+    """A global max pool writes in its input's quantization: a floor on its output would move nothing,
+    so none is applied or reported (and the convolution before it is not the softmax's reader)."""
+    path = tmp_path / "pooled.onnx"
+    _conv_softmax_model(path, pool=True)
+    x = np.random.default_rng(6).uniform(-1.0, 1.0, (40, 3, 32)).astype(np.float32)
+    floored = convert(path, x, name="pooled", default_api=None, **RECIPE)
+    plain = convert(path, x, name="pooled_plain", default_api=None, range_floors=False, **RECIPE)
+    assert not any("range_floor" in e for e in floored.report["layers"])
+    assert [floored.graph.tensors[t].quant for t in floored.graph.tensors if floored.graph.tensors[t].quant] == \
+        [plain.graph.tensors[t].quant for t in plain.graph.tensors if plain.graph.tensors[t].quant]
+
+
+def test_at_int16_the_symmetric_range_and_verify_layers_follow_the_floor(tmp_path):
+    """int16 ranges are symmetric: the floor shrinks the logits' range to +-(their top) where the low
+    tail was the larger end; verify --layers compares from the floor up, so the layer shows no loss
+    below it (without that the tail reads as a saturated, low-SQNR layer)."""
+    from onnx2cmsis.drivers.evaluate import layer_accuracy
+
+    w, _ = _weights()
+    b = np.array([8.0, 0.5, -20.0, -22.0], np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FEATURES])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"])]
+    path = tmp_path / "wide_top.onnx"
+    onnx.save(make_model(nodes, [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), path)
+    samples = _samples(1, 48)
+    logits = samples.astype(np.float64) @ w + b
+    floor = logits.max(axis=1).min() - SOFTMAX_SPAN
+    assert -floor < logits.max() < -logits.min()  # the top decides the symmetric range once floored
+    conv = convert(path, samples, name="wide_top", default_api=None, precision="int16", **RECIPE)
+    dense = next(n for n in conv.graph.nodes if n.op == "dense")
+    q = conv.graph.tensors[dense.output].quant
+    assert q.scale * 32767 == pytest.approx(logits.max(), rel=1e-3)  # +-top, not +-(the low tail)
+    rows = {r.op: r for r in layer_accuracy(conv, samples)}
+    assert rows["dense"].saturated == 0 and rows["dense"].sqnr_db > 40, rows["dense"]  # ~3 dB compared unfloored

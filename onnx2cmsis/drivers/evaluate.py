@@ -114,13 +114,16 @@ class LayerAccuracy:
 def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]:
     """Where quantization loses accuracy: each layer's integer output, dequantized, against the float model's
     value it stands for (ONNX Runtime), element by element through the importer's index map. Layers
-    whose output is no model value (an inserted transpose, a split pool) are left out. A layer whose
-    range was floored for its reader (node.attrs["range_floor"]: a softmax's input) is compared with
-    the float value raised to the floor, what its reader tells apart: below it is no loss."""
+    whose output is no model value (an inserted transpose, a split pool) are left out. A value whose
+    range was floored for its reader (node.attrs["range_floor"]: a softmax's input, also where a
+    requantize carries it to another width) is compared from the floor up, both sides raised to it:
+    below it the reader tells nothing apart, so no difference there is a loss."""
     graph = conv.graph
     layers = [(i, n, graph.tensors[n.output]) for i, n in enumerate(graph.nodes)]
     layers = [(i, n, t) for i, n, t in layers if t.calib_name and t.calib_index is not None]
-    floor = {t.name: n.attrs["range_floor"]["floor"] if "range_floor" in n.attrs else -np.inf for _, n, t in layers}
+    floored = {graph.tensors[n.output].calib_name: n.attrs["range_floor"]["floor"]
+               for n in graph.nodes if "range_floor" in n.attrs}
+    floor = {t.name: floored.get(t.calib_name, -np.inf) for _, _, t in layers}
     values = sorted({t.calib_name for _, _, t in layers})
     signal = {t.name: 0.0 for _, _, t in layers}
     noise = dict(signal)
@@ -132,7 +135,8 @@ def layer_accuracy(conv: Conversion, x_float: np.ndarray) -> list[LayerAccuracy]
     for every, floats in zip(ints, run_float(conv.model, x_float, values), strict=True):
         for _, _, t in layers:
             want = np.maximum(np.asarray(floats[t.calib_name], np.float64).reshape(-1), floor[t.name])
-            got = dequantize_tensor(every[t.name].reshape(-1)[t.calib_index], t.quant).astype(np.float64)
+            got = np.maximum(dequantize_tensor(every[t.name].reshape(-1)[t.calib_index], t.quant).astype(np.float64),
+                             floor[t.name])
             signal[t.name] += float(np.sum(want ** 2))
             noise[t.name] += float(np.sum((got - want) ** 2))
             worst[t.name] = max(worst[t.name], float(np.max(np.abs(got - want))) / float(t.quant.scale))

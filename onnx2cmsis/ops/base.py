@@ -112,7 +112,8 @@ class OpHandler:
     fits_weight_rounding: bool = False
 
     # Below some value its output no longer changes (a softmax's far-negative inputs), so its input's
-    # range may start there (tuning/search.py floor_ranges): see input_floor.
+    # range may start there (tuning/range_floors.py): see input_floor. (A subclass of a handler that
+    # sets it inherits it: clear it where the kernel differs.)
     floors_input: bool = False
 
     # Its input, flattened, may arrive as an (a, b) matrix instead of the (b, a) transpose it was

@@ -30,12 +30,18 @@ from onnx2cmsis.arith.rules import (
 SCALED_DIFF_INTEGER_BITS = 5
 ACCUM_BITS = 12
 OUTPUT_QUANT = QuantParams(1.0 / 256.0, -128)
-# How far below its row's maximum a softmax input still matters: TFLite's 16x8 exp table covers
-# [-10, 0] and clamps below it, and at int8 exp(-10) times the classes is far under the output's 1/256
-# step. A range floor (input_floor) this far under the lowest row maximum changes no output of a row
-# whose maximum calibration reached, and only rows whose maximum lies well below every calibration
-# sample's lose anything, their near-zero classes rising by at most exp(-(10 - shortfall)).
+# How far below its row's maximum a softmax input still matters (input_floor): TFLite's 16x8 exp table
+# covers [-10, 0] and clamps below it. The int8 kernel sums exp over every class down to its diff_min
+# (about -16 to -31), so N classes raised to the floor add up to N * exp(-span) to a row's total: the
+# span is also at least ln(512 N), half an int8 output step (1/256) however many classes. A floor
+# this far under the lowest row maximum calibration gives changes no output of a row whose maximum
+# calibration reached; a row whose maximum lies below every calibration sample's gets its classes
+# that far below raised, each to at most exp(-(span - shortfall)).
 SOFTMAX_SPAN = 10.0
+
+
+def softmax_span(classes: int) -> float:
+    return max(SOFTMAX_SPAN, math.log(512.0 * classes))
 OUTPUT_QUANT_S16 = QuantParams(1.0 / 32768.0, 0, 16)
 
 
@@ -123,7 +129,7 @@ class SoftmaxHandler(OpHandler):
 
     def input_floor(self, node: Node, x: np.ndarray) -> float | None:
         rows = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
-        return float(rows.max(axis=1).min()) - SOFTMAX_SPAN if rows.size else None
+        return float(rows.max(axis=1).min()) - softmax_span(rows.shape[1]) if rows.size else None
 
     def emit(self, node: Node, graph: Graph) -> KernelCall:
         shape = graph.tensors[node.inputs[0]].shape

@@ -9,8 +9,9 @@ won on the calibration set and lost on the test set (issue 29).
 
 So each candidate is fitted on all the search samples and scored on them (in-sample). The best of
 the others in-sample is the challenger of TFLite's converter's own recipe (min/max ranges,
-per-channel weights, no bias correction, quantized by this tool), the incumbent: both are then
-scored by FOLDS-fold cross-validation, fitted on the other folds and scored on each fold they did not
+per-channel weights, no bias correction, quantized by this tool; with range floors, as every
+recipe, unless they are off: tuning/range_floors.py), the incumbent: both are then scored by
+FOLDS-fold cross-validation, fitted on the other folds and scored on each fold they did not
 see (held out), and the challenger is chosen only when it is at least as good in-sample and
 MARGIN_DB better held out. Held-out scores of 32-64 samples are noisy (a few samples near a softmax
 decision dominate them) and in-sample ones are optimistic; on the benchmark's development half a

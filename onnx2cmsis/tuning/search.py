@@ -7,15 +7,14 @@ graph order: for each calibrated value it tries the ranges the histogram suggest
 percentiles, the MSE-optimal range) and keeps one only when the output SQNR rises on both halves of
 the samples (even and odd: a change that helps only one half is fitting those samples, and it did
 not carry over to held-out data in benchmarks/accuracy.py); then, for each node whose handler offers
-several weight granularities, it keeps the better one by the same rule. It starts from min/max and
-the default granularity (per-tensor; per-channel at int16), so on the calibration set it can only do
-better than them.
+several weight granularities, it keeps the better one by the same rule. It starts from min/max (with
+range floors: range_floors.py) and the default granularity (per-tensor; per-channel at int16), so on
+the calibration set it can only do better than them.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,11 +23,12 @@ import onnx
 from onnx2cmsis.errors import ConversionError
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.calibrate import RecordedFloats, collect_histograms, collect_ranges, float_values, record_floats
+from onnx2cmsis.quant.calibrate import RecordedFloats, collect_histograms, collect_ranges, float_values
 from onnx2cmsis.data.samples import stacked
 from onnx2cmsis.quant.quantize import (batch_outputs, batch_values, calibration_values, dequantized_outputs,
                                       output_floats, quantize_graph, quantize_samples, rerun_from)
 from onnx2cmsis.quant.ranges import ValueHistogram, choose_ranges, mse_range, percentile_range
+from onnx2cmsis.tuning.range_floors import floor_ranges
 
 SEARCH_SAMPLES = 256
 CANDIDATE_TAILS = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -39,10 +39,11 @@ _MIN_GAIN_DB = 0.02  # smaller gains are noise, not a reason to move
 class SearchResult:
     ranges: dict[str, tuple[float, float]]
     weights: dict[int, str] = field(default_factory=dict)  # node index -> granularity chosen
-    start_sqnr_db: float | None = None  # on the search samples (mean of the two halves): min/max, the default weights
+    # on the search samples (mean of the two halves): min/max (floored), the default weights
+    start_sqnr_db: float | None = None
     final_sqnr_db: float | None = None  # and with the choices made (None: no search ran)
     samples: int = 0
-    floors: dict[str, tuple[float, float]] = field(default_factory=dict)  # value -> (lowest seen, range floor)
+    floors: dict[str, tuple[float, float]] = field(default_factory=dict)  # value -> (lowest seen, floor)
 
     def summary(self) -> dict | None:
         """For NAME.json: what the search measured (None when none ran)."""
@@ -50,48 +51,6 @@ class SearchResult:
             return None
         return {"samples": self.samples, "start_sqnr_db": round(self.start_sqnr_db, 2),
                 "final_sqnr_db": round(self.final_sqnr_db, 2)}
-
-
-def floor_ranges(model: onnx.ModelProto, graph: Graph, registry: Registry, samples,
-                 ranges: dict[str, tuple[float, float]], recorded: RecordedFloats | None = None
-                 ) -> dict[str, tuple[float, float]]:
-    """The values whose range may start above the lowest value the samples give: each read by one node
-    alone (not a model input or output, no other tensor taking its range) whose handler floors its
-    input (OpHandler.input_floor), where that floor lies inside the range: {value: (lowest seen,
-    floor)}. The values are read from `recorded` (the float values of `samples`) or run for them (no
-    floor where that would take more than calibrate.RECORD_BYTES)."""
-    shared = Counter(t.calib_name for t in graph.tensors.values() if t.calib_name)
-    wanted = []
-    for node in graph.nodes:
-        if not node.inputs or not registry.for_op(node.op).floors_input:
-            continue
-        name = node.inputs[0]
-        t = graph.tensors[name]
-        if (t.mirrors_model_value and shared[t.calib_name] == 1 and t.calib_name in ranges
-                and name not in graph.inputs and name not in graph.outputs and len(graph.consumers(name)) == 1):
-            wanted.append((node, t))
-    values = [t.calib_name for _, t in wanted]
-    if values and (recorded is None or not recorded.holds(values)):
-        recorded = record_floats(model, samples, values)
-    if not values or recorded is None:
-        return {}
-    floors = {}
-    for node, t in wanted:
-        floor = registry.for_op(node.op).input_floor(node, t.in_layout(recorded.stacked(t.calib_name)))
-        low = ranges[t.calib_name][0]
-        if floor is not None and low < min(floor, 0.0):  # a range holds zero whatever its ends
-            floors[t.calib_name] = (low, min(floor, 0.0))
-    return floors
-
-
-def mark_floors(graph: Graph, floors: dict[str, tuple[float, float]]) -> None:
-    """Say on each node whose output range was floored what calibration saw and where the range starts
-    (NAME.json's layers[].range_floor)."""
-    for node in graph.nodes:
-        value = graph.tensors[node.output].calib_name if node.outputs else None
-        if value in floors:
-            low, floor = floors[value]
-            node.attrs["range_floor"] = {"lowest_seen": round(low, 4), "floor": round(floor, 4)}
 
 
 def apply_weights(graph: Graph, weights: dict[int, str]) -> None:
@@ -228,12 +187,14 @@ def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples,
     `samples` when they are `x` (the recipe choice's fits), else None."""
     values = calibration_values(graph)
     extremes = collect_ranges(model, samples, values, recorded)
-    histograms = collect_histograms(model, samples, extremes, recorded) if method != "minmax" else None
-    if method not in ("minmax", "output"):
-        extremes = choose_ranges(histograms, method)
+    # a floored value's histogram starts at its floor: what lies below, its reader does not tell
+    # apart, and a clipping method should not pay for it (range_floors.py)
     floors = floor_ranges(model, graph, registry, samples, extremes, recorded) if graph.quant_options.range_floors \
         else {}
     extremes = {**extremes, **{v: (floor, extremes[v][1]) for v, (_, floor) in floors.items()}}
+    histograms = collect_histograms(model, samples, extremes, recorded) if method != "minmax" else None
+    if method not in ("minmax", "output"):
+        extremes = choose_ranges(histograms, method)
     choices = dense_weights == "auto" and any(len(registry.for_op(n.op).weight_granularities) > 1
                                               for n in graph.nodes)
     if method != "output" and not choices:
@@ -241,5 +202,5 @@ def calibrate(model: onnx.ModelProto, graph: Graph, registry: Registry, samples,
     want = float_outputs(model, x, recorded)
     found = search(graph, registry, x, want, extremes, histograms if method == "output" else None,
                    choose_weights=choices)
-    found.floors = {v: f for v, f in floors.items() if found.ranges[v][0] == f[1]}  # "output" may move them
+    found.floors = floors
     return found
