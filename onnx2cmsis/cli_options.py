@@ -71,7 +71,8 @@ BIAS_CORRECTION_OPTION = typer.Option(
          "samples held out from the fit; see docs/quantization.md).")
 RANGE_FLOORS_OPTION = typer.Option(
     True, "--range-floors/--no-range-floors",
-    help="Start a softmax's input range 10 below the lowest row maximum the calibration samples give, "
+    help="Start a softmax's input range 10 (more past 43 classes) below the lowest row maximum the calibration "
+         "samples give, "
          "not at the lowest value they give: the softmax cannot tell values below apart, and the codes "
          "go to those it can (--no-range-floors: min/max as TFLite's converter; see docs/quantization.md).")
 WEIGHT_ROUNDING_OPTION = typer.Option(

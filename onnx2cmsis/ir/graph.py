@@ -58,7 +58,7 @@ class QuantOptions:
     # tuning/auto_precision.py). Weights are int8 either way.
     precision: str = "int8"
     # Let a value's range start where its reader stops telling values apart (OpHandler.input_floor: a
-    # softmax's input), not at the lowest value calibration saw (tuning/search.py floor_ranges).
+    # softmax's input), not at the lowest value calibration saw (tuning/range_floors.py).
     range_floors: bool = True
 
     @property
