@@ -6,6 +6,7 @@ costs no more memory than one block and the running min/max.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,15 @@ def record_floats(model: onnx.ModelProto, samples: Iterable[np.ndarray], names: 
     def per_value(reduce) -> dict[str, np.ndarray]:
         return {v: np.array([float(reduce(s[v])) if s[v].size else np.nan for s in kept]) for v in names}
     return RecordedFloats(tuple(kept), per_value(np.min), per_value(np.max))
+
+
+def holding(model: onnx.ModelProto, samples: Iterable[np.ndarray], names: list[str],
+            recorded: RecordedFloats | None) -> RecordedFloats:
+    """`recorded` (the same samples' values) where it holds every name, else the values of `names` run
+    once and kept whatever their size: for a pass that reads them all at once."""
+    if recorded is not None and recorded.holds(names):
+        return recorded
+    return record_floats(model, samples, names, budget=math.inf)
 
 
 def float_values(model: onnx.ModelProto, samples: Iterable[np.ndarray], names: list[str],

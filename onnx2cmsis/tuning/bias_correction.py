@@ -22,7 +22,6 @@ away +3.3 dB because one half moved by -0.07 dB; without it the benchmark's int8
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ import onnx
 
 from onnx2cmsis.ir.graph import Graph
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.calibrate import RecordedFloats, record_floats
+from onnx2cmsis.quant.calibrate import RecordedFloats, holding
 from onnx2cmsis.quant.quantize import batch_outputs, input_slices, run_node_batch
 from onnx2cmsis.arith.rules import dequantize_tensor, int_range
 from onnx2cmsis.tuning.search import quantized_copy
@@ -70,8 +69,7 @@ def corrected_run(model: onnx.ModelProto, graph: Graph, registry: Registry, rang
         return CorrectedRun([], None, None)
     rows = np.arange(len(x)) if rows is None else np.asarray(rows)
     values = sorted({graph.tensors[graph.nodes[i].output].calib_name for i in targets})
-    if recorded is None or not recorded.holds(values):
-        recorded = record_floats(model, x, values, budget=math.inf)  # read once here, whatever its size
+    recorded = holding(model, x, values, recorded)
     floats = {v: recorded.stacked(v)[rows] for v in values}
     return _correct_in_one_pass(graph, registry, ranges, x, floats, set(targets), rows)
 

@@ -34,7 +34,6 @@ inputs the integer reference gives it with the layers before it already fitted.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +44,7 @@ from onnx2cmsis.data.samples import MultiSamples
 from onnx2cmsis.ir.graph import Graph, Node
 from onnx2cmsis.ir.tensor import Tensor
 from onnx2cmsis.ops.registry import Registry
-from onnx2cmsis.quant.calibrate import RecordedFloats, float_values, record_floats
+from onnx2cmsis.quant.calibrate import RecordedFloats, float_values, holding
 from onnx2cmsis.quant.quantize import input_slices, run_node_batch
 from onnx2cmsis.tuning.search import quantized_copy
 
@@ -80,8 +79,8 @@ def fit_weight_rounding(model: onnx.ModelProto, graph: Graph, registry: Registry
     fine = rounding_only_tensors(g, model, x, recorded, input_error_bits) if input_error_bits else set()
     sources = [g.tensors[g.nodes[i].inputs[0]] for i in targets]
     names = sorted({t.calib_name for t in sources if t.mirrors_model_value and t.name in fine})
-    if names and (recorded is None or not recorded.holds(names)):
-        recorded = record_floats(model, x, names, budget=math.inf)  # read once here, whatever its size
+    if names:
+        recorded = holding(model, x, names, recorded)
     parts = input_slices(g, x)
     fitted = []
     for index, node in enumerate(g.nodes):
