@@ -33,12 +33,15 @@ def _weights() -> tuple[np.ndarray, np.ndarray]:
     return w, b
 
 
-def _model(path) -> None:
+def _model(path, bias: np.ndarray | None = None, outputs: tuple[str, ...] = ("y",)) -> None:
+    """x -> Gemm (_weights, or `bias` instead of theirs) -> logits -> Softmax -> y; `outputs`: the
+    values the model gives out."""
     w, b = _weights()
+    b = b if bias is None else bias
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FEATURES])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    given = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs]
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"])]
-    onnx.save(make_model(nodes, [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), path)
+    onnx.save(make_model(nodes, [x], given, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), path)
 
 
 def _samples(seed: int, n: int) -> np.ndarray:
@@ -102,13 +105,8 @@ def test_a_softmax_input_range_starts_ten_below_its_lowest_row_maximum(tmp_path)
 
 def test_no_floor_where_the_softmax_is_not_the_values_only_reader(tmp_path):
     """The logits are also a model output: their range serves that output too, and stays min/max."""
-    w, b = _weights()
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FEATURES])
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "y")]
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"])]
     path = tmp_path / "both.onnx"
-    onnx.save(make_model(nodes, [x], outputs, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]),
-              path)
+    _model(path, outputs=("logits", "y"))
     samples = _samples(1, 48)
     conv = convert(path, samples, name="both", default_api=None, **RECIPE)
     assert not any("range_floor" in e for e in conv.report["layers"])
@@ -151,7 +149,7 @@ def test_the_span_grows_with_the_classes_so_an_int8_row_total_moves_under_half_a
         assert span >= SOFTMAX_SPAN and classes * np.exp(-span) <= 1 / 512 + 1e-12
 
 
-def _conv_softmax_model(path, pool: bool) -> None:
+def _conv_softmax_model(path, pool: bool) -> tuple[np.ndarray, np.ndarray]:
     """x (1, 3, 32) -> Conv(6 channels, k3) -> [GlobalMaxPool ->] Softmax over the channels, each time
     step its own row: channels 4 and 5 run 30 below the others."""
     rng = np.random.default_rng(5)
@@ -208,11 +206,8 @@ def test_at_int16_the_symmetric_range_and_verify_layers_follow_the_floor(tmp_pat
 
     w, _ = _weights()
     b = np.array([8.0, 0.5, -20.0, -22.0], np.float32)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FEATURES])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"]), helper.make_node("Softmax", ["logits"], ["y"])]
     path = tmp_path / "wide_top.onnx"
-    onnx.save(make_model(nodes, [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]), path)
+    _model(path, bias=b)
     samples = _samples(1, 48)
     logits = samples.astype(np.float64) @ w + b
     floor = logits.max(axis=1).min() - SOFTMAX_SPAN
