@@ -18,7 +18,7 @@ from onnx2cmsis.tuning.recipe import (
     Recipe,
     Score,
     candidate_recipes,
-    _fitted_outputs,
+    Fits,
     recorded_values,
     fitted,
     pick,
@@ -144,7 +144,7 @@ def test_a_fold_fit_from_recorded_floats_scores_what_a_fit_from_scratch_gives(tm
     test = np.arange(1, len(x), FOLDS)
     fit = np.setdiff1d(np.arange(len(x)), test)
     for recipe in (TFLITE_RECIPE, OWN, MSE):
-        quick = _fitted_outputs(model, graph, conv.registry, recipe, x, fit, test, None, recorded)
+        quick = Fits(model, graph, conv.registry, x, recorded).outputs(recipe, fit, test)
         plain = dequantized_outputs(fitted(model, graph, conv.registry, recipe, stacked([x[i] for i in fit])),
                                     conv.registry, x[test]).reshape(len(test), -1)
         assert np.array_equal(quick, plain), recipe
@@ -196,3 +196,18 @@ def test_a_fit_that_could_not_be_quantized_beats_nothing():
     assert not beats(failed, Score(30.0, 28.0))
     assert not beats(Score(31.0, 29.0), Score(30.0, None))
     assert beats(Score(31.0, 29.0), Score(30.0, 28.0))
+
+
+def test_a_recipe_read_back_from_name_json_is_the_recipe_and_reads_the_same():
+    """NAME.md words the chosen recipe from NAME.json (codegen/report_page.recipe_text): the recipe
+    read back from its description is the recipe, fitted rounding and partial correction included."""
+    from dataclasses import replace
+
+    from onnx2cmsis.codegen.report_page import recipe_text
+
+    fitted_mse = replace(MSE, weight_rounding="fitted")
+    for recipe in (TFLITE_RECIPE, OWN, MSE, fitted_mse, replace(fitted_mse, corrects_fitted=False)):
+        assert Recipe.described(recipe.describe()) == recipe
+    words = recipe_text({"chosen": replace(fitted_mse, corrects_fitted=False).describe(), "reason": "why"})
+    assert words == ("mse ranges, per-channel dense weights, bias correction of the layers rounded to nearest, "
+                     "fitted weight rounding: why")

@@ -330,3 +330,44 @@ def test_downstream_of_a_clipping_range_a_layer_fits_its_weights_error_alone(tmp
     assert all(np.array_equal(a, b) for a, b in zip(*clipped))
     full = [codes(inputs, None) for inputs in (False, True)]
     assert not all(np.array_equal(a, b) for a, b in zip(*full))
+
+
+def test_a_choice_s_fits_share_their_calibration_and_rounding_and_give_what_fresh_fits_give(tmp_path, monkeypatch):
+    """The recipe choice's fits (tuning/recipe.Fits) calibrate each recipe's ranges on each set of
+    samples once, and fit the weight rounding of those ranges at each set of widths once: every graph
+    they give equals the one a fit from scratch gives, and the shared steps are not run again."""
+    import pickle
+
+    from onnx2cmsis.tuning import recipe as recipe_module
+
+    rng = np.random.default_rng(13)
+    path = _conv_model(tmp_path / "conv.onnx", rng)
+    calib = _smooth(rng, 36)
+    registry = build_registry()
+    model, graph, _ = front_end(Path(path), registry)
+    recorded = recipe_module.recorded_values(model, graph, calib)
+    runs = {"calibrate": 0, "fit_weight_rounding": 0}
+    for name in runs:
+        real = getattr(recipe_module, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            runs[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(recipe_module, name, counted)
+    every, fold = np.arange(len(calib)), np.setdiff1d(np.arange(len(calib)), np.arange(0, len(calib), 3))
+    int16, mixed = [16] * len(graph.nodes), [8] + [16] * (len(graph.nodes) - 1)
+    fitted_all = Recipe("minmax", "per-channel", True, "fitted")
+    steps = [(Recipe("minmax", "per-channel", False), every, None),
+             (Recipe("minmax", "per-channel", True), every, None),
+             (Recipe("minmax", "per-channel", False, "fitted"), every, int16),
+             (fitted_all, every, int16), (replace(fitted_all, corrects_fitted=False), every, int16),
+             (fitted_all, every, mixed), (fitted_all, fold, int16), (Recipe("mse", "per-channel", True), fold, None)]
+    shared = recipe_module.Fits(model, graph, registry, calib, recorded)
+    for recipe, samples, bits in steps:
+        got, codes = shared.fit(recipe, samples, bits)
+        want, want_codes = recipe_module.Fits(model, graph, registry, calib, recorded).fit(recipe, samples, bits)
+        assert pickle.dumps(got) == pickle.dumps(want), (recipe, bits)
+        assert (codes is None) == (want_codes is None) and (codes is None or np.array_equal(codes, want_codes))
+    # shared: 3 calibrations (minmax on all, minmax on a fold, mse on a fold) and 3 roundings (all
+    # int16, mixed, the fold); fresh, one of each per step that asks for it
+    assert runs == {"calibrate": 3 + len(steps), "fit_weight_rounding": 3 + 5}, runs

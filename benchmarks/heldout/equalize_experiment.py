@@ -48,8 +48,8 @@ import catalog  # noqa: E402
 from onnx2cmsis.api import front_end  # noqa: E402
 from onnx2cmsis.ops.registry import build_registry  # noqa: E402
 from onnx2cmsis.quant.quantize import dequantized_outputs  # noqa: E402
-from onnx2cmsis.tuning.recipe import (MARGIN_DB, TFLITE_RECIPE, candidate_recipes, choose_recipe, fitted,  # noqa: E402
-                                      heldout_outputs, output_sqnr_db, recorded_values)
+from onnx2cmsis.tuning.recipe import (MARGIN_DB, TFLITE_RECIPE, Fits, candidate_recipes, choose_recipe,  # noqa: E402
+                                      fitted, output_sqnr_db, recorded_values)
 from onnx2cmsis.tuning.search import float_outputs, sqnr_db  # noqa: E402
 
 
@@ -190,7 +190,7 @@ def scores(path: Path, calibration: np.ndarray, x_test: np.ndarray, want: np.nda
         g = fitted(model, graph, registry, recipe, calibration, recorded=recorded)
         in_sample = dequantized_outputs(g, registry, calibration).reshape(len(calibration), -1).astype(np.float64)
         test = dequantized_outputs(g, registry, x_test).reshape(len(x_test), -1).astype(np.float64)
-        held = heldout_outputs(model, graph, registry, recipe, calibration, recorded=recorded)
+        held = Fits(model, graph, registry, calibration, recorded).heldout(recipe)
         candidates[recipe.text()] = {"in_sample": sqnr_db(in_sample, seen), "held_out": output_sqnr_db(held, seen),
                                      "test": sqnr_db(test, want)}
     chosen = choose_recipe(model, graph, registry, calibration, candidate_recipes("auto", "auto", True),

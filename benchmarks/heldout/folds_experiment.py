@@ -104,7 +104,7 @@ def measure(entry, folds: list[int], tflite_int8_db: float | None) -> dict:
             for k in folds:
                 recipes.FOLDS = n if k == 0 else k
                 t0 = time.time()
-                got = recipes.heldout_outputs(model, graph, registry, s["recipe"], x, bits, recorded)
+                got = recipes.Fits(model, graph, registry, x, recorded).heldout(s["recipe"], bits)
                 f = heldout_figures(got, want, None)
                 cell[str(k)] = {"expected_db": round(f.sqnr_db, 2), "low_db": round(f.low_sqnr_db, 2),
                                 "seconds": round(time.time() - t0, 2)}

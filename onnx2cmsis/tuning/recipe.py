@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -74,6 +75,12 @@ class Recipe:
                 "bias_correction": self.bias_correction, "weight_rounding": self.weight_rounding,
                 **({"bias_correction_of_fitted_layers": self.corrects_fitted}
                    if self.bias_correction and self.weight_rounding == "fitted" else {})}
+
+    @classmethod
+    def described(cls, d: dict) -> Recipe:
+        """The recipe `describe` gave `d` for (NAME.json's quantization.recipe.chosen)."""
+        return cls(d["calibration_method"], d["dense_weights"], d["bias_correction"], d.get("weight_rounding", "nearest"),
+                   d.get("bias_correction_of_fitted_layers", True))
 
     def text(self) -> str:
         return (f"{self.calibration_method} ranges, {self.dense_weights} dense weights, "
@@ -155,11 +162,13 @@ def choose_recipe(model: onnx.ModelProto, graph: Graph, registry: Registry, x, c
     want = float_outputs(model, x, recorded).reshape(n, -1).astype(np.float64)
     every = np.arange(n)
 
+    fits = Fits(model, graph, registry, x, recorded)
+
     def in_sample(r: Recipe, bits: list[int] | None = None) -> float:
-        return output_sqnr_db(_fitted_outputs(model, graph, registry, r, x, every, every, bits, recorded), want)
+        return output_sqnr_db(fits.outputs(r, every, every, bits), want)
 
     def held_out(r: Recipe, bits: list[int] | None = None) -> float:
-        return output_sqnr_db(heldout_outputs(model, graph, registry, r, x, bits, recorded), want)
+        return output_sqnr_db(fits.heldout(r, bits), want)
 
     scores = {r: Score(in_sample(r), None) for r in candidates}
     if len(candidates) == 1:
@@ -242,46 +251,91 @@ def fitted(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Rec
     """A quantized copy of `graph`: `recipe` applied with what the samples `x` alone give, each node
     at the width `bits` gives it (quant/precision.py; None: the options' precision). `recorded`: the
     float values of `x`, if already run."""
-    return _fit(model, graph, registry, recipe, x, np.arange(len(x)), bits, recorded)[0]
+    return Fits(model, graph, registry, x, recorded).fit(recipe, np.arange(len(x)), bits)[0]
 
 
-def _fit(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x, fit: np.ndarray,
-         bits: list[int] | None, recorded: RecordedFloats | None) -> tuple[Graph, np.ndarray | None]:
-    """fitted on the samples `fit` of `x`, and the output_codes rows of every sample of `x` where
-    bias correction's pass made them (None: run them)."""
-    g = copy.deepcopy(graph)
-    g.quant_options = replace(g.quant_options, calibration_method=recipe.calibration_method,
-                              dense_weights=recipe.dense_weights)
-    fit_x, fit_recorded = _subset(x, fit), None if recorded is None else recorded.subset(fit)
-    found = calibrate(model, g, registry, fit_x, fit_x, recipe.calibration_method, recipe.dense_weights, fit_recorded)
-    apply_weights(g, found.weights)
-    if bits is not None:
-        apply_precision(g, bits)
-    if recipe.weight_rounding == "fitted":
-        fit_weight_rounding(model, g, registry, found.ranges, fit_x, fit_recorded)
-    if recipe.bias_correction:
-        run = corrected_run(model, g, registry, found.ranges, x, recorded, fit, fitted=recipe.corrects_fitted)
-        if run.quantized is not None:
-            return run.quantized, run.codes
-    quantize_graph(g, registry, found.ranges)
-    return g, None
+@dataclass
+class Fits:
+    """Recipes fitted on some of the samples `x` and run on others: what the recipe choice and
+    --precision auto's held-out check are made of. `graph`: before any range; `recorded`: the float
+    values of `x`, if already run.
 
+    The fits of one choice repeat their first steps: a recipe's ranges and dense weights fitted on the
+    same samples are the same whatever its bias correction and weight rounding, and fitted rounding
+    of those ranges at the same widths gives the same codes whether bias correction follows or not.
+    Each is computed once here (a deep copy per fit after it): the same graphs as fitting from
+    scratch, in about a third less time at int16 (docs/benchmarks.md)."""
 
-def heldout_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
-                    bits: list[int] | None = None, recorded: RecordedFloats | None = None) -> np.ndarray | None:
-    """Each sample's dequantized output (flattened) from `recipe` (at widths `bits`) fitted on the
-    FOLDS - 1 folds that do not hold it: what samples the fit did not see get. None: a fold's fit
-    cannot be quantized."""
-    n = len(x)
-    got = None
-    for test in (np.arange(k, n, FOLDS) for k in range(FOLDS)):
-        part = _fitted_outputs(model, graph, registry, recipe, x, np.setdiff1d(np.arange(n), test), test, bits,
-                               recorded)
-        if part is None:
+    model: onnx.ModelProto
+    graph: Graph
+    registry: Registry
+    x: Any
+    recorded: RecordedFloats | None = None
+    _calibrated: dict[tuple, tuple[Graph, dict]] = field(default_factory=dict, init=False, repr=False)
+    _rounded: dict[tuple, Graph] = field(default_factory=dict, init=False, repr=False)
+
+    def fit(self, recipe: Recipe, fit: np.ndarray, bits: list[int] | None) -> tuple[Graph, np.ndarray | None]:
+        """`recipe` fitted on the samples `fit` of `x`, and the output_codes rows of every sample of `x`
+        where bias correction's pass made them (None: run them)."""
+        g, ranges = self._prepared(recipe, fit, bits)
+        if recipe.bias_correction:
+            run = corrected_run(self.model, g, self.registry, ranges, self.x, self.recorded, fit,
+                                fitted=recipe.corrects_fitted)
+            if run.quantized is not None:
+                return run.quantized, run.codes
+        quantize_graph(g, self.registry, ranges)
+        return g, None
+
+    def _prepared(self, recipe: Recipe, fit: np.ndarray, bits: list[int] | None) -> tuple[Graph, dict]:
+        """A copy of the graph with the recipe's ranges (returned), weight choices, the widths `bits`
+        and its weight rounding, fitted on the samples `fit`: before bias correction."""
+        calibrated = (recipe.calibration_method, recipe.dense_weights, fit.tobytes())
+        fit_x, fit_recorded = _subset(self.x, fit), None if self.recorded is None else self.recorded.subset(fit)
+        if calibrated not in self._calibrated:
+            g = copy.deepcopy(self.graph)
+            g.quant_options = replace(g.quant_options, calibration_method=recipe.calibration_method,
+                                      dense_weights=recipe.dense_weights)
+            found = calibrate(self.model, g, self.registry, fit_x, fit_x, recipe.calibration_method,
+                              recipe.dense_weights, fit_recorded)
+            apply_weights(g, found.weights)
+            self._calibrated[calibrated] = (g, found.ranges)
+        base, ranges = self._calibrated[calibrated]
+        rounded = (*calibrated, None if bits is None else tuple(bits))
+        if recipe.weight_rounding == "fitted" and rounded in self._rounded:
+            return copy.deepcopy(self._rounded[rounded]), ranges
+        g = copy.deepcopy(base)
+        if bits is not None:
+            apply_precision(g, bits)
+        if recipe.weight_rounding == "fitted":
+            fit_weight_rounding(self.model, g, self.registry, ranges, fit_x, fit_recorded)
+            self._rounded[rounded] = copy.deepcopy(g)
+        return g, ranges
+
+    def outputs(self, recipe: Recipe, fit: np.ndarray, test: np.ndarray,
+                bits: list[int] | None = None) -> np.ndarray | None:
+        """The outputs on the samples `test` of `recipe` fitted on the samples `fit` (None: it cannot be
+        quantized, e.g. a range whose requantization cannot be represented)."""
+        try:
+            g, codes = self.fit(recipe, fit, bits)
+        except ConversionError:
             return None
-        got = np.empty((n, part.shape[1])) if got is None else got
-        got[test] = part
-    return got
+        if codes is not None:
+            return output_floats(g, codes[test]).astype(np.float64)
+        return dequantized_outputs(g, self.registry, _subset(self.x, test)).reshape(len(test), -1).astype(np.float64)
+
+    def heldout(self, recipe: Recipe, bits: list[int] | None = None) -> np.ndarray | None:
+        """Each sample's dequantized output (flattened) from `recipe` (at widths `bits`) fitted on the
+        FOLDS - 1 folds that do not hold it: what samples the fit did not see get. None: a fold's fit
+        cannot be quantized."""
+        n = len(self.x)
+        got = None
+        for test in (np.arange(k, n, FOLDS) for k in range(FOLDS)):
+            part = self.outputs(recipe, np.setdiff1d(np.arange(n), test), test, bits)
+            if part is None:
+                return None
+            got = np.empty((n, part.shape[1])) if got is None else got
+            got[test] = part
+        return got
 
 
 def widths_heldout(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
@@ -291,30 +345,16 @@ def widths_heldout(model: onnx.ModelProto, graph: Graph, registry: Registry, rec
     recipe fitted without its own fold (all of them, not CHOICE_SAMPLES: folds fitted on fewer samples
     than the final ranges see clip more, and would ask for more int16 than the model needs).
     `graph`: as calibrate found it, before any width; `recorded`: the float values of `x`, if already
-    run. None: too few samples."""
+    run. None: too few samples. The checks share one Fits: each fold is calibrated once."""
     if len(x) < MIN_SAMPLES:
         return None
     recorded = recorded_values(model, graph, x) if recorded is None else recorded
     want = float_outputs(model, x, recorded).reshape(len(x), -1).astype(np.float64)
+    fits = Fits(model, graph, registry, x, recorded)
 
     def check(bits: list[int]) -> HeldoutFigures:
-        return heldout_figures(heldout_outputs(model, graph, registry, recipe, x, bits, recorded), want, labels)
+        return heldout_figures(fits.heldout(recipe, bits), want, labels)
     return check
-
-
-def _fitted_outputs(model: onnx.ModelProto, graph: Graph, registry: Registry, recipe: Recipe, x,
-                    fit: np.ndarray, test: np.ndarray, bits: list[int] | None = None,
-                    recorded: RecordedFloats | None = None) -> np.ndarray | None:
-    """The outputs on the samples `test` of `recipe` fitted on the samples `fit` (None: it cannot be
-    quantized, e.g. a range whose requantization cannot be represented). `recorded`: the float values
-    of `x`, if already run."""
-    try:
-        g, codes = _fit(model, graph, registry, recipe, x, fit, bits, recorded)
-    except ConversionError:
-        return None
-    if codes is not None:
-        return output_floats(g, codes[test]).astype(np.float64)
-    return dequantized_outputs(g, registry, _subset(x, test)).reshape(len(test), -1).astype(np.float64)
 
 
 def recorded_values(model: onnx.ModelProto, graph: Graph, x) -> RecordedFloats | None:
