@@ -36,7 +36,6 @@ from onnx2cmsis.quant.from_file import file_recipe, quantize_from_file
 from onnx2cmsis.quant.quantize import output_codes, quantize_graph, reference_outputs, run_reference
 from onnx2cmsis.report import build_report, header_summary, input_window
 from onnx2cmsis.tuning.auto_precision import choose_precision
-from onnx2cmsis.tuning.width_search import PrecisionBudget
 from onnx2cmsis.tuning.bias_correction import correct_biases
 from onnx2cmsis.tuning.weight_rounding import fit_weight_rounding
 from onnx2cmsis.tuning.recipe import CHOICE_SAMPLES, candidate_recipes, choose_recipe, recorded_values, widths_heldout
@@ -223,14 +222,9 @@ def quantize(model: onnx.ModelProto, graph: Graph, registry: Registry, data: Sam
     mark_floors(graph, calibration.floors)
     chosen = None
     if opts.precision == "auto":
-        step(f"choosing each layer's width for {opts.budget_text()}")
-        target = PrecisionBudget(min_sqnr_db=None if opts.max_error_db is None else float(opts.max_error_db),
-                                 max_arena_bytes=opts.max_arena_bytes)
-        labels = None
-        if opts.max_accuracy_drop is not None and data.labels is not None:
-            labels = data.labels[data.chosen]
-            target = PrecisionBudget(max_accuracy_drop=float(opts.max_accuracy_drop), labels=labels,
-                                     max_arena_bytes=opts.max_arena_bytes)
+        labels = None if opts.max_accuracy_drop is None or data.labels is None else data.labels[data.chosen]
+        target = opts.precision_budget(labels)
+        step(f"choosing each layer's width for {target.describe(None)}")
         heldout = widths_heldout(model, before_widths, registry, chosen_recipe, data.search, labels, recorded)
 
         def fit_codes(g: Graph) -> None:  # the codes each assignment will have

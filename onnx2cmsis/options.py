@@ -21,6 +21,7 @@ from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ir.graph import DENSE_WEIGHTS, QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
+from onnx2cmsis.tuning.width_search import PrecisionBudget
 
 WEIGHT_ROUNDINGS = ("auto", "nearest", "fitted")  # tuning/weight_rounding.py
 
@@ -140,10 +141,10 @@ class ConvertOptions:
         return QuantOptions(dense_weights=self.dense_weights, calibration_method=self.calibration_method,
                             precision=self.precision, range_floors=self.range_floors)
 
-    def budget_text(self) -> str:
-        """--precision auto's budget as the progress line says it."""
-        error = None if self.max_error_db is None and self.max_accuracy_drop is None else \
-            f"{self.max_error_db:g} dB" if self.max_accuracy_drop is None else \
-            f"at most {self.max_accuracy_drop:g} points of accuracy lost"
-        arena = None if self.max_arena_bytes is None else f"an arena of at most {self.max_arena_bytes:,} B"
-        return " within ".join(x for x in (error, arena) if x)
+    def precision_budget(self, labels: np.ndarray | None = None) -> PrecisionBudget:
+        """--precision auto's budget; `labels`: the search samples' classes, for an accuracy budget."""
+        by_accuracy = self.max_accuracy_drop is not None and labels is not None
+        return PrecisionBudget(
+            min_sqnr_db=None if by_accuracy or self.max_error_db is None else float(self.max_error_db),
+            max_accuracy_drop=float(self.max_accuracy_drop) if by_accuracy else None,
+            labels=labels if by_accuracy else None, max_arena_bytes=self.max_arena_bytes)

@@ -13,6 +13,7 @@ from typing import Any
 
 from onnx2cmsis.codegen.emit_c import template_environment
 from onnx2cmsis.plan.arena import MemoryPlan
+from onnx2cmsis.tuning.recipe import Recipe
 
 SVG_WIDTH, SVG_HEIGHT, MARGIN = 760, 280, 48
 
@@ -30,11 +31,7 @@ def recipe_text(recipe: dict[str, Any]) -> str:
     chosen = recipe["chosen"]
     if chosen is None:  # nothing chosen: the model file's own quantization
         return recipe["reason"]
-    what = (f"{chosen['calibration_method']} ranges, {chosen['dense_weights']} dense weights, "
-            + ("bias correction" if chosen["bias_correction"] else "no bias correction")
-            + ("" if chosen.get("bias_correction_of_fitted_layers", True) else " of the layers rounded to nearest")
-            + (", fitted weight rounding" if chosen.get("weight_rounding") == "fitted" else ""))
-    return f"{what}: {recipe['reason']}"
+    return f"{Recipe.described(chosen).text()}: {recipe['reason']}"
 
 
 def auto_precision_headline(auto: dict[str, Any]) -> str:

@@ -39,10 +39,11 @@ class PrecisionBudget:
         return self.max_accuracy_drop is not None and self.labels is not None
 
     def describe(self, float_accuracy: float | None) -> str:
+        """In words; `float_accuracy` None: not measured yet (the progress line)."""
         error = None
         if self.max_accuracy_drop is not None:
-            error = (f"an accuracy within {self.max_accuracy_drop:g} points of the float model's "
-                     f"{100 * (float_accuracy or 0.0):.2f}%")
+            error = (f"an accuracy within {self.max_accuracy_drop:g} points of the float model's"
+                     + ("" if float_accuracy is None else f" {100 * float_accuracy:.2f}%"))
         elif self.min_sqnr_db is not None:
             error = f"an output SQNR of {self.min_sqnr_db:g} dB"
         arena = None if self.max_arena_bytes is None else f"an arena of at most {self.max_arena_bytes:,} B"
