@@ -18,8 +18,9 @@ decision dominate them) and in-sample ones are optimistic; on the benchmark's de
 rule on either alone chose recipes that lost on the test sets. With fewer than MIN_SAMPLES search
 samples no fold is worth the name and the incumbent stays. The choice is made on at most
 CHOICE_SAMPLES of the search samples (spread evenly): the size of calibration set users have, and
-what keeps a conversion within about twice the time of a fixed recipe (at int16, where the weight
-rounding challenge below adds its fits, about twice the time without it; docs/benchmarks.md).
+what keeps a conversion within about twice the time of a fixed recipe (on the held-out models, against
+the code before the choice: median 1.8x at int8, 2.0x at int16 with the weight rounding challenge
+below; docs/benchmarks.md part 11).
 
 Weight rounding comes last: the recipe so chosen (TFLite's or another) is the incumbent against
 itself with fitted weight rounding (tuning/weight_rounding.py), by the same rule. It is not one more
