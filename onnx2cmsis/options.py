@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from onnx2cmsis.errors import OptionError
 from onnx2cmsis.ir.graph import DENSE_WEIGHTS, QuantOptions
 from onnx2cmsis.ir.target import DEFAULT_API
 from onnx2cmsis.quant.ranges import CALIBRATION_METHODS
-from onnx2cmsis.tuning.width_search import PrecisionBudget
+
+if TYPE_CHECKING:
+    from onnx2cmsis.tuning.width_search import PrecisionBudget
 
 WEIGHT_ROUNDINGS = ("auto", "nearest", "fitted")  # tuning/weight_rounding.py
 
@@ -141,8 +143,12 @@ class ConvertOptions:
         return QuantOptions(dense_weights=self.dense_weights, calibration_method=self.calibration_method,
                             precision=self.precision, range_floors=self.range_floors)
 
-    def precision_budget(self, labels: np.ndarray | None = None) -> PrecisionBudget:
-        """--precision auto's budget; `labels`: the search samples' classes, for an accuracy budget."""
+    def precision_budget(self, labels: np.ndarray | None) -> PrecisionBudget:
+        """--precision auto's budget; `labels`: the search samples' classes, which an accuracy budget
+        needs (_budget_problems has refused the one without the other)."""
+        # imported here: the options module stays light to import (the API names it on first use)
+        from onnx2cmsis.tuning.width_search import PrecisionBudget
+
         by_accuracy = self.max_accuracy_drop is not None and labels is not None
         return PrecisionBudget(
             min_sqnr_db=None if by_accuracy or self.max_error_db is None else float(self.max_error_db),

@@ -32,6 +32,25 @@ def test_checked_options_keep_their_values_and_read_a_text_shape():
     assert checked.quant_options.precision == "auto"
 
 
+def test_the_auto_budget_is_what_the_options_ask_and_reads_so_before_the_float_accuracy_is_known():
+    """ConvertOptions.precision_budget builds what --precision auto's search keeps, and the progress
+    line words it (PrecisionBudget.describe without the float model's accuracy, measured later)."""
+    import numpy as np
+
+    labels = np.array([0, 1, 1])
+    by_sqnr = ConvertOptions(precision="auto", max_error_db=30.0, max_arena_bytes=9000).checked()
+    budget = by_sqnr.precision_budget(None)
+    assert (budget.min_sqnr_db, budget.max_accuracy_drop, budget.max_arena_bytes) == (30.0, None, 9000)
+    assert budget.describe(None) == "an output SQNR of 30 dB within an arena of at most 9,000 B"
+    by_accuracy = ConvertOptions(precision="auto", max_accuracy_drop=2.0, calibration_labels=labels).checked()
+    budget = by_accuracy.precision_budget(labels)
+    assert budget.judged_by_accuracy and budget.min_sqnr_db is None and budget.labels is labels
+    assert budget.describe(None) == "at most 2 points of accuracy lost"
+    assert budget.describe(0.9) == "an accuracy within 2 points of the float model's 90.00%"
+    arena_only = ConvertOptions(precision="auto", max_arena_bytes=4096).checked().precision_budget(None)
+    assert not arena_only.has_error_budget and arena_only.describe(None) == "an arena of at most 4,096 B"
+
+
 def test_keyword_settings_replace_the_options_object_and_unknown_ones_are_refused():
     opts = ConvertOptions(precision="int16").with_settings({"streaming": 8})
     assert (opts.precision, opts.streaming) == ("int16", 8)

@@ -53,8 +53,8 @@ from onnx2cmsis.tuning.search import apply_weights, calibrate, float_outputs, se
 FOLDS = 3
 MARGIN_DB = 0.2  # what a recipe must gain over the incumbent on held-out samples to be chosen
 MIN_SAMPLES = 16  # fewer search samples: folds of fewer than 5 samples say nothing
-CHOICE_SAMPLES = 64  # the choice runs up to 3 + 2 * FOLDS fits (5 + 4 * FOLDS with the weight rounding
-# challenge): on at most this many samples
+CHOICE_SAMPLES = 64  # the choice runs up to 3 + 2 * FOLDS fits (5 + 3 * FOLDS with the weight rounding
+# challenge, 6 + 4 * FOLDS under --precision auto, which judges it at other widths): on at most this many samples
 
 
 @dataclass(frozen=True)
@@ -264,8 +264,10 @@ class Fits:
     The fits of one choice repeat their first steps: a recipe's ranges and dense weights fitted on the
     same samples are the same whatever its bias correction and weight rounding, and fitted rounding
     of those ranges at the same widths gives the same codes whether bias correction follows or not.
-    Each is computed once here (a deep copy per fit after it): the same graphs as fitting from
-    scratch, in about a third less time at int16 (docs/benchmarks.md)."""
+    The calibrations are kept for the Fits' life, and the last fitted rounding (the weight rounding
+    challenge fits its two variants, which differ only in the correction after it, one after the
+    other): the same graphs as fitting from scratch, in 0.85x the time at int16 (median over the
+    held-out models, docs/benchmarks.md part 11). `graph` and `x` must not change while it lives."""
 
     model: onnx.ModelProto
     graph: Graph
@@ -273,7 +275,7 @@ class Fits:
     x: Any
     recorded: RecordedFloats | None = None
     _calibrated: dict[tuple, tuple[Graph, dict]] = field(default_factory=dict, init=False, repr=False)
-    _rounded: dict[tuple, Graph] = field(default_factory=dict, init=False, repr=False)
+    _rounded: tuple[tuple, Graph] | None = field(default=None, init=False, repr=False)  # the last rounding
 
     def fit(self, recipe: Recipe, fit: np.ndarray, bits: list[int] | None) -> tuple[Graph, np.ndarray | None]:
         """`recipe` fitted on the samples `fit` of `x`, and the output_codes rows of every sample of `x`
@@ -290,7 +292,7 @@ class Fits:
     def _prepared(self, recipe: Recipe, fit: np.ndarray, bits: list[int] | None) -> tuple[Graph, dict]:
         """A copy of the graph with the recipe's ranges (returned), weight choices, the widths `bits`
         and its weight rounding, fitted on the samples `fit`: before bias correction."""
-        calibrated = (recipe.calibration_method, recipe.dense_weights, fit.tobytes())
+        calibrated = (recipe.calibration_method, recipe.dense_weights, tuple(int(i) for i in fit))
         fit_x, fit_recorded = _subset(self.x, fit), None if self.recorded is None else self.recorded.subset(fit)
         if calibrated not in self._calibrated:
             g = copy.deepcopy(self.graph)
@@ -302,14 +304,14 @@ class Fits:
             self._calibrated[calibrated] = (g, found.ranges)
         base, ranges = self._calibrated[calibrated]
         rounded = (*calibrated, None if bits is None else tuple(bits))
-        if recipe.weight_rounding == "fitted" and rounded in self._rounded:
-            return copy.deepcopy(self._rounded[rounded]), ranges
+        if recipe.weight_rounding == "fitted" and self._rounded is not None and self._rounded[0] == rounded:
+            return copy.deepcopy(self._rounded[1]), ranges
         g = copy.deepcopy(base)
         if bits is not None:
             apply_precision(g, bits)
         if recipe.weight_rounding == "fitted":
             fit_weight_rounding(self.model, g, self.registry, ranges, fit_x, fit_recorded)
-            self._rounded[rounded] = copy.deepcopy(g)
+            self._rounded = (rounded, copy.deepcopy(g))
         return g, ranges
 
     def outputs(self, recipe: Recipe, fit: np.ndarray, test: np.ndarray,

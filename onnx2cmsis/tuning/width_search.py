@@ -42,8 +42,9 @@ class PrecisionBudget:
         """In words; `float_accuracy` None: not measured yet (the progress line)."""
         error = None
         if self.max_accuracy_drop is not None:
-            error = (f"an accuracy within {self.max_accuracy_drop:g} points of the float model's"
-                     + ("" if float_accuracy is None else f" {100 * float_accuracy:.2f}%"))
+            error = (f"at most {self.max_accuracy_drop:g} points of accuracy lost" if float_accuracy is None else
+                     f"an accuracy within {self.max_accuracy_drop:g} points of the float model's "
+                     f"{100 * float_accuracy:.2f}%")
         elif self.min_sqnr_db is not None:
             error = f"an output SQNR of {self.min_sqnr_db:g} dB"
         arena = None if self.max_arena_bytes is None else f"an arena of at most {self.max_arena_bytes:,} B"
