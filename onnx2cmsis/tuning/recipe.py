@@ -80,8 +80,8 @@ class Recipe:
     @classmethod
     def described(cls, d: dict) -> Recipe:
         """The recipe `describe` gave `d` for (NAME.json's quantization.recipe.chosen)."""
-        return cls(d["calibration_method"], d["dense_weights"], d["bias_correction"], d.get("weight_rounding", "nearest"),
-                   d.get("bias_correction_of_fitted_layers", True))
+        return cls(d["calibration_method"], d["dense_weights"], d["bias_correction"],
+                   d.get("weight_rounding", "nearest"), d.get("bias_correction_of_fitted_layers", True))
 
     def text(self) -> str:
         return (f"{self.calibration_method} ranges, {self.dense_weights} dense weights, "
