@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 import catalog  # noqa: E402
 
 import onnx2cmsis.api as api  # noqa: E402
-from onnx2cmsis.tuning import width_measure as auto  # noqa: E402
+from onnx2cmsis.tuning import width_measure  # noqa: E402
 
 CHECKS = 6  # held-out checks of the exhaustive search's candidates, cheapest first
 
@@ -81,7 +81,7 @@ def measure(entry, budget: float, max_layers: int) -> dict:
     want = np.asarray(model.predict(x_test, verbose=0, batch_size=256)).reshape(len(x_test), -1).astype(np.float64)
     s = starting_state(path, entry.calibration_set(), budget)
     g, registry = s["graph"], s["registry"]
-    leader = auto.leaders(g, registry)
+    leader = width_measure.leaders(g, registry)
     int8_only = {leader[i] for i, n in enumerate(g.nodes) if 16 not in registry.for_op(n.op).activation_bits}
     units = sorted(set(leader) - int8_only)
     row = {"model": entry.name, "half": catalog.HALF[entry.name], "layers": len(units), "budget_db": budget}
@@ -92,10 +92,10 @@ def measure(entry, budget: float, max_layers: int) -> dict:
         return [16 if leader[i] in int16 else 8 for i in range(len(g.nodes))]
 
     # each assignment with the weight codes the conversion gives it (fitted where the recipe fits them)
-    on_test = auto.WidthMeasure(g, registry, s["ranges"], x_test, want, s["api"], None, leader,
-                                fit_rounding=s["fit_rounding"])
-    on_cal = auto.WidthMeasure(g, registry, s["ranges"], s["x"], s["want"], s["api"], None, leader,
-                           fit_rounding=s["fit_rounding"])
+    on_test = width_measure.WidthMeasure(g, registry, s["ranges"], x_test, want, s["api"], None, leader,
+                                         fit_rounding=s["fit_rounding"])
+    on_cal = width_measure.WidthMeasure(g, registry, s["ranges"], s["x"], s["want"], s["api"], None, leader,
+                                        fit_rounding=s["fit_rounding"])
     assignments = [frozenset(c) for k in range(len(units) + 1) for c in itertools.combinations(units, k)]
     cal = {a: on_cal(bits(a)) for a in assignments}
     none, every = frozenset(), frozenset(units)
@@ -108,7 +108,7 @@ def measure(entry, budget: float, max_layers: int) -> dict:
     check = s["heldout"]
     h8, h16 = check(bits(none)), check(bits(every))
 
-    def low(c: auto.Candidate) -> float:
+    def low(c: width_measure.Candidate) -> float:
         """The lower bound interpolated between the uniform widths only, as choose_precision's first
         estimate (its two-point formula: where int16's in-sample SQNR is not above int8's, the mean
         offset); the checks below are taken in cost order instead of joining the estimate."""

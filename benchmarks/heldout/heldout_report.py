@@ -85,16 +85,16 @@ def _errors_summary(rows: list[dict]) -> str:
     """Issue 29's error goal at int8: ours <= TFLite's + max(1, 0.5% of the test samples) on every
     classifier, and the median difference <= 0; beside it, the test samples whose class differs
     from the float model's, ours - TFLite's."""
+    classifiers = [r for r in rows if "errors" in r["float"] and _ok(r["ours_int8"]) and _ok(r["tflite_int8"])]
     d = [(r["ours_int8"]["errors"] - r["tflite_int8"]["errors"], max(1, int(0.005 * r["test_samples"])))
-         for r in rows if "errors" in r["float"] and _ok(r["ours_int8"]) and _ok(r["tflite_int8"])]
+         for r in classifiers]
     if not d:
         return "errors: no classifiers"
     over = sum(1 for x, allowed in d if x > allowed)
     # against the labels, quantization noise can turn a float error right as easily as wrong (a model
     # that errs on 30% of its test set): how often each side leaves the float model's class says
     # which one follows the float model, apart from that luck
-    flips = [_disagreements(r, "ours_int8") - _disagreements(r, "tflite_int8")
-             for r in rows if "errors" in r["float"] and _ok(r["ours_int8"]) and _ok(r["tflite_int8"])]
+    flips = [_disagreements(r, "ours_int8") - _disagreements(r, "tflite_int8") for r in classifiers]
     return (f"int8 errors ours-TFLite: median {np.median([x for x, _ in d]):+.1f}, worst {max(x for x, _ in d):+d}, "
             f"over the allowance on {over}/{len(d)} (class changes from the float model's, ours-TFLite: median "
             f"{np.median(flips):+.1f}, worst {max(flips):+d})")

@@ -30,6 +30,7 @@ from onnx2cmsis.arith.rules import (
 SCALED_DIFF_INTEGER_BITS = 5
 ACCUM_BITS = 12
 OUTPUT_QUANT = QuantParams(1.0 / 256.0, -128)
+OUTPUT_QUANT_S16 = QuantParams(1.0 / 32768.0, 0, 16)
 # How far below its row's maximum a softmax input still matters (input_floor): TFLite's 16x8 exp table
 # covers [-10, 0] and clamps below it. The int8 kernel sums exp over every class down to its diff_min
 # (about -16 to -31), so N classes raised to the floor add up to N * exp(-span) to a row's total: the
@@ -42,7 +43,6 @@ SOFTMAX_SPAN = 10.0
 
 def softmax_span(classes: int) -> float:
     return max(SOFTMAX_SPAN, math.log(512.0 * classes))
-OUTPUT_QUANT_S16 = QuantParams(1.0 / 32768.0, 0, 16)
 
 
 def softmax_params(input_scale: float, beta: float = 1.0) -> tuple[int, int, int]:
